@@ -1,0 +1,63 @@
+# inpod: `make demo` and `make test` work on a fresh Debian 12 host (root); see README.md.
+SHELL := /bin/bash
+BPF_SRCS := $(wildcard bpf/*.bpf.c)
+BPF_OBJS := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRCS))
+BPF_SKELS := $(patsubst bpf/%.bpf.c,build/%.skel.h,$(BPF_SRCS))
+BPF_HDRS := $(wildcard bpf/include/*.h)
+ADDON := addon/build/Release/inpod_native.node
+DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptables nftables \
+	containernetworking-plugins util-linux procps python3 socat iperf3
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+.PHONY: all deps build bpf addon ts test demo clean bench
+
+all: build
+
+# Installs what is missing; quiet and quick when everything is present.
+deps: node_modules/.package-lock.json
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+build: deps bpf addon ts
+
+build/vmlinux.h:
+	@mkdir -p build
+	@test -r /sys/kernel/btf/vmlinux || { echo "kernel BTF missing (/sys/kernel/btf/vmlinux): need CONFIG_DEBUG_INFO_BTF=y" >&2; exit 1; }
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+build/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) build/vmlinux.h
+	clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf/include -c $< -o $@
+
+build/%.skel.h: build/%.bpf.o
+	bpftool gen skeleton $< name inpod_$* > $@.tmp && mv $@.tmp $@
+
+bpf: $(BPF_OBJS) $(BPF_SKELS)
+
+$(ADDON): $(BPF_SKELS) $(wildcard addon/src/*) addon/binding.gyp
+	cd addon && ../node_modules/.bin/node-gyp rebuild --nodedir=$$(dirname $$(dirname $$(command -v node))) --loglevel=error >/dev/null
+
+addon: $(ADDON)
+
+ts:
+	node_modules/.bin/tsc -p tsconfig.json
+	@chmod +x dist/cli/main.js dist/cni/bin.js 2>/dev/null || true
+
+test: build
+	node_modules/.bin/vitest run
+
+demo: build
+	node dist/cli/main.js demo
+
+bench: build
+	node dist/cli/main.js bench
+
+clean:
+	rm -rf build dist addon/build

@@ -1,0 +1,16 @@
+{
+  "targets": [
+    {
+      "target_name": "inpod_native",
+      "sources": ["src/addon.cc", "src/bpf.cc", "src/sock.cc"],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "../bpf/include",
+        "../build"
+      ],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wno-missing-field-initializers"],
+      "libraries": ["-lbpf", "-lelf", "-lz"]
+    }
+  ]
+}

@@ -1,0 +1,80 @@
+#include "addon.h"
+
+#include <cstddef>
+
+extern "C" {
+#include "types.h"
+}
+
+namespace inpod {
+
+// Sizes are the contract with the eBPF programs; the TypeScript encoders are tested against
+// the layout exported below (see test/native/layout.test.ts).
+static_assert(sizeof(struct inpod_config) == 16, "inpod_config");
+static_assert(sizeof(struct inpod_pod) == 16, "inpod_pod");
+static_assert(sizeof(struct inpod_port_key) == 16, "inpod_port_key");
+static_assert(sizeof(struct inpod_cidr_key) == 16, "inpod_cidr_key");
+static_assert(sizeof(struct inpod_tuple) == 24, "inpod_tuple");
+static_assert(sizeof(struct inpod_addr) == 8, "inpod_addr");
+
+#define FIELD(obj, T, f) obj.Set(#f, Napi::Number::New(env, offsetof(T, f)))
+
+static Napi::Object Struct(Napi::Env env, size_t size, Napi::Object fields) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("sizeof", Napi::Number::New(env, size));
+  o.Set("offsetof", fields);
+  return o;
+}
+
+static Napi::Value Layout(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Object f;
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_config, proxy_mark); FIELD(f, inpod_config, spoof_mark); FIELD(f, inpod_config, outbound_port);
+  FIELD(f, inpod_config, inbound_port); FIELD(f, inpod_config, hbone_port); FIELD(f, inpod_config, dns_port);
+  out.Set("inpod_config", Struct(env, sizeof(inpod_config), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_pod, ip4); FIELD(f, inpod_pod, probe_ip4); FIELD(f, inpod_pod, flags);
+  out.Set("inpod_pod", Struct(env, sizeof(inpod_pod), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_port_key, netns); FIELD(f, inpod_port_key, port); FIELD(f, inpod_port_key, dir);
+  out.Set("inpod_port_key", Struct(env, sizeof(inpod_port_key), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_cidr_key, prefixlen); FIELD(f, inpod_cidr_key, netns); FIELD(f, inpod_cidr_key, addr);
+  out.Set("inpod_cidr_key", Struct(env, sizeof(inpod_cidr_key), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_tuple, netns); FIELD(f, inpod_tuple, sip); FIELD(f, inpod_tuple, dip);
+  FIELD(f, inpod_tuple, sport); FIELD(f, inpod_tuple, dport);
+  out.Set("inpod_tuple", Struct(env, sizeof(inpod_tuple), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_addr, ip4); FIELD(f, inpod_addr, port);
+  out.Set("inpod_addr", Struct(env, sizeof(inpod_addr), f));
+
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("INPOD_POD_DNS_CAPTURE", INPOD_POD_DNS_CAPTURE);
+  c.Set("INPOD_DIR_IN", INPOD_DIR_IN);
+  c.Set("INPOD_DIR_OUT", INPOD_DIR_OUT);
+  c.Set("INPOD_STAT_MAX", static_cast<int>(INPOD_STAT_MAX));
+  out.Set("constants", c);
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("layout", Napi::Function::New(env, Layout));
+  InitBpf(env, exports);
+  InitSock(env, exports);
+  return exports;
+}
+
+}  // namespace inpod
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return inpod::Init(env, exports); }
+
+NODE_API_MODULE(inpod_native, InitModule)

@@ -1,0 +1,27 @@
+// Thin native layer: each export parses its arguments, makes one syscall or libbpf call, saves
+// errno at once and returns -errno or the result. Decisions live in TypeScript (ts/native/).
+#pragma once
+#include <napi.h>
+#include <cerrno>
+#include <string>
+
+namespace inpod {
+
+inline Napi::Value Errno(Napi::Env env, int err) { return Napi::Number::New(env, -(err > 0 ? err : EINVAL)); }
+
+// A composite call (setns + socket + bind + ...) reports which step failed.
+inline Napi::Value SysFail(Napi::Env env, const char *syscall, int err) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("errno", err);
+  o.Set("syscall", syscall);
+  return o;
+}
+
+inline int IntArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::Number>().Int32Value(); }
+inline uint32_t U32Arg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
+inline std::string StrArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::String>().Utf8Value(); }
+
+void InitBpf(Napi::Env env, Napi::Object exports);
+void InitSock(Napi::Env env, Napi::Object exports);
+
+}  // namespace inpod

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Outbound capture (cgroup sock_addr hooks), attached once at the configured cgroup and gated
+ * per pod by inpod_enrolled[netns cookie]: enrolling a pod is a map update, not an attach.
+ *
+ *  connect4     TCP from an enrolled netns -> 127.0.0.1:15001 (original dst saved by socket
+ *               cookie; the socket is bound to the pod IP first so the proxy sees the same peer
+ *               as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when enabled.
+ *  connect6     IPv4-mapped destinations as connect4; native IPv6 is refused (fail closed).
+ *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:15053; recvmsg4 restores the answer's source.
+ *  getpeername4 the app sees its real peer, not 127.0.0.1:15001.
+ */
+#include "common.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+enum verdict { PASS_THROUGH, TO_OUTBOUND, TO_DNS };
+
+/* Decide what one connection attempt from an enrolled pod does (Istio's nat ISTIO_OUTPUT). */
+static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock *sk, __u64 netns,
+						     const struct inpod_pod *pod, __u32 dst, __u16 dport,
+						     __u32 protocol)
+{
+	if (sk && sk->mark == inpod_cfg.proxy_mark) {
+		/* The proxy's own socket. One bound to a foreign source (transparent upstream to
+		 * the app, keeping the client's IP) is re-marked so that only its replies take the
+		 * local route of table 100; the proxy's other sockets keep the main table. */
+		if (sk->src_ip4 && sk->src_ip4 != pod->ip4 && !inpod_is_loopback4(sk->src_ip4)) {
+			int m = inpod_cfg.spoof_mark;
+
+			bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof(m));
+		}
+		return PASS_THROUGH;
+	}
+	if (inpod_is_loopback4(dst) || dst == pod->ip4 || dst == pod->probe_ip4)
+		return PASS_THROUGH;
+	if (bpf_map_lookup_elem(&inpod_pod_ips, &dst))
+		return PASS_THROUGH; /* another address of a pod on this node's netns: own IPs */
+	if (dport == 53 && (pod->flags & INPOD_POD_DNS_CAPTURE))
+		return TO_DNS;
+	if (protocol != IPPROTO_TCP)
+		return PASS_THROUGH;
+	if (inpod_port_excluded(netns, dport, INPOD_DIR_OUT) || inpod_cidr_excluded(netns, dst))
+		return PASS_THROUGH;
+	return TO_OUTBOUND;
+}
+
+static __always_inline void save_orig(void *ctx, __u32 ip4, __u32 port_be)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct inpod_addr orig = { .ip4 = ip4, .port = (__u16)port_be };
+
+	bpf_map_update_elem(&inpod_ck_orig, &cookie, &orig, BPF_ANY);
+}
+
+/* Rewrites an IPv4 destination; returns the new port (host order) or 0 to leave it.
+ * `may_bind` is a constant per hook: bpf_bind exists only for the connect hooks. */
+static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u32 port_be, const int may_bind)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct inpod_pod *pod = bpf_map_lookup_elem(&inpod_enrolled, &netns);
+	struct bpf_sock *sk = ctx->sk;
+	enum verdict v;
+
+	if (!pod)
+		return 0;
+	v = outbound_verdict(ctx, sk, netns, pod, dst, bpf_ntohs((__u16)port_be), ctx->protocol);
+	if (v == PASS_THROUGH) {
+		inpod_count(INPOD_STAT_OUT_BYPASS);
+		return 0;
+	}
+	save_orig(ctx, dst, port_be);
+	if (v == TO_DNS) {
+		inpod_count(INPOD_STAT_DNS_REDIRECT);
+		return inpod_cfg.dns_port;
+	}
+	/* Source = pod IP, as REDIRECT would leave it: the proxy's peer is the pod, not 127.0.0.1.
+	 * Port 0 means "address only, port chosen at connect". Fails harmlessly if already bound. */
+	if (may_bind && sk && !sk->src_ip4 && !sk->src_port && pod->ip4) {
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = pod->ip4 };
+
+		bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+	}
+	inpod_count(INPOD_STAT_OUT_REDIRECT);
+	return inpod_cfg.outbound_port;
+}
+
+SEC("cgroup/connect4")
+int inpod_connect4(struct bpf_sock_addr *ctx)
+{
+	__u16 port;
+
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return 1;
+	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, 1);
+	if (port) {
+		ctx->user_ip4 = bpf_htonl(INPOD_LOOPBACK4);
+		ctx->user_port = bpf_htons(port);
+	}
+	return 1;
+}
+
+static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int is_loopback6(struct bpf_sock_addr *ctx)
+{
+	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0 &&
+	       ctx->user_ip6[3] == bpf_htonl(1);
+}
+
+SEC("cgroup/connect6")
+int inpod_connect6(struct bpf_sock_addr *ctx)
+{
+	__u64 netns;
+	__u16 port;
+
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return 1;
+	if (is_v4_mapped(ctx)) {
+		port = redirect4(ctx, ctx->user_ip6[3], ctx->user_port, 0);
+		if (port) {
+			ctx->user_ip6[3] = bpf_htonl(INPOD_LOOPBACK4);
+			ctx->user_port = bpf_htons(port);
+		}
+		return 1;
+	}
+	if (ctx->protocol != IPPROTO_TCP || is_loopback6(ctx))
+		return 1;
+	netns = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))
+		return 1;
+	if (ctx->sk && ctx->sk->mark == inpod_cfg.proxy_mark)
+		return 1;
+	/* Native IPv6 capture is not implemented: refuse rather than let it bypass the proxy. */
+	inpod_count(INPOD_STAT_V6_DENY);
+	return 0;
+}
+
+SEC("cgroup/sendmsg4")
+int inpod_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u16 port;
+
+	if (ctx->protocol != IPPROTO_UDP || ctx->user_port != bpf_htons(53))
+		return 1;
+	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, 0);
+	if (port) {
+		ctx->user_ip4 = bpf_htonl(INPOD_LOOPBACK4);
+		ctx->user_port = bpf_htons(port);
+	}
+	return 1;
+}
+
+/* Shows the app the address it asked for where the kernel would show the proxy's listener. */
+static __always_inline void restore_peer4(struct bpf_sock_addr *ctx)
+{
+	struct inpod_addr *orig;
+	__u64 cookie;
+
+	if (ctx->user_ip4 != bpf_htonl(INPOD_LOOPBACK4))
+		return;
+	if (ctx->user_port != bpf_htons(inpod_cfg.outbound_port) &&
+	    ctx->user_port != bpf_htons(inpod_cfg.dns_port))
+		return;
+	cookie = bpf_get_socket_cookie(ctx);
+	orig = bpf_map_lookup_elem(&inpod_ck_orig, &cookie);
+	if (!orig)
+		return;
+	ctx->user_ip4 = orig->ip4;
+	ctx->user_port = orig->port;
+}
+
+SEC("cgroup/recvmsg4")
+int inpod_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	restore_peer4(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int inpod_getpeername4(struct bpf_sock_addr *ctx)
+{
+	restore_peer4(ctx);
+	return 1;
+}

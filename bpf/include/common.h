@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+#ifndef INPOD_COMMON_H
+#define INPOD_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "maps.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOL_SOCKET 1
+#define SO_MARK 36
+#define SOL_IP 0
+#define SO_ORIGINAL_DST 80
+
+#define INPOD_LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
+
+/* Set between open and load (skel->rodata->inpod_cfg); these are Istio's defaults. */
+const volatile struct inpod_config inpod_cfg = {
+	.proxy_mark = 0x539,
+	.spoof_mark = 0x53a,
+	.outbound_port = 15001,
+	.inbound_port = 15006,
+	.hbone_port = 15008,
+	.dns_port = 15053,
+};
+
+static __always_inline void inpod_count(enum inpod_stat idx)
+{
+	__u32 key = idx;
+	__u64 *v = bpf_map_lookup_elem(&inpod_stats, &key);
+
+	if (v)
+		*v += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline int inpod_is_loopback4(__u32 ip_be)
+{
+	return (bpf_ntohl(ip_be) >> 24) == 127;
+}
+
+static __always_inline int inpod_port_excluded(__u64 netns, __u16 port, __u8 dir)
+{
+	struct inpod_port_key k = { .netns = netns, .port = port, .dir = dir };
+
+	return bpf_map_lookup_elem(&inpod_port_excl, &k) != NULL;
+}
+
+static __always_inline int inpod_cidr_excluded(__u64 netns, __u32 ip_be)
+{
+	struct inpod_cidr_key k = { .prefixlen = 64 + 32, .addr = ip_be };
+
+	__builtin_memcpy(k.netns, &netns, sizeof(k.netns));
+	return bpf_map_lookup_elem(&inpod_cidr_excl, &k) != NULL;
+}
+
+#endif /* INPOD_COMMON_H */

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structs shared by the eBPF programs and userspace (addon + TypeScript encoders).
+ * Fixed width, explicit padding: the addon static_asserts these sizes and exports
+ * {sizeof, offsetof} so the TypeScript encoders are checked against them in tests.
+ * Addresses and the port in inpod_addr are network order; other ports are host order.
+ */
+#ifndef INPOD_TYPES_H
+#define INPOD_TYPES_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Load-time settings (.rodata): the Istio ports and marks, set before load. */
+struct inpod_config {
+	__u32 proxy_mark;    /* SO_MARK of the proxy's own sockets (0x539) */
+	__u32 spoof_mark;    /* re-mark for the proxy's transparent upstream sockets (0x53a) */
+	__u16 outbound_port; /* 15001 */
+	__u16 inbound_port;  /* 15006 */
+	__u16 hbone_port;    /* 15008 */
+	__u16 dns_port;      /* 15053 */
+};
+
+/* inpod_enrolled value: one per enrolled pod netns (key: netns cookie). */
+#define INPOD_POD_DNS_CAPTURE 0x1
+struct inpod_pod {
+	__u32 ip4;       /* the pod's (first) IPv4, network order */
+	__u32 probe_ip4; /* kubelet probe source after SNAT, network order */
+	__u32 flags;     /* INPOD_POD_* */
+	__u32 _pad;
+};
+
+/* inpod_port_excl key: a port the pod excludes from capture in one direction. */
+#define INPOD_DIR_IN 1
+#define INPOD_DIR_OUT 2
+struct inpod_port_key {
+	__u64 netns;
+	__u16 port; /* host order */
+	__u8 dir;   /* INPOD_DIR_* */
+	__u8 _pad[5];
+};
+
+/* inpod_cidr_excl key (LPM trie): prefixlen counts 64 netns-cookie bits + the CIDR's bits. */
+struct inpod_cidr_key {
+	__u32 prefixlen;
+	__u8 netns[8]; /* netns cookie, as stored in memory (little endian here) */
+	__u32 addr;    /* network order */
+};
+
+/* A connection as its client sees it, inside one netns. Ports host order. */
+struct inpod_tuple {
+	__u64 netns;
+	__u32 sip;
+	__u32 dip;
+	__u16 sport;
+	__u16 dport;
+	__u32 _pad;
+};
+
+/* An IPv4 socket address. */
+struct inpod_addr {
+	__u32 ip4;  /* network order */
+	__u16 port; /* network order */
+	__u16 _pad;
+};
+
+/* inpod_stats indexes (per-CPU counters, summed by userspace). */
+enum inpod_stat {
+	INPOD_STAT_OUT_REDIRECT = 0, /* connect4/6 sent to the outbound listener */
+	INPOD_STAT_DNS_REDIRECT,     /* connect/sendmsg sent to the DNS listener */
+	INPOD_STAT_OUT_BYPASS,       /* enrolled, but exempt (mark, loopback, own IP, exclusion) */
+	INPOD_STAT_IN_STEER,         /* sk_lookup assigned the inbound listener */
+	INPOD_STAT_IN_BYPASS,        /* enrolled, but exempt (15008, probe, loopback, own, exclusion) */
+	INPOD_STAT_IN_NO_LISTENER,   /* enrolled, no inbound listener: dropped (fail closed) */
+	INPOD_STAT_LISTENER_ADD,     /* sockops registered an inbound listener */
+	INPOD_STAT_ORIG_DST,         /* getsockopt(SO_ORIGINAL_DST) answered */
+	INPOD_STAT_V6_DENY,          /* native IPv6 connect from an enrolled netns refused */
+	INPOD_STAT_MAX,
+};
+
+#endif /* INPOD_TYPES_H */

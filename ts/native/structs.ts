@@ -1,0 +1,138 @@
+/**
+ * Encoders for the structs in bpf/include/types.h. The offsets are written here once and checked
+ * against the addon's {sizeof, offsetof} export in test/native/structs.test.ts.
+ * IPv4 addresses travel in network order, as the kernel keeps them.
+ */
+import { isIPv4 } from 'node:net';
+import { MeshError } from '../util/errors.js';
+
+export const LAYOUT = {
+  inpod_config: { sizeof: 16, offsetof: { proxy_mark: 0, spoof_mark: 4, outbound_port: 8, inbound_port: 10, hbone_port: 12, dns_port: 14 } },
+  inpod_pod: { sizeof: 16, offsetof: { ip4: 0, probe_ip4: 4, flags: 8 } },
+  inpod_port_key: { sizeof: 16, offsetof: { netns: 0, port: 8, dir: 10 } },
+  inpod_cidr_key: { sizeof: 16, offsetof: { prefixlen: 0, netns: 4, addr: 12 } },
+  inpod_tuple: { sizeof: 24, offsetof: { netns: 0, sip: 8, dip: 12, sport: 16, dport: 18 } },
+  inpod_addr: { sizeof: 8, offsetof: { ip4: 0, port: 4 } },
+} as const;
+
+export const POD_DNS_CAPTURE = 0x1;
+export const DIR_IN = 1;
+export const DIR_OUT = 2;
+
+export interface CaptureConfig {
+  proxyMark: number;
+  spoofMark: number;
+  outboundPort: number;
+  inboundPort: number;
+  hbonePort: number;
+  dnsPort: number;
+}
+
+export interface PodValue {
+  ip4: string;
+  probeIp4: string;
+  flags: number;
+}
+
+/** Writes a dotted IPv4 address in network order. */
+export function writeIp4(buf: Buffer, off: number, ip: string): void {
+  if (!isIPv4(ip)) throw new MeshError('INPOD_ERR_USAGE', `"${ip}" is not an IPv4 address`);
+  const parts = ip.split('.').map(Number);
+  for (let i = 0; i < 4; i++) buf[off + i] = parts[i]!;
+}
+
+export function readIp4(buf: Buffer, off: number): string {
+  return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
+}
+
+export function encodeConfig(c: CaptureConfig): Buffer {
+  const o = LAYOUT.inpod_config.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_config.sizeof);
+  b.writeUInt32LE(c.proxyMark, o.proxy_mark);
+  b.writeUInt32LE(c.spoofMark, o.spoof_mark);
+  b.writeUInt16LE(c.outboundPort, o.outbound_port);
+  b.writeUInt16LE(c.inboundPort, o.inbound_port);
+  b.writeUInt16LE(c.hbonePort, o.hbone_port);
+  b.writeUInt16LE(c.dnsPort, o.dns_port);
+  return b;
+}
+
+export function encodeU64(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v);
+  return b;
+}
+
+export function decodeU64(b: Buffer): bigint {
+  return b.readBigUInt64LE(0);
+}
+
+export function encodeIp4Key(ip: string): Buffer {
+  const b = Buffer.alloc(4);
+  writeIp4(b, 0, ip);
+  return b;
+}
+
+export function encodePod(p: PodValue): Buffer {
+  const o = LAYOUT.inpod_pod.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_pod.sizeof);
+  writeIp4(b, o.ip4, p.ip4);
+  writeIp4(b, o.probe_ip4, p.probeIp4);
+  b.writeUInt32LE(p.flags, o.flags);
+  return b;
+}
+
+export function decodePod(b: Buffer): PodValue {
+  const o = LAYOUT.inpod_pod.offsetof;
+  return { ip4: readIp4(b, o.ip4), probeIp4: readIp4(b, o.probe_ip4), flags: b.readUInt32LE(o.flags) };
+}
+
+export function encodePortKey(netns: bigint, port: number, dir: number): Buffer {
+  const o = LAYOUT.inpod_port_key.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_port_key.sizeof);
+  b.writeBigUInt64LE(netns, o.netns);
+  b.writeUInt16LE(port, o.port);
+  b.writeUInt8(dir, o.dir);
+  return b;
+}
+
+export function decodePortKey(b: Buffer): { netns: bigint; port: number; dir: number } {
+  const o = LAYOUT.inpod_port_key.offsetof;
+  return { netns: b.readBigUInt64LE(o.netns), port: b.readUInt16LE(o.port), dir: b.readUInt8(o.dir) };
+}
+
+/** LPM key: the 64 netns-cookie bits always match, then the CIDR's own prefix. */
+export function encodeCidrKey(netns: bigint, cidr: string): Buffer {
+  const [ip, lenText] = cidr.split('/');
+  const len = lenText === undefined ? 32 : Number(lenText);
+  if (!ip || !Number.isInteger(len) || len < 0 || len > 32) {
+    throw new MeshError('INPOD_ERR_USAGE', `"${cidr}" is not an IPv4 CIDR like 10.0.0.0/8`);
+  }
+  const o = LAYOUT.inpod_cidr_key.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_cidr_key.sizeof);
+  b.writeUInt32LE(64 + len, o.prefixlen);
+  b.writeBigUInt64LE(netns, o.netns);
+  writeIp4(b, o.addr, ip);
+  return b;
+}
+
+export function decodeCidrKey(b: Buffer): { netns: bigint; cidr: string } {
+  const o = LAYOUT.inpod_cidr_key.offsetof;
+  return { netns: b.readBigUInt64LE(o.netns), cidr: `${readIp4(b, o.addr)}/${b.readUInt32LE(o.prefixlen) - 64}` };
+}
+
+export function encodeTuple(t: { netns: bigint; sip: string; dip: string; sport: number; dport: number }): Buffer {
+  const o = LAYOUT.inpod_tuple.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_tuple.sizeof);
+  b.writeBigUInt64LE(t.netns, o.netns);
+  writeIp4(b, o.sip, t.sip);
+  writeIp4(b, o.dip, t.dip);
+  b.writeUInt16LE(t.sport, o.sport);
+  b.writeUInt16LE(t.dport, o.dport);
+  return b;
+}
+
+export function decodeAddr(b: Buffer): { ip: string; port: number } {
+  const o = LAYOUT.inpod_addr.offsetof;
+  return { ip: readIp4(b, o.ip4), port: b.readUInt16BE(o.port) };
+}

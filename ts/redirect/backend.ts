@@ -1,0 +1,87 @@
+/**
+ * The redirection layer's contract (shared/DESIGN.md, "The redirection contract").
+ *
+ * A backend captures the traffic of an enrolled pod inside the pod's own network namespace:
+ * outbound TCP to the proxy's 15001 listener, inbound TCP to 15006 (15008 untouched), DNS to 15053
+ * when asked, with the proxy's own sockets (SO_MARK 0x539), loopback, the pod's own IP and the
+ * health-probe source left alone. Both backends give a proxy the same view (ports, marks,
+ * SO_ORIGINAL_DST, getsockname), so a proxy cannot tell them apart.
+ *
+ * All state lives in the kernel (pinned maps and links, or rules inside the netns), never only in
+ * the process that called enroll(): a later process, or `inpod redirect list`, sees the same state.
+ */
+
+export type BackendName = 'ebpf' | 'iptables';
+
+/** Per-pod capture settings. Ports are host order; addresses are dotted IPv4 strings. */
+export interface PodSettings {
+  /** The pod's IPv4 addresses (discovered from the netns when omitted). */
+  podIps?: string[];
+  /** Source address of kubelet health probes after the host-side SNAT. */
+  probeSource: string;
+  /** Capture DNS (UDP and TCP to port 53) to the proxy's 15053. */
+  dnsCapture: boolean;
+  /** Inbound destination ports never sent to the proxy. */
+  excludeInboundPorts: number[];
+  /** Outbound destination ports never sent to the proxy. */
+  excludeOutboundPorts: number[];
+  /** Outbound destination CIDRs ("10.0.0.0/8") never sent to the proxy. */
+  excludeOutboundCidrs: string[];
+}
+
+export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
+  probeSource: '169.254.7.127',
+  dnsCapture: false,
+  excludeInboundPorts: [],
+  excludeOutboundPorts: [],
+  excludeOutboundCidrs: [],
+}) as PodSettings;
+
+/** One enrolled pod as the kernel state shows it. */
+export interface EnrolledPod {
+  /** The netns path the pod was enrolled with (as recorded at enrollment). */
+  netns: string;
+  backend: BackendName;
+  /** Network namespace cookie (SO_NETNS_COOKIE), as a decimal string (it is a u64). */
+  cookie: string;
+  podIps: string[];
+  settings: PodSettings;
+}
+
+/** Where capture state is kept for a backend instance. */
+export interface BackendOptions {
+  /** cgroup2 directory the eBPF socket hooks attach to (the cgroup2 root on a node). */
+  cgroupPath?: string;
+  /** bpffs directory for pins (default /sys/fs/bpf/inpod). */
+  pinRoot?: string;
+  /** Directory for the backends' records of enrolled pods (default /var/run/inpod). */
+  stateDir?: string;
+}
+
+export interface RedirectBackend {
+  readonly name: BackendName;
+  /**
+   * Installs the host-level parts (eBPF: programs loaded, attached at the cgroup and pinned;
+   * iptables: nothing host-wide). Idempotent; a second call reuses what is pinned.
+   */
+  install(): Promise<void>;
+  /**
+   * Captures the pod behind `netnsPath`. Idempotent: enrolling twice equals once (the settings of
+   * the last call win). Throws MeshError INPOD_ERR_NETNS if the path is not a network namespace,
+   * INPOD_ERR_OTHER_BACKEND if the other backend already captures it; nothing is changed then.
+   */
+  enroll(netnsPath: string, settings?: Partial<PodSettings>): Promise<EnrolledPod>;
+  /** Stops capturing; established connections are not cut. Unknown pods are a no-op. */
+  unenroll(netnsPath: string): Promise<void>;
+  /** What this backend captures now, read back from the kernel. */
+  list(): Promise<EnrolledPod[]>;
+  /** Is this netns captured by this backend? */
+  isEnrolled(netnsPath: string): Promise<boolean>;
+  /**
+   * After a restart: re-reads kernel state, repairs what is missing for the given pods (enroll is
+   * idempotent) and unenrolls captured pods not in `keep`. Returns the pods left enrolled.
+   */
+  reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]>;
+  /** Removes the host-level parts (eBPF: links and pins). Pods must be unenrolled first. */
+  uninstall(): Promise<void>;
+}

@@ -1,0 +1,419 @@
+/**
+ * eBPF redirection backend (shared/DESIGN.md "eBPF backend").
+ *
+ * Host-level parts (install): the socket hooks (connect4/6, sendmsg4, recvmsg4, getpeername4,
+ * sockops, getsockopt) attached once at the configured cgroup through pinned bpf_links, and the
+ * sk_lookup program pinned for per-pod attachment. Per pod (enroll): map updates keyed by the
+ * netns cookie plus one pinned sk_lookup link on the pod's netns. Everything lives under the pin
+ * root, so a later process (or the CLI) sees and changes the same state, and capture outlives
+ * the process that set it up.
+ */
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { MeshError } from '../util/errors.js';
+import {
+  BpfMap,
+  BpfObject,
+  Fd,
+  linkCreate,
+  linkInfo,
+  linkUpdate,
+  netnsCookie,
+  objGet,
+  objPin,
+  openPath,
+  withFd,
+} from '../native/index.js';
+import {
+  DIR_IN,
+  DIR_OUT,
+  LAYOUT,
+  POD_DNS_CAPTURE,
+  decodeCidrKey,
+  decodePod,
+  decodePortKey,
+  decodeU64,
+  encodeCidrKey,
+  encodeConfig,
+  encodeIp4Key,
+  encodePod,
+  encodePortKey,
+  encodeU64,
+  readIp4,
+  type CaptureConfig,
+} from '../native/structs.js';
+import {
+  DEFAULT_SETTINGS,
+  type BackendOptions,
+  type EnrolledPod,
+  type PodSettings,
+  type RedirectBackend,
+} from './backend.js';
+import { checkEbpfHost, cgroup2Mount } from './preflight.js';
+import { assertNetns, netnsAddresses } from './netns.js';
+
+export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
+
+/** Istio's ports and marks, compiled into every program at load time. */
+export const ISTIO_CONFIG: CaptureConfig = {
+  proxyMark: 0x539,
+  spoofMark: 0x53a,
+  outboundPort: 15001,
+  inboundPort: 15006,
+  hbonePort: 15008,
+  dnsPort: 15053,
+};
+
+const BPF_SK_LOOKUP = 36;
+
+/** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
+const CGROUP_PROGS: Record<string, string[]> = {
+  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_getpeername4'],
+  sockops: ['inpod_sockops'],
+  getsockopt: ['inpod_getsockopt'],
+};
+const SK_LOOKUP_PROG = 'inpod_sk_lookup';
+
+interface Maps {
+  enrolled: BpfMap;
+  podIps: BpfMap;
+  portExcl: BpfMap;
+  cidrExcl: BpfMap;
+}
+
+interface PodRecord {
+  netns: string;
+  settings: PodSettings;
+  podIps: string[];
+}
+
+export class EbpfBackend implements RedirectBackend {
+  readonly name = 'ebpf' as const;
+  readonly pinRoot: string;
+  readonly cgroupPath: string;
+  readonly #recordDir: string;
+
+  constructor(opts: BackendOptions = {}) {
+    this.pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
+    this.cgroupPath = opts.cgroupPath ?? defaultCgroup();
+    // Records only remember the netns path and settings for `list`; the maps are the truth.
+    const stateDir = opts.stateDir ?? '/var/run/inpod';
+    this.#recordDir = join(stateDir, this.pinRoot === DEFAULT_PIN_ROOT ? 'ebpf' : `ebpf-${basename(this.pinRoot)}`);
+  }
+
+  /** Is the host-level part in place for this pin root and cgroup? */
+  installed(): boolean {
+    return existsSync(this.#pin('progs', SK_LOOKUP_PROG)) && this.#cgroupLinksPresent();
+  }
+
+  async install(): Promise<void> {
+    checkEbpfHost({ pinRoot: this.pinRoot, cgroupPath: this.cgroupPath });
+    mkdirSync(join(this.pinRoot, 'links'), { recursive: true });
+    mkdirSync(join(this.pinRoot, 'progs'), { recursive: true });
+    const cgid = this.#cgroupId();
+    const config = encodeConfig(ISTIO_CONFIG);
+    const cg = openPath(this.cgroupPath);
+    try {
+      for (const [obj, progs] of Object.entries(CGROUP_PROGS)) {
+        const o = this.#load(obj, config);
+        try {
+          for (const name of progs) {
+            const prog = o.prog(name);
+            // An existing link is upgraded in place: capture never has a gap.
+            const pin = this.#pin('links', `cgroup-${cgid}-${name}`);
+            const old = objGet(pin);
+            if (old) {
+              linkUpdate(old.fd, prog.fd);
+              old.close();
+            } else {
+              const link = linkCreate(prog.fd, cg.fd, prog.attachType);
+              objPin(link.fd, pin);
+              link.close();
+            }
+          }
+        } finally {
+          o.destroy();
+        }
+      }
+      const o = this.#load('sk_lookup', config);
+      try {
+        const prog = o.prog(SK_LOOKUP_PROG);
+        const pin = this.#pin('progs', SK_LOOKUP_PROG);
+        if (existsSync(pin)) unlinkSync(pin);
+        objPin(prog.fd, pin);
+        // Pods enrolled by an older program move to this one.
+        for (const f of this.#netnsLinkPins()) {
+          const link = objGet(f);
+          if (link) {
+            linkUpdate(link.fd, prog.fd);
+            link.close();
+          }
+        }
+      } finally {
+        o.destroy();
+      }
+    } finally {
+      cg.close();
+    }
+  }
+
+  async enroll(netnsPath: string, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
+    assertNetns(netnsPath);
+    const settings = normalize(partial);
+    const podIps = settings.podIps?.length ? settings.podIps : await this.#discoverIps(netnsPath);
+    const cookie = netnsCookie(netnsPath);
+    if (!this.installed()) await this.install();
+    const maps = this.#maps();
+    try {
+      // Settings first, the enrolled gate last: no connection sees a half-written pod.
+      this.#writeExclusions(maps, cookie, settings);
+      for (const ip of podIps) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
+      this.#attachNetns(netnsPath, cookie);
+      maps.enrolled.update(
+        encodeU64(cookie),
+        encodePod({ ip4: podIps[0]!, probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
+      );
+    } finally {
+      closeMaps(maps);
+    }
+    this.#writeRecord(cookie, { netns: netnsPath, settings: { ...settings, podIps }, podIps });
+    return { netns: netnsPath, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
+  }
+
+  async unenroll(netnsPath: string): Promise<void> {
+    assertNetns(netnsPath);
+    if (!existsSync(this.#pin('inpod_enrolled'))) return;
+    this.#unenrollCookie(netnsCookie(netnsPath));
+  }
+
+  async isEnrolled(netnsPath: string): Promise<boolean> {
+    const m = this.#openMap('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof);
+    if (!m) return false;
+    try {
+      return m.lookup(encodeU64(netnsCookie(netnsPath))) !== null;
+    } finally {
+      closeMap(m);
+    }
+  }
+
+  async list(): Promise<EnrolledPod[]> {
+    if (!existsSync(this.#pin('inpod_enrolled'))) return [];
+    const maps = this.#maps();
+    try {
+      const ips = new Map<bigint, string[]>();
+      for (const k of maps.podIps.keys()) {
+        const v = maps.podIps.lookup(k);
+        if (!v) continue;
+        const c = decodeU64(v);
+        ips.set(c, [...(ips.get(c) ?? []), readIp4(k, 0)]);
+      }
+      const ports = maps.portExcl.keys().map(decodePortKey);
+      const cidrs = maps.cidrExcl.keys().map(decodeCidrKey);
+      const out: EnrolledPod[] = [];
+      for (const k of maps.enrolled.keys()) {
+        const v = maps.enrolled.lookup(k);
+        if (!v) continue;
+        const cookie = decodeU64(k);
+        const pod = decodePod(v);
+        const rec = this.#readRecord(cookie);
+        const podIps = ips.get(cookie) ?? [pod.ip4];
+        out.push({
+          netns: rec?.netns ?? '',
+          backend: 'ebpf',
+          cookie: cookie.toString(),
+          podIps,
+          settings: {
+            podIps,
+            probeSource: pod.probeIp4,
+            dnsCapture: (pod.flags & POD_DNS_CAPTURE) !== 0,
+            excludeInboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_IN).map((p) => p.port).sort((a, b) => a - b),
+            excludeOutboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_OUT).map((p) => p.port).sort((a, b) => a - b),
+            excludeOutboundCidrs: cidrs.filter((c) => c.netns === cookie).map((c) => c.cidr),
+          },
+        });
+      }
+      return out;
+    } finally {
+      closeMaps(maps);
+    }
+  }
+
+  async reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+    const wanted = new Set<bigint>();
+    for (const [path, settings] of keep) {
+      await this.enroll(path, settings);
+      wanted.add(netnsCookie(path));
+    }
+    for (const pod of await this.list()) {
+      const c = BigInt(pod.cookie);
+      if (!wanted.has(c)) this.#unenrollCookie(c);
+    }
+    return this.list();
+  }
+
+  async uninstall(): Promise<void> {
+    for (const pod of await this.list()) this.#unenrollCookie(BigInt(pod.cookie));
+    // Unpinning the last reference to a link detaches it.
+    rmSync(this.pinRoot, { recursive: true, force: true });
+    rmSync(this.#recordDir, { recursive: true, force: true });
+  }
+
+  /* ------------------------------------------------------------------ internals */
+
+  #unenrollCookie(cookie: bigint): void {
+    const maps = this.#maps();
+    try {
+      // The gate first: new connections go direct at once; established ones are untouched.
+      maps.enrolled.delete(encodeU64(cookie));
+      for (const k of maps.podIps.keys()) {
+        const v = maps.podIps.lookup(k);
+        if (v && decodeU64(v) === cookie) maps.podIps.delete(k);
+      }
+      this.#writeExclusions(maps, cookie, null);
+    } finally {
+      closeMaps(maps);
+    }
+    const pin = this.#pin('links', `netns-${cookie}`);
+    if (existsSync(pin)) unlinkSync(pin);
+    rmSync(join(this.#recordDir, `${cookie}.json`), { force: true });
+  }
+
+  /** Replaces the pod's exclusion entries (null: remove them all). */
+  #writeExclusions(maps: Maps, cookie: bigint, s: PodSettings | null): void {
+    for (const k of maps.portExcl.keys()) if (decodePortKey(k).netns === cookie) maps.portExcl.delete(k);
+    for (const k of maps.cidrExcl.keys()) if (decodeCidrKey(k).netns === cookie) maps.cidrExcl.delete(k);
+    if (!s) return;
+    const one = Buffer.from([1]);
+    for (const p of s.excludeInboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_IN), one);
+    for (const p of s.excludeOutboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_OUT), one);
+    for (const c of s.excludeOutboundCidrs) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
+  }
+
+  #attachNetns(netnsPath: string, cookie: bigint): void {
+    const pin = this.#pin('links', `netns-${cookie}`);
+    const existing = objGet(pin);
+    if (existing) {
+      const alive = linkInfo(existing.fd).netnsIno !== 0;
+      existing.close();
+      if (alive) return;
+      unlinkSync(pin); // the netns this cookie named is gone; a new link replaces it
+    }
+    const prog = objGet(this.#pin('progs', SK_LOOKUP_PROG));
+    if (!prog) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `sk_lookup program not pinned under ${this.pinRoot}; run install first`);
+    try {
+      const link = withFd(netnsPath, (ns) => linkCreate(prog.fd, ns, BPF_SK_LOOKUP));
+      objPin(link.fd, pin);
+      link.close();
+    } finally {
+      prog.close();
+    }
+  }
+
+  async #discoverIps(netnsPath: string): Promise<string[]> {
+    const a = await netnsAddresses(netnsPath);
+    if (a.ipv6.length > 0) {
+      throw new MeshError('INPOD_ERR_NETNS', `${netnsPath} has IPv6 addresses (${a.ipv6.join(', ')}); the eBPF backend ` +
+        'captures IPv4 only and refuses rather than let IPv6 bypass the proxy: use --backend iptables for dual-stack pods');
+    }
+    if (a.ipv4.length === 0) {
+      throw new MeshError('INPOD_ERR_NETNS', `${netnsPath} has no IPv4 address yet: enroll after the CNI plugins ` +
+        'configured the pod network (inpod-cni must be last in the chain)');
+    }
+    return a.ipv4;
+  }
+
+  #load(obj: string, config: Buffer): BpfObject {
+    const o = BpfObject.open(obj, this.pinRoot, config);
+    try {
+      o.load();
+      return o;
+    } catch (e) {
+      o.destroy();
+      throw new MeshError('INPOD_ERR_KERNEL', `loading ${obj}.bpf.o failed: ${(e as Error).message}. If an older inpod ` +
+        `left incompatible maps, run "inpod redirect uninstall" (pins under ${this.pinRoot})`, { cause: e });
+    }
+  }
+
+  #maps(): Maps {
+    const open = (name: string, k: number, v: number): BpfMap => {
+      const m = this.#openMap(name, k, v);
+      if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
+      return m;
+    };
+    return {
+      enrolled: open('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof),
+      podIps: open('inpod_pod_ips', 4, 8),
+      portExcl: open('inpod_port_excl', LAYOUT.inpod_port_key.sizeof, 1),
+      cidrExcl: open('inpod_cidr_excl', LAYOUT.inpod_cidr_key.sizeof, 1),
+    };
+  }
+
+  #openMap(name: string, keySize: number, valueSize: number): BpfMap | null {
+    const fd = objGet(this.#pin(name));
+    return fd ? new BpfMap(name, fd.release(), keySize, valueSize) : null;
+  }
+
+  #pin(...parts: string[]): string {
+    return join(this.pinRoot, ...parts);
+  }
+
+  #cgroupId(): bigint {
+    return statSync(this.cgroupPath, { bigint: true }).ino;
+  }
+
+  #cgroupLinksPresent(): boolean {
+    let cgid: bigint;
+    try {
+      cgid = this.#cgroupId();
+    } catch {
+      return false;
+    }
+    return Object.values(CGROUP_PROGS).flat().every((p) => existsSync(this.#pin('links', `cgroup-${cgid}-${p}`)));
+  }
+
+  #netnsLinkPins(): string[] {
+    const dir = this.#pin('links');
+    if (!existsSync(dir)) return [];
+    return readdirSync(dir).filter((f) => f.startsWith('netns-')).map((f) => join(dir, f));
+  }
+
+  #writeRecord(cookie: bigint, rec: PodRecord): void {
+    mkdirSync(this.#recordDir, { recursive: true });
+    writeFileSync(join(this.#recordDir, `${cookie}.json`), JSON.stringify(rec));
+  }
+
+  #readRecord(cookie: bigint): PodRecord | null {
+    try {
+      return JSON.parse(readFileSync(join(this.#recordDir, `${cookie}.json`), 'utf8')) as PodRecord;
+    } catch {
+      return null;
+    }
+  }
+}
+
+function normalize(p: Partial<PodSettings>): PodSettings {
+  const s = { ...DEFAULT_SETTINGS, ...p };
+  const ports = (xs: number[]): number[] => [...new Set(xs)].sort((a, b) => a - b);
+  for (const port of [...s.excludeInboundPorts, ...s.excludeOutboundPorts]) {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new MeshError('INPOD_ERR_USAGE', `excluded port ${port} is not a TCP port (1-65535)`);
+    }
+  }
+  return { ...s, excludeInboundPorts: ports(s.excludeInboundPorts), excludeOutboundPorts: ports(s.excludeOutboundPorts) };
+}
+
+function closeMap(m: BpfMap): void {
+  new Fd(m.fd).close();
+}
+
+function closeMaps(maps: Maps): void {
+  for (const m of Object.values(maps)) closeMap(m);
+}
+
+function defaultCgroup(): string {
+  try {
+    return cgroup2Mount(readFileSync('/proc/mounts', 'utf8')) ?? '/sys/fs/cgroup';
+  } catch {
+    return '/sys/fs/cgroup';
+  }
+}

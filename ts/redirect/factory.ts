@@ -1,0 +1,59 @@
+import { MeshError } from '../util/errors.js';
+import type { BackendName, BackendOptions, EnrolledPod, PodSettings, RedirectBackend } from './backend.js';
+
+/** Builds one backend. The agent and the CLI import only this and the interface. */
+export async function createBackend(name: BackendName, opts: BackendOptions = {}): Promise<RedirectBackend> {
+  const own = await load(name, opts);
+  const other = await load(name === 'ebpf' ? 'iptables' : 'ebpf', opts);
+  return new ExclusiveBackend(own, other);
+}
+
+async function load(name: BackendName, opts: BackendOptions): Promise<RedirectBackend> {
+  switch (name) {
+    case 'ebpf':
+      return new (await import('./ebpf.js')).EbpfBackend(opts);
+    case 'iptables':
+      return new (await import('./iptables.js')).IptablesBackend(opts);
+    default:
+      throw new MeshError('INPOD_ERR_USAGE', `unknown backend "${String(name)}": use ebpf or iptables`);
+  }
+}
+
+/**
+ * Refuses to enroll a pod the other backend already captures: two capture layers in one netns
+ * would send traffic through the proxy twice (or around it). The check happens before any change.
+ */
+class ExclusiveBackend implements RedirectBackend {
+  constructor(private readonly own: RedirectBackend, private readonly other: RedirectBackend) {}
+  get name(): BackendName {
+    return this.own.name;
+  }
+  install(): Promise<void> {
+    return this.own.install();
+  }
+  async enroll(netnsPath: string, settings?: Partial<PodSettings>): Promise<EnrolledPod> {
+    if (await this.other.isEnrolled(netnsPath)) {
+      throw new MeshError(
+        'INPOD_ERR_OTHER_BACKEND',
+        `${netnsPath} is already captured by the ${this.other.name} backend; ` +
+          `run "inpod redirect unenroll --netns ${netnsPath} --backend ${this.other.name}" first`,
+      );
+    }
+    return this.own.enroll(netnsPath, settings);
+  }
+  unenroll(netnsPath: string): Promise<void> {
+    return this.own.unenroll(netnsPath);
+  }
+  list(): Promise<EnrolledPod[]> {
+    return this.own.list();
+  }
+  isEnrolled(netnsPath: string): Promise<boolean> {
+    return this.own.isEnrolled(netnsPath);
+  }
+  reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+    return this.own.reconcile(keep);
+  }
+  uninstall(): Promise<void> {
+    return this.own.uninstall();
+  }
+}

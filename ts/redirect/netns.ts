@@ -1,0 +1,45 @@
+/** Facts about a pod network namespace, read from outside it. */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { MeshError } from '../util/errors.js';
+import { NSFS_MAGIC, statfsType } from '../native/index.js';
+
+const run = promisify(execFile);
+
+/** Throws INPOD_ERR_NETNS unless `path` is a network namespace file. */
+export function assertNetns(path: string): void {
+  if (!existsSync(path)) {
+    throw new MeshError('INPOD_ERR_NETNS', `network namespace ${path} does not exist: is the pod still running? ` +
+      'pass the path the runtime gave (CNI_NETNS), e.g. /run/netns/<name> or /proc/<pid>/ns/net');
+  }
+  let type: number;
+  try {
+    type = statfsType(path);
+  } catch (e) {
+    throw new MeshError('INPOD_ERR_NETNS', `cannot read ${path}: ${(e as Error).message}`);
+  }
+  if (type !== NSFS_MAGIC) {
+    throw new MeshError('INPOD_ERR_NETNS', `${path} is not a network namespace (not an nsfs file); ` +
+      'pass a path like /run/netns/<name> or /proc/<pid>/ns/net');
+  }
+}
+
+export interface NetnsAddresses {
+  ipv4: string[];
+  ipv6: string[];
+}
+
+/** Global-scope addresses configured inside the netns (via `ip -j addr`, run in it with nsenter). */
+export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
+  const { stdout } = await run('nsenter', [`--net=${path}`, 'ip', '-j', 'addr', 'show', 'scope', 'global']);
+  const links = JSON.parse(stdout || '[]') as { addr_info?: { family: string; local: string }[] }[];
+  const out: NetnsAddresses = { ipv4: [], ipv6: [] };
+  for (const l of links) {
+    for (const a of l.addr_info ?? []) {
+      if (a.family === 'inet') out.ipv4.push(a.local);
+      else if (a.family === 'inet6') out.ipv6.push(a.local);
+    }
+  }
+  return out;
+}

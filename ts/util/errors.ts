@@ -1,0 +1,55 @@
+import { getSystemErrorName } from 'node:util';
+
+/** Stable error codes. Messages name the likely cause and the fix. */
+export type MeshErrorCode =
+  | 'INPOD_ERR_NETNS'
+  | 'INPOD_ERR_OTHER_BACKEND'
+  | 'INPOD_ERR_KERNEL'
+  | 'INPOD_ERR_BPFFS'
+  | 'INPOD_ERR_CGROUP'
+  | 'INPOD_ERR_BTF'
+  | 'INPOD_ERR_NOT_INSTALLED'
+  | 'INPOD_ERR_IPTABLES'
+  | 'INPOD_ERR_ADDON'
+  | 'INPOD_ERR_USAGE';
+
+export class MeshError extends Error {
+  readonly code: MeshErrorCode;
+  readonly retryable: boolean;
+  constructor(code: MeshErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'MeshError';
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+  }
+}
+
+/** A failed system call: `code` is the errno name ('EPERM'), `syscall` what failed. */
+export class SyscallError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  readonly syscall: string;
+  constructor(syscall: string, errno: number, detail?: string) {
+    const code = errnoName(errno);
+    super(`${syscall}${detail ? ` (${detail})` : ''}: ${code}`);
+    this.name = 'SyscallError';
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+  }
+}
+
+/** errno (positive) -> 'ENOENT'. */
+export function errnoName(errno: number): string {
+  try {
+    return getSystemErrorName(-Math.abs(errno));
+  } catch {
+    return `E${Math.abs(errno)}`;
+  }
+}
+
+/** Native calls return a negative errno on failure; this turns that into a SyscallError. */
+export function check<T>(syscall: string, result: T | number, detail?: string): T {
+  if (typeof result === 'number' && result < 0) throw new SyscallError(syscall, -result, detail);
+  return result as T;
+}
