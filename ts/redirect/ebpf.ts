@@ -50,7 +50,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { assertNetns, netnsAddresses } from './netns.js';
+import { assertNetns, netnsAddresses, transparentReturnRouting } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -163,6 +163,7 @@ export class EbpfBackend implements RedirectBackend {
     const podIps = settings.podIps?.length ? settings.podIps : await this.#discoverIps(netnsPath);
     const cookie = netnsCookie(netnsPath);
     if (!this.installed()) await this.install();
+    await transparentReturnRouting(netnsPath, true, ISTIO_CONFIG.spoofMark);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
@@ -183,7 +184,10 @@ export class EbpfBackend implements RedirectBackend {
   async unenroll(netnsPath: string): Promise<void> {
     assertNetns(netnsPath);
     if (!existsSync(this.#pin('inpod_enrolled'))) return;
-    this.#unenrollCookie(netnsCookie(netnsPath));
+    const cookie = netnsCookie(netnsPath);
+    const wasEnrolled = await this.isEnrolled(netnsPath);
+    this.#unenrollCookie(cookie);
+    if (wasEnrolled) await transparentReturnRouting(netnsPath, false, ISTIO_CONFIG.spoofMark);
   }
 
   async isEnrolled(netnsPath: string): Promise<boolean> {

@@ -43,3 +43,25 @@ export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
   }
   return out;
 }
+
+/**
+ * The in-netns routing that lets the proxy's transparent upstream (bound to the client's IP,
+ * marked 0x539 and re-marked `spoofMark` by connect4) get the app's replies back: the app's
+ * accepted socket inherits the SYN's mark (tcp_fwmark_accept), and that mark routes locally.
+ * No iptables involved. Idempotent; `false` removes exactly this.
+ */
+export async function transparentReturnRouting(path: string, on: boolean, mark: number, table = 100): Promise<void> {
+  const rule = `fwmark 0x${mark.toString(16)} lookup ${table}`;
+  const script = on
+    ? `sysctl -qw net.ipv4.tcp_fwmark_accept=1 && ` +
+      `{ ip rule show | grep -q '${rule}' || ip rule add ${rule} pref 32763; } && ` +
+      `ip route replace local 0.0.0.0/0 dev lo table ${table}`
+    : `sysctl -qw net.ipv4.tcp_fwmark_accept=0; ` +
+      `while ip rule show | grep -q '${rule}'; do ip rule del ${rule} || break; done; ` +
+      `ip route del local 0.0.0.0/0 dev lo table ${table} 2>/dev/null; true`;
+  try {
+    await run('nsenter', [`--net=${path}`, 'sh', '-c', script]);
+  } catch (e) {
+    throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${path} failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+  }
+}

@@ -1,0 +1,128 @@
+import { execFileSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync } from 'node:fs';
+import {
+  SyscallError,
+} from '../../ts/util/errors.js';
+import {
+  accept,
+  getMark,
+  netnsCookie,
+  origDst,
+  recvFds,
+  sendFds,
+  socketIn,
+  socketPair,
+  sockName,
+  statfsType,
+  NSFS_MAGIC,
+  unixBind,
+  unixConnect,
+  unixSocket,
+  listen,
+  withFd,
+  addon,
+} from '../../ts/native/index.js';
+
+const ns = `nat${randomBytes(2).toString('hex')}`;
+const nsPath = `/run/netns/${ns}`;
+
+beforeAll(() => {
+  execFileSync('ip', ['netns', 'add', ns]);
+  execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+});
+afterAll(() => {
+  execFileSync('ip', ['netns', 'del', ns]);
+});
+
+function openFdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+describe('native addon', () => {
+  it('gives each netns its own cookie, the same on every call', () => {
+    const a = netnsCookie(nsPath);
+    expect(a).toBe(netnsCookie(nsPath));
+    expect(a).not.toBe(netnsCookie('/proc/self/ns/net'));
+    expect(statfsType(nsPath)).toBe(NSFS_MAGIC);
+  });
+
+  it('opens a listener inside another netns and leaves the caller in its own', () => {
+    const before = readlinkSync('/proc/thread-self/ns/net');
+    const l = socketIn(nsPath, { family: 4, bind: { ip: '127.0.0.1', port: 0 }, listen: 8, mark: 0x539 });
+    expect(readlinkSync('/proc/thread-self/ns/net')).toBe(before);
+    const { port } = sockName(l.fd);
+    // reachable from inside that netns only
+    const out = execFileSync('nsenter', [`--net=${nsPath}`, 'bash', '-c', `exec 3<>/dev/tcp/127.0.0.1/${port} && echo connected`]).toString();
+    expect(out.trim()).toBe('connected');
+    expect(getMark(l.fd)).toBe(0x539);
+    const c = accept(l.fd);
+    expect(c).not.toBeNull();
+    c!.close();
+    l.close();
+  });
+
+  it('reports failures with the errno code and the syscall', () => {
+    const a = socketIn(nsPath, { family: 4, bind: { ip: '127.0.0.1', port: 0 }, listen: 1 });
+    const { port } = sockName(a.fd);
+    let err: unknown;
+    try {
+      socketIn(nsPath, { family: 4, bind: { ip: '127.0.0.1', port } });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(SyscallError);
+    expect(err).toMatchObject({ code: 'EADDRINUSE', syscall: 'bind', errno: 98 });
+    // SO_ORIGINAL_DST on a socket nothing redirected
+    expect(() => origDst(a.fd)).toThrow(expect.objectContaining({ code: 'ENOENT', syscall: 'getsockopt(SO_ORIGINAL_DST)' }));
+    a.close();
+    expect(() => a.fd).toThrow(/closed/);
+  });
+
+  it('passes a netns fd over SOCK_SEQPACKET with SCM_RIGHTS and the receiver can use it', () => {
+    const [s, r] = socketPair('seqpacket');
+    const fdsBefore = openFdCount();
+    withFd(nsPath, (nsfd) => sendFds(s.fd, Buffer.from('add'), [nsfd]));
+    const m = recvFds(r.fd, 1024, 4);
+    expect(m).not.toBeNull();
+    expect(m!.data.toString()).toBe('add');
+    expect(m!.fds).toHaveLength(1);
+    expect(m!.truncated).toBe(false);
+    // the received fd names the same namespace
+    const cookie = addon().netnsCookie(m!.fds[0]!.fd);
+    expect(cookie).toBe(netnsCookie(nsPath));
+    m!.fds[0]!.close();
+    expect(openFdCount()).toBe(fdsBefore);
+    expect(recvFds(r.fd, 1024, 4)).toBeNull(); // nothing more: EAGAIN is not an error
+    s.close();
+    r.close();
+  });
+
+  it('flags a message larger than the buffer as truncated, keeping message boundaries', () => {
+    const [s, r] = socketPair('seqpacket');
+    sendFds(s.fd, Buffer.alloc(2000, 1));
+    sendFds(s.fd, Buffer.from('next'));
+    const m = recvFds(r.fd, 1024, 1)!;
+    expect(m.truncated).toBe(true);
+    expect(recvFds(r.fd, 1024, 1)!.data.toString()).toBe('next');
+    s.close();
+    r.close();
+  });
+
+  it('connects unix sockets by path, SOCK_STREAM too', () => {
+    const path = `/tmp/${ns}.sock`;
+    const l = unixSocket('stream');
+    unixBind(l.fd, path);
+    listen(l.fd, 4);
+    const c = unixSocket('stream');
+    unixConnect(c.fd, path);
+    const a = accept(l.fd)!;
+    withFd(nsPath, (nsfd) => sendFds(c.fd, Buffer.from('x'), [nsfd]));
+    const m = recvFds(a.fd, 16, 2)!;
+    expect(m.fds).toHaveLength(1);
+    m.fds[0]!.close();
+    for (const f of [l, c, a]) f.close();
+    execFileSync('rm', ['-f', path]);
+  });
+});

@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+/** The `inpod` command line (shared/DESIGN.md "Command line"). */
+import { MeshError } from '../util/errors.js';
+import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
+
+const USAGE = `inpod: node data plane of a sidecar-less service mesh
+
+${REDIRECT_USAGE}
+  inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case 'redirect':
+        process.stdout.write(`${JSON.stringify(await redirectCommand(rest), null, 2)}\n`);
+        return 0;
+      case 'demo':
+        await (await import('./demo.js')).demo();
+        return 0;
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(`${USAGE}\n`);
+        return cmd === undefined ? 2 : 0;
+      default:
+        process.stderr.write(`inpod: unknown command "${cmd}"\n${USAGE}\n`);
+        return 2;
+    }
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if ((e instanceof MeshError && e.code === 'INPOD_ERR_USAGE') || err.code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`inpod: ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`inpod: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});
