@@ -21,6 +21,8 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 						     const struct inpod_pod *pod, __u32 dst, __u16 dport,
 						     __u32 protocol)
 {
+	__u64 *owner;
+
 	if (sk && sk->mark == inpod_cfg.proxy_mark) {
 		/* The proxy's own socket. One bound to a foreign source (transparent upstream to
 		 * the app, keeping the client's IP) is re-marked so that only its replies take the
@@ -34,8 +36,9 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 	}
 	if (inpod_is_loopback4(dst) || dst == pod->ip4 || dst == pod->probe_ip4)
 		return PASS_THROUGH;
-	if (bpf_map_lookup_elem(&inpod_pod_ips, &dst))
-		return PASS_THROUGH; /* another address of a pod on this node's netns: own IPs */
+	owner = bpf_map_lookup_elem(&inpod_pod_ips, &dst);
+	if (owner && *owner == netns)
+		return PASS_THROUGH; /* another of the pod's own addresses */
 	if (dport == 53 && (pod->flags & INPOD_POD_DNS_CAPTURE))
 		return TO_DNS;
 	if (protocol != IPPROTO_TCP)
