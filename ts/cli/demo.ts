@@ -6,7 +6,7 @@
  * never to the host's cgroup2 root. Everything is removed at the end, also on failure.
  */
 import net from 'node:net';
-import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SimNode } from '../sim/node.js';
 import { EbpfBackend } from '../redirect/ebpf.js';
@@ -68,7 +68,8 @@ export async function demo(): Promise<void> {
   if (!cgRoot) throw new Error('no cgroup2 mount found in /proc/mounts');
   const cg = join(cgRoot, `${prefix}cg`);
   const originalCg = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
-  const backend = new EbpfBackend({ pinRoot: `/sys/fs/bpf/${prefix}`, cgroupPath: cg, stateDir: `/run/${prefix}-state` });
+  const stateDir = `/run/${prefix}-state`;
+  const backend = new EbpfBackend({ pinRoot: `/sys/fs/bpf/${prefix}`, cgroupPath: cg, stateDir });
   const servers: net.Server[] = [];
   let node: SimNode | undefined;
   say('inpod demo: in-pod capture with eBPF on this host (no cluster)');
@@ -106,6 +107,7 @@ export async function demo(): Promise<void> {
     for (const s of servers) s.close();
     await backend.uninstall().catch((e: Error) => say(`  cleanup: ${e.message}`));
     await node?.destroy();
+    rmSync(stateDir, { recursive: true, force: true });
     writeFileSync(join(cgRoot, originalCg.replace(/^\//, ''), 'cgroup.procs'), String(process.pid));
     try {
       rmdirSync(cg);

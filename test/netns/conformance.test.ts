@@ -1,0 +1,265 @@
+/**
+ * The redirection contract (shared/DESIGN.md), checked row by row with real sockets in real
+ * namespaces, against both backends. Plain Python listeners stand in for the proxy: no
+ * cooperation from the proxy is needed. As in the real flow, the stand-in's listeners open after
+ * the pod is enrolled. Pod processes run inside the lab's child cgroup (where the eBPF socket
+ * hooks are attached), never in the host's cgroup2 root.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackend } from '../../ts/redirect/factory.js';
+import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
+import { Lab, type LabPod, type PodShell } from './lab.js';
+
+const run = promisify(execFile);
+const CLI = join(__dirname, '..', '..', 'dist', 'cli', 'main.js');
+
+/** Runs `inpod` as a separate process, as a script or another tool would. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run('node', [CLI, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
+  }
+}
+
+describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) as BackendName[])('redirection contract, %s backend', (name) => {
+  let lab: Lab;
+  let backend: RedirectBackend;
+  let opts: BackendOptions;
+  let stateDir: string;
+  let pod: LabPod; // enrolled, with exclusions
+  let pod2: LabPod; // enrolled, a second mesh pod
+  let peer: LabPod; // not enrolled
+  let other: LabPod; // not enrolled, its processes in the cgroup too
+  let sh: Record<'pod' | 'pod2' | 'peer' | 'other' | 'node', PodShell>;
+  let proxyOut: string;
+  let proxyIn: string;
+  const settings = () => ({
+    excludeInboundPorts: [9090],
+    excludeOutboundPorts: [81],
+    excludeOutboundCidrs: [`${other.ip}/32`],
+  });
+
+  async function reply(from: PodShell, host: string, port: number, extra: object = {}): Promise<string> {
+    const r = await from.connect({ host, port, send: 'ping', timeoutMs: 2000, ...extra });
+    if (!r.ok) return `error:${r.error}`;
+    await from.close(r.connId);
+    return r.reply ?? '';
+  }
+
+  beforeAll(async () => {
+    lab = await Lab.create();
+    stateDir = mkdtempSync(join(tmpdir(), `${lab.prefix}state`));
+    opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir };
+    backend = await createBackend(name, opts);
+    [pod, pod2, peer, other] = await Promise.all(['pod', 'pod2', 'peer', 'other'].map((n) => lab.addPod(n)));
+    await backend.install();
+    await backend.enroll(pod.netnsPath, settings());
+    await backend.enroll(pod2.netnsPath);
+    sh = {
+      pod: await lab.shell(pod.netnsPath, { inCgroup: true }),
+      pod2: await lab.shell(pod2.netnsPath, { inCgroup: true }),
+      peer: await lab.shell(peer.netnsPath, { inCgroup: false }),
+      other: await lab.shell(other.netnsPath, { inCgroup: true }),
+      node: await lab.shell(lab.nodeNetnsPath, { inCgroup: true }),
+    };
+    // apps first, then the stand-in proxy (after enrollment, as in the real flow)
+    await sh.pod.listen({ host: '0.0.0.0', port: 8080, tag: 'app8080' });
+    await sh.pod.listen({ host: '0.0.0.0', port: 9090, tag: 'app9090' });
+    await sh.pod.listen({ host: '0.0.0.0', port: 15008, tag: 'hbone' });
+    await sh.pod2.listen({ host: '0.0.0.0', port: 8080, tag: 'pod2app' });
+    await sh.pod2.listen({ host: '0.0.0.0', port: 15001, tag: 'pod2out' });
+    await sh.peer.listen({ host: '0.0.0.0', port: 80, tag: 'peer80' });
+    await sh.peer.listen({ host: '0.0.0.0', port: 81, tag: 'peer81' });
+    await sh.other.listen({ host: '0.0.0.0', port: 80, tag: 'other80' });
+    proxyOut = (await sh.pod.listen({ host: '0.0.0.0', port: 15001, tag: 'proxy15001' })).id;
+    proxyIn = (await sh.pod.listen({ host: '0.0.0.0', port: 15006, tag: 'proxy15006' })).id;
+  });
+
+  afterAll(async () => {
+    await backend?.uninstall().catch(() => {});
+    await lab?.destroy();
+    if (stateDir) rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('sends outbound TCP to the 15001 listener with the original destination', async () => {
+    const r = await sh.pod.connect({ host: peer.ip, port: 80, send: 'ping', timeoutMs: 2000 });
+    expect(r.ok && r.reply).toMatch(/^proxy15001:/);
+    // the app still sees the peer it asked for
+    expect(r.ok && r.peername).toEqual({ host: peer.ip, port: 80 });
+    const acc = (await sh.pod.accepted(proxyOut)).at(-1)!;
+    expect(acc.origDst).toEqual({ host: peer.ip, port: 80 });
+    // same view as iptables REDIRECT: the proxy's peer is the pod, its local end 127.0.0.1:15001
+    expect(acc.peer.host).toBe(pod.ip);
+    expect(acc.sockname).toEqual({ host: '127.0.0.1', port: 15001 });
+  });
+
+  it('captures outbound TCP to another enrolled pod', async () => {
+    expect(await reply(sh.pod, pod2.ip, 8080)).toMatch(/^proxy15001:/);
+  });
+
+  it('sends inbound TCP to the 15006 listener with the original destination, on any port', async () => {
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^proxy15006:/);
+    expect((await sh.pod.accepted(proxyIn)).at(-1)!.origDst).toEqual({ host: pod.ip, port: 8080 });
+    expect(await reply(sh.peer, pod.ip, 7777)).toMatch(/^proxy15006:/);
+    const acc = (await sh.pod.accepted(proxyIn)).at(-1)!;
+    expect(acc.origDst).toEqual({ host: pod.ip, port: 7777 });
+    expect(acc.peer.host).toBe(peer.ip);
+  });
+
+  it('lets inbound TCP to 15008 reach the HBONE listener directly', async () => {
+    expect(await reply(sh.peer, pod.ip, 15008)).toMatch(/^hbone:/);
+  });
+
+  it('never redirects sockets marked 0x539', async () => {
+    expect(await reply(sh.pod, peer.ip, 80, { mark: 0x539 })).toMatch(/^peer80:/);
+  });
+
+  it('leaves loopback traffic and the pod talking to its own IP alone', async () => {
+    expect(await reply(sh.pod, '127.0.0.1', 8080)).toMatch(/^app8080:/);
+    expect(await reply(sh.pod, pod.ip, 8080)).toMatch(/^app8080:/);
+  });
+
+  it('leaves health probes from 169.254.7.127 alone', async () => {
+    expect(await reply(sh.node, pod.ip, 8080, { bind: { host: '169.254.7.127', port: 0 } })).toMatch(/^app8080:/);
+  });
+
+  it('honours the excluded inbound port, outbound port and outbound CIDR', async () => {
+    expect(await reply(sh.peer, pod.ip, 9090)).toMatch(/^app9090:/);
+    expect(await reply(sh.pod, peer.ip, 81)).toMatch(/^peer81:/);
+    expect(await reply(sh.pod, other.ip, 80)).toMatch(/^other80:/);
+  });
+
+  it('leaves namespaces that are not enrolled untouched, the node netns included', async () => {
+    expect(await reply(sh.other, peer.ip, 80)).toMatch(/^peer80:/);
+    expect(await reply(sh.peer, other.ip, 80)).toMatch(/^other80:/);
+    expect(await reply(sh.node, peer.ip, 80)).toMatch(/^peer80:/);
+  });
+
+  it('keeps the client IP on the proxy transparent upstream and routes the replies back', async () => {
+    const r = await sh.pod.connect({
+      host: pod.ip, port: 8080, mark: 0x539, transparent: true, bind: { host: peer.ip, port: 0 }, send: 'ping', timeoutMs: 2000,
+    });
+    expect(r.ok && r.reply).toMatch(/^app8080:/);
+    const app = (await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).at(-1)!;
+    expect(app.peer.host).toBe(peer.ip);
+  });
+
+  it('fails closed: no listener means refused or dropped, never delivered around the proxy', async () => {
+    await sh.pod.closeListener(proxyOut);
+    await sh.pod.closeListener(proxyIn);
+    const appBefore = (await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).length;
+    const peerBefore = (await sh.peer.accepted((await sh.peer.listenerByTag('peer80')).id)).length;
+    expect(await reply(sh.pod, peer.ip, 80, { timeoutMs: 1000 })).toMatch(/^error:(ECONNREFUSED|ETIMEDOUT)/);
+    expect(await reply(sh.peer, pod.ip, 8080, { timeoutMs: 1000 })).toMatch(/^error:(ECONNREFUSED|ETIMEDOUT|ECONNRESET)/);
+    expect((await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).length).toBe(appBefore);
+    expect((await sh.peer.accepted((await sh.peer.listenerByTag('peer80')).id)).length).toBe(peerBefore);
+    // a listener that reopens takes over
+    proxyOut = (await sh.pod.listen({ host: '0.0.0.0', port: 15001, tag: 'proxy15001b' })).id;
+    proxyIn = (await sh.pod.listen({ host: '0.0.0.0', port: 15006, tag: 'proxy15006b' })).id;
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^proxy15001b:/);
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^proxy15006b:/);
+  });
+
+  it('keeps established connections when the pod is unenrolled, and captures again on re-enroll', async () => {
+    const out = await sh.pod.connect({ host: peer.ip, port: 80, send: 'one', timeoutMs: 2000 });
+    const inb = await sh.peer.connect({ host: pod.ip, port: 8080, send: 'one', timeoutMs: 2000 });
+    expect(out.ok && out.reply).toMatch(/^proxy15001b:/);
+    expect(inb.ok && inb.reply).toMatch(/^proxy15006b:/);
+    if (!out.ok || !inb.ok) return;
+
+    await backend.unenroll(pod.netnsPath);
+    expect(await backend.isEnrolled(pod.netnsPath)).toBe(false);
+    expect((await sh.pod.send(out.connId, 'two')).reply).toBe('proxy15001b:two');
+    expect((await sh.peer.send(inb.connId, 'two')).reply).toBe('proxy15006b:two');
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^peer80:/);
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^app8080:/);
+
+    await backend.enroll(pod.netnsPath, settings());
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^proxy15001b:/);
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^proxy15006b:/);
+    await sh.pod.close(out.connId);
+    await sh.peer.close(inb.connId);
+  });
+
+  it('is idempotent: enrolling twice equals once', async () => {
+    await backend.enroll(pod.netnsPath, settings());
+    await backend.enroll(pod.netnsPath, settings());
+    const listed = (await backend.list()).filter((p) => p.netns === pod.netnsPath);
+    expect(listed).toHaveLength(1);
+    expect(listed[0]!.settings.excludeInboundPorts).toEqual([9090]);
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^proxy15001b:/);
+  });
+
+  it('refuses a pod the other backend already captures, and changes nothing', async () => {
+    const otherName: BackendName = name === 'ebpf' ? 'iptables' : 'ebpf';
+    const rival = await createBackend(otherName, opts);
+    await expect(rival.enroll(pod.netnsPath)).rejects.toMatchObject({ code: 'INPOD_ERR_OTHER_BACKEND' });
+    expect(await rival.isEnrolled(pod.netnsPath)).toBe(false);
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^proxy15001b:/);
+  });
+
+  it('names the path when the netns does not exist, and changes nothing', async () => {
+    await expect(backend.enroll(`/run/netns/${lab.prefix}missing`)).rejects.toMatchObject({
+      code: 'INPOD_ERR_NETNS',
+      message: expect.stringContaining(`${lab.prefix}missing`),
+    });
+  });
+
+  it('works from separate processes: capture set by one CLI call stays after it exits', async () => {
+    const pod3 = await lab.addPod('pod3');
+    const common = ['--backend', name, '--cgroup', lab.cgroupPath, '--pin-root', opts.pinRoot!, '--state-dir', stateDir];
+    const enrolled = await cli(['redirect', 'enroll', '--netns', pod3.netnsPath, ...common]);
+    expect(enrolled.stderr).toBe('');
+    expect(enrolled.code).toBe(0);
+    expect(JSON.parse(enrolled.stdout)).toMatchObject({ netns: pod3.netnsPath, backend: name, podIps: [pod3.ip] });
+
+    const sh3 = await lab.shell(pod3.netnsPath, { inCgroup: true });
+    await sh3.listen({ host: '0.0.0.0', port: 15001, tag: 'pod3proxy' });
+    expect(await reply(sh3, peer.ip, 80)).toMatch(/^pod3proxy:/);
+
+    const listed = await cli(['redirect', 'list', ...common]);
+    expect(listed.code).toBe(0);
+    const pods = JSON.parse(listed.stdout) as { netns: string; backend: string }[];
+    expect(pods.map((p) => p.netns).sort()).toEqual([pod.netnsPath, pod2.netnsPath, pod3.netnsPath].sort());
+
+    const un = await cli(['redirect', 'unenroll', '--netns', pod3.netnsPath, ...common]);
+    expect(un.code).toBe(0);
+    expect(await reply(sh3, peer.ip, 80)).toMatch(/^peer80:/);
+  });
+
+  it('sends DNS (UDP and TCP to port 53) to 15053 when DNS capture is on, and not otherwise', async () => {
+    await sh.peer.udpListen({ port: 53, tag: 'peerdns' });
+    await sh.pod2.udpListen({ host: '127.0.0.1', port: 15053, tag: 'dnsproxy' });
+    await sh.pod2.listen({ host: '127.0.0.1', port: 15053, tag: 'dnsproxytcp' });
+    const query = { host: peer.ip, port: 53, send: 'q', timeoutMs: 2000 };
+    expect(await sh.pod2.udp(query)).toMatchObject({ ok: true, reply: 'peerdns:q' });
+
+    await backend.enroll(pod2.netnsPath, { dnsCapture: true });
+    // the answer appears to come from the server the app asked
+    expect(await sh.pod2.udp(query)).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: peer.ip, port: 53 } });
+    expect(await sh.pod2.udp({ ...query, connected: true })).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: peer.ip, port: 53 } });
+    expect(await reply(sh.pod2, peer.ip, 53)).toMatch(/^dnsproxytcp:/);
+    // the proxy's own DNS upstream (mark 0x539) goes out
+    expect(await sh.pod2.udp({ ...query, mark: 0x539 })).toMatchObject({ ok: true, reply: 'peerdns:q' });
+
+    await backend.enroll(pod2.netnsPath, { dnsCapture: false });
+    expect(await sh.pod2.udp(query)).toMatchObject({ ok: true, reply: 'peerdns:q' });
+  });
+
+  it('reconciles after a restart: keeps the wanted pods, drops the rest', async () => {
+    const fresh = await createBackend(name, opts); // a new process's view: only kernel state
+    const left = await fresh.reconcile(new Map([[pod.netnsPath, settings()]]));
+    expect(left.map((p) => p.netns)).toEqual([pod.netnsPath]);
+    expect(await fresh.isEnrolled(pod2.netnsPath)).toBe(false);
+    expect(await reply(sh.pod, peer.ip, 80)).toMatch(/^proxy15001b:/);
+    expect(await reply(sh.pod2, peer.ip, 80)).toMatch(/^peer80:/);
+  });
+});

@@ -1,0 +1,221 @@
+"""A socket daemon for real-namespace tests: run inside a pod netns (and the test's cgroup),
+driven by JSON lines on stdin, one JSON reply line per request on stdout.
+
+It stands in for a proxy or an app: listeners that accept in the background, record what each
+accepted socket saw (peer, local address, SO_ORIGINAL_DST) and answer every chunk received with
+"<tag>:<chunk>"; client connections with SO_MARK / IP_TRANSPARENT / bind options. Every blocking
+call has a timeout, so a test can never hang on it.
+"""
+import errno
+import json
+import socket
+import struct
+import sys
+import threading
+
+SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
+SO_MARK = 36
+
+lock = threading.Lock()
+listeners = {}  # id -> {sock, tag, accepted: [...]}
+conns = {}  # id -> socket
+next_id = [0]
+
+
+def new_id(prefix):
+    with lock:
+        next_id[0] += 1
+        return f"{prefix}{next_id[0]}"
+
+
+def addr(a):
+    return {"host": a[0], "port": a[1]}
+
+
+def err_name(e):
+    if isinstance(e, socket.timeout):
+        return "ETIMEDOUT"
+    code = getattr(e, "errno", None)
+    return errno.errorcode.get(code, str(e)) if code else str(e)
+
+
+def orig_dst(s):
+    try:
+        raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, ip = struct.unpack("!2xH4s8x", raw)
+        return {"host": socket.inet_ntoa(ip), "port": port}
+    except OSError as e:
+        return err_name(e)
+
+
+def serve(conn, tag):
+    conn.settimeout(30)
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(tag.encode() + b":" + data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def accept_loop(lid):
+    entry = listeners[lid]
+    s = entry["sock"]
+    while True:
+        try:
+            c, peer = s.accept()
+        except OSError:
+            return
+        rec = {"peer": addr(peer), "sockname": addr(c.getsockname()), "origDst": orig_dst(c)}
+        with lock:
+            entry["accepted"].append(rec)
+        threading.Thread(target=serve, args=(c, entry["tag"]), daemon=True).start()
+
+
+def make_socket(req, kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    if req.get("mark") is not None:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, req["mark"])
+    if req.get("transparent"):
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    return s
+
+
+def op_listen(req):
+    s = make_socket(req)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((req.get("host", "0.0.0.0"), req["port"]))
+    s.listen(req.get("backlog", 128))
+    lid = new_id("l")
+    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": []}
+    threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
+    return {"id": lid, "port": s.getsockname()[1]}
+
+
+def op_close_listener(req):
+    entry = listeners.get(req["id"])
+    if entry:
+        try:
+            entry["sock"].shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        entry["sock"].close()
+    return {}
+
+
+def op_accepted(req):
+    with lock:
+        return {"accepted": list(listeners[req["id"]]["accepted"])}
+
+
+def read_reply(s, timeout):
+    s.settimeout(timeout)
+    try:
+        return s.recv(65536).decode(errors="replace")
+    except OSError as e:
+        return "error:" + err_name(e)
+
+
+def op_connect(req):
+    timeout = req.get("timeoutMs", 3000) / 1000.0
+    s = make_socket(req)
+    try:
+        if req.get("bind"):
+            s.bind((req["bind"]["host"], req["bind"].get("port", 0)))
+        s.settimeout(timeout)
+        s.connect((req["host"], req["port"]))
+    except OSError as e:
+        s.close()
+        return {"ok": False, "error": err_name(e)}
+    cid = new_id("c")
+    conns[cid] = s
+    out = {"ok": True, "connId": cid, "sockname": addr(s.getsockname()), "peername": addr(s.getpeername())}
+    if req.get("send") is not None:
+        s.sendall(req["send"].encode())
+        out["reply"] = read_reply(s, timeout)
+    return out
+
+
+def op_send(req):
+    s = conns[req["connId"]]
+    s.sendall(req["data"].encode())
+    return {"reply": read_reply(s, req.get("timeoutMs", 3000) / 1000.0)}
+
+
+def op_close(req):
+    s = conns.pop(req["connId"], None)
+    if s:
+        s.close()
+    return {}
+
+
+def op_udp(req):
+    """One datagram to host:port (connected or not), and the answer with its source."""
+    timeout = req.get("timeoutMs", 2000) / 1000.0
+    s = make_socket(req, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        if req.get("connected"):
+            s.connect((req["host"], req["port"]))
+            s.send(req["send"].encode())
+            data, src = s.recv(65536), s.getpeername()
+        else:
+            s.sendto(req["send"].encode(), (req["host"], req["port"]))
+            data, src = s.recvfrom(65536)
+        return {"ok": True, "reply": data.decode(errors="replace"), "from": addr(src)}
+    except OSError as e:
+        return {"ok": False, "error": err_name(e)}
+    finally:
+        s.close()
+
+
+def udp_echo_loop(s, tag):
+    while True:
+        try:
+            data, src = s.recvfrom(65536)
+            s.sendto(tag.encode() + b":" + data, src)
+        except OSError:
+            return
+
+
+def op_udp_listen(req):
+    s = make_socket(req, socket.SOCK_DGRAM)
+    s.bind((req.get("host", "0.0.0.0"), req["port"]))
+    lid = new_id("u")
+    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": []}
+    threading.Thread(target=udp_echo_loop, args=(s, listeners[lid]["tag"]), daemon=True).start()
+    return {"id": lid}
+
+
+OPS = {
+    "listen": op_listen,
+    "closeListener": op_close_listener,
+    "accepted": op_accepted,
+    "connect": op_connect,
+    "send": op_send,
+    "close": op_close,
+    "udp": op_udp,
+    "udpListen": op_udp_listen,
+}
+
+
+def main():
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            out = OPS[req["op"]](req)
+            out["ok"] = out.get("ok", True)
+        except Exception as e:  # reported to the test, never fatal
+            out = {"ok": False, "error": err_name(e)}
+        out["seq"] = req["seq"]
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
