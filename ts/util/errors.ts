@@ -11,7 +11,8 @@ export type MeshErrorCode =
   | 'INPOD_ERR_NOT_INSTALLED'
   | 'INPOD_ERR_IPTABLES'
   | 'INPOD_ERR_ADDON'
-  | 'INPOD_ERR_USAGE';
+  | 'INPOD_ERR_USAGE'
+  | 'INPOD_ERR_CA';
 
 export class MeshError extends Error {
   readonly code: MeshErrorCode;
