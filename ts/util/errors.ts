@@ -12,7 +12,8 @@ export type MeshErrorCode =
   | 'INPOD_ERR_IPTABLES'
   | 'INPOD_ERR_ADDON'
   | 'INPOD_ERR_USAGE'
-  | 'INPOD_ERR_CA';
+  | 'INPOD_ERR_CA'
+  | 'INPOD_ERR_CONFIG';
 
 export class MeshError extends Error {
   readonly code: MeshErrorCode;

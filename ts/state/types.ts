@@ -1,0 +1,56 @@
+/** The proxy's view of the mesh: workloads, services and policies, indexed for the data path. */
+
+export type Protocol = 'HBONE' | 'TCP';
+
+export interface Waypoint {
+  /** Waypoint address ("network/ip" in the config; the IP here). */
+  address: string;
+  hboneMtlsPort: number;
+}
+
+export interface Workload {
+  uid: string;
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  trustDomain: string;
+  workloadIps: string[];
+  protocol: Protocol;
+  node: string;
+  network: string;
+  /** "namespace/hostname" -> {service port -> target port} */
+  services: Record<string, Record<number, number>>;
+  waypoint?: Waypoint;
+  labels: Record<string, string>;
+  /** Health as Kubernetes reports it; unhealthy endpoints are not picked. */
+  healthy: boolean;
+}
+
+export interface Service {
+  name: string;
+  namespace: string;
+  hostname: string;
+  /** VIP addresses (the IP part of "network/ip"). */
+  vips: string[];
+  /** service port -> target port (0: same as the service port) */
+  ports: Record<number, number>;
+  subjectAltNames: string[];
+  waypoint?: Waypoint;
+}
+
+/** Authorization policy (issue: policy); kept as parsed for now. */
+export interface Policy {
+  name: string;
+  namespace: string;
+  [key: string]: unknown;
+}
+
+export interface MeshState {
+  workloads: Workload[];
+  services: Service[];
+  policies: Policy[];
+}
+
+export function serviceKey(s: Pick<Service, 'namespace' | 'hostname'>): string {
+  return `${s.namespace}/${s.hostname}`;
+}
