@@ -29,6 +29,9 @@ export interface PodSettings {
   excludeOutboundCidrs: string[];
 }
 
+import { isIPv4 } from 'node:net';
+import { MeshError } from '../util/errors.js';
+
 export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
   probeSource: '169.254.7.127',
   dnsCapture: false,
@@ -84,4 +87,28 @@ export interface RedirectBackend {
   reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]>;
   /** Removes the host-level parts (eBPF: links and pins). Pods must be unenrolled first. */
   uninstall(): Promise<void>;
+}
+
+/** Fills defaults and validates settings; sorted, deduplicated lists so records compare equal. */
+export function normalizeSettings(p: Partial<PodSettings>): PodSettings {
+  const s = { ...DEFAULT_SETTINGS, ...p };
+  const ports = (xs: number[], what: string): number[] => {
+    for (const port of xs) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535) throw new MeshError('INPOD_ERR_USAGE', `${what}: ${port} is not a TCP port (1-65535)`);
+    }
+    return [...new Set(xs)].sort((a, b) => a - b);
+  };
+  if (!isIPv4(s.probeSource)) throw new MeshError('INPOD_ERR_USAGE', `probe source "${s.probeSource}" is not an IPv4 address`);
+  for (const c of s.excludeOutboundCidrs) {
+    const [ip, len] = c.split('/');
+    if (!ip || !isIPv4(ip) || (len !== undefined && !(Number(len) >= 0 && Number(len) <= 32 && /^\d+$/.test(len)))) {
+      throw new MeshError('INPOD_ERR_USAGE', `excluded CIDR "${c}" is not an IPv4 CIDR like 10.0.0.0/8`);
+    }
+  }
+  return {
+    ...s,
+    excludeInboundPorts: ports(s.excludeInboundPorts, 'excluded inbound port'),
+    excludeOutboundPorts: ports(s.excludeOutboundPorts, 'excluded outbound port'),
+    excludeOutboundCidrs: [...new Set(s.excludeOutboundCidrs)].sort(),
+  };
 }

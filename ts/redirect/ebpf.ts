@@ -43,14 +43,14 @@ import {
   type CaptureConfig,
 } from '../native/structs.js';
 import {
-  DEFAULT_SETTINGS,
+  normalizeSettings,
   type BackendOptions,
   type EnrolledPod,
   type PodSettings,
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { assertNetns, netnsAddresses, transparentReturnRouting } from './netns.js';
+import { assertNetns, discoverPodIps, transparentReturnRouting } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -159,8 +159,8 @@ export class EbpfBackend implements RedirectBackend {
 
   async enroll(netnsPath: string, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
     assertNetns(netnsPath);
-    const settings = normalize(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await this.#discoverIps(netnsPath);
+    const settings = normalizeSettings(partial);
+    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(netnsPath);
     const cookie = netnsCookie(netnsPath);
     if (!this.installed()) await this.install();
     await transparentReturnRouting(netnsPath, true, ISTIO_CONFIG.spoofMark);
@@ -313,19 +313,6 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  async #discoverIps(netnsPath: string): Promise<string[]> {
-    const a = await netnsAddresses(netnsPath);
-    if (a.ipv6.length > 0) {
-      throw new MeshError('INPOD_ERR_NETNS', `${netnsPath} has IPv6 addresses (${a.ipv6.join(', ')}); the eBPF backend ` +
-        'captures IPv4 only and refuses rather than let IPv6 bypass the proxy: use --backend iptables for dual-stack pods');
-    }
-    if (a.ipv4.length === 0) {
-      throw new MeshError('INPOD_ERR_NETNS', `${netnsPath} has no IPv4 address yet: enroll after the CNI plugins ` +
-        'configured the pod network (inpod-cni must be last in the chain)');
-    }
-    return a.ipv4;
-  }
-
   #load(obj: string, config: Buffer): BpfObject {
     const o = BpfObject.open(obj, this.pinRoot, config);
     try {
@@ -393,17 +380,6 @@ export class EbpfBackend implements RedirectBackend {
       return null;
     }
   }
-}
-
-function normalize(p: Partial<PodSettings>): PodSettings {
-  const s = { ...DEFAULT_SETTINGS, ...p };
-  const ports = (xs: number[]): number[] => [...new Set(xs)].sort((a, b) => a - b);
-  for (const port of [...s.excludeInboundPorts, ...s.excludeOutboundPorts]) {
-    if (!Number.isInteger(port) || port < 1 || port > 65535) {
-      throw new MeshError('INPOD_ERR_USAGE', `excluded port ${port} is not a TCP port (1-65535)`);
-    }
-  }
-  return { ...s, excludeInboundPorts: ports(s.excludeInboundPorts), excludeOutboundPorts: ports(s.excludeOutboundPorts) };
 }
 
 function closeMap(m: BpfMap): void {

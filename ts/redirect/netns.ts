@@ -45,6 +45,23 @@ export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
 }
 
 /**
+ * The pod's IPv4 addresses. A pod with global IPv6 addresses is refused: IPv6 capture is not
+ * implemented yet, and enrolling such a pod would let its IPv6 traffic bypass the proxy.
+ */
+export async function discoverPodIps(path: string): Promise<string[]> {
+  const a = await netnsAddresses(path);
+  if (a.ipv6.length > 0) {
+    throw new MeshError('INPOD_ERR_NETNS', `${path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
+      'and refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, or leave it out of the mesh');
+  }
+  if (a.ipv4.length === 0) {
+    throw new MeshError('INPOD_ERR_NETNS', `${path} has no IPv4 address yet: enroll after the CNI plugins ` +
+      'configured the pod network (inpod-cni must be last in the chain)');
+  }
+  return a.ipv4;
+}
+
+/**
  * The in-netns routing that lets the proxy's transparent upstream (bound to the client's IP,
  * marked 0x539 and re-marked `spoofMark` by connect4) get the app's replies back: the app's
  * accepted socket inherits the SYN's mark (tcp_fwmark_accept), and that mark routes locally.

@@ -1,0 +1,105 @@
+/**
+ * Istio 1.24's in-pod ambient rules, as iptables-restore input (pure: tested against golden
+ * files). Applied with --noflush inside the pod netns: the ISTIO_ chains are (re)declared, which
+ * flushes them, and refilled, so a second apply replaces the first atomically per table.
+ */
+import type { PodSettings } from './backend.js';
+
+export const PROXY_MARK = '0x539/0xfff';
+export const CONNMARK = '0x111/0xfff';
+export const ROUTE_TABLE = 100;
+export const OUTBOUND_PORT = 15001;
+export const INBOUND_PORT = 15006;
+export const HBONE_PORT = 15008;
+export const DNS_PORT = 15053;
+
+export type Table = 'raw' | 'mangle' | 'nat';
+
+/** The rules for one pod, per table, in iptables-save syntax (without the jump rules). */
+export function podRules(s: PodSettings): Record<Table, string[]> {
+  const nat: string[] = [];
+  nat.push(`-A ISTIO_PRERT -s ${s.probeSource}/32 -p tcp -m tcp -j ACCEPT`);
+  for (const p of s.excludeInboundPorts) nat.push(`-A ISTIO_PRERT -p tcp -m tcp --dport ${p} -j ACCEPT`);
+  nat.push(`-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport ${HBONE_PORT} -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${INBOUND_PORT}`);
+  nat.push(`-A ISTIO_OUTPUT -d ${s.probeSource}/32 -p tcp -m tcp -j ACCEPT`);
+  if (s.dnsCapture) {
+    nat.push(`-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark ${PROXY_MARK} -m udp --dport 53 -j REDIRECT --to-ports ${DNS_PORT}`);
+    nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${DNS_PORT}`);
+  }
+  for (const p of s.excludeOutboundPorts) nat.push(`-A ISTIO_OUTPUT -p tcp -m tcp --dport ${p} -j ACCEPT`);
+  for (const c of s.excludeOutboundCidrs) nat.push(`-A ISTIO_OUTPUT -d ${c.includes('/') ? c : `${c}/32`} -j ACCEPT`);
+  nat.push(`-A ISTIO_OUTPUT -p tcp -m mark --mark ${CONNMARK} -j ACCEPT`);
+  nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT`);
+  nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${OUTBOUND_PORT}`);
+
+  const mangle = [
+    `-A ISTIO_OUTPUT -m connmark --mark ${CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
+    `-A ISTIO_PRERT -m mark --mark ${PROXY_MARK} -j CONNMARK --set-xmark ${CONNMARK}`,
+  ];
+  const raw = s.dnsCapture
+    ? [
+        `-A ISTIO_OUTPUT -p udp -m mark --mark ${PROXY_MARK} -m udp --dport 53 -j CT --zone 1`,
+        `-A ISTIO_PRERT -p udp -m mark ! --mark ${PROXY_MARK} -m udp --sport 53 -j CT --zone 1`,
+      ]
+    : [];
+  return { raw, mangle, nat };
+}
+
+const TABLES: Table[] = ['raw', 'mangle', 'nat'];
+
+/**
+ * iptables-restore --noflush input installing `rules`. `hasJumps[table]` says whether the
+ * PREROUTING/OUTPUT jumps into the ISTIO_ chains already exist (then they are not added twice).
+ */
+export function restoreInput(rules: Record<Table, string[]>, hasJumps: Record<Table, boolean>, hasDrain = false): string {
+  const out: string[] = [];
+  for (const t of TABLES) {
+    if (rules[t].length === 0 && !hasJumps[t]) continue;
+    out.push(`*${t}`, ':ISTIO_PRERT - [0:0]', ':ISTIO_OUTPUT - [0:0]');
+    if (t === 'mangle' && hasDrain) out.push(`:${DRAIN_CHAIN} - [0:0]`, `-X ${DRAIN_CHAIN}`);
+    if (!hasJumps[t]) out.push('-A PREROUTING -j ISTIO_PRERT', '-A OUTPUT -j ISTIO_OUTPUT');
+    out.push(...rules[t], 'COMMIT');
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/**
+ * Connection tracking in a netns stays on only while a rule needs it; removing the REDIRECTs
+ * would switch it off and with it the NAT of connections already redirected, cutting them. So
+ * unenroll leaves one unreferenced chain whose only rule needs conntrack (it sees no packet),
+ * and the next enroll removes it.
+ */
+export const DRAIN_CHAIN = 'ISTIO_DRAIN';
+const DRAIN_RULE = `-A ${DRAIN_CHAIN} -m conntrack --ctstate DNAT -j RETURN`;
+
+/**
+ * iptables-restore --noflush input removing the ISTIO_ chains of `present` tables and the jumps
+ * that exist, leaving the drain chain in mangle.
+ */
+export function removalInput(present: Table[], jumps: Table[]): string {
+  const out: string[] = [];
+  for (const t of present) {
+    out.push(`*${t}`, ':ISTIO_PRERT - [0:0]', ':ISTIO_OUTPUT - [0:0]');
+    if (t === 'mangle') out.push(`:${DRAIN_CHAIN} - [0:0]`, DRAIN_RULE);
+    if (jumps.includes(t)) out.push('-D PREROUTING -j ISTIO_PRERT', '-D OUTPUT -j ISTIO_OUTPUT');
+    out.push('-X ISTIO_PRERT', '-X ISTIO_OUTPUT', 'COMMIT');
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/** Parses iptables-save output: which tables have the ISTIO_PRERT chain, and with jumps. */
+export function inspectSave(save: string): { chains: Table[]; jumps: Table[]; drain: boolean } {
+  const chains: Table[] = [];
+  const jumps: Table[] = [];
+  let drain = false;
+  let table: Table | null = null;
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) table = line.slice(1).trim() as Table;
+    else if (table && TABLES.includes(table)) {
+      if (line.startsWith(':ISTIO_PRERT ') && !chains.includes(table)) chains.push(table);
+      if (line === '-A PREROUTING -j ISTIO_PRERT' && !jumps.includes(table)) jumps.push(table);
+      if (table === 'mangle' && line.startsWith(`:${DRAIN_CHAIN} `)) drain = true;
+    }
+  }
+  return { chains, jumps, drain };
+}
