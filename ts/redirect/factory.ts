@@ -1,4 +1,5 @@
 import { MeshError } from '../util/errors.js';
+import { assertNetns } from './netns.js';
 import type { BackendName, BackendOptions, EnrolledPod, PodSettings, RedirectBackend } from './backend.js';
 
 /** Builds one backend. The agent and the CLI import only this and the interface. */
@@ -32,6 +33,7 @@ class ExclusiveBackend implements RedirectBackend {
     return this.own.install();
   }
   async enroll(netnsPath: string, settings?: Partial<PodSettings>): Promise<EnrolledPod> {
+    assertNetns(netnsPath);
     if (await this.other.isEnrolled(netnsPath)) {
       throw new MeshError(
         'INPOD_ERR_OTHER_BACKEND',
