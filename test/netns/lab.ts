@@ -5,7 +5,7 @@
  * also after a failure; every name carries the lab's random prefix.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
@@ -62,7 +62,7 @@ export class PodShell {
   request<T = Record<string, unknown>>(op: string, args: object = {}): Promise<T> {
     const seq = ++this.#seq;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`sockd ${op} in ${this.where}: no answer in 20 s`)), 20_000);
+      const timer = setTimeout(() => reject(new Error(`sockd ${op} in ${this.where}: no answer in 60 s`)), 60_000);
       this.#pending.set(seq, (v) => {
         clearTimeout(timer);
         resolve(v as T);
@@ -71,7 +71,7 @@ export class PodShell {
     });
   }
 
-  async listen(o: { host?: string; port: number; tag: string } & SocketOpts): Promise<{ id: string; port: number }> {
+  async listen(o: { host?: string; port: number; tag: string; echo?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
     const r = await this.request<{ ok: boolean; id: string; port: number; error?: string }>('listen', o);
     if (!r.ok) throw new Error(`listen ${o.host ?? '0.0.0.0'}:${o.port} in ${this.where}: ${r.error}`);
     this.#tags.set(o.tag, r.id);
@@ -106,6 +106,10 @@ export class PodShell {
   async udpListen(o: { host?: string; port: number; tag: string }): Promise<void> {
     await this.request('udpListen', o);
   }
+  /** `count` concurrent connections each echoing `size` random bytes; counts exact matches. */
+  load(o: { host: string; port: number; count: number; size: number; timeoutMs?: number }): Promise<{ ok: number; bad: number; errors: Record<string, number> }> {
+    return this.request('load', o);
+  }
   kill(): void {
     this.proc.kill('SIGKILL');
   }
@@ -135,6 +139,20 @@ export class Lab {
     }
   }
 
+  /** Puts this test process itself in the lab cgroup (an in-process proxy must be there). */
+  joinCgroup(): void {
+    writeFileSync(join(this.cgroupPath, 'cgroup.procs'), String(process.pid));
+  }
+
+  /** Moves this process back where it came from. */
+  leaveCgroup(): void {
+    const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'))!;
+    if (!readFileSync(join(this.cgroupPath, 'cgroup.procs'), 'utf8').split('\n').includes(String(process.pid))) return;
+    writeFileSync(join(root, this.#originalCgroup.replace(/^\//, ''), 'cgroup.procs'), String(process.pid));
+  }
+
+  readonly #originalCgroup = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
+
   get nodeNetnsPath(): string {
     return `/run/netns/${this.node.nodeNetns}`;
   }
@@ -156,6 +174,7 @@ export class Lab {
   /** Kills every process, removes pods, node netns and cgroup. Never throws. */
   async destroy(): Promise<void> {
     for (const s of this.#shells) s.kill();
+    if (existsSync(this.cgroupPath)) this.leaveCgroup();
     const procs = join(this.cgroupPath, 'cgroup.procs');
     for (let i = 0; i < 50 && existsSync(procs) && readFileSync(procs, 'utf8').trim() !== ''; i++) {
       for (const pid of readFileSync(procs, 'utf8').split('\n').filter(Boolean)) {

@@ -258,3 +258,8 @@ export function progId(fd: number): number {
 export function numPossibleCpus(): number {
   return check('libbpf_num_possible_cpus', addon().numPossibleCpus());
 }
+
+/** Like socketIn, with the netns given as an open fd (as received over ZDS). */
+export function socketInNs(nsFd: number, spec: SocketSpec): Fd {
+  return new Fd(checkComposite(addon().socketIn(nsFd, spec)));
+}

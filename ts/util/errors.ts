@@ -13,7 +13,11 @@ export type MeshErrorCode =
   | 'INPOD_ERR_ADDON'
   | 'INPOD_ERR_USAGE'
   | 'INPOD_ERR_CA'
-  | 'INPOD_ERR_CONFIG';
+  | 'INPOD_ERR_CONFIG'
+  | 'INPOD_ERR_HBONE'
+  | 'INPOD_ERR_HBONE_CONNECT'
+  | 'INPOD_ERR_HBONE_TLS'
+  | 'INPOD_ERR_HBONE_IDENTITY';
 
 export class MeshError extends Error {
   readonly code: MeshErrorCode;

@@ -49,14 +49,18 @@ def orig_dst(s):
         return err_name(e)
 
 
-def serve(conn, tag):
+def serve(conn, tag, echo):
+    """Answers each chunk with "<tag>:<chunk>", or (echo) returns the bytes unchanged and
+    half-closes after the peer did, so a client can check every byte."""
     conn.settimeout(30)
     try:
         while True:
             data = conn.recv(65536)
             if not data:
                 break
-            conn.sendall(tag.encode() + b":" + data)
+            conn.sendall(data if echo else tag.encode() + b":" + data)
+        if echo:
+            conn.shutdown(socket.SHUT_WR)
     except OSError:
         pass
     finally:
@@ -74,7 +78,7 @@ def accept_loop(lid):
         rec = {"peer": addr(peer), "sockname": addr(c.getsockname()), "origDst": orig_dst(c)}
         with lock:
             entry["accepted"].append(rec)
-        threading.Thread(target=serve, args=(c, entry["tag"]), daemon=True).start()
+        threading.Thread(target=serve, args=(c, entry["tag"], entry["echo"]), daemon=True).start()
 
 
 def make_socket(req, kind=socket.SOCK_STREAM):
@@ -92,7 +96,7 @@ def op_listen(req):
     s.bind((req.get("host", "0.0.0.0"), req["port"]))
     s.listen(req.get("backlog", 128))
     lid = new_id("l")
-    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": []}
+    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": [], "echo": bool(req.get("echo"))}
     threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
     return {"id": lid, "port": s.getsockname()[1]}
 
@@ -192,7 +196,51 @@ def op_udp_listen(req):
     return {"id": lid}
 
 
+def op_load(req):
+    """`count` concurrent connections, each sending `size` random bytes, half-closing, and
+    checking that exactly those bytes come back."""
+    import os
+    count, size = req["count"], req["size"]
+    timeout = req.get("timeoutMs", 30000) / 1000.0
+    results = {"ok": 0, "bad": 0, "errors": {}}
+    rlock = threading.Lock()
+    barrier = threading.Barrier(count, timeout=timeout)
+
+    def one():
+        payload = os.urandom(size)
+        s = socket.socket()
+        s.settimeout(timeout)
+        try:
+            s.connect((req["host"], req["port"]))
+            barrier.wait()  # all connected at once
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+            key = "ok" if bytes(got) == payload else "bad"
+            with rlock:
+                results[key] += 1
+        except Exception as e:
+            with rlock:
+                results["errors"][err_name(e)] = results["errors"].get(err_name(e), 0) + 1
+        finally:
+            s.close()
+
+    threading.stack_size(256 * 1024)
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 OPS = {
+    "load": op_load,
     "listen": op_listen,
     "closeListener": op_close_listener,
     "accepted": op_accepted,

@@ -1,0 +1,234 @@
+/**
+ * One enrolled pod as the proxy serves it: listeners opened inside the pod's netns on 15001
+ * (outbound), 15006 (inbound plaintext) and 15008 (HBONE, mTLS with the pod's own identity).
+ * Created on ZDS Add; closed on Del. Connections already open are left to finish.
+ */
+import http2, { type Http2SecureServer, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import net from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { isIPv4 } from 'node:net';
+import { socketInNs, type Fd } from '../native/index.js';
+import type { CertManager } from '../identity/manager.js';
+import { spiffeUri, uriSans, parseSpiffe, type Identity } from '../identity/spiffe.js';
+import type { StateStore } from '../state/store.js';
+import type { Logger } from '../util/log.js';
+import { connectIn, listenIn, originalDestination, relay, PROXY_MARK } from './sockets.js';
+import { buildRoute, type Addr } from './route.js';
+import type { HbonePool } from './hbone/client.js';
+import type { ConnContext, ConnRecord, ProxyHooks } from './hooks.js';
+
+export const OUTBOUND_PORT = 15001;
+export const INBOUND_PORT = 15006;
+export const HBONE_PORT = 15008;
+
+export interface PodInfo {
+  uid: string;
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+}
+
+export interface PodDeps {
+  state: StateStore;
+  certs: CertManager;
+  pool: HbonePool;
+  hooks: ProxyHooks;
+  log: Logger;
+  trustDomain: string;
+}
+
+export class PodProxy {
+  readonly identity: Identity;
+  readonly #servers: (net.Server | Http2SecureServer)[] = [];
+  readonly #log: Logger;
+  #certTimer?: NodeJS.Timeout;
+  #certSerial = '';
+  readonly listeners: Record<string, number> = {};
+
+  constructor(readonly info: PodInfo, readonly netns: Fd, private readonly deps: PodDeps) {
+    this.identity = { trustDomain: deps.trustDomain, namespace: info.namespace, serviceAccount: info.serviceAccount };
+    this.#log = deps.log.child({ ns: info.namespace, pod: info.name, uid: info.uid });
+  }
+
+  get pod(): ConnContext['pod'] {
+    return { uid: this.info.uid, name: this.info.name, namespace: this.info.namespace };
+  }
+
+  /** Opens the three listeners inside the pod netns. Throws if any cannot be opened. */
+  async start(): Promise<void> {
+    try {
+      const ns = this.netns.fd;
+      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => void this.#outbound(s)));
+      this.listeners.outbound = OUTBOUND_PORT;
+      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => void this.#inboundPlain(s)));
+      this.listeners.inbound = INBOUND_PORT;
+      this.#servers.push(await this.#hboneServer(ns));
+      this.listeners.hbone = HBONE_PORT;
+      this.#log.info({ listeners: this.listeners }, 'pod listeners open');
+    } catch (e) {
+      this.stop();
+      throw e;
+    }
+  }
+
+  /** Closes the listeners; open connections finish on their own. Idempotent. */
+  stop(): void {
+    clearInterval(this.#certTimer);
+    for (const s of this.#servers.splice(0)) s.close();
+    if (!this.netns.closed) this.netns.close();
+  }
+
+  /* ------------------------------------------------------------------ outbound (15001) */
+
+  async #outbound(down: net.Socket): Promise<void> {
+    const started = Date.now();
+    down.on('error', () => {});
+    let dst: Addr;
+    try {
+      dst = originalDestination(down);
+    } catch (e) {
+      this.#log.warn({ err: (e as Error).message }, 'outbound: no original destination');
+      down.destroy();
+      return;
+    }
+    const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: spiffeUri(this.identity) };
+    const route = buildRoute(this.deps.state.snapshot, dst);
+    const ctx: ConnContext = { direction: 'outbound', transport: route.kind === 'hbone' ? 'hbone' : 'passthrough', src, dst: { ...dst }, pod: this.pod };
+    if (route.kind === 'reject') {
+      this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', route.reason);
+      down.resetAndDestroy();
+      return;
+    }
+    this.deps.hooks.opened(ctx);
+    try {
+      if (route.kind === 'passthrough') {
+        const up = await connectIn(this.netns.fd, route.target, { mark: PROXY_MARK });
+        relay(down, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+        return;
+      }
+      const { stream, peerIdentity } = await this.deps.pool.open(
+        { nsFd: this.netns.fd, identity: this.identity, ip: src.ip, baggage: this.#baggage() },
+        route,
+      );
+      ctx.dst.identity = peerIdentity;
+      relay(down, stream, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      const flags = err.code === 'INPOD_ERR_HBONE_TLS' || err.code === 'INPOD_ERR_HBONE_IDENTITY' ? 'TLS_FAILURE' : /answered 401/.test(err.message) ? 'DENY' : 'CONNECT';
+      this.#finish(ctx, started, 0, 0, flags === 'DENY' ? 'denied' : 'error', flags, err.message);
+      this.#log.warn({ dst, err: err.message }, 'outbound connection failed');
+      down.resetAndDestroy();
+    }
+  }
+
+  #baggage(): string {
+    return `k8s.namespace.name=${this.info.namespace},k8s.pod.name=${this.info.name},service.name=${this.info.name}`;
+  }
+
+  /* ------------------------------------------------------------------ inbound plaintext (15006) */
+
+  async #inboundPlain(down: net.Socket): Promise<void> {
+    const started = Date.now();
+    down.on('error', () => {});
+    const dst = originalDestination(down);
+    const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+    const ctx: ConnContext = { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: spiffeUri(this.identity) }, pod: this.pod };
+    const d = this.deps.hooks.authorize(ctx);
+    if (!d.allow) {
+      this.#finish(ctx, started, 0, 0, 'denied', 'DENY', d.reason);
+      down.resetAndDestroy();
+      return;
+    }
+    this.deps.hooks.opened(ctx);
+    try {
+      const up = await connectIn(this.netns.fd, dst, { mark: PROXY_MARK, transparentFrom: src.ip });
+      relay(down, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+    } catch (e) {
+      this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', (e as Error).message);
+      down.resetAndDestroy();
+    }
+  }
+
+  /* ------------------------------------------------------------------ HBONE (15008) */
+
+  async #hboneServer(ns: number): Promise<Http2SecureServer> {
+    const cert = await this.deps.certs.get(this.identity);
+    this.#certSerial = cert.serial;
+    const server = http2.createSecureServer({
+      cert: cert.chainPem,
+      key: cert.keyPem,
+      ca: this.deps.certs.rootPem,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      maxVersion: 'TLSv1.3',
+      ALPNProtocols: ['h2'],
+      allowHTTP1: false,
+      settings: { enablePush: false },
+    });
+    server.on('stream', (stream, headers) => void this.#hboneStream(stream, headers));
+    server.on('sessionError', () => {});
+    server.on('tlsClientError', (e) => this.#log.debug({ err: e.message }, 'hbone: TLS handshake failed'));
+    // rotate the served certificate without touching open connections
+    this.#certTimer = setInterval(() => {
+      this.deps.certs.get(this.identity).then((c) => {
+        if (c.serial === this.#certSerial) return;
+        this.#certSerial = c.serial;
+        server.setSecureContext({ cert: c.chainPem, key: c.keyPem, ca: this.deps.certs.rootPem });
+      }, () => {});
+    }, 60_000);
+    this.#certTimer.unref();
+    const fd = socketInNs(ns, { family: 4, bind: { ip: '0.0.0.0', port: HBONE_PORT }, listen: 511, reuseAddr: true }).release();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => resolve());
+    });
+    return server;
+  }
+
+  async #hboneStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): Promise<void> {
+    const started = Date.now();
+    stream.on('error', () => {});
+    const tlsSock = stream.session?.socket as TLSSocket | undefined;
+    const peerUris = uriSans(tlsSock?.getPeerCertificate()?.subjectaltname);
+    const peer = peerUris.map(parseSpiffe).find((p) => p && p.trustDomain === this.deps.trustDomain);
+    const src = { ip: tlsSock?.remoteAddress ?? '', port: tlsSock?.remotePort ?? 0, identity: peer ? spiffeUri(peer) : undefined };
+    const reject = (status: number, why: string, ctx?: ConnContext): void => {
+      this.#log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
+      if (ctx) this.#finish(ctx, started, 0, 0, status === 401 ? 'denied' : 'error', status === 401 ? 'DENY' : 'CONNECT', why);
+      if (!stream.destroyed) stream.respond({ ':status': status }, { endStream: true });
+    };
+    if (headers[':method'] !== 'CONNECT') return reject(400, `method ${String(headers[':method'])} is not CONNECT`);
+    if (!peer) return reject(401, `peer identity ${peerUris.join(', ') || '(none)'} is not in trust domain ${this.deps.trustDomain}`);
+    const authority = parseAuthority(String(headers[':authority'] ?? ''));
+    if (!authority) return reject(400, `authority "${String(headers[':authority'])}" is not ip:port`);
+    const local = tlsSock?.localAddress ?? '';
+    if (authority.ip !== local) return reject(400, `authority ${authority.ip} is not this connection's destination ${local}`);
+    const ctx: ConnContext = { direction: 'inbound', transport: 'hbone', src, dst: { ...authority, identity: spiffeUri(this.identity) }, pod: this.pod };
+    const d = this.deps.hooks.authorize(ctx);
+    if (!d.allow) return reject(401, d.reason ?? 'denied by policy', ctx);
+    this.deps.hooks.opened(ctx);
+    let up: net.Socket;
+    try {
+      up = await connectIn(this.netns.fd, authority, { mark: PROXY_MARK, transparentFrom: src.ip });
+    } catch (e) {
+      return reject(503, `app ${authority.ip}:${authority.port} unreachable: ${(e as Error).message}`, ctx);
+    }
+    stream.respond({ ':status': 200 });
+    relay(stream, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+  }
+
+  #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string): void {
+    this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error });
+  }
+}
+
+function parseAuthority(a: string): Addr | null {
+  const i = a.lastIndexOf(':');
+  if (i < 0) return null;
+  const ip = a.slice(0, i);
+  const port = Number(a.slice(i + 1));
+  if (!isIPv4(ip) || !Number.isInteger(port) || port < 1 || port > 65535) return null;
+  return { ip, port };
+}
+

@@ -1,0 +1,108 @@
+/**
+ * Sockets inside a pod's network namespace, handed to Node: the addon creates the socket in the
+ * netns (with SO_MARK / IP_TRANSPARENT / bind as asked), Node drives it from then on.
+ */
+import net from 'node:net';
+import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
+import { SyscallError } from '../util/errors.js';
+
+export const PROXY_MARK = 0x539;
+
+/** A listening server on `port` inside the netns behind `nsFd`. */
+export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host = '0.0.0.0'): Promise<net.Server> {
+  const fd = socketInNs(nsFd, { family: 4, bind: { ip: host, port }, listen: 511, reuseAddr: true }).release();
+  const server = net.createServer({ allowHalfOpen: true }, onConn);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ fd }, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+export interface ConnectOptions {
+  mark?: number;
+  /** bind to this (foreign) address with IP_TRANSPARENT: the app sees the client's IP */
+  transparentFrom?: string;
+  timeoutMs?: number;
+}
+
+/** Connects from inside the netns behind `nsFd`; resolves once connected. */
+export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
+  const fd = socketInNs(nsFd, {
+    family: 4,
+    mark: o.mark ?? PROXY_MARK,
+    ...(o.transparentFrom ? { transparent: true, bind: { ip: o.transparentFrom, port: 0 } } : {}),
+  }).release();
+  const s = new net.Socket({ fd, allowHalfOpen: true });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      const e = Object.assign(new Error(`connect ETIMEDOUT ${to.ip}:${to.port}`), { code: 'ETIMEDOUT' });
+      s.destroy(e);
+    }, o.timeoutMs ?? 10_000);
+    s.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    s.connect({ host: to.ip, port: to.port }, () => {
+      clearTimeout(timer);
+      s.removeAllListeners('error');
+      resolve(s);
+    });
+  });
+}
+
+function fdOf(s: net.Socket): number {
+  const fd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new SyscallError('fd', 9, 'socket has no fd');
+  return fd;
+}
+
+/**
+ * The destination a captured connection was meant for: SO_ORIGINAL_DST (iptables REDIRECT, or
+ * the eBPF getsockopt program), else the socket's own address (eBPF sk_lookup keeps it there).
+ */
+export function originalDestination(s: net.Socket): SockAddr {
+  const fd = fdOf(s);
+  try {
+    return origDst(fd);
+  } catch {
+    return sockName(fd);
+  }
+}
+
+/**
+ * Pipes two sockets both ways with half-close: when one side finishes sending, the other side's
+ * write end is closed after everything before it was written; a reset or error on either side
+ * destroys both. Calls `done` once with the byte counts when both directions are over.
+ */
+export function relay(a: net.Socket | NodeJS.ReadWriteStream & { destroy(e?: Error): void }, b: net.Socket | NodeJS.ReadWriteStream & { destroy(e?: Error): void },
+  done?: (r: { aToB: number; bToA: number; error?: Error }) => void): void {
+  let aToB = 0;
+  let bToA = 0;
+  let open = 2;
+  let failed: Error | undefined;
+  const finish = (): void => {
+    if (--open === 0) done?.({ aToB, bToA, error: failed });
+  };
+  const fail = (e: Error): void => {
+    if (failed) return;
+    failed = e;
+    a.destroy();
+    b.destroy();
+    // both directions are over now
+    if (open > 0) {
+      open = 1;
+      finish();
+    }
+  };
+  a.on('data', (d: Buffer) => (aToB += d.length));
+  b.on('data', (d: Buffer) => (bToA += d.length));
+  a.pipe(b as NodeJS.WritableStream);
+  b.pipe(a as NodeJS.WritableStream);
+  a.once('end', finish);
+  b.once('end', finish);
+  a.once('error', fail);
+  b.once('error', fail);
+}

@@ -1,0 +1,98 @@
+/**
+ * The proxy (ztunnel role): the pods it serves, keyed by uid, with their listeners inside their
+ * netns. ZDS drives it: Add opens a pod (a repeated Add for a served uid keeps the pod and its
+ * connections as they are), Del closes it, and after a reconnect the snapshot decides who stays.
+ */
+import { join } from 'node:path';
+import { CertManager } from '../identity/manager.js';
+import { LocalCa } from '../identity/ca.js';
+import { StateStore } from '../state/store.js';
+import { logger, type Logger } from '../util/log.js';
+import type { Fd } from '../native/index.js';
+import { HbonePool } from './hbone/client.js';
+import { defaultHooks, type ProxyHooks } from './hooks.js';
+import { PodProxy, type PodInfo } from './pod.js';
+
+export interface ZtunnelOptions {
+  trustDomain: string;
+  caDir: string;
+  state: StateStore;
+  hooks?: ProxyHooks;
+  certTtlMs?: number;
+  log?: Logger;
+}
+
+export class Ztunnel {
+  readonly pods = new Map<string, PodProxy>();
+  readonly pool: HbonePool;
+  readonly log: Logger;
+  #seenSinceSnapshot: Set<string> | null = null;
+
+  private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
+    this.log = opts.log ?? logger('ztunnel');
+    this.pool = new HbonePool({ certs });
+  }
+
+  static async create(opts: ZtunnelOptions): Promise<Ztunnel> {
+    const ca = await LocalCa.open(opts.caDir, opts.trustDomain);
+    return new Ztunnel(opts, new CertManager(ca, { ttlMs: opts.certTtlMs }));
+  }
+
+  static defaultCaDir(): string {
+    return join('/var/run/inpod', 'ca');
+  }
+
+  /**
+   * Serves a pod: opens 15001/15006/15008 inside its netns. Idempotent per uid: a pod already
+   * served keeps its listeners and connections, and the new netns fd is closed.
+   */
+  async addPod(info: PodInfo, netns: Fd): Promise<void> {
+    this.#seenSinceSnapshot?.add(info.uid);
+    if (this.pods.has(info.uid)) {
+      netns.close();
+      return;
+    }
+    const pod = new PodProxy(info, netns, {
+      state: this.opts.state,
+      certs: this.certs,
+      pool: this.pool,
+      hooks: this.opts.hooks ?? defaultHooks(this.log),
+      log: this.log,
+      trustDomain: this.opts.trustDomain,
+    });
+    await pod.start();
+    this.pods.set(info.uid, pod);
+  }
+
+  /** Stops serving a pod (unknown uids are a no-op). */
+  removePod(uid: string): void {
+    const pod = this.pods.get(uid);
+    if (!pod) return;
+    pod.stop();
+    this.pods.delete(uid);
+    this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
+  }
+
+  /** Keep: the agent knows the pod but could not send its netns; it stays as it is. */
+  keepPod(uid: string): void {
+    this.#seenSinceSnapshot?.add(uid);
+  }
+
+  /** A new ZDS connection starts a snapshot: remember who it names. */
+  snapshotStarted(): void {
+    this.#seenSinceSnapshot = new Set();
+  }
+
+  /** After SnapshotSent, pods the snapshot did not name are removed. */
+  snapshotSent(): void {
+    const seen = this.#seenSinceSnapshot;
+    this.#seenSinceSnapshot = null;
+    if (!seen) return;
+    for (const uid of [...this.pods.keys()]) if (!seen.has(uid)) this.removePod(uid);
+  }
+
+  close(): void {
+    for (const uid of [...this.pods.keys()]) this.removePod(uid);
+    this.pool.close();
+  }
+}
