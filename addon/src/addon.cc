@@ -70,6 +70,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layout", Napi::Function::New(env, Layout));
   InitBpf(env, exports);
   InitSock(env, exports);
+  InitWatch(env, exports);
   return exports;
 }
 

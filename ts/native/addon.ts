@@ -83,6 +83,13 @@ export interface NativeAddon {
   sendFds(fd: number, data: Buffer, fds: number[]): number;
   recvFds(fd: number, maxBytes: number, maxFds: number): RecvResult | number;
   statfsType(path: string): number;
+  watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
+  rearmWatch(h: WatchHandle): void;
+  unwatchFd(h: WatchHandle): void;
+}
+export interface WatchHandle {
+  stopFd: number;
+  rearmFd: number;
 }
 
 /** Finds the built addon from ts/native (tests) or dist/native (installed). */

@@ -263,3 +263,28 @@ export function numPossibleCpus(): number {
 export function socketInNs(nsFd: number, spec: SocketSpec): Fd {
   return new Fd(checkComposite(addon().socketIn(nsFd, spec)));
 }
+
+/**
+ * Calls `onReadable` on the JS thread whenever `fd` is readable or hung up (revents as poll(2)
+ * gives them). The watch re-arms after `onReadable` returns, so drain the fd inside it.
+ * Returns a function that stops watching (the fd itself stays open).
+ */
+export function watchReadable(fd: number, onReadable: (revents: number) => void): () => void {
+  let stopped = false;
+  const h = check('watchFd', addon().watchFd(fd, (revents) => {
+    if (stopped) return;
+    try {
+      onReadable(revents);
+    } finally {
+      if (!stopped) addon().rearmWatch(h);
+    }
+  }));
+  return () => {
+    if (stopped) return;
+    stopped = true;
+    addon().unwatchFd(h);
+  };
+}
+export const POLLIN = 0x1;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;

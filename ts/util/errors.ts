@@ -17,7 +17,8 @@ export type MeshErrorCode =
   | 'INPOD_ERR_HBONE'
   | 'INPOD_ERR_HBONE_CONNECT'
   | 'INPOD_ERR_HBONE_TLS'
-  | 'INPOD_ERR_HBONE_IDENTITY';
+  | 'INPOD_ERR_HBONE_IDENTITY'
+  | 'INPOD_ERR_ZDS';
 
 export class MeshError extends Error {
   readonly code: MeshErrorCode;

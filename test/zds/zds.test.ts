@@ -1,0 +1,276 @@
+/**
+ * ZDS end to end over real SOCK_SEQPACKET sockets with real netns fds: round trips in one
+ * process and across two, reconnects on either side, and bad input from either side.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Fd, listen, recvFds, socketInNs, sendFds, unixBind, unixSocket, accept, watchReadable, openPath } from '../../ts/native/index.js';
+import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
+import { ZdsClient, type ZdsHandler } from '../../ts/zds/client.js';
+import { encodeRequest } from '../../ts/zds/messages.js';
+
+const run = promisify(execFile);
+const prefix = `z${randomBytes(2).toString('hex')}`;
+const netns = [`${prefix}a`, `${prefix}b`];
+const nsPath = (n: string): string => `/run/netns/${n}`;
+let dir: string;
+const fdCount = (): number => readdirSync('/proc/self/fd').length;
+const until = async (cond: () => boolean, ms = 5000): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  for (const n of netns) {
+    execFileSync('ip', ['netns', 'add', n]);
+    execFileSync('ip', ['-n', n, 'link', 'set', 'lo', 'up']);
+  }
+});
+afterAll(() => {
+  for (const n of netns) execFileSync('ip', ['netns', 'del', n]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A handler that serves a TCP listener on 7777 inside each pod netns it is given. */
+class ListenerHandler implements ZdsHandler {
+  readonly pods = new Map<string, { fd: Fd; listener: Fd }>();
+  readonly log: string[] = [];
+  seen: Set<string> | null = null;
+  connected(): void {
+    this.seen = new Set();
+    this.log.push('connected');
+  }
+  async add(uid: string, _info: unknown, ns: Fd): Promise<void> {
+    this.log.push(`add ${uid}`);
+    this.seen?.add(uid);
+    if (this.pods.has(uid)) {
+      ns.close(); // already served: keep as is
+      return;
+    }
+    if (uid.startsWith('fail')) throw new Error(`cannot serve ${uid}`);
+    this.pods.set(uid, { fd: ns, listener: socketInNs(ns.fd, { family: 4, bind: { ip: '127.0.0.1', port: 7777 }, listen: 8 }) });
+  }
+  del(uid: string): void {
+    this.log.push(`del ${uid}`);
+    const p = this.pods.get(uid);
+    p?.listener.close();
+    p?.fd.close();
+    this.pods.delete(uid);
+  }
+  keep(uid: string): void {
+    this.log.push(`keep ${uid}`);
+    this.seen?.add(uid);
+  }
+  snapshotSent(): void {
+    this.log.push('snapshot');
+    for (const uid of [...this.pods.keys()]) if (this.seen && !this.seen.has(uid)) this.del(uid);
+    this.seen = null;
+  }
+  close(): void {
+    for (const uid of [...this.pods.keys()]) this.del(uid);
+  }
+}
+
+const reachable = async (ns: string): Promise<boolean> =>
+  run('nsenter', [`--net=${nsPath(ns)}`, 'bash', '-c', 'exec 3<>/dev/tcp/127.0.0.1/7777']).then(() => true, () => false);
+
+const pod = (uid: string, ns: string): ZdsPod => ({ uid, info: { name: uid, namespace: 'default', serviceAccount: 'sa' }, netnsPath: nsPath(ns) });
+
+describe('ZDS agent and proxy', () => {
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const c of cleanups.splice(0).reverse()) c();
+  });
+
+  it('snapshots the enrolled pods to a proxy that connects; the proxy opens a listener inside each received netns', async () => {
+    const baseline = fdCount();
+    const path = join(dir, 'a.sock');
+    let ready = 0;
+    const server = new ZdsServer({ path, pods: () => [pod('p1', netns[0]!)], onReady: () => ready++ });
+    server.start();
+    const h = new ListenerHandler();
+    const client = new ZdsClient({ path, handler: h });
+    client.start();
+    await until(() => ready === 1);
+    expect(h.log).toEqual(['connected', 'add p1', 'snapshot']);
+    expect(await reachable(netns[0]!)).toBe(true);
+    // streamed after the snapshot, acknowledged before addPod resolves
+    await server.addPod(pod('p2', netns[1]!));
+    expect(await reachable(netns[1]!)).toBe(true);
+    await expect(server.addPod(pod('fail-1', netns[1]!))).rejects.toThrow(/the proxy refused add for pod fail-1: cannot serve fail-1/);
+    await server.removePod('p2');
+    expect(await reachable(netns[1]!)).toBe(false);
+    client.stop();
+    server.close();
+    h.close();
+    await until(() => fdCount() === baseline);
+  });
+
+  it('rejects addPod with a clear error while no proxy is connected', async () => {
+    const server = new ZdsServer({ path: join(dir, 'b.sock'), pods: () => [] });
+    server.start();
+    cleanups.push(() => server.close());
+    await expect(server.addPod(pod('p1', netns[0]!))).rejects.toMatchObject({ code: 'INPOD_ERR_ZDS', message: expect.stringMatching(/no proxy is connected/) });
+  });
+
+  it('works across two processes', async () => {
+    const path = join(dir, 'c.sock');
+    let ready = false;
+    const server = new ZdsServer({ path, pods: () => [pod('p1', netns[0]!)], onReady: () => (ready = true) });
+    server.start();
+    const child: ChildProcess = spawn(join(__dirname, '..', '..', 'node_modules', '.bin', 'vite-node'), [join(__dirname, 'fixtures', 'proxy.ts'), path], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanups.push(() => {
+      child.kill('SIGKILL');
+      server.close();
+    });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    await until(() => ready, 20_000);
+    expect(await reachable(netns[0]!)).toBe(true);
+    await server.addPod(pod('p2', netns[1]!));
+    expect(await reachable(netns[1]!)).toBe(true);
+    await until(() => out.includes('add p2'));
+    expect(out).toMatch(/add p1\n.*snapshot\n.*add p2/s);
+  }, 30_000);
+
+  it('resends the whole snapshot to a restarted proxy, and a reconnecting proxy keeps its pods and their connections', async () => {
+    const path = join(dir, 'd.sock');
+    let pods = [pod('p1', netns[0]!), pod('p2', netns[1]!)];
+    let ready = 0;
+    let server = new ZdsServer({ path, pods: () => pods, onReady: () => ready++ });
+    server.start();
+    const h = new ListenerHandler();
+    let client = new ZdsClient({ path, handler: h, minBackoffMs: 20 });
+    client.start();
+    await until(() => ready === 1);
+    // proxy restart: a new client gets Add for every pod
+    client.stop();
+    h.close();
+    h.log.length = 0;
+    client = new ZdsClient({ path, handler: h, minBackoffMs: 20 });
+    client.start();
+    await until(() => ready === 2);
+    expect(h.log).toEqual(['connected', 'add p1', 'add p2', 'snapshot']);
+    // an established connection through p1's listener
+    const conn = spawn('nsenter', [`--net=${nsPath(netns[0]!)}`, 'bash', '-c', 'exec 3<>/dev/tcp/127.0.0.1/7777; sleep 2; echo alive >&3; echo done'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let connOut = '';
+    conn.stdout!.on('data', (d) => (connOut += d));
+    const listenerFd = h.pods.get('p1')!.listener.fd;
+    // agent restart; p2 was deleted meanwhile
+    server.close();
+    pods = [pod('p1', netns[0]!)];
+    h.log.length = 0;
+    server = new ZdsServer({ path, pods: () => pods, onReady: () => ready++ });
+    server.start();
+    await until(() => ready === 3);
+    expect(h.log).toEqual(['connected', 'add p1', 'snapshot', 'del p2']);
+    expect(h.pods.get('p1')!.listener.fd).toBe(listenerFd); // the same listener, undisturbed
+    await new Promise((r) => conn.once('exit', r));
+    expect(connOut).toContain('done');
+    client.stop();
+    server.close();
+    h.close();
+  });
+});
+
+describe('ZDS bad input', () => {
+  /** A fake agent that sends `messages` (data + fds) right after the hello, then serves normally. */
+  async function fakeAgent(path: string, send: (sock: number) => void): Promise<{ close: () => void; hellos: () => number }> {
+    const l = unixSocket('seqpacket');
+    unixBind(l.fd, path);
+    listen(l.fd, 4);
+    let hellos = 0;
+    const conns: Fd[] = [];
+    const stops: (() => void)[] = [];
+    stops.push(watchReadable(l.fd, () => {
+      for (let c = accept(l.fd); c; c = accept(l.fd)) {
+        conns.push(c);
+        const sock = c;
+        stops.push(watchReadable(sock.fd, () => {
+          const m = (() => {
+            try {
+              return recvFds(sock.fd, 1024, 2);
+            } catch {
+              return null;
+            }
+          })();
+          if (m && m.data.length === 2 && m.data[0] === 0x08) {
+            hellos++;
+            send(sock.fd);
+          }
+        }));
+      }
+    }));
+    return {
+      hellos: () => hellos,
+      close: () => {
+        for (const s of stops) s();
+        for (const c of conns) if (!c.closed) c.close();
+        l.close();
+        rmSync(path, { force: true });
+      },
+    };
+  }
+
+  it.each([
+    ['an oversize (truncated) message', (s: number) => sendFds(s, Buffer.alloc(2000, 0x0a)), /over 1024 bytes|truncated/],
+    ['garbage', (s: number) => sendFds(s, Buffer.from([0x0a, 0x7f, 0x01])), /invalid WorkloadRequest/],
+    ['an unknown oneof', (s: number) => sendFds(s, Buffer.from([0x22, 0x00])), /no known payload/],
+    ['Add without its fd', (s: number) => sendFds(s, encodeRequest({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } })), /add came with 0 fd\(s\), expected 1/],
+    ['Add with two fds', (s: number) => {
+      const a = openPath(nsPath(netns[0]!));
+      const b = openPath(nsPath(netns[1]!));
+      sendFds(s, encodeRequest({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } }), [a.fd, b.fd]);
+      a.close();
+      b.close();
+    }, /add came with 2 fd\(s\), expected 1/],
+    ['a fd on Del', (s: number) => {
+      const a = openPath(nsPath(netns[0]!));
+      sendFds(s, encodeRequest({ kind: 'del', uid: 'x' }), [a.fd]);
+      a.close();
+    }, /del came with 1 fd\(s\), expected 0/],
+  ])('resets the connection on %s, closes stray fds, and reconnects', async (_name, send, message) => {
+    const path = join(dir, `bad${randomBytes(2).toString('hex')}.sock`);
+    const baseline = fdCount();
+    const agent = await fakeAgent(path, send);
+    const h = new ListenerHandler();
+    const client = new ZdsClient({ path, handler: h, minBackoffMs: 20, maxBackoffMs: 50 });
+    client.start();
+    await until(() => client.errors.length > 0);
+    expect(client.errors[0]!.message).toMatch(message);
+    await until(() => agent.hellos() >= 2); // it came back
+    client.stop();
+    agent.close();
+    h.close();
+    await until(() => fdCount() === baseline);
+    expect(h.pods.size).toBe(0);
+  });
+
+  it('refuses a proxy announcing an unknown ZDS version, and still serves the next one', async () => {
+    const path = join(dir, 'ver.sock');
+    let ready = 0;
+    const server = new ZdsServer({ path, pods: () => [], onReady: () => ready++ });
+    server.start();
+    const h = new ListenerHandler();
+    const bad = new ZdsClient({ path, handler: h, version: 7, minBackoffMs: 10_000 });
+    bad.start();
+    await until(() => h.log.length > 0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(ready).toBe(0);
+    bad.stop();
+    const good = new ZdsClient({ path, handler: h });
+    good.start();
+    await until(() => ready === 1);
+    good.stop();
+    server.close();
+  });
+});
