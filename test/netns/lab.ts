@@ -46,6 +46,7 @@ export class PodShell {
   constructor(private readonly proc: ChildProcessWithoutNullStreams, readonly where: string) {
     let stderr = '';
     proc.stderr.on('data', (d) => (stderr += d));
+    proc.stdin.on('error', () => {}); // the daemon was killed (lab teardown)
     const lines = createInterface({ input: proc.stdout });
     this.ready = new Promise((resolve, reject) => {
       proc.once('exit', (code) => reject(new Error(`sockd in ${where} exited (${code}): ${stderr}`)));

@@ -2,10 +2,12 @@
 /** The `inpod` command line (shared/DESIGN.md "Command line"). */
 import { MeshError } from '../util/errors.js';
 import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
+import { ZTUNNEL_USAGE, ztunnelCommand } from './ztunnel.js';
 
 const USAGE = `inpod: node data plane of a sidecar-less service mesh
 
 ${REDIRECT_USAGE}
+${ZTUNNEL_USAGE}
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -14,6 +16,9 @@ export async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'redirect':
         process.stdout.write(`${JSON.stringify(await redirectCommand(rest), null, 2)}\n`);
+        return 0;
+      case 'ztunnel':
+        await ztunnelCommand(rest);
         return 0;
       case 'demo':
         await (await import('./demo.js')).demo();

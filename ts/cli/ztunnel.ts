@@ -1,0 +1,64 @@
+/**
+ * `inpod ztunnel`: the proxy process. Connects to the agent over ZDS, serves each pod it is
+ * handed, reads workloads/services/policies from --config (hot-reloaded), and drains on SIGTERM.
+ */
+import { parseArgs } from 'node:util';
+import { StateStore } from '../state/store.js';
+import { Ztunnel } from '../proxy/ztunnel.js';
+import { ZdsClient } from '../zds/client.js';
+import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
+import { logger } from '../util/log.js';
+
+export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR]`;
+
+export async function ztunnelCommand(argv: string[]): Promise<void> {
+  const { values: v } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string' },
+      zds: { type: 'string', default: DEFAULT_ZDS_SOCKET },
+      'trust-domain': { type: 'string', default: 'cluster.local' },
+      'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
+      'drain-seconds': { type: 'string', default: '5' },
+    },
+    strict: true,
+  });
+  const log = logger('ztunnel');
+  const state = new StateStore();
+  if (v.config) {
+    state.watchFile(v.config);
+    state.on('error', (e) => log.error({ err: e.message }, 'config reload refused; keeping the last good state'));
+    state.on('update', (s) => log.info({ workloads: s.state.workloads.length, services: s.state.services.length }, 'config loaded'));
+  }
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log });
+  const client = new ZdsClient({
+    path: v.zds!,
+    log: logger('zds'),
+    handler: {
+      connected: () => zt.snapshotStarted(),
+      add: (uid, info, netns) => zt.addPod({ uid, ...info }, netns),
+      del: (uid) => zt.removePod(uid),
+      keep: (uid) => zt.keepPod(uid),
+      snapshotSent: () => zt.snapshotSent(),
+    },
+  });
+  client.start();
+  log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
+  await new Promise<void>((resolve) => {
+    // Drain: stop accepting at once, give open connections until the deadline, then exit.
+    const stop = (sig: string): void => {
+      const deadline = Number(v['drain-seconds']) * 1000;
+      log.info({ signal: sig, drainMs: deadline }, 'draining');
+      client.stop();
+      zt.close();
+      state.close();
+      setTimeout(() => {
+        log.info('drain deadline reached; exiting');
+        process.exit(0);
+      }, deadline).unref();
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
