@@ -5,29 +5,16 @@
  * the pod is enrolled. Pod processes run inside the lab's child cgroup (where the eBPF socket
  * hooks are attached), never in the host's cgroup2 root.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
 import { Lab, type LabPod, type PodShell } from './lab.js';
+import { inpod } from '../cli.js';
 
-const run = promisify(execFile);
-const CLI = join(__dirname, '..', '..', 'dist', 'cli', 'main.js');
-
-/** Runs `inpod` as a separate process, as a script or another tool would. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', [CLI, ...args]);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
+const cli = (args: string[]) => inpod(...args);
 
 describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) as BackendName[])('redirection contract, %s backend', (name) => {
   let lab: Lab;

@@ -12,8 +12,8 @@ import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { Lab, type LabPod, type PodShell } from './lab.js';
+import { CLI } from '../cli.js';
 
-const CLI = join(__dirname, '..', '..', 'dist', 'cli', 'main.js');
 
 describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('inpod ztunnel process, %s backend', (name) => {
   let lab: Lab;
