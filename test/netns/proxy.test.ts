@@ -32,6 +32,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   let client: LabPod, server: LabPod, server2: LabPod, outside: LabPod;
   let sh: Record<'client' | 'server' | 'server2' | 'outside' | 'node', PodShell>;
   let vip: string;
+  let state: StateStore;
   const records: Record<string, unknown>[] = [];
 
   beforeAll(async () => {
@@ -40,7 +41,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
     [client, server, server2, outside] = await Promise.all(['client', 'server', 'server2', 'outside'].map((n) => lab.addPod(n)));
     vip = `10.96.${lab.node.subnet.split('.')[2]}.10`;
-    const state = new StateStore();
+    state = new StateStore();
     state.set(parseLocalConfig(`
 workloads:
   - {uid: u-client, name: client, namespace: default, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE}
@@ -134,11 +135,26 @@ services:
     const before = process.memoryUsage().heapUsed;
     const res = await sh.client.load({ host: server.ip, port: 9000, count: 1000, size: 16 * 1024, timeoutMs: 60_000 });
     expect(res).toMatchObject({ ok: 1000, bad: 0, errors: {} });
+    // at most 100 streams per pooled HTTP/2 connection: 1,000 at once needed at least 10
+    expect(zt.pool.size).toBeGreaterThanOrEqual(10);
     await new Promise((r) => setTimeout(r, 500));
     gc();
     const after = process.memoryUsage().heapUsed;
     expect(after - before).toBeLessThan(32 * 1024 * 1024);
   }, 120_000);
+
+  it('refuses a peer whose identity is not the expected one, naming both identities', async () => {
+    const saved = state.snapshot.state;
+    state.set({ ...saved, workloads: saved.workloads.map((w) => (w.name === 'server2' ? { ...w, serviceAccount: 'impostor' } : w)) });
+    try {
+      const r = await sh.client.connect({ host: server2.ip, port: 8080, send: 'x', timeoutMs: 5000 });
+      expect(r.ok ? r.reply : r.error).toMatch(/^(error:)?ECONNRESET|^$/);
+      const line = records.findLast((l) => l.access && l.responseFlags === 'TLS_FAILURE');
+      expect(line?.error).toMatch(/presented spiffe:\/\/cluster.local\/ns\/shop\/sa\/web, expected spiffe:\/\/cluster.local\/ns\/shop\/sa\/impostor/);
+    } finally {
+      state.set(saved);
+    }
+  });
 
   it('interoperates with an independent HTTP/2 client (python h2 over ssl)', async () => {
     const certs = zt.certs;
