@@ -3,11 +3,13 @@
 import { MeshError } from '../util/errors.js';
 import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
 import { ZTUNNEL_USAGE, ztunnelCommand } from './ztunnel.js';
+import { AGENT_USAGE, agentCommand } from './agent.js';
 
 const USAGE = `inpod: node data plane of a sidecar-less service mesh
 
-${REDIRECT_USAGE}
+${AGENT_USAGE}
 ${ZTUNNEL_USAGE}
+${REDIRECT_USAGE}
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -17,6 +19,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'redirect':
         process.stdout.write(`${JSON.stringify(await redirectCommand(rest), null, 2)}\n`);
         return 0;
+      case 'agent':
+        await agentCommand(rest);
+        return 0;
+      case 'cni':
+        return (await import('../cni/bin.js')).cniMain();
       case 'ztunnel':
         await ztunnelCommand(rest);
         return 0;

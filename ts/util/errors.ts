@@ -18,7 +18,9 @@ export type MeshErrorCode =
   | 'INPOD_ERR_HBONE_CONNECT'
   | 'INPOD_ERR_HBONE_TLS'
   | 'INPOD_ERR_HBONE_IDENTITY'
-  | 'INPOD_ERR_ZDS';
+  | 'INPOD_ERR_ZDS'
+  | 'INPOD_ERR_CNI'
+  | 'INPOD_ERR_AGENT';
 
 export class MeshError extends Error {
   readonly code: MeshErrorCode;

@@ -1,0 +1,110 @@
+/**
+ * The Kubernetes API as the cluster: informers (list + watch, bookmarks, relist on 410 Gone,
+ * handled by @kubernetes/client-node) on Namespaces and on this node's Pods. An informer that
+ * fails (API server gone) is restarted with backoff; the caches keep serving meanwhile.
+ */
+import { EventEmitter } from 'node:events';
+import * as k8s from '@kubernetes/client-node';
+import { logger } from '../util/log.js';
+import { MeshError } from '../util/errors.js';
+import type { NamespaceObj, PodObj } from './policy.js';
+import type { ClusterSource, SourceEvents } from './source.js';
+
+export function loadKubeConfig(kubeconfig?: string): k8s.KubeConfig {
+  const kc = new k8s.KubeConfig();
+  if (kubeconfig) kc.loadFromFile(kubeconfig);
+  else kc.loadFromCluster();
+  return kc;
+}
+
+export class KubeSource extends EventEmitter<SourceEvents> implements ClusterSource {
+  readonly #api: k8s.CoreV1Api;
+  #nsInf?: k8s.ListWatch<k8s.V1Namespace>;
+  #podInf?: k8s.ListWatch<k8s.V1Pod>;
+  #stopped = false;
+  readonly #log = logger('kube');
+
+  constructor(readonly kc: k8s.KubeConfig, readonly nodeName: string, readonly backoff = { minMs: 200, maxMs: 10_000 }) {
+    super();
+    this.#api = kc.makeApiClient(k8s.CoreV1Api);
+  }
+
+  async start(): Promise<void> {
+    const fieldSelector = `spec.nodeName=${this.nodeName}`;
+    const watch = new k8s.Watch(this.kc);
+    const nsInf = new k8s.ListWatch<k8s.V1Namespace>('/api/v1/namespaces', watch, () => this.#api.listNamespace(), false);
+    const podInf = new k8s.ListWatch<k8s.V1Pod>('/api/v1/pods', watch, () => this.#api.listPodForAllNamespaces({ fieldSelector }), false, undefined, fieldSelector);
+    this.#nsInf = nsInf;
+    this.#podInf = podInf;
+    const ns = (o: k8s.V1Namespace): void => void this.emit('namespace', o.metadata?.name ?? '');
+    const pod = (o: k8s.V1Pod): void => void this.emit('pod', o.metadata?.namespace ?? '', o.metadata?.name ?? '');
+    for (const ev of ['add', 'update', 'delete'] as const) {
+      nsInf.on(ev, ns);
+      podInf.on(ev, pod);
+    }
+    this.#restartOnError(nsInf as unknown as k8s.Informer<k8s.KubernetesObject>, 'namespaces');
+    this.#restartOnError(podInf as unknown as k8s.Informer<k8s.KubernetesObject>, 'pods');
+    await Promise.all([
+      this.#startWithRetry(nsInf as unknown as k8s.Informer<k8s.KubernetesObject>, 'namespaces'),
+      this.#startWithRetry(podInf as unknown as k8s.Informer<k8s.KubernetesObject>, 'pods'),
+    ]);
+    this.emit('synced');
+  }
+
+  async #startWithRetry(inf: k8s.Informer<k8s.KubernetesObject>, what: string): Promise<void> {
+    let delay = this.backoff.minMs;
+    for (;;) {
+      if (this.#stopped) return;
+      try {
+        await inf.start();
+        return;
+      } catch (e) {
+        this.#log.warn({ what, err: (e as Error).message, retryInMs: delay }, 'list failed; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, this.backoff.maxMs);
+      }
+    }
+  }
+
+  #restartOnError(inf: k8s.Informer<k8s.KubernetesObject>, what: string): void {
+    let delay = this.backoff.minMs;
+    inf.on('connect', () => (delay = this.backoff.minMs));
+    inf.on('error', (err: unknown) => {
+      if (this.#stopped) return;
+      this.emit('error', err instanceof Error ? err : new Error(String(err)));
+      this.#log.warn({ what, err: String((err as Error)?.message ?? err), retryInMs: delay }, 'watch failed; restarting');
+      setTimeout(() => void this.#startWithRetry(inf, what), delay);
+      delay = Math.min(delay * 2, this.backoff.maxMs);
+    });
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    void this.#nsInf?.stop();
+    void this.#podInf?.stop();
+  }
+
+  namespace(name: string): NamespaceObj | undefined {
+    return this.#nsInf?.get(name) as NamespaceObj | undefined;
+  }
+
+  pod(namespace: string, name: string): PodObj | undefined {
+    return this.#podInf?.get(name, namespace) as PodObj | undefined;
+  }
+
+  pods(): PodObj[] {
+    return (this.#podInf?.list() ?? []) as PodObj[];
+  }
+
+  /** JSON merge patch of one annotation (null removes it), through the client's own transport. */
+  async annotatePod(namespace: string, name: string, key: string, value: string | null): Promise<void> {
+    try {
+      await this.#api.patchNamespacedPod(
+        { namespace, name, body: { metadata: { annotations: { [key]: value } } } },
+        k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+      );
+    } catch (e) {
+      throw new MeshError('INPOD_ERR_AGENT', `annotating pod ${namespace}/${name} failed: ${(e as Error).message}`, { retryable: true, cause: e });
+    }
+  }
+}
