@@ -32,8 +32,20 @@ export class KubeSource extends EventEmitter<SourceEvents> implements ClusterSou
   async start(): Promise<void> {
     const fieldSelector = `spec.nodeName=${this.nodeName}`;
     const watch = new k8s.Watch(this.kc);
-    const nsInf = new k8s.ListWatch<k8s.V1Namespace>('/api/v1/namespaces', watch, () => this.#api.listNamespace(), false);
-    const podInf = new k8s.ListWatch<k8s.V1Pod>('/api/v1/pods', watch, () => this.#api.listPodForAllNamespaces({ fieldSelector }), false, undefined, fieldSelector);
+    // Only a successful list counts as synced: deciding from an empty cache would unenroll
+    // every pod after a restart while the API server is unreachable.
+    const listed = { namespaces: false, pods: false };
+    const nsInf = new k8s.ListWatch<k8s.V1Namespace>('/api/v1/namespaces', watch, async () => {
+      const l = await this.#api.listNamespace();
+      listed.namespaces = true;
+      return l;
+    }, false);
+    const podInf = new k8s.ListWatch<k8s.V1Pod>('/api/v1/pods', watch, async () => {
+      const l = await this.#api.listPodForAllNamespaces({ fieldSelector });
+      listed.pods = true;
+      return l;
+    }, false, undefined, fieldSelector);
+    this.#listed = listed;
     this.#nsInf = nsInf;
     this.#podInf = podInf;
     const ns = (o: k8s.V1Namespace): void => void this.emit('namespace', o.metadata?.name ?? '');
@@ -51,29 +63,22 @@ export class KubeSource extends EventEmitter<SourceEvents> implements ClusterSou
     this.emit('synced');
   }
 
-  async #startWithRetry(inf: k8s.Informer<k8s.KubernetesObject>, what: string): Promise<void> {
-    let delay = this.backoff.minMs;
-    for (;;) {
-      if (this.#stopped) return;
-      try {
-        await inf.start();
-        return;
-      } catch (e) {
-        this.#log.warn({ what, err: (e as Error).message, retryInMs: delay }, 'list failed; retrying');
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, this.backoff.maxMs);
-      }
-    }
+  #listed = { namespaces: false, pods: false };
+
+  /** Starts until the first list succeeded (errors meanwhile are retried by #restartOnError). */
+  async #startWithRetry(inf: k8s.Informer<k8s.KubernetesObject>, what: 'namespaces' | 'pods'): Promise<void> {
+    await inf.start().catch(() => {});
+    while (!this.#listed[what] && !this.#stopped) await new Promise((r) => setTimeout(r, 50));
   }
 
   #restartOnError(inf: k8s.Informer<k8s.KubernetesObject>, what: string): void {
     let delay = this.backoff.minMs;
-    inf.on('connect', () => (delay = this.backoff.minMs));
+    for (const ev of ['add', 'update', 'delete'] as const) inf.on(ev, () => (delay = this.backoff.minMs));
     inf.on('error', (err: unknown) => {
       if (this.#stopped) return;
       this.emit('error', err instanceof Error ? err : new Error(String(err)));
       this.#log.warn({ what, err: String((err as Error)?.message ?? err), retryInMs: delay }, 'watch failed; restarting');
-      setTimeout(() => void this.#startWithRetry(inf, what), delay);
+      setTimeout(() => void inf.start().catch(() => {}), delay);
       delay = Math.min(delay * 2, this.backoff.maxMs);
     });
   }

@@ -36,10 +36,11 @@ export async function runCniPlugin(
   conf: object,
   env: Record<string, string>,
   inNetns: string,
+  cniPath = CNI_PATH,
 ): Promise<unknown> {
-  const pluginPath = CNI_PATH.split(':').map((d) => `${d}/${plugin}`);
+  const pluginPath = cniPath.split(':').map((d) => `${d}/${plugin}`);
   const child = spawn('nsenter', [`--net=/run/netns/${inNetns}`, 'sh', '-c', `for p in ${pluginPath.join(' ')}; do [ -x "$p" ] && exec "$p"; done; echo "CNI plugin ${plugin} not found in ${CNI_PATH}" >&2; exit 127`], {
-    env: { ...process.env, CNI_COMMAND: command, CNI_PATH, ...env },
+    env: { ...process.env, CNI_COMMAND: command, CNI_PATH: cniPath, ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   let out = '';
@@ -48,7 +49,7 @@ export async function runCniPlugin(
   child.stderr.on('data', (d) => (err += d));
   child.stdin.end(JSON.stringify(conf));
   const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
-  if (code !== 0) throw new Error(`CNI ${plugin} ${command} failed (${code}): ${out || err}`);
+  if (code !== 0) throw Object.assign(new Error(`CNI ${plugin} ${command} failed (${code}): ${out || err}`), { cniOutput: out });
   return out ? JSON.parse(out) : null;
 }
 
@@ -115,7 +116,7 @@ export class SimNode {
       }, this.nodeNetns)) as { ips?: { address: string }[] };
       const ip = result.ips?.[0]?.address.split('/')[0];
       if (!ip) throw new Error(`CNI ADD for ${name} returned no IP`);
-      if (this.pods.size === 0) await this.#firstPodSetup();
+      if (!this.#probeReady) await this.#firstPodSetup();
       const pod = { name, netnsName, netnsPath, ip, containerId };
       this.pods.set(name, pod);
       return pod;
@@ -125,9 +126,59 @@ export class SimNode {
     }
   }
 
+  /**
+   * Creates a pod netns and runs a whole conflist on it, in order, each plugin given the previous
+   * result, as a container runtime does (CNI_ARGS carries the Kubernetes pod identity). On a
+   * failure the netns stays (the runtime would retry ADD); the error carries the CNI output.
+   */
+  async addPodWithChain(name: string, conflist: { cniVersion: string; name: string; plugins: object[] }, k8s: { namespace: string; name: string; uid: string }, cniPath: string): Promise<SimPod> {
+    const netnsName = `${this.prefix}${name}`;
+    const netnsPath = `/run/netns/${netnsName}`;
+    const containerId = `${this.prefix}-${name}`;
+    if (!this.pods.has(name)) {
+      await run('ip', ['netns', 'add', netnsName]);
+      await run('ip', ['-n', netnsName, 'link', 'set', 'lo', 'up']);
+      this.pods.set(name, { name, netnsName, netnsPath, ip: '', containerId });
+    }
+    const env = {
+      CNI_CONTAINERID: containerId,
+      CNI_NETNS: netnsPath,
+      CNI_IFNAME: 'eth0',
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${k8s.namespace};K8S_POD_NAME=${k8s.name};K8S_POD_UID=${k8s.uid}`,
+    };
+    let prev: unknown;
+    for (const plugin of conflist.plugins as { type: string }[]) {
+      const conf = { cniVersion: conflist.cniVersion, name: conflist.name, ...plugin, ...(prev ? { prevResult: prev } : {}) };
+      prev = await runCniPlugin(plugin.type, 'ADD', conf, env, this.nodeNetns, cniPath);
+    }
+    const ip = (prev as { ips?: { address: string }[] }).ips?.[0]?.address.split('/')[0] ?? '';
+    const pod = { name, netnsName, netnsPath, ip, containerId };
+    this.pods.set(name, pod);
+    if (this.pods.size === 1 || !this.#probeReady) await this.#firstPodSetup();
+    return pod;
+  }
+
+  /** Runs DEL for the whole conflist in reverse order (as a runtime does); returns each exit. */
+  async delPodWithChain(name: string, conflist: { cniVersion: string; name: string; plugins: object[] }, k8s: { namespace: string; name: string; uid: string }, cniPath: string): Promise<void> {
+    const pod = this.pods.get(name);
+    if (!pod) return;
+    const env = {
+      CNI_CONTAINERID: pod.containerId,
+      CNI_NETNS: pod.netnsPath,
+      CNI_IFNAME: 'eth0',
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${k8s.namespace};K8S_POD_NAME=${k8s.name};K8S_POD_UID=${k8s.uid}`,
+    };
+    for (const plugin of [...(conflist.plugins as { type: string }[])].reverse()) {
+      await runCniPlugin(plugin.type, 'DEL', { cniVersion: conflist.cniVersion, name: conflist.name, ...plugin }, env, this.nodeNetns, cniPath);
+    }
+  }
+
+  #probeReady = false;
+
   /** The bridge exists after the first ADD: give it the probe source address (kubelet SNAT). */
   async #firstPodSetup(): Promise<void> {
     await this.inNode('ip', 'addr', 'replace', `${PROBE_SOURCE}/32`, 'dev', this.bridge);
+    this.#probeReady = true;
   }
 
   async removePod(name: string): Promise<void> {

@@ -1,0 +1,190 @@
+/**
+ * The node agent as a process, with the fake API server and the real client-node informers, the
+ * real CNI chain (bridge + host-local + inpod-cni) run as a container runtime runs it, the eBPF
+ * backend, and the proxy process connected over ZDS.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackend } from '../../ts/redirect/factory.js';
+import type { RedirectBackend } from '../../ts/redirect/backend.js';
+import { FakeApiServer } from '../fixtures/apiserver.js';
+import { CLI } from '../cli.js';
+import { Lab, type LabPod, type PodShell } from './lab.js';
+
+const NODE = 'node1';
+const REDIRECTION = 'ambient.istio.io/redirection';
+
+describe('inpod agent', () => {
+  let lab: Lab;
+  let dir: string;
+  let api: FakeApiServer;
+  let backend: RedirectBackend;
+  let agent: ChildProcess | undefined;
+  let proxy: ChildProcess | undefined;
+  let agentLog = '';
+  let proxyLog = '';
+  let peer: LabPod;
+  let peerSh: PodShell;
+  const p = (f: string): string => join(dir, f);
+  const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
+  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
+
+  function startAgent(): void {
+    agentLog = '';
+    agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
+      '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${20000 + Math.floor(Math.random() * 20000)}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    agent.stdout!.on('data', (d) => (agentLog += d));
+    agent.stderr!.on('data', (d) => (agentLog += d));
+  }
+  function startProxy(): void {
+    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proxy.stdout!.on('data', (d) => (proxyLog += d));
+    proxy.stderr!.on('data', (d) => (proxyLog += d));
+  }
+  async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}\nagent:\n${agentLog.slice(-3000)}\nproxy:\n${proxyLog.slice(-1500)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  const enrolledNetns = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns).sort();
+  const podObj = (ns: string, name: string, extra: { labels?: Record<string, string>; annotations?: Record<string, string> } = {}) =>
+    api.apply('pods', { metadata: { name, namespace: ns, labels: extra.labels, annotations: extra.annotations }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
+  async function runPod(ns: string, name: string, extra = {}): Promise<{ pod?: LabPod; error?: string; uid: string }> {
+    const obj = podObj(ns, name, extra);
+    try {
+      return { pod: await lab.node.addPodWithChain(name, conflist(), { namespace: ns, name, uid: obj.metadata.uid! }, cniPath()), uid: obj.metadata.uid! };
+    } catch (e) {
+      return { error: (e as { cniOutput?: string }).cniOutput ?? (e as Error).message, uid: obj.metadata.uid! };
+    }
+  }
+  /** Did the proxy see a connection from `src` (a real socket, captured)? */
+  async function captured(sh: PodShell, src: string): Promise<boolean> {
+    const before = proxyLog.length;
+    const r = await sh.connect({ host: peer.ip, port: 80, send: 'x', timeoutMs: 3000 });
+    if (r.ok) await sh.close(r.connId);
+    await new Promise((res) => setTimeout(res, 300));
+    return proxyLog.slice(before).includes(`"ip":"${src}"`);
+  }
+
+  beforeAll(async () => {
+    lab = await Lab.create();
+    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ag`));
+    mkdirSync(p('net.d'));
+    mkdirSync(p('bin'));
+    const { cniVersion, name, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
+    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
+    api = new FakeApiServer();
+    await api.start();
+    writeFileSync(p('kubeconfig'), api.kubeconfig());
+    api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    api.apply('namespaces', { metadata: { name: 'plain' } });
+    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
+    peer = await lab.addPod('peer');
+    peerSh = await lab.shell(peer.netnsPath, { inCgroup: false });
+    await peerSh.listen({ port: 80, tag: 'peer' });
+    startProxy();
+    startAgent();
+    await until('the agent to chain inpod-cni into the conflist', () => JSON.stringify(conflist()).includes('inpod-cni'));
+    await until('the agent to be ready', () => /agent ready/.test(agentLog));
+    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agentLog));
+  }, 60_000);
+
+  afterAll(async () => {
+    agent?.kill('SIGKILL');
+    proxy?.kill('SIGKILL');
+    await api?.stop();
+    await backend?.uninstall().catch(() => {});
+    await lab?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('ADD blocks until a pod of an ambient namespace is captured and handed to the proxy; the pod is annotated', async () => {
+    const a = await runPod('mesh', 'a');
+    expect(a.error).toBeUndefined();
+    expect(await enrolledNetns()).toContain(a.pod!.netnsPath); // already when ADD returned
+    expect(proxyLog).toMatch(/pod listeners open.*"pod":"a"|"pod":"a".*pod listeners open/);
+    await until('the annotation', () => api.get('pods', 'mesh', 'a')?.metadata.annotations?.[REDIRECTION] === 'enabled');
+    const sh = await lab.shell(a.pod!.netnsPath, { inCgroup: true });
+    expect(await captured(sh, a.pod!.ip)).toBe(true);
+  });
+
+  it('leaves pods of other namespaces, opted-out pods and sidecar pods alone', async () => {
+    const b = await runPod('plain', 'b');
+    const c = await runPod('mesh', 'c', { labels: { 'istio.io/dataplane-mode': 'none' } });
+    const d = await runPod('mesh', 'd', { annotations: { 'sidecar.istio.io/status': '{"containers":["istio-proxy"]}' } });
+    for (const x of [b, c, d]) expect(x.error).toBeUndefined();
+    const enrolled = await enrolledNetns();
+    for (const x of [b, c, d]) expect(enrolled).not.toContain(x.pod!.netnsPath);
+  });
+
+  it('enrolls and unenrolls running pods live when the namespace label changes', async () => {
+    const b = lab.node.pods.get('b')!;
+    const sh = await lab.shell(b.netnsPath, { inCgroup: true });
+    expect(await captured(sh, b.ip)).toBe(false);
+    api.apply('namespaces', { metadata: { name: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    await until('b to be enrolled', async () => (await enrolledNetns()).includes(b.netnsPath));
+    await until('b annotated', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === 'enabled');
+    expect(await captured(sh, b.ip)).toBe(true);
+    api.apply('namespaces', { metadata: { name: 'plain' } });
+    await until('b to be unenrolled', async () => !(await enrolledNetns()).includes(b.netnsPath));
+    await until('annotation removed', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === undefined);
+    expect(await captured(sh, b.ip)).toBe(false);
+  });
+
+  it('survives the API server going away and coming back (with a compacted history)', async () => {
+    const b = lab.node.pods.get('b')!;
+    await api.stop();
+    api.apply('namespaces', { metadata: { name: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    api.compact(); // the agent's resourceVersion is now too old: 410 Gone, relist
+    await new Promise((r) => setTimeout(r, 500));
+    await api.start(api.port);
+    await until('b to be enrolled after the API server came back', async () => (await enrolledNetns()).includes(b.netnsPath), 30_000);
+  });
+
+  it('fails ADD with a CNI error while the proxy is down, and succeeds once it is back', async () => {
+    proxy!.kill('SIGKILL');
+    await new Promise((r) => proxy!.once('exit', r));
+    await until('the agent to notice', () => /proxy disconnected|proxy connection closed/.test(agentLog));
+    const e = await runPod('mesh', 'e');
+    expect(JSON.parse(e.error!)).toMatchObject({ code: 11, msg: expect.stringMatching(/mesh\/e was not added to the mesh: no proxy is connected/) });
+    // the runtime tears the failed sandbox down (DEL) and retries with a new one
+    await lab.node.delPodWithChain('e', conflist(), { namespace: 'mesh', name: 'e', uid: e.uid }, cniPath());
+    await lab.node.removePod('e');
+    startProxy();
+    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agentLog.split('proxy disconnected').at(-1) ?? ''));
+    const again = await runPod('mesh', 'e');
+    expect(again.error).toBeUndefined();
+    expect(await enrolledNetns()).toContain(lab.node.pods.get('e')!.netnsPath);
+  });
+
+  it('DEL twice is fine', async () => {
+    const uid = api.get('pods', 'mesh', 'c')!.metadata.uid!;
+    for (let i = 0; i < 2; i++) await lab.node.delPodWithChain('c', conflist(), { namespace: 'mesh', name: 'c', uid }, cniPath());
+  });
+
+  it('after a SIGKILL the capture stays, traffic flows, and the new agent reconciles without enrolling twice', async () => {
+    const a = lab.node.pods.get('a')!;
+    const e = lab.node.pods.get('e')!;
+    const eUid = api.get('pods', 'mesh', 'e')!.metadata.uid!;
+    agent!.kill('SIGKILL');
+    await new Promise((r) => agent!.once('exit', r));
+    const sh = await lab.shell(a.netnsPath, { inCgroup: true });
+    expect(await captured(sh, a.ip)).toBe(true); // kernel state and proxy carry on
+    // e is deleted while the agent is away (its CNI DEL cannot reach the agent and still succeeds)
+    await lab.node.delPodWithChain('e', conflist(), { namespace: 'mesh', name: 'e', uid: eUid }, cniPath());
+    api.delete('pods', 'mesh', 'e');
+    await lab.node.removePod('e');
+    startAgent();
+    await until('the new agent to be ready', () => /agent ready/.test(agentLog));
+    const list = await backend.list();
+    expect(list.map((x) => x.netns)).not.toContain(e.netnsPath);
+    expect(list.filter((x) => x.netns === a.netnsPath)).toHaveLength(1);
+    expect(await captured(sh, a.ip)).toBe(true);
+  });
+});

@@ -1,0 +1,95 @@
+/**
+ * The report's chart: one panel per figure (requests/s, latency p50/p99, Gbit/s with 1 and 8
+ * streams, new connections/s), a bar per configuration at the median with a whisker from the
+ * smallest to the largest repetition. Plain SVG, no dependencies.
+ */
+import { CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import type { Row, Stat } from './stats.js';
+
+const COLORS: Record<ConfigName, string> = { nomesh: '#7f7f7f', iptables: '#d62728', ebpf: '#1f77b4' };
+
+interface Panel {
+  title: string;
+  unit: string;
+  bars: { label: string; config: ConfigName; s: Stat | undefined }[];
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function niceMax(v: number): number {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+function fmt(v: number): string {
+  if (v >= 1000) return `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k`;
+  return v >= 10 ? v.toFixed(0) : v.toFixed(2);
+}
+
+function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
+  const top = 34;
+  const bottom = 46;
+  const left = 44;
+  const plotH = h - top - bottom;
+  const max = niceMax(Math.max(...p.bars.map((b) => b.s?.max ?? 0)));
+  const y = (v: number): number => y0 + top + plotH - (v / max) * plotH;
+  const bw = (w - left - 10) / p.bars.length;
+  const out: string[] = [
+    `<text x="${x0 + w / 2}" y="${y0 + 16}" text-anchor="middle" font-weight="bold">${esc(p.title)}</text>`,
+    `<text x="${x0 + w / 2}" y="${y0 + 29}" text-anchor="middle" font-size="10" fill="#555">${esc(p.unit)}</text>`,
+  ];
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4;
+    out.push(`<line x1="${x0 + left}" x2="${x0 + w - 8}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`);
+    out.push(`<text x="${x0 + left - 4}" y="${y(v) + 3}" text-anchor="end" font-size="9">${fmt(v)}</text>`);
+  }
+  p.bars.forEach((b, i) => {
+    const bx = x0 + left + i * bw + bw * 0.15;
+    const w2 = bw * 0.7;
+    if (b.s && Number.isFinite(b.s.median)) {
+      out.push(`<rect x="${bx}" y="${y(b.s.median)}" width="${w2}" height="${y(0) - y(b.s.median)}" fill="${COLORS[b.config]}"/>`);
+      const cx = bx + w2 / 2;
+      out.push(`<line x1="${cx}" x2="${cx}" y1="${y(b.s.min)}" y2="${y(b.s.max)}" stroke="#000"/>`);
+      for (const v of [b.s.min, b.s.max]) out.push(`<line x1="${cx - 4}" x2="${cx + 4}" y1="${y(v)}" y2="${y(v)}" stroke="#000"/>`);
+      out.push(`<text x="${cx}" y="${y(b.s.max) - 3}" text-anchor="middle" font-size="9">${fmt(b.s.median)}</text>`);
+    }
+    out.push(`<text x="${bx + w2 / 2}" y="${y(0) + 12}" text-anchor="middle" font-size="9">${esc(b.label)}</text>`);
+  });
+  return out.join('\n');
+}
+
+export function chartSvg(rows: Row[], title: string): string {
+  const get = (w: Row['workload'], c: ConfigName, k: string): Stat | undefined => rows.find((r) => r.workload === w && r.config === c)?.metrics[k];
+  const short: Record<ConfigName, string> = { nomesh: 'none', iptables: 'iptables', ebpf: 'eBPF' };
+  const per = (w: Row['workload'], k: string, suffix = ''): Panel['bars'] =>
+    CONFIGS.map((c) => ({ label: `${short[c]}${suffix}`, config: c, s: get(w, c, k) }));
+  const panels: Panel[] = [
+    { title: 'HTTP requests/s', unit: 'wrk, 1 KiB, kept-alive', bars: per('http', 'rps') },
+    { title: 'HTTP latency', unit: 'ms, p50 | p99', bars: [...per('http', 'p50', ' p50'), ...per('http', 'p99', ' p99')] },
+    { title: 'Bulk throughput', unit: 'Gbit/s, 1 | 8 streams', bars: [...per('bulk1', 'gbps', ' ×1'), ...per('bulk8', 'gbps', ' ×8')] },
+    { title: 'New connections/s', unit: 'one request per connection', bars: per('connrate', 'cps') },
+  ];
+  const pw = 300;
+  const ph = 240;
+  const cols = 2;
+  const width = pw * cols;
+  const height = ph * Math.ceil(panels.length / cols) + 60;
+  const legend = CONFIGS.map(
+    (c, i) => `<rect x="${20 + i * 190}" y="${height - 22}" width="12" height="12" fill="${COLORS[c]}"/>` +
+      `<text x="${36 + i * 190}" y="${height - 12}" font-size="11">${esc(CONFIG_LABEL[c])}</text>`,
+  );
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="${width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${esc(title)}</text>`,
+    ...panels.map((p, i) => panel(p, (i % cols) * pw, 24 + Math.floor(i / cols) * ph, pw, ph)),
+    ...legend,
+    `<text x="${width - 8}" y="${height - 36}" text-anchor="end" font-size="9" fill="#555">bars: median; whiskers: min..max over repetitions</text>`,
+    '</svg>',
+    '',
+  ].join('\n');
+}

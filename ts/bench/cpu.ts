@@ -1,0 +1,111 @@
+/**
+ * CPU and memory accounting from /proc (no hardware counters on this machine kind): a process's
+ * user/system time from /proc/<pid>/stat, the host's softirq and busy time from /proc/stat, the
+ * NET_RX/NET_TX softirq counts from /proc/softirqs, RSS from /proc/<pid>/status. The parsers are
+ * pure so they can be tested on captured text.
+ */
+import { readFileSync } from 'node:fs';
+
+/** Clock ticks per second for /proc times (USER_HZ; 100 on every Linux this runs on). */
+export const USER_HZ = 100;
+
+export interface ProcTimes {
+  /** seconds */
+  user: number;
+  sys: number;
+}
+
+/** Fields 14 and 15 of /proc/<pid>/stat; the command name may contain spaces and parentheses. */
+export function parsePidStat(text: string): ProcTimes {
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state): utime is field 14, stime field 15
+  return { user: Number(rest[11]) / USER_HZ, sys: Number(rest[12]) / USER_HZ };
+}
+
+export interface HostTimes {
+  /** seconds of softirq time summed over CPUs */
+  softirq: number;
+  /** seconds of non-idle time summed over CPUs */
+  busy: number;
+}
+
+/** The aggregate "cpu" line of /proc/stat. */
+export function parseProcStat(text: string): HostTimes {
+  const line = text.split('\n').find((l) => l.startsWith('cpu '));
+  if (!line) throw new Error('no aggregate cpu line in /proc/stat');
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = v;
+  return { softirq: softirq / USER_HZ, busy: (user + nice + system + irq + softirq + steal) / USER_HZ };
+}
+
+/** NET_RX + NET_TX softirq counts, summed over CPUs. */
+export function parseSoftirqs(text: string): number {
+  let n = 0;
+  for (const line of text.split('\n')) {
+    const m = /^\s*(NET_RX|NET_TX):\s+(.*)$/.exec(line);
+    if (m) n += m[2]!.trim().split(/\s+/).map(Number).reduce((a, b) => a + b, 0);
+  }
+  return n;
+}
+
+/** VmRSS in KiB from /proc/<pid>/status (0 when absent). */
+export function parseRssKb(text: string): number {
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+export interface CpuSnapshot {
+  procs: ProcTimes;
+  host: HostTimes;
+  netSoftirqs: number;
+  at: number;
+}
+
+export interface CpuDelta {
+  /** forwarder user / system seconds (all forwarders of the configuration) */
+  fwdUser: number;
+  fwdSys: number;
+  /** host softirq seconds, all CPUs */
+  softirq: number;
+  /** host busy seconds, all CPUs (load generator, app, forwarders, kernel) */
+  hostBusy: number;
+  /** NET_RX + NET_TX softirqs raised */
+  netSoftirqs: number;
+  /** wall seconds */
+  wall: number;
+}
+
+function readOr(path: string, fallback: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return fallback;
+  }
+}
+
+/** Reads the counters now; `pids` are the forwarders (may be empty). */
+export function snapshot(pids: number[]): CpuSnapshot {
+  const procs = pids.map((p) => parsePidStat(readOr(`/proc/${p}/stat`, 'x (x) S' + ' 0'.repeat(20))));
+  return {
+    procs: { user: procs.reduce((a, p) => a + p.user, 0), sys: procs.reduce((a, p) => a + p.sys, 0) },
+    host: parseProcStat(readFileSync('/proc/stat', 'utf8')),
+    netSoftirqs: parseSoftirqs(readFileSync('/proc/softirqs', 'utf8')),
+    at: performance.now(),
+  };
+}
+
+export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
+  return {
+    fwdUser: b.procs.user - a.procs.user,
+    fwdSys: b.procs.sys - a.procs.sys,
+    softirq: b.host.softirq - a.host.softirq,
+    hostBusy: b.host.busy - a.host.busy,
+    netSoftirqs: b.netSoftirqs - a.netSoftirqs,
+    wall: (b.at - a.at) / 1000,
+  };
+}
+
+/** Summed RSS of the processes, KiB. */
+export function rssKb(pids: number[]): number {
+  return pids.reduce((a, p) => a + parseRssKb(readOr(`/proc/${p}/status`, '')), 0);
+}

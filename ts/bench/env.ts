@@ -1,0 +1,213 @@
+/**
+ * The benchmark's world: one simulated node (ts/sim/node.ts) with a client pod and a server pod
+ * per configuration (no mesh, capture-only iptables, capture-only eBPF), all on the same bridge,
+ * so every configuration crosses the same veths. Separate pods per configuration keep one
+ * configuration's state out of another's: the iptables pods keep conntrack on after their rules
+ * go, and the eBPF hooks attach to a child cgroup only the eBPF configuration's processes join
+ * (its sibling, the "plain" cgroup, has no programs). Client-side processes are pinned to CPU 0,
+ * server-side ones to CPU 1. Every name carries the run's prefix; destroy() removes everything,
+ * never throws, and may run twice (normal end and SIGINT).
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SimNode, type SimPod } from '../sim/node.js';
+import { createBackend } from '../redirect/factory.js';
+import { cgroup2Mount } from '../redirect/preflight.js';
+import type { BackendName, BackendOptions, RedirectBackend } from '../redirect/backend.js';
+import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
+
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf';
+export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
+export const CONFIG_LABEL: Record<ConfigName, string> = {
+  nomesh: 'no mesh',
+  iptables: 'capture-only, iptables',
+  ebpf: 'capture-only, eBPF',
+};
+
+export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
+export const FWD = join(BUILD_DIR, 'inpod-fwd');
+export const CONNRATE = join(BUILD_DIR, 'inpod-connrate');
+export const HTTP_PORT = 80;
+export const IPERF_PORT = 5201;
+export const BODY_BYTES = 1024;
+
+export interface ConfigSetup {
+  name: ConfigName;
+  client: SimPod;
+  server: SimPod;
+  clientAt: Placement;
+  serverAt: Placement;
+  /** forwarder pids (client pod, server pod); empty without a mesh */
+  fwdPids: number[];
+}
+
+/** Pod sysctls: room for short connections; short conntrack TIME_WAIT (the table is host-wide). */
+const POD_SYSCTLS = [
+  'net.ipv4.ip_local_port_range=1024 65000',
+  'net.ipv4.tcp_tw_reuse=1',
+  'net.netfilter.nf_conntrack_tcp_timeout_time_wait=2',
+  'net.netfilter.nf_conntrack_tcp_timeout_close=2',
+];
+
+export class BenchEnv {
+  node: SimNode | null = null;
+  readonly cgroups: { ebpf: string; plain: string };
+  readonly backendOpts: BackendOptions;
+  readonly backends = new Map<BackendName, RedirectBackend>();
+  readonly configs = new Map<ConfigName, ConfigSetup>();
+  readonly daemons = new Daemons();
+  readonly workDir: string;
+  /** bare network namespaces made for the enrollment rows */
+  readonly bareNetns: string[] = [];
+  #destroyed = false;
+
+  constructor(readonly prefix: string, readonly pin: boolean) {
+    const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
+    if (!root) throw new Error('no cgroup2 mount in /proc/mounts: mount cgroup2 (see README "Requirements")');
+    this.cgroups = { ebpf: join(root, `${prefix}-ebpf`), plain: join(root, `${prefix}-plain`) };
+    this.workDir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+    this.backendOpts = { cgroupPath: this.cgroups.ebpf, pinRoot: `/sys/fs/bpf/${prefix}inpod`, stateDir: join(this.workDir, 'state') };
+  }
+
+  /** Creates the node, pods, cgroups and backends; enrolls the capture pods; starts the daemons. */
+  async setup(log: (s: string) => void): Promise<void> {
+    for (const cg of Object.values(this.cgroups)) mkdirSync(cg);
+    this.node = await SimNode.create({ prefix: this.prefix });
+    for (const b of ['iptables', 'ebpf'] as const) {
+      const be = await createBackend(b, this.backendOpts);
+      this.backends.set(b, be);
+      await be.install();
+    }
+    for (const name of CONFIGS) {
+      const client = await this.node.addPod(`${name[0]}c`);
+      const server = await this.node.addPod(`${name[0]}s`);
+      for (const pod of [client, server]) await inNetns(pod.netnsPath, ['sysctl', '-qw', ...POD_SYSCTLS]);
+      const cgroup = name === 'ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
+      const setup: ConfigSetup = {
+        name,
+        client,
+        server,
+        clientAt: { netns: client.netnsPath, cgroup, cpu: this.pin ? 0 : null },
+        serverAt: { netns: server.netnsPath, cgroup, cpu: this.pin ? 1 : null },
+        fwdPids: [],
+      };
+      this.configs.set(name, setup);
+      if (name !== 'nomesh') {
+        // Enrolled first, listeners after: the eBPF sockops hook sees the 15006 listener open.
+        const be = this.backends.get(name)!;
+        await be.enroll(client.netnsPath);
+        await be.enroll(server.netnsPath);
+        for (const at of [setup.clientAt, setup.serverAt]) {
+          const p = await this.daemons.start(at, [FWD, '15001', '15006'], 'ready');
+          setup.fwdPids.push(p.pid!);
+        }
+      }
+      await this.#startServers(setup);
+      log(`  ${CONFIG_LABEL[name]}: client ${client.ip} (${client.netnsName}), server ${server.ip} (${server.netnsName})`);
+    }
+  }
+
+  async #startServers(s: ConfigSetup): Promise<void> {
+    const dir = join(this.workDir, `nginx-${s.name}`);
+    mkdirSync(join(dir, 'www'), { recursive: true });
+    writeFileSync(join(dir, 'www', '1k'), 'x'.repeat(BODY_BYTES));
+    writeFileSync(join(dir, 'nginx.conf'), nginxConf(dir));
+    await this.daemons.start(s.serverAt, ['nginx', '-p', dir, '-c', join(dir, 'nginx.conf'), '-e', join(dir, 'error.log')]);
+    await this.daemons.start(s.serverAt, ['iperf3', '-s', '-p', String(IPERF_PORT)]);
+    await waitListening(s.server.netnsPath, HTTP_PORT);
+    await waitListening(s.server.netnsPath, IPERF_PORT);
+  }
+
+  /** Conntrack entries in the configuration's two pods right now (per-netns count). */
+  async conntrackEntries(name: ConfigName): Promise<number> {
+    const s = this.configs.get(name)!;
+    let n = 0;
+    for (const pod of [s.client, s.server]) {
+      const v = await inNetns(pod.netnsPath, ['cat', '/proc/sys/net/netfilter/nf_conntrack_count']).catch(() => '0');
+      n += Number(v.trim()) || 0;
+    }
+    return n;
+  }
+
+  /** Removes everything this run created. Never throws; safe to call again. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    await this.daemons.stopAll().catch(() => {});
+    for (const cg of Object.values(this.cgroups)) await killCgroup(cg);
+    for (const [name, be] of this.backends) {
+      for (const s of this.configs.values()) {
+        if (s.name === name) {
+          await be.unenroll(s.client.netnsPath).catch(() => {});
+          await be.unenroll(s.server.netnsPath).catch(() => {});
+        }
+      }
+      await be.uninstall().catch(() => {});
+    }
+    await removeNetns(this.bareNetns.splice(0));
+    await this.node?.destroy().catch(() => {});
+    rmSync(this.backendOpts.pinRoot!, { recursive: true, force: true });
+    for (const cg of Object.values(this.cgroups)) {
+      try {
+        if (existsSync(cg)) rmdirSync(cg);
+      } catch {
+        /* a process we did not start joined it; left for `inpod doctor` */
+      }
+    }
+    rmSync(this.workDir, { recursive: true, force: true });
+  }
+}
+
+function nginxConf(dir: string): string {
+  return `daemon off;
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  server {
+    listen ${HTTP_PORT} backlog=4096;
+    root ${dir}/www;
+    default_type application/octet-stream;
+  }
+}
+`;
+}
+
+/** SIGKILLs every process in a cgroup until it is empty (bounded). */
+async function killCgroup(cg: string): Promise<void> {
+  const procs = join(cg, 'cgroup.procs');
+  for (let i = 0; i < 50 && existsSync(procs); i++) {
+    const pids = readFileSync(procs, 'utf8').split('\n').filter(Boolean);
+    if (pids.length === 0) return;
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Deletes network namespaces by name, a shell per batch (hundreds of them at the end of a run). */
+export async function removeNetns(names: string[]): Promise<void> {
+  if (names.length === 0) return;
+  const { runProgram } = await import('../util/run.js');
+  const script = names.map((n) => `ip netns del '${n}' 2>/dev/null`).join('\n') + '\ntrue\n';
+  await runProgram('sh', ['-s'], script).catch(() => {});
+}

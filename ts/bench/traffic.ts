@@ -1,0 +1,101 @@
+/**
+ * The traffic rows: every workload against every configuration, interleaved (A B C A B C ...)
+ * so drift on the host hits all configurations alike, after one short warm-up round. Each run is
+ * one sample with the load generator's figures and the CPU it cost (forwarders' user/system time,
+ * host softirq and busy time over the run) and the forwarders' RSS at its end.
+ */
+import { CONFIGS, type BenchEnv, type ConfigName } from './env.js';
+import { delta, rssKb, snapshot, type CpuDelta } from './cpu.js';
+import { WORKLOADS, runLoad, type LoadParams, type WorkloadName } from './loads.js';
+
+export interface TrafficSample {
+  rep: number;
+  warmup: boolean;
+  workload: WorkloadName;
+  config: ConfigName;
+  metrics: Record<string, number>;
+  /** requests, bytes or connections done in the run */
+  work: number;
+  errors: number;
+  cpu: CpuDelta;
+  /** forwarders' summed RSS at the end of the run, KiB (0 without a mesh) */
+  rssKb: number;
+  /** conntrack entries in the two pods right after the run */
+  conntrack: number;
+  command: string;
+  startedAt: string;
+}
+
+export interface TrafficPlan extends LoadParams {
+  reps: number;
+  warmupSeconds: number;
+}
+
+export type Progress = (line: string) => void;
+
+function headline(w: WorkloadName, m: Record<string, number>): string {
+  switch (w) {
+    case 'http':
+      return `${m.rps!.toFixed(0)} req/s, p50 ${m.p50!.toFixed(3)} ms, p99 ${m.p99!.toFixed(3)} ms`;
+    case 'bulk1':
+    case 'bulk8':
+      return `${m.gbps!.toFixed(2)} Gbit/s`;
+    case 'connrate':
+      return `${m.cps!.toFixed(0)} conn/s`;
+  }
+}
+
+export async function runOne(env: BenchEnv, w: WorkloadName, c: ConfigName, rep: number, p: LoadParams, warmup: boolean): Promise<TrafficSample> {
+  const s = env.configs.get(c)!;
+  const startedAt = new Date().toISOString();
+  const before = snapshot(s.fwdPids);
+  const r = await runLoad(w, s.clientAt, s.server.ip, p);
+  const cpu = delta(before, snapshot(s.fwdPids));
+  return {
+    rep,
+    warmup,
+    workload: w,
+    config: c,
+    metrics: r.metrics,
+    work: r.work,
+    errors: r.errors,
+    cpu,
+    rssKb: rssKb(s.fwdPids),
+    conntrack: await env.conntrackEntries(c),
+    command: r.command,
+    startedAt,
+  };
+}
+
+export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Progress): Promise<TrafficSample[]> {
+  const samples: TrafficSample[] = [];
+  const total = plan.reps * WORKLOADS.length * CONFIGS.length;
+  const t0 = performance.now();
+  const clock = (): string => {
+    const s = Math.round((performance.now() - t0) / 1000);
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+  };
+  if (plan.warmupSeconds > 0) {
+    progress(`warm-up: every workload once per configuration, ${plan.warmupSeconds} s each`);
+    for (const w of WORKLOADS) {
+      for (const c of CONFIGS) samples.push(await runOne(env, w, c, 0, { ...plan, seconds: plan.warmupSeconds }, true));
+    }
+  }
+  let done = 0;
+  for (let rep = 1; rep <= plan.reps; rep++) {
+    for (const w of WORKLOADS) {
+      for (const c of CONFIGS) {
+        const s = await runOne(env, w, c, rep, plan, false);
+        samples.push(s);
+        done++;
+        const eta = Math.round(((performance.now() - t0) / done) * (total - done) / 1000);
+        const errs = s.errors ? `, ${s.errors} errors` : '';
+        progress(
+          `[${String(done).padStart(3)}/${total} ${clock()} eta ${eta}s] rep ${rep}/${plan.reps} ${w.padEnd(8)} ${c.padEnd(8)} ` +
+            `${headline(w, s.metrics)}${errs}`,
+        );
+      }
+    }
+  }
+  return samples;
+}
