@@ -28,6 +28,7 @@ describe('inpod agent', () => {
   let proxyLog = '';
   let peer: LabPod;
   let peerSh: PodShell;
+  let healthPort = 0;
   const p = (f: string): string => join(dir, f);
   const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
   const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
@@ -36,7 +37,7 @@ describe('inpod agent', () => {
     agentLog = '';
     agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${20000 + Math.floor(Math.random() * 20000)}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${(healthPort = 20000 + Math.floor(Math.random() * 20000))}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     agent.stdout!.on('data', (d) => (agentLog += d));
     agent.stderr!.on('data', (d) => (agentLog += d));
   }
@@ -161,6 +162,31 @@ describe('inpod agent', () => {
     const again = await runPod('mesh', 'e');
     expect(again.error).toBeUndefined();
     expect(await enrolledNetns()).toContain(lab.node.pods.get('e')!.netnsPath);
+  });
+
+  it('answers bad input with clear errors and carries on: a vanished netns, an API object missing fields', async () => {
+    const { runPlugin } = await import('../../ts/cni/plugin.js');
+    const gone = await runPlugin({
+      command: 'ADD', containerId: 'x', netns: `/run/netns/${lab.prefix}vanished`, ifname: 'eth0',
+      args: 'K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=ghost;K8S_POD_UID=ghost-uid',
+      stdin: JSON.stringify({ cniVersion: '1.0.0', name: 'x', type: 'inpod-cni', agentSocket: p('plugin.sock'), timeoutSeconds: 10, prevResult: { cniVersion: '1.0.0', ips: [] } }),
+    });
+    expect(gone.code).toBe(1);
+    expect(JSON.parse(gone.stdout).msg).toMatch(/netns \/run\/netns\/\w+vanished of pod mesh\/ghost does not exist/);
+    // a pod object with no spec and no labels
+    api.apply('pods', { metadata: { name: 'bare', namespace: 'mesh' } } as never);
+    await new Promise((r) => setTimeout(r, 300));
+    const ok = await runPod('mesh', 'f');
+    expect(ok.error).toBeUndefined();
+    expect(await enrolledNetns()).toContain(ok.pod!.netnsPath);
+  });
+
+  it('reports readiness and its metrics', async () => {
+    expect((await fetch(`http://127.0.0.1:${healthPort}/healthz/ready`)).status).toBe(200);
+    const m = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+    const enrolled = Number(/^inpod_agent_pods_enrolled (\d+)/m.exec(m)?.[1]);
+    expect(enrolled).toBe((await backend.list()).length);
+    expect(m).toMatch(/inpod_agent_enroll_seconds_count [1-9]/);
   });
 
   it('DEL twice is fine', async () => {

@@ -1,0 +1,30 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ManifestSource } from '../../ts/agent/manifests.js';
+
+describe('manifest directory as the cluster', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'inpod-manifests-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reads namespaces and this node\'s pods, and reports changes to the files', async () => {
+    writeFileSync(join(dir, 'ns.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n');
+    writeFileSync(join(dir, 'pods.yaml'), [
+      'apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, uid: u1}\nspec: {nodeName: n1}',
+      'apiVersion: v1\nkind: Pod\nmetadata: {name: elsewhere, namespace: shop, uid: u2}\nspec: {nodeName: n2}',
+    ].join('\n---\n'));
+    writeFileSync(join(dir, 'broken.yaml'), 'kind: [\n');
+    const src = new ManifestSource(dir, 'n1');
+    await src.start();
+    expect(src.pods().map((p) => p.metadata?.name)).toEqual(['web']);
+    expect(src.namespace('shop')?.metadata?.labels).toBeUndefined();
+    const changed = new Promise<string>((r) => src.once('namespace', r));
+    writeFileSync(join(dir, 'ns.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {istio.io/dataplane-mode: ambient}\n');
+    expect(await changed).toBe('shop');
+    expect(src.namespace('shop')?.metadata?.labels?.['istio.io/dataplane-mode']).toBe('ambient');
+    await src.annotatePod('shop', 'web', 'ambient.istio.io/redirection', 'enabled');
+    expect(src.pod('shop', 'web')?.metadata?.annotations).toEqual({ 'ambient.istio.io/redirection': 'enabled' });
+    src.stop();
+  });
+});
