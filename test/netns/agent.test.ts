@@ -42,7 +42,7 @@ describe('inpod agent', () => {
     agent.stderr!.on('data', (d) => (agentLog += d));
   }
   function startProxy(): void {
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 --admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0`], { stdio: ['ignore', 'pipe', 'pipe'] });
     proxy.stdout!.on('data', (d) => (proxyLog += d));
     proxy.stderr!.on('data', (d) => (proxyLog += d));
   }

@@ -54,8 +54,16 @@ export function parseRssKb(text: string): number {
   return m ? Number(m[1]) : 0;
 }
 
+/** usage_usec of a cgroup2 cpu.stat, in seconds (0 when absent). */
+export function parseCgroupUsage(text: string): number {
+  const m = /^usage_usec (\d+)/m.exec(text);
+  return m ? Number(m[1]) / 1e6 : 0;
+}
+
 export interface CpuSnapshot {
   procs: ProcTimes;
+  /** CPU seconds used by the bench's own cgroups */
+  ours: number;
   host: HostTimes;
   netSoftirqs: number;
   at: number;
@@ -69,6 +77,9 @@ export interface CpuDelta {
   softirq: number;
   /** host busy seconds, all CPUs (load generator, app, forwarders, kernel) */
   hostBusy: number;
+  /** host busy seconds outside the bench's cgroups: other work on the machine (a noise gauge;
+   * it also holds interrupt and softirq time the kernel charged to no task) */
+  outside: number;
   /** NET_RX + NET_TX softirqs raised */
   netSoftirqs: number;
   /** wall seconds */
@@ -83,11 +94,12 @@ function readOr(path: string, fallback: string): string {
   }
 }
 
-/** Reads the counters now; `pids` are the forwarders (may be empty). */
-export function snapshot(pids: number[]): CpuSnapshot {
+/** Reads the counters now; `pids` are the forwarders (may be empty), `cgroups` the bench's own. */
+export function snapshot(pids: number[], cgroups: string[]): CpuSnapshot {
   const procs = pids.map((p) => parsePidStat(readOr(`/proc/${p}/stat`, 'x (x) S' + ' 0'.repeat(20))));
   return {
     procs: { user: procs.reduce((a, p) => a + p.user, 0), sys: procs.reduce((a, p) => a + p.sys, 0) },
+    ours: cgroups.reduce((a, cg) => a + parseCgroupUsage(readOr(`${cg}/cpu.stat`, '')), 0),
     host: parseProcStat(readFileSync('/proc/stat', 'utf8')),
     netSoftirqs: parseSoftirqs(readFileSync('/proc/softirqs', 'utf8')),
     at: performance.now(),
@@ -100,6 +112,7 @@ export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
     fwdSys: b.procs.sys - a.procs.sys,
     softirq: b.host.softirq - a.host.softirq,
     hostBusy: b.host.busy - a.host.busy,
+    outside: Math.max(0, b.host.busy - a.host.busy - (b.ours - a.ours)),
     netSoftirqs: b.netSoftirqs - a.netSoftirqs,
     wall: (b.at - a.at) / 1000,
   };

@@ -2,8 +2,8 @@
  * The enrollment rows: how long enroll() and unenroll() of one pod take, per backend, with
  * N pods already enrolled, timed in-process around the RedirectBackend calls. Two ways in:
  * through createBackend (what the agent calls: it first asks the other backend whether it
- * captures the pod) and the backend alone. The pods are bare network namespaces with one dummy
- * interface and a /32 each (CNI would make 250 pods slow to create, and enrollment never looks
+ * captures the pod) and the backend alone. The pods are bare network namespaces with one veth
+ * pair (both ends inside) and a /32 each (CNI would make 250 pods slow to create, and enrollment never looks
  * past the netns's addresses). Also counts the kernel state one enrolled pod adds: iptables
  * rules, ip rules and routes, or eBPF map entries and links.
  */
@@ -59,7 +59,7 @@ async function createBarePods(env: BenchEnv, count: number): Promise<string[]> {
     idx
       .map((i) => {
         const n = names[i]!;
-        return `ip netns add ${n} && ip -n ${n} link set lo up && ip -n ${n} link add eth0 type dummy && ` +
+        return `ip netns add ${n} && ip -n ${n} link set lo up && ip -n ${n} link add eth0 type veth peer name peer0 && ` +
           `ip -n ${n} addr add ${bareIp(i)}/32 dev eth0 && ip -n ${n} link set eth0 up || exit 1`;
       })
       .join('\n');

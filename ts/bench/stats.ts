@@ -74,6 +74,8 @@ export interface Row {
   costs: Record<keyof Costs, Stat>;
   rssKb: Stat;
   conntrack: Stat;
+  /** CPUs busy outside the bench's cgroups during the runs (a noise gauge) */
+  outside: Stat;
   errors: number;
 }
 
@@ -98,6 +100,7 @@ export function rows(samples: TrafficSample[]): Row[] {
       },
       rssKb: stat(g.map((s) => s.rssKb)),
       conntrack: stat(g.map((s) => s.conntrack)),
+      outside: stat(g.map((s) => s.cpu.outside / s.cpu.wall)),
       errors: g.reduce((a, s) => a + s.errors, 0),
     });
   }

@@ -48,9 +48,10 @@ function headline(w: WorkloadName, m: Record<string, number>): string {
 export async function runOne(env: BenchEnv, w: WorkloadName, c: ConfigName, rep: number, p: LoadParams, warmup: boolean): Promise<TrafficSample> {
   const s = env.configs.get(c)!;
   const startedAt = new Date().toISOString();
-  const before = snapshot(s.fwdPids);
+  const cgroups = Object.values(env.cgroups);
+  const before = snapshot(s.fwdPids, cgroups);
   const r = await runLoad(w, s.clientAt, s.server.ip, p);
-  const cpu = delta(before, snapshot(s.fwdPids));
+  const cpu = delta(before, snapshot(s.fwdPids, cgroups));
   return {
     rep,
     warmup,
@@ -82,17 +83,19 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
     }
   }
   let done = 0;
+  const tReps = performance.now();
   for (let rep = 1; rep <= plan.reps; rep++) {
     for (const w of WORKLOADS) {
       for (const c of CONFIGS) {
         const s = await runOne(env, w, c, rep, plan, false);
         samples.push(s);
         done++;
-        const eta = Math.round(((performance.now() - t0) / done) * (total - done) / 1000);
+        const eta = Math.round(((performance.now() - tReps) / done) * (total - done) / 1000);
         const errs = s.errors ? `, ${s.errors} errors` : '';
+        const busy = s.cpu.outside / s.cpu.wall > 0.2 ? `, other load ${(s.cpu.outside / s.cpu.wall).toFixed(1)} CPUs` : '';
         progress(
           `[${String(done).padStart(3)}/${total} ${clock()} eta ${eta}s] rep ${rep}/${plan.reps} ${w.padEnd(8)} ${c.padEnd(8)} ` +
-            `${headline(w, s.metrics)}${errs}`,
+            `${headline(w, s.metrics)}${errs}${busy}`,
         );
       }
     }

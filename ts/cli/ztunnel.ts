@@ -8,8 +8,10 @@ import { Ztunnel } from '../proxy/ztunnel.js';
 import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
+import { startAdmin } from '../proxy/admin.js';
 
-export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR]`;
+export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
+                 [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]`;
 
 export async function ztunnelCommand(argv: string[]): Promise<void> {
   const { values: v } = parseArgs({
@@ -20,6 +22,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
       'drain-seconds': { type: 'string', default: '5' },
+      'admin-addr': { type: 'string', default: '127.0.0.1:15000' },
+      'metrics-addr': { type: 'string', default: '0.0.0.0:15020' },
+      'readiness-addr': { type: 'string', default: '0.0.0.0:15021' },
     },
     strict: true,
   });
@@ -43,6 +48,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     },
   });
   client.start();
+  const servers = await startAdmin(zt, {
+    admin: v['admin-addr']!,
+    metrics: v['metrics-addr']!,
+    readiness: v['readiness-addr']!,
+    ready: () => client.connected && !state.lastError,
+  });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {
     // Drain: stop accepting at once, give open connections until the deadline, then exit.
@@ -50,8 +61,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       const deadline = Number(v['drain-seconds']) * 1000;
       log.info({ signal: sig, drainMs: deadline }, 'draining');
       client.stop();
-      zt.close();
+      zt.close({ drain: true });
       state.close();
+      for (const srv of servers) srv.close();
       setTimeout(() => {
         log.info('drain deadline reached; exiting');
         process.exit(0);

@@ -94,12 +94,12 @@ export class PodProxy {
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: spiffeUri(this.identity) };
     const route = buildRoute(this.deps.state.snapshot, dst);
     const ctx: ConnContext = { direction: 'outbound', transport: route.kind === 'hbone' ? 'hbone' : 'passthrough', src, dst: { ...dst }, pod: this.pod };
+    this.deps.hooks.opened(ctx);
     if (route.kind === 'reject') {
       this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', route.reason);
       down.resetAndDestroy();
       return;
     }
-    this.deps.hooks.opened(ctx);
     try {
       if (route.kind === 'passthrough') {
         const up = await connectIn(this.netns.fd, route.target, { mark: PROXY_MARK });
@@ -133,13 +133,13 @@ export class PodProxy {
     const dst = originalDestination(down);
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
     const ctx: ConnContext = { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: spiffeUri(this.identity) }, pod: this.pod };
+    this.deps.hooks.opened(ctx);
     const d = this.deps.hooks.authorize(ctx);
     if (!d.allow) {
       this.#finish(ctx, started, 0, 0, 'denied', 'DENY', d.reason);
       down.resetAndDestroy();
       return;
     }
-    this.deps.hooks.opened(ctx);
     try {
       const up = await connectIn(this.netns.fd, dst, { mark: PROXY_MARK, transparentFrom: src.ip });
       relay(down, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
@@ -205,9 +205,9 @@ export class PodProxy {
     const local = tlsSock?.localAddress ?? '';
     if (authority.ip !== local) return reject(400, `authority ${authority.ip} is not this connection's destination ${local}`);
     const ctx: ConnContext = { direction: 'inbound', transport: 'hbone', src, dst: { ...authority, identity: spiffeUri(this.identity) }, pod: this.pod };
+    this.deps.hooks.opened(ctx);
     const d = this.deps.hooks.authorize(ctx);
     if (!d.allow) return reject(401, d.reason ?? 'denied by policy', ctx);
-    this.deps.hooks.opened(ctx);
     let up: net.Socket;
     try {
       up = await connectIn(this.netns.fd, authority, { mark: PROXY_MARK, transparentFrom: src.ip });

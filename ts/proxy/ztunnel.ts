@@ -10,7 +10,8 @@ import { StateStore } from '../state/store.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Fd } from '../native/index.js';
 import { HbonePool } from './hbone/client.js';
-import { defaultHooks, type ProxyHooks } from './hooks.js';
+import type { ProxyHooks } from './hooks.js';
+import { IstioTelemetry } from '../telemetry/istio.js';
 import { PodProxy, type PodInfo } from './pod.js';
 
 export interface ZtunnelOptions {
@@ -26,11 +27,16 @@ export class Ztunnel {
   readonly pods = new Map<string, PodProxy>();
   readonly pool: HbonePool;
   readonly log: Logger;
+  readonly hooks: ProxyHooks;
+  /** Istio metrics (when the default hooks are used) */
+  readonly telemetry?: IstioTelemetry;
   #seenSinceSnapshot: Set<string> | null = null;
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
     this.pool = new HbonePool({ certs });
+    if (opts.hooks) this.hooks = opts.hooks;
+    else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
   }
 
   static async create(opts: ZtunnelOptions): Promise<Ztunnel> {
@@ -56,7 +62,7 @@ export class Ztunnel {
       state: this.opts.state,
       certs: this.certs,
       pool: this.pool,
-      hooks: this.opts.hooks ?? defaultHooks(this.log),
+      hooks: this.hooks,
       log: this.log,
       trustDomain: this.opts.trustDomain,
     });
@@ -91,8 +97,12 @@ export class Ztunnel {
     for (const uid of [...this.pods.keys()]) if (!seen.has(uid)) this.removePod(uid);
   }
 
-  close(): void {
+  /**
+   * Stops serving every pod. With `drain`, open connections (HBONE streams included) are left to
+   * finish; otherwise pooled tunnels are torn down at once.
+   */
+  close(o: { drain?: boolean } = {}): void {
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
-    this.pool.close();
+    if (!o.drain) this.pool.close();
   }
 }

@@ -124,9 +124,15 @@ function service(path: string, v: unknown): Service {
   };
 }
 
+/** An AuthorizationPolicy, in Istio's Kubernetes shape (metadata/spec) or flat (name/namespace/spec). */
 function policy(path: string, v: unknown): Policy {
   const f = obj(path, v);
-  return { ...f.v, name: f.str('name'), namespace: f.str('namespace') };
+  const meta = f.v.metadata === undefined ? f : obj(`${path}.metadata`, f.v.metadata);
+  const spec = f.v.spec === undefined ? {} : obj(`${path}.spec`, f.v.spec).v;
+  const action = spec.action ?? 'ALLOW';
+  if (!['ALLOW', 'DENY', 'AUDIT', 'CUSTOM'].includes(String(action))) f.fail('spec.action', `expected ALLOW or DENY, got ${JSON.stringify(action)}`);
+  if (spec.rules !== undefined && !Array.isArray(spec.rules)) f.fail('spec.rules', 'expected a list');
+  return { ...f.v, name: meta.str('name'), namespace: meta.str('namespace') };
 }
 
 /** Parses and validates a local-config document. Throws MeshError INPOD_ERR_CONFIG naming the field. */

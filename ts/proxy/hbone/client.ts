@@ -58,6 +58,9 @@ export class HbonePool {
     this.#opts = { connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, ...opts };
   }
 
+  /** The most streams any one pooled connection carried at once. */
+  maxStreamsSeen = 0;
+
   /** Number of live pooled connections (for tests and config_dump). */
   get size(): number {
     let n = 0;
@@ -70,6 +73,7 @@ export class HbonePool {
     const key = `${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
     const ps = await this.#session(key, src, req);
     ps.active++;
+    if (ps.active > this.maxStreamsSeen) this.maxStreamsSeen = ps.active;
     clearTimeout(ps.idleTimer);
     const stream = ps.session.request(
       {

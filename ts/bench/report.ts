@@ -1,0 +1,242 @@
+/**
+ * The markdown report: the figures per configuration with their spread, the ratios against no
+ * mesh and eBPF against iptables, CPU per unit of work, the enrollment rows and per-pod kernel
+ * state, and how it was measured (host, versions, commands, repetitions). Pure given its input.
+ */
+import { CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
+import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
+import type { EnrollSample, PodState } from './enroll.js';
+import type { TrafficSample } from './traffic.js';
+
+export interface RunInfo {
+  argv: string[];
+  quick: boolean;
+  startedAt: string;
+  durationS: number;
+  reps: number;
+  seconds: number;
+  warmupSeconds: number;
+  httpConns: number;
+  connThreads: number;
+  pinned: boolean;
+  enrollLevels: number[];
+  enrollSamples: number;
+  host: Record<string, string>;
+  daemonCommands: string[];
+}
+
+const num = (v: number, digits = 0): string =>
+  Number.isFinite(v) ? v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : 'n/a';
+
+function cell(s: Stat | undefined, digits = 0): string {
+  if (!s || !Number.isFinite(s.median)) return 'n/a';
+  return s.n > 1 ? `${num(s.median, digits)} ±${spreadPct(s).toFixed(0)}%` : num(s.median, digits);
+}
+
+function rcell(r: Ratio | null): string {
+  if (!r || !Number.isFinite(r.value)) return 'n/a';
+  return `**${r.value.toFixed(2)}** (${r.low.toFixed(2)}–${r.high.toFixed(2)})`;
+}
+
+function table(head: string[], body: string[][]): string {
+  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+export function find(rows: Row[], w: WorkloadName, c: ConfigName): Row | undefined {
+  return rows.find((r) => r.workload === w && r.config === c);
+}
+
+/** The figures compared across configurations: [label, workload, picker, digits]. */
+function figures(): [string, WorkloadName, (r: Row) => Stat | undefined, number][] {
+  const out: [string, WorkloadName, (r: Row) => Stat | undefined, number][] = [];
+  out.push(['requests/s', 'http', (r) => r.metrics.rps, 0]);
+  for (const p of ['p50', 'p90', 'p99']) out.push([`latency ${p} (ms)`, 'http', (r) => r.metrics[p], 3]);
+  out.push(['Gbit/s, 1 stream', 'bulk1', (r) => r.metrics.gbps, 2]);
+  out.push(['Gbit/s, 8 streams', 'bulk8', (r) => r.metrics.gbps, 2]);
+  out.push(['new connections/s', 'connrate', (r) => r.metrics.cps, 0]);
+  for (const w of WORKLOADS) out.push([`host CPU s per ${unitOf(w).label} (${w})`, w, (r) => r.costs.hostBusy, 3]);
+  return out;
+}
+
+/** Ratios of the headline figures, for the README and the JSON. */
+export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null }> {
+  const out: ReturnType<typeof headlineRatios> = {};
+  for (const [label, w, pick] of figures()) {
+    const g = (c: ConfigName): Stat | undefined => {
+      const r = find(rows, w, c);
+      return r ? pick(r) : undefined;
+    };
+    const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
+    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')) };
+  }
+  return out;
+}
+
+function trafficSection(rows: Row[]): string {
+  const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB'];
+  const body = CONFIGS.map((c) => {
+    const h = find(rows, 'http', c);
+    return [
+      CONFIG_LABEL[c],
+      cell(h?.metrics.rps),
+      cell(h?.metrics.p50, 3),
+      cell(h?.metrics.p90, 3),
+      cell(h?.metrics.p99, 3),
+      cell(find(rows, 'bulk1', c)?.metrics.gbps, 2),
+      cell(find(rows, 'bulk8', c)?.metrics.gbps, 2),
+      cell(find(rows, 'connrate', c)?.metrics.cps),
+      c === 'nomesh' ? '–' : num(Math.max(...rows.filter((r) => r.config === c).map((r) => r.rssKb.max))),
+    ];
+  });
+  const ratios = headlineRatios(rows);
+  const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables)]);
+  const cbody: string[][] = [];
+  for (const w of WORKLOADS) {
+    for (const c of CONFIGS) {
+      const r = find(rows, w, c);
+      if (!r) continue;
+      cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), num(r.conntrack.max), String(r.errors)]);
+    }
+  }
+  return [
+    '## Traffic: capture only',
+    '',
+    'Medians over the repetitions, ±spread = (max − min) / median.',
+    '',
+    table(head, body),
+    '',
+    '### Ratios (median ratio, and the worst case of both spreads in parentheses)',
+    '',
+    'Above 1 is more for the first configuration: better for rates, worse for latency and CPU.',
+    '',
+    table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables'], rbody),
+    '',
+    '### CPU seconds per unit of work',
+    '',
+    'Forwarder user/system time is both forwarders of the configuration (client pod and server pod), from',
+    '/proc/<pid>/stat; softirq and host busy time are the whole host (all CPUs) from /proc/stat over the run,',
+    'so they include the load generator and the app. "outside" = CPUs busy outside the bench\'s cgroups during the',
+    'runs (median): other work on the host, plus interrupt time charged to no task; well above 0 means the run was',
+    'disturbed. conntrack = entries in the two pods right after a run (max; entries of earlier runs linger until',
+    'garbage-collected).',
+    '',
+    table(['workload', 'configuration', 'unit', 'fwd user', 'fwd sys', 'softirq', 'host busy', 'outside (CPUs)', 'conntrack', 'errors'], cbody),
+  ].join('\n');
+}
+
+function enrollSection(samples: EnrollSample[], state: PodState[]): string {
+  if (samples.length === 0) return '';
+  const body: string[][] = [];
+  const levels = [...new Set(samples.map((s) => s.n))].sort((a, b) => a - b);
+  const pick = (b: string, via: string, n: number, op: string): number[] =>
+    samples.filter((s) => s.backend === b && s.via === via && s.n === n && s.op === op).map((s) => s.ms);
+  for (const via of ['factory', 'bare'] as const) {
+    for (const b of ['iptables', 'ebpf'] as const) {
+      for (const n of levels) {
+        const e = pick(b, via, n, 'enroll');
+        const u = pick(b, via, n, 'unenroll');
+        if (e.length === 0) continue;
+        body.push([b, via === 'factory' ? 'createBackend' : 'backend alone', String(n), num(percentile(e, 50), 1), num(percentile(e, 99), 1), num(percentile(u, 50), 1), num(percentile(u, 99), 1), String(e.length)]);
+      }
+    }
+  }
+  const rbody = levels.flatMap((n) =>
+    (['factory', 'bare'] as const).map((via) => {
+      const r = (op: string): string => num(percentile(pick('iptables', via, n, op), 50) / percentile(pick('ebpf', via, n, op), 50), 1);
+      return [String(n), via === 'factory' ? 'createBackend' : 'backend alone', `${r('enroll')}×`, `${r('unenroll')}×`];
+    }),
+  );
+  const sbody = state.map((s) => [
+    s.backend,
+    String(s.iptablesRules),
+    String(s.ipRules),
+    String(s.routes),
+    Object.entries(s.mapEntries).map(([k, v]) => `${k} +${v}`).join(', ') || '0',
+    String(s.links),
+  ]);
+  return [
+    '## Enrollment',
+    '',
+    'Time of one enroll() and one unenroll() of a pod with N pods already enrolled, in milliseconds,',
+    'timed in-process. "createBackend" is what the agent calls (it first asks the other backend whether it',
+    'already captures the pod); "backend alone" is the backend class by itself.',
+    '',
+    table(['backend', 'way in', 'N enrolled', 'enroll p50', 'enroll p99', 'unenroll p50', 'unenroll p99', 'samples'], body),
+    '',
+    'iptables time / eBPF time (p50):',
+    '',
+    table(['N enrolled', 'way in', 'enroll', 'unenroll'], rbody),
+    '',
+    'Kernel state one enrolled pod adds:',
+    '',
+    table(['backend', 'iptables rules in the pod', 'ip rules', 'routes', 'eBPF map entries', 'pinned bpf_links'], sbody),
+  ].join('\n');
+}
+
+function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
+  const cmds = new Map<string, string>();
+  for (const s of traffic) if (!s.warmup) cmds.set(`${s.workload} / ${s.config}`, s.command);
+  return [
+    '## How it was measured',
+    '',
+    `- command: \`${['inpod', 'bench', ...info.argv].join(' ')}\`${info.quick ? ' (quick: a smoke run, not for quoting)' : ''}`,
+    `- started ${info.startedAt}, took ${Math.round(info.durationS)} s`,
+    ...Object.entries(info.host).map(([k, v]) => `- ${k}: ${v}`),
+    `- ${info.reps} repetitions of ${info.seconds} s per workload and configuration, run interleaved ` +
+      `(for each repetition, for each workload: no mesh, iptables, eBPF), after a ${info.warmupSeconds} s warm-up run of each`,
+    `- wrk: 1 thread, ${info.httpConns} kept-alive connections; inpod-connrate: ${info.connThreads} threads, HTTP/1.0, one request per connection`,
+    `- enrollment: N = ${info.enrollLevels.join(', ')}; ${info.enrollSamples} enroll+unenroll pairs per N, backend and way in`,
+    '- topology: one simulated node (a node netns with a Linux bridge); per configuration a client pod and a server pod',
+    '  (netns wired by the CNI bridge plugin), all on the same bridge. Capture rows enroll both pods and run',
+    '  build/inpod-fwd in each: client app -> client pod forwarder (15001) -> server pod forwarder (15006) -> app.',
+    '  The eBPF configuration\'s processes run in a child cgroup where the hooks are attached; the others in a sibling',
+    '  cgroup without programs. The iptables pods are separate pods, so conntrack never runs in the other rows\' pods.',
+    info.pinned
+      ? '- CPU pinning: client pod processes (load generator, client forwarder) on CPU 0; server pod processes (nginx,\n' +
+        '  iperf3 server, server forwarder) on CPU 1. The load generator shares CPU 0 with the client-side forwarder,\n' +
+        '  and the app shares CPU 1 with the server-side forwarder: on 2 cores they cannot be kept apart.'
+      : '- CPU pinning: off (--no-pin); the scheduler places every process.',
+    '- pod sysctls: ip_local_port_range 1024-65000, tcp_tw_reuse=1, conntrack TCP TIME_WAIT and CLOSE timeouts 2 s',
+    '  (the conntrack table is shared with the whole host; at the default 120 s the connection-rate run would fill it).',
+    '- softirq time comes from /proc/stat; whether it is measured exactly depends on CONFIG_IRQ_TIME_ACCOUNTING, and',
+    '  veth receive work often runs in the sending task\'s context, counted there as system time.',
+    '',
+    'Daemons:',
+    '',
+    '```',
+    ...info.daemonCommands,
+    '```',
+    '',
+    'Load commands (one per workload and configuration):',
+    '',
+    '```',
+    ...[...cmds.entries()].map(([k, v]) => `# ${k}\n${v}`),
+    '```',
+  ].join('\n');
+}
+
+export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], enroll: EnrollSample[], state: PodState[]): string {
+  const r = headlineRatios(rows);
+  const pick = (k: string): string => rcell(r[k]?.ebpfVsIptables ?? null);
+  const enr = enroll.filter((s) => s.via === 'factory' && s.op === 'enroll');
+  const top = Math.max(...enr.map((s) => s.n));
+  const ep = (b: string): number => percentile(enr.filter((s) => s.backend === b && s.n === top).map((s) => s.ms), 50);
+  return [
+    `# inpod bench: capture-only rows and enrollment${info.quick ? ' (quick)' : ''}`,
+    '',
+    `Headline, eBPF / iptables (median, worst case of the spreads): requests/s ${pick('requests/s')}, ` +
+      `new connections/s ${pick('new connections/s')}, Gbit/s ×1 ${pick('Gbit/s, 1 stream')}, ` +
+      `Gbit/s ×8 ${pick('Gbit/s, 8 streams')}, p99 latency ${pick('latency p99 (ms)')}` +
+      (enr.length ? `; enrolling one pod at N=${top}: iptables ${num(ep('iptables'), 1)} ms, eBPF ${num(ep('ebpf'), 1)} ms (p50).` : '.'),
+    '',
+    `Figures per workload: ${WORKLOADS.map((w) => `${w} = ${WORKLOAD_LABEL[w]}, ${PRIMARY[w].label}`).join('; ')}.`,
+    '',
+    trafficSection(rows),
+    '',
+    enrollSection(enroll, state),
+    '',
+    methodSection(info, traffic),
+    '',
+  ].join('\n');
+}
