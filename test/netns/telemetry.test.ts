@@ -1,0 +1,160 @@
+/**
+ * Policy, metrics, admin and drain, end to end with the proxy process (`inpod ztunnel`) serving
+ * pods handed over ZDS under the eBPF backend.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackend } from '../../ts/redirect/factory.js';
+import type { RedirectBackend } from '../../ts/redirect/backend.js';
+import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
+import { CLI } from '../cli.js';
+import { Lab, type LabPod, type PodShell } from './lab.js';
+
+describe('policy, metrics, admin and drain', () => {
+  let lab: Lab;
+  let dir: string;
+  let backend: RedirectBackend;
+  let zds: ZdsServer;
+  let proxy: ChildProcess;
+  let log = '';
+  let ready = 0;
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const [admin, metrics, readiness] = [port, port + 1, port + 2];
+  let client: LabPod, other: LabPod, intruder: LabPod, server: LabPod;
+  let sh: Record<'client' | 'other' | 'intruder' | 'server', PodShell>;
+
+  const scrape = async (): Promise<string> => (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text();
+  const value = (text: string, name: string, labels: Record<string, string>): number => {
+    let total = 0;
+    for (const line of text.split('\n')) {
+      if (!line.startsWith(`${name}{`)) continue;
+      if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.split(' ').at(-1));
+    }
+    return total;
+  };
+
+  beforeAll(async () => {
+    lab = await Lab.create();
+    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}tm`));
+    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    [client, other, intruder, server] = await Promise.all(['client', 'other', 'intruder', 'server'].map((n) => lab.addPod(n)));
+    const w = (p: LabPod, ns: string, sa: string, extra = ''): string =>
+      `  - {uid: u-${p.name}, name: ${p.name}, namespace: ${ns}, serviceAccount: ${sa}, workloadIps: ["${p.ip}"], protocol: HBONE${extra}}`;
+    writeFileSync(join(dir, 'config.yaml'), `workloads:
+${w(client, 'default', 'sleep', ', labels: {app: sleep, version: v1}')}
+${w(other, 'default', 'other')}
+${w(intruder, 'evil', 'default')}
+${w(server, 'shop', 'web', ', labels: {app: web, version: v2}')}
+policies:
+  - apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-evil, namespace: shop}
+    spec:
+      action: DENY
+      rules: [{from: [{source: {namespaces: [evil]}}]}]
+  - apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: only-sleep, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: web}}
+      action: ALLOW
+      rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep, cluster.local/ns/evil/sa/default]}}]}]
+`);
+    const pods: ZdsPod[] = [];
+    zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
+    zds.start();
+    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 3 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proxy.stdout!.on('data', (d) => (log += d));
+    proxy.stderr!.on('data', (d) => (log += d));
+    const end = Date.now() + 20_000;
+    while (ready < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    for (const [p, ns, sa] of [[client, 'default', 'sleep'], [other, 'default', 'other'], [intruder, 'evil', 'default'], [server, 'shop', 'web']] as const) {
+      await backend.enroll(p.netnsPath);
+      const pod = { uid: `u-${p.name}`, info: { name: p.name, namespace: ns, serviceAccount: sa }, netnsPath: p.netnsPath };
+      pods.push(pod);
+      await zds.addPod(pod);
+    }
+    sh = {
+      client: await lab.shell(client.netnsPath, { inCgroup: true }),
+      other: await lab.shell(other.netnsPath, { inCgroup: true }),
+      intruder: await lab.shell(intruder.netnsPath, { inCgroup: true }),
+      server: await lab.shell(server.netnsPath, { inCgroup: true }),
+    };
+    await sh.server.listen({ port: 9000, tag: 'echo', echo: true });
+  }, 60_000);
+
+  afterAll(async () => {
+    proxy?.kill('SIGKILL');
+    zds?.close();
+    await backend?.uninstall().catch(() => {});
+    await lab?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is ready once the state is loaded and ZDS is connected', async () => {
+    expect((await fetch(`http://127.0.0.1:${readiness}/healthz/ready`)).status).toBe(200);
+  });
+
+  it('lets the allowed service account in and counts the bytes exactly, with Istio labels', async () => {
+    const payload = 'x'.repeat(1234);
+    const r = await sh.client.connect({ host: server.ip, port: 9000, send: payload, timeoutMs: 5000 });
+    expect(r.ok && r.reply).toBe(payload);
+    if (r.ok) await sh.client.close(r.connId);
+    await new Promise((res) => setTimeout(res, 300));
+    const m = await scrape();
+    const dst = { reporter: 'destination', source_workload: 'client', destination_workload: 'server', connection_security_policy: 'mutual_tls', source_principal: 'spiffe://cluster.local/ns/default/sa/sleep', destination_app: 'web', destination_version: 'v2' };
+    expect(value(m, 'istio_tcp_connections_opened_total', dst)).toBe(1);
+    expect(value(m, 'istio_tcp_connections_closed_total', dst)).toBe(1);
+    expect(value(m, 'istio_tcp_received_bytes_total', dst)).toBe(1234); // request bytes
+    expect(value(m, 'istio_tcp_sent_bytes_total', dst)).toBe(1234); // response bytes
+    const src = { reporter: 'source', source_workload: 'client', source_app: 'sleep', destination_workload: 'server', connection_security_policy: 'mutual_tls' };
+    expect(value(m, 'istio_tcp_received_bytes_total', src)).toBe(1234);
+    expect(m).toMatch(/process_resident_memory_bytes \d+/);
+  });
+
+  it('keeps another service account out before the app sees a byte, and reports DENY', async () => {
+    const before = (await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length;
+    const r = await sh.other.connect({ host: server.ip, port: 9000, send: 'let me in', timeoutMs: 3000 });
+    expect(r.ok ? r.reply : r.error).toMatch(/^$|error:|ECONNRESET/);
+    expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
+    await new Promise((res) => setTimeout(res, 300));
+    expect(value(await scrape(), 'istio_tcp_connections_closed_total', { reporter: 'destination', source_workload: 'other', response_flags: 'DENY' })).toBe(1);
+    expect(log).toMatch(/"responseFlags":"DENY".*no ALLOW policy matched|no ALLOW policy matched.*"responseFlags":"DENY"/);
+  });
+
+  it('applies DENY before ALLOW: a denied namespace stays out even though an ALLOW names it', async () => {
+    const before = (await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length;
+    await sh.intruder.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 3000 });
+    expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
+    expect(log).toMatch(/denied by shop\/no-evil/);
+  });
+
+  it('dumps its config with pods, workloads and policies, and no key material', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${admin}/config_dump`)).text();
+    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { metadata: { name: string } }[]; certificates: { identity: string }[] };
+    expect(d.pods.map((p) => p.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
+    expect(d.pods[0]!.listeners).toEqual({ outbound: 15001, inbound: 15006, hbone: 15008 });
+    expect(d.workloads).toHaveLength(4);
+    expect(d.policies.map((p) => p.metadata.name)).toEqual(['no-evil', 'only-sleep']);
+    expect(d.certificates.length).toBeGreaterThan(0);
+    expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
+    expect(await (await fetch(`http://127.0.0.1:${admin}/logging?level=debug`)).json()).toEqual({ level: 'debug' });
+  });
+
+  it('drains on SIGTERM: an open connection finishes within the deadline, new ones are refused', async () => {
+    const open = await sh.client.connect({ host: server.ip, port: 9000, send: 'before', timeoutMs: 5000 });
+    expect(open.ok && open.reply).toBe('before');
+    proxy.kill('SIGTERM');
+    const exited = new Promise((r) => proxy.once('exit', r));
+    await new Promise((r) => setTimeout(r, 300));
+    const fresh = await sh.client.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 1000 });
+    expect(fresh.ok).toBe(false);
+    if (open.ok) expect((await sh.client.send(open.connId, 'during drain')).reply).toBe('during drain');
+    const t0 = Date.now();
+    await exited;
+    expect(Date.now() - t0).toBeLessThan(4000);
+  });
+});
