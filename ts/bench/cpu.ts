@@ -27,6 +27,8 @@ export interface HostTimes {
   softirq: number;
   /** seconds of non-idle time summed over CPUs */
   busy: number;
+  /** seconds of irq + softirq time summed over CPUs (charged to no task) */
+  irq: number;
 }
 
 /** The aggregate "cpu" line of /proc/stat. */
@@ -35,7 +37,7 @@ export function parseProcStat(text: string): HostTimes {
   if (!line) throw new Error('no aggregate cpu line in /proc/stat');
   const v = line.trim().split(/\s+/).slice(1).map(Number);
   const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = v;
-  return { softirq: softirq / USER_HZ, busy: (user + nice + system + irq + softirq + steal) / USER_HZ };
+  return { softirq: softirq / USER_HZ, busy: (user + nice + system + irq + softirq + steal) / USER_HZ, irq: (irq + softirq) / USER_HZ };
 }
 
 /** NET_RX + NET_TX softirq counts, summed over CPUs. */
@@ -77,8 +79,8 @@ export interface CpuDelta {
   softirq: number;
   /** host busy seconds, all CPUs (load generator, app, forwarders, kernel) */
   hostBusy: number;
-  /** host busy seconds outside the bench's cgroups: other work on the machine (a noise gauge;
-   * it also holds interrupt and softirq time the kernel charged to no task) */
+  /** task time outside the bench's cgroups (host busy minus irq/softirq minus ours): other work
+   * on the machine, and steal; a noise gauge */
   outside: number;
   /** NET_RX + NET_TX softirqs raised */
   netSoftirqs: number;
@@ -112,7 +114,7 @@ export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
     fwdSys: b.procs.sys - a.procs.sys,
     softirq: b.host.softirq - a.host.softirq,
     hostBusy: b.host.busy - a.host.busy,
-    outside: Math.max(0, b.host.busy - a.host.busy - (b.ours - a.ours)),
+    outside: Math.max(0, b.host.busy - a.host.busy - (b.host.irq - a.host.irq) - (b.ours - a.ours)),
     netSoftirqs: b.netSoftirqs - a.netSoftirqs,
     wall: (b.at - a.at) / 1000,
   };

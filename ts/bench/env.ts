@@ -61,7 +61,7 @@ export class BenchEnv {
   readonly workDir: string;
   /** bare network namespaces made for the enrollment rows */
   readonly bareNetns: string[] = [];
-  #destroyed = false;
+  #destroying: Promise<void> | null = null;
 
   constructor(readonly prefix: string, readonly pin: boolean) {
     const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
@@ -131,10 +131,13 @@ export class BenchEnv {
     return n;
   }
 
-  /** Removes everything this run created. Never throws; safe to call again. */
-  async destroy(): Promise<void> {
-    if (this.#destroyed) return;
-    this.#destroyed = true;
+  /** Removes everything this run created. Never throws; a second call waits for the first. */
+  destroy(): Promise<void> {
+    this.#destroying ??= this.#destroy();
+    return this.#destroying;
+  }
+
+  async #destroy(): Promise<void> {
     await this.daemons.stopAll().catch(() => {});
     for (const cg of Object.values(this.cgroups)) await killCgroup(cg);
     for (const [name, be] of this.backends) {

@@ -31,6 +31,8 @@ export interface BenchOptions {
 }
 
 export interface BenchResult {
+  /** the per-run prefix every created name carried */
+  prefix: string;
   markdownPath: string;
   jsonPath: string;
   svgPath: string;
@@ -132,7 +134,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const env = new BenchEnv(prefix, o.pin);
   const started = new Date();
   const t0 = performance.now();
+  let interrupted: NodeJS.Signals | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted = sig;
     say(`${sig}: removing everything this run created (prefix ${prefix})`);
     void env.destroy().finally(() => process.exit(130));
   };
@@ -171,12 +175,15 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     mkdirSync(o.out, { recursive: true });
     const stamp = started.toISOString().replace(/[:.]/g, '-').slice(0, 19);
     const base = join(o.out, `${stamp}-${o.quick ? 'quick' : 'full'}`);
-    const res: BenchResult = { markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll };
+    const res: BenchResult = { prefix, markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll };
     writeFileSync(res.markdownPath, markdown(info, rows, traffic, enroll.samples, enroll.state));
     writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: CONFIGS, rows, ratios: headlineRatios(rows), traffic, enrollment: enroll }, null, 1)}\n`);
     writeFileSync(res.svgPath, chartSvg(rows, `inpod bench, capture only (${stamp}${o.quick ? ', quick' : ''})`));
     say(`report: ${res.markdownPath}\nsamples: ${res.jsonPath}\nchart: ${res.svgPath}`);
     return res;
+  } catch (e) {
+    if (interrupted) throw new MeshError('INPOD_ERR_USAGE', `interrupted by ${interrupted}; everything created was removed`);
+    throw e;
   } finally {
     say('cleaning up');
     await env.destroy();

@@ -2,7 +2,7 @@
 /** The `inpod` command line (shared/DESIGN.md "Command line"). */
 import { MeshError } from '../util/errors.js';
 import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
-import { ZTUNNEL_USAGE, ztunnelCommand } from './ztunnel.js';
+import { ZTUNNEL_USAGE, ztunnelCommand, ztunnelShow } from './ztunnel.js';
 import { AGENT_USAGE, agentCommand } from './agent.js';
 
 const USAGE = `inpod: node data plane of a sidecar-less service mesh
@@ -25,6 +25,10 @@ export async function main(argv: string[]): Promise<number> {
       case 'cni':
         return (await import('../cni/bin.js')).cniMain();
       case 'ztunnel':
+        if (rest[0] === 'workloads' || rest[0] === 'services' || rest[0] === 'policies') {
+          process.stdout.write(`${JSON.stringify(await ztunnelShow(rest[0], rest.slice(1)), null, 2)}\n`);
+          return 0;
+        }
         await ztunnelCommand(rest);
         return 0;
       case 'demo':

@@ -9,15 +9,29 @@ import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { startAdmin } from '../proxy/admin.js';
+import { KubeStateSource } from '../state/kube.js';
+import { loadKubeConfig } from '../agent/kube.js';
 
-export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
-                 [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]`;
+export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
+                 [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
+  inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
+
+/** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
+export async function ztunnelShow(what: 'workloads' | 'services' | 'policies', argv: string[]): Promise<unknown> {
+  const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: '127.0.0.1:15000' } }, strict: true });
+  const res = await fetch(`http://${v['admin-addr']}/config_dump`).catch((e: Error) => {
+    throw new Error(`cannot reach the proxy admin on ${v['admin-addr']} (${e.message}); is inpod ztunnel running on this node?`);
+  });
+  const dump = (await res.json()) as Record<string, unknown[]>;
+  return dump[what];
+}
 
 export async function ztunnelCommand(argv: string[]): Promise<void> {
   const { values: v } = parseArgs({
     args: argv,
     options: {
       config: { type: 'string' },
+      kubeconfig: { type: 'string' },
       zds: { type: 'string', default: DEFAULT_ZDS_SOCKET },
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
@@ -34,6 +48,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     state.watchFile(v.config);
     state.on('error', (e) => log.error({ err: e.message }, 'config reload refused; keeping the last good state'));
     state.on('update', (s) => log.info({ workloads: s.state.workloads.length, services: s.state.services.length }, 'config loaded'));
+  }
+  let kube: KubeStateSource | undefined;
+  if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
+    kube = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
+    await kube.start();
+    log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log });
   const client = new ZdsClient({
@@ -63,6 +83,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       client.stop();
       zt.close({ drain: true });
       state.close();
+      kube?.stop();
       for (const srv of servers) srv.close();
       setTimeout(() => {
         log.info('drain deadline reached; exiting');

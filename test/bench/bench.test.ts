@@ -1,0 +1,89 @@
+/**
+ * `inpod bench` as a smoke test: a reduced quick run (one repetition of one second, small
+ * enrollment levels) must produce a number for every row and remove everything it created.
+ * Never asserts a timing: this machine is shared and its numbers are not for tests.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseBenchArgs, runBench, type BenchResult } from '../../ts/bench/index.js';
+import { CONFIGS } from '../../ts/bench/env.js';
+import { WORKLOADS } from '../../ts/bench/loads.js';
+import { PRIMARY } from '../../ts/bench/stats.js';
+
+describe('inpod bench --quick (reduced)', () => {
+  let out: string;
+  let res: BenchResult;
+  const lines: string[] = [];
+
+  beforeAll(async () => {
+    out = mkdtempSync(join(tmpdir(), 'inpod-bench-test-'));
+    const o = parseBenchArgs(['--quick', '--out', out, '--reps', '1', '--seconds', '1', '--pods', '5']);
+    o.traffic.warmupSeconds = 0;
+    o.enroll = { levels: [2, 5], samples: 2 };
+    o.progress = (l) => lines.push(l);
+    res = await runBench(o);
+  }, 180_000);
+
+  afterAll(() => {
+    if (out) rmSync(out, { recursive: true, force: true });
+  });
+
+  it('produces the primary figure of every workload for every configuration', () => {
+    for (const w of WORKLOADS) {
+      for (const c of CONFIGS) {
+        const row = res.rows.find((r) => r.workload === w && r.config === c);
+        expect(row, `${w}/${c}`).toBeDefined();
+        const v = row!.metrics[PRIMARY[w].key]!.median;
+        expect(Number.isFinite(v) && v > 0, `${w}/${c} ${PRIMARY[w].key} = ${v}`).toBe(true);
+        expect(Number.isFinite(row!.costs.hostBusy.median), `${w}/${c} host CPU per unit`).toBe(true);
+      }
+    }
+    const http = res.rows.filter((r) => r.workload === 'http');
+    for (const r of http) for (const p of ['p50', 'p90', 'p99']) expect(r.metrics[p]!.median).toBeGreaterThan(0);
+  });
+
+  it('measures forwarder CPU and memory only where a forwarder runs', () => {
+    for (const r of res.rows) {
+      if (r.config === 'nomesh') expect(r.rssKb.max).toBe(0);
+      else expect(r.rssKb.max).toBeGreaterThan(0);
+    }
+  });
+
+  it('times enroll and unenroll at every level for both backends, and counts per-pod state', () => {
+    for (const b of ['iptables', 'ebpf']) {
+      for (const n of [2, 5]) {
+        for (const op of ['enroll', 'unenroll']) {
+          const xs = res.enroll.samples.filter((s) => s.backend === b && s.n === n && s.op === op);
+          expect(xs.length, `${b} N=${n} ${op}`).toBeGreaterThan(0);
+          for (const s of xs) expect(s.ms).toBeGreaterThan(0);
+        }
+      }
+    }
+    const ipt = res.enroll.state.find((s) => s.backend === 'iptables')!;
+    const ebpf = res.enroll.state.find((s) => s.backend === 'ebpf')!;
+    expect(ipt.iptablesRules).toBeGreaterThan(0);
+    expect(Object.values(ebpf.mapEntries).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    expect(ebpf.iptablesRules).toBe(0);
+  });
+
+  it('writes the report, the samples and the chart', () => {
+    const md = readFileSync(res.markdownPath, 'utf8');
+    expect(md).toContain('| capture-only, eBPF |');
+    expect(md).toContain('## Enrollment');
+    const json = JSON.parse(readFileSync(res.jsonPath, 'utf8')) as { traffic: unknown[] };
+    expect(json.traffic.length).toBe(WORKLOADS.length * CONFIGS.length);
+    expect(readFileSync(res.svgPath, 'utf8')).toMatch(/^<svg[\s\S]*<\/svg>\n$/);
+    expect(lines.some((l) => l.includes('connrate'))).toBe(true);
+  });
+
+  it('removes every namespace, cgroup and pin it created', () => {
+    const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+    expect(netns.split('\n').filter((l) => l.startsWith(res.prefix))).toEqual([]);
+    expect(existsSync(`/sys/fs/bpf/${res.prefix}inpod`)).toBe(false);
+    const cgroots = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup'].filter(existsSync);
+    for (const root of cgroots) expect(readdirSync(root).filter((f) => f.startsWith(res.prefix))).toEqual([]);
+  });
+});

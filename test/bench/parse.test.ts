@@ -1,0 +1,74 @@
+/** The bench's parsers and summaries, on captured output of the real tools. */
+import { describe, expect, it } from 'vitest';
+import { parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
+import { parseCgroupUsage, parsePidStat, parseProcStat, parseRssKb, parseSoftirqs } from '../../ts/bench/cpu.js';
+import { parseBenchArgs } from '../../ts/bench/index.js';
+import { percentile, ratio, stat } from '../../ts/bench/stats.js';
+
+const WRK = `Running 2s test @ http://10.200.113.3:80/1k
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   142.11us   50.00us   2.10ms   90.00%
+    Req/Sec   112.91k     3.10k  118.00k    70.00%
+  Latency Distribution
+     50%  136.00us
+     75%  150.00us
+     90%  157.00us
+     99%    1.24ms
+  235955 requests in 2.10s, 293.33MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+Requests/sec: 112355.73
+Transfer/sec:    139.68MB
+`;
+
+describe('bench parsers', () => {
+  it('reads rate, latency percentiles and errors from wrk --latency', () => {
+    expect(parseWrk(WRK)).toEqual({ rps: 112355.73, p50: 0.136, p90: 0.157, p99: 1.24, requests: 235955, errors: 3 });
+  });
+
+  it('converts every wrk duration unit to milliseconds', () => {
+    expect(parseDurationMs('812.00us')).toBeCloseTo(0.812);
+    expect(parseDurationMs('2.00s')).toBe(2000);
+    expect(parseDurationMs('1.5m')).toBe(90000);
+    expect(() => parseDurationMs('fast')).toThrow(/unrecognised/);
+  });
+
+  it('reads the received rate of iperf3 -J and reports its errors', () => {
+    const j = JSON.stringify({ end: { sum_received: { bits_per_second: 8.5e9, bytes: 2135425024 }, sum_sent: { retransmits: 3 } } });
+    expect(parseIperf(j)).toEqual({ gbps: 8.5, bytes: 2135425024, retransmits: 3 });
+    expect(() => parseIperf(JSON.stringify({ error: 'unable to connect to server' }))).toThrow(/unable to connect/);
+  });
+
+  it('reads inpod-connrate output', () => {
+    expect(parseConnrate('{"conns":20000,"errors":1,"seconds":2.000,"p50_us":605,"p99_us":1215}\n')).toEqual({ cps: 10000, conns: 20000, errors: 1, p50: 0.605, p99: 1.215 });
+  });
+
+  it('reads /proc counters, including a command name with spaces and parentheses', () => {
+    const stat = '4242 (fwd (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 1000 200';
+    expect(parsePidStat(stat)).toEqual({ user: 2.5, sys: 0.75 });
+    expect(parseProcStat('cpu  100 0 50 1000 5 0 20 0 0 0\ncpu0 1 2 3\n')).toEqual({ softirq: 0.2, busy: 1.7, irq: 0.2 });
+    expect(parseSoftirqs('       CPU0  CPU1\n  NET_TX:  1  2\n  NET_RX:  10  20\n  TIMER: 5 5\n')).toBe(33);
+    expect(parseRssKb('Name:\tx\nVmRSS:\t   3120 kB\n')).toBe(3120);
+    expect(parseCgroupUsage('usage_usec 2500000\nuser_usec 1\n')).toBe(2.5);
+  });
+});
+
+describe('bench summaries and options', () => {
+  it('takes nearest-rank percentiles and median/min/max', () => {
+    expect(percentile([5, 1, 4, 2, 3], 50)).toBe(3);
+    expect(percentile([1, 2, 3, 4, 100], 99)).toBe(100);
+    expect(stat([3, 1, 2])).toEqual({ median: 2, min: 1, max: 3, n: 3 });
+  });
+
+  it('gives a ratio with the worst case of both spreads', () => {
+    expect(ratio(stat([10, 12]), stat([4, 5]))).toEqual({ value: 11 / 4.5, low: 2, high: 3 });
+  });
+
+  it('plans a quick run, and puts --pods at the top of the enrollment levels', () => {
+    const q = parseBenchArgs(['--quick']);
+    expect(q.traffic.reps).toBe(2);
+    expect(q.enroll?.levels).toEqual([10, 50]);
+    expect(parseBenchArgs(['--pods', '150']).enroll?.levels).toEqual([10, 100, 150]);
+    expect(() => parseBenchArgs(['--pods', 'x'])).toThrow(/integer/);
+  });
+});

@@ -1,0 +1,133 @@
+/**
+ * Proxy state derived from the cluster (no config file): workloads from Pods (IPs, service
+ * account, app/version labels, node; HBONE for pods the agent enrolled), services from Services
+ * (cluster IPs, ports) joined with EndpointSlices (membership, named target ports), and Istio
+ * AuthorizationPolicy objects. Watched live with informers; each change rebuilds the snapshot.
+ */
+import * as k8s from '@kubernetes/client-node';
+import { logger } from '../util/log.js';
+import type { MeshState, Policy, Service, Workload } from './types.js';
+import type { StateStore } from './store.js';
+
+const REDIRECTION = 'ambient.istio.io/redirection';
+
+interface Slice {
+  metadata?: { namespace?: string; labels?: Record<string, string> };
+  ports?: { name?: string; port?: number }[];
+  endpoints?: { targetRef?: { kind?: string; uid?: string; name?: string } }[];
+}
+
+/** Pure: builds the mesh state from the cluster's objects. */
+export function buildKubeState(
+  pods: k8s.V1Pod[],
+  services: k8s.V1Service[],
+  slices: Slice[],
+  policies: Record<string, unknown>[],
+  trustDomain: string,
+  clusterDomain = 'cluster.local',
+): MeshState {
+  const svcOut: Service[] = [];
+  const byUid = new Map<string, Workload>();
+  const workloads: Workload[] = [];
+  for (const p of pods) {
+    const ips = (p.status?.podIPs ?? []).map((x) => x.ip).filter(Boolean) as string[];
+    if (!ips.length && p.status?.podIP) ips.push(p.status.podIP);
+    if (!ips.length || p.spec?.hostNetwork || !p.metadata?.uid) continue;
+    const w: Workload = {
+      uid: p.metadata.uid,
+      name: p.metadata.name ?? '',
+      namespace: p.metadata.namespace ?? 'default',
+      serviceAccount: p.spec?.serviceAccountName ?? 'default',
+      trustDomain,
+      workloadIps: ips,
+      protocol: p.metadata.annotations?.[REDIRECTION] === 'enabled' ? 'HBONE' : 'TCP',
+      node: p.spec?.nodeName ?? '',
+      network: '',
+      services: {},
+      labels: { ...(p.metadata.labels ?? {}) },
+      healthy: p.status?.phase !== 'Failed' && p.status?.phase !== 'Succeeded' && !p.metadata.deletionTimestamp,
+    };
+    workloads.push(w);
+    byUid.set(w.uid, w);
+  }
+  for (const s of services) {
+    const ns = s.metadata?.namespace ?? 'default';
+    const name = s.metadata?.name ?? '';
+    const hostname = `${name}.${ns}.svc.${clusterDomain}`;
+    const vips = (s.spec?.clusterIPs ?? (s.spec?.clusterIP ? [s.spec.clusterIP] : [])).filter((ip) => ip && ip !== 'None');
+    const ports: Record<number, number> = {};
+    for (const sp of s.spec?.ports ?? []) {
+      if (sp.protocol && sp.protocol !== 'TCP') continue;
+      ports[sp.port] = typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : 0; // named: from slices
+    }
+    svcOut.push({ name, namespace: ns, hostname, vips, ports, subjectAltNames: [] });
+    const key = `${ns}/${hostname}`;
+    for (const slice of slices) {
+      if (slice.metadata?.namespace !== ns || slice.metadata?.labels?.['kubernetes.io/service-name'] !== name) continue;
+      for (const ep of slice.endpoints ?? []) {
+        const w = ep.targetRef?.kind === 'Pod' && ep.targetRef.uid ? byUid.get(ep.targetRef.uid) : undefined;
+        if (!w) continue;
+        const map: Record<number, number> = {};
+        for (const sp of s.spec?.ports ?? []) {
+          const named = typeof sp.targetPort === 'string' ? slice.ports?.find((p) => p.name === (sp.name ?? ''))?.port : undefined;
+          map[sp.port] = named ?? (typeof sp.targetPort === 'number' ? sp.targetPort : sp.port);
+        }
+        w.services[key] = map;
+      }
+    }
+  }
+  return { workloads, services: svcOut, policies: policies.map((p) => p as unknown as Policy) };
+}
+
+/** Keeps `store` equal to what the cluster says, until stopped. */
+export class KubeStateSource {
+  readonly #log = logger('kube-state');
+  readonly #informers: k8s.ListWatch<k8s.KubernetesObject>[] = [];
+  #timer?: NodeJS.Timeout;
+  #stopped = false;
+
+  constructor(private readonly kc: k8s.KubeConfig, private readonly store: StateStore, private readonly trustDomain: string) {}
+
+  async start(): Promise<void> {
+    const core = this.kc.makeApiClient(k8s.CoreV1Api);
+    const disc = this.kc.makeApiClient(k8s.DiscoveryV1Api);
+    const custom = this.kc.makeApiClient(k8s.CustomObjectsApi);
+    const watch = new k8s.Watch(this.kc);
+    const mk = (path: string, list: () => Promise<k8s.KubernetesListObject<k8s.KubernetesObject>>): k8s.ListWatch<k8s.KubernetesObject> => {
+      const lw = new k8s.ListWatch<k8s.KubernetesObject>(path, watch, list, false);
+      for (const ev of ['add', 'update', 'delete'] as const) lw.on(ev, () => this.#rebuild());
+      lw.on('error', (e: unknown) => {
+        if (this.#stopped) return;
+        this.#log.warn({ path, err: String((e as Error)?.message ?? e) }, 'watch failed; restarting in 1 s');
+        setTimeout(() => void lw.start().catch(() => {}), 1000);
+      });
+      this.#informers.push(lw);
+      return lw;
+    };
+    const lists = [
+      mk('/api/v1/pods', () => core.listPodForAllNamespaces() as never),
+      mk('/api/v1/services', () => core.listServiceForAllNamespaces() as never),
+      mk('/apis/discovery.k8s.io/v1/endpointslices', () => disc.listEndpointSliceForAllNamespaces() as never),
+      mk('/apis/security.istio.io/v1/authorizationpolicies', async () =>
+        (await custom.listClusterCustomObject({ group: 'security.istio.io', version: 'v1', plural: 'authorizationpolicies' })) as never),
+    ];
+    await Promise.all(lists.map((l) => l.start().catch(() => {})));
+    this.#rebuildNow();
+  }
+
+  #rebuild(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#rebuildNow(), 20);
+  }
+
+  #rebuildNow(): void {
+    const [pods, svcs, slices, pols] = this.#informers.map((i) => i.list());
+    this.store.set(buildKubeState(pods as k8s.V1Pod[], svcs as k8s.V1Service[], slices as Slice[], pols as unknown as Record<string, unknown>[], this.trustDomain));
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    for (const i of this.#informers) void i.stop();
+  }
+}
