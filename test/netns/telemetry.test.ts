@@ -144,6 +144,15 @@ policies:
     expect(await (await fetch(`http://127.0.0.1:${admin}/logging?level=debug`)).json()).toEqual({ level: 'debug' });
   });
 
+  it('prints what the proxy knows from the command line', async () => {
+    const { inpod } = await import('../cli.js');
+    const w = await inpod('ztunnel', 'workloads', '--admin-addr', `127.0.0.1:${admin}`);
+    expect(w.code).toBe(0);
+    expect((JSON.parse(w.stdout) as { name: string }[]).map((x) => x.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
+    const p = await inpod('ztunnel', 'policies', '--admin-addr', `127.0.0.1:${admin}`);
+    expect(JSON.parse(p.stdout)).toHaveLength(2);
+  });
+
   it('drains on SIGTERM: an open connection finishes within the deadline, new ones are refused', async () => {
     const open = await sh.client.connect({ host: server.ip, port: 9000, send: 'before', timeoutMs: 5000 });
     expect(open.ok && open.reply).toBe('before');

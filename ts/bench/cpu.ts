@@ -4,7 +4,7 @@
  * NET_RX/NET_TX softirq counts from /proc/softirqs, RSS from /proc/<pid>/status. The parsers are
  * pure so they can be tested on captured text.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** Clock ticks per second for /proc times (USER_HZ; 100 on every Linux this runs on). */
 export const USER_HZ = 100;
@@ -62,8 +62,22 @@ export function parseCgroupUsage(text: string): number {
   return m ? Number(m[1]) / 1e6 : 0;
 }
 
+/** pids of the ksoftirqd/N threads: softirq work the kernel defers runs there, as task time. */
+export function ksoftirqdPids(): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    if (readOr(`/proc/${d}/comm`, '').startsWith('ksoftirqd/')) out.push(Number(d));
+  }
+  return out;
+}
+
+let ksoftirqd: number[] | null = null;
+
 export interface CpuSnapshot {
   procs: ProcTimes;
+  /** user+system seconds of the ksoftirqd threads */
+  ksoftirqd: number;
   /** CPU seconds used by the bench's own cgroups */
   ours: number;
   host: HostTimes;
@@ -75,12 +89,15 @@ export interface CpuDelta {
   /** forwarder user / system seconds (all forwarders of the configuration) */
   fwdUser: number;
   fwdSys: number;
-  /** host softirq seconds, all CPUs */
+  /** host softirq seconds, all CPUs: softirq time in /proc/stat plus the ksoftirqd threads' time
+   * (which this kernel charges as their system time) */
   softirq: number;
+  /** the ksoftirqd part of `softirq`: deferred softirq work, competing with tasks for the CPU */
+  ksoftirqd: number;
   /** host busy seconds, all CPUs (load generator, app, forwarders, kernel) */
   hostBusy: number;
-  /** task time outside the bench's cgroups (host busy minus irq/softirq minus ours): other work
-   * on the machine, and steal; a noise gauge */
+  /** task time outside the bench's cgroups and ksoftirqd (host busy minus irq/softirq, ksoftirqd
+   * and ours): other work on the machine, and steal; a noise gauge */
   outside: number;
   /** NET_RX + NET_TX softirqs raised */
   netSoftirqs: number;
@@ -98,8 +115,11 @@ function readOr(path: string, fallback: string): string {
 
 /** Reads the counters now; `pids` are the forwarders (may be empty), `cgroups` the bench's own. */
 export function snapshot(pids: number[], cgroups: string[]): CpuSnapshot {
-  const procs = pids.map((p) => parsePidStat(readOr(`/proc/${p}/stat`, 'x (x) S' + ' 0'.repeat(20))));
+  const times = (p: number): ProcTimes => parsePidStat(readOr(`/proc/${p}/stat`, 'x (x) S' + ' 0'.repeat(20)));
+  const procs = pids.map(times);
+  ksoftirqd ??= ksoftirqdPids();
   return {
+    ksoftirqd: ksoftirqd.map(times).reduce((a, t) => a + t.user + t.sys, 0),
     procs: { user: procs.reduce((a, p) => a + p.user, 0), sys: procs.reduce((a, p) => a + p.sys, 0) },
     ours: cgroups.reduce((a, cg) => a + parseCgroupUsage(readOr(`${cg}/cpu.stat`, '')), 0),
     host: parseProcStat(readFileSync('/proc/stat', 'utf8')),
@@ -112,9 +132,10 @@ export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
   return {
     fwdUser: b.procs.user - a.procs.user,
     fwdSys: b.procs.sys - a.procs.sys,
-    softirq: b.host.softirq - a.host.softirq,
+    softirq: b.host.softirq - a.host.softirq + (b.ksoftirqd - a.ksoftirqd),
+    ksoftirqd: b.ksoftirqd - a.ksoftirqd,
     hostBusy: b.host.busy - a.host.busy,
-    outside: Math.max(0, b.host.busy - a.host.busy - (b.host.irq - a.host.irq) - (b.ours - a.ours)),
+    outside: Math.max(0, b.host.busy - a.host.busy - (b.host.irq - a.host.irq) - (b.ksoftirqd - a.ksoftirqd) - (b.ours - a.ours)),
     netSoftirqs: b.netSoftirqs - a.netSoftirqs,
     wall: (b.at - a.at) / 1000,
   };

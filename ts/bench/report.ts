@@ -96,7 +96,7 @@ function trafficSection(rows: Row[]): string {
     for (const c of CONFIGS) {
       const r = find(rows, w, c);
       if (!r) continue;
-      cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), num(r.conntrack.max), String(r.errors)]);
+      cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.ksoftirqd, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), num(r.conntrack.max), String(r.errors)]);
     }
   }
   return [
@@ -116,12 +116,13 @@ function trafficSection(rows: Row[]): string {
     '',
     'Forwarder user/system time is both forwarders of the configuration (client pod and server pod), from',
     '/proc/<pid>/stat; softirq and host busy time are the whole host (all CPUs) from /proc/stat over the run,',
-    'so they include the load generator and the app. "outside" = CPUs busy outside the bench\'s cgroups during the',
+    'so they include the load generator and the app; softirq adds the ksoftirqd threads\' time (deferred softirq',
+    'work, charged by this kernel as their system time; it competes with the pinned tasks for their CPU). "outside" = CPUs busy outside the bench\'s cgroups during the',
     'runs (median; task time, so without irq/softirq time): other work on the host and steal; well above 0 means the',
     'run was disturbed. conntrack = entries in the two pods right after a run (max; entries of earlier runs linger until',
     'garbage-collected).',
     '',
-    table(['workload', 'configuration', 'unit', 'fwd user', 'fwd sys', 'softirq', 'host busy', 'outside (CPUs)', 'conntrack', 'errors'], cbody),
+    table(['workload', 'configuration', 'unit', 'fwd user', 'fwd sys', 'softirq', 'of it ksoftirqd', 'host busy', 'outside (CPUs)', 'conntrack', 'errors'], cbody),
   ].join('\n');
 }
 

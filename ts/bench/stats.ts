@@ -53,6 +53,7 @@ export interface Costs {
   fwdUser: number;
   fwdSys: number;
   softirq: number;
+  ksoftirqd: number;
   hostBusy: number;
 }
 
@@ -63,7 +64,7 @@ export function unitOf(w: WorkloadName): { per: number; label: string } {
 export function costs(s: TrafficSample): Costs {
   const units = s.work / unitOf(s.workload).per;
   const f = (x: number): number => (units > 0 ? x / units : NaN);
-  return { fwdUser: f(s.cpu.fwdUser), fwdSys: f(s.cpu.fwdSys), softirq: f(s.cpu.softirq), hostBusy: f(s.cpu.hostBusy) };
+  return { fwdUser: f(s.cpu.fwdUser), fwdSys: f(s.cpu.fwdSys), softirq: f(s.cpu.softirq), ksoftirqd: f(s.cpu.ksoftirqd), hostBusy: f(s.cpu.hostBusy) };
 }
 
 /** The figures of one (workload, configuration) row, over its measured repetitions. */
@@ -96,6 +97,7 @@ export function rows(samples: TrafficSample[]): Row[] {
         fwdUser: stat(cs.map((c) => c.fwdUser)),
         fwdSys: stat(cs.map((c) => c.fwdSys)),
         softirq: stat(cs.map((c) => c.softirq)),
+        ksoftirqd: stat(cs.map((c) => c.ksoftirqd)),
         hostBusy: stat(cs.map((c) => c.hostBusy)),
       },
       rssKb: stat(g.map((s) => s.rssKb)),

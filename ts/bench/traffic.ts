@@ -92,7 +92,9 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
         done++;
         const eta = Math.round(((performance.now() - tReps) / done) * (total - done) / 1000);
         const errs = s.errors ? `, ${s.errors} errors` : '';
-        const busy = s.cpu.outside / s.cpu.wall > 0.2 ? `, other load ${(s.cpu.outside / s.cpu.wall).toFixed(1)} CPUs` : '';
+        const busy =
+          (s.cpu.ksoftirqd / s.cpu.wall > 0.2 ? `, ksoftirqd ${(s.cpu.ksoftirqd / s.cpu.wall).toFixed(1)} CPUs` : '') +
+          (s.cpu.outside / s.cpu.wall > 0.2 ? `, other load ${(s.cpu.outside / s.cpu.wall).toFixed(1)} CPUs` : '');
         progress(
           `[${String(done).padStart(3)}/${total} ${clock()} eta ${eta}s] rep ${rep}/${plan.reps} ${w.padEnd(8)} ${c.padEnd(8)} ` +
             `${headline(w, s.metrics)}${errs}${busy}`,

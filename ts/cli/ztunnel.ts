@@ -9,10 +9,10 @@ import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { startAdmin } from '../proxy/admin.js';
-import { KubeStateSource } from '../state/kube.js';
+import { KubeStateSource, ManifestStateSource } from '../state/kube.js';
 import { loadKubeConfig } from '../agent/kube.js';
 
-export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
+export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
                  [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
   inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
 
@@ -32,6 +32,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     options: {
       config: { type: 'string' },
       kubeconfig: { type: 'string' },
+      manifests: { type: 'string' },
       zds: { type: 'string', default: DEFAULT_ZDS_SOCKET },
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
@@ -49,8 +50,11 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     state.on('error', (e) => log.error({ err: e.message }, 'config reload refused; keeping the last good state'));
     state.on('update', (s) => log.info({ workloads: s.state.workloads.length, services: s.state.services.length }, 'config loaded'));
   }
-  let kube: KubeStateSource | undefined;
-  if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
+  let kube: KubeStateSource | ManifestStateSource | undefined;
+  if (!v.config && v.manifests) {
+    kube = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
+    await kube.start();
+  } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
     kube = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
     await kube.start();
     log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');

@@ -4,7 +4,10 @@
  * (cluster IPs, ports) joined with EndpointSlices (membership, named target ports), and Istio
  * AuthorizationPolicy objects. Watched live with informers; each change rebuilds the snapshot.
  */
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
 import { logger } from '../util/log.js';
 import type { MeshState, Policy, Service, Workload } from './types.js';
 import type { StateStore } from './store.js';
@@ -130,4 +133,50 @@ export class KubeStateSource {
     clearTimeout(this.#timer);
     for (const i of this.#informers) void i.stop();
   }
+}
+
+/**
+ * The same state from a directory of Kubernetes YAML (Pods with status.podIP, Services,
+ * EndpointSlices, AuthorizationPolicies), re-read on every change: one host without a cluster.
+ */
+export class ManifestStateSource {
+  #watcher?: import('node:fs').FSWatcher;
+  #timer?: NodeJS.Timeout;
+  constructor(private readonly dir: string, private readonly store: StateStore, private readonly trustDomain: string) {}
+
+  async start(): Promise<void> {
+    const { watch } = await import('node:fs');
+    this.#load();
+    this.#watcher = watch(this.dir, () => {
+      clearTimeout(this.#timer);
+      this.#timer = setTimeout(() => this.#load(), 50);
+    });
+  }
+
+  #load(): void {
+    const docs = readManifests(this.dir);
+    const of = (kind: string): unknown[] => docs.filter((d) => d.kind === kind);
+    this.store.set(buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain));
+  }
+
+  stop(): void {
+    this.#watcher?.close();
+    clearTimeout(this.#timer);
+  }
+}
+
+/** Every YAML document in `dir` (*.yaml, *.yml), unreadable files skipped. */
+export function readManifests(dir: string): { kind?: string }[] {
+  const out: { kind?: string }[] = [];
+  for (const f of readdirSync(dir).filter((n) => /\.ya?ml$/.test(n)).sort()) {
+    try {
+      for (const d of parseAllDocuments(readFileSync(join(dir, f), 'utf8'))) {
+        const o = d.toJS() as { kind?: string } | null;
+        if (o) out.push(o);
+      }
+    } catch {
+      /* a broken file is skipped; the rest still counts */
+    }
+  }
+  return out;
 }
