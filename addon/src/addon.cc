@@ -71,6 +71,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitBpf(env, exports);
   InitSock(env, exports);
   InitWatch(env, exports);
+  InitNetns(env, exports);
   return exports;
 }
 

@@ -24,5 +24,6 @@ inline std::string StrArg(const Napi::CallbackInfo &info, size_t i) { return inf
 void InitBpf(Napi::Env env, Napi::Object exports);
 void InitSock(Napi::Env env, Napi::Object exports);
 void InitWatch(Napi::Env env, Napi::Object exports);
+void InitNetns(Napi::Env env, Napi::Object exports);
 
 }  // namespace inpod

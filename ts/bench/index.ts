@@ -78,6 +78,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       warmupSeconds: quick ? 1 : 3,
       httpConns: 16,
       connThreads: 8,
+      maxRetries: quick ? 3 : 10,
     },
     enroll: { levels, samples: quick ? 5 : 20 },
     out: values.out ? resolve(values.out) : DEFAULT_OUT,

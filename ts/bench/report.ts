@@ -7,7 +7,7 @@ import { CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
 import type { EnrollSample, PodState } from './enroll.js';
-import type { TrafficSample } from './traffic.js';
+import { DISTURBED_CPUS, type TrafficSample } from './traffic.js';
 
 export interface RunInfo {
   argv: string[];
@@ -96,7 +96,7 @@ function trafficSection(rows: Row[]): string {
     for (const c of CONFIGS) {
       const r = find(rows, w, c);
       if (!r) continue;
-      cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.ksoftirqd, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), num(r.conntrack.max), String(r.errors)]);
+      cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.ksoftirqd, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), String(r.disturbed), num(r.conntrack.max), String(r.errors)]);
     }
   }
   return [
@@ -119,10 +119,11 @@ function trafficSection(rows: Row[]): string {
     'so they include the load generator and the app; softirq adds the ksoftirqd threads\' time (deferred softirq',
     'work, charged by this kernel as their system time; it competes with the pinned tasks for their CPU). "outside" = CPUs busy outside the bench\'s cgroups during the',
     'runs (median; task time, so without irq/softirq time): other work on the host and steal; well above 0 means the',
-    'run was disturbed. conntrack = entries in the two pods right after a run (max; entries of earlier runs linger until',
+    `run was disturbed: a run with more than ${DISTURBED_CPUS} CPUs was run again\n(once; at most the plan's retry budget) and left out of every figure (counted in`,
+    '"disturbed runs"; still in the JSON). conntrack = entries in the two pods right after a run (max; entries of earlier runs linger until',
     'garbage-collected).',
     '',
-    table(['workload', 'configuration', 'unit', 'fwd user', 'fwd sys', 'softirq', 'of it ksoftirqd', 'host busy', 'outside (CPUs)', 'conntrack', 'errors'], cbody),
+    table(['workload', 'configuration', 'unit', 'fwd user', 'fwd sys', 'softirq', 'of it ksoftirqd', 'host busy', 'outside (CPUs)', 'disturbed runs', 'conntrack', 'errors'], cbody),
   ].join('\n');
 }
 

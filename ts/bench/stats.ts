@@ -78,6 +78,8 @@ export interface Row {
   /** CPUs busy outside the bench's cgroups during the runs (a noise gauge) */
   outside: Stat;
   errors: number;
+  /** runs left out because other work disturbed them */
+  disturbed: number;
 }
 
 export function rows(samples: TrafficSample[]): Row[] {
@@ -85,7 +87,10 @@ export function rows(samples: TrafficSample[]): Row[] {
   const keyOf = (s: TrafficSample): string => `${s.workload}/${s.config}`;
   const groups = new Map<string, TrafficSample[]>();
   for (const s of samples.filter((x) => !x.warmup)) groups.set(keyOf(s), [...(groups.get(keyOf(s)) ?? []), s]);
-  for (const g of groups.values()) {
+  for (const all of groups.values()) {
+    // disturbed runs were re-run; keep them only when a row has nothing else
+    const calm = all.filter((s) => !s.disturbed);
+    const g = calm.length > 0 ? calm : all;
     const metrics: Record<string, Stat> = {};
     for (const k of Object.keys(g[0]!.metrics)) metrics[k] = stat(g.map((s) => s.metrics[k]!));
     const cs = g.map(costs);
@@ -104,6 +109,7 @@ export function rows(samples: TrafficSample[]): Row[] {
       conntrack: stat(g.map((s) => s.conntrack)),
       outside: stat(g.map((s) => s.cpu.outside / s.cpu.wall)),
       errors: g.reduce((a, s) => a + s.errors, 0),
+      disturbed: all.length - calm.length,
     });
   }
   return out;

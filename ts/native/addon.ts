@@ -83,6 +83,9 @@ export interface NativeAddon {
   sendFds(fd: number, data: Buffer, fds: number[]): number;
   recvFds(fd: number, maxBytes: number, maxFds: number): RecvResult | number;
   statfsType(path: string): number;
+  netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
+  netnsWrite(nsFd: number, path: string, value: string): number | SysFail;
+  netnsLocalRoute(nsFd: number, mark: number, table: number, pref: number, add: boolean): number | SysFail;
   watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
   rearmWatch(h: WatchHandle): void;
   unwatchFd(h: WatchHandle): void;

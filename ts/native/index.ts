@@ -288,3 +288,16 @@ export function watchReadable(fd: number, onReadable: (revents: number) => void)
 export const POLLIN = 0x1;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
+
+/** Global addresses configured in the netns (no loopback, no IPv6 link-local). */
+export function netnsAddrs(path: string): { ipv4: string[]; ipv6: string[] } {
+  return withFd(path, (fd) => checkComposite(addon().netnsAddrs(fd), path));
+}
+/** Writes a file as seen from inside the netns (a /proc/sys/net sysctl of that netns). */
+export function netnsWrite(path: string, file: string, value: string): void {
+  withFd(path, (fd) => checkComposite(addon().netnsWrite(fd, file, value), `${path}: ${file}`));
+}
+/** `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns (add or remove). */
+export function netnsLocalRoute(path: string, mark: number, table: number, pref: number, add: boolean): void {
+  withFd(path, (fd) => checkComposite(addon().netnsLocalRoute(fd, mark, table, pref, add), path));
+}

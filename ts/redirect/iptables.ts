@@ -69,8 +69,24 @@ export class IptablesBackend implements RedirectBackend {
     rmSync(join(this.#recordDir, `${netnsCookie(netnsPath)}.json`), { force: true });
   }
 
+  /**
+   * Is the pod captured by this backend? Every enroll leaves a record (keyed by netns cookie), so
+   * a pod without one was never enrolled here and no iptables process is spawned to find out;
+   * with a record, the rules in the netns decide.
+   */
   async isEnrolled(netnsPath: string): Promise<boolean> {
     if (!existsSync(netnsPath)) return false;
+    let cookie: bigint;
+    try {
+      cookie = netnsCookie(netnsPath);
+    } catch {
+      return false;
+    }
+    if (!existsSync(join(this.#recordDir, `${cookie}.json`))) return false;
+    return this.#hasRules(netnsPath);
+  }
+
+  async #hasRules(netnsPath: string): Promise<boolean> {
     return (await this.#inspect(netnsPath)).some((f) => f.chains.includes('nat'));
   }
 
@@ -87,7 +103,7 @@ export class IptablesBackend implements RedirectBackend {
         continue;
       }
       // the record is only a hint: the rules in the netns decide
-      const alive = existsSync(pod.netns) && netnsCookie(pod.netns).toString() === pod.cookie && (await this.isEnrolled(pod.netns));
+      const alive = existsSync(pod.netns) && netnsCookie(pod.netns).toString() === pod.cookie && (await this.#hasRules(pod.netns));
       if (alive) out.push(pod);
       else rmSync(file, { force: true });
     }

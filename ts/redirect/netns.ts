@@ -1,11 +1,8 @@
 /** Facts about a pod network namespace, read from outside it. */
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { promisify } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { NSFS_MAGIC, statfsType } from '../native/index.js';
+import { NSFS_MAGIC, netnsAddrs, netnsLocalRoute, netnsWrite, statfsType } from '../native/index.js';
 
-const run = promisify(execFile);
 
 /** Throws INPOD_ERR_NETNS unless `path` is a network namespace file. */
 export function assertNetns(path: string): void {
@@ -30,18 +27,9 @@ export interface NetnsAddresses {
   ipv6: string[];
 }
 
-/** Global-scope addresses configured inside the netns (via `ip -j addr`, run in it with nsenter). */
+/** Global addresses configured inside the netns (one native call, no `ip` process). */
 export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
-  const { stdout } = await run('nsenter', [`--net=${path}`, 'ip', '-j', 'addr', 'show', 'scope', 'global']);
-  const links = JSON.parse(stdout || '[]') as { addr_info?: { family: string; local: string }[] }[];
-  const out: NetnsAddresses = { ipv4: [], ipv6: [] };
-  for (const l of links) {
-    for (const a of l.addr_info ?? []) {
-      if (a.family === 'inet') out.ipv4.push(a.local);
-      else if (a.family === 'inet6') out.ipv6.push(a.local);
-    }
-  }
-  return out;
+  return netnsAddrs(path);
 }
 
 /**
@@ -68,17 +56,10 @@ export async function discoverPodIps(path: string): Promise<string[]> {
  * No iptables involved. Idempotent; `false` removes exactly this.
  */
 export async function transparentReturnRouting(path: string, on: boolean, mark: number, table = 100): Promise<void> {
-  const rule = `fwmark 0x${mark.toString(16)} lookup ${table}`;
-  const script = on
-    ? `sysctl -qw net.ipv4.tcp_fwmark_accept=1 && ` +
-      `{ ip rule show | grep -q '${rule}' || ip rule add ${rule} pref 32763; } && ` +
-      `ip route replace local 0.0.0.0/0 dev lo table ${table}`
-    : `sysctl -qw net.ipv4.tcp_fwmark_accept=0; ` +
-      `while ip rule show | grep -q '${rule}'; do ip rule del ${rule} || break; done; ` +
-      `ip route del local 0.0.0.0/0 dev lo table ${table} 2>/dev/null; true`;
   try {
-    await run('nsenter', [`--net=${path}`, 'sh', '-c', script]);
+    netnsWrite(path, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    netnsLocalRoute(path, mark, table, 32763, on);
   } catch (e) {
-    throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${path} failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+    throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${path} failed: ${(e as Error).message}`, { cause: e });
   }
 }
