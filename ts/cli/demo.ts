@@ -1,66 +1,57 @@
 /**
- * `inpod demo`: capture shown end to end on this host, no cluster. Two pods as network
- * namespaces wired by the CNI bridge plugin, both enrolled with the eBPF backend; a stand-in
- * proxy (this process) listens on 15001/15006 inside the pods and forwards with mark 0x539 the way
- * the real proxy does. The programs attach to a child cgroup this process creates and joins,
- * never to the host's cgroup2 root. Everything is removed at the end, also on failure.
+ * `inpod demo`: the whole path on this host, no cluster. A manifest directory plays the API
+ * server (a namespace labelled ambient, two pods); the agent (eBPF backend) and the proxy run
+ * as their own processes; pods are network namespaces created through the real CNI chain
+ * (bridge + host-local + inpod-cni), so ADD returns only once a pod is captured and handed to
+ * the proxy. A request goes over HBONE mTLS; its access log line and metrics are shown; then the
+ * namespace label is flipped and the next request goes direct. Everything is removed at the end.
+ * Programs attach to a child cgroup the demo creates (never the host's cgroup2 root); the demo
+ * process joins it to play the pods' apps.
  */
 import net from 'node:net';
-import { mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { SimNode } from '../sim/node.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SimNode, type SimPod } from '../sim/node.js';
 import { EbpfBackend } from '../redirect/ebpf.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
-import { origDst, socketIn, type SockAddr } from '../native/index.js';
+import { socketIn, type SockAddr } from '../native/index.js';
 
+const CLI = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
-const fmt = (a: SockAddr): string => `${a.ip}:${a.port}`;
-
-/** Wraps a native fd (connected or connecting) in a Node socket. */
-function wrap(fd: number): net.Socket {
-  return new net.Socket({ fd, readable: true, writable: true });
-}
 
 function listenIn(netnsPath: string, port: number, onConn: (s: net.Socket) => void): Promise<net.Server> {
   const l = socketIn(netnsPath, { family: 4, bind: { ip: '0.0.0.0', port }, listen: 64, reuseAddr: true });
-  const server = net.createServer({ pauseOnConnect: false }, onConn);
+  const server = net.createServer(onConn);
   return new Promise((resolve) => server.listen({ fd: l.release() }, () => resolve(server)));
-}
-
-function fdOf(s: net.Socket): number {
-  return (s as unknown as { _handle: { fd: number } })._handle.fd;
-}
-
-/** Stand-in proxy: accept, read the original destination, connect there marked 0x539, pipe. */
-async function standInProxy(pod: { name: string; netnsPath: string }, port: number, transparent: boolean): Promise<net.Server> {
-  return listenIn(pod.netnsPath, port, (down) => {
-    const orig = origDst(fdOf(down));
-    say(`  [${pod.name} pod] proxy :${port} accepted ${down.remoteAddress}:${down.remotePort}, SO_ORIGINAL_DST ${fmt(orig)}`);
-    const spec = transparent
-      ? { family: 4 as const, mark: 0x539, transparent: true, bind: { ip: down.remoteAddress!, port: 0 }, connect: orig }
-      : { family: 4 as const, mark: 0x539, connect: orig };
-    const up = wrap(socketIn(pod.netnsPath, spec).release());
-    down.pipe(up).pipe(down);
-    const end = (): void => {
-      down.destroy();
-      up.destroy();
-    };
-    up.on('error', end);
-    down.on('error', end);
-  });
 }
 
 function request(netnsPath: string, to: SockAddr, text: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const s = wrap(socketIn(netnsPath, { family: 4, connect: to }).release());
+    const s = new net.Socket({ fd: socketIn(netnsPath, { family: 4 }).release() });
     let got = '';
-    s.setTimeout(5000, () => s.destroy(new Error(`no answer from ${fmt(to)} in 5 s`)));
+    s.setTimeout(5000, () => s.destroy(new Error(`no answer from ${to.ip}:${to.port} in 5 s`)));
     s.on('data', (d) => (got += d));
     s.on('end', () => resolve(got));
     s.on('error', reject);
-    s.write(text);
+    s.connect({ host: to.ip, port: to.port }, () => s.write(text));
   });
 }
+
+async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`demo: timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const nsYaml = (ambient: boolean): string =>
+  `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n${ambient ? '  labels: {istio.io/dataplane-mode: ambient}\n' : ''}`;
+const podYaml = (name: string, sa: string): string =>
+  `apiVersion: v1\nkind: Pod\nmetadata: {name: ${name}, namespace: demo, uid: uid-${name}}\nspec: {nodeName: demo-node, serviceAccountName: ${sa}}\n`;
 
 export async function demo(): Promise<void> {
   const prefix = `demo${process.pid % 1000}`;
@@ -68,52 +59,94 @@ export async function demo(): Promise<void> {
   if (!cgRoot) throw new Error('no cgroup2 mount found in /proc/mounts');
   const cg = join(cgRoot, `${prefix}cg`);
   const originalCg = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '/';
-  const stateDir = `/run/${prefix}-state`;
-  const backend = new EbpfBackend({ pinRoot: `/sys/fs/bpf/${prefix}`, cgroupPath: cg, stateDir });
+  const dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  const p = (f: string): string => join(dir, f);
+  const pinRoot = `/sys/fs/bpf/${prefix}`;
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const procs: ChildProcess[] = [];
   const servers: net.Server[] = [];
   let node: SimNode | undefined;
-  say('inpod demo: in-pod capture with eBPF on this host (no cluster)');
+  let proxyLog = '';
+  let agentLog = '';
+  const pods: SimPod[] = [];
+  say('inpod demo: the whole path on this host (pods are network namespaces, no cluster)');
   try {
-    mkdirSync(cg, { recursive: true });
-    writeFileSync(join(cg, 'cgroup.procs'), String(process.pid)); // this process plays the pods' processes
+    mkdirSync(cg);
+    writeFileSync(join(cg, 'cgroup.procs'), String(process.pid));
+    for (const d of ['manifests', 'net.d', 'bin']) mkdirSync(p(d));
     node = await SimNode.create({ prefix });
-    const client = await node.addPod('client');
-    const server = await node.addPod('server');
-    say(`  node netns ${node.nodeNetns}, bridge ${node.subnet} (CNI bridge + host-local)`);
-    say(`  pods: client ${client.ip}, server ${server.ip}`);
-    for (const p of [client, server]) {
-      const e = await backend.enroll(p.netnsPath);
-      say(`  enrolled ${p.name} (ebpf, netns cookie ${e.cookie})`);
-    }
-    say(`  programs attached at ${cg}, pinned under /sys/fs/bpf/${prefix}`);
-    servers.push(await standInProxy(client, 15001, false));
-    servers.push(await standInProxy(server, 15006, true));
-    servers.push(await listenIn(server.netnsPath, 8080, (s) => {
-      s.once('data', (d) => {
-        say(`  [server app] :8080 got "${d.toString().trim()}" from ${s.remoteAddress} (the client's own IP)`);
-        s.end(`hello ${s.remoteAddress}, from the server app\n`);
-      });
-    }));
-    say(`client app -> ${server.ip}:8080`);
-    const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hello\n');
-    say(`client app <- "${reply.trim()}"`);
+    const { cniVersion, name, ...bridge } = node.netConf() as { cniVersion: string; name: string };
+    writeFileSync(p('net.d/10-demo.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
+    writeFileSync(p('manifests/ns.yaml'), nsYaml(true));
+    writeFileSync(p('manifests/pods.yaml'), `${podYaml('client', 'sleep')}---\n${podYaml('server', 'web')}`);
+    writeFileSync(p('config.yaml'), 'workloads: []\n');
 
-    say('unenroll server: new inbound connections go straight to the app');
-    await backend.unenroll(server.netnsPath);
-    servers[1]!.close();
-    const again = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hello again\n');
-    say(`client app <- "${again.trim()}" (outbound still captured by the client pod, inbound direct)`);
+    const proxy = spawn(process.execPath, [CLI, 'ztunnel', '--config', p('config.yaml'), '--zds', p('zds.sock'), '--ca-dir', p('ca'), '--drain-seconds', '1',
+      '--admin-addr', `127.0.0.1:${port}`, '--metrics-addr', `127.0.0.1:${port + 1}`, '--readiness-addr', `127.0.0.1:${port + 2}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proxy.stdout!.on('data', (d) => (proxyLog += d));
+    proxy.stderr!.on('data', (d) => (proxyLog += d));
+    const agent = spawn(process.execPath, [CLI, 'agent', '--backend', 'ebpf', '--manifests', p('manifests'), '--node', 'demo-node', '--cgroup', cg,
+      '--pin-root', pinRoot, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
+      '--state-dir', p('state'), '--health-addr', `127.0.0.1:${port + 3}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    agent.stdout!.on('data', (d) => (agentLog += d));
+    agent.stderr!.on('data', (d) => (agentLog += d));
+    procs.push(proxy, agent);
+    await until('the agent and the proxy', () => /snapshot sent/.test(agentLog) && /agent ready/.test(agentLog));
+    say(`1. agent (eBPF backend) and proxy running; programs attached at ${cg}; inpod-cni chained into ${p('net.d/10-demo.conflist')}`);
+
+    const conflist = JSON.parse(readFileSync(p('net.d/10-demo.conflist'), 'utf8')) as { cniVersion: string; name: string; plugins: object[] };
+    const cniPath = `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
+    for (const n of ['client', 'server']) {
+      const t = performance.now();
+      pods.push(await node.addPodWithChain(n, conflist, { namespace: 'demo', name: n, uid: `uid-${n}` }, cniPath));
+      say(`2. pod ${n} created through bridge + host-local + inpod-cni: ${pods.at(-1)!.ip}, captured and handed to the proxy before ADD returned (${(performance.now() - t).toFixed(0)} ms)`);
+    }
+    const [client, server] = pods as [SimPod, SimPod];
+    writeFileSync(p('config.yaml'), `workloads:
+  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE, labels: {app: client}}
+  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: server}}
+`);
+    await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog));
+    servers.push(await listenIn(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
+
+    const before = proxyLog.length;
+    const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');
+    say(`3. client -> ${server.ip}:8080 answered: ${reply}`);
+    await until('the access log', () => proxyLog.slice(before).includes('"transport":"hbone"'));
+    for (const line of proxyLog.slice(before).split('\n').filter((l) => l.includes('"access":true'))) {
+      const r = JSON.parse(line) as { direction: string; transport: string; src: { ip: string; identity?: string }; dst: { ip: string; port: number; identity?: string }; bytesSent: number; bytesReceived: number };
+      say(`   access log (${r.direction}, ${r.transport}): ${r.src.ip} ${r.src.identity ?? ''} -> ${r.dst.ip}:${r.dst.port} ${r.dst.identity ?? ''}, ${r.bytesSent} B out, ${r.bytesReceived} B back`);
+    }
+    const metrics = await (await fetch(`http://127.0.0.1:${port + 1}/metrics`)).text();
+    for (const m of metrics.split('\n').filter((l) => l.startsWith('istio_tcp_') && l.includes('reporter="destination"'))) {
+      say(`   ${m.replace(/,?(source|destination)_(app|version|principal)="[^"]*"/g, '')}`);
+    }
+
+    say('4. the namespace label is removed: the agent unenrolls both pods live');
+    writeFileSync(p('manifests/ns.yaml'), nsYaml(false));
+    const backend = new EbpfBackend({ pinRoot, cgroupPath: cg, stateDir: p('state') });
+    await until('live unenrollment', () => /pod unenrolled[\s\S]*pod unenrolled/.test(agentLog));
+    say(`   captured pods now: ${(await backend.list()).length}`);
+    const before2 = proxyLog.length;
+    const direct = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi directly');
+    await new Promise((r) => setTimeout(r, 300));
+    say(`   client -> server answered: ${direct} (the proxy saw ${proxyLog.slice(before2).includes('"access":true') ? 'it' : 'nothing'})`);
   } finally {
     for (const s of servers) s.close();
-    await backend.uninstall().catch((e: Error) => say(`  cleanup: ${e.message}`));
-    await node?.destroy();
-    rmSync(stateDir, { recursive: true, force: true });
+    for (const c of procs) c.kill('SIGKILL');
+    if (node) {
+      for (const pod of pods) await node.removePod(pod.name);
+      await node.destroy();
+    }
+    await new EbpfBackend({ pinRoot, cgroupPath: cg, stateDir: p('state') }).uninstall().catch(() => {});
     writeFileSync(join(cgRoot, originalCg.replace(/^\//, ''), 'cgroup.procs'), String(process.pid));
+    await new Promise((r) => setTimeout(r, 100));
     try {
       rmdirSync(cg);
     } catch (e) {
-      say(`  cleanup: ${(e as Error).message}`);
+      say(`   cleanup: ${(e as Error).message}`);
     }
-    say('cleaned up: namespaces, cgroup, pins');
+    rmSync(dir, { recursive: true, force: true });
+    say('5. cleaned up: namespaces, cgroup, pins, processes');
   }
 }
