@@ -4,12 +4,14 @@ import { MeshError } from '../util/errors.js';
 import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
 import { ZTUNNEL_USAGE, ztunnelCommand, ztunnelShow } from './ztunnel.js';
 import { AGENT_USAGE, agentCommand } from './agent.js';
+import { doctorCommand } from './doctor.js';
 
 const USAGE = `inpod: node data plane of a sidecar-less service mesh
 
 ${AGENT_USAGE}
 ${ZTUNNEL_USAGE}
 ${REDIRECT_USAGE}
+  inpod doctor   [--bpffs DIR] [--cni-conf-dir DIR] [--netns PATH]... [--json]   checks this host, each failure with its fix
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
 
 export async function main(argv: string[]): Promise<number> {
@@ -31,6 +33,8 @@ export async function main(argv: string[]): Promise<number> {
         }
         await ztunnelCommand(rest);
         return 0;
+      case 'doctor':
+        return await doctorCommand(rest);
       case 'demo':
         await (await import('./demo.js')).demo();
         return 0;
