@@ -1,0 +1,134 @@
+/**
+ * Two nodes on one host: each a network namespace with its own bridge, agent, proxy and pods,
+ * joined by a link; both build their state from the same fake API server. A pod on node 1
+ * reaches a pod on node 2 over HBONE.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackendName } from '../../ts/redirect/backend.js';
+import { FakeApiServer } from '../fixtures/apiserver.js';
+import { CLI } from '../cli.js';
+import { Lab, type LabPod } from './lab.js';
+
+interface Node {
+  lab: Lab;
+  name: string;
+  dir: string;
+  agent?: ChildProcess;
+  proxy?: ChildProcess;
+  log: string;
+  admin?: number;
+}
+
+describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('two nodes, %s backend', (backend) => {
+  let api: FakeApiServer;
+  const nodes: Node[] = [];
+  let kubeconfig: string;
+  let a: LabPod, b: LabPod;
+
+  const inNode = (n: Node, ...args: string[]): void => void execFileSync('nsenter', [`--net=${n.lab.nodeNetnsPath}`, ...args]);
+  async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${nodes.map((n) => `--- ${n.name}\n${n.log.slice(-2500)}`).join('\n')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  function start(n: Node): void {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    n.admin = port;
+    const p = (f: string): string => join(n.dir, f);
+    n.proxy = spawn('sh', ['-c', `echo $$ > ${n.lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${kubeconfig} --zds ${p('zds.sock')} --ca-dir ${join(n.dir, '..', 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${port} --metrics-addr 127.0.0.1:${port + 1} --readiness-addr 127.0.0.1:${port + 2}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    n.agent = spawn('node', [CLI, 'agent', '--backend', backend, '--kubeconfig', kubeconfig, '--node', n.name, '--cgroup', n.lab.cgroupPath,
+      '--pin-root', `/sys/fs/bpf/${n.lab.prefix}inpod`, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'),
+      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${port + 3}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    for (const c of [n.proxy, n.agent]) {
+      c.stdout!.on('data', (d) => (n.log += d));
+      c.stderr!.on('data', (d) => (n.log += d));
+    }
+  }
+  async function runPod(n: Node, name: string): Promise<LabPod> {
+    const obj = api.apply('pods', { metadata: { name, namespace: 'mesh', labels: { app: name } }, spec: { nodeName: n.name, serviceAccountName: `sa-${name}` } } as never);
+    const conflist = JSON.parse(readFileSync(join(n.dir, 'net.d', '10-net.conflist'), 'utf8'));
+    const pod = await n.lab.node.addPodWithChain(name, conflist, { namespace: 'mesh', name, uid: obj.metadata.uid! }, `${join(n.dir, 'bin')}:/usr/lib/cni:/opt/cni/bin`);
+    // what the kubelet reports once the sandbox is up; the agent's annotation is kept
+    const cur = api.get('pods', 'mesh', name)!;
+    api.apply('pods', { ...cur, status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] } } as never);
+    return pod;
+  }
+
+  beforeAll(async () => {
+    api = new FakeApiServer();
+    await api.start();
+    const root = mkdtempSync(join(tmpdir(), 'inpod-2n-'));
+    kubeconfig = join(root, 'kubeconfig');
+    writeFileSync(kubeconfig, api.kubeconfig());
+    api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    for (const name of ['node1', 'node2']) {
+      const lab = await Lab.create();
+      const dir = join(root, name);
+      for (const d of ['net.d', 'bin']) mkdirSync(join(dir, d), { recursive: true });
+      const { cniVersion, name: net, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
+      writeFileSync(join(dir, 'net.d', '10-net.conflist'), JSON.stringify({ cniVersion, name: net, plugins: [bridge] }));
+      nodes.push({ lab, name, dir, log: '' });
+    }
+    // the "wire" between the nodes, and routes to each other's pod subnet
+    const [n1, n2] = nodes as [Node, Node];
+    const link = `10.200.${250 + Math.floor(Math.random() * 5)}`;
+    execFileSync('ip', ['link', 'add', `${n1.lab.prefix}w`, 'netns', n1.lab.node.nodeNetns, 'type', 'veth', 'peer', 'name', `${n2.lab.prefix}w`, 'netns', n2.lab.node.nodeNetns]);
+    inNode(n1, 'ip', 'addr', 'add', `${link}.1/30`, 'dev', `${n1.lab.prefix}w`);
+    inNode(n2, 'ip', 'addr', 'add', `${link}.2/30`, 'dev', `${n2.lab.prefix}w`);
+    for (const n of nodes) {
+      inNode(n, 'ip', 'link', 'set', `${n.lab.prefix}w`, 'up');
+      inNode(n, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
+    }
+    inNode(n1, 'ip', 'route', 'add', n2.lab.node.subnet, 'via', `${link}.2`);
+    inNode(n2, 'ip', 'route', 'add', n1.lab.node.subnet, 'via', `${link}.1`);
+    for (const n of nodes) start(n);
+    for (const n of nodes) await until(`${n.name} ready`, () => /agent ready/.test(n.log) && /snapshot sent/.test(n.log));
+    a = await runPod(n1, 'a');
+    b = await runPod(n2, 'b');
+  }, 90_000);
+
+  afterAll(async () => {
+    for (const n of nodes) {
+      if (process.env.INPOD_TEST_LOGS) writeFileSync(join(process.env.INPOD_TEST_LOGS, `${backend}-${n.name}.log`), n.log);
+      n.agent?.kill('SIGKILL');
+      n.proxy?.kill('SIGKILL');
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    for (const n of nodes) {
+      const { createBackend } = await import('../../ts/redirect/factory.js');
+      const be = await createBackend(backend, { cgroupPath: n.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${n.lab.prefix}inpod`, stateDir: join(n.dir, 'state') });
+      await be.uninstall().catch(() => {});
+      await n.lab.destroy();
+    }
+    rmSync(join(nodes[0]?.dir ?? '/nonexistent', '..'), { recursive: true, force: true });
+    await api?.stop();
+  });
+
+  it('carries a pod on node 1 to a pod on node 2 over HBONE, the app seeing the client IP', async () => {
+    const [n1, n2] = nodes as [Node, Node];
+    const shA = await n1.lab.shell(a.netnsPath, { inCgroup: true });
+    const shB = await n2.lab.shell(b.netnsPath, { inCgroup: true });
+    await shB.listen({ port: 8080, tag: 'b' });
+    // node 1's proxy learns pod b, and that it is in the mesh, from the API server
+    let known = false;
+    await until('node 1 to know pod b as HBONE', () => {
+      void fetch(`http://127.0.0.1:${n1.admin}/config_dump`).then((res) => res.json()).then((d: { workloads: { name: string; protocol: string }[] }) => {
+        known = d.workloads.some((w) => w.name === 'b' && w.protocol === 'HBONE');
+      }, () => {});
+      return known;
+    });
+    const r = await shA.connect({ host: b.ip, port: 8080, send: 'across nodes', timeoutMs: 5000 });
+    expect(r.ok && r.reply).toBe('b:across nodes');
+    if (r.ok) await shA.close(r.connId);
+    const acc = await shB.accepted((await shB.listenerByTag('b')).id);
+    expect(acc.at(-1)!.peer.host).toBe(a.ip);
+    await until('the access logs', () => /"direction":"outbound","transport":"hbone"/.test(n1.log) && /"direction":"inbound","transport":"hbone"/.test(n2.log));
+    expect(n1.log).toMatch(/"transport":"hbone".*"identity":"spiffe:\/\/cluster.local\/ns\/mesh\/sa\/sa-b"/);
+  });
+});
