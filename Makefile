@@ -6,10 +6,10 @@ BPF_SKELS := $(patsubst bpf/%.bpf.c,build/%.skel.h,$(BPF_SRCS))
 BPF_HDRS := $(wildcard bpf/include/*.h)
 ADDON := addon/build/Release/inpod_native.node
 DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptables nftables \
-	containernetworking-plugins util-linux procps python3 socat iperf3
+	containernetworking-plugins util-linux procps python3 socat iperf3 nginx-light wrk gcc
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: all deps build bpf addon ts test demo clean bench
+.PHONY: all deps build bpf addon ts test demo clean bench bench-tools
 
 all: build
 
@@ -26,7 +26,7 @@ deps: node_modules/.package-lock.json
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-build: deps bpf addon ts
+build: deps bpf addon ts bench-tools
 
 build/vmlinux.h:
 	@mkdir -p build
@@ -45,6 +45,17 @@ $(ADDON): $(BPF_SKELS) $(wildcard addon/src/*) addon/binding.gyp
 	cd addon && ../node_modules/.bin/node-gyp rebuild --nodedir=$$(dirname $$(dirname $$(command -v node))) --loglevel=error >/dev/null
 
 addon: $(ADDON)
+
+# The benchmark's native forwarder and connection-rate client (plain C, no libraries).
+build/inpod-fwd: bench/fwd.c
+	@mkdir -p build
+	gcc -O2 -Wall -o $@ $<
+
+build/inpod-connrate: bench/connrate.c
+	@mkdir -p build
+	gcc -O2 -Wall -pthread -o $@ $<
+
+bench-tools: build/inpod-fwd build/inpod-connrate
 
 ts:
 	node_modules/.bin/tsc -p tsconfig.json

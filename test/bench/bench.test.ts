@@ -74,7 +74,7 @@ describe('inpod bench --quick (reduced)', () => {
     expect(md).toContain('| capture-only, eBPF |');
     expect(md).toContain('## Enrollment');
     const json = JSON.parse(readFileSync(res.jsonPath, 'utf8')) as { traffic: unknown[] };
-    expect(json.traffic.length).toBe(WORKLOADS.length * CONFIGS.length);
+    expect(json.traffic.length).toBeGreaterThanOrEqual(WORKLOADS.length * CONFIGS.length);
     expect(readFileSync(res.svgPath, 'utf8')).toMatch(/^<svg[\s\S]*<\/svg>\n$/);
     expect(lines.some((l) => l.includes('connrate'))).toBe(true);
   });

@@ -11,6 +11,7 @@ const USAGE = `inpod: node data plane of a sidecar-less service mesh
 ${AGENT_USAGE}
 ${ZTUNNEL_USAGE}
 ${REDIRECT_USAGE}
+  inpod bench    [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S]   eBPF vs iptables vs no mesh, side by side
   inpod doctor   [--bpffs DIR] [--cni-conf-dir DIR] [--netns PATH]... [--json]   checks this host, each failure with its fix
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
 
@@ -32,6 +33,9 @@ export async function main(argv: string[]): Promise<number> {
           return 0;
         }
         await ztunnelCommand(rest);
+        return 0;
+      case 'bench':
+        await (await import('../bench/index.js')).bench(rest);
         return 0;
       case 'doctor':
         return await doctorCommand(rest);

@@ -1,0 +1,133 @@
+/*
+ * inpod-connrate: the connection-rate client of `inpod bench`. Each of THREADS threads loops:
+ * new TCP connection, one HTTP/1.0 request, read the answer to EOF, close; for SECONDS seconds.
+ * Prints one JSON line: {"conns":N,"errors":E,"seconds":S,"p50_us":..,"p99_us":..}.
+ *
+ * Usage: inpod-connrate HOST PORT SECONDS THREADS [PATH]
+ * Build: gcc -O2 -pthread -o build/inpod-connrate bench/connrate.c
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_THREADS 64
+#define HIST 100000 /* latency histogram in 10 us buckets, up to 1 s */
+
+static struct sockaddr_in dst;
+static char request[256];
+static size_t request_len;
+static double deadline;
+static unsigned long hist[HIST + 1];
+static pthread_mutex_t hist_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct worker {
+	pthread_t t;
+	unsigned long conns, errors;
+	unsigned long hist[HIST + 1];
+};
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int one_request(void)
+{
+	char buf[16384];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int ok = connect(fd, (struct sockaddr *)&dst, sizeof(dst)) == 0 &&
+		 send(fd, request, request_len, MSG_NOSIGNAL) == (ssize_t)request_len;
+	size_t got = 0;
+	while (ok) {
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			ok = n == 0 && got > 0;
+			break;
+		}
+		got += n;
+	}
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static void *run(void *arg)
+{
+	struct worker *w = arg;
+	for (;;) {
+		double t0 = now();
+		if (t0 >= deadline)
+			break;
+		if (one_request() == 0) {
+			w->conns++;
+			long b = (long)((now() - t0) * 1e5);
+			w->hist[b > HIST ? HIST : b]++;
+		} else {
+			w->errors++;
+			usleep(1000); /* do not spin on a refused or exhausted address */
+		}
+	}
+	return NULL;
+}
+
+static double pct(unsigned long total, double p)
+{
+	unsigned long want = (unsigned long)(total * p), seen = 0;
+	for (int i = 0; i <= HIST; i++) {
+		seen += hist[i];
+		if (seen > want)
+			return i * 10.0 + 5;
+	}
+	return HIST * 10.0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 5) {
+		fprintf(stderr, "usage: %s HOST PORT SECONDS THREADS [PATH]\n", argv[0]);
+		return 2;
+	}
+	dst.sin_family = AF_INET;
+	dst.sin_port = htons(atoi(argv[2]));
+	if (inet_pton(AF_INET, argv[1], &dst.sin_addr) != 1) {
+		fprintf(stderr, "bad address %s\n", argv[1]);
+		return 2;
+	}
+	double seconds = atof(argv[3]);
+	int threads = atoi(argv[4]);
+	if (threads < 1 || threads > MAX_THREADS)
+		threads = 8;
+	request_len = snprintf(request, sizeof(request), "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", argc > 5 ? argv[5] : "/", argv[1]);
+	static struct worker ws[MAX_THREADS];
+	double start = now();
+	deadline = start + seconds;
+	for (int i = 0; i < threads; i++)
+		pthread_create(&ws[i].t, NULL, run, &ws[i]);
+	unsigned long conns = 0, errors = 0;
+	for (int i = 0; i < threads; i++) {
+		pthread_join(ws[i].t, NULL);
+		conns += ws[i].conns;
+		errors += ws[i].errors;
+		pthread_mutex_lock(&hist_lock);
+		for (int j = 0; j <= HIST; j++)
+			hist[j] += ws[i].hist[j];
+		pthread_mutex_unlock(&hist_lock);
+	}
+	double elapsed = now() - start;
+	printf("{\"conns\":%lu,\"errors\":%lu,\"seconds\":%.3f,\"p50_us\":%.0f,\"p99_us\":%.0f}\n", conns, errors, elapsed,
+	       pct(conns, 0.5), pct(conns, 0.99));
+	return 0;
+}
