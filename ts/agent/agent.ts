@@ -116,8 +116,9 @@ export class Agent {
       return;
     }
     const uid = pod.metadata?.uid ?? '';
-    const known = this.#known.get(uid) ?? this.#discover(uid, ns, name);
     const verdict = meshVerdict(this.#o.source.namespace(ns), pod);
+    // /proc is scanned only for pods that belong in the mesh and whose netns we never saw
+    const known = this.#known.get(uid) ?? (verdict.enroll ? this.#discover(uid, ns, name) : undefined);
     if (verdict.enroll && known && existsSync(known.netns)) {
       if (!this.#enrolled.has(uid)) await this.#enroll(pod, known.netns, false);
       else if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION] !== 'enabled') await this.#annotate(pod, 'enabled');
@@ -182,9 +183,9 @@ export class Agent {
     const wanted: { pod: PodObj; netns: string }[] = [];
     for (const pod of this.#o.source.pods()) {
       const uid = pod.metadata?.uid ?? '';
+      if (!meshVerdict(this.#o.source.namespace(pod.metadata?.namespace ?? ''), pod).enroll) continue;
       const known = this.#known.get(uid) ?? this.#discover(uid, pod.metadata?.namespace ?? '', pod.metadata?.name ?? '');
       if (!known || !existsSync(known.netns)) continue;
-      if (!meshVerdict(this.#o.source.namespace(pod.metadata?.namespace ?? ''), pod).enroll) continue;
       keep.set(known.netns, podCaptureSettings(pod));
       wanted.push({ pod, netns: known.netns });
     }
