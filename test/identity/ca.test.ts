@@ -104,3 +104,12 @@ describe('certificate manager', () => {
     expect((await m.list()).every((c) => !('keyPem' in c))).toBe(true);
   });
 });
+
+describe('local CA creation', () => {
+  it('ends with one CA when several processes create it at once', async () => {
+    const dir = tmp();
+    const cas = await Promise.all(Array.from({ length: 4 }, () => LocalCa.open(dir, 'cluster.local')));
+    expect(new Set(cas.map((c) => c.rootPem)).size).toBe(1);
+    expect(cas[0]!.rootPem).toBe(readFileSync(join(dir, 'root-cert.pem'), 'utf8'));
+  });
+});

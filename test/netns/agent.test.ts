@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI } from '../cli.js';
+import { CLI, freePorts } from '../cli.js';
 import { Lab, type LabPod, type PodShell } from './lab.js';
 
 const NODE = 'node1';
@@ -29,15 +29,17 @@ describe('inpod agent', () => {
   let peer: LabPod;
   let peerSh: PodShell;
   let healthPort = 0;
+  let nextPorts: number[] = [];
   const p = (f: string): string => join(dir, f);
   const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
   const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
 
   function startAgent(): void {
     agentLog = '';
+    healthPort = nextPorts.shift() ?? 0;
     agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${(healthPort = 20000 + Math.floor(Math.random() * 20000))}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     agent.stdout!.on('data', (d) => (agentLog += d));
     agent.stderr!.on('data', (d) => (agentLog += d));
   }
@@ -74,6 +76,7 @@ describe('inpod agent', () => {
   }
 
   beforeAll(async () => {
+    nextPorts = await freePorts(2); // one per agent start
     lab = await Lab.create();
     dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ag`));
     mkdirSync(p('net.d'));

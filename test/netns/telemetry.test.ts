@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { CLI } from '../cli.js';
+import { CLI, freePorts } from '../cli.js';
 import { Lab, type LabPod, type PodShell } from './lab.js';
 
 describe('policy, metrics, admin and drain', () => {
@@ -21,8 +21,9 @@ describe('policy, metrics, admin and drain', () => {
   let proxy: ChildProcess;
   let log = '';
   let ready = 0;
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const [admin, metrics, readiness] = [port, port + 1, port + 2];
+  let admin = 0;
+  let metrics = 0;
+  let readiness = 0;
   let client: LabPod, other: LabPod, intruder: LabPod, server: LabPod;
   let sh: Record<'client' | 'other' | 'intruder' | 'server', PodShell>;
 
@@ -37,6 +38,7 @@ describe('policy, metrics, admin and drain', () => {
   };
 
   beforeAll(async () => {
+    [admin, metrics, readiness] = await freePorts(3);
     lab = await Lab.create();
     dir = mkdtempSync(join(tmpdir(), `${lab.prefix}tm`));
     backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });

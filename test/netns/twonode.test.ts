@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackendName } from '../../ts/redirect/backend.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI } from '../cli.js';
+import { CLI, freePorts } from '../cli.js';
 import { Lab, type LabPod } from './lab.js';
 
 interface Node {
@@ -37,14 +37,14 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  function start(n: Node): void {
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    n.admin = port;
+  async function start(n: Node): Promise<void> {
+    const [admin, metrics, readiness, health] = await freePorts(4);
+    n.admin = admin;
     const p = (f: string): string => join(n.dir, f);
-    n.proxy = spawn('sh', ['-c', `echo $$ > ${n.lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${kubeconfig} --zds ${p('zds.sock')} --ca-dir ${join(n.dir, '..', 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${port} --metrics-addr 127.0.0.1:${port + 1} --readiness-addr 127.0.0.1:${port + 2}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    n.proxy = spawn('sh', ['-c', `echo $$ > ${n.lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${kubeconfig} --zds ${p('zds.sock')} --ca-dir ${join(n.dir, '..', 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     n.agent = spawn('node', [CLI, 'agent', '--backend', backend, '--kubeconfig', kubeconfig, '--node', n.name, '--cgroup', n.lab.cgroupPath,
       '--pin-root', `/sys/fs/bpf/${n.lab.prefix}inpod`, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'),
-      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${port + 3}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     for (const c of [n.proxy, n.agent]) {
       c.stdout!.on('data', (d) => (n.log += d));
       c.stderr!.on('data', (d) => (n.log += d));
@@ -87,7 +87,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     }
     inNode(n1, 'ip', 'route', 'add', n2.lab.node.subnet, 'via', `${link}.2`);
     inNode(n2, 'ip', 'route', 'add', n1.lab.node.subnet, 'via', `${link}.1`);
-    for (const n of nodes) start(n);
+    for (const n of nodes) await start(n);
     for (const n of nodes) await until(`${n.name} ready`, () => /agent ready/.test(n.log) && /snapshot sent/.test(n.log));
     a = await runPod(n1, 'a');
     b = await runPod(n2, 'b');
@@ -124,7 +124,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       return known;
     });
     const r = await shA.connect({ host: b.ip, port: 8080, send: 'across nodes', timeoutMs: 5000 });
-    expect(r.ok && r.reply).toBe('b:across nodes');
+    expect(r.ok && r.reply, `${JSON.stringify(r)}\n${n1.log.slice(-2000)}`).toBe('b:across nodes');
     if (r.ok) await shA.close(r.connId);
     const acc = await shB.accepted((await shB.listenerByTag('b')).id);
     expect(acc.at(-1)!.peer.host).toBe(a.ip);

@@ -47,9 +47,14 @@ export class LocalCa {
 
   /** Loads the cacerts layout from `dir`, creating a new root CA there if none exists. */
   static async open(dir: string, trustDomain: string): Promise<LocalCa> {
-    const present = CACERTS_FILES.filter((f) => existsSync(join(dir, f)));
+    let present = CACERTS_FILES.filter((f) => existsSync(join(dir, f)));
     if (present.length === 0) await LocalCa.#create(dir, trustDomain);
-    else if (present.length !== CACERTS_FILES.length) {
+    // another process may be creating it right now: wait for its last file (cert-chain.pem)
+    for (let i = 0; i < 100 && existsSync(join(dir, 'ca-key.pem')) && !existsSync(join(dir, 'cert-chain.pem')); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    present = CACERTS_FILES.filter((f) => existsSync(join(dir, f)));
+    if (present.length !== CACERTS_FILES.length) {
       const missing = CACERTS_FILES.filter((f) => !present.includes(f));
       throw new MeshError('INPOD_ERR_CA', `${dir} holds part of an Istio cacerts layout; missing ${missing.join(', ')}. ` +
         'Provide all four files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) or an empty directory');
@@ -90,7 +95,14 @@ export class LocalCa {
     });
     const pem = cert.toString('pem');
     const key = pemKey(KeyObject.from(keys.privateKey));
-    writeFileSync(join(dir, 'ca-key.pem'), key, { mode: 0o600 });
+    // Two processes may race to create the CA (proxies starting together on a shared dir): the
+    // key file is created exclusively, so one wins; cert-chain.pem, written last, marks it done.
+    try {
+      writeFileSync(join(dir, 'ca-key.pem'), key, { mode: 0o600, flag: 'wx' });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return;
+      throw e;
+    }
     writeFileSync(join(dir, 'ca-cert.pem'), pem);
     writeFileSync(join(dir, 'root-cert.pem'), pem);
     writeFileSync(join(dir, 'cert-chain.pem'), pem);
