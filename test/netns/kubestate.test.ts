@@ -106,6 +106,9 @@ describe('proxy state from the Kubernetes API', () => {
       if (r.ok) seen.add(r.reply!.split(':')[0]!);
     }
     expect([...seen].sort()).toEqual(['s1', 's2']);
+    await new Promise((r) => setTimeout(r, 200));
+    const m = await zt.telemetry!.registry.metrics();
+    expect(m).toMatch(/istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_workload="s[12]"[^}]*destination_service="web\.shop\.svc\.cluster\.local"/);
   });
 
   it('enforces an AuthorizationPolicy created in the API server', async () => {

@@ -12,6 +12,8 @@ export interface ConnContext {
   dst: { ip: string; port: number; identity?: string };
   /** the pod this proxy instance serves for the connection */
   pod: { uid: string; name: string; namespace: string };
+  /** the service hostname, when the client addressed a service VIP */
+  service?: string;
 }
 
 export interface Decision {

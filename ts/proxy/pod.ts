@@ -93,7 +93,14 @@ export class PodProxy {
     }
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: spiffeUri(this.identity) };
     const route = buildRoute(this.deps.state.snapshot, dst);
-    const ctx: ConnContext = { direction: 'outbound', transport: route.kind === 'hbone' ? 'hbone' : 'passthrough', src, dst: { ...dst }, pod: this.pod };
+    const ctx: ConnContext = {
+      direction: 'outbound',
+      transport: route.kind === 'hbone' ? 'hbone' : 'passthrough',
+      src,
+      dst: route.kind === 'hbone' ? { ...route.authority } : route.kind === 'passthrough' ? { ...route.target } : { ...dst },
+      pod: this.pod,
+      service: route.kind === 'reject' ? undefined : route.service?.hostname,
+    };
     this.deps.hooks.opened(ctx);
     if (route.kind === 'reject') {
       this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', route.reason);

@@ -88,7 +88,7 @@ export class IstioTelemetry implements ProxyHooks {
       destination_principal: u(ctx.dst.identity),
       destination_app: u(d?.labels.app),
       destination_version: u(d?.labels.version),
-      destination_service: u(d ? Object.keys(d.services)[0]?.split('/')[1] : undefined),
+      destination_service: u(ctx.service ?? (d ? Object.keys(d.services)[0]?.split('/')[1] : undefined)),
       connection_security_policy: ctx.transport === 'hbone' ? 'mutual_tls' : 'unknown',
       response_flags: flags,
     };
