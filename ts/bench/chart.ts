@@ -3,10 +3,11 @@
  * streams, new connections/s), a bar per configuration at the median with a whisker from the
  * smallest to the largest repetition. Plain SVG, no dependencies.
  */
-import { CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import { CONFIG_LABEL, type ConfigName } from './env.js';
+import { configsOf } from './report.js';
 import type { Row, Stat } from './stats.js';
 
-const COLORS: Record<ConfigName, string> = { nomesh: '#7f7f7f', iptables: '#d62728', ebpf: '#1f77b4' };
+const COLORS: Record<ConfigName, string> = { nomesh: '#7f7f7f', iptables: '#d62728', ebpf: '#1f77b4', 'proxy-iptables': '#ff9896', 'proxy-ebpf': '#aec7e8' };
 
 interface Panel {
   title: string;
@@ -71,9 +72,10 @@ function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
 
 export function chartSvg(rows: Row[], title: string): string {
   const get = (w: Row['workload'], c: ConfigName, k: string): Stat | undefined => rows.find((r) => r.workload === w && r.config === c)?.metrics[k];
-  const short: Record<ConfigName, string> = { nomesh: 'none', iptables: 'iptables', ebpf: 'eBPF' };
+  const short: Record<ConfigName, string> = { nomesh: 'none', iptables: 'iptables', ebpf: 'eBPF', 'proxy-iptables': 'px ipt', 'proxy-ebpf': 'px eBPF' };
+  const configs = configsOf(rows);
   const per = (w: Row['workload'], k: string, sub?: string): Panel['bars'] =>
-    CONFIGS.map((c) => ({ label: short[c], sub, config: c, s: get(w, c, k) }));
+    configs.map((c) => ({ label: short[c], sub, config: c, s: get(w, c, k) }));
   const panels: Panel[] = [
     { title: 'HTTP requests/s', unit: 'wrk, 1 KiB, kept-alive', bars: per('http', 'rps') },
     { title: 'HTTP latency', unit: 'ms, p50 | p99 (axis fits the medians)', bars: [...per('http', 'p50', 'p50'), ...per('http', 'p99', 'p99')], scaleToMedians: true },
@@ -85,9 +87,10 @@ export function chartSvg(rows: Row[], title: string): string {
   const cols = 2;
   const width = pw * cols;
   const height = ph * Math.ceil(panels.length / cols) + 60;
-  const legend = CONFIGS.map(
-    (c, i) => `<rect x="${20 + i * 230}" y="${height - 22}" width="12" height="12" fill="${COLORS[c]}"/>` +
-      `<text x="${36 + i * 230}" y="${height - 12}" font-size="11">${esc(CONFIG_LABEL[c])}</text>`,
+  const step = Math.floor((width - 20) / configs.length);
+  const legend = configs.map(
+    (c, i) => `<rect x="${20 + i * step}" y="${height - 22}" width="12" height="12" fill="${COLORS[c]}"/>` +
+      `<text x="${36 + i * step}" y="${height - 12}" font-size="11">${esc(CONFIG_LABEL[c])}</text>`,
   );
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">`,

@@ -17,14 +17,21 @@ import { createBackend } from '../redirect/factory.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../redirect/backend.js';
 import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
+import { ZdsServer } from '../zds/server.js';
+import { pino } from 'pino';
 
-export type ConfigName = 'nomesh' | 'iptables' | 'ebpf';
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf';
 export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
+/** With --proxy: the real proxy (inpod ztunnel, HBONE between the two pods) under each backend. */
+export const PROXY_CONFIGS: ConfigName[] = ['proxy-iptables', 'proxy-ebpf'];
 export const CONFIG_LABEL: Record<ConfigName, string> = {
   nomesh: 'no mesh',
   iptables: 'capture-only, iptables',
   ebpf: 'capture-only, eBPF',
+  'proxy-iptables': 'proxy (HBONE), iptables',
+  'proxy-ebpf': 'proxy (HBONE), eBPF',
 };
+const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
 export const FWD = join(BUILD_DIR, 'inpod-fwd');
@@ -63,7 +70,9 @@ export class BenchEnv {
   readonly bareNetns: string[] = [];
   #destroying: Promise<void> | null = null;
 
-  constructor(readonly prefix: string, readonly pin: boolean) {
+  readonly #zds: ZdsServer[] = [];
+
+  constructor(readonly prefix: string, readonly pin: boolean, readonly names: ConfigName[] = CONFIGS) {
     const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
     if (!root) throw new Error('no cgroup2 mount in /proc/mounts: mount cgroup2 (see README "Requirements")');
     this.cgroups = { ebpf: join(root, `${prefix}-ebpf`), plain: join(root, `${prefix}-plain`) };
@@ -80,11 +89,12 @@ export class BenchEnv {
       this.backends.set(b, be);
       await be.install();
     }
-    for (const name of CONFIGS) {
-      const client = await this.node.addPod(`${name[0]}c`);
-      const server = await this.node.addPod(`${name[0]}s`);
+    for (const name of this.names) {
+      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!;
+      const client = await this.node.addPod(`${short}c`);
+      const server = await this.node.addPod(`${short}s`);
       for (const pod of [client, server]) await inNetns(pod.netnsPath, ['sysctl', '-qw', ...POD_SYSCTLS]);
-      const cgroup = name === 'ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
+      const cgroup = name === 'ebpf' || name === 'proxy-ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
       const setup: ConfigSetup = {
         name,
         client,
@@ -94,7 +104,9 @@ export class BenchEnv {
         fwdPids: [],
       };
       this.configs.set(name, setup);
-      if (name !== 'nomesh') {
+      if (name === 'proxy-iptables' || name === 'proxy-ebpf') {
+        setup.fwdPids.push(await this.#startProxy(name, setup, cgroup));
+      } else if (name !== 'nomesh') {
         // Enrolled first, listeners after: the eBPF sockops hook sees the 15006 listener open.
         const be = this.backends.get(name)!;
         await be.enroll(client.netnsPath);
@@ -107,6 +119,31 @@ export class BenchEnv {
       await this.#startServers(setup);
       log(`  ${CONFIG_LABEL[name]}: client ${client.ip} (${client.netnsName}), server ${server.ip} (${server.netnsName})`);
     }
+  }
+
+  /**
+   * The real proxy for one configuration: one `inpod ztunnel` process (in the configuration's
+   * cgroup, not pinned: Node uses more than one thread) serving both pods, handed over ZDS by a
+   * server in this process; the two pods are HBONE workloads, so client -> server is mTLS.
+   */
+  async #startProxy(name: ConfigName, s: ConfigSetup, cgroup: string): Promise<number> {
+    const be = this.backends.get(name === 'proxy-ebpf' ? 'ebpf' : 'iptables')!;
+    await be.enroll(s.client.netnsPath);
+    await be.enroll(s.server.netnsPath);
+    const cfg = join(this.workDir, `${name}.yaml`);
+    writeFileSync(cfg, `workloads:\n${[s.client, s.server].map((p) => `  - {uid: ${p.netnsName}, name: ${p.netnsName}, namespace: bench, serviceAccount: ${p.netnsName}, workloadIps: ["${p.ip}"], protocol: HBONE}`).join('\n')}\n`);
+    const sock = join(this.workDir, `${name}.sock`);
+    let ready = false;
+    const zds = new ZdsServer({ path: sock, pods: () => [], onReady: () => (ready = true), log: pino({ level: 'silent' }) });
+    zds.start();
+    this.#zds.push(zds);
+    const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null }; // the host netns: it enters the pods itself
+    const proc = await this.daemons.start(at, ['env', 'INPOD_LOG_LEVEL=warn', process.execPath, CLI, 'ztunnel', '--config', cfg, '--zds', sock,
+      '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0']);
+    for (let i = 0; i < 200 && !ready; i++) await new Promise((r) => setTimeout(r, 50));
+    if (!ready) throw new Error(`${name}: the proxy did not connect over ZDS`);
+    for (const p of [s.client, s.server]) await zds.addPod({ uid: p.netnsName, info: { name: p.netnsName, namespace: 'bench', serviceAccount: p.netnsName }, netnsPath: p.netnsPath });
+    return proc.pid!;
   }
 
   async #startServers(s: ConfigSetup): Promise<void> {
@@ -139,10 +176,11 @@ export class BenchEnv {
 
   async #destroy(): Promise<void> {
     await this.daemons.stopAll().catch(() => {});
+    for (const z of this.#zds) z.close();
     for (const cg of Object.values(this.cgroups)) await killCgroup(cg);
     for (const [name, be] of this.backends) {
       for (const s of this.configs.values()) {
-        if (s.name === name) {
+        if (s.name === name || s.name === `proxy-${name}`) {
           await be.unenroll(s.client.netnsPath).catch(() => {});
           await be.unenroll(s.server.netnsPath).catch(() => {});
         }

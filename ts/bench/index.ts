@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD } from './env.js';
+import { BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, PROXY_CONFIGS } from './env.js';
 import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
@@ -26,6 +26,8 @@ export interface BenchOptions {
   enroll: EnrollPlan | null;
   out: string;
   pin: boolean;
+  /** also measure the real proxy (HBONE) under each backend */
+  proxy?: boolean;
   argv: string[];
   progress?: (line: string) => void;
 }
@@ -41,8 +43,9 @@ export interface BenchResult {
   enroll: { samples: EnrollSample[]; state: PodState[] };
 }
 
-export const BENCH_USAGE = `  inpod bench [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]
-                      no mesh vs capture-only iptables vs capture-only eBPF, and enrollment timing`;
+export const BENCH_USAGE = `  inpod bench [--quick] [--proxy] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]
+                      no mesh vs capture-only iptables vs capture-only eBPF (--proxy: and the real proxy,
+                      HBONE, under each backend), and enrollment timing`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
 
@@ -57,6 +60,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       reps: { type: 'string' },
       seconds: { type: 'string' },
       'no-pin': { type: 'boolean', default: false },
+      proxy: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -83,6 +87,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
     enroll: { levels, samples: quick ? 5 : 20 },
     out: values.out ? resolve(values.out) : DEFAULT_OUT,
     pin: !values['no-pin'],
+    proxy: values.proxy!,
     argv,
   };
 }
@@ -132,7 +137,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const say = o.progress ?? ((s: string) => void process.stdout.write(`${s}\n`));
   preflight();
   const prefix = `b${randomBytes(2).toString('hex')}`;
-  const env = new BenchEnv(prefix, o.pin);
+  const env = new BenchEnv(prefix, o.pin, o.proxy ? [...CONFIGS, ...PROXY_CONFIGS] : CONFIGS);
   const started = new Date();
   const t0 = performance.now();
   let interrupted: NodeJS.Signals | null = null;
@@ -178,7 +183,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const base = join(o.out, `${stamp}-${o.quick ? 'quick' : 'full'}`);
     const res: BenchResult = { prefix, markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll };
     writeFileSync(res.markdownPath, markdown(info, rows, traffic, enroll.samples, enroll.state));
-    writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: CONFIGS, rows, ratios: headlineRatios(rows), traffic, enrollment: enroll }, null, 1)}\n`);
+    writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: env.names, rows, ratios: headlineRatios(rows), traffic, enrollment: enroll }, null, 1)}\n`);
     writeFileSync(res.svgPath, chartSvg(rows, `inpod bench, capture only (${stamp}${o.quick ? ', quick' : ''})`));
     say(`report: ${res.markdownPath}\nsamples: ${res.jsonPath}\nchart: ${res.svgPath}`);
     return res;

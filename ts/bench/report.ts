@@ -43,6 +43,11 @@ function table(head: string[], body: string[][]): string {
   return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 }
 
+/** The configurations present in the rows, in the run's order. */
+export function configsOf(rows: Row[]): ConfigName[] {
+  return [...CONFIGS, ...(['proxy-iptables', 'proxy-ebpf'] as ConfigName[])].filter((c) => rows.some((r) => r.config === c));
+}
+
 export function find(rows: Row[], w: WorkloadName, c: ConfigName): Row | undefined {
   return rows.find((r) => r.workload === w && r.config === c);
 }
@@ -60,7 +65,7 @@ function figures(): [string, WorkloadName, (r: Row) => Stat | undefined, number]
 }
 
 /** Ratios of the headline figures, for the README and the JSON. */
-export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null }> {
+export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null; proxyEbpfVsIptables: Ratio | null }> {
   const out: ReturnType<typeof headlineRatios> = {};
   for (const [label, w, pick] of figures()) {
     const g = (c: ConfigName): Stat | undefined => {
@@ -68,14 +73,15 @@ export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ra
       return r ? pick(r) : undefined;
     };
     const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
-    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')) };
+    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')) };
   }
   return out;
 }
 
 function trafficSection(rows: Row[]): string {
   const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB'];
-  const body = CONFIGS.map((c) => {
+  const configs = configsOf(rows);
+  const body = configs.map((c) => {
     const h = find(rows, 'http', c);
     return [
       CONFIG_LABEL[c],
@@ -90,10 +96,11 @@ function trafficSection(rows: Row[]): string {
     ];
   });
   const ratios = headlineRatios(rows);
-  const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables)]);
+  const withProxy = configs.includes('proxy-ebpf');
+  const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables), ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : [])]);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
-    for (const c of CONFIGS) {
+    for (const c of configs) {
       const r = find(rows, w, c);
       if (!r) continue;
       cbody.push([w, CONFIG_LABEL[c], `per ${unitOf(w).label}`, cell(r.costs.fwdUser, 3), cell(r.costs.fwdSys, 3), cell(r.costs.softirq, 3), cell(r.costs.ksoftirqd, 3), cell(r.costs.hostBusy, 3), num(r.outside.median, 2), String(r.disturbed), num(r.conntrack.max), String(r.errors)]);
@@ -110,7 +117,7 @@ function trafficSection(rows: Row[]): string {
     '',
     'Above 1 is more for the first configuration: better for rates, worse for latency and CPU.',
     '',
-    table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables'], rbody),
+    table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables', ...(withProxy ? ['proxy eBPF / proxy iptables'] : [])], rbody),
     '',
     '### CPU seconds per unit of work',
     '',

@@ -4,7 +4,7 @@
  * one sample with the load generator's figures and the CPU it cost (forwarders' user/system time,
  * host softirq and busy time over the run) and the forwarders' RSS at its end.
  */
-import { CONFIGS, type BenchEnv, type ConfigName } from './env.js';
+import type { BenchEnv, ConfigName } from './env.js';
 import { delta, rssKb, snapshot, type CpuDelta } from './cpu.js';
 import { WORKLOADS, runLoad, type LoadParams, type WorkloadName } from './loads.js';
 
@@ -78,7 +78,7 @@ export async function runOne(env: BenchEnv, w: WorkloadName, c: ConfigName, rep:
 
 export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Progress): Promise<TrafficSample[]> {
   const samples: TrafficSample[] = [];
-  const total = plan.reps * WORKLOADS.length * CONFIGS.length;
+  const total = plan.reps * WORKLOADS.length * env.names.length;
   const t0 = performance.now();
   const clock = (): string => {
     const s = Math.round((performance.now() - t0) / 1000);
@@ -87,7 +87,7 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
   if (plan.warmupSeconds > 0) {
     progress(`warm-up: every workload once per configuration, ${plan.warmupSeconds} s each`);
     for (const w of WORKLOADS) {
-      for (const c of CONFIGS) samples.push(await runOne(env, w, c, 0, { ...plan, seconds: plan.warmupSeconds }, true));
+      for (const c of env.names) samples.push(await runOne(env, w, c, 0, { ...plan, seconds: plan.warmupSeconds }, true));
     }
   }
   let done = 0;
@@ -95,7 +95,7 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
   const tReps = performance.now();
   for (let rep = 1; rep <= plan.reps; rep++) {
     for (const w of WORKLOADS) {
-      for (const c of CONFIGS) {
+      for (const c of env.names) {
         let s = await runOne(env, w, c, rep, plan, false);
         if (s.disturbed && retries < plan.maxRetries) {
           retries++;
@@ -111,7 +111,7 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
           (s.cpu.ksoftirqd / s.cpu.wall > 0.2 ? `, ksoftirqd ${(s.cpu.ksoftirqd / s.cpu.wall).toFixed(1)} CPUs` : '') +
           (s.cpu.outside / s.cpu.wall > 0.2 ? `, other load ${(s.cpu.outside / s.cpu.wall).toFixed(1)} CPUs` : '');
         progress(
-          `[${String(done).padStart(3)}/${total} ${clock()} eta ${eta}s] rep ${rep}/${plan.reps} ${w.padEnd(8)} ${c.padEnd(8)} ` +
+          `[${String(done).padStart(3)}/${total} ${clock()} eta ${eta}s] rep ${rep}/${plan.reps} ${w.padEnd(8)} ${c.padEnd(14)} ` +
             `${headline(w, s.metrics)}${errs}${busy}`,
         );
       }
