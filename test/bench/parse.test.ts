@@ -69,6 +69,11 @@ describe('bench summaries and options', () => {
     expect(q.traffic.reps).toBe(2);
     expect(q.enroll?.levels).toEqual([10, 50]);
     expect(parseBenchArgs(['--pods', '150']).enroll?.levels).toEqual([10, 100, 150]);
+    // the full run measures the real proxy too, with 3 repetitions to stay under 15 minutes
+    expect(parseBenchArgs([])).toMatchObject({ proxy: true, traffic: { reps: 3 } });
+    expect(parseBenchArgs(['--no-proxy'])).toMatchObject({ proxy: false, traffic: { reps: 5 } });
+    expect(q.proxy).toBe(false);
+    expect(parseBenchArgs(['--quick', '--proxy']).proxy).toBe(true);
     expect(() => parseBenchArgs(['--pods', 'x'])).toThrow(/integer/);
   });
 });
