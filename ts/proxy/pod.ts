@@ -174,6 +174,7 @@ export class PodProxy {
       settings: { enablePush: false },
     });
     server.on('stream', (stream, headers) => void this.#hboneStream(stream, headers));
+    server.on('connection', (sock: net.Socket) => sock.setNoDelay(true));
     server.on('sessionError', () => {});
     server.on('tlsClientError', (e) => this.#log.debug({ err: e.message }, 'hbone: TLS handshake failed'));
     // rotate the served certificate without touching open connections

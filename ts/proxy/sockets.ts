@@ -11,7 +11,9 @@ export const PROXY_MARK = 0x539;
 /** A listening server on `port` inside the netns behind `nsFd`. */
 export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host = '0.0.0.0'): Promise<net.Server> {
   const fd = socketInNs(nsFd, { family: 4, bind: { ip: host, port }, listen: 511, reuseAddr: true }).release();
-  const server = net.createServer({ allowHalfOpen: true }, onConn);
+  // Nagle off everywhere on the data path: with it, small writes wait for the peer's delayed
+  // ACK (~40 ms), which showed as a 38 ms p99 in the benchmark.
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true }, onConn);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ fd }, () => {
@@ -36,6 +38,7 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
     ...(o.transparentFrom ? { transparent: true, bind: { ip: o.transparentFrom, port: 0 } } : {}),
   }).release();
   const s = new net.Socket({ fd, allowHalfOpen: true });
+  s.setNoDelay(true);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       const e = Object.assign(new Error(`connect ETIMEDOUT ${to.ip}:${to.port}`), { code: 'ETIMEDOUT' });
