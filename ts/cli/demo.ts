@@ -17,26 +17,27 @@ import { fileURLToPath } from 'node:url';
 import { SimNode, type SimPod } from '../sim/node.js';
 import { EbpfBackend } from '../redirect/ebpf.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
-import { socketIn, type SockAddr } from '../native/index.js';
+import { withFd, type SockAddr } from '../native/index.js';
+import { connectIn, listenIn } from '../proxy/sockets.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
 
-function listenIn(netnsPath: string, port: number, onConn: (s: net.Socket) => void): Promise<net.Server> {
-  const l = socketIn(netnsPath, { family: 4, bind: { ip: '0.0.0.0', port }, listen: 64, reuseAddr: true });
-  const server = net.createServer(onConn);
-  return new Promise((resolve) => server.listen({ fd: l.release() }, () => resolve(server)));
+/** A listener inside the pod netns (the proxy's helper, given the netns by path). */
+function listenInPod(netnsPath: string, port: number, onConn: (s: net.Socket) => void): Promise<net.Server> {
+  return withFd(netnsPath, (ns) => listenIn(ns, port, onConn));
 }
 
-function request(netnsPath: string, to: SockAddr, text: string): Promise<string> {
+/** One request from inside the pod netns, as its app would make it (no mark). */
+async function request(netnsPath: string, to: SockAddr, text: string): Promise<string> {
+  const s = await withFd(netnsPath, (ns) => connectIn(ns, to, { mark: 0, timeoutMs: 5000 }));
   return new Promise((resolve, reject) => {
-    const s = new net.Socket({ fd: socketIn(netnsPath, { family: 4 }).release() });
     let got = '';
     s.setTimeout(5000, () => s.destroy(new Error(`no answer from ${to.ip}:${to.port} in 5 s`)));
     s.on('data', (d) => (got += d));
     s.on('end', () => resolve(got));
     s.on('error', reject);
-    s.connect({ host: to.ip, port: to.port }, () => s.write(text));
+    s.write(text);
   });
 }
 
@@ -107,7 +108,7 @@ export async function demo(): Promise<void> {
   - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: server}}
 `);
     await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog));
-    servers.push(await listenIn(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
+    servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
 
     const before = proxyLog.length;
     const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');

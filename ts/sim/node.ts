@@ -4,7 +4,8 @@
  * way a container runtime runs them. The host's own network namespace is never touched. Used by
  * the demo, the benchmark and the real-namespace tests.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { runProgram } from '../util/run.js';
 import { mkdirSync, rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -39,17 +40,11 @@ export async function runCniPlugin(
   cniPath = CNI_PATH,
 ): Promise<unknown> {
   const pluginPath = cniPath.split(':').map((d) => `${d}/${plugin}`);
-  const child = spawn('nsenter', [`--net=/run/netns/${inNetns}`, 'sh', '-c', `for p in ${pluginPath.join(' ')}; do [ -x "$p" ] && exec "$p"; done; echo "CNI plugin ${plugin} not found in ${CNI_PATH}" >&2; exit 127`], {
-    env: { ...process.env, CNI_COMMAND: command, CNI_PATH: cniPath, ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (err += d));
-  child.stdin.end(JSON.stringify(conf));
-  const code = await new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
-  if (code !== 0) throw Object.assign(new Error(`CNI ${plugin} ${command} failed (${code}): ${out || err}`), { cniOutput: out });
+  const script = `for p in ${pluginPath.join(' ')}; do [ -x "$p" ] && exec "$p"; done; echo "CNI plugin ${plugin} not found in ${cniPath}" >&2; exit 127`;
+  const r = await runProgram('nsenter', [`--net=/run/netns/${inNetns}`, 'sh', '-c', script], JSON.stringify(conf),
+    { ...process.env, CNI_COMMAND: command, CNI_PATH: cniPath, ...env });
+  const out = r.stdout;
+  if (r.code !== 0) throw Object.assign(new Error(`CNI ${plugin} ${command} failed (${r.code}): ${out || r.stderr}`), { cniOutput: out });
   return out ? JSON.parse(out) : null;
 }
 

@@ -7,11 +7,11 @@ export interface RunResult {
   stderr: string;
 }
 
-export type Runner = (cmd: string, args: string[], input?: string) => Promise<RunResult>;
+export type Runner = (cmd: string, args: string[], input?: string, env?: NodeJS.ProcessEnv) => Promise<RunResult>;
 
-export const runProgram: Runner = (cmd, args, input) =>
+export const runProgram: Runner = (cmd, args, input, env) =>
   new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));

@@ -85,7 +85,7 @@ export class HbonePool {
       },
       { endStream: false },
     );
-    stream.once('close', () => this.#release(key, ps));
+    stream.once('close', () => this.#release(ps));
     const status = await new Promise<number>((resolve, reject) => {
       stream.once('response', (h) => resolve(Number(h[':status'])));
       stream.once('error', reject);
@@ -165,7 +165,7 @@ export class HbonePool {
     return { session, active: 0, peerIdentity };
   }
 
-  #release(key: string, ps: PooledSession): void {
+  #release(ps: PooledSession): void {
     ps.active--;
     if (ps.active > 0) return;
     clearTimeout(ps.idleTimer);
@@ -173,7 +173,6 @@ export class HbonePool {
       if (ps.active === 0) ps.session.close();
     }, this.#opts.idleTimeoutMs);
     ps.idleTimer.unref();
-    void key;
   }
 
   close(): void {
