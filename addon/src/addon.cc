@@ -16,6 +16,7 @@ static_assert(sizeof(struct inpod_port_key) == 16, "inpod_port_key");
 static_assert(sizeof(struct inpod_cidr_key) == 16, "inpod_cidr_key");
 static_assert(sizeof(struct inpod_tuple) == 24, "inpod_tuple");
 static_assert(sizeof(struct inpod_addr) == 8, "inpod_addr");
+static_assert(sizeof(struct inpod_fp_flow) == 24, "inpod_fp_flow");
 
 #define FIELD(obj, T, f) obj.Set(#f, Napi::Number::New(env, offsetof(T, f)))
 
@@ -57,11 +58,16 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
   FIELD(f, inpod_addr, ip4); FIELD(f, inpod_addr, port);
   out.Set("inpod_addr", Struct(env, sizeof(inpod_addr), f));
 
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_fp_flow, peer); FIELD(f, inpod_fp_flow, bytes); FIELD(f, inpod_fp_flow, segs);
+  out.Set("inpod_fp_flow", Struct(env, sizeof(inpod_fp_flow), f));
+
   Napi::Object c = Napi::Object::New(env);
   c.Set("INPOD_POD_DNS_CAPTURE", INPOD_POD_DNS_CAPTURE);
   c.Set("INPOD_DIR_IN", INPOD_DIR_IN);
   c.Set("INPOD_DIR_OUT", INPOD_DIR_OUT);
   c.Set("INPOD_STAT_MAX", static_cast<int>(INPOD_STAT_MAX));
+  c.Set("INPOD_FP_STAT_MAX", static_cast<int>(INPOD_FP_STAT_MAX));
   out.Set("constants", c);
   return out;
 }
@@ -72,6 +78,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitSock(env, exports);
   InitWatch(env, exports);
   InitNetns(env, exports);
+  InitEpoll(env, exports);
   return exports;
 }
 

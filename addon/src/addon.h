@@ -25,5 +25,6 @@ void InitBpf(Napi::Env env, Napi::Object exports);
 void InitSock(Napi::Env env, Napi::Object exports);
 void InitWatch(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
+void InitEpoll(Napi::Env env, Napi::Object exports);
 
 }  // namespace inpod

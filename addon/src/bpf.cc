@@ -10,6 +10,7 @@
 extern "C" {
 #include "types.h"
 #include "connect.skel.h"
+#include "fastpath.skel.h"
 #include "getsockopt.skel.h"
 #include "sk_lookup.skel.h"
 #include "sockops.skel.h"
@@ -46,7 +47,14 @@ struct SkelOps {
    [](void *s) { return static_cast<struct inpod_##n *>(s)->obj; },                              \
    [](void *s) { return &static_cast<struct inpod_##n *>(s)->rodata->inpod_cfg; }}
 
-static const SkelOps kSkels[] = {SKEL(connect), SKEL(sockops), SKEL(sk_lookup), SKEL(getsockopt)};
+// The fast path's object has no capture settings (and pins nothing).
+#define SKEL_NOCFG(n)                                                                           \
+  {#n, [](const struct bpf_object_open_opts *o) -> void * { return inpod_##n##__open_opts(o); }, \
+   [](void *s) { inpod_##n##__destroy(static_cast<struct inpod_##n *>(s)); },                   \
+   [](void *s) { return static_cast<struct inpod_##n *>(s)->obj; },                              \
+   [](void *) -> struct inpod_config * { return nullptr; }}
+
+static const SkelOps kSkels[] = {SKEL(connect), SKEL(sockops), SKEL(sk_lookup), SKEL(getsockopt), SKEL_NOCFG(fastpath)};
 
 struct Skel {
   const SkelOps *ops;
@@ -74,8 +82,9 @@ static Napi::Value SkelOpen(const Napi::CallbackInfo &info) {
 static Napi::Value SkelSetConfig(const Napi::CallbackInfo &info) {
   Skel *s = GetSkel(info);
   auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  if (buf.Length() != sizeof(struct inpod_config)) return Errno(info.Env(), EINVAL);
-  memcpy(s->ops->cfg(s->skel), buf.Data(), sizeof(struct inpod_config));
+  struct inpod_config *cfg = s->ops->cfg(s->skel);
+  if (!cfg || buf.Length() != sizeof(struct inpod_config)) return Errno(info.Env(), EINVAL);
+  memcpy(cfg, buf.Data(), sizeof(struct inpod_config));
   return Napi::Number::New(info.Env(), 0);
 }
 
@@ -143,6 +152,13 @@ static Napi::Value LinkCreate(const Napi::CallbackInfo &info) {
 }
 
 // linkUpdate(linkFd, progFd): swap the program behind a live link (upgrade without a gap).
+// progAttach(progFd, targetFd, attachType) -> 0 | -errno: the pre-link attach (a stream
+// verdict program onto a SOCKHASH); it lasts as long as the map.
+static Napi::Value ProgAttach(const Napi::CallbackInfo &info) {
+  int r = bpf_prog_attach(IntArg(info, 0), IntArg(info, 1), static_cast<enum bpf_attach_type>(IntArg(info, 2)), 0);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+}
+
 static Napi::Value LinkUpdate(const Napi::CallbackInfo &info) {
   int r = bpf_link_update(IntArg(info, 0), IntArg(info, 1), nullptr);
   return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
@@ -240,6 +256,7 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("objPin", Napi::Function::New(env, ObjPin));
   exports.Set("objGet", Napi::Function::New(env, ObjGet));
   exports.Set("linkCreate", Napi::Function::New(env, LinkCreate));
+  exports.Set("progAttach", Napi::Function::New(env, ProgAttach));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
   exports.Set("linkInfo", Napi::Function::New(env, LinkInfo));

@@ -5,7 +5,10 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/netfilter_ipv4.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
 #include <sys/un.h>
@@ -187,6 +190,35 @@ static Napi::Value SocketCookie(const Napi::CallbackInfo &info) {
 }
 
 // unixSocket(type: 'seqpacket'|'stream') -> fd | -errno (non-blocking, close-on-exec)
+// tcpWritten(fd) -> bytes the socket has taken for sending so far (acked + still queued), up to
+// a constant fixed at connection setup | -errno. Read acked first: an ACK landing between the two
+// reads can only make the sum smaller, never larger than what was written.
+static Napi::Value TcpWritten(const Napi::CallbackInfo &info) {
+  int fd = IntArg(info, 0);
+  struct tcp_info ti = {};
+  socklen_t l = sizeof(ti);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return Errno(info.Env(), errno);
+  int outq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_acked) + outq);
+}
+
+// tcpInq(fd) -> bytes received and not yet read (SIOCINQ) | -errno
+static Napi::Value TcpInq(const Napi::CallbackInfo &info) {
+  int n = 0;
+  if (ioctl(IntArg(info, 0), SIOCINQ, &n) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), n);
+}
+
+// recvPeek(fd) -> bytes readable (peeked, not consumed; 0 at EOF) | -errno (-EAGAIN: none).
+// On a socket in a SOCKHASH with a verdict program, a read also runs the program over data
+// that was queued before the socket joined.
+static Napi::Value RecvPeek(const Napi::CallbackInfo &info) {
+  char b[1];
+  ssize_t n = recv(IntArg(info, 0), b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
+  return Napi::Number::New(info.Env(), n < 0 ? -errno : static_cast<double>(n));
+}
+
 static Napi::Value UnixSocket(const Napi::CallbackInfo &info) {
   int type = StrArg(info, 0) == "seqpacket" ? SOCK_SEQPACKET : SOCK_STREAM;
   int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -308,6 +340,9 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
+  exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
+  exports.Set("tcpInq", Napi::Function::New(env, TcpInq));
+  exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));
   exports.Set("unixSocket", Napi::Function::New(env, UnixSocket));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair));
   exports.Set("unixBind", Napi::Function::New(env, UnixBind));

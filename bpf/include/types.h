@@ -65,6 +65,25 @@ struct inpod_addr {
 	__u16 _pad;
 };
 
+/*
+ * inpod_fp_flows value: one per spliced socket (key: its socket cookie). The proxy writes
+ * `peer` before the socket joins inpod_fp_srcs; the stream verdict program adds what it
+ * redirects, so telemetry and the drain-before-half-close check read exact byte counts.
+ */
+struct inpod_fp_flow {
+	__u64 peer;  /* socket cookie of the socket the bytes go out of */
+	__u64 bytes; /* bytes redirected so far */
+	__u64 segs;  /* skbs redirected so far */
+};
+
+/* inpod_fp_stats indexes (per-CPU counters of the fast path as a whole). */
+enum inpod_fp_stat {
+	INPOD_FP_STAT_BYTES = 0, /* bytes redirected between spliced sockets */
+	INPOD_FP_STAT_SEGS,      /* skbs redirected */
+	INPOD_FP_STAT_DROP,      /* skbs with no flow or no peer socket: dropped */
+	INPOD_FP_STAT_MAX,
+};
+
 /* inpod_stats indexes (per-CPU counters, summed by userspace). */
 enum inpod_stat {
 	INPOD_STAT_OUT_REDIRECT = 0, /* connect4/6 sent to the outbound listener */

@@ -4,7 +4,7 @@
  * node's root cgroup in production), real TLS and HTTP/2.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -84,7 +84,10 @@ services:
     const pcap = join(dir, 'hbone.pcap');
     const br = lab.node.bridge;
     const tshark = spawn('nsenter', [`--net=${lab.nodeNetnsPath}`, 'tshark', '-q', '-i', br, '-f', 'tcp', '-w', pcap], { stdio: 'ignore' });
-    await new Promise((r) => setTimeout(r, 1500)); // tshark takes a moment to start capturing
+    // tshark takes a moment to start capturing (longer on a busy machine): dumpcap creates the
+    // file once the capture runs
+    for (let i = 0; i < 200 && !existsSync(pcap); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 500));
     const secret = `SECRET-${lab.prefix}-PAYLOAD`;
     const r = await sh.client.connect({ host: server.ip, port: 8080, send: secret, timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe(`server:${secret}`);
@@ -107,6 +110,7 @@ services:
   it('passes traffic to a destination outside the mesh through as plain TCP', async () => {
     const r = await sh.client.connect({ host: outside.ip, port: 80, send: 'hi', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('outside:hi');
+    if (r.ok) await sh.client.close(r.connId);
     const acc = await sh.outside.accepted((await sh.outside.listenerByTag('outside')).id);
     expect(acc.at(-1)!.peer.host).toBe(client.ip);
   });
@@ -119,6 +123,45 @@ services:
     const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
     expect(acc.at(-1)!.peer.host).toBe(outside.ip);
     expect(records.some((l) => l.access && l.transport === 'plaintext' && (l.src as { ip: string }).ip === outside.ip)).toBe(true);
+  });
+
+  it('splices passthrough and plaintext inbound in the kernel; metrics and the access log count the spliced bytes exactly', async () => {
+    const reg = zt.telemetry!.registry;
+    const sum = async (name: string, labels: Record<string, string>): Promise<number> => {
+      const m = (await reg.getMetricsAsJSON()).find((x) => x.name === name);
+      return (m?.values ?? []).filter((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val)).reduce((a, v) => a + v.value, 0);
+    };
+    const cases = [
+      { from: 'client' as const, to: outside, port: 80, tag: 'outside', transport: 'passthrough', labels: { reporter: 'source', source_workload: 'client', connection_security_policy: 'unknown' } },
+      { from: 'outside' as const, to: server, port: 8080, tag: 'server', transport: 'plaintext', labels: { reporter: 'destination', destination_workload: 'server', connection_security_policy: 'unknown' } },
+    ];
+    for (const c of cases) {
+      const payload = `${c.transport}-`.padEnd(1000, 'x');
+      const before = {
+        req: await sum('istio_tcp_received_bytes_total', c.labels),
+        resp: await sum('istio_tcp_sent_bytes_total', c.labels),
+        kernel: zt.fastPath.counters().bytes,
+        logs: records.length,
+      };
+      const r = await sh[c.from].connect({ host: c.to.ip, port: c.port, send: payload, timeoutMs: 5000 });
+      expect(r.ok && r.reply).toBe(`${c.tag}:${payload}`);
+      if (r.ok) await sh[c.from].close(r.connId);
+      let line: Record<string, unknown> | undefined;
+      for (let i = 0; i < 100 && !line; i++) {
+        await new Promise((res) => setTimeout(res, 20));
+        line = records.slice(before.logs).find((l) => l.access && l.transport === c.transport);
+      }
+      const replyLen = c.tag.length + 1 + payload.length;
+      expect(line).toMatchObject({ path: 'kernel', outcome: 'ok', bytesSent: payload.length, bytesReceived: replyLen });
+      expect(await sum('istio_tcp_received_bytes_total', c.labels) - before.req).toBe(payload.length);
+      expect(await sum('istio_tcp_sent_bytes_total', c.labels) - before.resp).toBe(replyLen);
+      expect(zt.fastPath.counters().bytes - before.kernel).toBe(payload.length + replyLen);
+    }
+    expect(zt.fastPath.counters().drops).toBe(0);
+    // closed connections leave the maps (one entry per socket of each open spliced connection)
+    for (let i = 0; i < 50 && zt.fastPath.activeConnections > 0; i++) await new Promise((res) => setTimeout(res, 20));
+    const open = 2 * zt.fastPath.activeConnections;
+    expect(zt.fastPath.mapEntries()).toEqual({ srcs: open, dsts: open, flows: open });
   });
 
   it('balances a service VIP across its two endpoints', async () => {

@@ -55,6 +55,7 @@ export interface NativeAddon {
   objPin(fd: number, path: string): number;
   objGet(path: string): number;
   linkCreate(progFd: number, targetFd: number, attachType: number): number;
+  progAttach(progFd: number, targetFd: number, attachType: number): number;
   linkUpdate(linkFd: number, progFd: number): number;
   linkDetach(linkFd: number): number;
   linkInfo(fd: number): LinkInfoRaw | number;
@@ -74,6 +75,9 @@ export interface NativeAddon {
   setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketCookie(fd: number): bigint | number;
+  tcpWritten(fd: number): number;
+  tcpInq(fd: number): number;
+  recvPeek(fd: number): number;
   unixSocket(type: 'seqpacket' | 'stream'): number;
   socketPair(type: 'seqpacket' | 'stream'): [number, number] | number;
   unixBind(fd: number, path: string): number;
@@ -89,6 +93,15 @@ export interface NativeAddon {
   watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
   rearmWatch(h: WatchHandle): void;
   unwatchFd(h: WatchHandle): void;
+  hupWatcher(cb: (token: number, revents: number) => void): HupWatcherHandle | number;
+  hupWatch(h: HupWatcherHandle, fd: number, token: number): number;
+  hupRearm(h: HupWatcherHandle, fd: number, token: number): number;
+  hupUnwatch(h: HupWatcherHandle, fd: number): number;
+  hupWatcherClose(h: HupWatcherHandle): void;
+}
+export interface HupWatcherHandle {
+  epfd: number;
+  stopFd: number;
 }
 export interface WatchHandle {
   stopFd: number;

@@ -4,7 +4,7 @@
  */
 import { closeSync, openSync } from 'node:fs';
 import { SyscallError, check } from '../util/errors.js';
-import { addon, type SockAddr, type SocketSpec, type SysFail, type LinkInfoRaw, type SkelHandle } from './addon.js';
+import { addon, type SockAddr, type SocketSpec, type SysFail, type LinkInfoRaw, type SkelHandle, type HupWatcherHandle } from './addon.js';
 
 export type { SockAddr, SocketSpec, LinkInfoRaw } from './addon.js';
 export { addon } from './addon.js';
@@ -107,6 +107,59 @@ export function socketCookie(fd: number): bigint {
   return check('getsockopt(SO_COOKIE)', addon().socketCookie(fd));
 }
 
+/** Bytes the TCP socket has taken for sending (acked + queued), offset by a per-connection constant. */
+export function tcpWritten(fd: number): number {
+  return check('getsockopt(TCP_INFO)', addon().tcpWritten(fd));
+}
+/** Bytes received and not yet read. */
+export function tcpInq(fd: number): number {
+  return check('ioctl(SIOCINQ)', addon().tcpInq(fd));
+}
+/** Readable bytes without consuming them: null when none (EAGAIN), 0 at EOF. */
+export function recvPeek(fd: number): number | null {
+  const r = addon().recvPeek(fd);
+  if (r === -11) return null;
+  return check('recv(MSG_PEEK)', r);
+}
+export const SO_ERROR = 4;
+/** The socket's pending error (SO_ERROR, cleared by reading): 0 or an errno. */
+export function sockError(fd: number): number {
+  return check('getsockopt(SO_ERROR)', addon().getsockoptInt(fd, SOL_SOCKET, SO_ERROR));
+}
+
+/**
+ * One thread watching many sockets for their peer's FIN or reset (EPOLLRDHUP, one-shot): data
+ * arriving does not wake it. `onHup(token, revents)` runs on the JS thread.
+ */
+export class HupWatcher {
+  #h: HupWatcherHandle | null;
+  constructor(onHup: (token: number, revents: number) => void) {
+    this.#h = check('epoll_create1', addon().hupWatcher(onHup));
+  }
+  /** Reports `fd` once, with `token`, when its peer half-closes or resets. */
+  watch(fd: number, token: number): void {
+    if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
+    check('epoll_ctl(ADD)', addon().hupWatch(this.#h, fd, token));
+  }
+  /** After the FIN was reported: report `fd` once more, only on error or full hang-up. */
+  rearmErrors(fd: number, token: number): void {
+    if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
+    check('epoll_ctl(MOD)', addon().hupRearm(this.#h, fd, token));
+  }
+  /** Forget `fd` (before it is closed); false if it was not watched. */
+  unwatch(fd: number): boolean {
+    if (!this.#h) return false;
+    return addon().hupUnwatch(this.#h, fd) === 0;
+  }
+  close(): void {
+    if (this.#h) addon().hupWatcherClose(this.#h);
+    this.#h = null;
+  }
+}
+export const EPOLLERR = 0x8;
+export const EPOLLHUP = 0x10;
+export const EPOLLRDHUP = 0x2000;
+
 /** A unix socket pair (SOCK_SEQPACKET keeps message boundaries). */
 export function socketPair(type: 'seqpacket' | 'stream'): [Fd, Fd] {
   const [a, b] = check('socketpair', addon().socketPair(type));
@@ -178,6 +231,15 @@ export class BpfMap {
     check('bpf(BPF_MAP_DELETE_ELEM)', r, this.name);
     return true;
   }
+  /** Sum of a per-CPU array slot (values are u64 per possible CPU). */
+  sumPerCpu(index: number): bigint {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(index);
+    const v = this.lookup(key);
+    let sum = 0n;
+    if (v) for (let off = 0; off + 8 <= v.length; off += 8) sum += v.readBigUInt64LE(off);
+    return sum;
+  }
   keys(): Buffer[] {
     const out: Buffer[] = [];
     let cur: Buffer | null = null;
@@ -196,11 +258,12 @@ export class BpfObject {
   private constructor(readonly name: string, h: SkelHandle) {
     this.#h = h;
   }
-  static open(name: string, pinRoot: string, config: Buffer): BpfObject {
+  /** `config`: the capture settings (.rodata); null for an object that has none (fastpath). */
+  static open(name: string, pinRoot: string, config: Buffer | null): BpfObject {
     const h = addon().skelOpen(name, pinRoot);
     if (typeof h === 'number') throw new SyscallError('bpf_object__open', -h, name);
     const o = new BpfObject(name, h);
-    check('skel rodata', addon().skelSetConfig(h, config), name);
+    if (config) check('skel rodata', addon().skelSetConfig(h, config), name);
     return o;
   }
   private get h(): SkelHandle {
@@ -242,6 +305,10 @@ export function objGet(path: string): Fd | null {
 }
 export function linkCreate(progFd: number, targetFd: number, attachType: number): Fd {
   return new Fd(check('bpf(BPF_LINK_CREATE)', addon().linkCreate(progFd, targetFd, attachType)));
+}
+/** Attaches without a link (a stream verdict onto a SOCKHASH); it lasts as long as the target. */
+export function progAttach(progFd: number, targetFd: number, attachType: number): void {
+  check('bpf(BPF_PROG_ATTACH)', addon().progAttach(progFd, targetFd, attachType));
 }
 export function linkUpdate(linkFd: number, progFd: number): void {
   check('bpf(BPF_LINK_UPDATE)', addon().linkUpdate(linkFd, progFd));

@@ -13,6 +13,7 @@ export const LAYOUT = {
   inpod_cidr_key: { sizeof: 16, offsetof: { prefixlen: 0, netns: 4, addr: 12 } },
   inpod_tuple: { sizeof: 24, offsetof: { netns: 0, sip: 8, dip: 12, sport: 16, dport: 18 } },
   inpod_addr: { sizeof: 8, offsetof: { ip4: 0, port: 4 } },
+  inpod_fp_flow: { sizeof: 24, offsetof: { peer: 0, bytes: 8, segs: 16 } },
 } as const;
 
 export const POD_DNS_CAPTURE = 0x1;
@@ -135,4 +136,24 @@ export function encodeTuple(t: { netns: bigint; sip: string; dip: string; sport:
 export function decodeAddr(b: Buffer): { ip: string; port: number } {
   const o = LAYOUT.inpod_addr.offsetof;
   return { ip: readIp4(b, o.ip4), port: b.readUInt16BE(o.port) };
+}
+
+export interface FpFlow {
+  peer: bigint;
+  bytes: number;
+  segs: number;
+}
+
+export function encodeFpFlow(f: FpFlow): Buffer {
+  const o = LAYOUT.inpod_fp_flow.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_fp_flow.sizeof);
+  b.writeBigUInt64LE(f.peer, o.peer);
+  b.writeBigUInt64LE(BigInt(f.bytes), o.bytes);
+  b.writeBigUInt64LE(BigInt(f.segs), o.segs);
+  return b;
+}
+
+export function decodeFpFlow(b: Buffer): FpFlow {
+  const o = LAYOUT.inpod_fp_flow.offsetof;
+  return { peer: b.readBigUInt64LE(o.peer), bytes: Number(b.readBigUInt64LE(o.bytes)), segs: Number(b.readBigUInt64LE(o.segs)) };
 }

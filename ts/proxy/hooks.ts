@@ -30,6 +30,8 @@ export interface ConnRecord extends ConnContext {
   /** Istio response flags: DENY, CONNECT (upstream connect failure), TLS_FAILURE */
   responseFlags?: string;
   error?: string;
+  /** how the bytes travelled: spliced in the 'kernel', 'mixed' (one direction each), 'userspace' */
+  path?: 'kernel' | 'mixed' | 'userspace';
 }
 
 export interface ProxyHooks {

@@ -15,6 +15,7 @@ import type { Logger } from '../util/log.js';
 import { connectIn, listenIn, originalDestination, relay, PROXY_MARK } from './sockets.js';
 import { buildRoute, type Addr } from './route.js';
 import type { HbonePool } from './hbone/client.js';
+import type { FastPath, RelayResult } from './fastpath.js';
 import type { ConnContext, ConnRecord, ProxyHooks } from './hooks.js';
 
 export const OUTBOUND_PORT = 15001;
@@ -35,6 +36,8 @@ export interface PodDeps {
   hooks: ProxyHooks;
   log: Logger;
   trustDomain: string;
+  /** splices passthrough and plaintext-inbound connections in the kernel (or relays in userspace) */
+  fastPath: FastPath;
 }
 
 export class PodProxy {
@@ -58,9 +61,10 @@ export class PodProxy {
   async start(): Promise<void> {
     try {
       const ns = this.netns.fd;
-      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => void this.#outbound(s)));
+      // paused: a connection that ends up spliced must not have been read by Node
+      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => void this.#outbound(s), '0.0.0.0', true));
       this.listeners.outbound = OUTBOUND_PORT;
-      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => void this.#inboundPlain(s)));
+      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => void this.#inboundPlain(s), '0.0.0.0', true));
       this.listeners.inbound = INBOUND_PORT;
       this.#servers.push(await this.#hboneServer(ns));
       this.listeners.hbone = HBONE_PORT;
@@ -109,8 +113,8 @@ export class PodProxy {
     }
     try {
       if (route.kind === 'passthrough') {
-        const up = await connectIn(this.netns.fd, route.target, { mark: PROXY_MARK });
-        relay(down, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+        const up = await connectIn(this.netns.fd, route.target, { mark: PROXY_MARK, paused: true });
+        this.deps.fastPath.relay(down, up, (r) => this.#relayed(ctx, started, r));
         return;
       }
       const { stream, peerIdentity } = await this.deps.pool.open(
@@ -118,7 +122,7 @@ export class PodProxy {
         route,
       );
       ctx.dst.identity = peerIdentity;
-      relay(down, stream, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+      relay(down, stream, (r) => this.#relayed(ctx, started, { ...r, path: 'userspace' }));
     } catch (e) {
       const err = e as Error & { code?: string };
       const flags = err.code === 'INPOD_ERR_HBONE_TLS' || err.code === 'INPOD_ERR_HBONE_IDENTITY' ? 'TLS_FAILURE' : /answered 401/.test(err.message) ? 'DENY' : 'CONNECT';
@@ -148,8 +152,8 @@ export class PodProxy {
       return;
     }
     try {
-      const up = await connectIn(this.netns.fd, dst, { mark: PROXY_MARK, transparentFrom: src.ip });
-      relay(down, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+      const up = await connectIn(this.netns.fd, dst, { mark: PROXY_MARK, transparentFrom: src.ip, paused: true });
+      this.deps.fastPath.relay(down, up, (r) => this.#relayed(ctx, started, r));
     } catch (e) {
       this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', (e as Error).message);
       down.resetAndDestroy();
@@ -223,11 +227,15 @@ export class PodProxy {
       return reject(503, `app ${authority.ip}:${authority.port} unreachable: ${(e as Error).message}`, ctx);
     }
     stream.respond({ ':status': 200 });
-    relay(stream, up, (r) => this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message));
+    relay(stream, up, (r) => this.#relayed(ctx, started, { ...r, path: 'userspace' }));
   }
 
-  #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string): void {
-    this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error });
+  #relayed(ctx: ConnContext, started: number, r: RelayResult): void {
+    this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message, r.path);
+  }
+
+  #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string, path?: ConnRecord['path']): void {
+    this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error, path });
   }
 }
 

@@ -13,6 +13,7 @@ import { HbonePool } from './hbone/client.js';
 import type { ProxyHooks } from './hooks.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
 import { PodProxy, type PodInfo } from './pod.js';
+import { FastPath } from './fastpath.js';
 
 export interface ZtunnelOptions {
   trustDomain: string;
@@ -21,6 +22,8 @@ export interface ZtunnelOptions {
   hooks?: ProxyHooks;
   certTtlMs?: number;
   log?: Logger;
+  /** splice passthrough / plaintext-inbound connections in the kernel (default true) */
+  fastPath?: boolean;
 }
 
 export class Ztunnel {
@@ -30,6 +33,7 @@ export class Ztunnel {
   readonly hooks: ProxyHooks;
   /** Istio metrics (when the default hooks are used) */
   readonly telemetry?: IstioTelemetry;
+  readonly fastPath: FastPath;
   #seenSinceSnapshot: Set<string> | null = null;
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
@@ -37,6 +41,7 @@ export class Ztunnel {
     this.pool = new HbonePool({ certs });
     if (opts.hooks) this.hooks = opts.hooks;
     else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
+    this.fastPath = new FastPath({ enabled: opts.fastPath ?? true, log: this.log, registry: this.telemetry?.registry });
   }
 
   static async create(opts: ZtunnelOptions): Promise<Ztunnel> {
@@ -65,6 +70,7 @@ export class Ztunnel {
       hooks: this.hooks,
       log: this.log,
       trustDomain: this.opts.trustDomain,
+      fastPath: this.fastPath,
     });
     await pod.start();
     this.pods.set(info.uid, pod);
@@ -103,6 +109,8 @@ export class Ztunnel {
    */
   close(o: { drain?: boolean } = {}): void {
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
-    if (!o.drain) this.pool.close();
+    if (o.drain) return;
+    this.pool.close();
+    this.fastPath.close();
   }
 }

@@ -117,6 +117,7 @@ export class IstioTelemetry implements ProxyHooks {
       outcome: rec.outcome,
       responseFlags: rec.responseFlags,
       error: rec.error,
+      path: rec.path,
     };
     if (rec.outcome === 'ok') this.log.info(line, 'connection complete');
     else this.log.warn(line, 'connection failed');

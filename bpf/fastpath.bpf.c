@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The kernel fast path: bytes arriving on one of two spliced proxy sockets leave through the
+ * other without crossing into userspace.
+ *
+ * Two SOCKHASHes, so that switching a connection to the kernel never races its own bytes:
+ *   inpod_fp_dsts  every spliced socket, as a redirect target. No program is attached, so
+ *                  joining it changes nothing for the socket's own reads.
+ *   inpod_fp_srcs  the stream verdict program is attached here. A socket joins it last, once
+ *                  its peer is already a target and its flow names that peer; from then on
+ *                  every skb it receives (including any queued before) is redirected.
+ * The maps are not pinned: they belong to the proxy process, and its sockets leave them when
+ * closed (or all at once when the process exits).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "types.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define INPOD_FP_MAX_SOCKS 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, INPOD_FP_MAX_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+} inpod_fp_dsts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, INPOD_FP_MAX_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+} inpod_fp_srcs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, INPOD_FP_MAX_SOCKS);
+	__type(key, __u64);
+	__type(value, struct inpod_fp_flow);
+} inpod_fp_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, INPOD_FP_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} inpod_fp_stats SEC(".maps");
+
+static __always_inline void fp_add(enum inpod_fp_stat idx, __u64 n)
+{
+	__u32 key = idx;
+	__u64 *v = bpf_map_lookup_elem(&inpod_fp_stats, &key);
+
+	if (v)
+		*v += n;
+}
+
+SEC("sk_skb/stream_verdict")
+int inpod_fp_verdict(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct inpod_fp_flow *flow = bpf_map_lookup_elem(&inpod_fp_flows, &cookie);
+	__u32 len = skb->len;
+
+	/*
+	 * An skb without payload (the one carrying a FIN) must not be redirected: the peer's
+	 * worker would "send" 0 bytes, take it for a broken pipe and stop. The FIN itself is seen
+	 * by the proxy, which half-closes the peer once the bytes before it have drained.
+	 */
+	if (!len)
+		return SK_DROP;
+	/* Never SK_PASS: a passed skb would reach the proxy out of order with redirected ones. */
+	if (!flow)
+		goto drop;
+	if (bpf_sk_redirect_hash(skb, &inpod_fp_dsts, &flow->peer, 0) != SK_PASS)
+		goto drop;
+	__sync_fetch_and_add(&flow->bytes, len);
+	__sync_fetch_and_add(&flow->segs, 1);
+	fp_add(INPOD_FP_STAT_BYTES, len);
+	fp_add(INPOD_FP_STAT_SEGS, 1);
+	return SK_PASS;
+drop:
+	fp_add(INPOD_FP_STAT_DROP, 1);
+	return SK_DROP;
+}

@@ -1,0 +1,302 @@
+/**
+ * The kernel fast path with real sockets on loopback: a client, a tiny proxy that accepts paused
+ * and splices (exactly as the pod proxy does), and a server. The eBPF program attaches to the
+ * fast path's own SOCKHASH, never to a cgroup, so nothing outside these sockets is touched.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FastPath, type RelayResult } from '../../ts/proxy/fastpath.js';
+import { connectIn } from '../../ts/proxy/sockets.js';
+
+const log = pino({ level: 'silent' });
+
+type ServerFn = (s: net.Socket) => void;
+
+/** client -> proxy (splices) -> server, all on 127.0.0.1. */
+class Rig {
+  results: RelayResult[] = [];
+  #waiters: (() => void)[] = [];
+  server!: net.Server;
+  proxy!: net.Server;
+  onServer: ServerFn = (s) => s.pipe(s);
+  /** delay before the proxy connects upstream (lets a client finish first) */
+  delayMs = 0;
+  /**
+   * The server greets each connection with one byte first. The proxy connects upstream only
+   * after it accepted, and splices right then, so a client that waits for the greeting knows
+   * its bytes meet a spliced connection (otherwise a short request and its FIN may reach the
+   * proxy before the splice, which then rightly falls back to userspace).
+   */
+  greet = true;
+
+  constructor(readonly fp: FastPath) {}
+
+  async start(): Promise<void> {
+    this.server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {});
+      if (this.greet) s.write('+');
+      this.onServer(s);
+    });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    const upPort = (this.server.address() as net.AddressInfo).port;
+    this.proxy = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, async (down) => {
+      down.on('error', () => {});
+      if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
+      const up = await connectIn(-1, { ip: '127.0.0.1', port: upPort }, { mark: 0, paused: true });
+      this.fp.relay(down, up, (r) => {
+        this.results.push(r);
+        this.#waiters.splice(0).forEach((w) => w());
+      });
+    });
+    await new Promise<void>((r) => this.proxy.listen(0, '127.0.0.1', r));
+  }
+
+  get port(): number {
+    return (this.proxy.address() as net.AddressInfo).port;
+  }
+
+  /** Resolves once `n` relays have reported. */
+  async relayed(n: number): Promise<RelayResult[]> {
+    while (this.results.length < n) await new Promise<void>((r) => this.#waiters.push(r));
+    return this.results;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise((r) => this.proxy.close(r));
+    await new Promise((r) => this.server.close(r));
+  }
+}
+
+/** Connects and waits for the server's one-byte greeting (consumed here). */
+function connect(port: number, greeted = true): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true }, () => {
+      if (!greeted) return resolve(s);
+      s.once('readable', () => {
+        const b = s.read(1) as Buffer | null;
+        if (b?.toString() !== '+') return reject(new Error(`no greeting: ${String(b)}`));
+        resolve(s);
+      });
+    });
+    s.once('error', reject);
+  });
+}
+
+/** Everything the socket sends until its FIN. */
+function readAll(s: net.Socket): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    s.on('data', (d: Buffer) => parts.push(d));
+    s.once('end', () => resolve(Buffer.concat(parts)));
+    s.once('error', reject);
+  });
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
+  let fp: FastPath;
+  let rig: Rig;
+  let registry: Registry;
+
+  beforeAll(async () => {
+    registry = new Registry();
+    fp = new FastPath({ enabled: true, log, registry });
+    expect(fp.unavailable).toBeUndefined();
+    expect(fp.active).toBe(true);
+    rig = new Rig(fp);
+    await rig.start();
+  });
+
+  afterAll(async () => {
+    await rig?.stop();
+    fp?.close();
+  });
+
+  it('moves a transfer larger than every socket buffer both ways, byte-exact, with every byte counted in the kernel', async () => {
+    const n = 48 * 1024 * 1024;
+    const data = randomBytes(n);
+    rig.onServer = (s) => s.pipe(s); // echo, half-close passes through
+    const before = fp.counters();
+    const seen = rig.results.length;
+    const c = await connect(rig.port);
+    const back = readAll(c);
+    c.end(data);
+    const got = await back;
+    c.destroy();
+    const [r] = (await rig.relayed(seen + 1)).slice(seen);
+    expect(got.length).toBe(n);
+    expect(sha(got)).toBe(sha(data));
+    expect(r).toMatchObject({ path: 'kernel', aToB: n, bToA: n + 1 });
+    expect(r!.error).toBeUndefined();
+    const after = fp.counters();
+    expect(after.bytes - before.bytes).toBe(2 * n + 1);
+    expect(after.drops).toBe(0);
+  });
+
+  it('loses no byte at a half-close in either direction (many repetitions)', async () => {
+    const seen = rig.results.length;
+    const reps = 60;
+    // client -> server: the client sends and half-closes; the server answers with what it got
+    rig.onServer = (s) => {
+      const h = createHash('sha256');
+      let len = 0;
+      s.on('data', (d: Buffer) => {
+        h.update(d);
+        len += d.length;
+      });
+      s.once('end', () => s.end(`${len} ${h.digest('hex')}`));
+    };
+    for (let i = 0; i < reps; i += 10) {
+      await Promise.all(Array.from({ length: 10 }, async (_, j) => {
+        const payload = randomBytes(50_000 + (i + j) * 7919);
+        const c = await connect(rig.port);
+        const answer = readAll(c);
+        c.end(payload);
+        expect((await answer).toString()).toBe(`${payload.length} ${sha(payload)}`);
+        c.destroy();
+      }));
+    }
+    // server -> client: the server sends and half-closes at once; the client then answers
+    const digests: string[] = [];
+    rig.onServer = (s) => {
+      const payload = randomBytes(300_000);
+      digests.push(sha(payload));
+      const back = readAll(s);
+      s.once('data', () => s.end(payload)); // "go": the connection is spliced by now
+      void back.then((b) => {
+        expect(b.toString()).toBe('go' + `ok ${sha(payload)}`);
+        s.destroy();
+      });
+    };
+    for (let i = 0; i < reps; i += 10) {
+      await Promise.all(Array.from({ length: 10 }, async () => {
+        const c = await connect(rig.port);
+        const gotP = readAll(c);
+        c.write('go');
+        const got = await gotP;
+        expect(got.length).toBe(300_000);
+        expect(digests).toContain(sha(got));
+        c.end(`ok ${sha(got)}`);
+      }));
+    }
+    const rs = (await rig.relayed(seen + 2 * reps)).slice(seen);
+    expect(rs.every((r) => r.path === 'kernel' && !r.error)).toBe(true);
+    expect(fp.counters().drops).toBe(0);
+  });
+
+  it('passes a reset on one side to the other, both ways', async () => {
+    // the server resets: the client sees ECONNRESET
+    let seen = rig.results.length;
+    rig.onServer = (s) => s.once('data', () => s.resetAndDestroy());
+    const c = await connect(rig.port);
+    const clientErr = new Promise<NodeJS.ErrnoException>((r) => c.once('error', r));
+    c.write('hello');
+    expect((await clientErr).code).toBe('ECONNRESET');
+    let [r] = (await rig.relayed(seen + 1)).slice(seen);
+    expect(r!.error).toBeDefined();
+
+    // the client resets: the server sees ECONNRESET
+    seen = rig.results.length;
+    let serverErr!: Promise<NodeJS.ErrnoException>;
+    const gotData = new Promise<void>((ok) => {
+      rig.onServer = (s) => {
+        serverErr = new Promise((r) => s.once('error', r));
+        s.once('data', () => ok());
+      };
+    });
+    const c2 = await connect(rig.port);
+    c2.write('hello');
+    await gotData;
+    c2.resetAndDestroy();
+    expect((await serverErr).code).toBe('ECONNRESET');
+    [r] = (await rig.relayed(seen + 1)).slice(seen);
+    expect(r!.error).toBeDefined();
+  });
+
+  it('leaves no map entry behind after 1,000 short connections', async () => {
+    const seen = rig.results.length;
+    rig.onServer = (s) => {
+      s.once('end', () => s.end('pong'));
+      s.resume();
+    };
+    for (let i = 0; i < 1000; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, async () => {
+        const c = await connect(rig.port);
+        const answer = readAll(c);
+        c.end('ping');
+        expect((await answer).toString()).toBe('pong');
+        c.destroy();
+      }));
+    }
+    const rs = (await rig.relayed(seen + 1000)).slice(seen);
+    expect(rs.filter((r) => r.path === 'kernel').length).toBe(1000);
+    expect(rs.reduce((a, r) => a + r.aToB + r.bToA, 0)).toBe(1000 * 9);
+    // closed sockets leave the SOCKHASHes; the proxy removed the flow entries
+    expect(fp.mapEntries()).toEqual({ srcs: 0, dsts: 0, flows: 0 });
+    expect(fp.activeConnections).toBe(0);
+    expect(fp.counters().drops).toBe(0);
+  });
+
+  it('falls back to userspace, counted, when the client already half-closed before the splice', async () => {
+    const seen = rig.results.length;
+    rig.delayMs = 100;
+    rig.greet = false;
+    rig.onServer = (s) => {
+      const back = readAll(s);
+      void back.then((b) => s.end(sha(b)));
+    };
+    try {
+      const payload = randomBytes(10_000);
+      const c = await connect(rig.port, false);
+      const answer = readAll(c);
+      c.end(payload); // FIN reaches the proxy's socket before it splices: no longer ESTABLISHED
+      expect((await answer).toString()).toBe(sha(payload));
+      c.destroy();
+    } finally {
+      rig.delayMs = 0;
+      rig.greet = true;
+    }
+    const [r] = (await rig.relayed(seen + 1)).slice(seen);
+    // the client's side runs in userspace; the server's side may still be spliced
+    expect(r!.path).not.toBe('kernel');
+    expect(r!.aToB).toBe(10_000);
+    const metrics = await registry.getSingleMetricAsString('inpod_fastpath_fallback_total');
+    expect(metrics).toMatch(/inpod_fastpath_fallback_total\{reason="not_established"\} [1-9]/);
+  });
+
+  it('exports the kernel counters as Prometheus metrics', async () => {
+    const text = await registry.metrics();
+    const bytes = Number(/^inpod_fastpath_bytes_total (\d+)/m.exec(text)?.[1]);
+    expect(bytes).toBe(fp.counters().bytes);
+    expect(bytes).toBeGreaterThan(96 * 1024 * 1024);
+    expect(text).toMatch(/^inpod_fastpath_dropped_segments_total 0$/m);
+    expect(text).toMatch(/^inpod_fastpath_enabled 1$/m);
+    expect(text).toMatch(/^inpod_fastpath_connections_total\{path="kernel"\} \d+/m);
+  });
+
+  it('relays in userspace when switched off', async () => {
+    const off = new FastPath({ enabled: false, log });
+    const r2 = new Rig(off);
+    r2.greet = false;
+    await r2.start();
+    try {
+      r2.onServer = (s) => s.pipe(s);
+      const data = randomBytes(1_000_000);
+      const c = await connect(r2.port, false);
+      const back = readAll(c);
+      c.end(data);
+      expect(sha(await back)).toBe(sha(data));
+      c.destroy();
+      const [r] = await r2.relayed(1);
+      expect(r).toMatchObject({ path: 'userspace', aToB: 1_000_000, bToA: 1_000_000 });
+      expect(off.active).toBe(false);
+    } finally {
+      await r2.stop();
+      off.close();
+    }
+  });
+});
