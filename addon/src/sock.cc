@@ -13,6 +13,7 @@
 #include <sys/statfs.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -219,6 +220,40 @@ static Napi::Value RecvPeek(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), n < 0 ? -errno : static_cast<double>(n));
 }
 
+// recvAll(fd, max) -> {data, eof, more} | -errno: reads until EAGAIN, EOF or `max` bytes.
+static Napi::Value RecvAll(const Napi::CallbackInfo &info) {
+  int fd = IntArg(info, 0);
+  size_t max = info[1].As<Napi::Number>().Int64Value();
+  std::vector<char> buf;
+  bool eof = false, more = false;
+  for (;;) {
+    if (buf.size() >= max) {
+      more = true;
+      break;
+    }
+    size_t off = buf.size(), want = std::min<size_t>(65536, max - off);
+    buf.resize(off + want);
+    ssize_t n = recv(fd, buf.data() + off, want, MSG_DONTWAIT);
+    if (n < 0) {
+      int err = errno;
+      buf.resize(off);
+      if (err == EAGAIN || err == EWOULDBLOCK) break;
+      if (err == EINTR) continue;
+      return Errno(info.Env(), err);
+    }
+    buf.resize(off + n);
+    if (n == 0) {
+      eof = true;
+      break;
+    }
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("data", Napi::Buffer<char>::Copy(info.Env(), buf.data(), buf.size()));
+  o.Set("eof", eof);
+  o.Set("more", more);
+  return o;
+}
+
 static Napi::Value UnixSocket(const Napi::CallbackInfo &info) {
   int type = StrArg(info, 0) == "seqpacket" ? SOCK_SEQPACKET : SOCK_STREAM;
   int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -343,6 +378,7 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
   exports.Set("tcpInq", Napi::Function::New(env, TcpInq));
   exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));
+  exports.Set("recvAll", Napi::Function::New(env, RecvAll));
   exports.Set("unixSocket", Napi::Function::New(env, UnixSocket));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair));
   exports.Set("unixBind", Napi::Function::New(env, UnixBind));

@@ -152,7 +152,7 @@ services:
         line = records.slice(before.logs).find((l) => l.access && l.transport === c.transport);
       }
       const replyLen = c.tag.length + 1 + payload.length;
-      expect(line).toMatchObject({ path: 'kernel', outcome: 'ok', bytesSent: payload.length, bytesReceived: replyLen });
+      expect(line).toMatchObject({ path: 'kernel', outcome: 'ok', bytesSent: payload.length, bytesReceived: replyLen, kernelBytes: payload.length + replyLen });
       expect(await sum('istio_tcp_received_bytes_total', c.labels) - before.req).toBe(payload.length);
       expect(await sum('istio_tcp_sent_bytes_total', c.labels) - before.resp).toBe(replyLen);
       expect(zt.fastPath.counters().bytes - before.kernel).toBe(payload.length + replyLen);

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FastPath, type RelayResult } from '../../ts/proxy/fastpath.js';
+import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
 import { connectIn } from '../../ts/proxy/sockets.js';
 
 const log = pino({ level: 'silent' });
@@ -97,14 +97,20 @@ function readAll(s: net.Socket): Promise<Buffer> {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
+const MODES = [
+  { mode: 'spliced at once', promoteAfter: null, atOnce: true },
+  // small marks, so that even the short transfers below are promoted halfway through
+  { mode: 'promoted mid-connection', promoteAfter: { bytes: 16 * 1024, ms: 5 }, atOnce: false },
+] as const;
+
+describe.each(MODES)('kernel fast path (sk_skb splice between proxy sockets), $mode', ({ promoteAfter, atOnce }) => {
   let fp: FastPath;
   let rig: Rig;
   let registry: Registry;
 
   beforeAll(async () => {
     registry = new Registry();
-    fp = new FastPath({ enabled: true, log, registry });
+    fp = new FastPath({ enabled: true, log, registry, promoteAfter });
     expect(fp.unavailable).toBeUndefined();
     expect(fp.active).toBe(true);
     rig = new Rig(fp);
@@ -133,7 +139,10 @@ describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
     expect(r).toMatchObject({ path: 'kernel', aToB: n, bToA: n + 1 });
     expect(r!.error).toBeUndefined();
     const after = fp.counters();
-    expect(after.bytes - before.bytes).toBe(2 * n + 1);
+    // the kernel's own count is what the connection reports as moved by it
+    expect(after.bytes - before.bytes).toBe(r!.kernelBytes);
+    if (atOnce) expect(r!.kernelBytes).toBe(2 * n + 1);
+    else expect(r!.kernelBytes).toBeGreaterThan(n); // promoted early on: most of it
     expect(after.drops).toBe(0);
   });
 
@@ -184,7 +193,10 @@ describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
       }));
     }
     const rs = (await rig.relayed(seen + 2 * reps)).slice(seen);
-    expect(rs.every((r) => r.path === 'kernel' && !r.error)).toBe(true);
+    expect(rs.filter((r) => r.error)).toEqual([]);
+    if (atOnce) expect(rs.every((r) => r.path === 'kernel')).toBe(true);
+    // promoted halfway: some were (the rest ended before a promotion could take them)
+    else expect(rs.filter((r) => r.kernelBytes > 0).length).toBeGreaterThan(0);
     expect(fp.counters().drops).toBe(0);
   });
 
@@ -233,7 +245,7 @@ describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
       }));
     }
     const rs = (await rig.relayed(seen + 1000)).slice(seen);
-    expect(rs.filter((r) => r.path === 'kernel').length).toBe(1000);
+    if (atOnce) expect(rs.filter((r) => r.path === 'kernel').length).toBe(1000);
     expect(rs.reduce((a, r) => a + r.aToB + r.bToA, 0)).toBe(1000 * 9);
     // closed sockets leave the SOCKHASHes; the proxy removed the flow entries
     expect(fp.mapEntries()).toEqual({ srcs: 0, dsts: 0, flows: 0 });
@@ -241,38 +253,11 @@ describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
     expect(fp.counters().drops).toBe(0);
   });
 
-  it('falls back to userspace, counted, when the client already half-closed before the splice', async () => {
-    const seen = rig.results.length;
-    rig.delayMs = 100;
-    rig.greet = false;
-    rig.onServer = (s) => {
-      const back = readAll(s);
-      void back.then((b) => s.end(sha(b)));
-    };
-    try {
-      const payload = randomBytes(10_000);
-      const c = await connect(rig.port, false);
-      const answer = readAll(c);
-      c.end(payload); // FIN reaches the proxy's socket before it splices: no longer ESTABLISHED
-      expect((await answer).toString()).toBe(sha(payload));
-      c.destroy();
-    } finally {
-      rig.delayMs = 0;
-      rig.greet = true;
-    }
-    const [r] = (await rig.relayed(seen + 1)).slice(seen);
-    // the client's side runs in userspace; the server's side may still be spliced
-    expect(r!.path).not.toBe('kernel');
-    expect(r!.aToB).toBe(10_000);
-    const metrics = await registry.getSingleMetricAsString('inpod_fastpath_fallback_total');
-    expect(metrics).toMatch(/inpod_fastpath_fallback_total\{reason="not_established"\} [1-9]/);
-  });
-
   it('exports the kernel counters as Prometheus metrics', async () => {
     const text = await registry.metrics();
     const bytes = Number(/^inpod_fastpath_bytes_total (\d+)/m.exec(text)?.[1]);
     expect(bytes).toBe(fp.counters().bytes);
-    expect(bytes).toBeGreaterThan(96 * 1024 * 1024);
+    expect(bytes).toBeGreaterThan(48 * 1024 * 1024);
     expect(text).toMatch(/^inpod_fastpath_dropped_segments_total 0$/m);
     expect(text).toMatch(/^inpod_fastpath_enabled 1$/m);
     expect(text).toMatch(/^inpod_fastpath_connections_total\{path="kernel"\} \d+/m);
@@ -297,6 +282,75 @@ describe('kernel fast path (sk_skb splice between proxy sockets)', () => {
     } finally {
       await r2.stop();
       off.close();
+    }
+  });
+});
+
+describe('kernel fast path: when a connection is spliced', () => {
+  it('falls back to userspace, counted, when the client already half-closed before the splice', async () => {
+    const reg = new Registry();
+    const atOnce = new FastPath({ enabled: true, log, registry: reg, promoteAfter: null });
+    const r2 = new Rig(atOnce);
+    await r2.start();
+    const seen = 0;
+    r2.delayMs = 100;
+    r2.greet = false;
+    r2.onServer = (s) => {
+      const back = readAll(s);
+      void back.then((b) => s.end(sha(b)));
+    };
+    try {
+      const payload = randomBytes(10_000);
+      const c = await connect(r2.port, false);
+      const answer = readAll(c);
+      c.end(payload); // FIN reaches the proxy's socket before it splices: no longer ESTABLISHED
+      expect((await answer).toString()).toBe(sha(payload));
+      c.destroy();
+    } finally {
+      await r2.stop();
+      atOnce.close();
+    }
+    const [r] = (await r2.relayed(seen + 1)).slice(seen);
+    // the client's side runs in userspace; the server's side may still be spliced
+    expect(r!.path).not.toBe('kernel');
+    expect(r!.aToB).toBe(10_000);
+    const metrics = await reg.getSingleMetricAsString('inpod_fastpath_fallback_total');
+    expect(metrics).toMatch(/inpod_fastpath_fallback_total\{reason="not_established"\} [1-9]/);
+  });
+
+  it('keeps a short connection in userspace and promotes a long-lived one', async () => {
+    const dflt = new FastPath({ enabled: true, log, promoteAfter: PROMOTE_DEFAULT }); // the proxy's "promote" mode: 64 KiB or 50 ms
+    const r2 = new Rig(dflt);
+    await r2.start();
+    try {
+      r2.onServer = (s) => s.pipe(s);
+      const exchange = async (c: net.Socket, msg: string): Promise<string> => {
+        const got = new Promise<string>((res) => c.once('data', (d: Buffer) => res(d.toString())));
+        c.write(msg);
+        return got;
+      };
+      // one exchange, closed at once: never spliced
+      const c1 = await connect(r2.port);
+      expect(await exchange(c1, 'short')).toBe('short');
+      const end1 = readAll(c1);
+      c1.end();
+      await end1;
+      // the same, but the connection stays open past 50 ms: spliced, later bytes by the kernel
+      const c2 = await connect(r2.port);
+      expect(await exchange(c2, 'early')).toBe('early');
+      await new Promise((r) => setTimeout(r, 150));
+      expect(await exchange(c2, 'late')).toBe('late');
+      const end2 = readAll(c2);
+      c2.end();
+      await end2;
+      const [short, long] = await r2.relayed(2);
+      expect(short).toMatchObject({ path: 'userspace', kernelBytes: 0, aToB: 5, bToA: 6 });
+      expect(long).toMatchObject({ path: 'kernel', aToB: 9, bToA: 10, kernelBytes: 8 });
+      expect(dflt.counters().drops).toBe(0);
+      expect(dflt.mapEntries()).toEqual({ srcs: 0, dsts: 0, flows: 0 });
+    } finally {
+      await r2.stop();
+      dflt.close();
     }
   });
 });

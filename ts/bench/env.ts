@@ -20,17 +20,30 @@ import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
 import { ZdsServer } from '../zds/server.js';
 import { pino } from 'pino';
 
-export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf';
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath';
 export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
-/** With --proxy: the real proxy (inpod ztunnel, HBONE between the two pods) under each backend. */
-export const PROXY_CONFIGS: ConfigName[] = ['proxy-iptables', 'proxy-ebpf'];
+/**
+ * With --proxy: the real proxy (inpod ztunnel). HBONE between two enrolled pods under each
+ * backend; then plain TCP passthrough from an enrolled client to a server outside the mesh
+ * (eBPF capture), relayed by Node (fast path off) and spliced in the kernel (fast path on).
+ */
+export const PROXY_CONFIGS: ConfigName[] = ['proxy-iptables', 'proxy-ebpf', 'proxy-passthrough', 'proxy-fastpath'];
+export const ALL_CONFIGS: ConfigName[] = [...CONFIGS, ...PROXY_CONFIGS];
 export const CONFIG_LABEL: Record<ConfigName, string> = {
   nomesh: 'no mesh',
   iptables: 'capture-only, iptables',
   ebpf: 'capture-only, eBPF',
   'proxy-iptables': 'proxy (HBONE), iptables',
   'proxy-ebpf': 'proxy (HBONE), eBPF',
+  'proxy-passthrough': 'proxy passthrough, eBPF, userspace copy',
+  'proxy-fastpath': 'proxy passthrough, eBPF + fast path',
 };
+
+/** The capture backend a configuration uses (null: no mesh). */
+export function backendOf(name: ConfigName): BackendName | null {
+  if (name === 'nomesh') return null;
+  return name === 'iptables' || name === 'proxy-iptables' ? 'iptables' : 'ebpf';
+}
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
@@ -90,11 +103,11 @@ export class BenchEnv {
       await be.install();
     }
     for (const name of this.names) {
-      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!;
+      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!; // pi pe pp pf
       const client = await this.node.addPod(`${short}c`);
       const server = await this.node.addPod(`${short}s`);
       for (const pod of [client, server]) await inNetns(pod.netnsPath, ['sysctl', '-qw', ...POD_SYSCTLS]);
-      const cgroup = name === 'ebpf' || name === 'proxy-ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
+      const cgroup = backendOf(name) === 'ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
       const setup: ConfigSetup = {
         name,
         client,
@@ -104,11 +117,11 @@ export class BenchEnv {
         fwdPids: [],
       };
       this.configs.set(name, setup);
-      if (name === 'proxy-iptables' || name === 'proxy-ebpf') {
+      if (name.startsWith('proxy-')) {
         setup.fwdPids.push(await this.#startProxy(name, setup, cgroup));
       } else if (name !== 'nomesh') {
         // Enrolled first, listeners after: the eBPF sockops hook sees the 15006 listener open.
-        const be = this.backends.get(name)!;
+        const be = this.backends.get(backendOf(name)!)!;
         await be.enroll(client.netnsPath);
         await be.enroll(server.netnsPath);
         for (const at of [setup.clientAt, setup.serverAt]) {
@@ -123,15 +136,17 @@ export class BenchEnv {
 
   /**
    * The real proxy for one configuration: one `inpod ztunnel` process (in the configuration's
-   * cgroup, not pinned: Node uses more than one thread) serving both pods, handed over ZDS by a
-   * server in this process; the two pods are HBONE workloads, so client -> server is mTLS.
+   * cgroup, not pinned: Node uses more than one thread), handed its pods over ZDS by a server in
+   * this process. HBONE rows: both pods are enrolled HBONE workloads, so client -> server is
+   * mTLS. Passthrough rows: only the client is in the mesh, so its traffic to the server leaves
+   * as plain TCP through the proxy, with the kernel fast path off or on.
    */
   async #startProxy(name: ConfigName, s: ConfigSetup, cgroup: string): Promise<number> {
-    const be = this.backends.get(name === 'proxy-ebpf' ? 'ebpf' : 'iptables')!;
-    await be.enroll(s.client.netnsPath);
-    await be.enroll(s.server.netnsPath);
+    const be = this.backends.get(backendOf(name)!)!;
+    const mesh = name === 'proxy-passthrough' || name === 'proxy-fastpath' ? [s.client] : [s.client, s.server];
+    for (const p of mesh) await be.enroll(p.netnsPath);
     const cfg = join(this.workDir, `${name}.yaml`);
-    writeFileSync(cfg, `workloads:\n${[s.client, s.server].map((p) => `  - {uid: ${p.netnsName}, name: ${p.netnsName}, namespace: bench, serviceAccount: ${p.netnsName}, workloadIps: ["${p.ip}"], protocol: HBONE}`).join('\n')}\n`);
+    writeFileSync(cfg, `workloads:\n${mesh.map((p) => `  - {uid: ${p.netnsName}, name: ${p.netnsName}, namespace: bench, serviceAccount: ${p.netnsName}, workloadIps: ["${p.ip}"], protocol: HBONE}`).join('\n')}\n`);
     const sock = join(this.workDir, `${name}.sock`);
     let ready = false;
     const zds = new ZdsServer({ path: sock, pods: () => [], onReady: () => (ready = true), log: pino({ level: 'silent' }) });
@@ -139,10 +154,11 @@ export class BenchEnv {
     this.#zds.push(zds);
     const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null }; // the host netns: it enters the pods itself
     const proc = await this.daemons.start(at, ['env', 'INPOD_LOG_LEVEL=warn', process.execPath, CLI, 'ztunnel', '--config', cfg, '--zds', sock,
-      '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0']);
+      '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0',
+      '--fast-path', name === 'proxy-passthrough' ? 'off' : 'on']);
     for (let i = 0; i < 200 && !ready; i++) await new Promise((r) => setTimeout(r, 50));
     if (!ready) throw new Error(`${name}: the proxy did not connect over ZDS`);
-    for (const p of [s.client, s.server]) await zds.addPod({ uid: p.netnsName, info: { name: p.netnsName, namespace: 'bench', serviceAccount: p.netnsName }, netnsPath: p.netnsPath });
+    for (const p of mesh) await zds.addPod({ uid: p.netnsName, info: { name: p.netnsName, namespace: 'bench', serviceAccount: p.netnsName }, netnsPath: p.netnsPath });
     return proc.pid!;
   }
 
@@ -180,7 +196,7 @@ export class BenchEnv {
     for (const cg of Object.values(this.cgroups)) await killCgroup(cg);
     for (const [name, be] of this.backends) {
       for (const s of this.configs.values()) {
-        if (s.name === name || s.name === `proxy-${name}`) {
+        if (backendOf(s.name) === name) {
           await be.unenroll(s.client.netnsPath).catch(() => {});
           await be.unenroll(s.server.netnsPath).catch(() => {});
         }

@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, PROXY_CONFIGS } from './env.js';
+import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, type ConfigName } from './env.js';
 import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
@@ -28,6 +28,8 @@ export interface BenchOptions {
   pin: boolean;
   /** also measure the real proxy (HBONE) under each backend */
   proxy?: boolean;
+  /** the configurations to run (default: by `proxy`) */
+  configs?: ConfigName[];
   argv: string[];
   progress?: (line: string) => void;
 }
@@ -43,9 +45,11 @@ export interface BenchResult {
   enroll: { samples: EnrollSample[]; state: PodState[] };
 }
 
-export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]
-                      no mesh vs capture-only iptables vs capture-only eBPF vs the real proxy (HBONE)
-                      under each backend (not in --quick unless --proxy), and enrollment timing`;
+export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--configs A,B] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]
+                      no mesh vs capture-only iptables vs capture-only eBPF vs the real proxy (HBONE
+                      under each backend; passthrough with and without the kernel fast path; not in
+                      --quick unless --proxy), and enrollment timing. --configs runs only those rows
+                      (${ALL_CONFIGS.join(', ')})`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
 
@@ -62,6 +66,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       'no-pin': { type: 'boolean', default: false },
       proxy: { type: 'boolean' },
       'no-proxy': { type: 'boolean', default: false },
+      configs: { type: 'string' },
     },
     strict: true,
   });
@@ -75,6 +80,13 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
   // The full run includes the real proxy's rows (3 repetitions keep it under 15 minutes);
   // --quick leaves them out to stay under 2 minutes unless --proxy asks for them.
   const proxy = values['no-proxy'] ? false : values.proxy ?? !quick;
+  let configs: ConfigName[] = proxy ? ALL_CONFIGS : CONFIGS;
+  if (values.configs) {
+    const asked = values.configs.split(',').map((c) => c.trim()).filter(Boolean);
+    const bad = asked.filter((c) => !(ALL_CONFIGS as string[]).includes(c));
+    if (bad.length || !asked.length) throw new MeshError('INPOD_ERR_USAGE', `--configs ${values.configs}: choose from ${ALL_CONFIGS.join(', ')}`);
+    configs = ALL_CONFIGS.filter((c) => asked.includes(c));
+  }
   const pods = int(values.pods, 'pods', 1);
   const defaults = quick ? [10, 50] : [10, 100, 250];
   const levels = pods === undefined ? defaults : [...new Set([...defaults.filter((n) => n < pods), pods])];
@@ -88,10 +100,12 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       connThreads: 8,
       maxRetries: quick ? 3 : 10,
     },
-    enroll: { levels, samples: quick ? 5 : 20 },
+    // a run limited with --configs is about those traffic rows: no enrollment rows
+    enroll: values.configs ? null : { levels, samples: quick ? 5 : 20 },
     out: values.out ? resolve(values.out) : DEFAULT_OUT,
     pin: !values['no-pin'],
-    proxy,
+    proxy: configs.some((c) => c.startsWith('proxy-')),
+    configs,
     argv,
   };
 }
@@ -141,7 +155,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const say = o.progress ?? ((s: string) => void process.stdout.write(`${s}\n`));
   preflight();
   const prefix = `b${randomBytes(2).toString('hex')}`;
-  const env = new BenchEnv(prefix, o.pin, o.proxy ? [...CONFIGS, ...PROXY_CONFIGS] : CONFIGS);
+  const env = new BenchEnv(prefix, o.pin, o.configs ?? (o.proxy ? ALL_CONFIGS : CONFIGS));
   const started = new Date();
   const t0 = performance.now();
   let interrupted: NodeJS.Signals | null = null;
@@ -156,11 +170,13 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const host = hostInfo();
     say(`inpod bench${o.quick ? ' --quick' : ''}: prefix ${prefix}, ${host.kernel}, ${host.cpu}`);
     await env.setup(say);
+    const any = [...env.configs.values()][0]!;
+    const capture = env.configs.get('ebpf') ?? env.configs.get('iptables');
     const daemonCommands = [
-      describe(env.configs.get('ebpf')!.clientAt, [FWD, '15001', '15006']) + '   # client and server pod of each capture row',
-      describe(env.configs.get('nomesh')!.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
+      ...(capture ? [describe(capture.clientAt, [FWD, '15001', '15006']) + '   # client and server pod of each capture row'] : []),
+      describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
         '   # master_process off, 1 worker, static 1 KiB file',
-      describe(env.configs.get('nomesh')!.serverAt, ['iperf3', '-s', '-p', '5201']),
+      describe(any.serverAt, ['iperf3', '-s', '-p', '5201']),
     ];
     const traffic = await runTraffic(env, o.traffic, say);
     const enroll = o.enroll ? await runEnrollment(env, o.enroll, say) : { samples: [], state: [] };

@@ -8,12 +8,15 @@ import { Ztunnel } from '../proxy/ztunnel.js';
 import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
+import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
 import { KubeStateSource, ManifestStateSource } from '../state/kube.js';
 import { loadKubeConfig } from '../agent/kube.js';
 
 export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
                  [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
+                 [--fast-path on|promote|off]  (splice passthrough / plaintext-inbound connections in the kernel:
+                 on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms)
   inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
@@ -40,9 +43,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'admin-addr': { type: 'string', default: '127.0.0.1:15000' },
       'metrics-addr': { type: 'string', default: '0.0.0.0:15020' },
       'readiness-addr': { type: 'string', default: '0.0.0.0:15021' },
+      'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'on' },
     },
     strict: true,
   });
+  const fastPath = v['fast-path'];
+  if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
   const log = logger('ztunnel');
   const state = new StateStore();
   if (v.config) {
@@ -59,7 +65,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await kube.start();
     log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath });
+  if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
+  else log.info({ reason: zt.fastPath.unavailable ?? 'switched off (--fast-path off)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({
     path: v.zds!,
     log: logger('zds'),

@@ -78,6 +78,7 @@ export interface NativeAddon {
   tcpWritten(fd: number): number;
   tcpInq(fd: number): number;
   recvPeek(fd: number): number;
+  recvAll(fd: number, max: number): { data: Buffer; eof: boolean; more: boolean } | number;
   unixSocket(type: 'seqpacket' | 'stream'): number;
   socketPair(type: 'seqpacket' | 'stream'): [number, number] | number;
   unixBind(fd: number, path: string): number;

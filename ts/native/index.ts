@@ -121,6 +121,13 @@ export function recvPeek(fd: number): number | null {
   if (r === -11) return null;
   return check('recv(MSG_PEEK)', r);
 }
+/**
+ * Reads everything the socket holds, without waiting: up to `max` bytes (`more`: there was more),
+ * `eof` when the peer's FIN was reached.
+ */
+export function recvAll(fd: number, max: number): { data: Buffer; eof: boolean; more: boolean } {
+  return check('recv', addon().recvAll(fd, max));
+}
 export const SO_ERROR = 4;
 /** The socket's pending error (SO_ERROR, cleared by reading): 0 or an errno. */
 export function sockError(fd: number): number {

@@ -27,6 +27,7 @@ import {
   BpfObject,
   HupWatcher,
   progAttach,
+  recvAll,
   recvPeek,
   sockError,
   socketCookie,
@@ -47,6 +48,8 @@ export type RelayPath = 'kernel' | 'mixed' | 'userspace';
 export interface RelayResult {
   aToB: number;
   bToA: number;
+  /** of those, the bytes the kernel moved (the rest crossed Node) */
+  kernelBytes: number;
   error?: Error;
   path: RelayPath;
 }
@@ -54,6 +57,12 @@ export interface RelayResult {
 export interface FastPathOptions {
   /** false: every connection takes the userspace path (the operator's off switch) */
   enabled: boolean;
+  /**
+   * When to splice. null (default): at once, when the proxy hands the connection over. Else a
+   * connection starts in userspace and is spliced once it has carried `bytes` or lasted `ms`
+   * (PROMOTE_DEFAULT is the proxy's "promote" mode).
+   */
+  promoteAfter?: { bytes: number; ms: number } | null;
   log: Logger;
   /** where the inpod_fastpath_* metrics go */
   registry?: Registry;
@@ -64,33 +73,88 @@ export interface FastPathOptions {
 const FP_STAT = { bytes: 0, segs: 1, drop: 2 } as const;
 const EOPNOTSUPP = 95;
 
+/**
+ * Splicing costs a connection about 30 system calls and a kernel psock set up and torn down: for
+ * a connection that carries one small exchange and closes, that is more than relaying it
+ * (measured: 0.65x the connection rate of the userspace path), while anything long-lived or
+ * bulky gains several times over. A connection is known to be one or the other only once it has
+ * run a while: in "promote" mode it starts in userspace and is spliced when it passes either
+ * mark. Promotion has to stop reading, copy what is queued and wait for the copies to reach the
+ * kernel; under load that is put off (counted) and after PROMOTE_RETRIES tries given up, so the
+ * default splices at once.
+ */
+export const PROMOTE_DEFAULT = { bytes: 64 * 1024, ms: 50 };
+/** A promotion reads what the kernel holds for the proxy; give up (and retry) beyond this. */
+const PROMOTE_MAX_COPY = 4 * 1024 * 1024;
+const PROMOTE_RETRIES = 5;
+
 interface Direction {
   from: net.Socket;
   to: net.Socket;
+  kernel: boolean;
+  bytes: number;
+  done: boolean;
+  /* set when the direction goes to the kernel */
   fromFd: number;
   toFd: number;
   fromKey: Buffer;
-  kernel: boolean;
   /** tcpWritten(to) before anything could be redirected into it */
   toWritten0: number;
-  bytes: number;
-  done: boolean;
+  /** the userspace relay's listeners, removed when the direction goes to the kernel */
+  off?: () => void;
 }
 
-/** One spliced connection, from splice to cleanup. */
+type Handle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
+const handleOf = (s: net.Socket): Handle | undefined => (s as unknown as { _handle?: Handle })._handle;
+
+/**
+ * Stops Node reading a socket at the libuv level: pause() alone keeps filling its buffer. This
+ * and startReading() use the handle's `reading` flag the way net.Socket itself does.
+ */
+function stopReading(s: net.Socket): void {
+  s.pause();
+  const h = handleOf(s);
+  if (h?.reading && h.readStop) {
+    h.reading = false;
+    h.readStop();
+  }
+}
+
+/**
+ * Undoes stopReading(). Node may still count a read as outstanding (its stream state does not
+ * know the handle stopped), so resume() alone would not restart the handle; starting it twice
+ * would fail (EALREADY), hence the flag.
+ */
+function startReading(s: net.Socket): void {
+  const h = handleOf(s);
+  if (h && h.reading === false && h.readStart && !s.destroyed) {
+    h.reading = true;
+    h.readStart();
+  }
+  s.resume();
+}
+
+/** One relayed connection: userspace, kernel, or one direction each; from start to cleanup. */
 class Splice {
   readonly dirs: [Direction, Direction];
   #over = false;
+  #promoting = false;
+  #promoteTries = 0;
+  #kernelBytes = 0;
+  #timer?: NodeJS.Timeout;
   readonly #tokens: number[] = [];
 
   constructor(
     private readonly fp: FastPath,
     readonly a: net.Socket,
     readonly b: net.Socket,
-    dirs: [Direction, Direction],
     private readonly done: (r: RelayResult) => void,
   ) {
-    this.dirs = dirs;
+    const dir = (from: net.Socket, to: net.Socket): Direction => ({
+      from, to, kernel: false, bytes: 0, done: false, fromFd: -1, toFd: -1, fromKey: Buffer.alloc(0), toWritten0: 0,
+    });
+    this.dirs = [dir(a, b), dir(b, a)];
+    for (const s of [a, b]) s.on('error', (e: Error) => this.abort(e));
   }
 
   get path(): RelayPath {
@@ -98,12 +162,86 @@ class Splice {
     return k === 2 ? 'kernel' : k === 1 ? 'mixed' : 'userspace';
   }
 
-  start(): void {
-    for (const s of [this.a, this.b]) s.on('error', (e: Error) => this.abort(e));
+  get kernel(): boolean {
+    return this.dirs.some((d) => d.kernel);
+  }
+
+  /** Splices at once: the sockets were never read. False if the kernel took neither direction. */
+  spliceNow(): boolean {
+    const ok = this.#toKernel();
+    for (const d of this.dirs) if (!d.kernel) this.#startUser(d);
+    return ok;
+  }
+
+  /** Starts in userspace; splices once the connection passes `after` (bytes or time). */
+  startUser(after: { bytes: number; ms: number }): void {
+    for (const d of this.dirs) this.#startUser(d, after.bytes);
+    this.#timer = setTimeout(() => void this.#promote(), after.ms);
+    this.#timer.unref();
+  }
+
+  /**
+   * Moves both directions of a connection already relayed in userspace into the kernel. Node
+   * stops reading; what it or the kernel already holds for the proxy is written on in userspace
+   * (reading the receive queue to empty also leaves no half-read skb for the verdict program,
+   * which would send it whole); once those writes have reached the kernel, the sockets join the
+   * maps, and every later byte is redirected behind them.
+   */
+  async #promote(): Promise<void> {
+    if (this.#promoting || this.#over || this.kernel || this.dirs.some((d) => d.done)) return;
+    if (this.#promoteTries >= PROMOTE_RETRIES) return; // stays in userspace
+    if ([this.a, this.b].some((s) => s.destroyed || s.readableEnded || s.writableEnded)) return;
+    this.#promoting = true;
+    this.#promoteTries++;
+    // later tries come from this timer only (not from every chunk that passes the mark)
+    clearTimeout(this.#timer);
+    const retry = (why: string): void => {
+      this.#promoting = false;
+      for (const d of this.dirs) if (!d.done) startReading(d.from);
+      this.fp.promotionFailed(why);
+      if (this.#promoteTries < PROMOTE_RETRIES && !this.#over) {
+        this.#timer = setTimeout(() => void this.#promote(), 20 * this.#promoteTries);
+        this.#timer.unref();
+      }
+    };
+    for (const s of [this.a, this.b]) stopReading(s);
+    if (this.a.readableLength || this.b.readableLength) return retry('busy');
     for (const d of this.dirs) {
-      if (d.kernel) this.#startKernel(d);
-      else this.#startUser(d);
+      let got;
+      try {
+        got = recvAll(fdOf(d.from), PROMOTE_MAX_COPY);
+      } catch (e) {
+        return retry('error');
+      }
+      if (got.data.length) {
+        d.bytes += got.data.length;
+        d.to.write(got.data);
+      }
+      // a FIN (Node reads it again on resume) or more than we copy: stay in userspace for now
+      if (got.eof) return retry('not_established');
+      if (got.more) return retry('busy');
     }
+    // the copies must be in the kernel before anything is redirected behind them; reading
+    // stays stopped meanwhile, so do not wait long
+    for (let i = 0; i < 50 && (this.a.writableLength || this.b.writableLength) && !this.#over; i++) {
+      await new Promise((r) => (i < 5 ? setImmediate(r) : setTimeout(r, 1)));
+    }
+    if (this.#over) return;
+    if (this.a.writableLength || this.b.writableLength) return retry('busy');
+    this.#promoting = false;
+    this.#toKernel();
+    for (const d of this.dirs) if (!d.kernel && !d.done) startReading(d.from);
+  }
+
+  /** Joins the maps (see the top of the file); starts the directions the kernel took. */
+  #toKernel(): boolean {
+    const taken = this.fp.join(this.dirs);
+    for (const d of this.dirs) {
+      if (!d.kernel) continue;
+      d.off?.();
+      this.#startKernel(d);
+    }
+    return taken;
   }
 
   #startKernel(d: Direction): void {
@@ -120,19 +258,28 @@ class Splice {
     if (peeked !== null && peeked > 0) this.abort(new Error('fast path: bytes reached the proxy on a spliced socket'));
   }
 
-  #startUser(d: Direction): void {
-    d.from.on('data', (chunk: Buffer) => {
+  #startUser(d: Direction, promoteAtBytes?: number): void {
+    const onData = (chunk: Buffer): void => {
       d.bytes += chunk.length;
       if (!d.to.write(chunk)) {
         d.from.pause();
-        d.to.once('drain', () => d.from.resume());
+        d.to.once('drain', () => {
+          if (!this.#promoting && !d.kernel) d.from.resume();
+        });
       }
-    });
-    d.from.once('end', () => {
+      if (promoteAtBytes !== undefined && this.#promoteTries === 0 && this.dirs[0].bytes + this.dirs[1].bytes >= promoteAtBytes) void this.#promote();
+    };
+    const onEnd = (): void => {
       d.to.end();
       d.done = true;
       this.#maybeFinish();
-    });
+    };
+    d.from.on('data', onData);
+    d.from.once('end', onEnd);
+    d.off = () => {
+      d.from.off('data', onData);
+      d.from.off('end', onEnd);
+    };
     d.from.resume();
   }
 
@@ -148,23 +295,32 @@ class Splice {
     if (d.done) return; // hang-up after both sides finished: cleanup follows
     if (!(revents & EPOLLRDHUP)) return;
     // keep hearing about a reset of this socket while the other direction runs
-    this.fp.rearm(d.fromFd, token);
+    try {
+      this.fp.rearm(d.fromFd, token);
+    } catch (e) {
+      return this.abort(e as Error);
+    }
     void this.#drainThenShut(d);
   }
 
-  /** Waits until Y has taken every byte redirected from X, then shuts Y's write side. */
+  /**
+   * Waits until Y has taken every byte redirected from X, then shuts Y's write side. The kernel
+   * tells nobody when its worker has moved the last skb, so this polls: at once, once more on
+   * the next turn of the event loop, then every millisecond (polling harder only burns CPU the
+   * worker needs).
+   */
   async #drainThenShut(d: Direction): Promise<void> {
     const deadline = Date.now() + this.fp.drainTimeoutMs;
     for (let i = 0; ; i++) {
       if (this.#over) return;
       try {
-        const redirected = this.fp.flowBytes(d.fromKey);
-        if (tcpInq(d.fromFd) === 0 && tcpWritten(d.toFd) - d.toWritten0 >= redirected) break;
+        // nothing left unread on X, so the flow's count is final: Y must have taken that much
+        if (tcpInq(d.fromFd) === 0 && tcpWritten(d.toFd) - d.toWritten0 >= this.fp.flowBytes(d.fromKey)) break;
       } catch (e) {
         return this.abort(e as Error);
       }
       if (Date.now() > deadline) return this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
-      await new Promise((r) => (i < 20 ? setImmediate(r) : setTimeout(r, 1)));
+      await new Promise((r) => (i < 1 ? setImmediate(r) : setTimeout(r, 1)));
     }
     d.to.end();
     d.done = true;
@@ -190,17 +346,19 @@ class Splice {
 
   #cleanup(): void {
     this.#over = true;
+    clearTimeout(this.#timer);
     for (const d of this.dirs) {
-      if (d.kernel) {
-        this.fp.unwatch(d.fromFd, this.#tokens);
-        d.bytes = this.fp.flowBytes(d.fromKey);
-      }
+      if (!d.kernel) continue;
+      this.fp.unwatch(d.fromFd, this.#tokens);
+      const moved = this.fp.flowBytes(d.fromKey);
+      d.bytes += moved;
+      this.#kernelBytes += moved;
     }
-    for (const d of this.dirs) this.fp.forget(d.fromKey);
+    for (const d of this.dirs) if (d.fromFd >= 0) this.fp.forget(d.fromKey);
   }
 
   #result(): RelayResult {
-    return { aToB: this.dirs[0].bytes, bToA: this.dirs[1].bytes, path: this.path };
+    return { aToB: this.dirs[0].bytes, bToA: this.dirs[1].bytes, kernelBytes: this.#kernelBytes, path: this.path };
   }
 }
 
@@ -209,6 +367,7 @@ export class FastPath {
   /** why the kernel path is off although enabled (the program or maps could not load) */
   readonly unavailable?: string;
   readonly drainTimeoutMs: number;
+  readonly promoteAfter: { bytes: number; ms: number } | null;
   readonly #log: Logger;
   #obj?: BpfObject;
   #srcs?: BpfMap;
@@ -220,11 +379,13 @@ export class FastPath {
   #nextToken = 1;
   #active = 0;
   readonly #fallbacks?: Counter<'reason'>;
+  readonly #deferred?: Counter<'reason'>;
   readonly #spliced?: Counter<'path'>;
 
   constructor(o: FastPathOptions) {
     this.#log = o.log.child({ component: 'fastpath' });
     this.drainTimeoutMs = o.drainTimeoutMs ?? 30_000;
+    this.promoteAfter = o.promoteAfter ?? null;
     let unavailable: string | undefined;
     if (o.enabled) {
       try {
@@ -242,8 +403,9 @@ export class FastPath {
       const self = this;
       new Gauge({ name: 'inpod_fastpath_enabled', help: '1 when spliced connections are moved by the kernel', registers: reg, collect() { this.set(self.active ? 1 : 0); } });
       new Gauge({ name: 'inpod_fastpath_active_connections', help: 'Connections spliced in the kernel right now', registers: reg, collect() { this.set(self.#active); } });
-      this.#spliced = new Counter({ name: 'inpod_fastpath_connections_total', help: 'Connections handed to the fast path, by how their bytes travelled (kernel, mixed: one direction in userspace)', labelNames: ['path'], registers: reg });
-      this.#fallbacks = new Counter({ name: 'inpod_fastpath_fallback_total', help: 'Connections the fast path handed back to the userspace path, by reason', labelNames: ['reason'], registers: reg });
+      this.#spliced = new Counter({ name: 'inpod_fastpath_connections_total', help: 'Connections spliced, by how their bytes travel (kernel; mixed: one direction stayed in userspace)', labelNames: ['path'], registers: reg });
+      this.#fallbacks = new Counter({ name: 'inpod_fastpath_fallback_total', help: 'Connections the kernel would not take, relayed in userspace instead, by reason', labelNames: ['reason'], registers: reg });
+      this.#deferred = new Counter({ name: 'inpod_fastpath_promotion_deferred_total', help: 'Promotions of a userspace connection to the kernel put off (retried), by reason', labelNames: ['reason'], registers: reg });
       const fromBpf = (name: string, help: string, idx: number): void => {
         let last = 0n;
         new Counter({ name, help, registers: reg, collect() {
@@ -272,7 +434,13 @@ export class FastPath {
     this.#stats = map('inpod_fp_stats', 4, 8 * numPossibleCpus());
     const prog = obj.prog('inpod_fp_verdict');
     progAttach(prog.fd, srcs.fd, prog.attachType);
-    this.#watcher = new HupWatcher((token, revents) => this.#handlers.get(token)?.(revents));
+    this.#watcher = new HupWatcher((token, revents) => {
+      try {
+        this.#handlers.get(token)?.(revents);
+      } catch (e) {
+        this.#log.warn({ err: (e as Error).message }, 'fast path: hang-up handler failed');
+      }
+    });
     this.#srcs = srcs;
   }
 
@@ -283,70 +451,64 @@ export class FastPath {
   }
 
   /**
-   * Relays `a` <-> `b` (`a` the side that opened the connection), spliced in the kernel where it
-   * can be, else in userspace. Both sockets must be connected and never read (see the top).
+   * Relays `a` <-> `b` (`a` the side that opened the connection): spliced in the kernel where it
+   * can be (at once, or once the connection proves long-lived or bulky: `promoteAfter`), else in
+   * userspace. Both sockets must be connected and never read yet (see the top of the file).
    * `done` runs once, when both directions are over or either side failed.
    */
   relay(a: net.Socket, b: net.Socket, done: (r: RelayResult) => void): void {
     if (!this.#srcs) {
       if (this.enabled) this.#fallbacks?.inc({ reason: 'unavailable' });
-      return this.#userspace(a, b, done);
+      userspaceRelay(a, b, (r) => done({ ...r, kernelBytes: 0, path: 'userspace' }));
+      return;
     }
-    let s: Splice | null;
-    try {
-      s = this.#splice(a, b, done);
-    } catch (e) {
-      this.#log.warn({ err: (e as Error).message }, 'splice failed; userspace path');
-      this.#fallbacks?.inc({ reason: 'error' });
-      s = null;
-    }
-    if (!s) return this.#userspace(a, b, done);
-    this.#active++;
-    this.#spliced?.inc({ path: s.path });
-    s.start();
+    const s: Splice = new Splice(this, a, b, (r) => {
+      if (s.kernel) this.#active--;
+      done(r);
+    });
+    if (this.promoteAfter) s.startUser(this.promoteAfter);
+    else s.spliceNow();
   }
 
-  #userspace(a: net.Socket, b: net.Socket, done: (r: RelayResult) => void): void {
-    userspaceRelay(a, b, (r) => done({ ...r, path: 'userspace' }));
-  }
-
-  #splice(a: net.Socket, b: net.Socket, done: (r: RelayResult) => void): Splice | null {
+  /**
+   * Puts each direction's sockets in the maps (targets, flows, then the verdict map); marks the
+   * directions the kernel took. Both sockets must have been read to empty (or never read), and
+   * every userspace write to them must be in the kernel already. True if any direction went.
+   */
+  join(dirs: [Direction, Direction]): boolean {
     const srcs = this.#srcs!;
     const dsts = this.#dsts!;
     const flows = this.#flows!;
-    const fa = fdOf(a);
-    const fb = fdOf(b);
-    const ka = encodeU64(socketCookie(fa));
-    const kb = encodeU64(socketCookie(fb));
-    const dir = (from: net.Socket, to: net.Socket, fromFd: number, toFd: number, fromKey: Buffer): Direction => ({
-      from, to, fromFd, toFd, fromKey, kernel: false, toWritten0: tcpWritten(toFd), bytes: 0, done: false,
-    });
-    const ab = dir(a, b, fa, fb, ka);
-    const ba = dir(b, a, fb, fa, kb);
-    const undo = (): void => {
-      for (const k of [ka, kb]) {
+    const [ab, ba] = dirs;
+    let keys: Buffer[] = [];
+    const refused = (e: unknown): false => {
+      for (const k of keys) {
         srcs.delete(k);
         dsts.delete(k);
         flows.delete(k);
       }
-    };
-    const refused = (e: unknown): null => {
-      undo();
+      for (const d of dirs) d.kernel = false;
       const errno = e instanceof SyscallError ? e.errno : 0;
       this.#fallbacks?.inc({ reason: errno === EOPNOTSUPP ? 'not_established' : 'kernel_refused' });
       if (errno !== EOPNOTSUPP) this.#log.warn({ err: (e as Error).message }, 'kernel refused a splice; userspace path');
-      return null;
+      return false;
     };
     try {
-      dsts.update(ka, encodeU64(BigInt(fa)));
-      dsts.update(kb, encodeU64(BigInt(fb)));
-      flows.update(ka, encodeFpFlow({ peer: decodeKey(kb), bytes: 0, segs: 0 }));
-      flows.update(kb, encodeFpFlow({ peer: decodeKey(ka), bytes: 0, segs: 0 }));
+      for (const [d, other] of [[ab, ba], [ba, ab]] as const) {
+        d.fromFd = fdOf(d.from);
+        d.toFd = fdOf(other.from);
+        d.fromKey = encodeU64(socketCookie(d.fromFd));
+      }
+      keys = [ab.fromKey, ba.fromKey];
+      for (const d of dirs) d.toWritten0 = tcpWritten(d.toFd);
+      for (const d of dirs) dsts.update(d.fromKey, encodeU64(BigInt(d.fromFd)));
+      flows.update(ab.fromKey, encodeFpFlow({ peer: decodeKey(ba.fromKey), bytes: 0, segs: 0 }));
+      flows.update(ba.fromKey, encodeFpFlow({ peer: decodeKey(ab.fromKey), bytes: 0, segs: 0 }));
     } catch (e) {
       return refused(e);
     }
     let firstErr: unknown;
-    for (const d of [ab, ba]) {
+    for (const d of dirs) {
       try {
         srcs.update(d.fromKey, encodeU64(BigInt(d.fromFd)));
         d.kernel = true;
@@ -355,11 +517,15 @@ export class FastPath {
       }
     }
     if (!ab.kernel && !ba.kernel) return refused(firstErr);
+    // one direction stays in userspace; its socket is written by the kernel direction only
     if (firstErr) this.#fallbacks?.inc({ reason: 'not_established' });
-    return new Splice(this, a, b, [ab, ba], (r) => {
-      this.#active--;
-      done(r);
-    });
+    this.#active++;
+    this.#spliced?.inc({ path: ab.kernel && ba.kernel ? 'kernel' : 'mixed' });
+    return true;
+  }
+
+  promotionFailed(reason: string): void {
+    this.#deferred?.inc({ reason });
   }
 
   /* ---------------------------------------------------------------- used by Splice */

@@ -32,6 +32,8 @@ export interface ConnRecord extends ConnContext {
   error?: string;
   /** how the bytes travelled: spliced in the 'kernel', 'mixed' (one direction each), 'userspace' */
   path?: 'kernel' | 'mixed' | 'userspace';
+  /** of bytesSent + bytesReceived, those the kernel moved (counted by the eBPF program) */
+  kernelBytes?: number;
 }
 
 export interface ProxyHooks {

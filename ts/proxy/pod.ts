@@ -122,7 +122,7 @@ export class PodProxy {
         route,
       );
       ctx.dst.identity = peerIdentity;
-      relay(down, stream, (r) => this.#relayed(ctx, started, { ...r, path: 'userspace' }));
+      relay(down, stream, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
     } catch (e) {
       const err = e as Error & { code?: string };
       const flags = err.code === 'INPOD_ERR_HBONE_TLS' || err.code === 'INPOD_ERR_HBONE_IDENTITY' ? 'TLS_FAILURE' : /answered 401/.test(err.message) ? 'DENY' : 'CONNECT';
@@ -227,15 +227,16 @@ export class PodProxy {
       return reject(503, `app ${authority.ip}:${authority.port} unreachable: ${(e as Error).message}`, ctx);
     }
     stream.respond({ ':status': 200 });
-    relay(stream, up, (r) => this.#relayed(ctx, started, { ...r, path: 'userspace' }));
+    relay(stream, up, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
   }
 
   #relayed(ctx: ConnContext, started: number, r: RelayResult): void {
-    this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message, r.path);
+    this.#finish(ctx, started, r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message, { path: r.path, kernelBytes: r.kernelBytes });
   }
 
-  #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string, path?: ConnRecord['path']): void {
-    this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error, path });
+  #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string,
+    how?: Pick<ConnRecord, 'path' | 'kernelBytes'>): void {
+    this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error, ...how });
   }
 }
 

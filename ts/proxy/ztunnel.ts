@@ -13,7 +13,7 @@ import { HbonePool } from './hbone/client.js';
 import type { ProxyHooks } from './hooks.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
 import { PodProxy, type PodInfo } from './pod.js';
-import { FastPath } from './fastpath.js';
+import { FastPath, PROMOTE_DEFAULT } from './fastpath.js';
 
 export interface ZtunnelOptions {
   trustDomain: string;
@@ -22,8 +22,12 @@ export interface ZtunnelOptions {
   hooks?: ProxyHooks;
   certTtlMs?: number;
   log?: Logger;
-  /** splice passthrough / plaintext-inbound connections in the kernel (default true) */
-  fastPath?: boolean;
+  /**
+   * splice passthrough / plaintext-inbound connections in the kernel: 'on' (default) as soon as
+   * the proxy has decided the connection, 'promote' once it has carried 64 KiB or lasted 50 ms
+   * (spares short connections the setup cost), 'off' never
+   */
+  fastPath?: 'on' | 'promote' | 'off';
 }
 
 export class Ztunnel {
@@ -41,7 +45,8 @@ export class Ztunnel {
     this.pool = new HbonePool({ certs });
     if (opts.hooks) this.hooks = opts.hooks;
     else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
-    this.fastPath = new FastPath({ enabled: opts.fastPath ?? true, log: this.log, registry: this.telemetry?.registry });
+    const mode = opts.fastPath ?? 'on';
+    this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry?.registry });
   }
 
   static async create(opts: ZtunnelOptions): Promise<Ztunnel> {

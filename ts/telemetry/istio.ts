@@ -118,6 +118,7 @@ export class IstioTelemetry implements ProxyHooks {
       responseFlags: rec.responseFlags,
       error: rec.error,
       path: rec.path,
+      kernelBytes: rec.kernelBytes,
     };
     if (rec.outcome === 'ok') this.log.info(line, 'connection complete');
     else this.log.warn(line, 'connection failed');
