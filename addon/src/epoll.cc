@@ -96,9 +96,7 @@ static Napi::Value HupUnwatch(const Napi::CallbackInfo &info) {
 
 // hupWatcherClose(h): the thread exits and frees everything.
 static Napi::Value HupWatcherClose(const Napi::CallbackInfo &info) {
-  uint64_t one = 1;
-  ssize_t n = write(info[0].As<Napi::Object>().Get("stopFd").As<Napi::Number>().Int32Value(), &one, sizeof(one));
-  (void)n;
+  SignalEventfd(info[0].As<Napi::Object>().Get("stopFd").As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
 }
 

@@ -19,7 +19,7 @@ struct Watch {
   Napi::ThreadSafeFunction tsfn;
 };
 
-static void Signal(int efd) {
+void SignalEventfd(int efd) {
   uint64_t one = 1;
   ssize_t n = write(efd, &one, sizeof(one));
   (void)n;
@@ -71,13 +71,13 @@ static Napi::Value WatchFd(const Napi::CallbackInfo &info) {
 }
 
 static Napi::Value RearmWatch(const Napi::CallbackInfo &info) {
-  Signal(info[0].As<Napi::Object>().Get("rearmFd").As<Napi::Number>().Int32Value());
+  SignalEventfd(info[0].As<Napi::Object>().Get("rearmFd").As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
 }
 
 // unwatchFd(handle): the thread exits on its own and frees everything; the fd is not closed.
 static Napi::Value UnwatchFd(const Napi::CallbackInfo &info) {
-  Signal(info[0].As<Napi::Object>().Get("stopFd").As<Napi::Number>().Int32Value());
+  SignalEventfd(info[0].As<Napi::Object>().Get("stopFd").As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
 }
 

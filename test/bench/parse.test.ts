@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
 import { parseCgroupUsage, parsePidStat, parseProcStat, parseRssKb, parseSoftirqs } from '../../ts/bench/cpu.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
+import { ALL_CONFIGS } from '../../ts/bench/env.js';
 import { percentile, ratio, stat } from '../../ts/bench/stats.js';
 
 const WRK = `Running 2s test @ http://10.200.113.3:80/1k
@@ -69,11 +70,21 @@ describe('bench summaries and options', () => {
     expect(q.traffic.reps).toBe(2);
     expect(q.enroll?.levels).toEqual([10, 50]);
     expect(parseBenchArgs(['--pods', '150']).enroll?.levels).toEqual([10, 100, 150]);
-    // the full run measures the real proxy too, with 3 repetitions to stay under 15 minutes
-    expect(parseBenchArgs([])).toMatchObject({ proxy: true, traffic: { reps: 3 } });
+    // the full run measures the real proxy too (HBONE, and passthrough with and without the
+    // kernel fast path), with 3 repetitions
+    expect(parseBenchArgs([])).toMatchObject({ proxy: true, traffic: { reps: 3 }, configs: ALL_CONFIGS });
+    expect(ALL_CONFIGS).toContain('proxy-fastpath');
     expect(parseBenchArgs(['--no-proxy'])).toMatchObject({ proxy: false, traffic: { reps: 5 } });
     expect(q.proxy).toBe(false);
     expect(parseBenchArgs(['--quick', '--proxy']).proxy).toBe(true);
     expect(() => parseBenchArgs(['--pods', 'x'])).toThrow(/integer/);
+  });
+
+  it('runs only the configurations --configs names, without the enrollment rows', () => {
+    const o = parseBenchArgs(['--configs', 'proxy-fastpath,proxy-passthrough']);
+    expect(o.configs).toEqual(['proxy-passthrough', 'proxy-fastpath']);
+    expect(o).toMatchObject({ proxy: true, enroll: null });
+    expect(parseBenchArgs(['--configs', 'nomesh,ebpf'])).toMatchObject({ proxy: false, configs: ['nomesh', 'ebpf'] });
+    expect(() => parseBenchArgs(['--configs', 'fast'])).toThrow(/--configs fast: choose from nomesh, iptables, ebpf/);
   });
 });

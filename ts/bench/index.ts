@@ -77,7 +77,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
     return n;
   };
   const quick = values.quick!;
-  // The full run includes the real proxy's rows (3 repetitions keep it under 15 minutes);
+  // The full run includes the real proxy's rows (3 repetitions: about 17 minutes);
   // --quick leaves them out to stay under 2 minutes unless --proxy asks for them.
   const proxy = values['no-proxy'] ? false : values.proxy ?? !quick;
   let configs: ConfigName[] = proxy ? ALL_CONFIGS : CONFIGS;
@@ -204,7 +204,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const res: BenchResult = { prefix, markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll };
     writeFileSync(res.markdownPath, markdown(info, rows, traffic, enroll.samples, enroll.state));
     writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: env.names, rows, ratios: headlineRatios(rows), traffic, enrollment: enroll }, null, 1)}\n`);
-    writeFileSync(res.svgPath, chartSvg(rows, `inpod bench, capture only (${stamp}${o.quick ? ', quick' : ''})`));
+    writeFileSync(res.svgPath, chartSvg(rows, `inpod bench (${stamp}${o.quick ? ', quick' : ''})`));
     say(`report: ${res.markdownPath}\nsamples: ${res.jsonPath}\nchart: ${res.svgPath}`);
     return res;
   } catch (e) {

@@ -109,7 +109,7 @@ function trafficSection(rows: Row[]): string {
     }
   }
   return [
-    '## Traffic: capture only',
+    '## Traffic',
     '',
     'Medians over the repetitions, ±spread = (max − min) / median.',
     '',

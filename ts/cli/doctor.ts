@@ -50,6 +50,14 @@ export async function runChecks(o: DoctorOptions): Promise<Check[]> {
     }
     out.push({ name: `eBPF program type ${name}`, ok, detail: ok ? 'loadable' : 'not supported by this kernel', fix: 'upgrade the kernel or use --backend iptables' });
   }
+  let skSkb = false;
+  try {
+    skSkb = addon().probeProgType(14 /* BPF_PROG_TYPE_SK_SKB */) === 1;
+  } catch {
+    skSkb = false;
+  }
+  out.push({ name: 'eBPF program type sk_skb (kernel fast path)', ok: skSkb, detail: skSkb ? 'loadable' : 'not supported by this kernel',
+    fix: 'the proxy relays every connection in userspace (start it with --fast-path off to say so); a kernel with CONFIG_BPF_STREAM_PARSER=y splices them' });
   out.push({ name: 'bpffs mounted', ok: fsType(o.bpffs) === BPF_FS_MAGIC, detail: o.bpffs, fix: `mount -t bpf bpf ${o.bpffs} (in Kubernetes: mount the host's /sys/fs/bpf into the agent)` });
   const cg = o.cgroup ?? cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
   out.push({ name: 'cgroup2 mounted', ok: !!cg && fsType(cg) === CGROUP2_SUPER_MAGIC, detail: cg ?? 'no cgroup2 mount in /proc/mounts', fix: 'mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1' });
