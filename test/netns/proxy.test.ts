@@ -164,6 +164,40 @@ services:
     expect(zt.fastPath.mapEntries()).toEqual({ srcs: open, dsts: open, flows: open });
   });
 
+  it('delivers between two pods of this node directly when asked: checked with the client identity, spliced, reported by both sides', async () => {
+    zt.sameNode = 'direct';
+    const saved = state.snapshot.state;
+    try {
+      const logs = records.length;
+      const r = await sh.client.connect({ host: server.ip, port: 8080, send: 'same-node', timeoutMs: 5000 });
+      expect(r.ok && r.reply).toBe('server:same-node');
+      if (r.ok) await sh.client.close(r.connId);
+      const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
+      expect(acc.at(-1)!.peer.host).toBe(client.ip); // the app still sees the client
+      let local: Record<string, unknown>[] = [];
+      for (let i = 0; i < 100 && local.length < 2; i++) {
+        await new Promise((res) => setTimeout(res, 20));
+        local = records.slice(logs).filter((l) => l.access && l.transport === 'local');
+      }
+      const ids = { src: { ip: client.ip, identity: 'spiffe://cluster.local/ns/default/sa/sleep' }, dst: { ip: server.ip, port: 8080, identity: 'spiffe://cluster.local/ns/shop/sa/web' } };
+      expect(local.find((l) => l.direction === 'outbound')).toMatchObject({ ...ids, pod: 'default/client', path: 'kernel', bytesSent: 9, bytesReceived: 16, kernelBytes: 25 });
+      expect(local.find((l) => l.direction === 'inbound')).toMatchObject({ ...ids, pod: 'shop/server', path: 'kernel', bytesSent: 9, bytesReceived: 16 });
+      // no HBONE for it: no access-log line of that connection says hbone
+      expect(records.slice(logs).filter((l) => l.access && l.transport === 'hbone')).toEqual([]);
+
+      // the destination's policy applies with the client's identity: a DENY for it resets the client
+      state.set({ ...saved, policies: [{ apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'no-sleep', namespace: 'shop' },
+        spec: { action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/sleep'] } }] }] } }] });
+      const denied = await sh.client.connect({ host: server.ip, port: 8080, send: 'x', timeoutMs: 5000 });
+      expect(denied.ok ? denied.reply : denied.error).toMatch(/^(error:)?ECONNRESET|^$/);
+      const deny = records.slice(logs).filter((l) => l.access && l.transport === 'local' && l.responseFlags === 'DENY');
+      expect(deny.map((l) => l.direction).sort()).toEqual(['inbound', 'outbound']);
+    } finally {
+      state.set(saved);
+      zt.sameNode = 'hbone';
+    }
+  });
+
   it('balances a service VIP across its two endpoints', async () => {
     const seen = new Set<string>();
     for (let i = 0; i < 24 && seen.size < 2; i++) {

@@ -164,6 +164,7 @@ describe('ZDS agent and proxy', () => {
     const conn = spawn('nsenter', [`--net=${nsPath(netns[0]!)}`, 'bash', '-c', 'exec 3<>/dev/tcp/127.0.0.1/7777; sleep 2; echo alive >&3; echo done'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let connOut = '';
     conn.stdout!.on('data', (d) => (connOut += d));
+    await until(() => h.pods.has('p1'));
     const listenerFd = h.pods.get('p1')!.listener.fd;
     // agent restart; p2 was deleted meanwhile
     server.close();

@@ -17,6 +17,7 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
                  [--fast-path on|promote|off]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms)
+                 [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
   inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
@@ -44,11 +45,14 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'metrics-addr': { type: 'string', default: '0.0.0.0:15020' },
       'readiness-addr': { type: 'string', default: '0.0.0.0:15021' },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'on' },
+      'same-node': { type: 'string', default: 'hbone' },
     },
     strict: true,
   });
   const fastPath = v['fast-path'];
   if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
+  const sameNode = v['same-node'];
+  if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
   const log = logger('ztunnel');
   const state = new StateStore();
   if (v.config) {
@@ -65,7 +69,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await kube.start();
     log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'switched off (--fast-path off)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({

@@ -6,8 +6,11 @@ import type { Logger } from '../util/log.js';
 
 export interface ConnContext {
   direction: 'inbound' | 'outbound';
-  /** how the bytes travel: 'hbone' (mTLS), 'plaintext' (15006), 'passthrough' */
-  transport: 'hbone' | 'plaintext' | 'passthrough';
+  /**
+   * how the bytes travel: 'hbone' (mTLS), 'plaintext' (15006), 'passthrough', or 'local': both
+   * pods on this node, identities known to this proxy, delivered without leaving the node
+   */
+  transport: 'hbone' | 'plaintext' | 'passthrough' | 'local';
   src: { ip: string; port: number; identity?: string };
   dst: { ip: string; port: number; identity?: string };
   /** the pod this proxy instance serves for the connection */

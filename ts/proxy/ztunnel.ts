@@ -28,6 +28,12 @@ export interface ZtunnelOptions {
    * (spares short connections the setup cost), 'off' never
    */
   fastPath?: 'on' | 'promote' | 'off';
+  /**
+   * 'hbone' (default): pods on this node talk HBONE like any others. 'direct': a connection
+   * between two pods this proxy serves skips TLS and is delivered (spliced) inside the node,
+   * after the destination's policy check with the client's identity.
+   */
+  sameNode?: 'hbone' | 'direct';
 }
 
 export class Ztunnel {
@@ -38,6 +44,8 @@ export class Ztunnel {
   /** Istio metrics (when the default hooks are used) */
   readonly telemetry?: IstioTelemetry;
   readonly fastPath: FastPath;
+  /** see ZtunnelOptions.sameNode; may be changed while running (new connections follow it) */
+  sameNode: 'hbone' | 'direct';
   #seenSinceSnapshot: Set<string> | null = null;
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
@@ -46,6 +54,7 @@ export class Ztunnel {
     if (opts.hooks) this.hooks = opts.hooks;
     else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
     const mode = opts.fastPath ?? 'on';
+    this.sameNode = opts.sameNode ?? 'hbone';
     this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry?.registry });
   }
 
@@ -76,9 +85,17 @@ export class Ztunnel {
       log: this.log,
       trustDomain: this.opts.trustDomain,
       fastPath: this.fastPath,
+      localPod: (ip) => this.#localPod(ip),
     });
     await pod.start();
     this.pods.set(info.uid, pod);
+  }
+
+  /** A pod this proxy serves, by IP (through the workload the state puts there). */
+  #localPod(ip: string): PodProxy | undefined {
+    if (this.sameNode !== 'direct') return undefined;
+    const w = this.opts.state.snapshot.byIp.get(ip);
+    return w ? this.pods.get(w.uid) : undefined;
   }
 
   /** Stops serving a pod (unknown uids are a no-op). */
