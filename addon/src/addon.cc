@@ -16,7 +16,7 @@ static_assert(sizeof(struct inpod_port_key) == 16, "inpod_port_key");
 static_assert(sizeof(struct inpod_cidr_key) == 16, "inpod_cidr_key");
 static_assert(sizeof(struct inpod_tuple) == 24, "inpod_tuple");
 static_assert(sizeof(struct inpod_addr) == 8, "inpod_addr");
-static_assert(sizeof(struct inpod_fp_flow) == 24, "inpod_fp_flow");
+static_assert(sizeof(struct inpod_fp_flow) == 40, "inpod_fp_flow");
 
 #define FIELD(obj, T, f) obj.Set(#f, Napi::Number::New(env, offsetof(T, f)))
 
@@ -60,6 +60,7 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
 
   f = Napi::Object::New(env);
   FIELD(f, inpod_fp_flow, peer); FIELD(f, inpod_fp_flow, bytes); FIELD(f, inpod_fp_flow, segs);
+  FIELD(f, inpod_fp_flow, peer_base); FIELD(f, inpod_fp_flow, throttled);
   out.Set("inpod_fp_flow", Struct(env, sizeof(inpod_fp_flow), f));
 
   Napi::Object c = Napi::Object::New(env);

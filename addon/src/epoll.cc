@@ -4,9 +4,12 @@
 // arriving does not wake it) and reported once to JavaScript with a caller's token.
 #include "addon.h"
 
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <cstring>
 #include <thread>
 
 namespace inpod {
@@ -15,7 +18,28 @@ struct HupWatcher {
   int epfd;
   int stopFd;
   Napi::ThreadSafeFunction tsfn;
+  // optional: a BPF ring buffer of u64 values (socket cookies), reported with rbToken; each
+  // value is first deleted from the map rbDeleteFd (if >= 0) on this thread
+  struct ring_buffer *rb = nullptr;
+  double rbToken = 0;
+  int rbDeleteFd = -1;
 };
+
+static constexpr uint64_t kStopToken = UINT64_MAX;
+static constexpr uint64_t kRingbufToken = UINT64_MAX - 1;
+
+static int OnRingbufSample(void *ctx, void *data, size_t size) {
+  auto *w = static_cast<HupWatcher *>(ctx);
+  if (size < sizeof(uint64_t)) return 0;
+  uint64_t v;
+  memcpy(&v, data, sizeof(v));
+  if (w->rbDeleteFd >= 0) bpf_map_delete_elem(w->rbDeleteFd, &v);
+  double token = w->rbToken, value = static_cast<double>(v);
+  w->tsfn.NonBlockingCall([token, value](Napi::Env env, Napi::Function cb) {
+    cb.Call({Napi::Number::New(env, token), Napi::Number::New(env, 0), Napi::Number::New(env, value)});
+  });
+  return 0;
+}
 
 static void HupLoop(HupWatcher *w) {
   struct epoll_event ev[64];
@@ -25,8 +49,12 @@ static void HupLoop(HupWatcher *w) {
     if (n < 0) break;
     bool stop = false;
     for (int i = 0; i < n; i++) {
-      if (ev[i].data.u64 == UINT64_MAX) {
+      if (ev[i].data.u64 == kStopToken) {
         stop = true;
+        continue;
+      }
+      if (ev[i].data.u64 == kRingbufToken) {
+        if (w->rb) ring_buffer__consume(w->rb);
         continue;
       }
       double token = static_cast<double>(ev[i].data.u64);
@@ -36,6 +64,7 @@ static void HupLoop(HupWatcher *w) {
     }
     if (stop) break;
   }
+  if (w->rb) ring_buffer__free(w->rb);
   w->tsfn.Release();
   close(w->stopFd);
   close(w->epfd);
@@ -49,7 +78,7 @@ static Napi::Value HupWatcherNew(const Napi::CallbackInfo &info) {
   int stopFd = eventfd(0, EFD_CLOEXEC);
   struct epoll_event se = {};
   se.events = EPOLLIN;
-  se.data.u64 = UINT64_MAX;
+  se.data.u64 = kStopToken;
   if (epfd < 0 || stopFd < 0 || epoll_ctl(epfd, EPOLL_CTL_ADD, stopFd, &se) < 0) {
     int err = errno;
     if (epfd >= 0) close(epfd);
@@ -63,7 +92,26 @@ static Napi::Value HupWatcherNew(const Napi::CallbackInfo &info) {
   Napi::Object h = Napi::Object::New(env);
   h.Set("epfd", epfd);
   h.Set("stopFd", stopFd);
+  h.Set("ptr", Napi::External<HupWatcher>::New(env, w));
   return h;
+}
+
+// hupRingbuf(h, mapFd, token, deleteFromFd) -> 0 | -errno: also report each u64 written to the
+// BPF ring buffer `mapFd`, as cb(token, 0, value), after deleting it as a key from the map
+// `deleteFromFd` (-1: none) right here, without waiting for JavaScript. Once per watcher.
+static Napi::Value HupRingbuf(const Napi::CallbackInfo &info) {
+  auto *w = info[0].As<Napi::Object>().Get("ptr").As<Napi::External<HupWatcher>>().Data();
+  if (w->rb) return Errno(info.Env(), EBUSY);
+  w->rbToken = info[2].As<Napi::Number>().DoubleValue();
+  w->rbDeleteFd = IntArg(info, 3);
+  struct ring_buffer *rb = ring_buffer__new(IntArg(info, 1), OnRingbufSample, w, nullptr);
+  if (!rb) return Errno(info.Env(), errno);
+  w->rb = rb;
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kRingbufToken;
+  if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(rb), &ev) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), 0);
 }
 
 // hupWatch(h, fd, token) -> 0 | -errno: report the fd once, when its peer closes or resets.
@@ -104,6 +152,7 @@ void InitEpoll(Napi::Env env, Napi::Object exports) {
   exports.Set("hupWatcher", Napi::Function::New(env, HupWatcherNew));
   exports.Set("hupWatch", Napi::Function::New(env, HupWatch));
   exports.Set("hupRearm", Napi::Function::New(env, HupRearm));
+  exports.Set("hupRingbuf", Napi::Function::New(env, HupRingbuf));
   exports.Set("hupUnwatch", Napi::Function::New(env, HupUnwatch));
   exports.Set("hupWatcherClose", Napi::Function::New(env, HupWatcherClose));
 }

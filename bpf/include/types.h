@@ -71,16 +71,27 @@ struct inpod_addr {
  * redirects, so telemetry and the drain-before-half-close check read exact byte counts.
  */
 struct inpod_fp_flow {
-	__u64 peer;  /* socket cookie of the socket the bytes go out of */
-	__u64 bytes; /* bytes redirected so far */
-	__u64 segs;  /* skbs redirected so far */
+	__u64 peer;      /* socket cookie of the socket the bytes go out of */
+	__u64 bytes;     /* bytes redirected so far */
+	__u64 segs;      /* skbs redirected so far */
+	__u64 peer_base; /* the peer's acked + queued bytes when the flow began (the proxy's tcpWritten) */
+	__u32 throttled; /* set by the program when the peer fell behind: bytes now stay with the socket */
+	__u32 _pad;
 };
+
+/*
+ * In-flight bytes (redirected, not yet taken by the peer's socket) past which the program stops
+ * redirecting a flow: its later skbs stay with the source socket (SK_PASS), charged to its
+ * receive buffer, so TCP's window closes on the sender; the proxy relays the rest itself.
+ */
+#define INPOD_FP_MAX_INFLIGHT (4 * 1024 * 1024)
 
 /* inpod_fp_stats indexes (per-CPU counters of the fast path as a whole). */
 enum inpod_fp_stat {
 	INPOD_FP_STAT_BYTES = 0, /* bytes redirected between spliced sockets */
 	INPOD_FP_STAT_SEGS,      /* skbs redirected */
 	INPOD_FP_STAT_DROP,      /* skbs with no flow or no peer socket: dropped */
+	INPOD_FP_STAT_THROTTLE,  /* flows stopped because their peer fell behind */
 	INPOD_FP_STAT_MAX,
 };
 

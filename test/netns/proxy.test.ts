@@ -55,7 +55,7 @@ services:
     for (const p of [client, server, server2]) await backend.enroll(p.netnsPath);
     lab.joinCgroup();
     const log = pino({ level: 'info' }, { write: (line: string) => void records.push(JSON.parse(line)) });
-    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log });
+    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log, fastPath: 'on' });
     await zt.addPod({ uid: 'u-client', name: 'client', namespace: 'default', serviceAccount: 'sleep' }, openPath(client.netnsPath));
     await zt.addPod({ uid: 'u-server', name: 'server', namespace: 'shop', serviceAccount: 'web' }, openPath(server.netnsPath));
     await zt.addPod({ uid: 'u-server2', name: 'server2', namespace: 'shop', serviceAccount: 'web' }, openPath(server2.netnsPath));

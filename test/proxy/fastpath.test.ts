@@ -122,7 +122,7 @@ describe.each(MODES)('kernel fast path (sk_skb splice between proxy sockets), $m
     fp?.close();
   });
 
-  it('moves a transfer larger than every socket buffer both ways, byte-exact, with every byte counted in the kernel', async () => {
+  it('moves a transfer larger than every socket buffer both ways, byte-exact, the kernel counting what it moved', async () => {
     const n = 48 * 1024 * 1024;
     const data = randomBytes(n);
     rig.onServer = (s) => s.pipe(s); // echo, half-close passes through
@@ -136,13 +136,15 @@ describe.each(MODES)('kernel fast path (sk_skb splice between proxy sockets), $m
     const [r] = (await rig.relayed(seen + 1)).slice(seen);
     expect(got.length).toBe(n);
     expect(sha(got)).toBe(sha(data));
-    expect(r).toMatchObject({ path: 'kernel', aToB: n, bToA: n + 1 });
+    expect(r).toMatchObject({ aToB: n, bToA: n + 1 });
+    // mixed: a direction paused for back-pressure whose sender finished meanwhile ends in Node
+    expect(['kernel', 'mixed']).toContain(r!.path);
     expect(r!.error).toBeUndefined();
     const after = fp.counters();
     // the kernel's own count is what the connection reports as moved by it
     expect(after.bytes - before.bytes).toBe(r!.kernelBytes);
-    if (atOnce) expect(r!.kernelBytes).toBe(2 * n + 1);
-    else expect(r!.kernelBytes).toBeGreaterThan(n); // promoted early on: most of it
+    // most of it; not all when the echo falls 4 MiB behind and the kernel hands the rest back
+    expect(r!.kernelBytes).toBeGreaterThan(n / 2);
     expect(after.drops).toBe(0);
   });
 
@@ -317,6 +319,60 @@ describe('kernel fast path: when a connection is spliced', () => {
     const metrics = await reg.getSingleMetricAsString('inpod_fastpath_fallback_total');
     expect(metrics).toMatch(/inpod_fastpath_fallback_total\{reason="not_established"\} [1-9]/);
   });
+
+  it('holds a fast sender back when the receiver stops reading, then delivers every byte in order', async () => {
+    const reg = new Registry();
+    const bp = new FastPath({ enabled: true, log, registry: reg });
+    const r2 = new Rig(bp);
+    await r2.start();
+    let server!: net.Socket;
+    const serverGot: Buffer[] = [];
+    r2.onServer = (s) => {
+      server = s;
+      s.pause(); // reads nothing until told
+    };
+    try {
+      const c = await connect(r2.port);
+      const data = randomBytes(256 * 1024 * 1024);
+      // write as fast as the client's socket takes it, for a while, with the server not reading
+      let handed = 0;
+      const deadline = Date.now() + 1500;
+      while (handed < data.length && Date.now() < deadline) {
+        const chunk = data.subarray(handed, handed + (1 << 20));
+        handed += chunk.length;
+        if (!c.write(chunk)) {
+          let onDrain!: () => void;
+          await Promise.race([new Promise<void>((r) => c.once('drain', (onDrain = r))), new Promise((r) => setTimeout(r, 100))]);
+          c.off('drain', onDrain);
+        }
+      }
+      // without back-pressure the kernel queued all of it behind the receiver (400 MiB in 0.1 s);
+      // now what is taken is bounded by the socket buffers and the 4 MiB in flight
+      expect(handed).toBeLessThan(96 * 1024 * 1024);
+      expect(bp.counters().throttles).toBeGreaterThanOrEqual(1);
+      // the server reads again: everything arrives, in order
+      server.on('data', (d: Buffer) => serverGot.push(d));
+      const ended = new Promise((r) => server.once('end', r));
+      server.resume();
+      c.end(data.subarray(handed, handed + 8 * 1024 * 1024));
+      const sent = Math.min(data.length, handed + 8 * 1024 * 1024);
+      await ended;
+      const got = Buffer.concat(serverGot);
+      expect(got.length).toBe(sent);
+      expect(sha(got)).toBe(sha(data.subarray(0, sent)));
+      server.end();
+      const [r] = await r2.relayed(1);
+      expect(r).toMatchObject({ aToB: sent, bToA: 1 });
+      expect(['kernel', 'mixed']).toContain(r!.path);
+      expect(r!.error).toBeUndefined();
+      expect(r!.kernelBytes).toBeGreaterThan(0);
+      expect(await reg.getSingleMetricAsString('inpod_fastpath_demoted_total')).toMatch(/ 1$/m);
+      expect(bp.counters().drops).toBe(0);
+    } finally {
+      await r2.stop();
+      bp.close();
+    }
+  }, 60_000);
 
   it('keeps a short connection in userspace and promotes a long-lived one', async () => {
     const dflt = new FastPath({ enabled: true, log, promoteAfter: PROMOTE_DEFAULT }); // the proxy's "promote" mode: 64 KiB or 50 ms

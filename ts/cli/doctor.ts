@@ -57,7 +57,7 @@ export async function runChecks(o: DoctorOptions): Promise<Check[]> {
     skSkb = false;
   }
   out.push({ name: 'eBPF program type sk_skb (kernel fast path)', ok: skSkb, detail: skSkb ? 'loadable' : 'not supported by this kernel',
-    fix: 'the proxy relays every connection in userspace (start it with --fast-path off to say so); a kernel with CONFIG_BPF_STREAM_PARSER=y splices them' });
+    fix: 'inpod ztunnel --fast-path on cannot splice here and relays in userspace; a kernel with CONFIG_BPF_STREAM_PARSER=y can' });
   out.push({ name: 'bpffs mounted', ok: fsType(o.bpffs) === BPF_FS_MAGIC, detail: o.bpffs, fix: `mount -t bpf bpf ${o.bpffs} (in Kubernetes: mount the host's /sys/fs/bpf into the agent)` });
   const cg = o.cgroup ?? cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
   out.push({ name: 'cgroup2 mounted', ok: !!cg && fsType(cg) === CGROUP2_SUPER_MAGIC, detail: cg ?? 'no cgroup2 mount in /proc/mounts', fix: 'mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup) or boot with systemd.unified_cgroup_hierarchy=1' });

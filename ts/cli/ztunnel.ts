@@ -15,8 +15,8 @@ import { loadKubeConfig } from '../agent/kube.js';
 
 export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
                  [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
-                 [--fast-path on|promote|off]  (splice passthrough / plaintext-inbound connections in the kernel:
-                 on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms)
+                 [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
+                 on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
   inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
 
@@ -44,7 +44,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'admin-addr': { type: 'string', default: '127.0.0.1:15000' },
       'metrics-addr': { type: 'string', default: '0.0.0.0:15020' },
       'readiness-addr': { type: 'string', default: '0.0.0.0:15021' },
-      'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'on' },
+      'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
     },
     strict: true,
@@ -71,7 +71,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
-  else log.info({ reason: zt.fastPath.unavailable ?? 'switched off (--fast-path off)' }, 'kernel fast path off: every connection is relayed in userspace');
+  else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({
     path: v.zds!,
     log: logger('zds'),

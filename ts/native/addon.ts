@@ -94,7 +94,8 @@ export interface NativeAddon {
   watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
   rearmWatch(h: WatchHandle): void;
   unwatchFd(h: WatchHandle): void;
-  hupWatcher(cb: (token: number, revents: number) => void): HupWatcherHandle | number;
+  hupWatcher(cb: (token: number, revents: number, value?: number) => void): HupWatcherHandle | number;
+  hupRingbuf(h: HupWatcherHandle, mapFd: number, token: number, deleteFromFd: number): number;
   hupWatch(h: HupWatcherHandle, fd: number, token: number): number;
   hupRearm(h: HupWatcherHandle, fd: number, token: number): number;
   hupUnwatch(h: HupWatcherHandle, fd: number): number;

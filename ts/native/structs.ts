@@ -13,7 +13,7 @@ export const LAYOUT = {
   inpod_cidr_key: { sizeof: 16, offsetof: { prefixlen: 0, netns: 4, addr: 12 } },
   inpod_tuple: { sizeof: 24, offsetof: { netns: 0, sip: 8, dip: 12, sport: 16, dport: 18 } },
   inpod_addr: { sizeof: 8, offsetof: { ip4: 0, port: 4 } },
-  inpod_fp_flow: { sizeof: 24, offsetof: { peer: 0, bytes: 8, segs: 16 } },
+  inpod_fp_flow: { sizeof: 40, offsetof: { peer: 0, bytes: 8, segs: 16, peer_base: 24, throttled: 32 } },
 } as const;
 
 export const POD_DNS_CAPTURE = 0x1;
@@ -142,6 +142,10 @@ export interface FpFlow {
   peer: bigint;
   bytes: number;
   segs: number;
+  /** the peer's tcpWritten() when the flow began */
+  peerBase: number;
+  /** non-zero once the program found the peer behind and stopped redirecting */
+  throttled: number;
 }
 
 export function encodeFpFlow(f: FpFlow): Buffer {
@@ -150,10 +154,18 @@ export function encodeFpFlow(f: FpFlow): Buffer {
   b.writeBigUInt64LE(f.peer, o.peer);
   b.writeBigUInt64LE(BigInt(f.bytes), o.bytes);
   b.writeBigUInt64LE(BigInt(f.segs), o.segs);
+  b.writeBigUInt64LE(BigInt(f.peerBase), o.peer_base);
+  b.writeUInt32LE(f.throttled, o.throttled);
   return b;
 }
 
 export function decodeFpFlow(b: Buffer): FpFlow {
   const o = LAYOUT.inpod_fp_flow.offsetof;
-  return { peer: b.readBigUInt64LE(o.peer), bytes: Number(b.readBigUInt64LE(o.bytes)), segs: Number(b.readBigUInt64LE(o.segs)) };
+  return {
+    peer: b.readBigUInt64LE(o.peer),
+    bytes: Number(b.readBigUInt64LE(o.bytes)),
+    segs: Number(b.readBigUInt64LE(o.segs)),
+    peerBase: Number(b.readBigUInt64LE(o.peer_base)),
+    throttled: b.readUInt32LE(o.throttled),
+  };
 }

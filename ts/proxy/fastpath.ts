@@ -37,7 +37,7 @@ import {
   EPOLLERR,
   EPOLLRDHUP,
 } from '../native/index.js';
-import { encodeU64, encodeFpFlow, decodeFpFlow, LAYOUT } from '../native/structs.js';
+import { encodeU64, encodeFpFlow, decodeFpFlow, LAYOUT, type FpFlow } from '../native/structs.js';
 import { SyscallError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { fdOf, relay as userspaceRelay } from './sockets.js';
@@ -70,23 +70,26 @@ export interface FastPathOptions {
   drainTimeoutMs?: number;
 }
 
-const FP_STAT = { bytes: 0, segs: 1, drop: 2 } as const;
+const FP_STAT = { bytes: 0, segs: 1, drop: 2, throttle: 3 } as const;
+/** the hang-up watcher's token for the program's ring buffer of throttled flows */
+const THROTTLE_TOKEN = 0;
 const EOPNOTSUPP = 95;
 
 /**
  * Splicing costs a connection about 30 system calls and a kernel psock set up and torn down: for
  * a connection that carries one small exchange and closes, that is more than relaying it
- * (measured: 0.65x the connection rate of the userspace path), while anything long-lived or
- * bulky gains several times over. A connection is known to be one or the other only once it has
- * run a while: in "promote" mode it starts in userspace and is spliced when it passes either
- * mark. Promotion has to stop reading, copy what is queued and wait for the copies to reach the
- * kernel; under load that is put off (counted) and after PROMOTE_RETRIES tries given up, so the
- * default splices at once.
+ * (measured: ~0.7x the connection rate of the userspace path), while long-lived request/response
+ * connections gain. A connection is known to be one or the other only once it has run a while:
+ * in "promote" mode it starts in userspace and is spliced when it passes either mark. Promotion
+ * has to stop reading, copy what is queued and wait for the copies to reach the kernel; under
+ * load that is put off (counted) and after PROMOTE_RETRIES tries given up.
  */
 export const PROMOTE_DEFAULT = { bytes: 64 * 1024, ms: 50 };
 /** A promotion reads what the kernel holds for the proxy; give up (and retry) beyond this. */
 const PROMOTE_MAX_COPY = 4 * 1024 * 1024;
 const PROMOTE_RETRIES = 5;
+/** A demoted direction keeps reading while the kernel's last bytes drain; it holds at most this. */
+const HOLD_MAX = 16 * 1024 * 1024;
 
 interface Direction {
   from: net.Socket;
@@ -102,6 +105,8 @@ interface Direction {
   toWritten0: number;
   /** the userspace relay's listeners, removed when the direction goes to the kernel */
   off?: () => void;
+  /** the kernel stopped this direction (its peer fell behind); the rest is relayed in userspace */
+  demoted?: boolean;
 }
 
 type Handle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
@@ -247,6 +252,7 @@ class Splice {
   #startKernel(d: Direction): void {
     const token = this.fp.watch(d.fromFd, (revents) => this.#onHup(d, token, revents));
     this.#tokens.push(token);
+    this.fp.onThrottle(d.fromKey, () => void this.#demote(d));
     // bytes queued before the socket joined the verdict map wait for the next skb; a read runs
     // the program over them now. Nothing may come back: the program never passes to userspace.
     let peeked: number | null;
@@ -258,21 +264,42 @@ class Splice {
     if (peeked !== null && peeked > 0) this.abort(new Error('fast path: bytes reached the proxy on a spliced socket'));
   }
 
-  #startUser(d: Direction, promoteAtBytes?: number): void {
-    const onData = (chunk: Buffer): void => {
-      d.bytes += chunk.length;
+  /**
+   * Relays one direction in Node. With `hold`, what is read is kept until hold resolves (the
+   * kernel's earlier bytes must reach Y first), but reading goes on meanwhile (up to HOLD_MAX):
+   * a stopped reader could wedge the kernel's queue on X that the other direction also needs.
+   */
+  #startUser(d: Direction, promoteAtBytes?: number, hold?: Promise<boolean>): void {
+    let held: Buffer[] | null = hold ? [] : null;
+    let heldBytes = 0;
+    let ended = false;
+    const write = (chunk: Buffer): void => {
       if (!d.to.write(chunk)) {
         d.from.pause();
         d.to.once('drain', () => {
-          if (!this.#promoting && !d.kernel) d.from.resume();
+          if (!this.#promoting && (!d.kernel || d.demoted)) d.from.resume();
         });
       }
-      if (promoteAtBytes !== undefined && this.#promoteTries === 0 && this.dirs[0].bytes + this.dirs[1].bytes >= promoteAtBytes) void this.#promote();
     };
-    const onEnd = (): void => {
+    const finish = (): void => {
       d.to.end();
       d.done = true;
       this.#maybeFinish();
+    };
+    const onData = (chunk: Buffer): void => {
+      d.bytes += chunk.length;
+      if (held) {
+        held.push(chunk);
+        heldBytes += chunk.length;
+        if (heldBytes > HOLD_MAX) d.from.pause();
+        return;
+      }
+      write(chunk);
+      if (promoteAtBytes !== undefined && this.#promoteTries === 0 && this.dirs[0].bytes + this.dirs[1].bytes >= promoteAtBytes) void this.#promote();
+    };
+    const onEnd = (): void => {
+      ended = true;
+      if (!held) finish();
     };
     d.from.on('data', onData);
     d.from.once('end', onEnd);
@@ -280,11 +307,19 @@ class Splice {
       d.from.off('data', onData);
       d.from.off('end', onEnd);
     };
-    d.from.resume();
+    hold?.then((ok) => {
+      const chunks = held ?? [];
+      held = null;
+      if (!ok || this.#over) return;
+      for (const c of chunks) write(c);
+      if (ended) finish();
+      else if (heldBytes > HOLD_MAX) d.from.resume();
+    });
+    startReading(d.from);
   }
 
   #onHup(d: Direction, token: number, revents: number): void {
-    if (this.#over) return;
+    if (this.#over || d.demoted) return;
     let err = 0;
     try {
       err = sockError(d.fromFd);
@@ -314,8 +349,11 @@ class Splice {
     for (let i = 0; ; i++) {
       if (this.#over) return;
       try {
+        const flow = this.fp.flow(d.fromKey);
+        // stopped by the kernel: the bytes after the FIN's predecessors wait with X, Node relays them
+        if (flow?.throttled) return void this.#demote(d);
         // nothing left unread on X, so the flow's count is final: Y must have taken that much
-        if (tcpInq(d.fromFd) === 0 && tcpWritten(d.toFd) - d.toWritten0 >= this.fp.flowBytes(d.fromKey)) break;
+        if (tcpInq(d.fromFd) === 0 && tcpWritten(d.toFd) - d.toWritten0 >= (flow?.bytes ?? 0)) break;
       } catch (e) {
         return this.abort(e as Error);
       }
@@ -325,6 +363,42 @@ class Splice {
     d.to.end();
     d.done = true;
     this.#maybeFinish();
+  }
+
+  /**
+   * The program stopped redirecting X (Y's socket fell more than INPOD_FP_MAX_INFLIGHT behind):
+   * X's later bytes wait on X itself, charged to its receive buffer, so TCP holds the sender
+   * back. Once Y has taken everything redirected before, Node reads X (those waiting bytes
+   * first, in order) and relays the rest with its own back-pressure.
+   */
+  async #demote(d: Direction): Promise<void> {
+    if (this.#over || d.demoted || !d.kernel || d.done) return;
+    d.demoted = true;
+    this.fp.unwatch(d.fromFd, []);
+    this.fp.demoted();
+    let release!: (ok: boolean) => void;
+    this.#startUser(d, undefined, new Promise<boolean>((r) => (release = r)));
+    const deadline = Date.now() + this.fp.drainTimeoutMs;
+    for (;;) {
+      if (this.#over) return release(false);
+      try {
+        if (tcpWritten(d.toFd) - d.toWritten0 >= this.fp.flowBytes(d.fromKey)) break;
+      } catch (e) {
+        release(false);
+        return this.abort(e as Error);
+      }
+      if (Date.now() > deadline) {
+        release(false);
+        return this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    release(true);
+  }
+
+  /** The periodic sweep's check, in case a throttle event was lost (full ring buffer). */
+  checkThrottled(): void {
+    for (const d of this.dirs) if (d.kernel && !d.demoted && !d.done && this.fp.flow(d.fromKey)?.throttled) void this.#demote(d);
   }
 
   #maybeFinish(): void {
@@ -355,6 +429,7 @@ class Splice {
       this.#kernelBytes += moved;
     }
     for (const d of this.dirs) if (d.fromFd >= 0) this.fp.forget(d.fromKey);
+    this.fp.ended(this);
   }
 
   #result(): RelayResult {
@@ -376,6 +451,11 @@ export class FastPath {
   #stats?: BpfMap;
   #watcher?: HupWatcher;
   readonly #handlers = new Map<number, (revents: number) => void>();
+  /** socket cookie (as a number) of a kernel direction -> what to do when the program throttles it */
+  readonly #throttle = new Map<number, () => void>();
+  readonly #splices = new Set<Splice>();
+  #sweep?: NodeJS.Timeout;
+  #demotedCount?: Counter;
   #nextToken = 1;
   #active = 0;
   readonly #fallbacks?: Counter<'reason'>;
@@ -405,6 +485,7 @@ export class FastPath {
       new Gauge({ name: 'inpod_fastpath_active_connections', help: 'Connections spliced in the kernel right now', registers: reg, collect() { this.set(self.#active); } });
       this.#spliced = new Counter({ name: 'inpod_fastpath_connections_total', help: 'Connections spliced, by how their bytes travel (kernel; mixed: one direction stayed in userspace)', labelNames: ['path'], registers: reg });
       this.#fallbacks = new Counter({ name: 'inpod_fastpath_fallback_total', help: 'Connections the kernel would not take, relayed in userspace instead, by reason', labelNames: ['reason'], registers: reg });
+      this.#demotedCount = new Counter({ name: 'inpod_fastpath_demoted_total', help: 'Spliced directions handed back to userspace because the receiving side fell behind (kernel back-pressure)', registers: reg });
       this.#deferred = new Counter({ name: 'inpod_fastpath_promotion_deferred_total', help: 'Promotions of a userspace connection to the kernel put off (retried), by reason', labelNames: ['reason'], registers: reg });
       const fromBpf = (name: string, help: string, idx: number): void => {
         let last = 0n;
@@ -434,17 +515,24 @@ export class FastPath {
     this.#stats = map('inpod_fp_stats', 4, 8 * numPossibleCpus());
     const prog = obj.prog('inpod_fp_verdict');
     progAttach(prog.fd, srcs.fd, prog.attachType);
-    this.#watcher = new HupWatcher((token, revents) => {
+    this.#watcher = new HupWatcher((token, revents, cookie) => {
       try {
-        this.#handlers.get(token)?.(revents);
+        if (token === THROTTLE_TOKEN) this.#throttle.get(cookie!)?.();
+        else this.#handlers.get(token)?.(revents);
       } catch (e) {
         this.#log.warn({ err: (e as Error).message }, 'fast path: hang-up handler failed');
       }
     });
+    this.#watcher.ringbuf(obj.mapFd('inpod_fp_events'), THROTTLE_TOKEN);
+    this.#sweep = setInterval(() => {
+      for (const s of this.#splices) s.checkThrottled();
+    }, 1000);
+    this.#sweep.unref();
     this.#srcs = srcs;
   }
 
   #unload(): void {
+    clearInterval(this.#sweep);
     this.#watcher?.close();
     this.#obj?.destroy();
     this.#srcs = this.#dsts = this.#flows = this.#stats = this.#watcher = this.#obj = undefined;
@@ -466,6 +554,7 @@ export class FastPath {
       if (s.kernel) this.#active--;
       done(r);
     });
+    this.#splices.add(s);
     if (this.promoteAfter) s.startUser(this.promoteAfter);
     else s.spliceNow();
   }
@@ -502,8 +591,8 @@ export class FastPath {
       keys = [ab.fromKey, ba.fromKey];
       for (const d of dirs) d.toWritten0 = tcpWritten(d.toFd);
       for (const d of dirs) dsts.update(d.fromKey, encodeU64(BigInt(d.fromFd)));
-      flows.update(ab.fromKey, encodeFpFlow({ peer: decodeKey(ba.fromKey), bytes: 0, segs: 0 }));
-      flows.update(ba.fromKey, encodeFpFlow({ peer: decodeKey(ab.fromKey), bytes: 0, segs: 0 }));
+      flows.update(ab.fromKey, encodeFpFlow({ peer: decodeKey(ba.fromKey), bytes: 0, segs: 0, peerBase: ab.toWritten0, throttled: 0 }));
+      flows.update(ba.fromKey, encodeFpFlow({ peer: decodeKey(ab.fromKey), bytes: 0, segs: 0, peerBase: ba.toWritten0, throttled: 0 }));
     } catch (e) {
       return refused(e);
     }
@@ -546,13 +635,30 @@ export class FastPath {
     for (const t of tokens) this.#handlers.delete(t);
   }
 
-  flowBytes(key: Buffer): number {
+  flow(key: Buffer): FpFlow | null {
     const v = this.#flows?.lookup(key);
-    return v ? decodeFpFlow(v).bytes : 0;
+    return v ? decodeFpFlow(v) : null;
+  }
+
+  flowBytes(key: Buffer): number {
+    return this.flow(key)?.bytes ?? 0;
+  }
+
+  onThrottle(key: Buffer, fn: () => void): void {
+    this.#throttle.set(Number(decodeKey(key)), fn);
   }
 
   forget(key: Buffer): void {
     this.#flows?.delete(key);
+    this.#throttle.delete(Number(decodeKey(key)));
+  }
+
+  ended(s: Splice): void {
+    this.#splices.delete(s);
+  }
+
+  demoted(): void {
+    this.#demotedCount?.inc();
   }
 
   /** Entries in the fast path's maps (what a leak test counts). */
@@ -560,10 +666,10 @@ export class FastPath {
     return { srcs: this.#srcs?.keys().length ?? 0, dsts: this.#dsts?.keys().length ?? 0, flows: this.#flows?.keys().length ?? 0 };
   }
 
-  /** Kernel-wide counters: bytes and skbs redirected, skbs dropped. */
-  counters(): { bytes: number; segs: number; drops: number } {
+  /** Kernel-wide counters: bytes and skbs redirected, skbs dropped, flows throttled. */
+  counters(): { bytes: number; segs: number; drops: number; throttles: number } {
     const c = (i: number): number => Number(this.#stats?.sumPerCpu(i) ?? 0n);
-    return { bytes: c(FP_STAT.bytes), segs: c(FP_STAT.segs), drops: c(FP_STAT.drop) };
+    return { bytes: c(FP_STAT.bytes), segs: c(FP_STAT.segs), drops: c(FP_STAT.drop), throttles: c(FP_STAT.throttle) };
   }
 
   get activeConnections(): number {

@@ -23,9 +23,10 @@ export interface ZtunnelOptions {
   certTtlMs?: number;
   log?: Logger;
   /**
-   * splice passthrough / plaintext-inbound connections in the kernel: 'on' (default) as soon as
-   * the proxy has decided the connection, 'promote' once it has carried 64 KiB or lasted 50 ms
-   * (spares short connections the setup cost), 'off' never
+   * splice passthrough / plaintext-inbound connections in the kernel: 'on' as soon as the proxy
+   * has decided the connection, 'promote' once it has carried 64 KiB or lasted 50 ms (spares
+   * short connections the setup cost), 'off' (default) never: see ARCHITECTURE.md for the
+   * measured trade-off
    */
   fastPath?: 'on' | 'promote' | 'off';
   /**
@@ -53,7 +54,7 @@ export class Ztunnel {
     this.pool = new HbonePool({ certs });
     if (opts.hooks) this.hooks = opts.hooks;
     else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
-    const mode = opts.fastPath ?? 'on';
+    const mode = opts.fastPath ?? 'off';
     this.sameNode = opts.sameNode ?? 'hbone';
     this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry?.registry });
   }
