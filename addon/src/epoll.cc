@@ -4,7 +4,6 @@
 // arriving does not wake it) and reported once to JavaScript with a caller's token.
 #include "addon.h"
 
-#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -18,11 +17,9 @@ struct HupWatcher {
   int epfd;
   int stopFd;
   Napi::ThreadSafeFunction tsfn;
-  // optional: a BPF ring buffer of u64 values (socket cookies), reported with rbToken; each
-  // value is first deleted from the map rbDeleteFd (if >= 0) on this thread
+  // optional: a BPF ring buffer of u64 values (socket cookies), reported with rbToken
   struct ring_buffer *rb = nullptr;
   double rbToken = 0;
-  int rbDeleteFd = -1;
 };
 
 static constexpr uint64_t kStopToken = UINT64_MAX;
@@ -33,7 +30,6 @@ static int OnRingbufSample(void *ctx, void *data, size_t size) {
   if (size < sizeof(uint64_t)) return 0;
   uint64_t v;
   memcpy(&v, data, sizeof(v));
-  if (w->rbDeleteFd >= 0) bpf_map_delete_elem(w->rbDeleteFd, &v);
   double token = w->rbToken, value = static_cast<double>(v);
   w->tsfn.NonBlockingCall([token, value](Napi::Env env, Napi::Function cb) {
     cb.Call({Napi::Number::New(env, token), Napi::Number::New(env, 0), Napi::Number::New(env, value)});
@@ -96,14 +92,12 @@ static Napi::Value HupWatcherNew(const Napi::CallbackInfo &info) {
   return h;
 }
 
-// hupRingbuf(h, mapFd, token, deleteFromFd) -> 0 | -errno: also report each u64 written to the
-// BPF ring buffer `mapFd`, as cb(token, 0, value), after deleting it as a key from the map
-// `deleteFromFd` (-1: none) right here, without waiting for JavaScript. Once per watcher.
+// hupRingbuf(h, mapFd, token) -> 0 | -errno: also report each u64 written to the BPF ring buffer
+// `mapFd`, as cb(token, 0, value). Once per watcher, before anything is written to the ring.
 static Napi::Value HupRingbuf(const Napi::CallbackInfo &info) {
   auto *w = info[0].As<Napi::Object>().Get("ptr").As<Napi::External<HupWatcher>>().Data();
   if (w->rb) return Errno(info.Env(), EBUSY);
   w->rbToken = info[2].As<Napi::Number>().DoubleValue();
-  w->rbDeleteFd = IntArg(info, 3);
   struct ring_buffer *rb = ring_buffer__new(IntArg(info, 1), OnRingbufSample, w, nullptr);
   if (!rb) return Errno(info.Env(), errno);
   w->rb = rb;

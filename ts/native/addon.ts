@@ -95,7 +95,7 @@ export interface NativeAddon {
   rearmWatch(h: WatchHandle): void;
   unwatchFd(h: WatchHandle): void;
   hupWatcher(cb: (token: number, revents: number, value?: number) => void): HupWatcherHandle | number;
-  hupRingbuf(h: HupWatcherHandle, mapFd: number, token: number, deleteFromFd: number): number;
+  hupRingbuf(h: HupWatcherHandle, mapFd: number, token: number): number;
   hupWatch(h: HupWatcherHandle, fd: number, token: number): number;
   hupRearm(h: HupWatcherHandle, fd: number, token: number): number;
   hupUnwatch(h: HupWatcherHandle, fd: number): number;

@@ -143,13 +143,10 @@ export class HupWatcher {
   constructor(onHup: (token: number, revents: number, value?: number) => void) {
     this.#h = check('epoll_create1', addon().hupWatcher(onHup));
   }
-  /**
-   * Also reports each u64 written to the BPF ring buffer `mapFd`, as onHup(token, 0, value),
-   * after deleting that value as a key from the map `deleteFromFd` on the watcher's own thread.
-   */
-  ringbuf(mapFd: number, token: number, deleteFromFd = -1): void {
+  /** Also reports each u64 written to the BPF ring buffer `mapFd`, as onHup(token, 0, value). */
+  ringbuf(mapFd: number, token: number): void {
     if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
-    check('ring_buffer__new', addon().hupRingbuf(this.#h, mapFd, token, deleteFromFd));
+    check('ring_buffer__new', addon().hupRingbuf(this.#h, mapFd, token));
   }
   /** Reports `fd` once, with `token`, when its peer half-closes or resets. */
   watch(fd: number, token: number): void {
