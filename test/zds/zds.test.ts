@@ -57,7 +57,13 @@ class ListenerHandler implements ZdsHandler {
       return;
     }
     if (uid.startsWith('fail')) throw new Error(`cannot serve ${uid}`);
-    this.pods.set(uid, { fd: ns, listener: socketInNs(ns.fd, { family: 4, bind: { ip: '127.0.0.1', port: 7777 }, listen: 8 }) });
+    // reuseAddr, as the real proxy's listeners: a re-add right after a del must be able to bind again
+    try {
+      this.pods.set(uid, { fd: ns, listener: socketInNs(ns.fd, { family: 4, bind: { ip: '127.0.0.1', port: 7777 }, listen: 8, reuseAddr: true }) });
+    } catch (e) {
+      this.log.push(`add ${uid} failed: ${(e as Error).message}`); // shows in the log assertions
+      throw e;
+    }
   }
   del(uid: string): void {
     this.log.push(`del ${uid}`);
