@@ -35,7 +35,10 @@ async function request(netnsPath: string, to: SockAddr, text: string): Promise<s
     let got = '';
     s.setTimeout(5000, () => s.destroy(new Error(`no answer from ${to.ip}:${to.port} in 5 s`)));
     s.on('data', (d) => (got += d));
-    s.on('end', () => resolve(got));
+    s.on('end', () => {
+      s.end(); // the proxy's sockets allow half-open: close our side too, or both ends linger
+      resolve(got);
+    });
     s.on('error', reject);
     s.write(text);
   });
