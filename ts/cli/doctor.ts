@@ -17,6 +17,8 @@ export interface Check {
   ok: boolean;
   detail: string;
   fix?: string;
+  /** a feature that is off by default: reported as "warn", not a failure of the node */
+  optional?: boolean;
 }
 
 export interface DoctorOptions {
@@ -56,7 +58,7 @@ export async function runChecks(o: DoctorOptions): Promise<Check[]> {
   } catch {
     skSkb = false;
   }
-  out.push({ name: 'eBPF program type sk_skb (kernel fast path)', ok: skSkb, detail: skSkb ? 'loadable' : 'not supported by this kernel',
+  out.push({ name: 'eBPF program type sk_skb (kernel fast path)', ok: skSkb, optional: true, detail: skSkb ? 'loadable' : 'not supported by this kernel',
     fix: 'inpod ztunnel --fast-path on cannot splice here and relays in userspace; a kernel with CONFIG_BPF_STREAM_PARSER=y can' });
   out.push({ name: 'bpffs mounted', ok: fsType(o.bpffs) === BPF_FS_MAGIC, detail: o.bpffs, fix: `mount -t bpf bpf ${o.bpffs} (in Kubernetes: mount the host's /sys/fs/bpf into the agent)` });
   const cg = o.cgroup ?? cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
@@ -140,9 +142,9 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   if (v.json) process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);
   else {
     for (const c of checks) {
-      process.stdout.write(`${c.ok ? 'pass' : 'FAIL'}  ${c.name}: ${c.detail}\n`);
+      process.stdout.write(`${c.ok ? 'pass' : c.optional ? 'warn' : 'FAIL'}  ${c.name}: ${c.detail}\n`);
       if (!c.ok && c.fix) process.stdout.write(`      fix: ${c.fix}\n`);
     }
   }
-  return checks.every((c) => c.ok) ? 0 : 1;
+  return checks.every((c) => c.ok || c.optional) ? 0 : 1;
 }
