@@ -169,7 +169,6 @@ export class HupWatcher {
   }
 }
 export const EPOLLERR = 0x8;
-export const EPOLLHUP = 0x10;
 export const EPOLLRDHUP = 0x2000;
 
 /** A unix socket pair (SOCK_SEQPACKET keeps message boundaries). */

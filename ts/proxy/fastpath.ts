@@ -101,8 +101,8 @@ interface Direction {
   fromFd: number;
   toFd: number;
   fromKey: Buffer;
-  /** tcpWritten(to) before anything could be redirected into it */
-  toWritten0: number;
+  /** the hang-up watch on `from` (0: none) */
+  token: number;
   /** the userspace relay's listeners, removed when the direction goes to the kernel */
   off?: () => void;
   /** the kernel stopped this direction (its peer fell behind); the rest is relayed in userspace */
@@ -147,7 +147,6 @@ class Splice {
   #promoteTries = 0;
   #kernelBytes = 0;
   #timer?: NodeJS.Timeout;
-  readonly #tokens: number[] = [];
 
   constructor(
     private readonly fp: FastPath,
@@ -156,7 +155,7 @@ class Splice {
     private readonly done: (r: RelayResult) => void,
   ) {
     const dir = (from: net.Socket, to: net.Socket): Direction => ({
-      from, to, kernel: false, bytes: 0, done: false, fromFd: -1, toFd: -1, fromKey: Buffer.alloc(0), toWritten0: 0,
+      from, to, kernel: false, bytes: 0, done: false, fromFd: -1, toFd: -1, fromKey: Buffer.alloc(0), token: 0,
     });
     this.dirs = [dir(a, b), dir(b, a)];
     for (const s of [a, b]) s.on('error', (e: Error) => this.abort(e));
@@ -171,11 +170,10 @@ class Splice {
     return this.dirs.some((d) => d.kernel);
   }
 
-  /** Splices at once: the sockets were never read. False if the kernel took neither direction. */
-  spliceNow(): boolean {
-    const ok = this.#toKernel();
+  /** Splices at once (the sockets were never read); what the kernel does not take runs in Node. */
+  spliceNow(): void {
+    this.#toKernel();
     for (const d of this.dirs) if (!d.kernel) this.#startUser(d);
-    return ok;
   }
 
   /** Starts in userspace; splices once the connection passes `after` (bytes or time). */
@@ -228,30 +226,26 @@ class Splice {
     }
     // the copies must be in the kernel before anything is redirected behind them; reading
     // stays stopped meanwhile, so do not wait long
-    for (let i = 0; i < 50 && (this.a.writableLength || this.b.writableLength) && !this.#over; i++) {
-      await new Promise((r) => (i < 5 ? setImmediate(r) : setTimeout(r, 1)));
-    }
+    const flushed = await this.#waitUntil(() => !this.a.writableLength && !this.b.writableLength, 50, 5);
     if (this.#over) return;
-    if (this.a.writableLength || this.b.writableLength) return retry('busy');
+    if (!flushed) return retry('busy');
     this.#promoting = false;
     this.#toKernel();
     for (const d of this.dirs) if (!d.kernel && !d.done) startReading(d.from);
   }
 
   /** Joins the maps (see the top of the file); starts the directions the kernel took. */
-  #toKernel(): boolean {
-    const taken = this.fp.join(this.dirs);
+  #toKernel(): void {
+    this.fp.join(this.dirs);
     for (const d of this.dirs) {
       if (!d.kernel) continue;
       d.off?.();
       this.#startKernel(d);
     }
-    return taken;
   }
 
   #startKernel(d: Direction): void {
-    const token = this.fp.watch(d.fromFd, (revents) => this.#onHup(d, token, revents));
-    this.#tokens.push(token);
+    d.token = this.fp.watch(d.fromFd, (revents) => this.#onHup(d, revents));
     this.fp.onThrottle(d.fromKey, () => void this.#demote(d));
     // bytes queued before the socket joined the verdict map wait for the next skb; a read runs
     // the program over them now. Nothing may come back: the program never passes to userspace.
@@ -318,7 +312,7 @@ class Splice {
     startReading(d.from);
   }
 
-  #onHup(d: Direction, token: number, revents: number): void {
+  #onHup(d: Direction, revents: number): void {
     if (this.#over || d.demoted) return;
     let err = 0;
     try {
@@ -331,7 +325,7 @@ class Splice {
     if (!(revents & EPOLLRDHUP)) return;
     // keep hearing about a reset of this socket while the other direction runs
     try {
-      this.fp.rearm(d.fromFd, token);
+      this.fp.rearm(d.fromFd, d.token);
     } catch (e) {
       return this.abort(e as Error);
     }
@@ -339,27 +333,57 @@ class Splice {
   }
 
   /**
-   * Waits until Y has taken every byte redirected from X, then shuts Y's write side. The kernel
-   * tells nobody when its worker has moved the last skb, so this polls: at once, once more on
-   * the next turn of the event loop, then every millisecond (polling harder only burns CPU the
-   * worker needs).
+   * Polls `cond` (at once, `immediate` more times on the next turns of the event loop, then every
+   * millisecond) until it holds (true), the connection is over or `ms` passed (false). The kernel
+   * tells nobody when its worker has moved the last skb; polling harder only burns CPU the worker
+   * needs.
    */
-  async #drainThenShut(d: Direction): Promise<void> {
-    const deadline = Date.now() + this.fp.drainTimeoutMs;
-    for (let i = 0; ; i++) {
-      if (this.#over) return;
-      try {
-        const flow = this.fp.flow(d.fromKey);
-        // stopped by the kernel: the bytes after the FIN's predecessors wait with X, Node relays them
-        if (flow?.throttled) return void this.#demote(d);
-        // nothing left unread on X, so the flow's count is final: Y must have taken that much
-        if (tcpInq(d.fromFd) === 0 && tcpWritten(d.toFd) - d.toWritten0 >= (flow?.bytes ?? 0)) break;
-      } catch (e) {
-        return this.abort(e as Error);
-      }
-      if (Date.now() > deadline) return this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
-      await new Promise((r) => (i < 1 ? setImmediate(r) : setTimeout(r, 1)));
+  async #waitUntil(cond: () => boolean, ms: number, immediate = 2): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    for (let i = 0; !this.#over; i++) {
+      if (cond()) return true;
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => (i < immediate ? setImmediate(r) : setTimeout(r, 1)));
     }
+    return false;
+  }
+
+  /** Y's socket has taken every byte the program redirected from X (the flow's count). */
+  #drained(d: Direction, flow = this.fp.flow(d.fromKey)): boolean {
+    return !!flow && tcpWritten(d.toFd) - flow.peerBase >= flow.bytes;
+  }
+
+  /**
+   * Waits up to drainTimeoutMs for `cond` (a syscall failing in it, or the time running out,
+   * resets the connection). True once it holds on a connection still open.
+   */
+  async #untilDrained(cond: () => boolean): Promise<boolean> {
+    let err: Error | undefined;
+    const ok = await this.#waitUntil(() => {
+      try {
+        return cond();
+      } catch (e) {
+        err = e as Error;
+        return true;
+      }
+    }, this.fp.drainTimeoutMs);
+    if (err) this.abort(err);
+    else if (!ok && !this.#over) this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
+    return ok && !err && !this.#over;
+  }
+
+  /** After X's FIN: shuts Y's write side once every byte before the FIN has reached Y's socket. */
+  async #drainThenShut(d: Direction): Promise<void> {
+    let throttled = false;
+    const ok = await this.#untilDrained(() => {
+      // stopped by the program: the bytes before the FIN wait with X, and Node relays them
+      const flow = this.fp.flow(d.fromKey);
+      throttled = !!flow?.throttled;
+      // else nothing may be left unread on X (so the flow's count is final) and Y took it all
+      return throttled || (tcpInq(d.fromFd) === 0 && this.#drained(d, flow));
+    });
+    if (throttled) return void this.#demote(d);
+    if (!ok) return;
     d.to.end();
     d.done = true;
     this.#maybeFinish();
@@ -374,26 +398,11 @@ class Splice {
   async #demote(d: Direction): Promise<void> {
     if (this.#over || d.demoted || !d.kernel || d.done) return;
     d.demoted = true;
-    this.fp.unwatch(d.fromFd, []);
+    this.fp.unwatch(d);
     this.fp.demoted();
     let release!: (ok: boolean) => void;
     this.#startUser(d, undefined, new Promise<boolean>((r) => (release = r)));
-    const deadline = Date.now() + this.fp.drainTimeoutMs;
-    for (;;) {
-      if (this.#over) return release(false);
-      try {
-        if (tcpWritten(d.toFd) - d.toWritten0 >= this.fp.flowBytes(d.fromKey)) break;
-      } catch (e) {
-        release(false);
-        return this.abort(e as Error);
-      }
-      if (Date.now() > deadline) {
-        release(false);
-        return this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
-      }
-      await new Promise((r) => setTimeout(r, 1));
-    }
-    release(true);
+    release(await this.#untilDrained(() => this.#drained(d)));
   }
 
   /** The periodic sweep's check, in case a throttle event was lost (full ring buffer). */
@@ -423,7 +432,7 @@ class Splice {
     clearTimeout(this.#timer);
     for (const d of this.dirs) {
       if (!d.kernel) continue;
-      this.fp.unwatch(d.fromFd, this.#tokens);
+      this.fp.unwatch(d);
       const moved = this.fp.flowBytes(d.fromKey);
       d.bytes += moved;
       this.#kernelBytes += moved;
@@ -562,15 +571,15 @@ export class FastPath {
   /**
    * Puts each direction's sockets in the maps (targets, flows, then the verdict map); marks the
    * directions the kernel took. Both sockets must have been read to empty (or never read), and
-   * every userspace write to them must be in the kernel already. True if any direction went.
+   * every userspace write to them must be in the kernel already.
    */
-  join(dirs: [Direction, Direction]): boolean {
+  join(dirs: [Direction, Direction]): void {
     const srcs = this.#srcs!;
     const dsts = this.#dsts!;
     const flows = this.#flows!;
     const [ab, ba] = dirs;
     let keys: Buffer[] = [];
-    const refused = (e: unknown): false => {
+    const refused = (e: unknown): void => {
       for (const k of keys) {
         srcs.delete(k);
         dsts.delete(k);
@@ -580,7 +589,6 @@ export class FastPath {
       const errno = e instanceof SyscallError ? e.errno : 0;
       this.#fallbacks?.inc({ reason: errno === EOPNOTSUPP ? 'not_established' : 'kernel_refused' });
       if (errno !== EOPNOTSUPP) this.#log.warn({ err: (e as Error).message }, 'kernel refused a splice; userspace path');
-      return false;
     };
     try {
       for (const [d, other] of [[ab, ba], [ba, ab]] as const) {
@@ -589,10 +597,11 @@ export class FastPath {
         d.fromKey = encodeU64(socketCookie(d.fromFd));
       }
       keys = [ab.fromKey, ba.fromKey];
-      for (const d of dirs) d.toWritten0 = tcpWritten(d.toFd);
       for (const d of dirs) dsts.update(d.fromKey, encodeU64(BigInt(d.fromFd)));
-      flows.update(ab.fromKey, encodeFpFlow({ peer: decodeKey(ba.fromKey), bytes: 0, segs: 0, peerBase: ab.toWritten0, throttled: 0 }));
-      flows.update(ba.fromKey, encodeFpFlow({ peer: decodeKey(ab.fromKey), bytes: 0, segs: 0, peerBase: ba.toWritten0, throttled: 0 }));
+      // peerBase: what Y had taken before anything could be redirected into it
+      for (const [d, other] of [[ab, ba], [ba, ab]] as const) {
+        flows.update(d.fromKey, encodeFpFlow({ peer: decodeKey(other.fromKey), bytes: 0, segs: 0, peerBase: tcpWritten(d.toFd), throttled: 0 }));
+      }
     } catch (e) {
       return refused(e);
     }
@@ -610,7 +619,6 @@ export class FastPath {
     if (firstErr) this.#fallbacks?.inc({ reason: 'not_established' });
     this.#active++;
     this.#spliced?.inc({ path: ab.kernel && ba.kernel ? 'kernel' : 'mixed' });
-    return true;
   }
 
   promotionFailed(reason: string): void {
@@ -630,9 +638,12 @@ export class FastPath {
     this.#watcher!.rearmErrors(fd, token);
   }
 
-  unwatch(fd: number, tokens: number[]): void {
-    this.#watcher?.unwatch(fd);
-    for (const t of tokens) this.#handlers.delete(t);
+  /** Stops watching the direction's socket (idempotent). */
+  unwatch(d: Direction): void {
+    if (!d.token) return;
+    this.#watcher?.unwatch(d.fromFd);
+    this.#handlers.delete(d.token);
+    d.token = 0;
   }
 
   flow(key: Buffer): FpFlow | null {
