@@ -112,7 +112,8 @@ int inpod_fp_verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	if (fp_peer_behind(flow)) {
 		flow->throttled = 1;
-		bpf_ringbuf_output(&inpod_fp_events, &cookie, sizeof(cookie), 0);
+		if (bpf_ringbuf_output(&inpod_fp_events, &cookie, sizeof(cookie), 0))
+			fp_add(INPOD_FP_STAT_LOST, 1); /* the proxy sweeps the flows instead */
 		fp_add(INPOD_FP_STAT_THROTTLE, 1);
 		return SK_PASS;
 	}

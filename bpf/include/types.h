@@ -92,6 +92,7 @@ enum inpod_fp_stat {
 	INPOD_FP_STAT_SEGS,      /* skbs redirected */
 	INPOD_FP_STAT_DROP,      /* skbs with no flow or no peer socket: dropped */
 	INPOD_FP_STAT_THROTTLE,  /* flows stopped because their peer fell behind */
+	INPOD_FP_STAT_LOST,      /* throttle events the ring buffer had no room for */
 	INPOD_FP_STAT_MAX,
 };
 

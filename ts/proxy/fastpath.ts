@@ -70,7 +70,7 @@ export interface FastPathOptions {
   drainTimeoutMs?: number;
 }
 
-const FP_STAT = { bytes: 0, segs: 1, drop: 2, throttle: 3 } as const;
+const FP_STAT = { bytes: 0, segs: 1, drop: 2, throttle: 3, lost: 4 } as const;
 /** the hang-up watcher's token for the program's ring buffer of throttled flows */
 const THROTTLE_TOKEN = 0;
 const EOPNOTSUPP = 95;
@@ -405,7 +405,7 @@ class Splice {
     release(await this.#untilDrained(() => this.#drained(d)));
   }
 
-  /** The periodic sweep's check, in case a throttle event was lost (full ring buffer). */
+  /** The sweep's check, after the program lost a throttle event (full ring buffer). */
   checkThrottled(): void {
     for (const d of this.dirs) if (d.kernel && !d.demoted && !d.done && this.fp.flow(d.fromKey)?.throttled) void this.#demote(d);
   }
@@ -533,7 +533,13 @@ export class FastPath {
       }
     });
     this.#watcher.ringbuf(obj.mapFd('inpod_fp_events'), THROTTLE_TOKEN);
+    // a throttle event the ring buffer had no room for is counted by the program; only then are
+    // the open connections' flows looked at (not every connection's, every second)
+    let lost = 0n;
     this.#sweep = setInterval(() => {
+      const now = this.#stats?.sumPerCpu(FP_STAT.lost) ?? 0n;
+      if (now === lost) return;
+      lost = now;
       for (const s of this.#splices) s.checkThrottled();
     }, 1000);
     this.#sweep.unref();
