@@ -153,25 +153,15 @@ export class PodProxy {
     ctx.transport = 'local';
     ctx.dst.identity = spiffeUri(dstPod.identity);
     const inCtx: ConnContext = { direction: 'inbound', transport: 'local', src: { ...ctx.src }, dst: { ...app, identity: ctx.dst.identity }, pod: dstPod.pod };
-    this.deps.hooks.opened(inCtx);
-    const d = this.deps.hooks.authorize(inCtx);
-    if (!d.allow) {
-      this.#finish(inCtx, started, 0, 0, 'denied', 'DENY', d.reason);
-      this.#finish(ctx, started, 0, 0, 'denied', 'DENY', d.reason);
+    const a = await dstPod.admit(inCtx, app);
+    if (!('up' in a)) {
+      const [outcome, flags, why] = 'denied' in a ? (['denied', 'DENY', a.denied] as const) : (['error', 'CONNECT', unreachable(app, a.unreachable)] as const);
+      this.#finish(inCtx, started, 0, 0, outcome, flags, why);
+      this.#finish(ctx, started, 0, 0, outcome, flags, why);
       down.resetAndDestroy();
       return;
     }
-    let up: net.Socket;
-    try {
-      up = await connectIn(dstPod.netns.fd, app, { mark: PROXY_MARK, transparentFrom: ctx.src.ip, paused: true });
-    } catch (e) {
-      const why = `app ${app.ip}:${app.port} unreachable: ${(e as Error).message}`;
-      this.#finish(inCtx, started, 0, 0, 'error', 'CONNECT', why);
-      this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', why);
-      down.resetAndDestroy();
-      return;
-    }
-    this.deps.fastPath.relay(down, up, (r) => {
+    this.deps.fastPath.relay(down, a.up, (r) => {
       this.#relayed(inCtx, started, r);
       this.#relayed(ctx, started, r);
     });
@@ -189,19 +179,27 @@ export class PodProxy {
     const dst = originalDestination(down);
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
     const ctx: ConnContext = { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: spiffeUri(this.identity) }, pod: this.pod };
+    const a = await this.admit(ctx, dst);
+    if ('up' in a) return this.deps.fastPath.relay(down, a.up, (r) => this.#relayed(ctx, started, r));
+    if ('denied' in a) this.#finish(ctx, started, 0, 0, 'denied', 'DENY', a.denied);
+    else this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', a.unreachable.message);
+    down.resetAndDestroy();
+  }
+
+  /**
+   * The inbound half every path shares (plaintext 15006, HBONE 15008, same-node delivery): the
+   * connection is reported opened, this pod's policy decides, and the app is reached from inside
+   * this pod, transparently from the client's IP. The app's socket comes back paused (never read:
+   * the fast path may take it; relay() resumes it otherwise).
+   */
+  async admit(ctx: ConnContext, app: Addr): Promise<{ up: net.Socket } | { denied: string | undefined } | { unreachable: Error }> {
     this.deps.hooks.opened(ctx);
     const d = this.deps.hooks.authorize(ctx);
-    if (!d.allow) {
-      this.#finish(ctx, started, 0, 0, 'denied', 'DENY', d.reason);
-      down.resetAndDestroy();
-      return;
-    }
+    if (!d.allow) return { denied: d.reason };
     try {
-      const up = await connectIn(this.netns.fd, dst, { mark: PROXY_MARK, transparentFrom: src.ip, paused: true });
-      this.deps.fastPath.relay(down, up, (r) => this.#relayed(ctx, started, r));
+      return { up: await connectIn(this.netns.fd, app, { mark: PROXY_MARK, transparentFrom: ctx.src.ip, paused: true }) };
     } catch (e) {
-      this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', (e as Error).message);
-      down.resetAndDestroy();
+      return { unreachable: e as Error };
     }
   }
 
@@ -262,17 +260,11 @@ export class PodProxy {
     const local = tlsSock?.localAddress ?? '';
     if (authority.ip !== local) return reject(400, `authority ${authority.ip} is not this connection's destination ${local}`);
     const ctx: ConnContext = { direction: 'inbound', transport: 'hbone', src, dst: { ...authority, identity: spiffeUri(this.identity) }, pod: this.pod };
-    this.deps.hooks.opened(ctx);
-    const d = this.deps.hooks.authorize(ctx);
-    if (!d.allow) return reject(401, d.reason ?? 'denied by policy', ctx);
-    let up: net.Socket;
-    try {
-      up = await connectIn(this.netns.fd, authority, { mark: PROXY_MARK, transparentFrom: src.ip });
-    } catch (e) {
-      return reject(503, `app ${authority.ip}:${authority.port} unreachable: ${(e as Error).message}`, ctx);
-    }
+    const a = await this.admit(ctx, authority);
+    if ('denied' in a) return reject(401, a.denied ?? 'denied by policy', ctx);
+    if ('unreachable' in a) return reject(503, unreachable(authority, a.unreachable), ctx);
     stream.respond({ ':status': 200 });
-    relay(stream, up, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
+    relay(stream, a.up, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
   }
 
   #relayed(ctx: ConnContext, started: number, r: RelayResult): void {
@@ -283,6 +275,10 @@ export class PodProxy {
     how?: Pick<ConnRecord, 'path' | 'kernelBytes'>): void {
     this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error, ...how });
   }
+}
+
+function unreachable(app: Addr, e: Error): string {
+  return `app ${app.ip}:${app.port} unreachable: ${e.message}`;
 }
 
 function parseAuthority(a: string): Addr | null {
