@@ -73,9 +73,9 @@ export class PodProxy {
     try {
       const ns = this.netns.fd;
       // paused: a connection that ends up spliced must not have been read by Node
-      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => void this.#outbound(s), '0.0.0.0', true));
+      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => this.#guard(s, this.#outbound(s)), '0.0.0.0', true));
       this.listeners.outbound = OUTBOUND_PORT;
-      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => void this.#inboundPlain(s), '0.0.0.0', true));
+      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => this.#guard(s, this.#inboundPlain(s)), '0.0.0.0', true));
       this.listeners.inbound = INBOUND_PORT;
       this.#servers.push(await this.#hboneServer(ns));
       this.listeners.hbone = HBONE_PORT;
@@ -92,6 +92,14 @@ export class PodProxy {
     for (const ip of this.#pooledIps) this.deps.pool.retire(ip);
     for (const s of this.#servers.splice(0)) s.close();
     if (!this.netns.closed) this.netns.close();
+  }
+
+  /** A failure while serving one connection ends that connection only, logged; never the process. */
+  #guard(down: net.Socket, serving: Promise<void>): void {
+    serving.catch((e: Error) => {
+      this.#log.error({ err: e.message, stack: e.stack }, 'connection handler failed; connection reset');
+      if (!down.destroyed) down.resetAndDestroy();
+    });
   }
 
   /**
