@@ -40,7 +40,7 @@ import {
 import { encodeU64, encodeFpFlow, decodeFpFlow, LAYOUT, type FpFlow } from '../native/structs.js';
 import { SyscallError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { fdOf, relay as userspaceRelay } from './sockets.js';
+import { fdOf, relay as userspaceRelay, relayGone } from './sockets.js';
 
 /** How the bytes of a relayed connection travelled. */
 export type RelayPath = 'kernel' | 'mixed' | 'userspace';
@@ -560,6 +560,8 @@ export class FastPath {
    * `done` runs once, when both directions are over or either side failed.
    */
   relay(a: net.Socket, b: net.Socket, done: (r: RelayResult) => void): void {
+    const gone = relayGone(a, b);
+    if (gone) return done({ aToB: 0, bToA: 0, error: gone, kernelBytes: 0, path: 'userspace' });
     if (!this.#srcs) {
       if (this.enabled) this.#fallbacks?.inc({ reason: 'unavailable' });
       userspaceRelay(a, b, (r) => done({ ...r, kernelBytes: 0, path: 'userspace' }));

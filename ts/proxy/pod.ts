@@ -3,18 +3,20 @@
  * (outbound), 15006 (inbound plaintext) and 15008 (HBONE, mTLS with the pod's own identity).
  * Created on ZDS Add; closed on Del. Connections already open are left to finish.
  */
-import http2, { type Http2SecureServer, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
 import net from 'node:net';
-import type { TLSSocket } from 'node:tls';
 import { isIPv4 } from 'node:net';
 import { socketInNs, type Fd } from '../native/index.js';
 import type { CertManager } from '../identity/manager.js';
-import { spiffeUri, uriSans, parseSpiffe, type Identity } from '../identity/spiffe.js';
+import { spiffeUri, type Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../util/log.js';
-import { connectIn, listenIn, originalDestination, relay, PROXY_MARK } from './sockets.js';
-import { buildRoute, type Addr } from './route.js';
+import { connectIn, listenIn, nodeAddresses, originalDestination, relay, PROXY_MARK } from './sockets.js';
+import { buildRoute, isSelfCall, type Addr, type OwnAddresses } from './route.js';
+import { MeshError } from '../util/errors.js';
 import type { HbonePool } from './hbone/client.js';
+import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
+import type { HboneLimits } from './hbone/limits.js';
 import type { FastPath, RelayResult } from './fastpath.js';
 import type { ConnContext, ConnRecord, ProxyHooks } from './hooks.js';
 
@@ -43,6 +45,8 @@ export interface PodDeps {
    * it skips HBONE (see #sameNode).
    */
   localPod?: (ip: string) => PodProxy | undefined;
+  /** the HBONE server's per-peer limits (defaults: hbone/limits.ts) */
+  hboneLimits?: Partial<HboneLimits>;
 }
 
 export class PodProxy {
@@ -52,6 +56,8 @@ export class PodProxy {
   #certTimer?: NodeJS.Timeout;
   #certSerial = '';
   readonly listeners: Record<string, number> = {};
+  /** source IPs this pod's HBONE connections were pooled under (retired when it stops) */
+  readonly #pooledIps = new Set<string>();
 
   constructor(readonly info: PodInfo, readonly netns: Fd, private readonly deps: PodDeps) {
     this.identity = { trustDomain: deps.trustDomain, namespace: info.namespace, serviceAccount: info.serviceAccount };
@@ -67,9 +73,9 @@ export class PodProxy {
     try {
       const ns = this.netns.fd;
       // paused: a connection that ends up spliced must not have been read by Node
-      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => void this.#outbound(s), '0.0.0.0', true));
+      this.#servers.push(await listenIn(ns, OUTBOUND_PORT, (s) => this.#guard(s, this.#outbound(s)), '0.0.0.0', true));
       this.listeners.outbound = OUTBOUND_PORT;
-      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => void this.#inboundPlain(s), '0.0.0.0', true));
+      this.#servers.push(await listenIn(ns, INBOUND_PORT, (s) => this.#guard(s, this.#inboundPlain(s)), '0.0.0.0', true));
       this.listeners.inbound = INBOUND_PORT;
       this.#servers.push(await this.#hboneServer(ns));
       this.listeners.hbone = HBONE_PORT;
@@ -83,8 +89,45 @@ export class PodProxy {
   /** Closes the listeners; open connections finish on their own. Idempotent. */
   stop(): void {
     clearInterval(this.#certTimer);
+    for (const ip of this.#pooledIps) this.deps.pool.retire(ip);
     for (const s of this.#servers.splice(0)) s.close();
     if (!this.netns.closed) this.netns.close();
+  }
+
+  /** A failure while serving one connection ends that connection only, logged; never the process. */
+  #guard(down: net.Socket, serving: Promise<void>): void {
+    serving.catch((e: Error) => {
+      this.#log.error({ err: e.message, stack: e.stack }, 'connection handler failed; connection reset');
+      if (!down.destroyed) down.resetAndDestroy();
+    });
+  }
+
+  /**
+   * Where a captured connection was going, or null when it must be refused: it has no recorded
+   * original destination, or that destination is the proxy itself (a loop, or a pod reaching the
+   * proxy's own ports through it). A refusal resets the client and is logged, never a fallback.
+   */
+  #destination(down: net.Socket, direction: 'inbound' | 'outbound'): Addr | null {
+    const from = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+    let dst: Addr;
+    try {
+      dst = originalDestination(down);
+    } catch (e) {
+      this.#log.warn({ direction, src: from, err: (e as Error).message, code: (e as MeshError).code }, 'connection refused: no original destination');
+      down.resetAndDestroy();
+      return null;
+    }
+    if (isSelfCall(direction, dst, this.#ownAddresses(from.ip))) {
+      this.#log.warn({ direction, src: from, dst, code: 'INPOD_ERR_SELF_CALL' }, 'connection refused: its destination is one of the proxy\'s own ports');
+      down.resetAndDestroy();
+      return null;
+    }
+    return dst;
+  }
+
+  #ownAddresses(clientIp?: string): OwnAddresses {
+    const w = this.deps.state.snapshot.byUid.get(this.info.uid);
+    return { podIps: [...(w?.workloadIps ?? []), ...(clientIp ? [clientIp] : [])], nodeIps: nodeAddresses() };
   }
 
   /* ------------------------------------------------------------------ outbound (15001) */
@@ -92,14 +135,8 @@ export class PodProxy {
   async #outbound(down: net.Socket): Promise<void> {
     const started = Date.now();
     down.on('error', () => {});
-    let dst: Addr;
-    try {
-      dst = originalDestination(down);
-    } catch (e) {
-      this.#log.warn({ err: (e as Error).message }, 'outbound: no original destination');
-      down.destroy();
-      return;
-    }
+    const dst = this.#destination(down, 'outbound');
+    if (!dst) return;
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: spiffeUri(this.identity) };
     const route = buildRoute(this.deps.state.snapshot, dst);
     const ctx: ConnContext = {
@@ -123,10 +160,12 @@ export class PodProxy {
     }
     try {
       if (route.kind === 'passthrough') {
+        if (isSelfCall('outbound', route.target, this.#ownAddresses(src.ip))) throw new MeshError('INPOD_ERR_SELF_CALL', `${route.target.ip}:${route.target.port} is one of the proxy's own ports`);
         const up = await connectIn(this.netns.fd, route.target, { mark: PROXY_MARK, paused: true });
         this.deps.fastPath.relay(down, up, (r) => this.#relayed(ctx, started, r));
         return;
       }
+      this.#pooledIps.add(src.ip);
       const { stream, peerIdentity } = await this.deps.pool.open(
         { nsFd: this.netns.fd, identity: this.identity, ip: src.ip, baggage: this.#baggage() },
         route,
@@ -135,7 +174,7 @@ export class PodProxy {
       relay(down, stream, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
     } catch (e) {
       const err = e as Error & { code?: string };
-      const flags = err.code === 'INPOD_ERR_HBONE_TLS' || err.code === 'INPOD_ERR_HBONE_IDENTITY' ? 'TLS_FAILURE' : /answered 401/.test(err.message) ? 'DENY' : 'CONNECT';
+      const flags = err.code === 'INPOD_ERR_HBONE_TLS' || err.code === 'INPOD_ERR_HBONE_IDENTITY' ? 'TLS_FAILURE' : err.code === 'INPOD_ERR_HBONE_DENIED' ? 'DENY' : 'CONNECT';
       this.#finish(ctx, started, 0, 0, flags === 'DENY' ? 'denied' : 'error', flags, err.message);
       this.#log.warn({ dst, err: err.message }, 'outbound connection failed');
       down.resetAndDestroy();
@@ -176,7 +215,8 @@ export class PodProxy {
   async #inboundPlain(down: net.Socket): Promise<void> {
     const started = Date.now();
     down.on('error', () => {});
-    const dst = originalDestination(down);
+    const dst = this.#destination(down, 'inbound');
+    if (!dst) return;
     const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
     const ctx: ConnContext = { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: spiffeUri(this.identity) }, pod: this.pod };
     const a = await this.admit(ctx, dst);
@@ -208,22 +248,15 @@ export class PodProxy {
   async #hboneServer(ns: number): Promise<Http2SecureServer> {
     const cert = await this.deps.certs.get(this.identity);
     this.#certSerial = cert.serial;
-    const server = http2.createSecureServer({
+    const server = createHboneServer({
       cert: cert.chainPem,
       key: cert.keyPem,
       ca: this.deps.certs.rootPem,
-      requestCert: true,
-      rejectUnauthorized: true,
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
-      ALPNProtocols: ['h2'],
-      allowHTTP1: false,
-      settings: { enablePush: false },
+      trustDomain: this.deps.trustDomain,
+      limits: this.deps.hboneLimits,
+      log: this.#log,
+      onStream: (s) => this.#hboneStream(s),
     });
-    server.on('stream', (stream, headers) => void this.#hboneStream(stream, headers));
-    server.on('connection', (sock: net.Socket) => sock.setNoDelay(true));
-    server.on('sessionError', () => {});
-    server.on('tlsClientError', (e) => this.#log.debug({ err: e.message }, 'hbone: TLS handshake failed'));
     // rotate the served certificate without touching open connections
     this.#certTimer = setInterval(() => {
       this.deps.certs.get(this.identity).then((c) => {
@@ -241,29 +274,34 @@ export class PodProxy {
     return server;
   }
 
-  async #hboneStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): Promise<void> {
+  /**
+   * One CONNECT on 15008. The stream may be reset by the peer at any await: every step after one
+   * re-checks it, and an upstream connection made for a stream that is gone is closed at once.
+   */
+  async #hboneStream({ stream, headers, peer, remote, localIp }: HboneStreamContext): Promise<void> {
     const started = Date.now();
-    stream.on('error', () => {});
-    const tlsSock = stream.session?.socket as TLSSocket | undefined;
-    const peerUris = uriSans(tlsSock?.getPeerCertificate()?.subjectaltname);
-    const peer = peerUris.map(parseSpiffe).find((p) => p && p.trustDomain === this.deps.trustDomain);
-    const src = { ip: tlsSock?.remoteAddress ?? '', port: tlsSock?.remotePort ?? 0, identity: peer ? spiffeUri(peer) : undefined };
-    const reject = (status: number, why: string, ctx?: ConnContext): void => {
+    const src = { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) };
+    const answer = (status: number, why: string, ctx?: ConnContext): void => {
       this.#log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
       if (ctx) this.#finish(ctx, started, 0, 0, status === 401 ? 'denied' : 'error', status === 401 ? 'DENY' : 'CONNECT', why);
-      if (!stream.destroyed) stream.respond({ ':status': status }, { endStream: true });
+      respond(stream, status, true);
     };
-    if (headers[':method'] !== 'CONNECT') return reject(400, `method ${String(headers[':method'])} is not CONNECT`);
-    if (!peer) return reject(401, `peer identity ${peerUris.join(', ') || '(none)'} is not in trust domain ${this.deps.trustDomain}`);
+    if (headers[':method'] !== 'CONNECT') return answer(400, `method ${String(headers[':method'])} is not CONNECT`);
     const authority = parseAuthority(String(headers[':authority'] ?? ''));
-    if (!authority) return reject(400, `authority "${String(headers[':authority'])}" is not ip:port`);
-    const local = tlsSock?.localAddress ?? '';
-    if (authority.ip !== local) return reject(400, `authority ${authority.ip} is not this connection's destination ${local}`);
+    if (!authority) return answer(400, `authority "${String(headers[':authority'])}" is not ip:port`);
+    if (authority.ip !== localIp) return answer(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
+    // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
+    if (isSelfCall('inbound', authority, this.#ownAddresses())) return answer(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
     const ctx: ConnContext = { direction: 'inbound', transport: 'hbone', src, dst: { ...authority, identity: spiffeUri(this.identity) }, pod: this.pod };
     const a = await this.admit(ctx, authority);
-    if ('denied' in a) return reject(401, a.denied ?? 'denied by policy', ctx);
-    if ('unreachable' in a) return reject(503, unreachable(authority, a.unreachable), ctx);
-    stream.respond({ ':status': 200 });
+    if ('denied' in a) return answer(401, a.denied ?? 'denied by policy', ctx);
+    if ('unreachable' in a) return answer(503, unreachable(authority, a.unreachable), ctx);
+    if (stream.destroyed || stream.closed) {
+      a.up.destroy();
+      this.#finish(ctx, started, 0, 0, 'error', 'CONNECT', 'the peer reset the stream before it was answered');
+      return;
+    }
+    respond(stream, 200, false);
     relay(stream, a.up, (r) => this.#relayed(ctx, started, { ...r, kernelBytes: 0, path: 'userspace' }));
   }
 
@@ -274,6 +312,16 @@ export class PodProxy {
   #finish(ctx: ConnContext, started: number, sent: number, received: number, outcome: ConnRecord['outcome'], responseFlags?: string, error?: string,
     how?: Pick<ConnRecord, 'path' | 'kernelBytes'>): void {
     this.deps.hooks.closed({ ...ctx, startedAt: started, durationMs: Date.now() - started, bytesSent: sent, bytesReceived: received, outcome, responseFlags, error, ...how });
+  }
+}
+
+/** Answers a stream unless the peer already reset it. */
+function respond(stream: ServerHttp2Stream, status: number, endStream: boolean): void {
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  try {
+    stream.respond({ ':status': status }, { endStream });
+  } catch {
+    /* reset between the check and the call: nothing to answer */
   }
 }
 

@@ -13,6 +13,38 @@ import { serviceKey, type Service, type Waypoint, type Workload } from '../state
 
 export const HBONE_PORT = 15008;
 
+/**
+ * The proxy's own ports: the in-pod listeners (ztunnel's illegal_ports, src/config.rs: 15001,
+ * 15006, 15008), DNS (15053) and the node-level admin, metrics and readiness ports. A connection
+ * the proxy would make to one of them on its own addresses would loop back into itself or reach
+ * its control surfaces from a pod.
+ */
+export const PROXY_PORTS: ReadonlySet<number> = new Set([15001, 15006, 15008, 15053, 15000, 15020, 15021]);
+
+/** Addresses that are the proxy's own from where it would connect. */
+export interface OwnAddresses {
+  /** the pod's IPs (the proxy listens on them inside the pod's netns) */
+  podIps: readonly string[];
+  /** the node's addresses (where the node-level ports listen) */
+  nodeIps: ReadonlySet<string>;
+}
+
+/**
+ * Is `dst` the proxy itself? Outbound (as ztunnel's outbound.rs, widened to the pod's and the
+ * node's addresses): one of the proxy's ports on loopback, the pod's IPs or the node's. Inbound
+ * (as ztunnel's inbound.rs and inbound_passthrough.rs): the target is always this pod, so the
+ * port alone decides.
+ */
+export function isSelfCall(direction: 'inbound' | 'outbound', dst: Addr, own: OwnAddresses): boolean {
+  if (!PROXY_PORTS.has(dst.port)) return false;
+  if (direction === 'inbound') return true;
+  return isLoopback(dst.ip) || own.podIps.includes(dst.ip) || own.nodeIps.has(dst.ip);
+}
+
+function isLoopback(ip: string): boolean {
+  return ip.startsWith('127.') || ip === '::1' || ip.startsWith('::ffff:127.');
+}
+
 export interface Addr {
   ip: string;
   port: number;

@@ -3,8 +3,10 @@
  * netns (with SO_MARK / IP_TRANSPARENT / bind as asked), Node drives it from then on.
  */
 import net from 'node:net';
-import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
-import { SyscallError } from '../util/errors.js';
+import type { Duplex } from 'node:stream';
+import { networkInterfaces } from 'node:os';
+import { origDst, socketInNs, type SockAddr } from '../native/index.js';
+import { MeshError, SyscallError } from '../util/errors.js';
 
 export const PROXY_MARK = 0x539;
 
@@ -72,16 +74,44 @@ export function fdOf(s: net.Socket): number {
 }
 
 /**
- * The destination a captured connection was meant for: SO_ORIGINAL_DST (iptables REDIRECT, or
- * the eBPF getsockopt program), else the socket's own address (eBPF sk_lookup keeps it there).
+ * The destination a captured connection was meant for: SO_ORIGINAL_DST, answered by conntrack
+ * (iptables REDIRECT) or by the eBPF getsockopt program. There is no fallback: a connection with
+ * no recorded destination would otherwise be taken for one to the listener itself (getsockname),
+ * and the proxy would connect to itself. Throws MeshError INPOD_ERR_ORIGINAL_DST.
  */
 export function originalDestination(s: net.Socket): SockAddr {
-  const fd = fdOf(s);
   try {
-    return origDst(fd);
-  } catch {
-    return sockName(fd);
+    return origDst(fdOf(s));
+  } catch (e) {
+    throw new MeshError('INPOD_ERR_ORIGINAL_DST', `no original destination for the connection from ${s.remoteAddress}:${s.remotePort} ` +
+      `(${(e as Error).message}); it did not come through capture (is the pod enrolled?), so it is refused`, { cause: e });
   }
+}
+
+/**
+ * The addresses of the netns this process runs in (the node's, for a proxy on the host
+ * network), re-read at most every 10 s.
+ */
+export const nodeAddresses = ((): (() => ReadonlySet<string>) => {
+  let cached: { at: number; ips: Set<string> } | undefined;
+  return () => {
+    if (!cached || Date.now() - cached.at > 10_000) {
+      cached = { at: Date.now(), ips: new Set(Object.values(networkInterfaces()).flat().map((i) => i!.address)) };
+    }
+    return cached.ips;
+  };
+})();
+
+/**
+ * A relay must not start on a side that is already gone (the client reset while the proxy was
+ * connecting upstream): nothing would ever end the other side. Destroys both and says why, or
+ * returns undefined when both are alive.
+ */
+export function relayGone(a: { destroyed: boolean; destroy(e?: Error): void }, b: { destroyed: boolean; destroy(e?: Error): void }): Error | undefined {
+  if (!a.destroyed && !b.destroyed) return undefined;
+  a.destroy();
+  b.destroy();
+  return new Error('one side closed before the relay started');
 }
 
 /**
@@ -89,8 +119,10 @@ export function originalDestination(s: net.Socket): SockAddr {
  * write end is closed after everything before it was written; a reset or error on either side
  * destroys both. Calls `done` once with the byte counts when both directions are over.
  */
-export function relay(a: net.Socket | NodeJS.ReadWriteStream & { destroy(e?: Error): void }, b: net.Socket | NodeJS.ReadWriteStream & { destroy(e?: Error): void },
+export function relay(a: Duplex, b: Duplex,
   done?: (r: { aToB: number; bToA: number; error?: Error }) => void): void {
+  const gone = relayGone(a, b);
+  if (gone) return done?.({ aToB: 0, bToA: 0, error: gone });
   let aToB = 0;
   let bToA = 0;
   let open = 2;
@@ -111,8 +143,8 @@ export function relay(a: net.Socket | NodeJS.ReadWriteStream & { destroy(e?: Err
   };
   a.on('data', (d: Buffer) => (aToB += d.length));
   b.on('data', (d: Buffer) => (bToA += d.length));
-  a.pipe(b as NodeJS.WritableStream);
-  b.pipe(a as NodeJS.WritableStream);
+  a.pipe(b);
+  b.pipe(a);
   a.once('end', finish);
   b.once('end', finish);
   a.once('error', fail);

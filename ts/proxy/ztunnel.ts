@@ -10,6 +10,7 @@ import { StateStore } from '../state/store.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Fd } from '../native/index.js';
 import { HbonePool } from './hbone/client.js';
+import type { HboneLimits } from './hbone/limits.js';
 import type { ProxyHooks } from './hooks.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
 import { PodProxy, type PodInfo } from './pod.js';
@@ -35,6 +36,8 @@ export interface ZtunnelOptions {
    * after the destination's policy check with the client's identity.
    */
   sameNode?: 'hbone' | 'direct';
+  /** per-peer limits and keepalive of HBONE connections, both ends (defaults: hbone/limits.ts) */
+  hbone?: Partial<HboneLimits>;
 }
 
 export class Ztunnel {
@@ -51,7 +54,7 @@ export class Ztunnel {
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
-    this.pool = new HbonePool({ certs });
+    this.pool = new HbonePool({ certs, limits: opts.hbone });
     if (opts.hooks) this.hooks = opts.hooks;
     else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
     const mode = opts.fastPath ?? 'off';
@@ -87,6 +90,7 @@ export class Ztunnel {
       trustDomain: this.opts.trustDomain,
       fastPath: this.fastPath,
       localPod: (ip) => this.#localPod(ip),
+      hboneLimits: this.opts.hbone,
     });
     await pod.start();
     this.pods.set(info.uid, pod);

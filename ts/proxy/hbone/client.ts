@@ -1,9 +1,11 @@
 /**
  * HBONE client: HTTP/2 CONNECT over mutual TLS 1.3 (ALPN h2) to a peer's 15008, with the
- * connections pooled per (source identity, destination identity, destination address) and at
- * most 100 streams each. The TCP connection is made inside the source pod's netns (mark 0x539),
- * so it leaves with the pod's own address. The peer must present one of the expected SPIFFE
- * identities; a mismatch names both.
+ * connections pooled per (source pod IP, source identity, destination identity, destination
+ * address), as ztunnel's WorkloadKey (src/proxy/h2/client.rs), and at most 100 streams each. The
+ * TCP connection is made inside the source pod's netns (mark 0x539), so it leaves with the pod's
+ * own address: two pods of one service account never share one. The peer must present one of
+ * the expected SPIFFE identities; a mismatch names both. Every pooled connection runs ztunnel's
+ * PING keepalive (limits.ts).
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import tls from 'node:tls';
@@ -13,13 +15,14 @@ import type { CertManager } from '../../identity/manager.js';
 import { spiffeUri, uriSans, type Identity } from '../../identity/spiffe.js';
 import { connectIn, PROXY_MARK } from '../sockets.js';
 import type { Addr } from '../route.js';
+import { DEFAULT_HBONE_LIMITS, keepAlive, type HboneLimits } from './limits.js';
 
 export const MAX_STREAMS_PER_CONNECTION = 100;
 
 export interface HboneSource {
   nsFd: number;
   identity: Identity;
-  /** the source pod's IP, sent in `forwarded` */
+  /** the source pod's IP: sent in `forwarded`, and part of the pool key */
   ip: string;
   /** `baggage` describing the source workload */
   baggage: string;
@@ -42,6 +45,8 @@ export interface HbonePoolOptions {
   certs: CertManager;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  /** PING keepalive of pooled connections */
+  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>>;
 }
 
 export interface Tunnel {
@@ -52,10 +57,13 @@ export interface Tunnel {
 export class HbonePool {
   readonly #sessions = new Map<string, PooledSession[]>();
   readonly #pending = new Map<string, Promise<PooledSession>>();
-  readonly #opts: Required<HbonePoolOptions>;
+  readonly #opts: Required<Omit<HbonePoolOptions, 'limits'>>;
+  readonly #keepalive: Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>;
 
   constructor(opts: HbonePoolOptions) {
-    this.#opts = { connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, ...opts };
+    const { limits, ...rest } = opts;
+    this.#opts = { connectTimeoutMs: 10_000, idleTimeoutMs: 30_000, ...rest };
+    this.#keepalive = { ...DEFAULT_HBONE_LIMITS, ...limits };
   }
 
   /** The most streams any one pooled connection carried at once. */
@@ -70,7 +78,7 @@ export class HbonePool {
 
   /** Opens a CONNECT stream to `req.authority` through `req.target`; resolves after the 200. */
   async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
-    const key = `${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
+    const key = `${src.ip}|${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
     const ps = await this.#session(key, src, req);
     ps.active++;
     if (ps.active > this.maxStreamsSeen) this.maxStreamsSeen = ps.active;
@@ -94,7 +102,7 @@ export class HbonePool {
     if (status !== 200) {
       stream.close();
       const why = status === 401 ? 'denied by authorization policy at the destination' : status === 400 ? 'rejected as malformed' : 'refused';
-      throw new MeshError('INPOD_ERR_HBONE', `HBONE CONNECT to ${req.authority.ip}:${req.authority.port} via ${req.target.ip}:${req.target.port} answered ${status}: ${why}`);
+      throw new MeshError(status === 401 ? 'INPOD_ERR_HBONE_DENIED' : 'INPOD_ERR_HBONE', `HBONE CONNECT to ${req.authority.ip}:${req.authority.port} via ${req.target.ip}:${req.target.port} answered ${status}: ${why}`);
     }
     return { stream, peerIdentity: ps.peerIdentity };
   }
@@ -162,6 +170,7 @@ export class HbonePool {
       session.once('connect', () => resolve());
       session.once('error', reject);
     });
+    keepAlive(session, this.#keepalive);
     return { session, active: 0, peerIdentity };
   }
 
@@ -173,6 +182,19 @@ export class HbonePool {
       if (ps.active === 0) ps.session.close();
     }, this.#opts.idleTimeoutMs);
     ps.idleTimer.unref();
+  }
+
+  /**
+   * A source pod is gone (or its sandbox replaced): its pooled connections take no new streams
+   * and close once their open streams end, so a later pod with the same IP never inherits a
+   * connection made from the old netns.
+   */
+  retire(srcIp: string): void {
+    for (const [key, l] of this.#sessions) {
+      if (!key.startsWith(`${srcIp}|`)) continue;
+      for (const s of l) s.session.close();
+      this.#sessions.delete(key);
+    }
   }
 
   close(): void {

@@ -1,0 +1,20 @@
+import { describe, expect, it } from 'vitest';
+import { isSelfCall, PROXY_PORTS } from '../../ts/proxy/route.js';
+
+const own = { podIps: ['10.200.1.5'], nodeIps: new Set(['192.0.2.10']) };
+
+describe('isSelfCall (the proxy never connects to itself)', () => {
+  it.each([...PROXY_PORTS])('refuses outbound to port %i on loopback, the pod\'s IP and the node\'s IP', (port) => {
+    for (const ip of ['127.0.0.1', '127.0.0.53', '::1', '10.200.1.5', '192.0.2.10']) expect(isSelfCall('outbound', { ip, port }, own)).toBe(true);
+  });
+
+  it('lets outbound to those ports on any other address through (another pod\'s 15008 is its business)', () => {
+    expect(isSelfCall('outbound', { ip: '10.200.1.6', port: 15008 }, own)).toBe(false);
+    expect(isSelfCall('outbound', { ip: '127.0.0.1', port: 8080 }, own)).toBe(false);
+  });
+
+  it('refuses inbound to any of the proxy\'s ports: the target is always this pod', () => {
+    for (const port of PROXY_PORTS) expect(isSelfCall('inbound', { ip: '10.200.9.9', port }, own)).toBe(true);
+    expect(isSelfCall('inbound', { ip: '10.200.1.5', port: 8080 }, own)).toBe(false);
+  });
+});

@@ -1,0 +1,131 @@
+/**
+ * An HTTP/2 peer that writes raw frames (RFC 9113) over mutual TLS, for attacks a well-behaved
+ * client library will not send: rapid reset, floods of SETTINGS/PING/CONTINUATION, more streams
+ * than the server allows. It reads back only frame headers, GOAWAY codes and response HEADERS.
+ * Header blocks are HPACK literals without indexing (RFC 7541 6.2.2), no Huffman: enough for
+ * `:method CONNECT` and `:authority`.
+ */
+import tls from 'node:tls';
+import type net from 'node:net';
+
+export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
+export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
+export const ERR = { NO_ERROR: 0, PROTOCOL_ERROR: 1, REFUSED_STREAM: 7, CANCEL: 8, ENHANCE_YOUR_CALM: 0xb } as const;
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+export function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream & 0x7fffffff, 5);
+  return Buffer.concat([h, payload]);
+}
+
+/** HPACK: literal header field without indexing, name from the static table (index < 15). */
+function literal(staticIndex: number, value: string): Buffer {
+  const v = Buffer.from(value);
+  if (v.length > 126) throw new Error('value too long for this encoder');
+  return Buffer.concat([Buffer.from([staticIndex, v.length]), v]);
+}
+
+/** The header block of `CONNECT authority` (static table: 1 = :authority, 2 = :method). */
+export function connectBlock(authority: string): Buffer {
+  return Buffer.concat([literal(2, 'CONNECT'), literal(1, authority)]);
+}
+
+export interface RawPeerOptions {
+  socket: net.Socket;
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** What the server sent back, as counted by the peer. */
+export interface Seen {
+  frames: Record<number, number>;
+  /** GOAWAY error codes, in order */
+  goaway: number[];
+  /** RST_STREAM error codes by stream */
+  rst: Map<number, number>;
+  /** streams that got a response HEADERS */
+  responded: Set<number>;
+  closed: boolean;
+}
+
+export class RawH2Peer {
+  readonly seen: Seen = { frames: {}, goaway: [], rst: new Map(), responded: new Set(), closed: false };
+  /** answer the server's PINGs (a live peer does; a stalled one does not) */
+  answerPings = false;
+  #buf = Buffer.alloc(0);
+  #nextStream = 1;
+
+  private constructor(readonly tls: tls.TLSSocket) {
+    tls.on('data', (d: Buffer) => this.#read(d));
+    // the server ending its side (FIN) is the end: the TCP socket under this one is half-open capable
+    tls.on('end', () => (this.seen.closed = true));
+    tls.on('close', () => (this.seen.closed = true));
+    tls.on('error', () => {});
+  }
+
+  /** TLS with ALPN h2 over `socket`, then the client preface and an empty SETTINGS. */
+  static async connect(o: RawPeerOptions, preface = true): Promise<RawH2Peer> {
+    const t = tls.connect({ socket: o.socket, cert: o.cert, key: o.key, ca: o.ca, ALPNProtocols: ['h2'], minVersion: 'TLSv1.3', checkServerIdentity: () => undefined });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', () => resolve());
+      t.once('error', reject);
+    });
+    const p = new RawH2Peer(t);
+    if (preface) p.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
+    return p;
+  }
+
+  /** Writes; false once the connection is gone (the server closed it). */
+  write(b: Buffer): boolean {
+    if (this.tls.destroyed || !this.tls.writable) return false;
+    this.tls.write(b);
+    return true;
+  }
+
+  /** A new client stream id (odd, increasing). */
+  stream(): number {
+    const id = this.#nextStream;
+    this.#nextStream += 2;
+    return id;
+  }
+
+  /** HEADERS (END_HEADERS) for CONNECT `authority` on a new stream; returns its id. */
+  connectStream(authority: string): { id: number; bytes: Buffer } {
+    const id = this.stream();
+    return { id, bytes: frame(FRAME.HEADERS, FLAG.END_HEADERS, id, connectBlock(authority)) };
+  }
+
+  /** Resolves once the connection closed or `cond` holds, or after `ms`. */
+  async until(cond: (s: Seen) => boolean, ms: number): Promise<void> {
+    const end = Date.now() + ms;
+    while (!this.seen.closed && !cond(this.seen) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  close(): void {
+    this.tls.destroy();
+  }
+
+  #read(d: Buffer): void {
+    this.#buf = Buffer.concat([this.#buf, d]);
+    while (this.#buf.length >= 9) {
+      const len = this.#buf.readUIntBE(0, 3);
+      if (this.#buf.length < 9 + len) return;
+      const type = this.#buf[3]!;
+      const flags = this.#buf[4]!;
+      const stream = this.#buf.readUInt32BE(5) & 0x7fffffff;
+      const payload = this.#buf.subarray(9, 9 + len);
+      this.#buf = this.#buf.subarray(9 + len);
+      this.seen.frames[type] = (this.seen.frames[type] ?? 0) + 1;
+      if (type === FRAME.GOAWAY && payload.length >= 8) this.seen.goaway.push(payload.readUInt32BE(4));
+      else if (type === FRAME.RST_STREAM && payload.length >= 4) this.seen.rst.set(stream, payload.readUInt32BE(0));
+      else if (type === FRAME.HEADERS) this.seen.responded.add(stream);
+      else if (type === FRAME.SETTINGS && !(flags & FLAG.ACK)) this.write(frame(FRAME.SETTINGS, FLAG.ACK, 0));
+      else if (type === FRAME.PING && !(flags & FLAG.ACK) && this.answerPings) this.write(frame(FRAME.PING, FLAG.ACK, 0, Buffer.from(payload)));
+    }
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * A small mesh for the attacker suite: a Lab node, pods enrolled under one backend, the proxy
+ * serving them in this process (which joins the lab cgroup, as the proxy sits in the node's root
+ * cgroup in production), socket daemons in the pods, and an attacker's view from the node netns
+ * (not enrolled: what any host or pod outside the mesh can send). `close()` removes everything.
+ */
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type net from 'node:net';
+import { pino } from 'pino';
+import { createBackend } from '../../ts/redirect/factory.js';
+import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
+import { openPath, type Fd } from '../../ts/native/index.js';
+import { parseLocalConfig } from '../../ts/state/localconfig.js';
+import { StateStore } from '../../ts/state/store.js';
+import { Ztunnel, type ZtunnelOptions } from '../../ts/proxy/ztunnel.js';
+import { connectIn } from '../../ts/proxy/sockets.js';
+import { LocalCa, type IssuedCert } from '../../ts/identity/ca.js';
+import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+
+export interface MeshPodSpec {
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  /** enrolled and served by the proxy (default true) */
+  mesh?: boolean;
+}
+
+export class TestMesh {
+  readonly records: Record<string, unknown>[] = [];
+  readonly pods: Record<string, LabPod> = {};
+  readonly sh: Record<string, PodShell> = {};
+  /** uncaught exceptions and unhandled rejections seen while the mesh ran (the proxy must cause none) */
+  readonly crashes: Error[] = [];
+  zt!: Ztunnel;
+  state!: StateStore;
+  backend!: RedirectBackend;
+  #nodeNs?: Fd;
+  readonly #onCrash = (e: unknown): void => void this.crashes.push(e instanceof Error ? e : new Error(String(e)));
+
+  private constructor(readonly lab: Lab, readonly dir: string, readonly backendName: BackendName) {}
+
+  static async create(backendName: BackendName, specs: MeshPodSpec[], opts: Partial<ZtunnelOptions> = {}): Promise<TestMesh> {
+    const lab = await Lab.create();
+    const m = new TestMesh(lab, mkdtempSync(join(tmpdir(), `${lab.prefix}sec`)), backendName);
+    process.on('uncaughtException', m.#onCrash);
+    process.on('unhandledRejection', m.#onCrash);
+    try {
+      await m.#start(specs, opts);
+    } catch (e) {
+      await m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  async #start(specs: MeshPodSpec[], opts: Partial<ZtunnelOptions>): Promise<void> {
+    this.backend = await createBackend(this.backendName, { cgroupPath: this.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${this.lab.prefix}inpod`, stateDir: this.dir });
+    const pods = await Promise.all(specs.map((s) => this.lab.addPod(s.name)));
+    specs.forEach((s, i) => (this.pods[s.name] = pods[i]!));
+    const ws = specs.filter((s) => s.mesh !== false).map((s) =>
+      `  - {uid: u-${s.name}, name: ${s.name}, namespace: ${s.namespace}, serviceAccount: ${s.serviceAccount}, workloadIps: ["${this.pods[s.name]!.ip}"], protocol: HBONE}`);
+    this.state = new StateStore();
+    this.state.set(parseLocalConfig(`workloads:\n${ws.join('\n')}\n`));
+    for (const s of specs) if (s.mesh !== false) await this.backend.enroll(this.pods[s.name]!.netnsPath);
+    this.lab.joinCgroup();
+    const log = pino({ level: 'debug' }, { write: (line: string) => void this.records.push(JSON.parse(line)) });
+    this.zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(this.dir, 'ca'), state: this.state, log, ...opts });
+    for (const s of specs) {
+      if (s.mesh === false) continue;
+      await this.zt.addPod({ uid: `u-${s.name}`, name: s.name, namespace: s.namespace, serviceAccount: s.serviceAccount }, openPath(this.pods[s.name]!.netnsPath));
+    }
+    for (const s of specs) this.sh[s.name] = await this.lab.shell(this.pods[s.name]!.netnsPath, { inCgroup: true });
+  }
+
+  /** A certificate for any identity, from the mesh's own CA (what a workload of the mesh holds). */
+  async cert(namespace: string, serviceAccount: string, trustDomain = 'cluster.local'): Promise<IssuedCert & { rootPem: string }> {
+    const ca = await LocalCa.open(join(this.dir, 'ca'), trustDomain);
+    return { ...(await ca.issue({ trustDomain, namespace, serviceAccount }, 3600_000)), rootPem: ca.rootPem };
+  }
+
+  /** A TCP connection from the node netns (outside the mesh) to `ip:port`. */
+  fromNode(ip: string, port: number): Promise<net.Socket> {
+    this.#nodeNs ??= openPath(this.lab.nodeNetnsPath);
+    return connectIn(this.#nodeNs.fd, { ip, port }, { mark: 0, timeoutMs: 5000 });
+  }
+
+  /** Access-log lines (and other records) logged since index `from` that match `pred`. */
+  logs(from: number, pred: (l: Record<string, unknown>) => boolean): Record<string, unknown>[] {
+    return this.records.slice(from).filter(pred);
+  }
+
+  /** Open file descriptors of this process (the proxy's). */
+  static fds(): number {
+    return readdirSync('/proc/self/fd').length;
+  }
+
+  /** Waits for `cond`, polling; throws naming `what` after `ms`. */
+  static async until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  async close(): Promise<void> {
+    process.off('uncaughtException', this.#onCrash);
+    process.off('unhandledRejection', this.#onCrash);
+    this.zt?.close();
+    this.#nodeNs?.close();
+    this.lab.leaveCgroup();
+    await this.backend?.uninstall().catch(() => {});
+    await this.lab.destroy();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

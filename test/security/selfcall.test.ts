@@ -1,0 +1,100 @@
+/**
+ * Attempts to turn the proxy against itself, under both capture backends: CONNECTs and plain
+ * connections aimed at its own ports, a connection to its outbound listener that capture never
+ * recorded (no original destination), a CONNECT to a closed port (answered at once, not after a
+ * timeout), and two pods of one service account sharing a pooled HBONE connection.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackendName } from '../../ts/redirect/backend.js';
+import { TestMesh } from './mesh.js';
+import http2 from 'node:http2';
+import tls from 'node:tls';
+
+describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects to itself, %s backend', (backend) => {
+  let m: TestMesh;
+  let server: { ip: string };
+
+  /** The status the server answers a CONNECT to `authority` with (an HTTP/2 client with a mesh certificate), and how long it took. */
+  const connect = async (authority: string): Promise<{ status: number | string; ms: number }> => {
+    const c = await m.cert('default', 'sleep');
+    const sock = tls.connect({ socket: await m.fromNode(server.ip, 15008), cert: c.chainPem, key: c.keyPem, ca: c.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
+    const session = http2.connect(`https://${server.ip}:15008`, { createConnection: () => sock });
+    session.on('error', () => {});
+    try {
+      const t0 = Date.now();
+      const req = session.request({ ':method': 'CONNECT', ':authority': authority });
+      const status = await new Promise<number | string>((resolve) => {
+        req.once('response', (h) => resolve(Number(h[':status'])));
+        req.once('error', (e: Error) => resolve(e.message));
+        req.once('close', () => resolve(`closed (rst ${req.rstCode})`));
+      });
+      return { status, ms: Date.now() - t0 };
+    } finally {
+      session.destroy();
+    }
+  };
+
+  beforeAll(async () => {
+    m = await TestMesh.create(backend, [
+      { name: 'client', namespace: 'default', serviceAccount: 'sleep' },
+      { name: 'client2', namespace: 'default', serviceAccount: 'sleep' },
+      { name: 'server', namespace: 'shop', serviceAccount: 'web' },
+      { name: 'outside', namespace: 'default', serviceAccount: 'default', mesh: false },
+    ]);
+    server = m.pods.server!;
+    await m.sh.server!.listen({ port: 8080, tag: 'app' });
+  });
+
+  afterAll(async () => {
+    await m?.close();
+  });
+
+  it.each([15001, 15006, 15008, 15053, 15020])('CONNECT to the pod\'s own port %i is answered 503 and opens nothing', async (port) => {
+    const fds = TestMesh.fds();
+    const r = await connect(`${server.ip}:${port}`);
+    expect(r.status).toBe(503);
+    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+    expect(m.crashes).toEqual([]);
+  });
+
+  it('a plain connection from outside the mesh to the pod\'s 15001 is refused, never looped back into the proxy', async () => {
+    const logs = m.records.length;
+    const fds = TestMesh.fds();
+    const r = await m.sh.outside!.connect({ host: server.ip, port: 15001, send: 'loop?', timeoutMs: 3000 });
+    expect(r.ok ? r.reply : r.error).toMatch(/^$|ECONNRESET|ECONNREFUSED|EPIPE/);
+    // refused as a self call, or (eBPF: the socket's own port is 15001, so the outbound rule
+    // answers SO_ORIGINAL_DST) for want of a recorded destination: never relayed
+    expect(m.logs(logs, (l) => l.code === 'INPOD_ERR_SELF_CALL' || l.code === 'INPOD_ERR_ORIGINAL_DST')).toHaveLength(1);
+    expect(m.logs(logs, (l) => l.access === true)).toEqual([]);
+    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+  });
+
+  it('a connection to the outbound listener that capture never recorded is refused and logged, not sent to the listener itself', async () => {
+    const logs = m.records.length;
+    const fds = TestMesh.fds();
+    // mark 0x539: connect4 / ISTIO_OUTPUT leave it alone, so nothing records where it was going
+    const r = await m.sh.client!.connect({ host: '127.0.0.1', port: 15001, send: 'where?', mark: 0x539, timeoutMs: 3000 });
+    expect(r.ok ? r.reply : r.error).toMatch(/^$|ECONNRESET|EPIPE/);
+    const refused = m.logs(logs, (l) => l.code === 'INPOD_ERR_ORIGINAL_DST' || l.code === 'INPOD_ERR_SELF_CALL');
+    expect(refused).toHaveLength(1);
+    expect(refused[0]!.msg).toMatch(/^connection refused/);
+    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+    expect(m.crashes).toEqual([]);
+  });
+
+  it('CONNECT to a port where the app does not listen is answered 503 within a second', async () => {
+    const r = await connect(`${server.ip}:8099`);
+    expect(r.status).toBe(503);
+    expect(r.ms).toBeLessThan(1000);
+  });
+
+  it('two pods of one service account each arrive with their own IP (the HBONE pool is keyed by the source pod)', async () => {
+    for (const name of ['client', 'client2', 'client', 'client2']) {
+      const r = await m.sh[name]!.connect({ host: server.ip, port: 8080, send: name, timeoutMs: 5000 });
+      expect(r.ok && r.reply).toBe(`app:${name}`);
+      if (r.ok) await m.sh[name]!.close(r.connId);
+      const acc = await m.sh.server!.accepted((await m.sh.server!.listenerByTag('app')).id);
+      expect(acc.at(-1)!.peer.host).toBe(m.pods[name]!.ip);
+    }
+  });
+});
