@@ -111,6 +111,10 @@ export class PodShell {
   load(o: { host: string; port: number; count: number; size: number; timeoutMs?: number }): Promise<{ ok: number; bad: number; errors: Record<string, number> }> {
     return this.request('load', o);
   }
+  /** `count` connections one after another (ping, answer, close); answers counted by tag. */
+  repeat(o: { host: string; port: number; count: number } & SocketOpts): Promise<{ tags: Record<string, number>; errors: Record<string, number> }> {
+    return this.request('repeat', o);
+  }
   kill(): void {
     this.proc.kill('SIGKILL');
   }

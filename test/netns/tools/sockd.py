@@ -239,7 +239,34 @@ def op_load(req):
     return results
 
 
+def op_repeat(req):
+    """`count` connections one after another, each sending "ping", reading the answer and
+    closing (SO_MARK / IP_TRANSPARENT / bind as for connect, a new source port each time);
+    counts the answers by the tag before ':' and the errors by name."""
+    timeout = req.get("timeoutMs", 3000) / 1000.0
+    out = {"tags": {}, "errors": {}}
+
+    def count(d, k):
+        d[k] = d.get(k, 0) + 1
+
+    for _ in range(req["count"]):
+        s = make_socket(req)
+        s.settimeout(timeout)
+        try:
+            if req.get("bind"):
+                s.bind((req["bind"]["host"], 0))
+            s.connect((req["host"], req["port"]))
+            s.sendall(b"ping")
+            count(out["tags"], s.recv(65536).decode(errors="replace").split(":")[0])
+        except OSError as e:
+            count(out["errors"], err_name(e))
+        finally:
+            s.close()
+    return out
+
+
 OPS = {
+    "repeat": op_repeat,
     "load": op_load,
     "listen": op_listen,
     "closeListener": op_close_listener,
