@@ -139,6 +139,17 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     expect(app.peer.host).toBe(peer.ip);
   });
 
+  it("refuses the proxy's transparent upstream to a closed port of the pod within 1 s", async () => {
+    // The kernel's RST has no socket and no mark of its own: it must still route back to the
+    // proxy's socket (bound to the client's IP), not out to the client's real address.
+    const started = Date.now();
+    const r = await sh.pod.connect({
+      host: pod.ip, port: 8181, mark: 0x539, transparent: true, bind: { host: peer.ip, port: 0 }, timeoutMs: 5000,
+    });
+    expect(r.ok ? 'connected' : r.error).toBe('ECONNREFUSED');
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
   it('fails closed: no listener means refused or dropped, never delivered around the proxy', async () => {
     await sh.pod.closeListener(proxyOut);
     await sh.pod.closeListener(proxyIn);
