@@ -72,11 +72,15 @@ export class PodShell {
     });
   }
 
-  async listen(o: { host?: string; port: number; tag: string; echo?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
+  /** `paused`: nothing is accepted (connections wait in the backlog) until resume(). */
+  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; paused?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
     const r = await this.request<{ ok: boolean; id: string; port: number; error?: string }>('listen', o);
     if (!r.ok) throw new Error(`listen ${o.host ?? '0.0.0.0'}:${o.port} in ${this.where}: ${r.error}`);
     this.#tags.set(o.tag, r.id);
     return r;
+  }
+  async resume(id: string): Promise<void> {
+    await this.request('resume', { id });
   }
   async listenerByTag(tag: string): Promise<{ id: string }> {
     const id = this.#tags.get(tag);
@@ -92,8 +96,8 @@ export class PodShell {
   connect(o: { host: string; port: number; send?: string } & SocketOpts): Promise<ConnectResult> {
     return this.request<ConnectResult>('connect', o);
   }
-  async send(connId: string, data: string): Promise<{ reply: string }> {
-    return this.request('send', { connId, data });
+  async send(connId: string, data: string, timeoutMs?: number): Promise<{ reply: string }> {
+    return this.request('send', { connId, data, timeoutMs });
   }
   async close(connId: string): Promise<void> {
     await this.request('close', { connId });

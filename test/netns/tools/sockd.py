@@ -97,8 +97,14 @@ def op_listen(req):
     s.listen(req.get("backlog", 128))
     lid = new_id("l")
     listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": [], "echo": bool(req.get("echo"))}
-    threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
+    if not req.get("paused"):  # paused: connections wait in the backlog until "resume"
+        threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
     return {"id": lid, "port": s.getsockname()[1]}
+
+
+def op_resume(req):
+    threading.Thread(target=accept_loop, args=(req["id"],), daemon=True).start()
+    return {}
 
 
 def op_close_listener(req):
@@ -267,6 +273,7 @@ def op_repeat(req):
 
 OPS = {
     "repeat": op_repeat,
+    "resume": op_resume,
     "load": op_load,
     "listen": op_listen,
     "closeListener": op_close_listener,
