@@ -3,9 +3,10 @@
  * Outbound capture (cgroup sock_addr hooks), attached once at the configured cgroup and gated
  * per pod by inpod_enrolled[netns cookie]: enrolling a pod is a map update, not an attach.
  *
- *  connect4     TCP from an enrolled netns -> 127.0.0.1:15001 (original dst saved by socket
- *               cookie; the socket is bound to the pod IP first so the proxy sees the same peer
- *               as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when enabled.
+ *  connect4     TCP from an enrolled netns -> 127.0.0.1:15001 (original dst kept in the
+ *               socket's storage; the socket is bound to the pod IP first so the proxy sees the
+ *               same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when
+ *               enabled.
  *  connect6     IPv4-mapped destinations as connect4; native IPv6 is refused (fail closed).
  *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:15053; recvmsg4 restores the answer's source.
  *  getpeername4 the app sees its real peer, not 127.0.0.1:15001.
@@ -48,12 +49,16 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 	return TO_OUTBOUND;
 }
 
-static __always_inline void save_orig(void *ctx, __u32 ip4, __u32 port_be)
+/* Kept on the socket itself, so it goes with the socket. Without memory for it the connection
+ * is still redirected: the proxy then finds no original destination and refuses it. */
+static __always_inline void save_orig(struct bpf_sock_addr *ctx, __u32 ip4, __u32 port_be)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct inpod_addr orig = { .ip4 = ip4, .port = (__u16)port_be };
+	struct inpod_addr *orig = bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	bpf_map_update_elem(&inpod_ck_orig, &cookie, &orig, BPF_ANY);
+	if (!orig)
+		return;
+	orig->ip4 = ip4;
+	orig->port = (__u16)port_be;
 }
 
 /* Rewrites an IPv4 destination; returns the new port (host order) or 0 to leave it.
@@ -161,15 +166,13 @@ int inpod_sendmsg4(struct bpf_sock_addr *ctx)
 static __always_inline void restore_peer4(struct bpf_sock_addr *ctx)
 {
 	struct inpod_addr *orig;
-	__u64 cookie;
 
 	if (ctx->user_ip4 != bpf_htonl(INPOD_LOOPBACK4))
 		return;
 	if (ctx->user_port != bpf_htons(inpod_cfg.outbound_port) &&
 	    ctx->user_port != bpf_htons(inpod_cfg.dns_port))
 		return;
-	cookie = bpf_get_socket_cookie(ctx);
-	orig = bpf_map_lookup_elem(&inpod_ck_orig, &cookie);
+	orig = bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, 0);
 	if (!orig)
 		return;
 	ctx->user_ip4 = orig->ip4;

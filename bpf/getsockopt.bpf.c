@@ -2,8 +2,9 @@
 /*
  * getsockopt(SOL_IP, SO_ORIGINAL_DST) for sockets in an enrolled netns, where no conntrack
  * entry exists (the kernel said ENOENT): a socket accepted on the outbound port answers the
- * destination its client asked for; any other socket answers its own local address, which is
- * what conntrack answers for a connection steered without NAT (sk_lookup) or not NATed at all.
+ * destination its client asked for (kept in the accepted socket's storage); any other socket
+ * answers its own local address, which is what conntrack answers for a connection steered
+ * without NAT (sk_lookup) or not NATed at all.
  * A real conntrack answer is never overridden.
  */
 #include "common.h"
@@ -16,6 +17,7 @@ int inpod_getsockopt(struct bpf_sockopt *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	struct sockaddr_in *sa = ctx->optval;
 	struct inpod_addr answer, *orig;
+	__u32 lip, lport;
 	__u64 netns;
 
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
@@ -27,22 +29,19 @@ int inpod_getsockopt(struct bpf_sockopt *ctx)
 	netns = bpf_get_netns_cookie(ctx);
 	if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))
 		return 1;
-	if (sk->src_port == inpod_cfg.outbound_port) {
-		struct inpod_tuple t = {
-			.netns = netns,
-			.sip = sk->dst_ip4,
-			.dip = sk->src_ip4,
-			.sport = bpf_ntohs(sk->dst_port),
-			.dport = (__u16)sk->src_port,
-		};
-
-		orig = bpf_map_lookup_elem(&inpod_tup_orig, &t);
+	/* Both read up front: the verifier forbids the pointer arithmetic clang would otherwise
+	 * emit for one load shared by both branches. */
+	lip = sk->src_ip4;
+	lport = sk->src_port;
+	if (lport == inpod_cfg.outbound_port) {
+		/* put there by sockops when the handshake completed (before accept() returned) */
+		orig = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, 0);
 		if (!orig)
 			return 1;
 		answer = *orig;
 	} else {
-		answer.ip4 = sk->src_ip4;
-		answer.port = bpf_htons((__u16)sk->src_port);
+		answer.ip4 = lip;
+		answer.port = bpf_htons((__u16)lport);
 	}
 	sa->sin_family = AF_INET;
 	sa->sin_port = answer.port;

@@ -45,8 +45,10 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 		};
 		__u64 *src_owner = bpf_map_lookup_elem(&inpod_pod_ips, &rip);
 
-		/* the pod talking to itself, or the proxy's transparent upstream to the app */
-		if ((src_owner && *src_owner == netns) || bpf_map_lookup_elem(&inpod_local, &t)) {
+		/* The pod talking to itself, or the proxy's transparent upstream to the app while
+		 * its handshake lasts (recorded by sockops). Any other SYN from a foreign source,
+		 * whatever tuple it reuses, goes to the proxy. */
+		if ((src_owner && *src_owner == netns) || bpf_map_lookup_elem(&inpod_own_syn, &t)) {
 			inpod_count(INPOD_STAT_IN_BYPASS);
 			return SK_PASS;
 		}

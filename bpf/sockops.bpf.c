@@ -1,25 +1,95 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * sockops, attached at the same cgroup as connect4. Needs no cb flags: the callbacks used here
- * are delivered unconditionally.
+ * sockops, attached at the same cgroup as connect4. Keeps the per-connection tuple entries
+ * (maps.h) alive exactly from a connection's SYN to the end of its handshake.
  *
  *  TCP_LISTEN_CB   a socket listening on the inbound port (15006) in an enrolled netns becomes
  *                  that netns's inbound listener (SOCKHASH, keyed by netns cookie). The entry
  *                  vanishes when the socket closes; a new listener replaces it. No help from the
  *                  proxy is needed.
- *  TCP_CONNECT_CB  (before the SYN, ports assigned) a connection the proxy's listener will see
- *                  on the outbound port gets its original destination by client tuple, for
- *                  SO_ORIGINAL_DST; a connection to one of the pod's own IPs is recorded so
- *                  sk_lookup lets it reach its real listener.
+ *  TCP_CONNECT_CB  (client, before its SYN, ports assigned) a connection to the outbound port
+ *                  records its original destination by client tuple; a connection to one of the
+ *                  pod's own IPs from a foreign source (the proxy's transparent upstream) is
+ *                  recorded so sk_lookup lets it reach its real listener. Either way the socket
+ *                  asks for state callbacks.
+ *  PASSIVE_ESTABLISHED_CB (server, handshake done, before accept() returns) the proxy's
+ *                  accepted socket on the outbound port takes the original destination into
+ *                  its own storage, where getsockopt finds it; the tuple entries are deleted.
+ *  STATE_CB        the client reaching TCP_CLOSE deletes what is left of its entries: a SYN
+ *                  that was refused, dropped or timed out never has a server side.
  */
 #include "common.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* The connection as its client sees it. `client`: the callback runs on the client's socket. */
+static __always_inline void conn_tuple(struct bpf_sock_ops *skops, __u64 netns, int client, struct inpod_tuple *t)
+{
+	__u32 lip = skops->local_ip4, rip = skops->remote_ip4;
+	__u16 lport = (__u16)skops->local_port, rport = (__u16)bpf_ntohl(skops->remote_port);
+
+	t->netns = netns;
+	t->sip = client ? lip : rip;
+	t->dip = client ? rip : lip;
+	t->sport = client ? lport : rport;
+	t->dport = client ? rport : lport;
+}
+
+static __always_inline int is_outbound_listener(const struct inpod_tuple *t)
+{
+	return t->dip == bpf_htonl(INPOD_LOOPBACK4) && t->dport == inpod_cfg.outbound_port;
+}
+
+/* Client, before the SYN. Returns 1 if an entry was written (its removal is then due). */
+static __always_inline int record_connect(struct bpf_sock *sk, __u64 netns, const struct inpod_tuple *t)
+{
+	struct inpod_addr *orig;
+	__u64 *owner;
+	__u8 one = 1;
+
+	if (is_outbound_listener(t)) {
+		if (!sk)
+			return 0;
+		orig = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, 0);
+		/* No room: the proxy finds no original destination and refuses the connection. */
+		return orig && !bpf_map_update_elem(&inpod_syn_orig, t, orig, BPF_ANY);
+	}
+	owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->dip);
+	if (!owner || *owner != netns)
+		return 0;
+	/* From a pod IP (or loopback), sk_lookup lets the SYN through without an entry. */
+	owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->sip);
+	if ((owner && *owner == netns) || inpod_is_loopback4(t->sip))
+		return 0;
+	/* No room: the SYN finds no entry and is steered to the proxy (captured, never around it). */
+	return !bpf_map_update_elem(&inpod_own_syn, t, &one, BPF_ANY);
+}
+
+/* Server, handshake done: the entries have served their purpose. */
+static __always_inline void handshake_done(struct bpf_sock *sk, const struct inpod_tuple *t)
+{
+	struct inpod_addr *orig, *kept;
+
+	if (!is_outbound_listener(t)) {
+		bpf_map_delete_elem(&inpod_own_syn, t);
+		return;
+	}
+	orig = bpf_map_lookup_elem(&inpod_syn_orig, t);
+	if (!orig)
+		return;
+	if (sk) {
+		kept = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (kept)
+			*kept = *orig;
+	}
+	bpf_map_delete_elem(&inpod_syn_orig, t);
+}
+
 SEC("sockops")
 int inpod_sockops(struct bpf_sock_ops *skops)
 {
-	__u64 netns, cookie;
+	struct inpod_tuple t = {};
+	__u64 netns;
 
 	if (skops->family != AF_INET)
 		return 1;
@@ -33,38 +103,29 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		if (!bpf_sock_hash_update(skops, &inpod_inbound, &netns, BPF_ANY))
 			inpod_count(INPOD_STAT_LISTENER_ADD);
 		break;
-	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-		struct inpod_tuple t = {};
-		struct inpod_addr *orig;
-		__u64 *owner;
-		__u32 dip = skops->remote_ip4;
-
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		netns = bpf_get_netns_cookie(skops);
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))
 			break;
-		t.netns = netns;
-		t.sip = skops->local_ip4;
-		t.dip = dip;
-		t.sport = (__u16)skops->local_port;
-		t.dport = (__u16)bpf_ntohl(skops->remote_port);
-		if (dip == bpf_htonl(INPOD_LOOPBACK4) && t.dport == inpod_cfg.outbound_port) {
-			cookie = bpf_get_socket_cookie(skops);
-			orig = bpf_map_lookup_elem(&inpod_ck_orig, &cookie);
-			if (orig) {
-				struct inpod_addr copy = *orig;
-
-				bpf_map_update_elem(&inpod_tup_orig, &t, &copy, BPF_ANY);
-			}
-			break;
-		}
-		owner = bpf_map_lookup_elem(&inpod_pod_ips, &dip);
-		if (owner && *owner == netns) {
-			__u8 one = 1;
-
-			bpf_map_update_elem(&inpod_local, &t, &one, BPF_ANY);
-		}
+		conn_tuple(skops, netns, 1, &t);
+		if (record_connect(skops->sk, netns, &t))
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
-	}
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* No enrolled check: a pod unenrolled meanwhile still gets its entries removed. */
+		conn_tuple(skops, bpf_get_netns_cookie(skops), 0, &t);
+		handshake_done(skops->sk, &t);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		/* args[1] is the new state; ports and addresses are still set at TCP_CLOSE. */
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			break;
+		conn_tuple(skops, bpf_get_netns_cookie(skops), 1, &t);
+		if (is_outbound_listener(&t))
+			bpf_map_delete_elem(&inpod_syn_orig, &t);
+		else
+			bpf_map_delete_elem(&inpod_own_syn, &t);
+		break;
 	}
 	return 1;
 }

@@ -10,7 +10,8 @@
 #include "types.h"
 
 #define INPOD_MAX_PODS 4096
-#define INPOD_MAX_CONNS 65536
+/* connections between their SYN and the end of their handshake, node-wide, per map */
+#define INPOD_MAX_HANDSHAKES 65536
 
 /* enrolled pod netns: netns cookie -> settings. Enrolling a pod is an update here. */
 struct {
@@ -56,33 +57,50 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_inbound SEC(".maps");
 
-/* socket cookie -> original destination, written by connect4/sendmsg4 */
+/*
+ * Per-connection state. None of it may outlive its connection: an entry left behind would answer
+ * for a later connection that reuses the tuple (sk_lookup would hand that SYN to the app, around
+ * the proxy). So per-socket state lives in socket storage, freed with the socket, and the two
+ * tuple maps hold a connection only from its SYN until its handshake is done (sockops deletes the
+ * entry at the server side's PASSIVE_ESTABLISHED_CB, and at the client's TCP_CLOSE when there is
+ * no server side: refused, dropped, timed out). Plain hashes, not LRU: a live entry is never
+ * evicted, and a full map makes the insert fail, which leaves the connection captured (see
+ * sockops.bpf.c). Unenroll purges a pod's entries (ts/redirect/ebpf.ts).
+ */
+
+/* per socket: the original destination. connect4/sendmsg4 write it on the app's socket
+ * (getpeername4/recvmsg4 read it); sockops moves it onto the proxy's accepted socket on the
+ * outbound port (getsockopt answers SO_ORIGINAL_DST from it). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, INPOD_MAX_CONNS);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct inpod_addr);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} inpod_ck_orig SEC(".maps");
+} inpod_sk_orig SEC(".maps");
 
-/* client tuple -> original destination, for the proxy's accepted socket (SO_ORIGINAL_DST) */
+/* client tuple -> original destination, from the app's TCP_CONNECT_CB (before its SYN) until
+ * the proxy's accepted socket on the outbound port takes it over */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, INPOD_MAX_CONNS);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, INPOD_MAX_HANDSHAKES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct inpod_tuple);
 	__type(value, struct inpod_addr);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} inpod_tup_orig SEC(".maps");
+} inpod_syn_orig SEC(".maps");
 
-/* connections a pod opened to one of its own IPs (app to self, the proxy's transparent
- * upstream): sk_lookup must let these reach their real listener. */
+/* connections a pod opens to one of its own IPs from a source that is not one of them (the
+ * proxy's transparent upstream to the app, from the client's IP), during their handshake:
+ * sk_lookup lets these reach their real listener. From a pod IP, sk_lookup needs no entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, INPOD_MAX_CONNS);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, INPOD_MAX_HANDSHAKES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct inpod_tuple);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} inpod_local SEC(".maps");
+} inpod_own_syn SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -48,7 +48,7 @@ describe('inpod doctor', () => {
     writeFileSync(join(dir, '10-calico.conflist'), JSON.stringify({ cniVersion: '1.0.0', name: 'k8s', plugins: [{ type: 'calico' }, { type: 'inpod-cni' }] }));
     execFileSync('nsenter', [`--net=/run/netns/${ns}`, 'iptables-nft', '-t', 'nat', '-X', 'ISTIO_OUTPUT']);
     const { checks } = await doctor('--bpffs', '/sys/fs/bpf', '--cni-conf-dir', dir, '--netns', `/run/netns/${ns}`);
-    for (const name of ['bpffs mounted', 'inpod-cni in the CNI config', 'Istio iptables chains', 'cgroup2 mounted', 'kernel BTF']) {
+    for (const name of ['bpffs mounted', 'inpod-cni in the CNI config', 'Istio iptables chains', 'cgroup2 mounted', 'kernel BTF', 'eBPF helper bpf_get_netns_cookie in sock_ops']) {
       expect(find(checks, name).ok, name).toBe(true);
     }
   });

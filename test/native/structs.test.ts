@@ -2,9 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { addon } from '../../ts/native/index.js';
 import {
   LAYOUT,
+  decodeAddr,
   decodeCidrKey,
   decodePod,
   decodePortKey,
+  decodeTuple,
+  encodeAddr,
   encodeCidrKey,
   encodeConfig,
   encodePod,
@@ -43,6 +46,10 @@ describe('struct layout shared with the eBPF programs', () => {
     const t = encodeTuple({ netns: 7n, sip: '10.0.0.1', dip: '127.0.0.1', sport: 40000, dport: 15001 });
     expect(t.length).toBe(24);
     expect(t.readUInt16LE(16)).toBe(40000);
+    expect(decodeTuple(t)).toEqual({ netns: 7n, sip: '10.0.0.1', dip: '127.0.0.1', sport: 40000, dport: 15001 });
+    const a = encodeAddr({ ip: '10.0.0.2', port: 8080 });
+    expect([...a.subarray(0, 6)]).toEqual([10, 0, 0, 2, 8080 >> 8, 8080 & 255]);
+    expect(decodeAddr(a)).toEqual({ ip: '10.0.0.2', port: 8080 });
   });
 
   it('round-trips exclusion keys, with the netns bits always part of the CIDR prefix', () => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type Accepted, type LabPod, type PodShell } from './lab.js';
 import { inpod } from '../cli.js';
 
 const cli = (args: string[]) => inpod(...args);
@@ -33,6 +33,14 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     excludeOutboundPorts: [81],
     excludeOutboundCidrs: [`${other.ip}/32`],
   });
+
+  async function until(what: string, cond: () => Promise<boolean>, ms = 5000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
 
   async function reply(from: PodShell, host: string, port: number, extra: object = {}): Promise<string> {
     const r = await from.connect({ host, port, send: 'ping', timeoutMs: 2000, ...extra });
@@ -137,6 +145,32 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     expect(r.ok && r.reply).toMatch(/^app8080:/);
     const app = (await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).at(-1)!;
     expect(app.peer.host).toBe(peer.ip);
+  });
+
+  it('gives the original destination to a connection its client closed before the proxy accepted it', async () => {
+    await sh.pod.closeListener(proxyOut);
+    const held = await sh.pod.listen({ host: '0.0.0.0', port: 15001, tag: 'proxy15001p', paused: true });
+    const r = await sh.pod.connect({ host: peer.ip, port: 80, timeoutMs: 2000 });
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    await sh.pod.send(r.connId, 'early', 100); // no answer: nobody accepted yet
+    await sh.pod.close(r.connId);
+    await sh.pod.resume(held.id);
+    proxyOut = held.id;
+    let acc: Accepted | undefined;
+    await until('the held connection to be accepted', async () => (acc = (await sh.pod.accepted(held.id)).at(-1)) !== undefined);
+    expect(acc!.origDst).toEqual({ host: peer.ip, port: 80 });
+  });
+
+  it("refuses the proxy's transparent upstream to a closed port of the pod within 1 s", async () => {
+    // The kernel's RST has no socket and no mark of its own: it must still route back to the
+    // proxy's socket (bound to the client's IP), not out to the client's real address.
+    const started = Date.now();
+    const r = await sh.pod.connect({
+      host: pod.ip, port: 8181, mark: 0x539, transparent: true, bind: { host: peer.ip, port: 0 }, timeoutMs: 5000,
+    });
+    expect(r.ok ? 'connected' : r.error).toBe('ECONNREFUSED');
+    expect(Date.now() - started).toBeLessThan(1000);
   });
 
   it('fails closed: no listener means refused or dropped, never delivered around the proxy', async () => {

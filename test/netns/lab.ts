@@ -72,11 +72,15 @@ export class PodShell {
     });
   }
 
-  async listen(o: { host?: string; port: number; tag: string; echo?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
+  /** `paused`: nothing is accepted (connections wait in the backlog) until resume(). */
+  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; paused?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
     const r = await this.request<{ ok: boolean; id: string; port: number; error?: string }>('listen', o);
     if (!r.ok) throw new Error(`listen ${o.host ?? '0.0.0.0'}:${o.port} in ${this.where}: ${r.error}`);
     this.#tags.set(o.tag, r.id);
     return r;
+  }
+  async resume(id: string): Promise<void> {
+    await this.request('resume', { id });
   }
   async listenerByTag(tag: string): Promise<{ id: string }> {
     const id = this.#tags.get(tag);
@@ -92,8 +96,8 @@ export class PodShell {
   connect(o: { host: string; port: number; send?: string } & SocketOpts): Promise<ConnectResult> {
     return this.request<ConnectResult>('connect', o);
   }
-  async send(connId: string, data: string): Promise<{ reply: string }> {
-    return this.request('send', { connId, data });
+  async send(connId: string, data: string, timeoutMs?: number): Promise<{ reply: string }> {
+    return this.request('send', { connId, data, timeoutMs });
   }
   async close(connId: string): Promise<void> {
     await this.request('close', { connId });
@@ -110,6 +114,10 @@ export class PodShell {
   /** `count` concurrent connections each echoing `size` random bytes; counts exact matches. */
   load(o: { host: string; port: number; count: number; size: number; timeoutMs?: number }): Promise<{ ok: number; bad: number; errors: Record<string, number> }> {
     return this.request('load', o);
+  }
+  /** `count` connections one after another (ping, answer, close); answers counted by tag. */
+  repeat(o: { host: string; port: number; count: number } & SocketOpts): Promise<{ tags: Record<string, number>; errors: Record<string, number> }> {
+    return this.request('repeat', o);
   }
   kill(): void {
     this.proc.kill('SIGKILL');

@@ -7,6 +7,7 @@ const good: HostFacts = {
   exists: () => true,
   fsType: (p) => (p.startsWith('/sys/fs/bpf') ? BPF_FS_MAGIC : p.startsWith('/cg') ? CGROUP2_SUPER_MAGIC : 0xef53),
   progTypeSupported: () => true,
+  helperSupported: () => true,
 };
 const opts = { pinRoot: '/sys/fs/bpf/inpod', cgroupPath: '/cg' };
 
@@ -27,7 +28,7 @@ describe('eBPF backend start-up checks', () => {
   it('names the kernel version and the way out on an old kernel', () => {
     const e = failure({ kernelRelease: () => '5.4.0-150-generic' });
     expect(e.code).toBe('INPOD_ERR_KERNEL');
-    expect(e.message).toMatch(/5\.4\.0.*older than 5\.10.*--backend iptables/);
+    expect(e.message).toMatch(/5\.4\.0.*older than 5\.15.*--backend iptables/);
   });
 
   it('says how to get BTF when /sys/kernel/btf/vmlinux is missing', () => {
@@ -52,6 +53,12 @@ describe('eBPF backend start-up checks', () => {
     const e = failure({ progTypeSupported: (t) => t !== 30 });
     expect(e.code).toBe('INPOD_ERR_KERNEL');
     expect(e.message).toMatch(/sk_lookup/);
+  });
+
+  it('names a helper a program type lacks, e.g. the netns cookie in sockops before 5.15', () => {
+    const e = failure({ helperSupported: (t, h) => !(t === 13 && h === 122) });
+    expect(e.code).toBe('INPOD_ERR_KERNEL');
+    expect(e.message).toMatch(/bpf_get_netns_cookie to sock_ops programs.*since 5\.15.*--backend iptables/);
   });
 
   it('compares kernel versions numerically', () => {

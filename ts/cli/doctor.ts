@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { execFileSync } from 'node:child_process';
-import { kernelAtLeast, MIN_KERNEL, PROG_TYPES, cgroup2Mount } from '../redirect/preflight.js';
+import { kernelAtLeast, MIN_KERNEL, PROG_HELPERS, PROG_TYPES, cgroup2Mount } from '../redirect/preflight.js';
 import { BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, addon, statfsType } from '../native/index.js';
 import { primaryConfig, PLUGIN_TYPE } from '../cni/conflist.js';
 import { release } from 'node:os';
@@ -51,6 +51,15 @@ export async function runChecks(o: DoctorOptions): Promise<Check[]> {
       ok = false;
     }
     out.push({ name: `eBPF program type ${name}`, ok, detail: ok ? 'loadable' : 'not supported by this kernel', fix: 'upgrade the kernel or use --backend iptables' });
+  }
+  for (const { prog, helper, id, since } of PROG_HELPERS) {
+    let ok = false;
+    try {
+      ok = addon().probeHelper(PROG_TYPES[prog]!, id) === 1;
+    } catch {
+      ok = false;
+    }
+    out.push({ name: `eBPF helper ${helper} in ${prog} programs`, ok, detail: ok ? 'available' : `not offered by this kernel (mainline since ${since})`, fix: `upgrade to Linux ${MIN_KERNEL} or newer, or use --backend iptables` });
   }
   let skSkb = false;
   try {

@@ -133,6 +133,25 @@ export function encodeTuple(t: { netns: bigint; sip: string; dip: string; sport:
   return b;
 }
 
+export function decodeTuple(b: Buffer): { netns: bigint; sip: string; dip: string; sport: number; dport: number } {
+  const o = LAYOUT.inpod_tuple.offsetof;
+  return {
+    netns: b.readBigUInt64LE(o.netns),
+    sip: readIp4(b, o.sip),
+    dip: readIp4(b, o.dip),
+    sport: b.readUInt16LE(o.sport),
+    dport: b.readUInt16LE(o.dport),
+  };
+}
+
+export function encodeAddr(a: { ip: string; port: number }): Buffer {
+  const o = LAYOUT.inpod_addr.offsetof;
+  const b = Buffer.alloc(LAYOUT.inpod_addr.sizeof);
+  writeIp4(b, o.ip4, a.ip);
+  b.writeUInt16BE(a.port, o.port);
+  return b;
+}
+
 export function decodeAddr(b: Buffer): { ip: string; port: number } {
   const o = LAYOUT.inpod_addr.offsetof;
   return { ip: readIp4(b, o.ip4), port: b.readUInt16BE(o.port) };

@@ -32,6 +32,7 @@ import {
   decodeCidrKey,
   decodePod,
   decodePortKey,
+  decodeTuple,
   decodeU64,
   encodeCidrKey,
   encodeConfig,
@@ -73,6 +74,19 @@ const CGROUP_PROGS: Record<string, string[]> = {
   getsockopt: ['inpod_getsockopt'],
 };
 const SK_LOOKUP_PROG = 'inpod_sk_lookup';
+
+/**
+ * The per-connection maps keyed by a connection tuple, whose first field is the netns cookie
+ * (bpf/include/maps.h): sockops removes each entry when its handshake ends or its client closes;
+ * unenroll purges whatever a pod still has there.
+ */
+export const TUPLE_MAPS = [
+  { name: 'inpod_syn_orig', valueSize: LAYOUT.inpod_addr.sizeof },
+  { name: 'inpod_own_syn', valueSize: 1 },
+] as const;
+
+/** Maps of earlier versions, replaced by the ones above: unpinned once no program uses them. */
+const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local'];
 
 interface Maps {
   enrolled: BpfMap;
@@ -152,6 +166,8 @@ export class EbpfBackend implements RedirectBackend {
       } finally {
         o.destroy();
       }
+      // Every program now uses the current maps; the old ones would only pin memory.
+      for (const name of OBSOLETE_PINS) rmSync(this.#pin(name), { force: true });
     } finally {
       cg.close();
     }
@@ -277,9 +293,27 @@ export class EbpfBackend implements RedirectBackend {
     } finally {
       closeMaps(maps);
     }
+    this.#purgeConnections(cookie);
     const pin = this.#pin('links', `netns-${cookie}`);
     if (existsSync(pin)) unlinkSync(pin);
     rmSync(join(this.#recordDir, `${cookie}.json`), { force: true });
+  }
+
+  /**
+   * Deletes the pod's per-connection tuple entries. Runs after the enrolled gate is gone, so
+   * sockops records nothing new for the pod meanwhile; connections still in their handshake
+   * then lose nothing they need (an unenrolled netns has no sk_lookup link and no capture).
+   */
+  #purgeConnections(cookie: bigint): void {
+    for (const { name, valueSize } of TUPLE_MAPS) {
+      const m = this.#openMap(name, LAYOUT.inpod_tuple.sizeof, valueSize);
+      if (!m) continue;
+      try {
+        for (const k of m.keys()) if (decodeTuple(k).netns === cookie) m.delete(k);
+      } finally {
+        closeMap(m);
+      }
+    }
   }
 
   /** Replaces the pod's exclusion entries (null: remove them all). */

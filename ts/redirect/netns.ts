@@ -53,11 +53,16 @@ export async function discoverPodIps(path: string): Promise<string[]> {
  * The in-netns routing that lets the proxy's transparent upstream (bound to the client's IP,
  * marked 0x539 and re-marked `spoofMark` by connect4) get the app's replies back: the app's
  * accepted socket inherits the SYN's mark (tcp_fwmark_accept), and that mark routes locally.
+ * fwmark_reflect does the same for what the kernel answers without a socket (the RST of a
+ * closed port, ICMP errors): without it that reply takes the main table to the client's real
+ * address and the proxy waits for its connect timeout. Only locally sent, marked packets carry
+ * a mark here (a packet entering over the veth has none), so nothing else changes for the pod.
  * No iptables involved. Idempotent; `false` removes exactly this.
  */
 export async function transparentReturnRouting(path: string, on: boolean, mark: number, table = 100): Promise<void> {
   try {
     netnsWrite(path, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    netnsWrite(path, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
     netnsLocalRoute(path, mark, table, 32763, on);
   } catch (e) {
     throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${path} failed: ${(e as Error).message}`, { cause: e });

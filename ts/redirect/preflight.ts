@@ -8,8 +8,11 @@ import { dirname } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, addon, statfsType } from '../native/index.js';
 
-/** sk_lookup needs 5.9; bpf_link for cgroups 5.7; cgroup getsockopt and getpeername 5.8. */
-export const MIN_KERNEL = '5.10';
+/**
+ * sk_lookup needs 5.9; bpf_link for cgroups 5.7; cgroup getsockopt and getpeername 5.8; the
+ * netns cookie in sockops programs 5.15 (the last to arrive, so the minimum).
+ */
+export const MIN_KERNEL = '5.15';
 
 export const PROG_TYPES: Record<string, number> = {
   sock_ops: 13,
@@ -18,11 +21,25 @@ export const PROG_TYPES: Record<string, number> = {
   sk_lookup: 30,
 };
 
+/**
+ * Helpers the programs call that a kernel offers to some program types only, and later than
+ * the program type itself (probed, not inferred from the version: distributions backport).
+ */
+export const PROG_HELPERS: { prog: string; helper: string; id: number; since: string }[] = [
+  { prog: 'sock_ops', helper: 'bpf_get_netns_cookie', id: 122, since: '5.15' },
+  { prog: 'sock_ops', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
+  { prog: 'sock_ops', helper: 'bpf_sock_ops_cb_flags_set', id: 59, since: '4.16' },
+  { prog: 'cgroup_sock_addr', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
+  { prog: 'cgroup_sockopt', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
+  { prog: 'cgroup_sockopt', helper: 'bpf_get_netns_cookie', id: 122, since: '5.15' },
+];
+
 export interface HostFacts {
   kernelRelease(): string;
   exists(path: string): boolean;
   fsType(path: string): number | null;
   progTypeSupported(type: number): boolean;
+  helperSupported(progType: number, helper: number): boolean;
 }
 
 export const realHost: HostFacts = {
@@ -36,6 +53,7 @@ export const realHost: HostFacts = {
     }
   },
   progTypeSupported: (t) => addon().probeProgType(t) === 1,
+  helperSupported: (t, h) => addon().probeHelper(t, h) === 1,
 };
 
 export function kernelAtLeast(rel: string, min: string): boolean {
@@ -50,7 +68,8 @@ export function checkEbpfHost(opts: { pinRoot: string; cgroupPath: string }, hos
   if (!kernelAtLeast(rel, MIN_KERNEL)) {
     throw new MeshError(
       'INPOD_ERR_KERNEL',
-      `kernel ${rel} is older than ${MIN_KERNEL}, which the eBPF backend needs (sk_lookup, cgroup sockopt hooks); ` +
+      `kernel ${rel} is older than ${MIN_KERNEL}, which the eBPF backend needs (sk_lookup, cgroup sockopt hooks, ` +
+        'the netns cookie in sockops); ' +
         'upgrade the node kernel or run with --backend iptables',
     );
   }
@@ -82,6 +101,15 @@ export function checkEbpfHost(opts: { pinRoot: string; cgroupPath: string }, hos
         'INPOD_ERR_KERNEL',
         `this kernel (${rel}) cannot load ${name} programs; the eBPF backend needs them: ` +
           'upgrade the kernel or run with --backend iptables',
+      );
+    }
+  }
+  for (const { prog, helper, id, since } of PROG_HELPERS) {
+    if (!host.helperSupported(PROG_TYPES[prog]!, id)) {
+      throw new MeshError(
+        'INPOD_ERR_KERNEL',
+        `this kernel (${rel}) does not offer ${helper} to ${prog} programs (mainline has it since ${since}); ` +
+          'the eBPF backend needs it: upgrade the kernel or run with --backend iptables',
       );
     }
   }

@@ -97,8 +97,14 @@ def op_listen(req):
     s.listen(req.get("backlog", 128))
     lid = new_id("l")
     listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": [], "echo": bool(req.get("echo"))}
-    threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
+    if not req.get("paused"):  # paused: connections wait in the backlog until "resume"
+        threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
     return {"id": lid, "port": s.getsockname()[1]}
+
+
+def op_resume(req):
+    threading.Thread(target=accept_loop, args=(req["id"],), daemon=True).start()
+    return {}
 
 
 def op_close_listener(req):
@@ -239,7 +245,35 @@ def op_load(req):
     return results
 
 
+def op_repeat(req):
+    """`count` connections one after another, each sending "ping", reading the answer and
+    closing (SO_MARK / IP_TRANSPARENT / bind as for connect, a new source port each time);
+    counts the answers by the tag before ':' and the errors by name."""
+    timeout = req.get("timeoutMs", 3000) / 1000.0
+    out = {"tags": {}, "errors": {}}
+
+    def count(d, k):
+        d[k] = d.get(k, 0) + 1
+
+    for _ in range(req["count"]):
+        s = make_socket(req)
+        s.settimeout(timeout)
+        try:
+            if req.get("bind"):
+                s.bind((req["bind"]["host"], 0))
+            s.connect((req["host"], req["port"]))
+            s.sendall(b"ping")
+            count(out["tags"], s.recv(65536).decode(errors="replace").split(":")[0])
+        except OSError as e:
+            count(out["errors"], err_name(e))
+        finally:
+            s.close()
+    return out
+
+
 OPS = {
+    "repeat": op_repeat,
+    "resume": op_resume,
     "load": op_load,
     "listen": op_listen,
     "closeListener": op_close_listener,
