@@ -6,6 +6,7 @@
 import { isIP } from 'node:net';
 import { parse } from 'yaml';
 import { MeshError } from '../util/errors.js';
+import { translatePolicy } from '../policy/istio.js';
 import type { MeshState, Policy, Service, Waypoint, Workload } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -124,15 +125,20 @@ function service(path: string, v: unknown): Service {
   };
 }
 
-/** An AuthorizationPolicy, in Istio's Kubernetes shape (metadata/spec) or flat (name/namespace/spec). */
+/**
+ * An AuthorizationPolicy in Istio's Kubernetes shape (metadata/spec) or flat (name/namespace/spec,
+ * dryRun), kept as written. A field the proxy does not know or a malformed value refuses the file,
+ * naming the field, as ztunnel refuses unknown fields in its local config; what is valid but not
+ * enforced at the pod (HTTP attributes, targetRef, AUDIT, CUSTOM) is reported when it is applied.
+ */
 function policy(path: string, v: unknown): Policy {
   const f = obj(path, v);
   const meta = f.v.metadata === undefined ? f : obj(`${path}.metadata`, f.v.metadata);
-  const spec = f.v.spec === undefined ? {} : obj(`${path}.spec`, f.v.spec).v;
-  const action = spec.action ?? 'ALLOW';
-  if (!['ALLOW', 'DENY', 'AUDIT', 'CUSTOM'].includes(String(action))) f.fail('spec.action', `expected ALLOW or DENY, got ${JSON.stringify(action)}`);
-  if (spec.rules !== undefined && !Array.isArray(spec.rules)) f.fail('spec.rules', 'expected a list');
-  return { ...f.v, name: meta.str('name'), namespace: meta.str('namespace') };
+  meta.str('name');
+  meta.str('namespace');
+  const bad = translatePolicy(f.v).problems[0];
+  if (bad) throw new MeshError('INPOD_ERR_CONFIG', `${path}.${bad.field}: ${bad.why}`);
+  return f.v;
 }
 
 /** Parses and validates a local-config document. Throws MeshError INPOD_ERR_CONFIG naming the field. */

@@ -38,12 +38,12 @@ export interface Service {
   waypoint?: Waypoint;
 }
 
-/** Authorization policy (issue: policy); kept as parsed for now. */
-export interface Policy {
-  name: string;
-  namespace: string;
-  [key: string]: unknown;
-}
+/**
+ * An Istio AuthorizationPolicy as its source gave it: the Kubernetes object (metadata/spec) from
+ * the API or a manifest, or local config's flat form (name/namespace/spec). Untrusted input: only
+ * ts/policy reads inside it, translating and checking every field (ts/policy/istio.ts).
+ */
+export type Policy = Record<string, unknown>;
 
 export interface MeshState {
   workloads: Workload[];

@@ -7,7 +7,7 @@ import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { ConnContext, ConnRecord, Decision, ProxyHooks } from '../proxy/hooks.js';
-import { authorize, normalizePolicy, type AuthorizationPolicy } from '../policy/authz.js';
+import { PolicyCache } from '../policy/authz.js';
 import { parseSpiffe } from '../identity/spiffe.js';
 
 const LABELS = [
@@ -34,7 +34,8 @@ export class IstioTelemetry implements ProxyHooks {
   readonly #closed;
   readonly #sent;
   readonly #received;
-  #policyCache: { src: unknown; policies: AuthorizationPolicy[] } = { src: null, policies: [] };
+  /** the state's policies, translated once per snapshot; their warnings logged once per version */
+  readonly #policies: PolicyCache;
 
   constructor(private readonly state: StateStore, private readonly log: Logger, opts: { processMetrics?: boolean } = {}) {
     const mk = (name: string, help: string): Counter<(typeof LABELS)[number]> =>
@@ -44,28 +45,22 @@ export class IstioTelemetry implements ProxyHooks {
     this.#sent = mk('istio_tcp_sent_bytes_total', 'Bytes sent during the response of a TCP connection (destination to source)');
     this.#received = mk('istio_tcp_received_bytes_total', 'Bytes received during the request of a TCP connection (source to destination)');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    this.#policies = new PolicyCache(log.child({ component: 'authz' }));
   }
 
-  #policies(): AuthorizationPolicy[] {
-    const raw = this.state.snapshot.state.policies;
-    if (this.#policyCache.src !== raw) this.#policyCache = { src: raw, policies: raw.map((p) => normalizePolicy(p as Record<string, unknown>)) };
-    return this.#policyCache.policies;
-  }
-
+  /**
+   * The destination pod's policies decide, with the attributes ztunnel gives its evaluator: the
+   * peer's verified identity (none for plaintext), source IP, destination IP and port. The
+   * workload's namespace and labels come from the state; unknown labels refuse a connection
+   * that a selector policy might cover.
+   */
   authorize(ctx: ConnContext): Decision {
     const snap = this.state.snapshot;
     const dstW = snap.byIp.get(ctx.dst.ip);
     const peer = ctx.src.identity ? parseSpiffe(ctx.src.identity) : null;
-    const r = authorize(
-      this.#policies(),
-      { namespace: ctx.pod.namespace, labels: dstW?.labels ?? {} },
-      {
-        principal: peer ? `${peer.trustDomain}/ns/${peer.namespace}/sa/${peer.serviceAccount}` : undefined,
-        sourceNamespace: peer?.namespace,
-        sourceIp: ctx.src.ip,
-        destinationIp: ctx.dst.ip,
-        destinationPort: ctx.dst.port,
-      },
+    const r = this.#policies.get(snap.state.policies).authorize(
+      { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels },
+      { srcIp: ctx.src.ip, dstIp: ctx.dst.ip, dstPort: ctx.dst.port, srcIdentity: peer ?? undefined },
     );
     for (const d of r.dryRun) this.log.info({ dryRun: d, src: ctx.src, dst: ctx.dst }, 'dry-run policy');
     return { allow: r.allow, reason: r.reason };
