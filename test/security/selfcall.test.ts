@@ -9,6 +9,8 @@ import type { BackendName } from '../../ts/redirect/backend.js';
 import { TestMesh } from './mesh.js';
 import http2 from 'node:http2';
 import tls from 'node:tls';
+import { BpfMap, Fd, objGet } from '../../ts/native/index.js';
+import { LAYOUT, encodeTuple } from '../../ts/native/structs.js';
 
 describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects to itself, %s backend', (backend) => {
   let m: TestMesh;
@@ -97,4 +99,53 @@ describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects t
       expect(acc.at(-1)!.peer.host).toBe(m.pods[name]!.ip);
     }
   });
+});
+
+describe('the proxy when eBPF capture cannot record its own upstream (a full map), ebpf backend', () => {
+  let m: TestMesh;
+  let own: BpfMap;
+
+  beforeAll(async () => {
+    m = await TestMesh.create('ebpf', [
+      { name: 'server', namespace: 'shop', serviceAccount: 'web' },
+      { name: 'outside', namespace: 'default', serviceAccount: 'default', mesh: false },
+    ]);
+    await m.sh.server!.listen({ port: 8080, tag: 'app' });
+    const fd = objGet(`/sys/fs/bpf/${m.lab.prefix}inpod/inpod_own_syn`)!;
+    own = new BpfMap('inpod_own_syn', fd.release(), LAYOUT.inpod_tuple.sizeof, 1);
+  });
+
+  afterAll(async () => {
+    if (own) new Fd(own.fd).close();
+    await m?.close();
+  });
+
+  it('fills the map so its transparent upstream is captured back into it: refused once, no loop, and served again once there is room', async () => {
+    // entries of a netns that does not exist, until the kernel says the map is full
+    const keys: Buffer[] = [];
+    for (;;) {
+      const n = keys.length;
+      const key = encodeTuple({ netns: 1n, sip: `10.${(n >> 16) & 255}.${(n >> 8) & 255}.${n & 255}`, dip: '10.0.0.1', sport: 1, dport: 1 });
+      try {
+        own.update(key, Buffer.from([1]));
+      } catch (e) {
+        expect((e as { code?: string }).code).toBe('E2BIG');
+        break;
+      }
+      keys.push(key);
+    }
+    try {
+      const logs = m.records.length;
+      const fds = TestMesh.fds();
+      const r = await m.sh.outside!.connect({ host: m.pods.server!.ip, port: 8080, send: 'full', timeoutMs: 3000 });
+      expect(r.ok ? r.reply : r.error).toMatch(/^$|ECONNRESET|EPIPE/);
+      expect(m.logs(logs, (l) => l.code === 'INPOD_ERR_SELF_CALL')).toHaveLength(1);
+      await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+      expect(m.crashes).toEqual([]);
+    } finally {
+      for (const k of keys) own.delete(k);
+    }
+    const r = await m.sh.outside!.connect({ host: m.pods.server!.ip, port: 8080, send: 'room', timeoutMs: 3000 });
+    expect(r.ok && r.reply).toBe('app:room');
+  }, 60_000);
 });

@@ -11,7 +11,7 @@ import type { CertManager } from '../identity/manager.js';
 import { spiffeUri, type Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../util/log.js';
-import { connectIn, listenIn, nodeAddresses, originalDestination, relay, PROXY_MARK } from './sockets.js';
+import { connectIn, isOwnUpstream, listenIn, nodeAddresses, originalDestination, relay, PROXY_MARK } from './sockets.js';
 import { buildRoute, isSelfCall, type Addr, type OwnAddresses } from './route.js';
 import { MeshError } from '../util/errors.js';
 import type { HbonePool } from './hbone/client.js';
@@ -117,8 +117,8 @@ export class PodProxy {
       down.resetAndDestroy();
       return null;
     }
-    if (isSelfCall(direction, dst, this.#ownAddresses(from.ip))) {
-      this.#log.warn({ direction, src: from, dst, code: 'INPOD_ERR_SELF_CALL' }, 'connection refused: its destination is one of the proxy\'s own ports');
+    if (isSelfCall(direction, dst, this.#ownAddresses(from.ip)) || (direction === 'inbound' && isOwnUpstream(from.ip, from.port))) {
+      this.#log.warn({ direction, src: from, dst, code: 'INPOD_ERR_SELF_CALL' }, 'connection refused: it would loop back into the proxy (its own port, or its own upstream captured again)');
       down.resetAndDestroy();
       return null;
     }

@@ -5,7 +5,7 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { networkInterfaces } from 'node:os';
-import { origDst, socketInNs, type SockAddr } from '../native/index.js';
+import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
 import { MeshError, SyscallError } from '../util/errors.js';
 
 export const PROXY_MARK = 0x539;
@@ -47,6 +47,7 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
   }).release();
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
+  if (o.transparentFrom) ownUpstream(s, fd);
   if (o.paused) s.pause();
   s.setNoDelay(true);
   return new Promise((resolve, reject) => {
@@ -64,6 +65,26 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
       resolve(s);
     });
   });
+}
+
+/** "ip:port" of the proxy's live transparent upstream sockets (bound before connect, so known at once). */
+const transparentUpstreams = new Set<string>();
+
+function ownUpstream(s: net.Socket, fd: number): void {
+  const a = sockName(fd);
+  const key = `${a.ip}:${a.port}`;
+  transparentUpstreams.add(key);
+  s.once('close', () => transparentUpstreams.delete(key));
+}
+
+/**
+ * Is a connection arriving on the inbound listener from `ip:port` the proxy's own transparent
+ * upstream? Capture never sends it there, unless its per-connection state could not be recorded
+ * (a full eBPF map fails closed by capturing it): then admitting it would connect again, from
+ * the same client address, in a loop.
+ */
+export function isOwnUpstream(ip: string, port: number): boolean {
+  return transparentUpstreams.has(`${ip}:${port}`);
 }
 
 /** The fd under a connected Node socket. */
