@@ -203,9 +203,10 @@ export class Agent {
   /**
    * Undoes #capture for one sandbox: the proxy stops serving the pod if this is the sandbox it
    * serves (the pod's other sandboxes, if any, stay captured: fail closed), and the kernel stops
-   * capturing the netns if it is still the sandbox's. The record stays (see #release).
+   * capturing the netns if it is still the sandbox's (`via`: a path just checked to be it, which
+   * spares a second cookie read). The record stays (see #release).
    */
-  async #uncapture(sb: Sandbox): Promise<void> {
+  async #uncapture(sb: Sandbox, via?: string): Promise<void> {
     const key = sandboxKey(sb);
     const served = this.#served.get(sb.uid)?.cookie === sb.cookie;
     const captured = this.#captured.has(key);
@@ -216,7 +217,8 @@ export class Agent {
         this.#served.delete(sb.uid);
       }
       if (captured) {
-        if (this.#sandboxes.alive(sb)) await this.#o.backend.unenroll(sb.netns);
+        const path = via ?? (this.#sandboxes.alive(sb) ? sb.netns : null);
+        if (path) await this.#o.backend.unenroll(path);
         this.#captured.delete(key);
       }
       this.#m.enrolled.set(this.#captured.size);
@@ -228,8 +230,8 @@ export class Agent {
   }
 
   /** The sandbox is over (its DEL, or its netns is gone): uncapture it and forget its record. */
-  async #release(sb: Sandbox): Promise<void> {
-    await this.#uncapture(sb);
+  async #release(sb: Sandbox, via?: string): Promise<void> {
+    await this.#uncapture(sb, via);
     this.#sandboxes.forget(sb);
   }
 
@@ -302,7 +304,9 @@ export class Agent {
       const mine = this.#sandboxes.ofPod(uid);
       if (mine.length === 0) return;
       const cookie = ev.netns ? this.#sandboxes.cookieAt(ev.netns) : null;
-      for (const s of delTargets(mine, { containerId: ev.containerId ?? '', netns: ev.netns }, cookie, (x) => this.#sandboxes.alive(x))) await this.#release(s);
+      const targets = delTargets(mine, { containerId: ev.containerId ?? '', netns: ev.netns }, cookie, (x) => this.#sandboxes.alive(x));
+      // matched by cookie, CNI_NETNS is the sandbox's netns now: one cookie read for the whole DEL
+      for (const s of targets) await this.#release(s, cookie !== null ? ev.netns : undefined);
     });
   }
 
