@@ -4,7 +4,7 @@
  * backend, and the proxy process connected over ZDS.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,6 +30,7 @@ describe('inpod agent', () => {
   let peerSh: PodShell;
   let healthPort = 0;
   let nextPorts: number[] = [];
+  let early: { proc: ChildProcess; cgroup: string } | undefined;
   const p = (f: string): string => join(dir, f);
   const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
   const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
@@ -76,7 +77,7 @@ describe('inpod agent', () => {
   }
 
   beforeAll(async () => {
-    nextPorts = await freePorts(2); // one per agent start
+    nextPorts = await freePorts(3); // one per agent start
     lab = await Lab.create();
     dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ag`));
     mkdirSync(p('net.d'));
@@ -100,6 +101,11 @@ describe('inpod agent', () => {
   }, 60_000);
 
   afterAll(async () => {
+    if (early) {
+      early.proc.kill('SIGKILL');
+      for (let i = 0; i < 50 && readFileSync(join(early.cgroup, 'cgroup.procs'), 'utf8').trim() !== ''; i++) await new Promise((r) => setTimeout(r, 20));
+      rmdirSync(early.cgroup);
+    }
     agent?.kill('SIGKILL');
     proxy?.kill('SIGKILL');
     await api?.stop();
@@ -139,6 +145,23 @@ describe('inpod agent', () => {
     await until('b to be unenrolled', async () => !(await enrolledNetns()).includes(b.netnsPath));
     await until('annotation removed', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === undefined);
     expect(await captured(sh, b.ip)).toBe(false);
+  });
+
+  it('finds a pod that no CNI event told it about through /proc (a process in its pod cgroup) and captures it', async () => {
+    // a pod started before the agent: its netns is known only from a process of the pod
+    const g = await lab.addPod('g');
+    const uid = `${lab.prefix}-0000-early`;
+    const cgroup = join(lab.cgroupPath, `pod${uid}`);
+    mkdirSync(cgroup);
+    const proc = spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${g.netnsPath} sleep 600`], { stdio: 'ignore' });
+    early = { proc, cgroup };
+    await until('the pod process in its cgroup', () => readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim() !== '');
+    const pid = readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim().split('\n')[0];
+    api.apply('pods', { metadata: { name: 'g', namespace: 'mesh', uid }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
+    await until('g to be enrolled', async () => (await enrolledNetns()).includes(`/proc/${pid}/ns/net`));
+    await until('g annotated', () => api.get('pods', 'mesh', 'g')?.metadata.annotations?.[REDIRECTION] === 'enabled');
+    const sh = await lab.shell(g.netnsPath, { inCgroup: true });
+    expect(await captured(sh, g.ip)).toBe(true);
   });
 
   it('survives the API server going away and coming back (with a compacted history)', async () => {
@@ -215,5 +238,26 @@ describe('inpod agent', () => {
     expect(list.map((x) => x.netns)).not.toContain(e.netnsPath);
     expect(list.filter((x) => x.netns === a.netnsPath)).toHaveLength(1);
     expect(await captured(sh, a.ip)).toBe(true);
+  });
+
+  it('reads the netns records of an agent from before sandboxes: a restart after the upgrade keeps running pods captured', async () => {
+    const a = lab.node.pods.get('a')!;
+    const uid = api.get('pods', 'mesh', 'a')!.metadata.uid!;
+    agent!.kill('SIGKILL');
+    await new Promise((r) => agent!.once('exit', r));
+    // what the agent before sandboxes wrote: one record per pod uid, no netns identity
+    const records = p('state/pods');
+    for (const f of readdirSync(records)) if (f.startsWith(`${encodeURIComponent(uid)}@`)) rmSync(join(records, f));
+    writeFileSync(join(records, `${encodeURIComponent(uid)}.json`), JSON.stringify({ uid, namespace: 'mesh', name: 'a', netns: a.netnsPath }));
+    startAgent();
+    await until('the upgraded agent to be ready', () => /agent ready/.test(agentLog));
+    expect((await backend.list()).filter((x) => x.netns === a.netnsPath)).toHaveLength(1);
+    const sh = await lab.shell(a.netnsPath, { inCgroup: true });
+    expect(await captured(sh, a.ip)).toBe(true);
+    expect(existsSync(join(records, `${encodeURIComponent(uid)}.json`))).toBe(false);
+    expect(readdirSync(records).filter((f) => f.startsWith(`${encodeURIComponent(uid)}@`))).toHaveLength(1);
+    // and the migrated record still names the sandbox for its DEL
+    await lab.node.delPodWithChain('a', conflist(), { namespace: 'mesh', name: 'a', uid }, cniPath());
+    expect((await backend.list()).map((x) => x.netns)).not.toContain(a.netnsPath);
   });
 });

@@ -3,25 +3,26 @@
  * redirection backend, hands them to the proxy over ZDS, and annotates them. Work for one pod
  * is serialized; handlers read the source's cache, so a burst of events converges on the last
  * state. On start it reconciles what the kernel already captures before serving anyone.
+ *
+ * Capture is per sandbox (pod uid and netns, sandboxes.ts), the proxy's view per pod: for a pod
+ * in the mesh every sandbox whose netns still exists is captured, and the proxy serves the newest
+ * (ZDS names a pod by uid alone; an Add with another netns makes the proxy switch over). An older
+ * sandbox that still exists therefore stays captured with no proxy listening in it: it fails
+ * closed until its own DEL, or until its netns is gone, unenrolls it.
  */
 import http from 'node:http';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { MeshError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
+import { netnsCookie } from '../native/index.js';
 import type { PodSettings, RedirectBackend } from '../redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../zds/server.js';
 import { meshVerdict, podCaptureSettings, REDIRECTION_ANNOTATION, type PodObj } from './policy.js';
+import { SandboxStore, delTargets, newest, sandboxKey, type Sandbox } from './sandboxes.js';
 import type { ClusterSource } from './source.js';
 import type { PodEvent } from '../cni/plugin.js';
-
-interface KnownPod {
-  uid: string;
-  namespace: string;
-  name: string;
-  netns: string;
-}
 
 export interface AgentOptions {
   source: ClusterSource;
@@ -34,13 +35,17 @@ export interface AgentOptions {
   log?: Logger;
 }
 
+/** A pod as the proxy serves it: its newest sandbox. */
+type ServedPod = ZdsPod & { cookie: string };
+
 export class Agent {
   readonly zds: ZdsServer;
   readonly registry = new Registry();
   readonly #o: AgentOptions;
   readonly #log: Logger;
-  readonly #known = new Map<string, KnownPod>(); // uid -> netns, from CNI events (persisted)
-  readonly #enrolled = new Map<string, ZdsPod>();
+  readonly #sandboxes: SandboxStore;
+  readonly #captured = new Set<string>(); // sandboxKey of every sandbox captured in the kernel
+  readonly #served = new Map<string, ServedPod>(); // uid -> the sandbox the proxy serves
   readonly #queues = new Map<string, Promise<unknown>>();
   #plugin?: http.Server;
   #synced = false;
@@ -49,9 +54,10 @@ export class Agent {
   constructor(o: AgentOptions) {
     this.#o = o;
     this.#log = o.log ?? logger('agent');
-    this.zds = new ZdsServer({ path: o.zdsPath, pods: () => [...this.#enrolled.values()], log: this.#log.child({ component: 'zds' }) });
+    this.#sandboxes = new SandboxStore(join(o.stateDir, 'pods'), { cookie: (p) => netnsCookie(p).toString(), bootId: readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() });
+    this.zds = new ZdsServer({ path: o.zdsPath, pods: () => [...this.#served.values()], log: this.#log.child({ component: 'zds' }) });
     this.#m = {
-      enrolled: new Gauge({ name: 'inpod_agent_pods_enrolled', help: 'Pods captured on this node', registers: [this.registry] }),
+      enrolled: new Gauge({ name: 'inpod_agent_pods_enrolled', help: 'Pod sandboxes (network namespaces) captured on this node', registers: [this.registry] }),
       latency: new Histogram({ name: 'inpod_agent_enroll_seconds', help: 'Time to capture a pod and have the proxy acknowledge it', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [this.registry] }),
       errors: new Counter({ name: 'inpod_agent_errors_total', help: 'Failed enroll/unenroll operations', labelNames: ['op'], registers: [this.registry] }),
     };
@@ -61,17 +67,19 @@ export class Agent {
     return this.#synced;
   }
 
-  /** Pods currently captured (uid -> pod). */
+  /** Pods the proxy serves (uid -> pod with the netns of its newest sandbox). */
   get enrolled(): ReadonlyMap<string, ZdsPod> {
-    return this.#enrolled;
+    return this.#served;
   }
 
   async start(): Promise<void> {
-    this.#loadKnown();
+    this.#sandboxes.load();
     const synced = new Promise<void>((r) => this.#o.source.once('synced', () => r()));
-    this.#o.source.on('pod', (ns, name) => void this.#enqueue(`${ns}/${name}`, () => this.#reconcilePod(ns, name)));
+    // a failure is logged and counted where it happens; the pod's next event tries again
+    const live = (ns: string, name: string): void => void this.#enqueue(`${ns}/${name}`, () => this.#reconcilePod(ns, name)).catch(() => {});
+    this.#o.source.on('pod', live);
     this.#o.source.on('namespace', (ns) => {
-      for (const p of this.#o.source.pods()) if (p.metadata?.namespace === ns) void this.#enqueue(`${ns}/${p.metadata?.name}`, () => this.#reconcilePod(ns, p.metadata!.name!));
+      for (const p of this.#o.source.pods()) if (p.metadata?.namespace === ns) live(ns, p.metadata!.name!);
     });
     this.#o.source.on('error', (e) => this.#log.warn({ err: e.message }, 'cluster source error (retrying)'));
     await this.#o.source.start();
@@ -80,7 +88,7 @@ export class Agent {
     this.zds.start();
     await this.#startPluginServer();
     this.#synced = true;
-    this.#log.info({ enrolled: this.#enrolled.size }, 'agent ready');
+    this.#log.info({ enrolled: this.#served.size, sandboxes: this.#captured.size }, 'agent ready');
   }
 
   stop(): void {
@@ -110,63 +118,121 @@ export class Agent {
   /** Live path: make the kernel and the proxy match what the pod should be. */
   async #reconcilePod(ns: string, name: string): Promise<void> {
     const pod = this.#o.source.pod(ns, name);
-    const current = [...this.#enrolled.values()].find((p) => p.info.namespace === ns && p.info.name === name);
     if (!pod) {
-      if (current) await this.#unenroll(current.uid, current.netnsPath, null);
+      for (const s of this.#sandboxes.all()) if (s.namespace === ns && s.name === name) await this.#uncapture(s);
       return;
     }
     const uid = pod.metadata?.uid ?? '';
     const verdict = meshVerdict(this.#o.source.namespace(ns), pod);
-    // /proc is scanned only for pods that belong in the mesh and whose netns we never saw
-    const known = this.#known.get(uid) ?? (verdict.enroll ? this.#discover(uid, ns, name) : undefined);
-    if (verdict.enroll && known && existsSync(known.netns)) {
-      if (!this.#enrolled.has(uid)) await this.#enroll(pod, known.netns, false);
-      else if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION] !== 'enabled') await this.#annotate(pod, 'enabled');
-    } else if (this.#enrolled.has(uid)) {
-      this.#log.info({ ns, pod: name, reason: verdict.reason }, 'leaving the mesh');
-      await this.#unenroll(uid, this.#enrolled.get(uid)!.netnsPath, pod);
-    } else if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION]) {
-      await this.#annotate(pod, null);
+    let mine = this.#sandboxes.ofPod(uid);
+    if (!verdict.enroll) {
+      if (this.#served.has(uid) || mine.some((s) => this.#captured.has(sandboxKey(s)))) {
+        this.#log.info({ ns, pod: name, reason: verdict.reason }, 'leaving the mesh');
+        for (const s of mine) await this.#uncapture(s);
+      }
+      if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION]) await this.#annotate(pod, null);
+      return;
     }
+    // /proc is scanned only for pods that belong in the mesh and whose netns we never saw
+    if (mine.length === 0) mine = [this.#discover(uid, ns, name)].filter((s): s is Sandbox => !!s);
+    // a sandbox whose netns is gone (or whose path now names another netns, checked only before
+    // capturing it) has nothing left to capture: forget it
+    const gone = mine.filter((s) => !existsSync(s.netns) || (!this.#captured.has(sandboxKey(s)) && !this.#sandboxes.alive(s)));
+    for (const s of gone) await this.#release(s);
+    const live = mine.filter((s) => !gone.includes(s));
+    const top = newest(live);
+    if (!top) {
+      if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION]) await this.#annotate(pod, null);
+      return;
+    }
+    for (const s of live) if (s !== top) await this.#capture(pod, s, { serve: false, requireProxy: false });
+    await this.#capture(pod, top, { serve: true, requireProxy: false });
   }
 
-  async #enroll(pod: PodObj, netns: string, requireProxy: boolean): Promise<void> {
+  /**
+   * Captures one sandbox in the kernel (if it is not yet) and, with `serve`, makes it the one the
+   * proxy serves for its pod (Add over ZDS; the proxy drops the pod's previous netns). Without a
+   * proxy the capture stands (fail closed) and the next snapshot hands the pod over, unless
+   * `requireProxy` (a CNI ADD must not return before the proxy serves the pod). The caller has
+   * checked that the sandbox's path still names its netns (its cookie), so a namespace that took
+   * over a reused path is never captured.
+   */
+  async #capture(pod: PodObj, sb: Sandbox, o: { serve: boolean; requireProxy: boolean }): Promise<void> {
     const started = performance.now();
-    const uid = pod.metadata!.uid!;
-    const info = { name: pod.metadata!.name!, namespace: pod.metadata!.namespace!, serviceAccount: pod.spec?.serviceAccountName ?? 'default' };
-    const settings: Partial<PodSettings> = podCaptureSettings(pod);
+    const key = sandboxKey(sb);
+    const info = { name: sb.name, namespace: sb.namespace, serviceAccount: pod.spec?.serviceAccountName ?? 'default' };
     try {
-      if (requireProxy && !this.zds.ready) {
+      if (o.requireProxy && !this.zds.ready) {
         throw new MeshError('INPOD_ERR_ZDS', `no proxy is connected on ${this.zds.path}; is the inpod ztunnel DaemonSet running on this node?`, { retryable: true });
       }
-      await this.#o.backend.enroll(netns, settings);
-      const zpod = { uid, info, netnsPath: netns };
-      this.#enrolled.set(uid, zpod);
-      // Without a proxy the capture stands (fail closed) and the next snapshot hands it over.
-      if (this.zds.ready) await this.zds.addPod(zpod);
-      await this.#annotate(pod, 'enabled');
-      this.#m.latency.observe((performance.now() - started) / 1000);
-      this.#m.enrolled.set(this.#enrolled.size);
-      this.#log.info({ ns: info.namespace, pod: info.name, uid, netns }, 'pod enrolled');
+      let changed = false;
+      if (!this.#captured.has(key)) {
+        await this.#o.backend.enroll(sb.netns, podCaptureSettings(pod));
+        this.#captured.add(key);
+        changed = true;
+      }
+      const prev = this.#served.get(sb.uid);
+      if (o.serve && prev?.cookie !== sb.cookie) {
+        const z: ServedPod = { uid: sb.uid, info, netnsPath: sb.netns, cookie: sb.cookie };
+        this.#served.set(sb.uid, z);
+        if (this.zds.ready) {
+          try {
+            await this.zds.addPod(z);
+          } catch (e) {
+            // the proxy still serves what it served: say so in the next snapshot
+            if (this.#served.get(sb.uid) === z) prev ? this.#served.set(sb.uid, prev) : this.#served.delete(sb.uid);
+            throw e;
+          }
+        }
+        if (prev) this.#log.info({ ns: sb.namespace, pod: sb.name, uid: sb.uid, netns: sb.netns, superseded: prev.netnsPath }, 'pod sandbox recreated: the proxy serves the new netns, the old one fails closed until its DEL');
+        changed = true;
+      }
+      if (o.serve && (changed || pod.metadata?.annotations?.[REDIRECTION_ANNOTATION] !== 'enabled')) await this.#annotate(pod, 'enabled');
+      if (changed) {
+        this.#m.latency.observe((performance.now() - started) / 1000);
+        this.#m.enrolled.set(this.#captured.size);
+        this.#log.info({ ns: sb.namespace, pod: sb.name, uid: sb.uid, netns: sb.netns, served: o.serve }, 'pod enrolled');
+      }
     } catch (e) {
       this.#m.errors.inc({ op: 'enroll' });
-      this.#log.warn({ ns: info.namespace, pod: info.name, err: (e as Error).message }, 'enroll failed');
+      this.#log.warn({ ns: sb.namespace, pod: sb.name, netns: sb.netns, err: (e as Error).message }, 'enroll failed');
       throw e;
     }
   }
 
-  async #unenroll(uid: string, netns: string, pod: PodObj | null): Promise<void> {
+  /**
+   * Undoes #capture for one sandbox: the proxy stops serving the pod if this is the sandbox it
+   * serves (the pod's other sandboxes, if any, stay captured: fail closed), and the kernel stops
+   * capturing the netns if it is still the sandbox's (`via`: a path just checked to be it, which
+   * spares a second cookie read). The record stays (see #release).
+   */
+  async #uncapture(sb: Sandbox, via?: string): Promise<void> {
+    const key = sandboxKey(sb);
+    const served = this.#served.get(sb.uid)?.cookie === sb.cookie;
+    const captured = this.#captured.has(key);
+    if (!served && !captured) return;
     try {
-      await this.zds.removePod(uid);
-      if (existsSync(netns)) await this.#o.backend.unenroll(netns);
-      this.#enrolled.delete(uid);
-      this.#m.enrolled.set(this.#enrolled.size);
-      if (pod) await this.#annotate(pod, null);
-      this.#log.info({ uid, netns }, 'pod unenrolled');
+      if (served) {
+        await this.zds.removePod(sb.uid);
+        this.#served.delete(sb.uid);
+      }
+      if (captured) {
+        const path = via ?? (this.#sandboxes.alive(sb) ? sb.netns : null);
+        if (path) await this.#o.backend.unenroll(path);
+        this.#captured.delete(key);
+      }
+      this.#m.enrolled.set(this.#captured.size);
+      this.#log.info({ uid: sb.uid, netns: sb.netns }, 'pod unenrolled');
     } catch (e) {
       this.#m.errors.inc({ op: 'unenroll' });
       throw e;
     }
+  }
+
+  /** The sandbox is over (its DEL, or its netns is gone): uncapture it and forget its record. */
+  async #release(sb: Sandbox, via?: string): Promise<void> {
+    await this.#uncapture(sb, via);
+    this.#sandboxes.forget(sb);
   }
 
   async #annotate(pod: PodObj, value: string | null): Promise<void> {
@@ -177,55 +243,70 @@ export class Agent {
     }
   }
 
-  /** After a restart: keep what should be captured, drop what belongs to pods that are gone. */
+  /**
+   * After a restart: keep what should be captured (every live sandbox of a pod in the mesh, the
+   * newest served), drop what belongs to pods that are gone, forget sandboxes whose netns is gone.
+   */
   async #reconcileAll(): Promise<void> {
+    const live = new Set(this.#o.source.pods().map((p) => p.metadata?.uid));
+    for (const s of this.#sandboxes.all()) if (!live.has(s.uid) || !this.#sandboxes.alive(s)) this.#sandboxes.forget(s);
     const keep = new Map<string, Partial<PodSettings>>();
-    const wanted: { pod: PodObj; netns: string }[] = [];
+    const wanted: { pod: PodObj; mine: Sandbox[] }[] = [];
     for (const pod of this.#o.source.pods()) {
       const uid = pod.metadata?.uid ?? '';
       if (!meshVerdict(this.#o.source.namespace(pod.metadata?.namespace ?? ''), pod).enroll) continue;
-      const known = this.#known.get(uid) ?? this.#discover(uid, pod.metadata?.namespace ?? '', pod.metadata?.name ?? '');
-      if (!known || !existsSync(known.netns)) continue;
-      keep.set(known.netns, podCaptureSettings(pod));
-      wanted.push({ pod, netns: known.netns });
+      let mine = this.#sandboxes.ofPod(uid);
+      if (mine.length === 0) mine = [this.#discover(uid, pod.metadata?.namespace ?? '', pod.metadata?.name ?? '')].filter((s): s is Sandbox => !!s);
+      if (mine.length === 0) continue;
+      for (const s of mine) keep.set(s.netns, podCaptureSettings(pod));
+      wanted.push({ pod, mine });
     }
     const left = await this.#o.backend.reconcile(keep);
-    for (const { pod, netns } of wanted) {
-      this.#enrolled.set(pod.metadata!.uid!, { uid: pod.metadata!.uid!, info: { name: pod.metadata!.name!, namespace: pod.metadata!.namespace!, serviceAccount: pod.spec?.serviceAccountName ?? 'default' }, netnsPath: netns });
+    for (const { pod, mine } of wanted) {
+      for (const s of mine) this.#captured.add(sandboxKey(s));
+      const top = newest(mine)!;
+      this.#served.set(top.uid, { uid: top.uid, info: { name: top.name, namespace: top.namespace, serviceAccount: pod.spec?.serviceAccountName ?? 'default' }, netnsPath: top.netns, cookie: top.cookie });
       if (pod.metadata?.annotations?.[REDIRECTION_ANNOTATION] !== 'enabled') await this.#annotate(pod, 'enabled');
     }
-    // forget netns records of pods that are gone
-    const live = new Set(this.#o.source.pods().map((p) => p.metadata?.uid));
-    for (const uid of [...this.#known.keys()]) if (!live.has(uid)) this.#forget(uid);
-    this.#m.enrolled.set(this.#enrolled.size);
+    this.#m.enrolled.set(this.#captured.size);
     this.#log.info({ kept: left.length }, 'reconciled capture with the cluster');
   }
 
   /* ------------------------------------------------------------------ CNI events */
 
-  /** ADD: record the netns; capture and hand over if the pod belongs in the mesh. */
+  /**
+   * ADD: record the sandbox; if the pod belongs in the mesh, capture its netns and make it the
+   * one the proxy serves (a pod's latest ADD wins), then return.
+   */
   async cniAdd(ev: PodEvent): Promise<{ enrolled: boolean; reason: string }> {
     if (!ev.netns || !existsSync(ev.netns)) throw new MeshError('INPOD_ERR_CNI', `netns ${ev.netns || '(none)'} of pod ${ev.podNamespace}/${ev.podName} does not exist`);
+    const cookie = this.#sandboxes.cookieAt(ev.netns);
+    if (cookie === null) throw new MeshError('INPOD_ERR_CNI', `${ev.netns} of pod ${ev.podNamespace}/${ev.podName} is not a network namespace; the runtime must pass CNI_NETNS`);
     const pod = await this.#waitForPod(ev.podNamespace, ev.podName, ev.podUid);
     const uid = ev.podUid || pod?.metadata?.uid || `${ev.podNamespace}/${ev.podName}`;
-    this.#remember({ uid, namespace: ev.podNamespace, name: ev.podName, netns: ev.netns });
+    const sb = this.#sandboxes.add({ uid, namespace: ev.podNamespace, name: ev.podName, netns: ev.netns, cookie, containerId: ev.containerId ?? '' });
     return this.#enqueue(`${ev.podNamespace}/${ev.podName}`, async () => {
       const obj: PodObj = pod ?? { metadata: { name: ev.podName, namespace: ev.podNamespace, uid } };
       const v = meshVerdict(this.#o.source.namespace(ev.podNamespace), obj);
       if (!v.enroll) return { enrolled: false, reason: v.reason };
-      if (!this.#enrolled.has(uid)) await this.#enroll({ ...obj, metadata: { ...obj.metadata, uid } }, ev.netns, true);
+      // a later ADD for the pod may have come meanwhile: then that one is served, this one captured
+      const serve = sandboxKey(newest(this.#sandboxes.ofPod(uid)) ?? sb) === sandboxKey(sb);
+      await this.#capture({ ...obj, metadata: { ...obj.metadata, uid } }, sb, { serve, requireProxy: true });
       return { enrolled: true, reason: v.reason };
     });
   }
 
-  /** DEL: idempotent; unknown pods are fine. */
+  /** DEL: releases the sandbox it names (see delTargets), only that one; idempotent. */
   async cniDel(ev: PodEvent): Promise<void> {
-    const uid = ev.podUid || [...this.#known.values()].find((k) => k.namespace === ev.podNamespace && k.name === ev.podName)?.uid;
+    const uid = ev.podUid || this.#sandboxes.all().find((s) => s.namespace === ev.podNamespace && s.name === ev.podName)?.uid;
     if (!uid) return;
     await this.#enqueue(`${ev.podNamespace}/${ev.podName}`, async () => {
-      const e = this.#enrolled.get(uid);
-      if (e) await this.#unenroll(uid, e.netnsPath, null);
-      this.#forget(uid);
+      const mine = this.#sandboxes.ofPod(uid);
+      if (mine.length === 0) return;
+      const cookie = ev.netns ? this.#sandboxes.cookieAt(ev.netns) : null;
+      const targets = delTargets(mine, { containerId: ev.containerId ?? '', netns: ev.netns }, cookie, (x) => this.#sandboxes.alive(x));
+      // matched by cookie, CNI_NETNS is the sandbox's netns now: one cookie read for the whole DEL
+      for (const s of targets) await this.#release(s, cookie !== null ? ev.netns : undefined);
     });
   }
 
@@ -264,37 +345,10 @@ export class Agent {
     await new Promise<void>((r) => this.#plugin!.listen(this.#o.pluginSocket, () => r()));
   }
 
-  /* ------------------------------------------------------------------ netns records */
-
-  #recordDir(): string {
-    return join(this.#o.stateDir, 'pods');
-  }
-
-  #remember(k: KnownPod): void {
-    this.#known.set(k.uid, k);
-    mkdirSync(this.#recordDir(), { recursive: true });
-    writeFileSync(join(this.#recordDir(), `${encodeURIComponent(k.uid)}.json`), JSON.stringify(k));
-  }
-
-  #forget(uid: string): void {
-    this.#known.delete(uid);
-    rmSync(join(this.#recordDir(), `${encodeURIComponent(uid)}.json`), { force: true });
-  }
-
-  #loadKnown(): void {
-    if (!existsSync(this.#recordDir())) return;
-    for (const f of readdirSync(this.#recordDir())) {
-      try {
-        const k = JSON.parse(readFileSync(join(this.#recordDir(), f), 'utf8')) as KnownPod;
-        this.#known.set(k.uid, k);
-      } catch {
-        rmSync(join(this.#recordDir(), f), { force: true });
-      }
-    }
-  }
+  /* ------------------------------------------------------------------ /proc discovery */
 
   /** A running pod's netns from /proc: a process whose cgroup path names the pod uid. */
-  #discover(uid: string, namespace: string, name: string): KnownPod | undefined {
+  #discover(uid: string, namespace: string, name: string): Sandbox | undefined {
     if (!uid) return undefined;
     const needles = [`pod${uid}`, `pod${uid.replace(/-/g, '_')}`];
     for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
@@ -304,11 +358,10 @@ export class Agent {
       } catch {
         continue;
       }
-      if (needles.some((n) => cg.includes(n))) {
-        const k = { uid, namespace, name, netns: `/proc/${pid}/ns/net` };
-        this.#remember(k);
-        return k;
-      }
+      if (!needles.some((n) => cg.includes(n))) continue;
+      const netns = `/proc/${pid}/ns/net`;
+      const cookie = this.#sandboxes.cookieAt(netns);
+      if (cookie !== null) return this.#sandboxes.add({ uid, namespace, name, netns, cookie, containerId: '' });
     }
     return undefined;
   }

@@ -1,8 +1,10 @@
 /**
- * The proxy (ztunnel role): the pods it serves, keyed by uid, with their listeners inside their
- * netns. ZDS drives it: Add opens a pod (a repeated Add for a served uid keeps the pod and its
- * connections as they are), Del closes it, and after a reconnect the snapshot decides who stays.
+ * The proxy (ztunnel role): the pods it serves, keyed by uid, one netns each, with their listeners
+ * inside it. ZDS drives it: Add opens a pod (a repeated Add with the same netns keeps the pod and
+ * its connections as they are; with another netns, the pod's sandbox was recreated, and the new
+ * netns replaces the old), Del closes it, and after a reconnect the snapshot decides who stays.
  */
+import { fstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertManager } from '../identity/manager.js';
 import { LocalCa } from '../identity/ca.js';
@@ -72,12 +74,17 @@ export class Ztunnel {
   }
 
   /**
-   * Serves a pod: opens 15001/15006/15008 inside its netns. Idempotent per uid: a pod already
-   * served keeps its listeners and connections, and the new netns fd is closed.
+   * Serves a pod: opens 15001/15006/15008 inside its netns. Idempotent per (uid, netns): a pod
+   * already served in this netns keeps its listeners and connections, and the new fd is closed.
+   * A served uid with another netns (the runtime recreated the sandbox) is switched over, as
+   * ztunnel's add_workload_inner does: the new netns is served first, then the old one stops
+   * listening (its open connections finish, as in removePod); the old netns, still captured,
+   * then fails closed. If the new netns cannot be served, the old one stays and this throws.
    */
   async addPod(info: PodInfo, netns: Fd): Promise<void> {
     this.#seenSinceSnapshot?.add(info.uid);
-    if (this.pods.has(info.uid)) {
+    const old = this.pods.get(info.uid);
+    if (old && sameNetns(old.netns, netns)) {
       netns.close();
       return;
     }
@@ -94,6 +101,10 @@ export class Ztunnel {
     });
     await pod.start();
     this.pods.set(info.uid, pod);
+    if (old) {
+      old.stop();
+      this.log.info({ uid: info.uid, pod: info.name, ns: info.namespace }, 'pod netns replaced: serving the new sandbox, the old one drains');
+    }
   }
 
   /** A pod this proxy serves, by IP (through the workload the state puts there). */
@@ -140,4 +151,14 @@ export class Ztunnel {
     this.pool.close();
     this.fastPath.close();
   }
+}
+
+/**
+ * Do two open fds name the same network namespace? (dev, inode) as ztunnel's netns id
+ * (src/inpod/netns.rs): safe because both fds are open, so neither inode can be reused meanwhile.
+ */
+function sameNetns(a: Fd, b: Fd): boolean {
+  const x = fstatSync(a.fd, { bigint: true });
+  const y = fstatSync(b.fd, { bigint: true });
+  return x.dev === y.dev && x.ino === y.ino;
 }
