@@ -1,0 +1,134 @@
+/**
+ * Bad input that crashed, hung or misled (issue 13, item 7): tried as an attacker or a careless
+ * operator would, against the real processes. The CNI plugin is run as a container runtime runs
+ * it (dist/cni/bin.js with stdin and CNI_* variables); the proxy as `inpod ztunnel --config`;
+ * the agent as `inpod agent --manifests`.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const CNI_BIN = join(__dirname, '..', '..', 'dist', 'cni', 'bin.js');
+/** A Node stack trace line ("    at runPlugin (file:///...:59:33)") or an uncaught error's name. */
+const STACK = /^\s+at\s|\b(TypeError|ReferenceError|RangeError|SyntaxError)\b|node:internal/m;
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs inpod-cni as a runtime does: only the CNI_* variables it sets, the config on stdin. */
+function cni(env: Record<string, string>, stdin: string | Buffer): Promise<Run> {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const p = spawn(process.execPath, [CNI_BIN], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.stdin.on('error', () => {}); // the plugin may stop reading an oversized config
+    p.stdin.end(stdin);
+    p.on('exit', (code) => resolve({ code, stdout, stderr, ms: Date.now() - t0 }));
+  });
+}
+
+const ADD_ENV = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c0ffee', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=0b5c1a4e-1d2f-4c3b-9a8e-7f6d5c4b3a21' };
+const conf = (o: Record<string, unknown> = {}): string =>
+  JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'inpod-cni', agentSocket: '/nonexistent/inpod.sock', prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.200.1.5/24' }] }, ...o });
+
+/** The CNI error result on stdout, checked for the spec's shape and for no stack trace anywhere. */
+function cniErrorOf(r: Run): { cniVersion: string; code: number; msg: string; details?: string } {
+  expect(r.stdout + r.stderr).not.toMatch(STACK);
+  expect(r.code).toBe(1);
+  const err = JSON.parse(r.stdout) as { cniVersion: string; code: number; msg: string; details?: string };
+  expect(err).toMatchObject({ cniVersion: '1.0.0', code: expect.any(Number), msg: expect.any(String) });
+  return err;
+}
+
+describe('inpod-cni fed malformed input by the runtime (or whoever can write its config)', () => {
+  it.each([
+    ['stdin `null`', ADD_ENV, 'null', 6, /must be a JSON object, got null/],
+    ['stdin a JSON string', ADD_ENV, '"ADD"', 6, /must be a JSON object, got a string/],
+    ['stdin a JSON list', ADD_ENV, '[{"cniVersion":"1.0.0"}]', 6, /must be a JSON object, got a list/],
+    ['stdin that is not JSON', ADD_ENV, '{"cniVersion":', 6, /not valid JSON/],
+    ['empty stdin', ADD_ENV, '', 6, /not valid JSON/],
+    ['prevResult.ips that is a number', ADD_ENV, conf({ prevResult: { ips: 5 } }), 7, /prevResult\.ips must be a list, got 5/],
+    ['prevResult.ips that is an object', ADD_ENV, conf({ prevResult: { ips: { address: '10.0.0.1/24' } } }), 7, /prevResult\.ips must be a list/],
+    ['an ips[].address that is a number', ADD_ENV, conf({ prevResult: { ips: [{ address: 5 }] } }), 7, /prevResult\.ips\[0\]\.address must be an address/],
+    ['an ips[] entry that is null', ADD_ENV, conf({ prevResult: { ips: [null] } }), 7, /prevResult\.ips\[0\] must be an object/],
+    ['prevResult that is a string', ADD_ENV, conf({ prevResult: 'x' }), 7, /prevResult must be an object/],
+    ['cniVersion that is a number', ADD_ENV, conf({ cniVersion: 1 }), 7, /cniVersion must be a version string/],
+    ['a cniVersion the plugin does not speak', ADD_ENV, conf({ cniVersion: '99.0.0' }), 1, /"99\.0\.0" is not supported/],
+    ['timeoutSeconds 1e300 (overflows a Node timer into 1 ms)', ADD_ENV, conf({ timeoutSeconds: 1e300 }), 7, /timeoutSeconds must be a number of seconds/],
+    ['timeoutSeconds that is a string', ADD_ENV, conf({ timeoutSeconds: '60' }), 7, /timeoutSeconds must be a number of seconds/],
+    ['an agentSocket longer than a unix socket path', ADD_ENV, conf({ agentSocket: `/${'a'.repeat(200)}` }), 7, /agentSocket must be an absolute path of at most 107 bytes/],
+    ['an agentSocket that is an object', ADD_ENV, conf({ agentSocket: { path: '/x' } }), 7, /agentSocket must be an absolute path/],
+    ['no CNI_COMMAND', { ...ADD_ENV, CNI_COMMAND: '' }, conf(), 4, /CNI_COMMAND is not set/],
+    ['an unknown CNI_COMMAND', { ...ADD_ENV, CNI_COMMAND: 'STATUS' }, conf(), 4, /unknown CNI_COMMAND "STATUS"/],
+    ['ADD without CNI_NETNS', { ...ADD_ENV, CNI_NETNS: '' }, conf(), 4, /CNI_NETNS is not set/],
+    ['ADD with a relative CNI_NETNS', { ...ADD_ENV, CNI_NETNS: '../../proc/1/ns/net' }, conf(), 4, /CNI_NETNS .* is not an absolute path/],
+    ['ADD without CNI_CONTAINERID', { ...ADD_ENV, CNI_CONTAINERID: '' }, conf(), 4, /CNI_CONTAINERID is not set/],
+    ['a pod name with a path in CNI_ARGS', { ...ADD_ENV, CNI_ARGS: 'K8S_POD_NAMESPACE=shop;K8S_POD_NAME=../../etc' }, conf(), 4, /K8S_POD_NAME=.* is not a Kubernetes pod name/],
+    ['a namespace of 300 characters in CNI_ARGS', { ...ADD_ENV, CNI_ARGS: `K8S_POD_NAMESPACE=${'a'.repeat(300)};K8S_POD_NAME=web` }, conf(), 4, /K8S_POD_NAMESPACE=.* is not a Kubernetes namespace name/],
+  ])('sends %s: a CNI error with the spec code, exit 1, no stack trace', async (_what, env, stdin, code, msg) => {
+    const err = cniErrorOf(await cni(env, stdin));
+    expect(err.code).toBe(code);
+    expect(err.msg).toMatch(msg);
+  });
+
+  it('sends 3 MiB of configuration: refused as too large (code 6) without reading it all', async () => {
+    const err = cniErrorOf(await cni(ADD_ENV, Buffer.alloc(3 << 20, 0x20)));
+    expect(err).toMatchObject({ code: 6, msg: expect.stringMatching(/larger than 1048576 bytes/) });
+  });
+
+  it('sends DEL with stdin `null`, a broken prevResult or no environment: exit 0 (teardown is never blocked), the reason on stderr', async () => {
+    for (const [env, stdin] of [
+      [{ ...ADD_ENV, CNI_COMMAND: 'DEL' }, 'null'],
+      [{ ...ADD_ENV, CNI_COMMAND: 'DEL' }, conf({ prevResult: { ips: [{ address: 5 }] } })],
+      [{ CNI_COMMAND: 'DEL' }, '{'],
+    ] as const) {
+      const r = await cni(env, stdin);
+      expect(r.stdout + r.stderr).not.toMatch(STACK);
+      expect(r).toMatchObject({ code: 0, stdout: '' });
+      expect(r.stderr).toMatch(/DEL not passed to the agent/);
+    }
+  });
+
+  describe('an agent socket that accepts and then dribbles one byte every 100 ms (never idle, never done)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'inpod-sec-cni-'));
+    const sock = join(dir, 'agent.sock');
+    const timers = new Set<NodeJS.Timeout>();
+    const server = net.createServer((s) => {
+      s.on('error', () => {});
+      s.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n');
+      const t = setInterval(() => s.write('1\r\n \r\n'), 100);
+      timers.add(t);
+      s.on('close', () => clearInterval(t));
+    });
+    const listening = new Promise<void>((r) => server.listen(sock, r));
+    afterAll(() => {
+      for (const t of timers) clearInterval(t);
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('DEL still exits 0 once the deadline passes (bounded by timeoutSeconds, at most 10 s)', async () => {
+      await listening;
+      const r = await cni({ ...ADD_ENV, CNI_COMMAND: 'DEL' }, conf({ agentSocket: sock, timeoutSeconds: 1 }));
+      expect(r).toMatchObject({ code: 0, stdout: '' });
+      expect(r.stderr).toMatch(/did not answer .* within 1 s/);
+      expect(r.ms).toBeLessThan(5000);
+    });
+
+    it('ADD fails with "try again later" (11) once the deadline passes, instead of hanging the pod start', async () => {
+      await listening;
+      const err = cniErrorOf(await cni(ADD_ENV, conf({ agentSocket: sock, timeoutSeconds: 1 })));
+      expect(err).toMatchObject({ code: 11, msg: expect.stringMatching(/shop\/web-0 was not added to the mesh: the inpod agent did not answer .* within 1 s/) });
+    });
+  });
+});
