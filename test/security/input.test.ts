@@ -4,12 +4,17 @@
  * it (dist/cni/bin.js with stdin and CNI_* variables); the proxy as `inpod ztunnel --config`;
  * the agent as `inpod agent --manifests`.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBackend } from '../../ts/redirect/factory.js';
+import type { RedirectBackend } from '../../ts/redirect/backend.js';
+import { CLI, freePorts } from '../cli.js';
+import { ALIAS_BOMB } from '../fixtures/yaml.js';
+import { Lab } from '../netns/lab.js';
 
 const CNI_BIN = join(__dirname, '..', '..', 'dist', 'cni', 'bin.js');
 /** A Node stack trace line ("    at runPlugin (file:///...:59:33)") or an uncaught error's name. */
@@ -20,6 +25,24 @@ interface Run {
   stdout: string;
   stderr: string;
   ms: number;
+}
+
+/** Polls `cond` until it holds; throws with `context()` after `ms`. */
+async function until(what: string, cond: () => boolean | Promise<boolean>, context: () => string, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${context().slice(-4000)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Starts `node dist/cli/main.js ...args`, collecting its output. */
+function inpodProcess(args: string[]): { proc: ChildProcess; log: () => string } {
+  let log = '';
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout!.on('data', (d) => (log += d));
+  proc.stderr!.on('data', (d) => (log += d));
+  return { proc, log: () => log };
 }
 
 /** Runs inpod-cni as a runtime does: only the CNI_* variables it sets, the config on stdin. */
@@ -130,5 +153,53 @@ describe('inpod-cni fed malformed input by the runtime (or whoever can write its
       const err = cniErrorOf(await cni(ADD_ENV, conf({ agentSocket: sock, timeoutSeconds: 1 })));
       expect(err).toMatchObject({ code: 11, msg: expect.stringMatching(/shop\/web-0 was not added to the mesh: the inpod agent did not answer .* within 1 s/) });
     });
+  });
+});
+
+describe('inpod agent --manifests with a YAML alias bomb in the directory', () => {
+  let lab: Lab;
+  let dir: string;
+  let backend: RedirectBackend;
+  let agent: ReturnType<typeof inpodProcess> | undefined;
+  let proxy: ReturnType<typeof inpodProcess> | undefined;
+  let health = 0;
+  const p = (f: string): string => join(dir, f);
+  const logs = (): string => `agent:\n${agent?.log() ?? ''}\nproxy:\n${proxy?.log() ?? ''}`;
+
+  beforeAll(async () => {
+    [health] = await freePorts(1);
+    lab = await Lab.create();
+    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}in`));
+    for (const d of ['manifests', 'net.d', 'bin', 'state']) mkdirSync(p(d));
+    const { cniVersion, name, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
+    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
+    writeFileSync(p('manifests/00-bomb.yaml'), ALIAS_BOMB);
+    writeFileSync(p('manifests/ns.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n');
+    writeFileSync(p('manifests/pod.yaml'), 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: mesh, uid: u-sec-a}\nspec: {serviceAccountName: default}\n');
+    backend = await createBackend('iptables', { stateDir: p('state') });
+    proxy = inpodProcess(['ztunnel', '--zds', p('zds.sock'), '--ca-dir', p('ca'), '--drain-seconds', '1', '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0']);
+    agent = inpodProcess(['agent', '--backend', 'iptables', '--manifests', p('manifests'), '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'),
+      '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`]);
+  }, 60_000);
+
+  afterAll(async () => {
+    agent?.proc.kill('SIGKILL');
+    proxy?.proc.kill('SIGKILL');
+    await backend?.uninstall().catch(() => {});
+    await lab?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('becomes ready anyway, names the bomb in a warning, and captures a pod the rest of the directory puts in the mesh', async () => {
+    const ready = async (): Promise<boolean> => (await fetch(`http://127.0.0.1:${health}/healthz/ready`).catch(() => null))?.status === 200;
+    await until('the agent to be ready', ready, logs);
+    const warning = agent!.log().split('\n').find((l) => l.includes('00-bomb.yaml'));
+    expect(warning).toMatch(/"level":40.*alias bomb.*manifest unreadable; skipped/);
+    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agent!.log()), logs);
+    const conflist = JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8')) as { cniVersion: string; name: string; plugins: object[] };
+    expect(JSON.stringify(conflist)).toContain('inpod-cni');
+    // the namespace label and the pod come from the files next to the bomb
+    const pod = await lab.node.addPodWithChain('a', conflist, { namespace: 'mesh', name: 'a', uid: 'u-sec-a' }, `${p('bin')}:/usr/lib/cni:/opt/cni/bin`);
+    expect((await backend.list()).map((x) => x.netns)).toContain(pod.netnsPath);
   });
 });

@@ -4,9 +4,9 @@
  * broken file says exactly where it is broken.
  */
 import { isIP } from 'node:net';
-import { parse } from 'yaml';
 import { MeshError } from '../util/errors.js';
 import { translatePolicy } from '../policy/istio.js';
+import { parseYaml } from '../util/yaml.js';
 import type { MeshState, Policy, Service, Waypoint, Workload } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -143,13 +143,8 @@ function policy(path: string, v: unknown): Policy {
 
 /** Parses and validates a local-config document. Throws MeshError INPOD_ERR_CONFIG naming the field. */
 export function parseLocalConfig(text: string, source = 'config'): MeshState {
-  let doc: unknown;
-  try {
-    doc = parse(text);
-  } catch (e) {
-    throw new MeshError('INPOD_ERR_CONFIG', `${source}: not valid YAML: ${(e as Error).message}`);
-  }
-  if (doc === null || doc === undefined) return { workloads: [], services: [], policies: [] };
+  const doc = parseYaml(text, source);
+  if (doc === null) return { workloads: [], services: [], policies: [] };
   // ztunnel's oldest format was a bare list of workloads
   const root = Array.isArray(doc) ? new Fields(source, { workloads: doc }) : obj(source, doc);
   const state: MeshState = {

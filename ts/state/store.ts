@@ -36,10 +36,29 @@ export interface StateEvents {
   error: [Error];
 }
 
+/** How the state is doing, for the admin endpoint and operators. */
+export interface StateHealth {
+  /** the file (or directory) the state comes from, if any */
+  source?: string;
+  /** when the current state was set (ISO time) */
+  loadedAt?: string;
+  workloads: number;
+  services: number;
+  policies: number;
+  /** problems that did not stop the current state, e.g. manifest files skipped */
+  notes?: string[];
+  /** why the last update was refused (cleared by the next good one); the state above is the last good one */
+  lastError?: { code?: string; message: string; at: string };
+}
+
 export class StateStore extends EventEmitter<StateEvents> {
   #snap = new StateSnapshot({ workloads: [], services: [], policies: [] });
   #watcher: FSWatcher | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #source: string | undefined;
+  #loadedAt: Date | undefined;
+  #errorAt: Date | undefined;
+  #notes: string[] = [];
   /** Why the last reload was refused, if it was. */
   lastError: Error | undefined;
 
@@ -47,14 +66,44 @@ export class StateStore extends EventEmitter<StateEvents> {
     return this.#snap;
   }
 
-  set(state: MeshState): void {
+  /** Replaces the state; `notes` are problems of the source that did not stop this update (files skipped). */
+  set(state: MeshState, notes: string[] = []): void {
     this.#snap = new StateSnapshot(state);
+    this.#notes = notes;
+    this.#loadedAt = new Date();
     this.lastError = undefined;
     this.emit('update', this.#snap);
   }
 
+  /** A source's new state was refused: the current state stays, and the reason is kept and told. */
+  refuse(e: Error): void {
+    this.lastError = e;
+    this.#errorAt = new Date();
+    if (this.listenerCount('error') > 0) this.emit('error', e);
+  }
+
+  health(): StateHealth {
+    const s = this.#snap.state;
+    const e = this.lastError as (Error & { code?: string }) | undefined;
+    return {
+      source: this.#source,
+      loadedAt: this.#loadedAt?.toISOString(),
+      workloads: s.workloads.length,
+      services: s.services.length,
+      policies: s.policies.length,
+      ...(this.#notes.length ? { notes: this.#notes } : {}),
+      ...(e ? { lastError: { code: e.code, message: e.message, at: (this.#errorAt ?? new Date()).toISOString() } } : {}),
+    };
+  }
+
+  /** Tells the store where its state comes from, for `health()` (sources other than watchFile). */
+  describeSource(source: string): void {
+    this.#source = source;
+  }
+
   /** Loads `path` now (throws if broken) and reloads it on every change after that. */
   watchFile(path: string, debounceMs = 100): void {
+    this.#source = path;
     this.set(parseLocalConfig(readFileSync(path, 'utf8'), path));
     // Watch the directory: editors and kubelet's ConfigMap updates replace the file.
     this.#watcher = watch(dirname(path), (_ev, name) => {
@@ -68,8 +117,7 @@ export class StateStore extends EventEmitter<StateEvents> {
     try {
       this.set(parseLocalConfig(readFileSync(path, 'utf8'), path));
     } catch (e) {
-      this.lastError = e as Error;
-      this.emit('error', e as Error);
+      this.refuse(e as Error);
     }
   }
 
