@@ -5,14 +5,15 @@
  * the agent as `inpod agent --manifests`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { CLI, freePorts } from '../cli.js';
+import { ZdsServer } from '../../ts/zds/server.js';
+import { CLI, freePorts, inpod } from '../cli.js';
 import { ALIAS_BOMB } from '../fixtures/yaml.js';
 import { Lab } from '../netns/lab.js';
 
@@ -202,4 +203,134 @@ describe('inpod agent --manifests with a YAML alias bomb in the directory', () =
     const pod = await lab.node.addPodWithChain('a', conflist, { namespace: 'mesh', name: 'a', uid: 'u-sec-a' }, `${p('bin')}:/usr/lib/cni:/opt/cni/bin`);
     expect((await backend.list()).map((x) => x.netns)).toContain(pod.netnsPath);
   });
+});
+
+/** ztunnel's local-config format, one workload per address 10.x.y.z; 150k of them is ~19 MiB. */
+function configOf(n: number, first = 0): string {
+  const out = ['workloads:'];
+  for (let i = first; i < first + n; i++) {
+    out.push(`- uid: u${i}\n  name: w${i}\n  namespace: ns${i % 100}\n  serviceAccount: sa${i % 50}\n  workloadIps: ["10.${10 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}"]\n  protocol: HBONE\n  node: node-1`);
+  }
+  return `${out.join('\n')}\n`;
+}
+
+describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
+  let dir: string;
+  let file: string;
+  let zds: ZdsServer;
+  let proxy: ReturnType<typeof inpodProcess> | undefined;
+  let admin = 0;
+  let readiness = 0;
+  const GOOD = configOf(3);
+
+  interface StateHealth {
+    loading: boolean;
+    workloads: number;
+    lastError?: { message: string };
+  }
+  const state = async (): Promise<StateHealth> => (await (await fetch(`http://127.0.0.1:${admin}/state`)).json()) as StateHealth;
+  const workloads = async (): Promise<{ uid: string }[]> => {
+    const r = await inpod('ztunnel', 'workloads', '--admin-addr', `127.0.0.1:${admin}`);
+    expect(r.code).toBe(0);
+    return JSON.parse(r.stdout) as { uid: string }[];
+  };
+  /** Replaces the file as an editor or kubelet does (write aside, rename over). */
+  const replace = (text: string | Buffer): void => {
+    writeFileSync(`${file}.tmp`, text);
+    renameSync(`${file}.tmp`, file);
+  };
+  const refusedWith = async (re: RegExp): Promise<string> => {
+    let last: StateHealth | undefined;
+    await until(`the reload to be refused with ${re}`, async () => re.test((last = await state()).lastError?.message ?? ''), () => `${JSON.stringify(last)}\n${proxy?.log()}`);
+    return last!.lastError!.message;
+  };
+  const backToGood = async (): Promise<void> => {
+    replace(GOOD);
+    await until('the good file to be loaded again', async () => (await state()).lastError === undefined, () => proxy?.log() ?? '');
+  };
+
+  beforeAll(async () => {
+    [admin, readiness] = await freePorts(2);
+    dir = mkdtempSync(join(tmpdir(), 'inpod-sec-reload-'));
+    file = join(dir, 'config.yaml');
+    writeFileSync(file, GOOD);
+    zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => [] });
+    zds.start();
+    proxy = inpodProcess(['ztunnel', '--config', file, '--zds', join(dir, 'zds.sock'), '--ca-dir', join(dir, 'ca'), '--drain-seconds', '1',
+      '--admin-addr', `127.0.0.1:${admin}`, '--metrics-addr', '127.0.0.1:0', '--readiness-addr', `127.0.0.1:${readiness}`]);
+    await until('the proxy to be ready', async () => (await fetch(`http://127.0.0.1:${readiness}/healthz/ready`).catch(() => null))?.status === 200, () => proxy?.log() ?? '');
+  }, 60_000);
+
+  afterAll(() => {
+    proxy?.proc.kill('SIGKILL');
+    zds?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('truncates the config to an empty file (as a writer does first): refused as empty, the 3 workloads stay, the log says so', async () => {
+    writeFileSync(file, '');
+    expect(await refusedWith(/the file is empty/)).toContain(file);
+    expect((await workloads()).map((w) => w.uid)).toEqual(['u0', 'u1', 'u2']);
+    expect(proxy!.log()).toMatch(/the file is empty.*config reload refused; keeping the last good state/);
+    const ready = await fetch(`http://127.0.0.1:${readiness}/healthz/ready`);
+    expect(await ready.text()).toMatch(/the last state update was refused .*the file is empty/);
+    await backToGood();
+  });
+
+  it('writes half of a file (cut inside an entry): refused naming where it breaks, the workloads stay', async () => {
+    const text = configOf(50);
+    writeFileSync(file, text.slice(0, text.indexOf('w40') + 2));
+    expect(await refusedWith(/workloads\[40\]\.workloadIps: expected a non-empty list/)).toMatch(new RegExp(`^${file}: `));
+    expect(await workloads()).toHaveLength(3);
+    await backToGood();
+  });
+
+  it('writes an invalid file (an address that is not one): refused naming the field, the workloads stay', async () => {
+    replace(GOOD.replace('10.10.0.1', '10.10.0.300'));
+    expect(await refusedWith(/workloads\[1\]\.workloadIps\[0\]: expected an IP address, got "10\.10\.0\.300"/)).toMatch(new RegExp(`^${file}: `));
+    expect(await workloads()).toHaveLength(3);
+    await backToGood();
+  });
+
+  it('writes a YAML alias bomb: refused naming the file, the workloads stay', async () => {
+    replace(`${GOOD}${ALIAS_BOMB.replace(/^a:/, 'x:')}`);
+    expect(await refusedWith(/alias bomb/)).toMatch(new RegExp(`^${file}: YAML aliases expand`));
+    expect(await workloads()).toHaveLength(3);
+    await backToGood();
+  });
+
+  it('writes a 40 MiB file: refused by size before it is parsed, the workloads stay', async () => {
+    replace(`${GOOD}${'#'.repeat(40 << 20)}\n`);
+    await refusedWith(/40\.0 MiB is more than the 32 MiB this file may have/);
+    expect(await workloads()).toHaveLength(3);
+    await backToGood();
+  });
+
+  it('writes a 19 MiB file of 150k workloads: readiness and admin each answer within 1 s throughout, the process stays under 1 GiB, the 150k arrive', async () => {
+    const big = configOf(150_000);
+    expect(big.length).toBeGreaterThan(18 << 20);
+    replace(big);
+    const slow: string[] = [];
+    let loaded = false;
+    let sawLoading = false;
+    const end = Date.now() + 90_000;
+    while (!loaded) {
+      if (Date.now() > end) throw new Error(`the 150k workloads never arrived\n${proxy!.log().slice(-3000)}`);
+      const t0 = Date.now();
+      const ready = await fetch(`http://127.0.0.1:${readiness}/healthz/ready`);
+      const t1 = Date.now();
+      const s = await state();
+      const t2 = Date.now();
+      if (t1 - t0 >= 1000) slow.push(`readiness took ${t1 - t0} ms`);
+      if (t2 - t1 >= 1000) slow.push(`admin /state took ${t2 - t1} ms`);
+      expect(ready.status).toBe(200);
+      sawLoading ||= s.loading;
+      loaded = s.workloads === 150_000;
+      if (!loaded) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(slow).toEqual([]);
+    expect(sawLoading).toBe(true);
+    const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${proxy!.proc.pid}/status`, 'utf8'))![1]);
+    expect(peakKb).toBeLessThan(1 << 20);
+  }, 120_000);
 });
