@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ManifestStateSource } from '../../ts/state/kube.js';
 import { StateStore } from '../../ts/state/store.js';
 import { buildRoute } from '../../ts/proxy/route.js';
+import { ALIAS_BOMB } from '../fixtures/yaml.js';
 
 describe('proxy state from a manifest directory', () => {
   const dir = mkdtempSync(join(tmpdir(), 'inpod-state-'));
@@ -46,5 +47,28 @@ spec: {action: ALLOW, rules: [{}]}
     await updated;
     expect(store.snapshot.byIp.size).toBe(0);
     src.stop();
+  });
+
+  it('skips an alias bomb (named in the state health), keeps the last good state when the objects do not make one', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'inpod-state-'));
+    try {
+      const pod = (ips: string): string => `apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, uid: w0}\nspec: {nodeName: n1}\nstatus: {phase: Running, podIPs: ${ips}}\n`;
+      writeFileSync(join(d, 'app.yaml'), pod('[{ip: 10.200.9.5}]'));
+      writeFileSync(join(d, 'bomb.yaml'), ALIAS_BOMB);
+      const store = new StateStore();
+      const src = new ManifestStateSource(d, store, 'cluster.local');
+      await src.start();
+      expect(store.snapshot.byIp.has('10.200.9.5')).toBe(true);
+      expect(store.health()).toMatchObject({ source: d, workloads: 1, notes: [expect.stringMatching(/bomb\.yaml: YAML aliases expand .* alias bomb.*; the file is skipped/)] });
+      expect(store.lastError).toBeUndefined();
+      // podIPs that is not a list used to throw out of a timer and kill the proxy
+      const refused = new Promise<Error>((r) => store.once('error', r));
+      writeFileSync(join(d, 'app.yaml'), pod('"10.200.9.6"'));
+      expect((await refused).message).toMatch(/the manifests do not make a state .*; keeping the last good state/);
+      expect(store.snapshot.byIp.has('10.200.9.5')).toBe(true);
+      src.stop();
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 });

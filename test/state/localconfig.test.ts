@@ -139,4 +139,54 @@ describe('hot reload', () => {
     expect(store.snapshot.byIp.has('10.200.1.55')).toBe(true);
     store.close();
   });
+
+  it('refuses an empty file at reload as empty (never "no workloads"), keeps the state, and health() says why', async () => {
+    const file = join(dir, 'empty.yaml');
+    writeFileSync(file, CONFIG);
+    const store = new StateStore();
+    store.watchFile(file, 20);
+    const failed = new Promise<Error>((r) => store.once('error', r));
+    writeFileSync(file, '# emptied\n');
+    expect((await failed).message).toBe(`${file}: the file is empty (still being written?); to remove every workload write "workloads: []"`);
+    expect(store.snapshot.byIp.size).toBe(6);
+    expect(store.health()).toMatchObject({ source: file, loading: false, workloads: 6, lastError: { code: 'INPOD_ERR_CONFIG', message: expect.stringMatching(/the file is empty/) } });
+    const cleared = new Promise((r) => store.once('update', r));
+    writeFileSync(file, 'workloads: []\n');
+    await cleared;
+    expect(store.snapshot.byIp.size).toBe(0);
+    expect(store.health().lastError).toBeUndefined();
+    store.close();
+  });
+
+  it('reads a file changed during a reload once that reload ends: the last write wins', async () => {
+    const file = join(dir, 'twice.yaml');
+    writeFileSync(file, CONFIG);
+    const store = new StateStore();
+    store.watchFile(file, 1);
+    const updates: number[] = [];
+    store.on('update', (s) => updates.push(s.byIp.size));
+    writeFileSync(file, 'workloads: []\n');
+    await until(() => store.health().loading);
+    writeFileSync(file, CONFIG.replace('10.200.1.5', '10.200.1.55'));
+    await until(() => store.snapshot.byIp.has('10.200.1.55'));
+    expect(updates.at(-1)).toBe(6);
+    store.close();
+  });
+
+  it('accepts an empty file at start as no workloads (there is no last good state to keep)', () => {
+    const file = join(dir, 'start-empty.yaml');
+    writeFileSync(file, '');
+    const store = new StateStore();
+    store.watchFile(file);
+    expect(store.snapshot.state.workloads).toEqual([]);
+    store.close();
+  });
 });
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

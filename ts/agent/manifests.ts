@@ -1,12 +1,13 @@
 /**
  * A directory of Namespace and Pod YAML as the cluster (one host, no API server): read at
  * start, re-read on every change. Annotations the agent writes are kept in memory only.
+ * A file that cannot be read (broken, an alias bomb, too large) is named in a warning and keeps
+ * what it held before; the rest of the directory applies, and the agent still becomes ready.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, readdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
-import { join } from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { watch, type FSWatcher } from 'node:fs';
 import { logger } from '../util/log.js';
+import { ManifestDir, metaString } from '../util/manifestdir.js';
 import type { NamespaceObj, PodObj } from './policy.js';
 import type { ClusterSource, SourceEvents } from './source.js';
 
@@ -17,9 +18,11 @@ export class ManifestSource extends EventEmitter<SourceEvents> implements Cluste
   #watcher?: FSWatcher;
   #timer?: NodeJS.Timeout;
   readonly #log = logger('manifests');
+  readonly #files: ManifestDir;
 
   constructor(readonly dir: string, readonly nodeName?: string) {
     super();
+    this.#files = new ManifestDir(dir);
   }
 
   async start(): Promise<void> {
@@ -39,24 +42,20 @@ export class ManifestSource extends EventEmitter<SourceEvents> implements Cluste
   #load(): void {
     const ns = new Map<string, NamespaceObj>();
     const pods = new Map<string, PodObj>();
-    const files = existsSync(this.dir) ? readdirSync(this.dir).filter((f) => /\.ya?ml$/.test(f)).sort() : [];
-    for (const f of files) {
-      let docs;
-      try {
-        docs = parseAllDocuments(readFileSync(join(this.dir, f), 'utf8'));
-      } catch (e) {
-        this.#log.warn({ file: f, err: (e as Error).message }, 'manifest unreadable; skipped');
-        continue;
-      }
-      for (const d of docs) {
-        const o = d.toJS() as { kind?: string; metadata?: { name?: string; namespace?: string } } | null;
-        if (!o?.metadata?.name) continue;
-        if (o.kind === 'Namespace') ns.set(o.metadata.name, o as NamespaceObj);
-        else if (o.kind === 'Pod') {
-          const p = o as PodObj;
-          if (this.nodeName && p.spec?.nodeName && p.spec.nodeName !== this.nodeName) continue;
-          pods.set(`${o.metadata.namespace ?? 'default'}/${o.metadata.name}`, p);
-        }
+    const { objects, problems } = this.#files.read();
+    for (const p of problems) {
+      if (p.repeated) continue;
+      this.#log.warn({ file: p.file, err: p.error }, p.keptPrevious ? 'manifest unreadable; keeping what it held before' : 'manifest unreadable; skipped');
+    }
+    for (const o of objects) {
+      const name = metaString(o, 'name');
+      if (!name) continue;
+      if (o.kind === 'Namespace') ns.set(name, o as NamespaceObj);
+      else if (o.kind === 'Pod') {
+        const p = o as PodObj;
+        const node = typeof p.spec?.nodeName === 'string' ? p.spec.nodeName : undefined;
+        if (this.nodeName && node && node !== this.nodeName) continue;
+        pods.set(`${metaString(o, 'namespace') ?? 'default'}/${name}`, p);
       }
     }
     const changedNs = [...new Set([...ns.keys(), ...this.#ns.keys()])].filter((k) => JSON.stringify(ns.get(k)) !== JSON.stringify(this.#ns.get(k)));

@@ -2,25 +2,20 @@
  * The chained CNI plugin (spec 1.0.0). ADD asks the agent to capture the pod and hand it to the
  * proxy, and returns only once both are done; if that fails the runtime gets a CNI error and
  * retries, so an ambient pod never starts uncaptured. The previous result passes through
- * unchanged. DEL always succeeds. Errors are CNI error JSON naming the cause.
+ * unchanged. Every malformed input (input.ts checks each field read) is a CNI error result
+ * with the spec's code, never an exception. DEL always succeeds, bounded in time: a pod's
+ * teardown is never blocked by the mesh, whatever the input.
  */
 import http from 'node:http';
+import { CNI_ERR, CniFailure, SUPPORTED_VERSIONS, checkAddEnv, parseCommand, parseNetConf, podIdentity, type CniInput, type NetConf } from './input.js';
 
-export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0'];
-export const DEFAULT_AGENT_SOCKET = '/var/run/inpod/pluginevent.sock';
-
-export interface CniInput {
-  command: string;
-  containerId: string;
-  netns: string;
-  ifname: string;
-  args: string;
-  stdin: string;
-}
+export { DEFAULT_AGENT_SOCKET, SUPPORTED_VERSIONS, parseCniArgs, type CniInput } from './input.js';
 
 export interface CniOutput {
   code: number; // process exit code
   stdout: string;
+  /** notes for the runtime's log (unstructured, as the spec allows on stderr) */
+  stderr?: string;
 }
 
 export interface PodEvent {
@@ -32,21 +27,36 @@ export interface PodEvent {
   ips: string[];
 }
 
+/** DEL waits for the agent at most this long. */
+export const DEL_TIMEOUT_MS = 10_000;
+/** The agent's answer is a small JSON object; more than this is not one. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
 /** Sends one event to the agent; resolves with its JSON answer or rejects with its error. */
 export type AgentCall = (socket: string, path: string, body: object, timeoutMs: number) => Promise<Record<string, unknown>>;
 
 export const callAgent: AgentCall = (socket, path, body, timeoutMs) =>
   new Promise((resolve, reject) => {
     const data = JSON.stringify(body);
+    // the whole exchange has a deadline, not only each idle gap
+    const deadline = setTimeout(() => req.destroy(new Error(`the inpod agent did not answer on ${socket} within ${timeoutMs / 1000} s`)), timeoutMs).unref();
     const req = http.request({ socketPath: socket, path, method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) }, timeout: timeoutMs }, (res) => {
       let text = '';
-      res.on('data', (d) => (text += d));
+      res.on('data', (d) => {
+        text += d;
+        if (text.length > MAX_ANSWER_BYTES) req.destroy(new Error(`the inpod agent on ${socket} answered more than ${MAX_ANSWER_BYTES} bytes`));
+      });
+      res.on('error', (e) => {
+        clearTimeout(deadline);
+        reject(e);
+      });
       res.on('end', () => {
+        clearTimeout(deadline);
         let json: Record<string, unknown> = {};
         try {
           json = JSON.parse(text || '{}') as Record<string, unknown>;
         } catch {
-          json = { error: text };
+          json = { error: text.slice(0, 500) };
         }
         if (res.statusCode === 200) resolve(json);
         else reject(new Error(String(json.error ?? `agent answered ${res.statusCode}`)));
@@ -54,6 +64,7 @@ export const callAgent: AgentCall = (socket, path, body, timeoutMs) =>
     });
     req.on('timeout', () => req.destroy(new Error(`the inpod agent did not answer on ${socket} within ${timeoutMs / 1000} s`)));
     req.on('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(deadline);
       if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') reject(new Error(`the inpod agent is not running (no listener on ${socket}); is the inpod agent DaemonSet up on this node?`));
       else reject(e);
     });
@@ -64,60 +75,58 @@ function cniError(version: string, code: number, msg: string, details?: string):
   return { code: 1, stdout: JSON.stringify({ cniVersion: version, code, msg, ...(details ? { details } : {}) }) };
 }
 
-export function parseCniArgs(args: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const kv of args.split(';')) {
-    const i = kv.indexOf('=');
-    if (i > 0) out[kv.slice(0, i)] = kv.slice(i + 1);
-  }
-  return out;
-}
-
 /** Runs one CNI command. Never throws: every failure is a CNI error result. */
 export async function runPlugin(input: CniInput, call: AgentCall = callAgent): Promise<CniOutput> {
-  let conf: Record<string, unknown>;
+  let version = '1.0.0'; // errors before the config's version is known are in this one
   try {
-    conf = JSON.parse(input.stdin) as Record<string, unknown>;
+    const command = parseCommand(input.command);
+    if (command === 'VERSION') return { code: 0, stdout: JSON.stringify({ cniVersion: '1.0.0', supportedVersions: SUPPORTED_VERSIONS }) };
+    if (command === 'DEL') return await del(input, call);
+    const conf = parseNetConf(input.stdin);
+    version = conf.cniVersion;
+    if (command === 'CHECK') return { code: 0, stdout: '' };
+    return await add(input, conf, call);
   } catch (e) {
-    return cniError('1.0.0', 6, 'inpod-cni: the network configuration on stdin is not valid JSON', (e as Error).message);
+    if (e instanceof CniFailure) return cniError(version, e.cniCode, e.message, e.details);
+    return cniError(version, CNI_ERR.INTERNAL, `inpod-cni: internal error: ${(e as Error)?.message ?? String(e)}`, 'please report this with the network configuration that caused it');
   }
-  const version = typeof conf.cniVersion === 'string' ? conf.cniVersion : '1.0.0';
-  if (input.command === 'VERSION') {
-    return { code: 0, stdout: JSON.stringify({ cniVersion: '1.0.0', supportedVersions: SUPPORTED_VERSIONS }) };
+}
+
+async function add(input: CniInput, conf: NetConf, call: AgentCall): Promise<CniOutput> {
+  const prev = conf.prevResult;
+  if (!prev) throw new CniFailure(CNI_ERR.INVALID_CONFIG, 'inpod-cni must be chained after the plugin that creates the pod network (no prevResult)', 'put inpod-cni last in the conflist\'s plugins');
+  checkAddEnv(input);
+  const pod = podIdentity(input.args);
+  const passThrough = { code: 0, stdout: JSON.stringify('cniVersion' in prev ? prev : { cniVersion: conf.cniVersion, ...prev }) };
+  // not a Kubernetes pod: nothing for the mesh to do
+  if (!pod) return passThrough;
+  const event: PodEvent = { ...pod, netns: input.netns, containerId: input.containerId, ips: conf.ips };
+  try {
+    await call(conf.agentSocket, '/cmd/add', event, conf.timeoutMs);
+  } catch (e) {
+    throw new CniFailure(CNI_ERR.TRY_AGAIN, `inpod-cni: pod ${pod.podNamespace}/${pod.podName} was not added to the mesh: ${(e as Error).message}; the runtime will retry`);
   }
-  if (!SUPPORTED_VERSIONS.includes(version)) return cniError(version, 1, `inpod-cni: CNI version ${version} is not supported (${SUPPORTED_VERSIONS.join(', ')})`);
-  const socket = typeof conf.agentSocket === 'string' ? conf.agentSocket : DEFAULT_AGENT_SOCKET;
-  const timeoutMs = typeof conf.timeoutSeconds === 'number' ? conf.timeoutSeconds * 1000 : 60_000;
-  const k8s = parseCniArgs(input.args);
-  const prev = conf.prevResult as { ips?: { address: string }[] } | undefined;
-  const event: PodEvent = {
-    podName: k8s.K8S_POD_NAME ?? '',
-    podNamespace: k8s.K8S_POD_NAMESPACE ?? '',
-    podUid: k8s.K8S_POD_UID ?? '',
-    netns: input.netns,
-    containerId: input.containerId,
-    ips: (prev?.ips ?? []).map((i) => i.address.split('/')[0]!),
-  };
-  switch (input.command) {
-    case 'ADD': {
-      if (!prev) return cniError(version, 7, 'inpod-cni must be chained after the plugin that creates the pod network (no prevResult)');
-      if (!input.netns) return cniError(version, 7, 'inpod-cni: CNI_NETNS is not set; the runtime must pass the pod network namespace');
-      // not a Kubernetes pod: nothing for the mesh to do
-      if (!event.podName || !event.podNamespace) return { code: 0, stdout: JSON.stringify(prev) };
-      try {
-        await call(socket, '/cmd/add', event, timeoutMs);
-      } catch (e) {
-        return cniError(version, 11, `inpod-cni: pod ${event.podNamespace}/${event.podName} was not added to the mesh: ${(e as Error).message}; the runtime will retry`);
-      }
-      return { code: 0, stdout: JSON.stringify('cniVersion' in prev ? prev : { cniVersion: version, ...prev }) };
-    }
-    case 'DEL':
-      // best effort and idempotent: a pod being torn down must never be blocked by the mesh
-      await call(socket, '/cmd/del', event, Math.min(timeoutMs, 10_000)).catch(() => {});
-      return { code: 0, stdout: '' };
-    case 'CHECK':
-      return { code: 0, stdout: '' };
-    default:
-      return cniError(version, 4, `inpod-cni: unknown CNI_COMMAND "${input.command}"`);
+  return passThrough;
+}
+
+/**
+ * Best effort and idempotent: tells the agent when the input says which pod and where the
+ * agent is, and succeeds in every case, within DEL_TIMEOUT_MS. What was wrong goes to stderr.
+ */
+async function del(input: CniInput, call: AgentCall): Promise<CniOutput> {
+  let conf: NetConf;
+  let pod: ReturnType<typeof podIdentity>;
+  try {
+    conf = parseNetConf(input.stdin);
+    pod = podIdentity(input.args);
+  } catch (e) {
+    return { code: 0, stdout: '', stderr: `inpod-cni: DEL not passed to the agent (${(e as Error).message.replace(/^inpod-cni: /, '')}); the agent removes the pod when it is deleted\n` };
   }
+  if (!pod) return { code: 0, stdout: '' };
+  const event: PodEvent = { ...pod, netns: input.netns, containerId: input.containerId, ips: conf.ips };
+  const note = await call(conf.agentSocket, '/cmd/del', event, Math.min(conf.timeoutMs, DEL_TIMEOUT_MS)).then(
+    () => '',
+    (e: Error) => `inpod-cni: DEL of ${pod.podNamespace}/${pod.podName} not passed to the agent (${e.message}); the agent removes the pod when it is deleted\n`,
+  );
+  return { code: 0, stdout: '', ...(note ? { stderr: note } : {}) };
 }

@@ -1,7 +1,8 @@
 /**
  * The proxy's own HTTP surfaces: admin on 127.0.0.1:15000 (`/config_dump` without key material,
- * `/logging?level=`), Prometheus on :15020/metrics, readiness on :15021/healthz/ready (ready once
- * the state is loaded and ZDS is connected).
+ * `/state` (where the state comes from, whether a reload is running, why the last one was
+ * refused), `/logging?level=`), Prometheus on :15020/metrics, readiness on :15021/healthz/ready
+ * (ready once the state is loaded and ZDS is connected; a 503 says which is missing).
  */
 import http from 'node:http';
 import { rootLogger } from '../util/log.js';
@@ -29,6 +30,7 @@ const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 export async function configDump(zt: Ztunnel): Promise<object> {
   const s = zt.opts.state.snapshot.state;
   return {
+    state: zt.opts.state.health(),
     workloads: s.workloads,
     services: s.services,
     policies: s.policies,
@@ -52,12 +54,14 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<http.Ser
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/config_dump') {
       configDump(zt).then((d) => json(res, 200, d), (e: Error) => json(res, 500, { error: e.message }));
+    } else if (url.pathname === '/state') {
+      json(res, 200, zt.opts.state.health());
     } else if (url.pathname === '/logging') {
       const level = url.searchParams.get('level');
       if (level && !LEVELS.includes(level)) return json(res, 400, { error: `level must be one of ${LEVELS.join(', ')}` });
       if (level) rootLogger.level = level;
       json(res, 200, { level: rootLogger.level });
-    } else json(res, 404, { error: 'try /config_dump or /logging?level=debug' });
+    } else json(res, 404, { error: 'try /config_dump, /state or /logging?level=debug' });
   });
   const metrics = await safe(o.metrics, (req, res) => {
     const reg = zt.telemetry?.registry;
@@ -68,7 +72,9 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<http.Ser
   const readiness = await safe(o.readiness, (req, res) => {
     if (req.url !== '/healthz/ready') return void res.writeHead(404).end();
     const ok = o.ready();
-    res.writeHead(ok ? 200 : 503).end(ok ? 'ready\n' : 'not ready: waiting for state and the agent (ZDS)\n');
+    const refused = zt.opts.state.lastError;
+    const why = refused ? `the last state update was refused (${refused.message}); serving the last good state` : 'waiting for state and the agent (ZDS)';
+    res.writeHead(ok ? 200 : 503).end(ok ? 'ready\n' : `not ready: ${why}\n`);
   });
   return [admin, metrics, readiness].filter((x): x is http.Server => x !== null);
 }

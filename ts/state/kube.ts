@@ -4,11 +4,10 @@
  * (cluster IPs, ports) joined with EndpointSlices (membership, named target ports), and Istio
  * AuthorizationPolicy objects. Watched live with informers; each change rebuilds the snapshot.
  */
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
-import { parseAllDocuments } from 'yaml';
+import { MeshError } from '../util/errors.js';
 import { logger } from '../util/log.js';
+import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
 import type { MeshState, Policy, Service, Workload } from './types.js';
 import type { StateStore } from './store.js';
 
@@ -138,14 +137,23 @@ export class KubeStateSource {
 /**
  * The same state from a directory of Kubernetes YAML (Pods with status.podIP, Services,
  * EndpointSlices, AuthorizationPolicies), re-read on every change: one host without a cluster.
+ * A file that cannot be read keeps what it held before and is named in a warning (and in the
+ * store's lastError); objects that do not make a state (a podIPs that is not a list, ...) leave
+ * the last good state in place.
  */
 export class ManifestStateSource {
   #watcher?: import('node:fs').FSWatcher;
   #timer?: NodeJS.Timeout;
-  constructor(private readonly dir: string, private readonly store: StateStore, private readonly trustDomain: string) {}
+  readonly #log = logger('manifest-state');
+  readonly #files: ManifestDir;
+
+  constructor(private readonly dir: string, private readonly store: StateStore, private readonly trustDomain: string) {
+    this.#files = new ManifestDir(dir);
+  }
 
   async start(): Promise<void> {
     const { watch } = await import('node:fs');
+    this.store.describeSource(this.dir);
     this.#load();
     this.#watcher = watch(this.dir, () => {
       clearTimeout(this.#timer);
@@ -154,29 +162,26 @@ export class ManifestStateSource {
   }
 
   #load(): void {
-    const docs = readManifests(this.dir);
-    const of = (kind: string): unknown[] => docs.filter((d) => d.kind === kind);
-    this.store.set(buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain));
+    const { objects, problems } = this.#files.read();
+    for (const p of problems) {
+      if (!p.repeated) this.#log.warn({ file: p.file, err: p.error }, p.keptPrevious ? 'manifest unreadable; keeping what it held before' : 'manifest unreadable; skipped');
+    }
+    const of = (kind: string): unknown[] => objects.filter((d: ManifestObject) => d.kind === kind);
+    let state: MeshState;
+    try {
+      state = buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain);
+    } catch (e) {
+      const err = new MeshError('INPOD_ERR_CONFIG', `${this.dir}: the manifests do not make a state (${(e as Error).message}); keeping the last good state`, { cause: e });
+      this.#log.warn({ dir: this.dir, err: err.message }, 'manifests refused');
+      this.store.refuse(err);
+      return;
+    }
+    // files that could not be read did not stop the update; they stay visible in health()
+    this.store.set(state, problems.map((p) => `${p.error}${p.keptPrevious ? '; keeping what the file held before' : '; the file is skipped'}`));
   }
 
   stop(): void {
     this.#watcher?.close();
     clearTimeout(this.#timer);
   }
-}
-
-/** Every YAML document in `dir` (*.yaml, *.yml), unreadable files skipped. */
-export function readManifests(dir: string): { kind?: string }[] {
-  const out: { kind?: string }[] = [];
-  for (const f of readdirSync(dir).filter((n) => /\.ya?ml$/.test(n)).sort()) {
-    try {
-      for (const d of parseAllDocuments(readFileSync(join(dir, f), 'utf8'))) {
-        const o = d.toJS() as { kind?: string } | null;
-        if (o) out.push(o);
-      }
-    } catch {
-      /* a broken file is skipped; the rest still counts */
-    }
-  }
-  return out;
 }

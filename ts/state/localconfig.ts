@@ -4,9 +4,9 @@
  * broken file says exactly where it is broken.
  */
 import { isIP } from 'node:net';
-import { parse } from 'yaml';
 import { MeshError } from '../util/errors.js';
 import { translatePolicy } from '../policy/istio.js';
+import { parseYaml } from '../util/yaml.js';
 import type { MeshState, Policy, Service, Waypoint, Workload } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -141,15 +141,23 @@ function policy(path: string, v: unknown): Policy {
   return f.v;
 }
 
+export interface ParseOptions {
+  /**
+   * What an empty document (no content, or only comments) means: `none` (the default, as at
+   * start) is a state with no workloads; `refuse` throws, as a reload must: an empty file is far
+   * more often one being written, or truncated, than an operator removing every workload (who
+   * writes `workloads: []`).
+   */
+  empty?: 'none' | 'refuse';
+}
+
 /** Parses and validates a local-config document. Throws MeshError INPOD_ERR_CONFIG naming the field. */
-export function parseLocalConfig(text: string, source = 'config'): MeshState {
-  let doc: unknown;
-  try {
-    doc = parse(text);
-  } catch (e) {
-    throw new MeshError('INPOD_ERR_CONFIG', `${source}: not valid YAML: ${(e as Error).message}`);
+export function parseLocalConfig(text: string, source = 'config', opts: ParseOptions = {}): MeshState {
+  const doc = parseYaml(text, source);
+  if (doc === null) {
+    if (opts.empty === 'refuse') throw new MeshError('INPOD_ERR_CONFIG', `${source}: the file is empty (still being written?); to remove every workload write "workloads: []"`);
+    return { workloads: [], services: [], policies: [] };
   }
-  if (doc === null || doc === undefined) return { workloads: [], services: [], policies: [] };
   // ztunnel's oldest format was a bare list of workloads
   const root = Array.isArray(doc) ? new Fields(source, { workloads: doc }) : obj(source, doc);
   const state: MeshState = {
