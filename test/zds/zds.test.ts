@@ -92,9 +92,9 @@ const reachable = async (ns: string): Promise<boolean> =>
 const pod = (uid: string, ns: string): ZdsPod => ({ uid, info: { name: uid, namespace: 'default', serviceAccount: 'sa' }, netnsPath: nsPath(ns) });
 
 describe('ZDS agent and proxy', () => {
-  const cleanups: (() => void)[] = [];
-  afterEach(() => {
-    for (const c of cleanups.splice(0).reverse()) c();
+  const cleanups: (() => void | Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
   });
 
   it('snapshots the enrolled pods to a proxy that connects; the proxy opens a listener inside each received netns', async () => {
@@ -134,8 +134,11 @@ describe('ZDS agent and proxy', () => {
     const server = new ZdsServer({ path, pods: () => [pod('p1', netns[0]!)], onReady: () => (ready = true) });
     server.start();
     const child: ChildProcess = spawn(join(__dirname, '..', '..', 'node_modules', '.bin', 'vite-node'), [join(__dirname, 'fixtures', 'proxy.ts'), path], { stdio: ['ignore', 'pipe', 'inherit'] });
-    cleanups.push(() => {
+    cleanups.push(async () => {
+      // the child's listeners must be gone before the next test binds the same ports
+      const exited = child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', r));
       child.kill('SIGKILL');
+      await exited;
       server.close();
     });
     let out = '';

@@ -44,10 +44,11 @@ async function request(netnsPath: string, to: SockAddr, text: string): Promise<s
   });
 }
 
-async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+/** Waits for `cond`; on timeout the error carries `context()` (the processes' last output). */
+async function until(what: string, cond: () => boolean, context: () => string, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
-    if (Date.now() > end) throw new Error(`demo: timed out waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`demo: timed out waiting for ${what}\n${context()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -73,6 +74,7 @@ export async function demo(): Promise<void> {
   let proxyLog = '';
   let agentLog = '';
   const pods: SimPod[] = [];
+  const tails = (): string => `agent output (last 3000 bytes):\n${agentLog.slice(-3000)}\nproxy output (last 3000 bytes):\n${proxyLog.slice(-3000)}`;
   say('inpod demo: the whole path on this host (pods are network namespaces, no cluster)');
   try {
     mkdirSync(cg);
@@ -95,7 +97,7 @@ export async function demo(): Promise<void> {
     agent.stdout!.on('data', (d) => (agentLog += d));
     agent.stderr!.on('data', (d) => (agentLog += d));
     procs.push(proxy, agent);
-    await until('the agent and the proxy', () => /snapshot sent/.test(agentLog) && /agent ready/.test(agentLog));
+    await until('the agent and the proxy', () => /snapshot sent/.test(agentLog) && /agent ready/.test(agentLog), tails);
     say(`1. agent (eBPF backend) and proxy running; programs attached at ${cg}; inpod-cni chained into ${p('net.d/10-demo.conflist')}`);
 
     const conflist = JSON.parse(readFileSync(p('net.d/10-demo.conflist'), 'utf8')) as { cniVersion: string; name: string; plugins: object[] };
@@ -110,13 +112,15 @@ export async function demo(): Promise<void> {
   - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE, labels: {app: client}}
   - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: server}}
 `);
-    await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog));
+    await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog), tails);
     servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
 
     const before = proxyLog.length;
     const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');
     say(`3. client -> ${server.ip}:8080 answered: ${reply}`);
-    await until('the access log', () => proxyLog.slice(before).includes('"transport":"hbone"'));
+    // both ends write their line when the connection closes, in either order
+    const hboneLines = (): string[] => proxyLog.slice(before).split('\n').filter((l) => l.includes('"access":true') && l.includes('"transport":"hbone"'));
+    await until('the access log of both ends', () => hboneLines().length >= 2, tails);
     for (const line of proxyLog.slice(before).split('\n').filter((l) => l.includes('"access":true'))) {
       const r = JSON.parse(line) as { direction: string; transport: string; src: { ip: string; identity?: string }; dst: { ip: string; port: number; identity?: string }; bytesSent: number; bytesReceived: number };
       say(`   access log (${r.direction}, ${r.transport}): ${r.src.ip} ${r.src.identity ?? ''} -> ${r.dst.ip}:${r.dst.port} ${r.dst.identity ?? ''}, ${r.bytesSent} B out, ${r.bytesReceived} B back`);
@@ -129,7 +133,7 @@ export async function demo(): Promise<void> {
     say('4. the namespace label is removed: the agent unenrolls both pods live');
     writeFileSync(p('manifests/ns.yaml'), nsYaml(false));
     const backend = new EbpfBackend({ pinRoot, cgroupPath: cg, stateDir: p('state') });
-    await until('live unenrollment', () => /pod unenrolled[\s\S]*pod unenrolled/.test(agentLog));
+    await until('live unenrollment', () => /pod unenrolled[\s\S]*pod unenrolled/.test(agentLog), tails);
     say(`   captured pods now: ${(await backend.list()).length}`);
     const before2 = proxyLog.length;
     const direct = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi directly');

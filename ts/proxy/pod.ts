@@ -49,6 +49,8 @@ export interface PodDeps {
   hboneLimits?: Partial<HboneLimits>;
 }
 
+let sandboxes = 0;
+
 export class PodProxy {
   readonly identity: Identity;
   readonly #servers: (net.Server | Http2SecureServer)[] = [];
@@ -56,11 +58,12 @@ export class PodProxy {
   #certTimer?: NodeJS.Timeout;
   #certSerial = '';
   readonly listeners: Record<string, number> = {};
-  /** source IPs this pod's HBONE connections were pooled under (retired when it stops) */
-  readonly #pooledIps = new Set<string>();
+  /** this sandbox's key in the HBONE pool (its connections are retired when it stops) */
+  readonly #poolOwner: string;
 
   constructor(readonly info: PodInfo, readonly netns: Fd, private readonly deps: PodDeps) {
     this.identity = { trustDomain: deps.trustDomain, namespace: info.namespace, serviceAccount: info.serviceAccount };
+    this.#poolOwner = `${info.uid}#${++sandboxes}`;
     this.#log = deps.log.child({ ns: info.namespace, pod: info.name, uid: info.uid });
   }
 
@@ -89,7 +92,7 @@ export class PodProxy {
   /** Closes the listeners; open connections finish on their own. Idempotent. */
   stop(): void {
     clearInterval(this.#certTimer);
-    for (const ip of this.#pooledIps) this.deps.pool.retire(ip);
+    this.deps.pool.retire(this.#poolOwner);
     for (const s of this.#servers.splice(0)) s.close();
     if (!this.netns.closed) this.netns.close();
   }
@@ -165,9 +168,8 @@ export class PodProxy {
         this.deps.fastPath.relay(down, up, (r) => this.#relayed(ctx, started, r));
         return;
       }
-      this.#pooledIps.add(src.ip);
       const { stream, peerIdentity } = await this.deps.pool.open(
-        { nsFd: this.netns.fd, identity: this.identity, ip: src.ip, baggage: this.#baggage() },
+        { owner: this.#poolOwner, nsFd: this.netns.fd, identity: this.identity, ip: src.ip, baggage: this.#baggage() },
         route,
       );
       ctx.dst.identity = peerIdentity;

@@ -1,9 +1,10 @@
 /**
  * HBONE client: HTTP/2 CONNECT over mutual TLS 1.3 (ALPN h2) to a peer's 15008, with the
- * connections pooled per (source pod IP, source identity, destination identity, destination
- * address), as ztunnel's WorkloadKey (src/proxy/h2/client.rs), and at most 100 streams each. The
- * TCP connection is made inside the source pod's netns (mark 0x539), so it leaves with the pod's
- * own address: two pods of one service account never share one. The peer must present one of
+ * connections pooled per (source sandbox, source pod IP, source identity, destination identity,
+ * destination address), as ztunnel's WorkloadKey (src/proxy/h2/client.rs) inside its per-pod
+ * proxies (src/proxy/outbound.rs), and at most 100 streams each. The TCP connection is made
+ * inside the source pod's netns (mark 0x539), so it leaves with the pod's own address: two pods
+ * of one service account, or two sandboxes of one pod, never share one. The peer must present one of
  * the expected SPIFFE identities; a mismatch names both. Every pooled connection runs ztunnel's
  * PING keepalive (limits.ts).
  */
@@ -20,6 +21,8 @@ import { DEFAULT_HBONE_LIMITS, keepAlive, type HboneLimits } from './limits.js';
 export const MAX_STREAMS_PER_CONNECTION = 100;
 
 export interface HboneSource {
+  /** the sandbox being served (one PodProxy): connections are never shared across sandboxes */
+  owner: string;
   nsFd: number;
   identity: Identity;
   /** the source pod's IP: sent in `forwarded`, and part of the pool key */
@@ -78,7 +81,7 @@ export class HbonePool {
 
   /** Opens a CONNECT stream to `req.authority` through `req.target`; resolves after the 200. */
   async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
-    const key = `${src.ip}|${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
+    const key = `${src.owner}|${src.ip}|${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
     const ps = await this.#session(key, src, req);
     ps.active++;
     if (ps.active > this.maxStreamsSeen) this.maxStreamsSeen = ps.active;
@@ -185,13 +188,12 @@ export class HbonePool {
   }
 
   /**
-   * A source pod is gone (or its sandbox replaced): its pooled connections take no new streams
-   * and close once their open streams end, so a later pod with the same IP never inherits a
-   * connection made from the old netns.
+   * A sandbox is no longer served: its pooled connections take no new streams and close once
+   * their open streams end.
    */
-  retire(srcIp: string): void {
+  retire(owner: string): void {
     for (const [key, l] of this.#sessions) {
-      if (!key.startsWith(`${srcIp}|`)) continue;
+      if (!key.startsWith(`${owner}|`)) continue;
       for (const s of l) s.session.close();
       this.#sessions.delete(key);
     }
