@@ -88,7 +88,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     admin: v['admin-addr']!,
     metrics: v['metrics-addr']!,
     readiness: v['readiness-addr']!,
-    ready: () => client.connected && !state.lastError,
+    // as ztunnel: ready once it serves; a refused reload keeps the last good state served, so it
+    // stays ready and says so (logs, /state, /config_dump, this endpoint's body)
+    ready: () => client.connected,
   });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {

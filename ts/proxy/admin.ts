@@ -73,8 +73,8 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<http.Ser
     if (req.url !== '/healthz/ready') return void res.writeHead(404).end();
     const ok = o.ready();
     const refused = zt.opts.state.lastError;
-    const why = refused ? `the last state update was refused (${refused.message}); serving the last good state` : 'waiting for state and the agent (ZDS)';
-    res.writeHead(ok ? 200 : 503).end(ok ? 'ready\n' : `not ready: ${why}\n`);
+    const note = refused ? `; the last state update was refused (${refused.message}), serving the last good state` : '';
+    res.writeHead(ok ? 200 : 503).end(ok ? `ready${note}\n` : `not ready: waiting for the agent (ZDS)${note}\n`);
   });
   return [admin, metrics, readiness].filter((x): x is http.Server => x !== null);
 }
