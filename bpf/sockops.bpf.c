@@ -17,6 +17,11 @@
  *                  its own storage, where getsockopt finds it; the tuple entries are deleted.
  *  STATE_CB        the client reaching TCP_CLOSE deletes what is left of its entries: a SYN
  *                  that was refused, dropped or timed out never has a server side.
+ *
+ * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
+ * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
+ * a dual-stack [::]:15001 listener's accepted socket; the kernel keeps its IPv4 addresses in the
+ * same fields as an AF_INET socket's, so the tuple is the same whichever end is dual-stack.
  */
 #include "common.h"
 
@@ -85,13 +90,22 @@ static __always_inline void handshake_done(struct bpf_sock *sk, const struct inp
 	bpf_map_delete_elem(&inpod_syn_orig, t);
 }
 
+/* IPv4 on the wire (see above). */
+static __always_inline int ipv4_on_wire(struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET)
+		return 1;
+	return skops->family == AF_INET6 &&
+	       inpod_is_v4_mapped(skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]);
+}
+
 SEC("sockops")
 int inpod_sockops(struct bpf_sock_ops *skops)
 {
 	struct inpod_tuple t = {};
 	__u64 netns;
 
-	if (skops->family != AF_INET)
+	if (!ipv4_on_wire(skops))
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:

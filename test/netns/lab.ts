@@ -24,7 +24,7 @@ export interface Accepted {
   origDst: Addr | string;
 }
 export type ConnectResult =
-  | { ok: true; connId: string; sockname: Addr; peername: Addr; reply?: string }
+  | { ok: true; connId: string; sockname: Addr; peername: Addr; reply?: string; origDst: Addr | string }
   | { ok: false; error: string };
 export interface SocketOpts {
   mark?: number;
