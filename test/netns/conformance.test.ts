@@ -72,6 +72,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     await sh.pod2.listen({ host: '0.0.0.0', port: 8080, tag: 'pod2app' });
     // pod2's stand-in proxy listens dual-stack, as ztunnel does by default ([::], src/config.rs)
     await sh.pod2.listen({ host: '::', port: 15001, tag: 'pod2out' });
+    await sh.pod2.listen({ host: '::', port: 15006, tag: 'pod2in' });
     await sh.peer.listen({ host: '0.0.0.0', port: 80, tag: 'peer80' });
     await sh.peer.listen({ host: '0.0.0.0', port: 81, tag: 'peer81' });
     await sh.other.listen({ host: '0.0.0.0', port: 80, tag: 'other80' });
@@ -154,6 +155,17 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     });
     expect(r.ok && r.reply).toMatch(/^app8081v6:/);
     expect((await sh.pod.accepted(app)).at(-1)!.peer.host).toBe(`::ffff:${peer.ip}`);
+  });
+
+  it('sends inbound TCP to a dual-stack proxy listener ([::]:15006) with the original destination', async () => {
+    expect(await reply(sh.peer, pod2.ip, 8080)).toMatch(/^pod2in:/);
+    const acc = (await sh.pod2.accepted((await sh.pod2.listenerByTag('pod2in')).id)).at(-1)!;
+    expect(acc.origDst).toEqual({ host: pod2.ip, port: 8080 });
+    expect(acc.peer.host).toBe(`::ffff:${peer.ip}`);
+    // an IPv6-only listener on 15006 next to the IPv4 one takes no IPv4 connection from it
+    const v6only = await sh.pod.listen({ host: '::', port: 15006, v6only: true, tag: 'proxy15006v6only' });
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^proxy15006:/);
+    await sh.pod.closeListener(v6only.id);
   });
 
   it('lets inbound TCP to 15008 reach the HBONE listener directly', async () => {

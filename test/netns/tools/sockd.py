@@ -5,7 +5,7 @@ It stands in for a proxy or an app: listeners that accept in the background, rec
 accepted socket saw (peer, local address, SO_ORIGINAL_DST) and answer every chunk received with
 "<tag>:<chunk>"; client connections with SO_MARK / IP_TRANSPARENT / bind options. A host with a
 ':' (e.g. "::" or "::ffff:10.200.0.2") makes a dual-stack AF_INET6 socket, as Java and other
-runtimes use by default. Every blocking call has a timeout, so a test can never hang on it.
+runtimes use by default (IPv6 only with "v6only"). Every blocking call has a timeout, so a test can never hang on it.
 """
 import errno
 import json
@@ -85,7 +85,7 @@ def accept_loop(lid):
 def make_socket(req, kind=socket.SOCK_STREAM):
     if ":" in req.get("host", ""):
         s = socket.socket(socket.AF_INET6, kind)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if req.get("v6only") else 0)
     else:
         s = socket.socket(socket.AF_INET, kind)
     if req.get("mark") is not None:
