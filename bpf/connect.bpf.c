@@ -7,9 +7,13 @@
  *               socket's storage; the socket is bound to the pod IP first so the proxy sees the
  *               same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when
  *               enabled.
- *  connect6     IPv4-mapped destinations as connect4; native IPv6 is refused (fail closed).
+ *  connect6     IPv4-mapped destinations (dual-stack sockets) as connect4, to ::ffff:127.0.0.1
+ *               and bound to ::ffff:<pod IP>; native IPv6 is refused (fail closed).
  *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:15053; recvmsg4 restores the answer's source.
- *  getpeername4 the app sees its real peer, not 127.0.0.1:15001.
+ *               The kernel runs sendmsg4 also for a dual-stack socket sending to an IPv4-mapped
+ *               address (udpv6_sendmsg hands it to udp_sendmsg), so there is no sendmsg6; the
+ *               answer is read through udpv6_recvmsg, hence recvmsg6.
+ *  getpeername4/6 the app sees its real peer, not 127.0.0.1:15001 (or ::ffff:127.0.0.1:15001).
  */
 #include "common.h"
 
@@ -62,8 +66,9 @@ static __always_inline void save_orig(struct bpf_sock_addr *ctx, __u32 ip4, __u3
 }
 
 /* Rewrites an IPv4 destination; returns the new port (host order) or 0 to leave it.
- * `may_bind` is a constant per hook: bpf_bind exists only for the connect hooks. */
-static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u32 port_be, const int may_bind)
+ * `bind_family` is a constant per hook: 0 where bpf_bind does not exist (sendmsg), else the
+ * socket's family (connect4: AF_INET, connect6: AF_INET6, whose bind takes ::ffff:<pod IP>). */
+static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u32 port_be, const int bind_family)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 	struct inpod_pod *pod = bpf_map_lookup_elem(&inpod_enrolled, &netns);
@@ -84,10 +89,18 @@ static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u
 	}
 	/* Source = pod IP, as REDIRECT would leave it: the proxy's peer is the pod, not 127.0.0.1.
 	 * Port 0 means "address only, port chosen at connect". Fails harmlessly if already bound. */
-	if (may_bind && sk && !sk->src_ip4 && !sk->src_port && pod->ip4) {
-		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = pod->ip4 };
+	if (bind_family && sk && !sk->src_ip4 && !sk->src_port && pod->ip4) {
+		if (bind_family == AF_INET6) {
+			struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
 
-		bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+			sa6.sin6_addr.in6_u.u6_addr32[2] = bpf_htonl(0xffff);
+			sa6.sin6_addr.in6_u.u6_addr32[3] = pod->ip4;
+			bpf_bind(ctx, (struct sockaddr *)&sa6, sizeof(sa6));
+		} else {
+			struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = pod->ip4 };
+
+			bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
+		}
 	}
 	inpod_count(INPOD_STAT_OUT_REDIRECT);
 	return inpod_cfg.outbound_port;
@@ -100,7 +113,7 @@ int inpod_connect4(struct bpf_sock_addr *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
-	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, 1);
+	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, AF_INET);
 	if (port) {
 		ctx->user_ip4 = bpf_htonl(INPOD_LOOPBACK4);
 		ctx->user_port = bpf_htons(port);
@@ -110,7 +123,7 @@ int inpod_connect4(struct bpf_sock_addr *ctx)
 
 static __always_inline int is_v4_mapped(struct bpf_sock_addr *ctx)
 {
-	return ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == bpf_htonl(0xffff);
+	return inpod_is_v4_mapped(ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2]);
 }
 
 static __always_inline int is_loopback6(struct bpf_sock_addr *ctx)
@@ -128,7 +141,7 @@ int inpod_connect6(struct bpf_sock_addr *ctx)
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	if (is_v4_mapped(ctx)) {
-		port = redirect4(ctx, ctx->user_ip6[3], ctx->user_port, 0);
+		port = redirect4(ctx, ctx->user_ip6[3], ctx->user_port, AF_INET6);
 		if (port) {
 			ctx->user_ip6[3] = bpf_htonl(INPOD_LOOPBACK4);
 			ctx->user_port = bpf_htons(port);
@@ -162,20 +175,39 @@ int inpod_sendmsg4(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* Shows the app the address it asked for where the kernel would show the proxy's listener. */
-static __always_inline void restore_peer4(struct bpf_sock_addr *ctx)
+/* The address the app asked for, when `ip4` (the peer the kernel would show) is the proxy's
+ * listener that connect/sendmsg sent this socket to; else NULL. */
+static __always_inline struct inpod_addr *asked_for(struct bpf_sock_addr *ctx, __u32 ip4)
 {
-	struct inpod_addr *orig;
-
-	if (ctx->user_ip4 != bpf_htonl(INPOD_LOOPBACK4))
-		return;
+	if (ip4 != bpf_htonl(INPOD_LOOPBACK4))
+		return NULL;
 	if (ctx->user_port != bpf_htons(inpod_cfg.outbound_port) &&
 	    ctx->user_port != bpf_htons(inpod_cfg.dns_port))
-		return;
-	orig = bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, 0);
+		return NULL;
+	return bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, 0);
+}
+
+static __always_inline void restore_peer4(struct bpf_sock_addr *ctx)
+{
+	struct inpod_addr *orig = asked_for(ctx, ctx->user_ip4);
+
 	if (!orig)
 		return;
 	ctx->user_ip4 = orig->ip4;
+	ctx->user_port = orig->port;
+}
+
+/* A dual-stack socket sees its IPv4 peer as ::ffff:a.b.c.d: only the last word changes. */
+static __always_inline void restore_peer6(struct bpf_sock_addr *ctx)
+{
+	struct inpod_addr *orig;
+
+	if (!is_v4_mapped(ctx))
+		return;
+	orig = asked_for(ctx, ctx->user_ip6[3]);
+	if (!orig)
+		return;
+	ctx->user_ip6[3] = orig->ip4;
 	ctx->user_port = orig->port;
 }
 
@@ -190,5 +222,19 @@ SEC("cgroup/getpeername4")
 int inpod_getpeername4(struct bpf_sock_addr *ctx)
 {
 	restore_peer4(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int inpod_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	restore_peer6(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int inpod_getpeername6(struct bpf_sock_addr *ctx)
+{
+	restore_peer6(ctx);
 	return 1;
 }

@@ -17,8 +17,16 @@
  *                  its own storage, where getsockopt finds it; the tuple entries are deleted.
  *  STATE_CB        the client reaching TCP_CLOSE deletes what is left of its entries: a SYN
  *                  that was refused, dropped or timed out never has a server side.
+ *
+ * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
+ * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
+ * a dual-stack [::]:15001 listener's accepted socket; the kernel keeps its IPv4 addresses in the
+ * same fields as an AF_INET socket's, so the tuple is the same whichever end is dual-stack. A
+ * listener is taken when it accepts IPv4: AF_INET, or AF_INET6 without IPV6_V6ONLY (ztunnel
+ * listens on [::]:15006 by default: istio/ztunnel src/config.rs, bind_wildcard).
  */
 #include "common.h"
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -85,17 +93,42 @@ static __always_inline void handshake_done(struct bpf_sock *sk, const struct inp
 	bpf_map_delete_elem(&inpod_syn_orig, t);
 }
 
+/* IPv4 on the wire (see above); a listener has no peer yet and is asked `ipv4_listener`. */
+static __always_inline int ipv4_on_wire(struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET || skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
+	return skops->family == AF_INET6 &&
+	       inpod_is_v4_mapped(skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]);
+}
+
+/* Does this listener accept IPv4 connections? A v6-only one must not become the inbound listener:
+ * sk_lookup could not assign it an IPv4 SYN (it would drop them all, the AF_INET one unused).
+ * Binding a native IPv6 address sets IPV6_V6ONLY too. */
+static __always_inline int ipv4_listener(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct tcp6_sock *tp6;
+
+	if (skops->family == AF_INET)
+		return 1;
+	if (skops->family != AF_INET6 || !sk)
+		return 0;
+	tp6 = bpf_skc_to_tcp6_sock(sk);
+	return tp6 && !BPF_CORE_READ_BITFIELD(&tp6->tcp.inet_conn.icsk_inet.sk.__sk_common, skc_ipv6only);
+}
+
 SEC("sockops")
 int inpod_sockops(struct bpf_sock_ops *skops)
 {
 	struct inpod_tuple t = {};
 	__u64 netns;
 
-	if (skops->family != AF_INET)
+	if (!ipv4_on_wire(skops))
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		if (skops->local_port != inpod_cfg.inbound_port)
+		if (skops->local_port != inpod_cfg.inbound_port || !ipv4_listener(skops))
 			break;
 		netns = bpf_get_netns_cookie(skops);
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))

@@ -40,6 +40,13 @@ static __always_inline int inpod_is_loopback4(__u32 ip_be)
 	return (bpf_ntohl(ip_be) >> 24) == 127;
 }
 
+/* ::ffff:a.b.c.d, given the first three words of an IPv6 address (network order). Passed as
+ * values: the verifier refuses a pointer into the context. */
+static __always_inline int inpod_is_v4_mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0xffff);
+}
+
 static __always_inline int inpod_port_excluded(__u64 netns, __u16 port, __u8 dir)
 {
 	struct inpod_port_key k = { .netns = netns, .port = port, .dir = dir };

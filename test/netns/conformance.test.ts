@@ -70,7 +70,9 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     await sh.pod.listen({ host: '0.0.0.0', port: 9090, tag: 'app9090' });
     await sh.pod.listen({ host: '0.0.0.0', port: 15008, tag: 'hbone' });
     await sh.pod2.listen({ host: '0.0.0.0', port: 8080, tag: 'pod2app' });
-    await sh.pod2.listen({ host: '0.0.0.0', port: 15001, tag: 'pod2out' });
+    // pod2's stand-in proxy listens dual-stack, as ztunnel does by default ([::], src/config.rs)
+    await sh.pod2.listen({ host: '::', port: 15001, tag: 'pod2out' });
+    await sh.pod2.listen({ host: '::', port: 15006, tag: 'pod2in' });
     await sh.peer.listen({ host: '0.0.0.0', port: 80, tag: 'peer80' });
     await sh.peer.listen({ host: '0.0.0.0', port: 81, tag: 'peer81' });
     await sh.other.listen({ host: '0.0.0.0', port: 80, tag: 'other80' });
@@ -89,11 +91,45 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     expect(r.ok && r.reply).toMatch(/^proxy15001:/);
     // the app still sees the peer it asked for
     expect(r.ok && r.peername).toEqual({ host: peer.ip, port: 80 });
+    expect(r.ok && r.origDst).toEqual({ host: peer.ip, port: 80 });
     const acc = (await sh.pod.accepted(proxyOut)).at(-1)!;
     expect(acc.origDst).toEqual({ host: peer.ip, port: 80 });
     // same view as iptables REDIRECT: the proxy's peer is the pod, its local end 127.0.0.1:15001
     expect(acc.peer.host).toBe(pod.ip);
     expect(acc.sockname).toEqual({ host: '127.0.0.1', port: 15001 });
+  });
+
+  // IPv4-mapped destinations on AF_INET6 sockets (Java's default, and other runtimes with dual-stack
+  // sockets) are IPv4 on the wire: under iptables Istio's IPv4 rules apply to them unchanged.
+  it('captures outbound TCP from a dual-stack socket to an IPv4-mapped address like IPv4', async () => {
+    const r = await sh.pod.connect({ host: `::ffff:${peer.ip}`, port: 80, send: 'ping', timeoutMs: 2000 });
+    expect(r.ok && r.reply).toMatch(/^proxy15001:/);
+    // the app sees the peer it asked for; SO_ORIGINAL_DST on its own socket answers as conntrack does
+    expect(r.ok && r.peername).toEqual({ host: `::ffff:${peer.ip}`, port: 80 });
+    expect(r.ok && r.origDst).toEqual({ host: peer.ip, port: 80 });
+    const acc = (await sh.pod.accepted(proxyOut)).at(-1)!;
+    expect(acc.origDst).toEqual({ host: peer.ip, port: 80 });
+    expect(acc.peer.host).toBe(pod.ip);
+    expect(acc.sockname).toEqual({ host: '127.0.0.1', port: 15001 });
+  });
+
+  it('exempts a dual-stack socket as an IPv4 one: mark 0x539, ::ffff:127.0.0.1, its own IP, exclusions', async () => {
+    const mapped = (ip: string) => `::ffff:${ip}`;
+    expect(await reply(sh.pod, mapped(peer.ip), 80, { mark: 0x539 })).toMatch(/^peer80:/);
+    expect(await reply(sh.pod, mapped('127.0.0.1'), 8080)).toMatch(/^app8080:/);
+    expect(await reply(sh.pod, mapped(pod.ip), 8080)).toMatch(/^app8080:/);
+    expect(await reply(sh.pod, mapped(peer.ip), 81)).toMatch(/^peer81:/);
+    expect(await reply(sh.pod, mapped(other.ip), 80)).toMatch(/^other80:/);
+  });
+
+  it('gives a dual-stack proxy listener ([::]:15001) the original destination of IPv4 and IPv4-mapped clients', async () => {
+    const out = (await sh.pod2.listenerByTag('pod2out')).id;
+    for (const host of [peer.ip, `::ffff:${peer.ip}`]) {
+      expect(await reply(sh.pod2, host, 80)).toMatch(/^pod2out:/);
+      const acc = (await sh.pod2.accepted(out)).at(-1)!;
+      expect(acc.origDst).toEqual({ host: peer.ip, port: 80 });
+      expect(acc.peer.host).toBe(`::ffff:${pod2.ip}`);
+    }
   });
 
   it('captures outbound TCP to another enrolled pod', async () => {
@@ -107,6 +143,29 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     const acc = (await sh.pod.accepted(proxyIn)).at(-1)!;
     expect(acc.origDst).toEqual({ host: pod.ip, port: 7777 });
     expect(acc.peer.host).toBe(peer.ip);
+  });
+
+  it('steers inbound TCP for a dual-stack app listener to 15006; the app sees its client as ::ffff:<client>', async () => {
+    const app = (await sh.pod.listen({ host: '::', port: 8081, tag: 'app8081v6' })).id;
+    expect(await reply(sh.peer, pod.ip, 8081)).toMatch(/^proxy15006:/);
+    expect((await sh.pod.accepted(proxyIn)).at(-1)!.origDst).toEqual({ host: pod.ip, port: 8081 });
+    // the proxy's transparent upstream, as in the test below
+    const r = await sh.pod.connect({
+      host: pod.ip, port: 8081, mark: 0x539, transparent: true, bind: { host: peer.ip, port: 0 }, send: 'ping', timeoutMs: 2000,
+    });
+    expect(r.ok && r.reply).toMatch(/^app8081v6:/);
+    expect((await sh.pod.accepted(app)).at(-1)!.peer.host).toBe(`::ffff:${peer.ip}`);
+  });
+
+  it('sends inbound TCP to a dual-stack proxy listener ([::]:15006) with the original destination', async () => {
+    expect(await reply(sh.peer, pod2.ip, 8080)).toMatch(/^pod2in:/);
+    const acc = (await sh.pod2.accepted((await sh.pod2.listenerByTag('pod2in')).id)).at(-1)!;
+    expect(acc.origDst).toEqual({ host: pod2.ip, port: 8080 });
+    expect(acc.peer.host).toBe(`::ffff:${peer.ip}`);
+    // an IPv6-only listener on 15006 next to the IPv4 one takes no IPv4 connection from it
+    const v6only = await sh.pod.listen({ host: '::', port: 15006, v6only: true, tag: 'proxy15006v6only' });
+    expect(await reply(sh.peer, pod.ip, 8080)).toMatch(/^proxy15006:/);
+    await sh.pod.closeListener(v6only.id);
   });
 
   it('lets inbound TCP to 15008 reach the HBONE listener directly', async () => {
@@ -268,6 +327,11 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     expect(await sh.pod2.udp(query)).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: peer.ip, port: 53 } });
     expect(await sh.pod2.udp({ ...query, connected: true })).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: peer.ip, port: 53 } });
     expect(await reply(sh.pod2, peer.ip, 53)).toMatch(/^dnsproxytcp:/);
+    // the same from a dual-stack socket to the IPv4-mapped server address
+    const mapped = { ...query, host: `::ffff:${peer.ip}` };
+    expect(await sh.pod2.udp(mapped)).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: mapped.host, port: 53 } });
+    expect(await sh.pod2.udp({ ...mapped, connected: true })).toMatchObject({ ok: true, reply: 'dnsproxy:q', from: { host: mapped.host, port: 53 } });
+    expect(await reply(sh.pod2, mapped.host, 53)).toMatch(/^dnsproxytcp:/);
     // the proxy's own DNS upstream (mark 0x539) goes out
     expect(await sh.pod2.udp({ ...query, mark: 0x539 })).toMatchObject({ ok: true, reply: 'peerdns:q' });
 

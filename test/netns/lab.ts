@@ -24,7 +24,7 @@ export interface Accepted {
   origDst: Addr | string;
 }
 export type ConnectResult =
-  | { ok: true; connId: string; sockname: Addr; peername: Addr; reply?: string }
+  | { ok: true; connId: string; sockname: Addr; peername: Addr; reply?: string; origDst: Addr | string }
   | { ok: false; error: string };
 export interface SocketOpts {
   mark?: number;
@@ -73,7 +73,7 @@ export class PodShell {
   }
 
   /** `paused`: nothing is accepted (connections wait in the backlog) until resume(). */
-  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; paused?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
+  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; paused?: boolean; v6only?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
     const r = await this.request<{ ok: boolean; id: string; port: number; error?: string }>('listen', o);
     if (!r.ok) throw new Error(`listen ${o.host ?? '0.0.0.0'}:${o.port} in ${this.where}: ${r.error}`);
     this.#tags.set(o.tag, r.id);

@@ -1,7 +1,7 @@
 /**
  * eBPF redirection backend (shared/DESIGN.md "eBPF backend").
  *
- * Host-level parts (install): the socket hooks (connect4/6, sendmsg4, recvmsg4, getpeername4,
+ * Host-level parts (install): the socket hooks (connect4/6, sendmsg4, recvmsg4/6, getpeername4/6,
  * sockops, getsockopt) attached once at the configured cgroup through pinned bpf_links, and the
  * sk_lookup program pinned for per-pod attachment. Per pod (enroll): map updates keyed by the
  * netns cookie plus one pinned sk_lookup link on the pod's netns. Everything lives under the pin
@@ -69,7 +69,7 @@ const BPF_SK_LOOKUP = 36;
 
 /** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
 const CGROUP_PROGS: Record<string, string[]> = {
-  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_getpeername4'],
+  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
   sockops: ['inpod_sockops'],
   getsockopt: ['inpod_getsockopt'],
 };

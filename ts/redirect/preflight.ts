@@ -29,6 +29,7 @@ export const PROG_HELPERS: { prog: string; helper: string; id: number; since: st
   { prog: 'sock_ops', helper: 'bpf_get_netns_cookie', id: 122, since: '5.15' },
   { prog: 'sock_ops', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
   { prog: 'sock_ops', helper: 'bpf_sock_ops_cb_flags_set', id: 59, since: '4.16' },
+  { prog: 'sock_ops', helper: 'bpf_skc_to_tcp6_sock', id: 136, since: '5.9' },
   { prog: 'cgroup_sock_addr', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
   { prog: 'cgroup_sockopt', helper: 'bpf_sk_storage_get', id: 107, since: '5.3' },
   { prog: 'cgroup_sockopt', helper: 'bpf_get_netns_cookie', id: 122, since: '5.15' },

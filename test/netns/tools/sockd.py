@@ -3,8 +3,9 @@ driven by JSON lines on stdin, one JSON reply line per request on stdout.
 
 It stands in for a proxy or an app: listeners that accept in the background, record what each
 accepted socket saw (peer, local address, SO_ORIGINAL_DST) and answer every chunk received with
-"<tag>:<chunk>"; client connections with SO_MARK / IP_TRANSPARENT / bind options. Every blocking
-call has a timeout, so a test can never hang on it.
+"<tag>:<chunk>"; client connections with SO_MARK / IP_TRANSPARENT / bind options. A host with a
+':' (e.g. "::" or "::ffff:10.200.0.2") makes a dual-stack AF_INET6 socket, as Java and other
+runtimes use by default (IPv6 only with "v6only"). Every blocking call has a timeout, so a test can never hang on it.
 """
 import errno
 import json
@@ -82,7 +83,11 @@ def accept_loop(lid):
 
 
 def make_socket(req, kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
+    if ":" in req.get("host", ""):
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if req.get("v6only") else 0)
+    else:
+        s = socket.socket(socket.AF_INET, kind)
     if req.get("mark") is not None:
         s.setsockopt(socket.SOL_SOCKET, SO_MARK, req["mark"])
     if req.get("transparent"):
@@ -144,7 +149,8 @@ def op_connect(req):
         return {"ok": False, "error": err_name(e)}
     cid = new_id("c")
     conns[cid] = s
-    out = {"ok": True, "connId": cid, "sockname": addr(s.getsockname()), "peername": addr(s.getpeername())}
+    out = {"ok": True, "connId": cid, "sockname": addr(s.getsockname()), "peername": addr(s.getpeername()),
+           "origDst": orig_dst(s)}
     if req.get("send") is not None:
         s.sendall(req["send"].encode())
         out["reply"] = read_reply(s, timeout)
