@@ -70,8 +70,6 @@ export class HbonePool {
    */
   async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
     const pc = await this.#connection(poolKey(src, req), src, req);
-    pc.active++;
-    if (pc.active > this.maxStreamsSeen) this.maxStreamsSeen = pc.active;
     clearTimeout(pc.idleTimer);
     const stream = sendConnect(pc.session, src, req);
     stream.once('close', () => this.#release(pc));
@@ -79,11 +77,16 @@ export class HbonePool {
     return { stream, peerIdentity: pc.peerIdentity };
   }
 
+  /**
+   * A connection of `key` with a stream slot, the slot already taken: the check and the take
+   * happen in one synchronous step, so a burst of openers waiting for one new connection cannot
+   * all take it past the limit (they spill over to the next connection).
+   */
   async #connection(key: string, src: HboneSource, req: HboneRequest): Promise<Pooled> {
     const live = (this.#conns.get(key) ?? []).filter((c) => !c.session.closed && !c.session.destroyed);
     this.#conns.set(key, live);
     const free = live.find((c) => c.active < MAX_STREAMS_PER_CONNECTION);
-    if (free) return free;
+    if (free) return this.#take(free);
     // concurrent openers share one new connection instead of racing to make many
     let p = this.#pending.get(key);
     if (!p) {
@@ -92,10 +95,16 @@ export class HbonePool {
       const pc = await p;
       this.#conns.get(key)?.push(pc) ?? this.#conns.set(key, [pc]);
       pc.session.once('close', () => this.#conns.set(key, (this.#conns.get(key) ?? []).filter((x) => x !== pc)));
-      return pc;
+      return this.#take(pc);
     }
     const pc = await p;
-    return pc.active < MAX_STREAMS_PER_CONNECTION ? pc : this.#connection(key, src, req);
+    return pc.active < MAX_STREAMS_PER_CONNECTION ? this.#take(pc) : this.#connection(key, src, req);
+  }
+
+  #take(pc: Pooled): Pooled {
+    pc.active++;
+    if (pc.active > this.maxStreamsSeen) this.maxStreamsSeen = pc.active;
+    return pc;
   }
 
   #release(pc: Pooled): void {
