@@ -1,8 +1,11 @@
 /**
  * `inpod ztunnel`: the proxy process. Connects to the agent over ZDS, serves each pod it is
- * handed, reads workloads/services/policies from --config (hot-reloaded), and drains on SIGTERM.
+ * handed, reads workloads/services/policies from --config (hot-reloaded), the Kubernetes API or
+ * a manifest directory, and drains on SIGTERM. The state sources are imported by the mode that
+ * uses them: the Kubernetes client alone is about 70 MB of the process's memory.
  */
 import { parseArgs } from 'node:util';
+import { PORTS } from '../istio.js';
 import { StateStore } from '../state/store.js';
 import { Ztunnel } from '../proxy/ztunnel.js';
 import { ZdsClient } from '../zds/client.js';
@@ -10,19 +13,21 @@ import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
-import { KubeStateSource, ManifestStateSource } from '../state/kube.js';
-import { loadKubeConfig } from '../agent/kube.js';
+
+const ADMIN = `127.0.0.1:${PORTS.admin}`;
+const METRICS = `0.0.0.0:${PORTS.metrics}`;
+const READINESS = `0.0.0.0:${PORTS.readiness}`;
 
 export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
-                 [--admin-addr 127.0.0.1:15000] [--metrics-addr 0.0.0.0:15020] [--readiness-addr 0.0.0.0:15021]
+                 [--admin-addr ${ADMIN}] [--metrics-addr ${METRICS}] [--readiness-addr ${READINESS}]
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
-  inpod ztunnel workloads|services|policies [--admin-addr 127.0.0.1:15000]`;
+  inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN}]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
 export async function ztunnelShow(what: 'workloads' | 'services' | 'policies', argv: string[]): Promise<unknown> {
-  const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: '127.0.0.1:15000' } }, strict: true });
+  const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: ADMIN } }, strict: true });
   const res = await fetch(`http://${v['admin-addr']}/config_dump`).catch((e: Error) => {
     throw new Error(`cannot reach the proxy admin on ${v['admin-addr']} (${e.message}); is inpod ztunnel running on this node?`);
   });
@@ -41,9 +46,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
       'drain-seconds': { type: 'string', default: '5' },
-      'admin-addr': { type: 'string', default: '127.0.0.1:15000' },
-      'metrics-addr': { type: 'string', default: '0.0.0.0:15020' },
-      'readiness-addr': { type: 'string', default: '0.0.0.0:15021' },
+      'admin-addr': { type: 'string', default: ADMIN },
+      'metrics-addr': { type: 'string', default: METRICS },
+      'readiness-addr': { type: 'string', default: READINESS },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
     },
@@ -60,13 +65,17 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     state.on('error', (e) => log.error({ err: e.message }, 'config reload refused; keeping the last good state'));
     state.on('update', (s) => log.info({ workloads: s.state.workloads.length, services: s.state.services.length }, 'config loaded'));
   }
-  let kube: KubeStateSource | ManifestStateSource | undefined;
+  let kube: { stop(): void } | undefined;
   if (!v.config && v.manifests) {
-    kube = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
-    await kube.start();
+    const { ManifestStateSource } = await import('../state/kube.js');
+    const src = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
+    kube = src;
+    await src.start();
   } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
-    kube = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
-    await kube.start();
+    const [{ KubeStateSource }, { loadKubeConfig }] = await Promise.all([import('../state/kube.js'), import('../agent/kube.js')]);
+    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
+    kube = src;
+    await src.start();
     log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
