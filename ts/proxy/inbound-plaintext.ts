@@ -6,7 +6,6 @@
  * transparently from the client's IP.
  */
 import type net from 'node:net';
-import { spiffeUri } from '../identity/spiffe.js';
 import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import type { ConnContext } from './hooks.js';
@@ -22,7 +21,7 @@ export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise
   const dst = capturedDestination(pi, down, 'inbound');
   if (!dst) return;
   const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
-  const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: spiffeUri(pi.identity) }, pod: podRef(pi) }, started);
+  const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: pi.uri }, pod: podRef(pi) }, started);
   let up: net.Socket;
   try {
     up = await admit(pi, conn.ctx, dst);

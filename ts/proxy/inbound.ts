@@ -61,7 +61,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (isSelfCall('inbound', authority, ownAddresses(pi))) return refuse(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...authority, identity: spiffeUri(pi.identity) }, pod: podRef(pi),
+    dst: { ...authority, identity: pi.uri }, pod: podRef(pi),
   }, started);
   let up: net.Socket;
   try {

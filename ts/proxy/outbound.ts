@@ -6,7 +6,6 @@
  * is reported with the response flag its error code maps to (result.ts).
  */
 import type net from 'node:net';
-import { spiffeUri } from '../identity/spiffe.js';
 import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import type { ConnContext } from './hooks.js';
@@ -22,7 +21,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   down.on('error', () => {});
   const dst = capturedDestination(pi, down, 'outbound');
   if (!dst) return;
-  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: spiffeUri(pi.identity) };
+  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst);
   const ctx: ConnContext = {
     direction: 'outbound',
@@ -41,7 +40,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   if (route.kind === 'hbone' && !route.viaWaypoint) {
     const local = pi.localPod?.(route.authority.ip);
     // only a pod with the identity the state expects there; anything else takes HBONE and fails its identity check
-    if (local && route.identities.includes(spiffeUri(local.identity))) return sameNode(pi, down, conn, route.authority, local);
+    if (local && route.identities.includes(local.uri)) return sameNode(pi, down, conn, route.authority, local);
   }
   try {
     await proxyTo(pi, down, conn, route);
@@ -68,12 +67,7 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     pi.fastPath.relay(down, up, (r) => conn.relayed(r));
     return;
   }
-  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip, baggage: baggage(pi) }, route);
+  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip, baggage: pi.baggage }, route);
   conn.ctx.dst.identity = peerIdentity;
   relay(down, stream, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
-}
-
-/** W3C baggage naming the source workload, as ztunnel sends it with each CONNECT. */
-function baggage(pi: PodInputs): string {
-  return `k8s.namespace.name=${pi.info.namespace},k8s.pod.name=${pi.info.name},service.name=${pi.info.name}`;
 }

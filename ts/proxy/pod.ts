@@ -7,7 +7,7 @@
 import type { Http2SecureServer } from 'node:http2';
 import type net from 'node:net';
 import type { Fd } from '../native/index.js';
-import type { Identity } from '../identity/spiffe.js';
+import { spiffeUri, type Identity } from '../identity/spiffe.js';
 import { PORTS } from '../istio.js';
 import type { Logger } from '../util/log.js';
 import { inboundPlaintext } from './inbound-plaintext.js';
@@ -34,10 +34,13 @@ export class PodProxy {
 
   constructor(readonly info: PodInfo, readonly netns: Fd, deps: ProxyDeps) {
     this.#log = deps.log.child({ ns: info.namespace, pod: info.name, uid: info.uid });
+    const identity = { trustDomain: deps.trustDomain, namespace: info.namespace, serviceAccount: info.serviceAccount };
     this.inputs = {
       ...deps,
       info,
-      identity: { trustDomain: deps.trustDomain, namespace: info.namespace, serviceAccount: info.serviceAccount },
+      identity,
+      uri: spiffeUri(identity),
+      baggage: `k8s.namespace.name=${info.namespace},k8s.pod.name=${info.name},service.name=${info.name}`,
       netns,
       poolOwner: `${info.uid}#${++sandboxes}`,
       log: this.#log,

@@ -7,7 +7,6 @@
  * report, as with HBONE. ztunnel has no such path; see ARCHITECTURE.md for why it is off by default.
  */
 import type net from 'node:net';
-import { spiffeUri } from '../identity/spiffe.js';
 import { admit } from './inbound-plaintext.js';
 import { podRef, type PodInputs } from './inputs.js';
 import { ConnectionResult } from './result.js';
@@ -20,7 +19,7 @@ import type { Addr } from './route.js';
  */
 export async function sameNode(pi: PodInputs, down: net.Socket, out: ConnectionResult, app: Addr, dst: PodInputs): Promise<void> {
   out.ctx.transport = 'local';
-  out.ctx.dst.identity = spiffeUri(dst.identity);
+  out.ctx.dst.identity = dst.uri;
   const inbound = new ConnectionResult(dst.observer, {
     direction: 'inbound', transport: 'local', src: { ...out.ctx.src }, dst: { ...app, identity: out.ctx.dst.identity }, pod: podRef(dst),
   }, out.started);
