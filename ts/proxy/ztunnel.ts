@@ -3,6 +3,8 @@
  * inside it. ZDS drives it: Add opens a pod (a repeated Add with the same netns keeps the pod and
  * its connections as they are; with another netns, the pod's sandbox was recreated, and the new
  * netns replaces the old), Del closes it, and after a reconnect the snapshot decides who stays.
+ * It makes what the pods share: the HBONE pool, the fast path, the authorizer (ts/policy) and the
+ * telemetry (ts/telemetry), the two parts every listener reports to.
  */
 import { fstatSync } from 'node:fs';
 import { join } from 'node:path';
