@@ -3,19 +3,21 @@
  * Outbound capture (cgroup sock_addr hooks), attached once at the configured cgroup and gated
  * per pod by inpod_enrolled[netns cookie]: enrolling a pod is a map update, not an attach.
  *
- *  connect4     TCP from an enrolled netns -> 127.0.0.1:15001 (original dst kept in the
- *               socket's storage; the socket is bound to the pod IP first so the proxy sees the
- *               same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when
- *               enabled.
+ *  connect4     TCP from an enrolled netns -> 127.0.0.1:<outbound port> (original dst kept in
+ *               the socket's storage; the socket is bound to the pod IP first so the proxy sees
+ *               the same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:<DNS port>
+ *               when enabled.
  *  connect6     IPv4-mapped destinations (dual-stack sockets) as connect4, to ::ffff:127.0.0.1
  *               and bound to ::ffff:<pod IP>; native IPv6 is refused (fail closed).
- *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:15053; recvmsg4 restores the answer's source.
+ *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:<DNS port>; recvmsg4 restores the answer's source.
  *               The kernel runs sendmsg4 also for a dual-stack socket sending to an IPv4-mapped
  *               address (udpv6_sendmsg hands it to udp_sendmsg), so there is no sendmsg6; the
  *               answer is read through udpv6_recvmsg, hence recvmsg6.
- *  getpeername4/6 the app sees its real peer, not 127.0.0.1:15001 (or ::ffff:127.0.0.1:15001).
+ *  getpeername4/6 the app sees its real peer, not the proxy's listener (127.0.0.1 or ::ffff:127.0.0.1).
+ * The ports and marks are the load-time settings of config.h (Istio's: ts/istio.ts).
  */
 #include "common.h"
+#include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,7 +46,7 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 	owner = bpf_map_lookup_elem(&inpod_pod_ips, &dst);
 	if (owner && *owner == netns)
 		return PASS_THROUGH; /* another of the pod's own addresses */
-	if (dport == 53 && (pod->flags & INPOD_POD_DNS_CAPTURE))
+	if (dport == DNS_PORT && (pod->flags & INPOD_POD_DNS_CAPTURE))
 		return TO_DNS;
 	if (protocol != IPPROTO_TCP)
 		return PASS_THROUGH;
@@ -111,6 +113,7 @@ int inpod_connect4(struct bpf_sock_addr *ctx)
 {
 	__u16 port;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, AF_INET);
@@ -138,6 +141,7 @@ int inpod_connect6(struct bpf_sock_addr *ctx)
 	__u64 netns;
 	__u16 port;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	if (is_v4_mapped(ctx)) {
@@ -165,7 +169,8 @@ int inpod_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	__u16 port;
 
-	if (ctx->protocol != IPPROTO_UDP || ctx->user_port != bpf_htons(53))
+	INPOD_REQUIRE_CONFIG();
+	if (ctx->protocol != IPPROTO_UDP || ctx->user_port != bpf_htons(DNS_PORT))
 		return 1;
 	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, 0);
 	if (port) {
@@ -214,6 +219,7 @@ static __always_inline void restore_peer6(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int inpod_recvmsg4(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer4(ctx);
 	return 1;
 }
@@ -221,6 +227,7 @@ int inpod_recvmsg4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int inpod_getpeername4(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer4(ctx);
 	return 1;
 }
@@ -228,6 +235,7 @@ int inpod_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg6")
 int inpod_recvmsg6(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer6(ctx);
 	return 1;
 }
@@ -235,6 +243,7 @@ int inpod_recvmsg6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int inpod_getpeername6(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer6(ctx);
 	return 1;
 }

@@ -13,6 +13,7 @@
  * A real conntrack answer is never overridden.
  */
 #include "common.h"
+#include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -25,6 +26,7 @@ int inpod_getsockopt(struct bpf_sockopt *ctx)
 	__u32 lip, lport, rip, rport;
 	__u64 netns;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
 		return 1;
 	if (!sk || sk->protocol != IPPROTO_TCP)

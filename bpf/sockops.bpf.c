@@ -3,7 +3,7 @@
  * sockops, attached at the same cgroup as connect4. Keeps the per-connection tuple entries
  * (maps.h) alive exactly from a connection's SYN to the end of its handshake.
  *
- *  TCP_LISTEN_CB   a socket listening on the inbound port (15006) in an enrolled netns becomes
+ *  TCP_LISTEN_CB   a socket listening on the inbound port in an enrolled netns becomes
  *                  that netns's inbound listener (SOCKHASH, keyed by netns cookie). The entry
  *                  vanishes when the socket closes; a new listener replaces it. No help from the
  *                  proxy is needed.
@@ -20,12 +20,13 @@
  *
  * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
  * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
- * a dual-stack [::]:15001 listener's accepted socket; the kernel keeps its IPv4 addresses in the
+ * a dual-stack [::] outbound listener's accepted socket; the kernel keeps its IPv4 addresses in the
  * same fields as an AF_INET socket's, so the tuple is the same whichever end is dual-stack. A
  * listener is taken when it accepts IPv4: AF_INET, or AF_INET6 without IPV6_V6ONLY (ztunnel
- * listens on [::]:15006 by default: istio/ztunnel src/config.rs, bind_wildcard).
+ * listens on [::] by default: istio/ztunnel src/config.rs, bind_wildcard).
  */
 #include "common.h"
+#include "config.h"
 #include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -124,6 +125,7 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 	struct inpod_tuple t = {};
 	__u64 netns;
 
+	INPOD_REQUIRE_CONFIG();
 	if (!ipv4_on_wire(skops))
 		return 1;
 	switch (skops->op) {

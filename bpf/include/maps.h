@@ -48,7 +48,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_cidr_excl SEC(".maps");
 
-/* the inbound (15006) listener of each enrolled netns, found by sockops at listen() */
+/* the inbound listener of each enrolled netns, found by sockops at listen() */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, INPOD_MAX_PODS);
