@@ -19,7 +19,7 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct inpod_pod *pod;
 	struct bpf_sock *sk;
 	__u32 lip = ctx->local_ip4, rip = ctx->remote_ip4;
-	__u16 lport = (__u16)ctx->local_port;
+	__u16 lport = inpod_port_host(ctx->local_port);
 	__u64 *owner, netns;
 	long err;
 
@@ -43,7 +43,7 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 			.netns = netns,
 			.sip = rip,
 			.dip = lip,
-			.sport = bpf_ntohs(ctx->remote_port),
+			.sport = inpod_port_net(ctx->remote_port),
 			.dport = lport,
 		};
 		__u64 *src_owner = bpf_map_lookup_elem(&inpod_pod_ips, &rip);

@@ -35,7 +35,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline void conn_tuple(struct bpf_sock_ops *skops, __u64 netns, int client, struct inpod_tuple *t)
 {
 	__u32 lip = skops->local_ip4, rip = skops->remote_ip4;
-	__u16 lport = (__u16)skops->local_port, rport = (__u16)bpf_ntohl(skops->remote_port);
+	__u16 lport = inpod_port_host(skops->local_port), rport = inpod_port_net32(skops->remote_port);
 
 	t->netns = netns;
 	t->sip = client ? lip : rip;
@@ -130,7 +130,7 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		if (skops->local_port != inpod_cfg.inbound_port || !ipv4_listener(skops))
+		if (inpod_port_host(skops->local_port) != inpod_cfg.inbound_port || !ipv4_listener(skops))
 			break;
 		netns = bpf_get_netns_cookie(skops);
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * What every capture program (connect, sockops, sk_lookup, getsockopt) shares: the pinned maps,
- * the kernel constants vmlinux.h lacks, the counters and the exclusion lookups.
+ * port byte order, the kernel constants vmlinux.h lacks, the counters and the exclusion lookups.
  * Their load-time settings are in config.h.
  */
 #ifndef INPOD_COMMON_H
@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "maps.h"
+#include "ports.h"
 
 #define AF_INET 2
 #define AF_INET6 10

@@ -3,7 +3,7 @@
  * Structs shared by the eBPF programs and userspace (addon + TypeScript encoders).
  * Fixed width, explicit padding: the addon static_asserts these sizes and exports
  * {sizeof, offsetof} so the TypeScript encoders are checked against them in tests.
- * Addresses and the port in inpod_addr are network order; other ports are host order.
+ * Addresses and the port in inpod_addr are network order; other ports are host order (ports.h).
  */
 #ifndef INPOD_TYPES_H
 #define INPOD_TYPES_H
