@@ -31,9 +31,10 @@ export interface PodSettings {
 
 import { isIPv4 } from 'node:net';
 import { MeshError } from '../util/errors.js';
+import { PROBE_SOURCE } from '../istio.js';
 
 export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
-  probeSource: '169.254.7.127',
+  probeSource: PROBE_SOURCE.ipv4,
   dnsCapture: false,
   excludeInboundPorts: [],
   excludeOutboundPorts: [],
