@@ -78,7 +78,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitBpf(env, exports);
   InitTcp(env, exports);
   InitUnix(env, exports);
-  InitWatch(env, exports);
   InitNetns(env, exports);
   InitEpoll(env, exports);
   return exports;

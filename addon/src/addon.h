@@ -35,13 +35,9 @@ inline int IntArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<
 inline uint32_t U32Arg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
 inline std::string StrArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::String>().Utf8Value(); }
 
-// Adds 1 to an eventfd (wakes a watcher thread); errors are ignored.
-void SignalEventfd(int efd);
-
 void InitBpf(Napi::Env env, Napi::Object exports);
 void InitTcp(Napi::Env env, Napi::Object exports);
 void InitUnix(Napi::Env env, Napi::Object exports);
-void InitWatch(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitEpoll(Napi::Env env, Napi::Object exports);
 

@@ -41,6 +41,7 @@ export interface RecvResult {
   ctruncated: boolean;
 }
 export type SkelHandle = { readonly __skel: unique symbol };
+export type EpollHandle = { readonly __epoll: unique symbol };
 
 export interface NativeAddon {
   layout(): Record<string, StructLayout> & { constants: Record<string, number> };
@@ -91,23 +92,11 @@ export interface NativeAddon {
   netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
   netnsWrite(nsFd: number, path: string, value: string): number | SysFail;
   netnsLocalRoute(nsFd: number, mark: number, table: number, pref: number, add: boolean): number | SysFail;
-  watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
-  rearmWatch(h: WatchHandle): void;
-  unwatchFd(h: WatchHandle): void;
-  hupWatcher(cb: (token: number, revents: number, value?: number) => void): HupWatcherHandle | number;
-  hupRingbuf(h: HupWatcherHandle, mapFd: number, token: number): number;
-  hupWatch(h: HupWatcherHandle, fd: number, token: number): number;
-  hupRearm(h: HupWatcherHandle, fd: number, token: number): number;
-  hupUnwatch(h: HupWatcherHandle, fd: number): number;
-  hupWatcherClose(h: HupWatcherHandle): void;
-}
-export interface HupWatcherHandle {
-  epfd: number;
-  stopFd: number;
-}
-export interface WatchHandle {
-  stopFd: number;
-  rearmFd: number;
+  epollNew(cb: (token: number, events: number, value?: number) => void): EpollHandle | number;
+  epollCtl(h: EpollHandle, op: number, fd: number, events: number, token: number): number;
+  epollRingbuf(h: EpollHandle, mapFd: number, token: number): number;
+  epollRef(h: EpollHandle, on: boolean): void;
+  epollClose(h: EpollHandle): void;
 }
 
 /** Finds the built addon from ts/native (tests) or dist/native (installed). */

@@ -4,10 +4,11 @@
  */
 import { closeSync, openSync } from 'node:fs';
 import { SyscallError, check } from '../util/errors.js';
-import { addon, type SockAddr, type SocketSpec, type SysFail, type LinkInfoRaw, type SkelHandle, type HupWatcherHandle } from './addon.js';
+import { addon, type SockAddr, type SocketSpec, type SysFail, type LinkInfoRaw, type SkelHandle } from './addon.js';
 
 export type { SockAddr, SocketSpec, LinkInfoRaw } from './addon.js';
 export { addon } from './addon.js';
+export * from './epoll.js';
 
 function isFail(v: unknown): v is SysFail {
   return typeof v === 'object' && v !== null && 'errno' in v && 'syscall' in v;
@@ -133,43 +134,6 @@ export const SO_ERROR = 4;
 export function sockError(fd: number): number {
   return check('getsockopt(SO_ERROR)', addon().getsockoptInt(fd, SOL_SOCKET, SO_ERROR));
 }
-
-/**
- * One thread watching many sockets for their peer's FIN or reset (EPOLLRDHUP, one-shot): data
- * arriving does not wake it. `onHup(token, revents)` runs on the JS thread.
- */
-export class HupWatcher {
-  #h: HupWatcherHandle | null;
-  constructor(onHup: (token: number, revents: number, value?: number) => void) {
-    this.#h = check('epoll_create1', addon().hupWatcher(onHup));
-  }
-  /** Also reports each u64 written to the BPF ring buffer `mapFd`, as onHup(token, 0, value). */
-  ringbuf(mapFd: number, token: number): void {
-    if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
-    check('ring_buffer__new', addon().hupRingbuf(this.#h, mapFd, token));
-  }
-  /** Reports `fd` once, with `token`, when its peer half-closes or resets. */
-  watch(fd: number, token: number): void {
-    if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
-    check('epoll_ctl(ADD)', addon().hupWatch(this.#h, fd, token));
-  }
-  /** After the FIN was reported: report `fd` once more, only on error or full hang-up. */
-  rearmErrors(fd: number, token: number): void {
-    if (!this.#h) throw new SyscallError('use', 9, 'hup watcher closed');
-    check('epoll_ctl(MOD)', addon().hupRearm(this.#h, fd, token));
-  }
-  /** Forget `fd` (before it is closed); false if it was not watched. */
-  unwatch(fd: number): boolean {
-    if (!this.#h) return false;
-    return addon().hupUnwatch(this.#h, fd) === 0;
-  }
-  close(): void {
-    if (this.#h) addon().hupWatcherClose(this.#h);
-    this.#h = null;
-  }
-}
-export const EPOLLERR = 0x8;
-export const EPOLLRDHUP = 0x2000;
 
 /** A unix socket pair (SOCK_SEQPACKET keeps message boundaries). */
 export function socketPair(type: 'seqpacket' | 'stream'): [Fd, Fd] {
@@ -341,31 +305,6 @@ export function numPossibleCpus(): number {
 export function socketInNs(nsFd: number, spec: SocketSpec): Fd {
   return new Fd(checkComposite(addon().socketIn(nsFd, spec)));
 }
-
-/**
- * Calls `onReadable` on the JS thread whenever `fd` is readable or hung up (revents as poll(2)
- * gives them). The watch re-arms after `onReadable` returns, so drain the fd inside it.
- * Returns a function that stops watching (the fd itself stays open).
- */
-export function watchReadable(fd: number, onReadable: (revents: number) => void): () => void {
-  let stopped = false;
-  const h = check('watchFd', addon().watchFd(fd, (revents) => {
-    if (stopped) return;
-    try {
-      onReadable(revents);
-    } finally {
-      if (!stopped) addon().rearmWatch(h);
-    }
-  }));
-  return () => {
-    if (stopped) return;
-    stopped = true;
-    addon().unwatchFd(h);
-  };
-}
-export const POLLIN = 0x1;
-export const POLLERR = 0x8;
-export const POLLHUP = 0x10;
 
 /** Global addresses configured in the netns (no loopback, no IPv6 link-local). */
 export function netnsAddrs(path: string): { ipv4: string[]; ipv6: string[] } {
