@@ -42,14 +42,45 @@ export interface RecvResult {
 }
 export type SkelHandle = { readonly __skel: unique symbol };
 export type EpollHandle = { readonly __epoll: unique symbol };
+/** A map as its skeleton declares it (libbpf, after open). */
+export interface SkelMapRaw {
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** pinned by name (LIBBPF_PIN_BY_NAME) under the pin root when loaded */
+  pinned: boolean;
+}
+/** A program as its skeleton declares it. */
+export interface SkelProgRaw {
+  name: string;
+  type: number;
+  /** the expected attach type (enum bpf_attach_type) */
+  attachType: number;
+}
+/** A map as the kernel holds it (BPF_OBJ_GET_INFO_BY_FD). */
+export interface MapInfoRaw {
+  id: number;
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
 
 export interface NativeAddon {
   layout(): Record<string, StructLayout> & { constants: Record<string, number> };
-  skelOpen(name: string, pinRoot: string): SkelHandle | number;
+  /** the skeletons compiled in (one per bpf/*.bpf.c) */
+  readonly skeletons: string[];
+  skelOpen(name: string, pinRoot: string | null): SkelHandle | number;
+  skelMaps(h: SkelHandle): SkelMapRaw[];
+  skelProgs(h: SkelHandle): SkelProgRaw[];
   skelSetConfig(h: SkelHandle, cfg: Buffer): number;
   skelAutoload(h: SkelHandle, prog: string, on: boolean): number;
   skelLoad(h: SkelHandle): number;
   skelProg(h: SkelHandle, prog: string): { fd: number; attachType: number } | number;
+  /** a new fd for the loaded map, owned by the caller */
   skelMap(h: SkelHandle, map: string): number;
   skelDestroy(h: SkelHandle): void;
   libbpfLog(): string;
@@ -61,6 +92,7 @@ export interface NativeAddon {
   linkDetach(linkFd: number): number;
   linkInfo(fd: number): LinkInfoRaw | number;
   progId(fd: number): number;
+  mapInfo(fd: number): MapInfoRaw | number;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): number;
   mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | number;
   mapDelete(fd: number, key: Buffer): number;
