@@ -141,14 +141,6 @@ static Napi::Value SkelSetConfig(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), 0);
 }
 
-// skelAutoload(h, progName, bool) -> 0 | -errno: load only the programs the caller needs.
-static Napi::Value SkelAutoload(const Napi::CallbackInfo &info) {
-  Skel *s = GetSkel(info);
-  auto *p = bpf_object__find_program_by_name(s->ops->obj(s->skel), StrArg(info, 1).c_str());
-  if (!p) return Errno(info.Env(), ENOENT);
-  return Napi::Number::New(info.Env(), bpf_program__set_autoload(p, info[2].As<Napi::Boolean>()));
-}
-
 static Napi::Value SkelLoad(const Napi::CallbackInfo &info) {
   Skel *s = GetSkel(info);
   g_log.clear();
@@ -220,11 +212,6 @@ static Napi::Value LinkUpdate(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
 }
 
-static Napi::Value LinkDetach(const Napi::CallbackInfo &info) {
-  int r = bpf_link_detach(IntArg(info, 0));
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
-}
-
 // linkInfo(fd) -> {id, progId, type, attachType, netnsIno, cgroupId} | -errno
 static Napi::Value LinkInfo(const Napi::CallbackInfo &info) {
   struct bpf_link_info li;
@@ -243,15 +230,6 @@ static Napi::Value LinkInfo(const Napi::CallbackInfo &info) {
     o.Set("cgroupId", Napi::BigInt::New(info.Env(), static_cast<uint64_t>(li.cgroup.cgroup_id)));
   }
   return o;
-}
-
-// progId(fd) -> id | -errno
-static Napi::Value ProgId(const Napi::CallbackInfo &info) {
-  struct bpf_prog_info pi;
-  __u32 len = sizeof(pi);
-  memset(&pi, 0, sizeof(pi));
-  if (bpf_obj_get_info_by_fd(IntArg(info, 0), &pi, &len) < 0) return Errno(info.Env(), errno);
-  return Napi::Number::New(info.Env(), pi.id);
 }
 
 // mapInfo(fd) -> {id, name, type, keySize, valueSize, maxEntries} | -errno: what the kernel holds
@@ -322,7 +300,6 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("skelMaps", Napi::Function::New(env, SkelMaps));
   exports.Set("skelProgs", Napi::Function::New(env, SkelProgs));
   exports.Set("skelSetConfig", Napi::Function::New(env, SkelSetConfig));
-  exports.Set("skelAutoload", Napi::Function::New(env, SkelAutoload));
   exports.Set("skelLoad", Napi::Function::New(env, SkelLoad));
   exports.Set("skelProg", Napi::Function::New(env, SkelProg));
   exports.Set("skelMap", Napi::Function::New(env, SkelMap));
@@ -333,9 +310,7 @@ void InitBpf(Napi::Env env, Napi::Object exports) {
   exports.Set("linkCreate", Napi::Function::New(env, LinkCreate));
   exports.Set("progAttach", Napi::Function::New(env, ProgAttach));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate));
-  exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
   exports.Set("linkInfo", Napi::Function::New(env, LinkInfo));
-  exports.Set("progId", Napi::Function::New(env, ProgId));
   exports.Set("mapInfo", Napi::Function::New(env, MapInfo));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup));

@@ -150,20 +150,6 @@ static Napi::Value SockName(const Napi::CallbackInfo &info) {
   return AddrValue(info.Env(), ss);
 }
 
-static Napi::Value PeerName(const Napi::CallbackInfo &info) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof(ss);
-  if (getpeername(IntArg(info, 0), reinterpret_cast<sockaddr *>(&ss), &len) < 0) return Errno(info.Env(), errno);
-  return AddrValue(info.Env(), ss);
-}
-
-// setsockoptInt(fd, level, name, value) -> 0 | -errno
-static Napi::Value SetsockoptInt(const Napi::CallbackInfo &info) {
-  int v = IntArg(info, 3);
-  int r = setsockopt(IntArg(info, 0), IntArg(info, 1), IntArg(info, 2), &v, sizeof(v));
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
-}
-
 // getsockoptInt(fd, level, name) -> value (>= 0 for the options used here) | -errno
 static Napi::Value GetsockoptInt(const Napi::CallbackInfo &info) {
   int v = 0;
@@ -247,8 +233,6 @@ void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("socketIn", Napi::Function::New(env, SocketIn));
   exports.Set("origDst", Napi::Function::New(env, OrigDst));
   exports.Set("sockName", Napi::Function::New(env, SockName));
-  exports.Set("peerName", Napi::Function::New(env, PeerName));
-  exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
   exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));

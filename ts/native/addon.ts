@@ -77,7 +77,6 @@ export interface NativeAddon {
   skelMaps(h: SkelHandle): SkelMapRaw[];
   skelProgs(h: SkelHandle): SkelProgRaw[];
   skelSetConfig(h: SkelHandle, cfg: Buffer): number;
-  skelAutoload(h: SkelHandle, prog: string, on: boolean): number;
   skelLoad(h: SkelHandle): number;
   skelProg(h: SkelHandle, prog: string): { fd: number; attachType: number } | number;
   /** a new fd for the loaded map, owned by the caller */
@@ -89,9 +88,7 @@ export interface NativeAddon {
   linkCreate(progFd: number, targetFd: number, attachType: number): number;
   progAttach(progFd: number, targetFd: number, attachType: number): number;
   linkUpdate(linkFd: number, progFd: number): number;
-  linkDetach(linkFd: number): number;
   linkInfo(fd: number): LinkInfoRaw | number;
-  progId(fd: number): number;
   mapInfo(fd: number): MapInfoRaw | number;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): number;
   mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | number;
@@ -104,8 +101,6 @@ export interface NativeAddon {
   socketIn(nsFd: number, spec: SocketSpec): number | SysFail;
   origDst(fd: number): SockAddr | number;
   sockName(fd: number): SockAddr | number;
-  peerName(fd: number): SockAddr | number;
-  setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketCookie(fd: number): bigint | number;
   tcpWritten(fd: number): number;

@@ -208,10 +208,6 @@ export class BpfObject {
     if (!this.#h) throw new SyscallError('use', 9, `bpf object ${this.name} destroyed`);
     return this.#h;
   }
-  /** Load only the named programs (others are skipped). */
-  only(progs: string[], all: string[]): void {
-    for (const p of all) check('bpf_program__set_autoload', addon().skelAutoload(this.h, p, progs.includes(p)), p);
-  }
   load(): void {
     const r = addon().skelLoad(this.h);
     if (r < 0) {
@@ -260,14 +256,8 @@ export function progAttach(progFd: number, targetFd: number, attachType: number)
 export function linkUpdate(linkFd: number, progFd: number): void {
   check('bpf(BPF_LINK_UPDATE)', addon().linkUpdate(linkFd, progFd));
 }
-export function linkDetach(linkFd: number): void {
-  check('bpf(BPF_LINK_DETACH)', addon().linkDetach(linkFd));
-}
 export function linkInfo(fd: number): LinkInfoRaw {
   return check('bpf(BPF_OBJ_GET_INFO_BY_FD)', addon().linkInfo(fd));
-}
-export function progId(fd: number): number {
-  return check('bpf(BPF_OBJ_GET_INFO_BY_FD)', addon().progId(fd));
 }
 export function numPossibleCpus(): number {
   return check('libbpf_num_possible_cpus', addon().numPossibleCpus());

@@ -34,9 +34,7 @@ export function socketIn(netnsPath: string | null, spec: SocketSpec): Fd {
 }
 
 export const SOL_SOCKET = 1;
-export const SOL_IP = 0;
 export const SO_MARK = 36;
-export const IP_TRANSPARENT = 19;
 
 export function origDst(fd: number): SockAddr {
   return check('getsockopt(SO_ORIGINAL_DST)', addon().origDst(fd));
@@ -44,17 +42,8 @@ export function origDst(fd: number): SockAddr {
 export function sockName(fd: number): SockAddr {
   return check('getsockname', addon().sockName(fd));
 }
-export function peerName(fd: number): SockAddr {
-  return check('getpeername', addon().peerName(fd));
-}
-export function setMark(fd: number, mark: number): void {
-  check('setsockopt(SO_MARK)', addon().setsockoptInt(fd, SOL_SOCKET, SO_MARK, mark));
-}
 export function getMark(fd: number): number {
   return check('getsockopt(SO_MARK)', addon().getsockoptInt(fd, SOL_SOCKET, SO_MARK));
-}
-export function setTransparent(fd: number, on = true): void {
-  check('setsockopt(IP_TRANSPARENT)', addon().setsockoptInt(fd, SOL_IP, IP_TRANSPARENT, on ? 1 : 0));
 }
 export function socketCookie(fd: number): bigint {
   return check('getsockopt(SO_COOKIE)', addon().socketCookie(fd));
