@@ -15,7 +15,6 @@ import { MARKS, PORTS } from '../istio.js';
 import {
   BpfMap,
   BpfObject,
-  Fd,
   linkCreate,
   linkInfo,
   linkUpdate,
@@ -23,12 +22,13 @@ import {
   objGet,
   objPin,
   openPath,
+  pinnedMapSpec,
+  skeleton,
   withFd,
 } from '../native/index.js';
 import {
   DIR_IN,
   DIR_OUT,
-  LAYOUT,
   POD_DNS_CAPTURE,
   decodeCidrKey,
   decodePod,
@@ -70,8 +70,6 @@ export const ISTIO_CONFIG: CaptureConfig = Object.freeze({
   dnsPort: PORTS.dns,
 });
 
-const BPF_SK_LOOKUP = 36;
-
 /** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
 const CGROUP_PROGS: Record<string, string[]> = {
   connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
@@ -85,10 +83,7 @@ const SK_LOOKUP_PROG = 'inpod_sk_lookup';
  * (bpf/include/maps.h): sockops removes each entry when its handshake ends or its client closes;
  * unenroll purges whatever a pod still has there.
  */
-export const TUPLE_MAPS = [
-  { name: 'inpod_syn_orig', valueSize: LAYOUT.inpod_addr.sizeof },
-  { name: 'inpod_own_syn', valueSize: 1 },
-] as const;
+export const TUPLE_MAPS = ['inpod_syn_orig', 'inpod_own_syn'] as const;
 
 /** Maps of earlier versions, replaced by the ones above: unpinned once no program uses them. */
 const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local'];
@@ -212,12 +207,12 @@ export class EbpfBackend implements RedirectBackend {
   }
 
   async isEnrolled(netnsPath: string): Promise<boolean> {
-    const m = this.#openMap('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof);
+    const m = this.#openMap('inpod_enrolled');
     if (!m) return false;
     try {
       return m.lookup(encodeU64(netnsCookie(netnsPath))) !== null;
     } finally {
-      closeMap(m);
+      m.close();
     }
   }
 
@@ -310,13 +305,13 @@ export class EbpfBackend implements RedirectBackend {
    * then lose nothing they need (an unenrolled netns has no sk_lookup link and no capture).
    */
   #purgeConnections(cookie: bigint): void {
-    for (const { name, valueSize } of TUPLE_MAPS) {
-      const m = this.#openMap(name, LAYOUT.inpod_tuple.sizeof, valueSize);
+    for (const name of TUPLE_MAPS) {
+      const m = this.#openMap(name);
       if (!m) continue;
       try {
         for (const k of m.keys()) if (decodeTuple(k).netns === cookie) m.delete(k);
       } finally {
-        closeMap(m);
+        m.close();
       }
     }
   }
@@ -344,7 +339,7 @@ export class EbpfBackend implements RedirectBackend {
     const prog = objGet(this.#pin('progs', SK_LOOKUP_PROG));
     if (!prog) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `sk_lookup program not pinned under ${this.pinRoot}; run install first`);
     try {
-      const link = withFd(netnsPath, (ns) => linkCreate(prog.fd, ns, BPF_SK_LOOKUP));
+      const link = withFd(netnsPath, (ns) => linkCreate(prog.fd, ns, skeleton('sk_lookup').prog(SK_LOOKUP_PROG).attachType));
       objPin(link.fd, pin);
       link.close();
     } finally {
@@ -364,23 +359,31 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
+  /** The per-pod maps, all open or none (close them with closeMaps). */
   #maps(): Maps {
-    const open = (name: string, k: number, v: number): BpfMap => {
-      const m = this.#openMap(name, k, v);
+    const opened: BpfMap[] = [];
+    const open = (name: string): BpfMap => {
+      const m = this.#openMap(name);
       if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
+      opened.push(m);
       return m;
     };
-    return {
-      enrolled: open('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof),
-      podIps: open('inpod_pod_ips', 4, 8),
-      portExcl: open('inpod_port_excl', LAYOUT.inpod_port_key.sizeof, 1),
-      cidrExcl: open('inpod_cidr_excl', LAYOUT.inpod_cidr_key.sizeof, 1),
-    };
+    try {
+      return {
+        enrolled: open('inpod_enrolled'),
+        podIps: open('inpod_pod_ips'),
+        portExcl: open('inpod_port_excl'),
+        cidrExcl: open('inpod_cidr_excl'),
+      };
+    } catch (e) {
+      for (const m of opened) m.close();
+      throw e;
+    }
   }
 
-  #openMap(name: string, keySize: number, valueSize: number): BpfMap | null {
-    const fd = objGet(this.#pin(name));
-    return fd ? new BpfMap(name, fd.release(), keySize, valueSize) : null;
+  /** The map pinned as `name`, checked against this build's skeletons; null when not pinned. */
+  #openMap(name: string): BpfMap | null {
+    return BpfMap.pinned(this.#pin(name), pinnedMapSpec(name));
   }
 
   #pin(...parts: string[]): string {
@@ -421,12 +424,8 @@ export class EbpfBackend implements RedirectBackend {
   }
 }
 
-function closeMap(m: BpfMap): void {
-  new Fd(m.fd).close();
-}
-
 function closeMaps(maps: Maps): void {
-  for (const m of Object.values(maps)) closeMap(m);
+  for (const m of Object.values(maps)) m.close();
 }
 
 function defaultCgroup(): string {

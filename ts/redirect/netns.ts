@@ -22,22 +22,12 @@ export function assertNetns(path: string): void {
   }
 }
 
-export interface NetnsAddresses {
-  ipv4: string[];
-  ipv6: string[];
-}
-
-/** Global addresses configured inside the netns (one native call, no `ip` process). */
-export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
-  return netnsAddrs(path);
-}
-
 /**
  * The pod's IPv4 addresses. A pod with global IPv6 addresses is refused: IPv6 capture is not
  * implemented yet, and enrolling such a pod would let its IPv6 traffic bypass the proxy.
  */
 export async function discoverPodIps(path: string): Promise<string[]> {
-  const a = await netnsAddresses(path);
+  const a = netnsAddrs(path);
   if (a.ipv6.length > 0) {
     throw new MeshError('INPOD_ERR_NETNS', `${path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
       'and refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, or leave it out of the mesh');
