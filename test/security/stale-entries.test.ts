@@ -6,7 +6,7 @@
  * port past the proxy, its policy and its access log, even with the proxy dead.
  *
  * A plain Python listener stands in for the proxy (as in the conformance suite) and makes the
- * transparent upstream exactly as the proxy does: mark 0x539, IP_TRANSPARENT, bound to the
+ * transparent upstream exactly as the proxy does: the proxy's mark, IP_TRANSPARENT, bound to the
  * client's IP. The replay runs under both backends (iptables has no such state: the contract is
  * the same); the map bookkeeping is eBPF's own.
  */
@@ -20,8 +20,9 @@ import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redi
 import { BpfMap, Fd, netnsCookie, objGet } from '../../ts/native/index.js';
 import { LAYOUT, decodeTuple, encodeAddr, encodeTuple } from '../../ts/native/structs.js';
 import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import { MARKS } from '../../ts/istio.js';
 
-const PROXY_MARK = 0x539;
+const PROXY_MARK = MARKS.proxy;
 
 async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;

@@ -31,12 +31,13 @@ export interface PodSettings {
 
 import { isIPv4 } from 'node:net';
 import { MeshError } from '../util/errors.js';
+import { PROBE_SOURCE } from '../istio.js';
 import type { NetnsRef } from './netns.js';
 
 export type { NetnsRef, PodNetns } from './netns.js';
 
 export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
-  probeSource: '169.254.7.127',
+  probeSource: PROBE_SOURCE.ipv4,
   dnsCapture: false,
   excludeInboundPorts: [],
   excludeOutboundPorts: [],

@@ -11,6 +11,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { MeshError } from '../util/errors.js';
+import { MARKS, PORTS } from '../istio.js';
 import {
   BpfMap,
   BpfObject,
@@ -55,15 +56,19 @@ import { discoverPodIps, transparentReturnRouting, withNetns } from './netns.js'
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
-/** Istio's ports and marks, compiled into every program at load time. */
-export const ISTIO_CONFIG: CaptureConfig = {
-  proxyMark: 0x539,
-  spoofMark: 0x53a,
-  outboundPort: 15001,
-  inboundPort: 15006,
-  hbonePort: 15008,
-  dnsPort: 15053,
-};
+/**
+ * Istio's ports and marks (ts/istio.ts), written into every capture program's .rodata at load
+ * time: the programs carry no numbers of their own and refuse to load without these
+ * (bpf/include/config.h).
+ */
+export const ISTIO_CONFIG: CaptureConfig = Object.freeze({
+  proxyMark: MARKS.proxy,
+  spoofMark: MARKS.spoof,
+  outboundPort: PORTS.outbound,
+  inboundPort: PORTS.inboundPlaintext,
+  hbonePort: PORTS.hbone,
+  dnsPort: PORTS.dns,
+});
 
 const BPF_SK_LOOKUP = 36;
 

@@ -1,7 +1,7 @@
 /**
  * iptables redirection backend: Istio 1.24's in-pod rules (iptables-rules.ts) installed with
- * iptables-restore inside the pod netns, plus `ip rule fwmark 0x111/0xfff lookup 100` with a local
- * default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
+ * iptables-restore inside the pod netns, plus Istio's `ip rule fwmark <connmark> lookup <table>`
+ * (ts/istio.ts) with a local default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
  * either. State lives in the netns; a record per pod (path, settings) only serves `list`. The
  * iptables processes enter the netns the caller holds (through /proc/<agent pid>/fd/<fd>), never
  * the path again.
@@ -12,7 +12,8 @@ import { MeshError } from '../util/errors.js';
 import { runProgram, type Runner } from '../util/run.js';
 import { normalizeSettings, type BackendOptions, type EnrolledPod, type NetnsRef, type PodNetns, type PodSettings, type RedirectBackend } from './backend.js';
 import { discoverPodIps, netnsProcPath, openNetns, withNetns } from './netns.js';
-import { inspectSave, podRules, removalInput, restoreInput, ROUTE_TABLE, type Table } from './iptables-rules.js';
+import { CONNMARK, inspectSave, podRules, removalInput, restoreInput, type Table } from './iptables-rules.js';
+import { ROUTE_TABLE } from '../istio.js';
 
 export type IptablesFlavor = 'legacy' | 'nft';
 
@@ -22,7 +23,7 @@ export interface IptablesOptions extends BackendOptions {
   run?: Runner;
 }
 
-const RULE = `fwmark 0x111/0xfff lookup ${ROUTE_TABLE}`;
+const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
 
 export class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
