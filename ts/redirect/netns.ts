@@ -7,6 +7,7 @@
  */
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
+import { ROUTE_TABLE } from '../istio.js';
 import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
 /** A network namespace held open. */
@@ -132,7 +133,7 @@ export async function discoverPodIps(ns: PodNetns): Promise<string[]> {
  * a mark here (a packet entering over the veth has none), so nothing else changes for the pod.
  * No iptables involved. Idempotent; `false` removes exactly this.
  */
-export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = 100): Promise<void> {
+export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE): Promise<void> {
   try {
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
