@@ -23,9 +23,9 @@ import {
   listen,
   withFd,
   addon,
-  netnsAddrs,
-  netnsLocalRoute,
-  netnsWrite,
+  netnsAddrsOfFd,
+  netnsLocalRouteOfFd,
+  netnsWriteOfFd,
   openPath,
   socketInNs,
   type Fd,
@@ -181,7 +181,7 @@ describe('entering a pod netns (NetnsGuard)', () => {
 
   it('comes back from netnsCookie and netnsAddrs, also when setns is refused', () => {
     expect(comesBack(() => netnsCookie(nsPath))).toBeNull();
-    expect(comesBack(() => expect(netnsAddrs(nsPath)).toEqual({ ipv4: [], ipv6: [] }))).toBeNull();
+    expect(comesBack(() => expect(withFd(nsPath, (fd) => netnsAddrsOfFd(fd))).toEqual({ ipv4: [], ipv6: [] }))).toBeNull();
     expect(comesBack(() => addon().netnsCookie(notNetns.fd))).toBeNull(); // a status, not a throw
     expect(addon().netnsCookie(notNetns.fd)).toEqual({ errno: 22, syscall: 'setns' });
     expect(addon().netnsAddrs(notNetns.fd)).toEqual({ errno: 22, syscall: 'setns' });
@@ -191,10 +191,10 @@ describe('entering a pod netns (NetnsGuard)', () => {
   it('writes a sysctl of the pod netns only, and comes back when the file is missing', () => {
     const file = '/proc/sys/net/ipv4/fwmark_reflect';
     const hostBefore = readFileSync(file, 'utf8');
-    expect(comesBack(() => netnsWrite(nsPath, file, hostBefore.trim() === '1' ? '0' : '1'))).toBeNull();
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsWriteOfFd(fd, file, hostBefore.trim() === '1' ? '0' : '1')))).toBeNull();
     expect(inNs(['cat', file]).trim()).toBe(hostBefore.trim() === '1' ? '0' : '1');
     expect(readFileSync(file, 'utf8')).toBe(hostBefore);
-    expect(comesBack(() => netnsWrite(nsPath, '/proc/sys/net/ipv4/no_such_sysctl', '1'))).toMatchObject({ code: 'ENOENT', syscall: 'open' });
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsWriteOfFd(fd, '/proc/sys/net/ipv4/no_such_sysctl', '1')))).toMatchObject({ code: 'ENOENT', syscall: 'open' });
     expect(addon().netnsWrite(notNetns.fd, file, '1')).toEqual({ errno: 22, syscall: 'setns' });
     expect(here()).toBe(home);
   });
@@ -202,11 +202,11 @@ describe('entering a pod netns (NetnsGuard)', () => {
   it('adds and removes the fwmark rule inside the pod netns only', () => {
     const mark = 0x7e57;
     const rule = /fwmark 0x7e57 lookup 177/;
-    expect(comesBack(() => netnsLocalRoute(nsPath, mark, 177, 32111, true))).toBeNull();
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsLocalRouteOfFd(fd, mark, 177, 32111, true)))).toBeNull();
     expect(inNs(['ip', 'rule', 'show'])).toMatch(rule);
     expect(inNs(['ip', 'route', 'show', 'table', '177'])).toMatch(/local default dev lo/);
     expect(execFileSync('ip', ['rule', 'show']).toString()).not.toMatch(rule);
-    expect(comesBack(() => netnsLocalRoute(nsPath, mark, 177, 32111, false))).toBeNull();
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsLocalRouteOfFd(fd, mark, 177, 32111, false)))).toBeNull();
     expect(inNs(['ip', 'rule', 'show'])).not.toMatch(rule);
     expect(addon().netnsLocalRoute(notNetns.fd, mark, 177, 32111, true)).toEqual({ errno: 22, syscall: 'setns' });
     expect(here()).toBe(home);

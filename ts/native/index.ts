@@ -131,15 +131,23 @@ export function socketInNs(nsFd: number, spec: SocketSpec): Fd {
   return new Fd(checkComposite(addon().socketIn(nsFd, spec)));
 }
 
-/** Global addresses configured in the netns (no loopback, no IPv6 link-local). */
-export function netnsAddrs(path: string): { ipv4: string[]; ipv6: string[] } {
-  return withFd(path, (fd) => checkComposite(addon().netnsAddrs(fd), path));
+/* ------------------------------------------------------------------ a netns held open */
+// The same calls on a netns fd the caller holds (ts/redirect/netns.ts PodNetns), so a pod's
+// netns is opened once and every call reaches that namespace, whatever its path names later.
+
+/** The netns cookie of the namespace `nsFd` refers to. */
+export function netnsCookieOfFd(nsFd: number): bigint {
+  return checkComposite(addon().netnsCookie(nsFd));
 }
-/** Writes a file as seen from inside the netns (a /proc/sys/net sysctl of that netns). */
-export function netnsWrite(path: string, file: string, value: string): void {
-  withFd(path, (fd) => checkComposite(addon().netnsWrite(fd, file, value), `${path}: ${file}`));
+/** Global addresses configured in the netns of `nsFd` (no loopback, no IPv6 link-local). */
+export function netnsAddrsOfFd(nsFd: number): { ipv4: string[]; ipv6: string[] } {
+  return checkComposite(addon().netnsAddrs(nsFd));
 }
-/** `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns (add or remove). */
-export function netnsLocalRoute(path: string, mark: number, table: number, pref: number, add: boolean): void {
-  withFd(path, (fd) => checkComposite(addon().netnsLocalRoute(fd, mark, table, pref, add), path));
+/** Writes a file as seen from inside the netns of `nsFd` (a /proc/sys/net sysctl of that netns). */
+export function netnsWriteOfFd(nsFd: number, file: string, value: string): void {
+  checkComposite(addon().netnsWrite(nsFd, file, value), file);
+}
+/** `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns of `nsFd` (add or remove). */
+export function netnsLocalRouteOfFd(nsFd: number, mark: number, table: number, pref: number, add: boolean): void {
+  checkComposite(addon().netnsLocalRoute(nsFd, mark, table, pref, add));
 }

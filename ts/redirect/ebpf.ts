@@ -18,13 +18,11 @@ import {
   linkCreate,
   linkInfo,
   linkUpdate,
-  netnsCookie,
   objGet,
   objPin,
   openPath,
   pinnedMapSpec,
   skeleton,
-  withFd,
 } from '../native/index.js';
 import {
   DIR_IN,
@@ -48,11 +46,13 @@ import {
   normalizeSettings,
   type BackendOptions,
   type EnrolledPod,
+  type NetnsRef,
+  type PodNetns,
   type PodSettings,
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { assertNetns, discoverPodIps, transparentReturnRouting } from './netns.js';
+import { discoverPodIps, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -173,19 +173,22 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  async enroll(netnsPath: string, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
-    assertNetns(netnsPath);
+  async enroll(netns: NetnsRef, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
+    return withNetns(netns, (ns) => this.#enroll(ns, partial));
+  }
+
+  async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(netnsPath);
-    const cookie = netnsCookie(netnsPath);
+    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const cookie = ns.cookie;
     if (!this.installed()) await this.install();
-    await transparentReturnRouting(netnsPath, true, ISTIO_CONFIG.spoofMark);
+    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
       this.#writeExclusions(maps, cookie, settings);
       for (const ip of podIps) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
-      this.#attachNetns(netnsPath, cookie);
+      this.#attachNetns(ns);
       maps.enrolled.update(
         encodeU64(cookie),
         encodePod({ ip4: podIps[0]!, probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
@@ -193,27 +196,22 @@ export class EbpfBackend implements RedirectBackend {
     } finally {
       closeMaps(maps);
     }
-    this.#writeRecord(cookie, { netns: netnsPath, settings: { ...settings, podIps }, podIps });
-    return { netns: netnsPath, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
+    this.#writeRecord(cookie, { netns: ns.path, settings: { ...settings, podIps }, podIps });
+    return { netns: ns.path, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
   }
 
-  async unenroll(netnsPath: string): Promise<void> {
-    assertNetns(netnsPath);
-    if (!existsSync(this.#pin('inpod_enrolled'))) return;
-    const cookie = netnsCookie(netnsPath);
-    const wasEnrolled = await this.isEnrolled(netnsPath);
-    this.#unenrollCookie(cookie);
-    if (wasEnrolled) await transparentReturnRouting(netnsPath, false, ISTIO_CONFIG.spoofMark);
+  async unenroll(netns: NetnsRef): Promise<void> {
+    await withNetns(netns, async (ns) => {
+      if (!existsSync(this.#pin('inpod_enrolled'))) return;
+      const wasEnrolled = this.#enrolledCookie(ns.cookie);
+      this.#unenrollCookie(ns.cookie);
+      if (wasEnrolled) await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+    });
   }
 
-  async isEnrolled(netnsPath: string): Promise<boolean> {
-    const m = this.#openMap('inpod_enrolled');
-    if (!m) return false;
-    try {
-      return m.lookup(encodeU64(netnsCookie(netnsPath))) !== null;
-    } finally {
-      m.close();
-    }
+  async isEnrolled(netns: NetnsRef): Promise<boolean> {
+    if (!existsSync(this.#pin('inpod_enrolled'))) return false;
+    return withNetns(netns, (ns) => this.#enrolledCookie(ns.cookie));
   }
 
   async list(): Promise<EnrolledPod[]> {
@@ -258,12 +256,9 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  async reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+  async reconcile(keep: Map<NetnsRef, Partial<PodSettings>>): Promise<EnrolledPod[]> {
     const wanted = new Set<bigint>();
-    for (const [path, settings] of keep) {
-      await this.enroll(path, settings);
-      wanted.add(netnsCookie(path));
-    }
+    for (const [netns, settings] of keep) wanted.add(BigInt((await this.enroll(netns, settings)).cookie));
     for (const pod of await this.list()) {
       const c = BigInt(pod.cookie);
       if (!wanted.has(c)) this.#unenrollCookie(c);
@@ -327,8 +322,18 @@ export class EbpfBackend implements RedirectBackend {
     for (const c of s.excludeOutboundCidrs) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
   }
 
-  #attachNetns(netnsPath: string, cookie: bigint): void {
-    const pin = this.#pin('links', `netns-${cookie}`);
+  #enrolledCookie(cookie: bigint): boolean {
+    const m = this.#openMap('inpod_enrolled');
+    if (!m) return false;
+    try {
+      return m.lookup(encodeU64(cookie)) !== null;
+    } finally {
+      m.close();
+    }
+  }
+
+  #attachNetns(ns: PodNetns): void {
+    const pin = this.#pin('links', `netns-${ns.cookie}`);
     const existing = objGet(pin);
     if (existing) {
       const alive = linkInfo(existing.fd).netnsIno !== 0;
@@ -339,7 +344,7 @@ export class EbpfBackend implements RedirectBackend {
     const prog = objGet(this.#pin('progs', SK_LOOKUP_PROG));
     if (!prog) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `sk_lookup program not pinned under ${this.pinRoot}; run install first`);
     try {
-      const link = withFd(netnsPath, (ns) => linkCreate(prog.fd, ns, skeleton('sk_lookup').prog(SK_LOOKUP_PROG).attachType));
+      const link = linkCreate(prog.fd, ns.fd, skeleton('sk_lookup').prog(SK_LOOKUP_PROG).attachType);
       objPin(link.fd, pin);
       link.close();
     } finally {
