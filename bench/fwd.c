@@ -1,16 +1,17 @@
 /*
  * inpod-fwd: the minimal native forwarder of `inpod bench`'s capture-only rows.
  *
- * It stands in for the proxy inside one pod netns: listens on 0.0.0.0:15001 and 0.0.0.0:15006,
+ * It stands in for the proxy inside one pod netns: listens on the proxy's capture ports on 0.0.0.0,
  * and for each accepted connection reads the original destination (getsockopt(SOL_IP,
  * SO_ORIGINAL_DST), or getsockname() when that says ENOENT, as under sk_lookup steering),
- * connects there with SO_MARK 0x539 (so capture leaves the connection alone) and relays bytes
+ * connects there with the proxy's SO_MARK (so capture leaves the connection alone) and relays bytes
  * both ways. One thread, level-triggered epoll, non-blocking sockets, a 64 KiB buffer per
  * direction; a FIN in one direction is passed on (shutdown(SHUT_WR)) once that direction's
  * buffer is drained, and the pair is closed when both directions are done. The same binary runs
  * under both backends, so a difference between the rows is the kernel's redirection cost.
  *
- * Usage: inpod-fwd [port ...]       (default 15001 15006); prints "ready" once listening.
+ * Usage: inpod-fwd MARK PORT...   (ts/bench/env.ts passes Istio's, from ts/istio.ts); prints
+ *        "ready" once listening.
  * Build: gcc -O2 -o build/inpod-fwd bench/fwd.c
  */
 #define _GNU_SOURCE
@@ -29,7 +30,6 @@
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
-#define PROXY_MARK 0x539
 #define BUF 65536
 #define MAX_LISTEN 8
 
@@ -64,6 +64,7 @@ static int ep;
 static struct conn *graveyard;
 static int listen_ports[MAX_LISTEN];
 static int n_listen;
+static int proxy_mark; /* SO_MARK of the upstream sockets: capture leaves them alone */
 
 static void die(const char *what)
 {
@@ -187,7 +188,7 @@ static void on_accept(int lfd)
 			continue;
 		}
 		int up = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		int mark = PROXY_MARK, one = 1;
+		int mark = proxy_mark, one = 1;
 		if (up < 0 || setsockopt(up, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
 			perror("upstream socket");
 			close(fd);
@@ -280,12 +281,13 @@ int main(int argc, char **argv)
 	if (ep < 0)
 		die("epoll_create1");
 	static struct end listeners[MAX_LISTEN];
-	for (int i = 1; i < argc && n_listen < MAX_LISTEN; i++)
-		listen_ports[n_listen++] = atoi(argv[i]);
-	if (n_listen == 0) {
-		listen_ports[n_listen++] = 15001;
-		listen_ports[n_listen++] = 15006;
+	if (argc < 3) {
+		fprintf(stderr, "usage: inpod-fwd MARK PORT...\n");
+		return 2;
 	}
+	proxy_mark = (int)strtoul(argv[1], NULL, 0);
+	for (int i = 2; i < argc && n_listen < MAX_LISTEN; i++)
+		listen_ports[n_listen++] = atoi(argv[i]);
 	for (int i = 0; i < n_listen; i++) {
 		listeners[i] = (struct end){ .kind = 0, .fd = listen_on(listen_ports[i]) };
 		if (add_fd(listeners[i].fd, &listeners[i], EPOLLIN) < 0)

@@ -3,19 +3,21 @@
  * Outbound capture (cgroup sock_addr hooks), attached once at the configured cgroup and gated
  * per pod by inpod_enrolled[netns cookie]: enrolling a pod is a map update, not an attach.
  *
- *  connect4     TCP from an enrolled netns -> 127.0.0.1:15001 (original dst kept in the
- *               socket's storage; the socket is bound to the pod IP first so the proxy sees the
- *               same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:15053 when
- *               enabled.
+ *  connect4     TCP from an enrolled netns -> 127.0.0.1:<outbound port> (original dst kept in
+ *               the socket's storage; the socket is bound to the pod IP first so the proxy sees
+ *               the same peer as under iptables REDIRECT); DNS to port 53 -> 127.0.0.1:<DNS port>
+ *               when enabled.
  *  connect6     IPv4-mapped destinations (dual-stack sockets) as connect4, to ::ffff:127.0.0.1
  *               and bound to ::ffff:<pod IP>; native IPv6 is refused (fail closed).
- *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:15053; recvmsg4 restores the answer's source.
+ *  sendmsg4     unconnected UDP DNS -> 127.0.0.1:<DNS port>; recvmsg4 restores the answer's source.
  *               The kernel runs sendmsg4 also for a dual-stack socket sending to an IPv4-mapped
  *               address (udpv6_sendmsg hands it to udp_sendmsg), so there is no sendmsg6; the
  *               answer is read through udpv6_recvmsg, hence recvmsg6.
- *  getpeername4/6 the app sees its real peer, not 127.0.0.1:15001 (or ::ffff:127.0.0.1:15001).
+ *  getpeername4/6 the app sees its real peer, not the proxy's listener (127.0.0.1 or ::ffff:127.0.0.1).
+ * The ports and marks are the load-time settings of config.h (Istio's: ts/istio.ts).
  */
 #include "common.h"
+#include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,7 +46,7 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 	owner = bpf_map_lookup_elem(&inpod_pod_ips, &dst);
 	if (owner && *owner == netns)
 		return PASS_THROUGH; /* another of the pod's own addresses */
-	if (dport == 53 && (pod->flags & INPOD_POD_DNS_CAPTURE))
+	if (dport == DNS_PORT && (pod->flags & INPOD_POD_DNS_CAPTURE))
 		return TO_DNS;
 	if (protocol != IPPROTO_TCP)
 		return PASS_THROUGH;
@@ -55,20 +57,20 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 
 /* Kept on the socket itself, so it goes with the socket. Without memory for it the connection
  * is still redirected: the proxy then finds no original destination and refuses it. */
-static __always_inline void save_orig(struct bpf_sock_addr *ctx, __u32 ip4, __u32 port_be)
+static __always_inline void save_orig(struct bpf_sock_addr *ctx, __u32 ip4, __u16 port)
 {
 	struct inpod_addr *orig = bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	if (!orig)
 		return;
 	orig->ip4 = ip4;
-	orig->port = (__u16)port_be;
+	orig->port = inpod_port_to_net(port);
 }
 
-/* Rewrites an IPv4 destination; returns the new port (host order) or 0 to leave it.
+/* Rewrites an IPv4 destination (`dport` host order); returns the new port or 0 to leave it.
  * `bind_family` is a constant per hook: 0 where bpf_bind does not exist (sendmsg), else the
  * socket's family (connect4: AF_INET, connect6: AF_INET6, whose bind takes ::ffff:<pod IP>). */
-static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u32 port_be, const int bind_family)
+static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u16 dport, const int bind_family)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 	struct inpod_pod *pod = bpf_map_lookup_elem(&inpod_enrolled, &netns);
@@ -77,12 +79,12 @@ static __always_inline __u16 redirect4(struct bpf_sock_addr *ctx, __u32 dst, __u
 
 	if (!pod)
 		return 0;
-	v = outbound_verdict(ctx, sk, netns, pod, dst, bpf_ntohs((__u16)port_be), ctx->protocol);
+	v = outbound_verdict(ctx, sk, netns, pod, dst, dport, ctx->protocol);
 	if (v == PASS_THROUGH) {
 		inpod_count(INPOD_STAT_OUT_BYPASS);
 		return 0;
 	}
-	save_orig(ctx, dst, port_be);
+	save_orig(ctx, dst, dport);
 	if (v == TO_DNS) {
 		inpod_count(INPOD_STAT_DNS_REDIRECT);
 		return inpod_cfg.dns_port;
@@ -111,12 +113,13 @@ int inpod_connect4(struct bpf_sock_addr *ctx)
 {
 	__u16 port;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
-	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, AF_INET);
+	port = redirect4(ctx, ctx->user_ip4, inpod_port_net(ctx->user_port), AF_INET);
 	if (port) {
 		ctx->user_ip4 = bpf_htonl(INPOD_LOOPBACK4);
-		ctx->user_port = bpf_htons(port);
+		ctx->user_port = inpod_port_to_net(port);
 	}
 	return 1;
 }
@@ -138,13 +141,14 @@ int inpod_connect6(struct bpf_sock_addr *ctx)
 	__u64 netns;
 	__u16 port;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return 1;
 	if (is_v4_mapped(ctx)) {
-		port = redirect4(ctx, ctx->user_ip6[3], ctx->user_port, AF_INET6);
+		port = redirect4(ctx, ctx->user_ip6[3], inpod_port_net(ctx->user_port), AF_INET6);
 		if (port) {
 			ctx->user_ip6[3] = bpf_htonl(INPOD_LOOPBACK4);
-			ctx->user_port = bpf_htons(port);
+			ctx->user_port = inpod_port_to_net(port);
 		}
 		return 1;
 	}
@@ -165,12 +169,13 @@ int inpod_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	__u16 port;
 
-	if (ctx->protocol != IPPROTO_UDP || ctx->user_port != bpf_htons(53))
+	INPOD_REQUIRE_CONFIG();
+	if (ctx->protocol != IPPROTO_UDP || inpod_port_net(ctx->user_port) != DNS_PORT)
 		return 1;
-	port = redirect4(ctx, ctx->user_ip4, ctx->user_port, 0);
+	port = redirect4(ctx, ctx->user_ip4, DNS_PORT, 0);
 	if (port) {
 		ctx->user_ip4 = bpf_htonl(INPOD_LOOPBACK4);
-		ctx->user_port = bpf_htons(port);
+		ctx->user_port = inpod_port_to_net(port);
 	}
 	return 1;
 }
@@ -179,10 +184,11 @@ int inpod_sendmsg4(struct bpf_sock_addr *ctx)
  * listener that connect/sendmsg sent this socket to; else NULL. */
 static __always_inline struct inpod_addr *asked_for(struct bpf_sock_addr *ctx, __u32 ip4)
 {
+	__u16 port = inpod_port_net(ctx->user_port);
+
 	if (ip4 != bpf_htonl(INPOD_LOOPBACK4))
 		return NULL;
-	if (ctx->user_port != bpf_htons(inpod_cfg.outbound_port) &&
-	    ctx->user_port != bpf_htons(inpod_cfg.dns_port))
+	if (port != inpod_cfg.outbound_port && port != inpod_cfg.dns_port)
 		return NULL;
 	return bpf_sk_storage_get(&inpod_sk_orig, ctx->sk, 0, 0);
 }
@@ -214,6 +220,7 @@ static __always_inline void restore_peer6(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg4")
 int inpod_recvmsg4(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer4(ctx);
 	return 1;
 }
@@ -221,6 +228,7 @@ int inpod_recvmsg4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername4")
 int inpod_getpeername4(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer4(ctx);
 	return 1;
 }
@@ -228,6 +236,7 @@ int inpod_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/recvmsg6")
 int inpod_recvmsg6(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer6(ctx);
 	return 1;
 }
@@ -235,6 +244,7 @@ int inpod_recvmsg6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int inpod_getpeername6(struct bpf_sock_addr *ctx)
 {
+	INPOD_REQUIRE_CONFIG();
 	restore_peer6(ctx);
 	return 1;
 }

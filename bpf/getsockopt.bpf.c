@@ -13,6 +13,7 @@
  * A real conntrack answer is never overridden.
  */
 #include "common.h"
+#include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -22,9 +23,11 @@ int inpod_getsockopt(struct bpf_sockopt *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	struct sockaddr_in *sa = ctx->optval;
 	struct inpod_addr answer, *orig = NULL;
-	__u32 lip, lport, rip, rport;
+	__u32 lip, rip;
+	__u16 lport, rport;
 	__u64 netns;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || ctx->retval == 0)
 		return 1;
 	if (!sk || sk->protocol != IPPROTO_TCP)
@@ -40,23 +43,23 @@ int inpod_getsockopt(struct bpf_sockopt *ctx)
 	/* All read up front: the verifier forbids the pointer arithmetic clang would otherwise
 	 * emit for one load shared by several branches. */
 	lip = sk->src_ip4;
-	lport = sk->src_port;
+	lport = inpod_port_host(sk->src_port);
 	rip = sk->dst_ip4;
-	rport = sk->dst_port;
+	rport = inpod_port_net(sk->dst_port);
 	if (lport == inpod_cfg.outbound_port) {
 		/* put there by sockops when the handshake completed (before accept() returned) */
 		orig = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, 0);
 		if (!orig)
 			return 1;
 	} else if (rip == bpf_htonl(INPOD_LOOPBACK4) &&
-		   (rport == bpf_htons(inpod_cfg.outbound_port) || rport == bpf_htons(inpod_cfg.dns_port))) {
+		   (rport == inpod_cfg.outbound_port || rport == inpod_cfg.dns_port)) {
 		orig = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, 0);
 	}
 	if (orig) {
 		answer = *orig;
 	} else {
 		answer.ip4 = lip;
-		answer.port = bpf_htons((__u16)lport);
+		answer.port = inpod_port_to_net(lport);
 	}
 	sa->sin_family = AF_INET;
 	sa->sin_port = answer.port;

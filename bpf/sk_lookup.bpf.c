@@ -2,12 +2,14 @@
 /*
  * Inbound capture: one program, attached to each enrolled pod netns (a pinned link per pod).
  * sk_lookup cannot read the netns cookie, so the netns is found from the local (pod) address.
- * A new TCP connection to the pod is assigned to the pod's inbound listener (15006), with the
- * original destination left as the accepted socket's local address. Exempt: 15008 (HBONE),
- * the inbound port itself, the probe source, loopback sources, the pod's own connections and
- * excluded ports. Enrolled with no listener: the SYN is dropped (fail closed, never bypass).
+ * A new TCP connection to the pod is assigned to the pod's inbound listener (the inbound port of
+ * config.h), with the original destination left as the accepted socket's local address. Exempt:
+ * the HBONE port, the inbound port itself, the probe source, loopback sources, the pod's own
+ * connections and excluded ports. Enrolled with no listener: the SYN is dropped (fail closed,
+ * never bypass).
  */
 #include "common.h"
+#include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -17,10 +19,11 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct inpod_pod *pod;
 	struct bpf_sock *sk;
 	__u32 lip = ctx->local_ip4, rip = ctx->remote_ip4;
-	__u16 lport = (__u16)ctx->local_port;
+	__u16 lport = inpod_port_host(ctx->local_port);
 	__u64 *owner, netns;
 	long err;
 
+	INPOD_REQUIRE_CONFIG();
 	if (ctx->protocol != IPPROTO_TCP || ctx->family != AF_INET)
 		return SK_PASS;
 	owner = bpf_map_lookup_elem(&inpod_pod_ips, &lip);
@@ -40,7 +43,7 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 			.netns = netns,
 			.sip = rip,
 			.dip = lip,
-			.sport = bpf_ntohs(ctx->remote_port),
+			.sport = inpod_port_net(ctx->remote_port),
 			.dport = lport,
 		};
 		__u64 *src_owner = bpf_map_lookup_elem(&inpod_pod_ips, &rip);

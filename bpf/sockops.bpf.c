@@ -3,7 +3,7 @@
  * sockops, attached at the same cgroup as connect4. Keeps the per-connection tuple entries
  * (maps.h) alive exactly from a connection's SYN to the end of its handshake.
  *
- *  TCP_LISTEN_CB   a socket listening on the inbound port (15006) in an enrolled netns becomes
+ *  TCP_LISTEN_CB   a socket listening on the inbound port in an enrolled netns becomes
  *                  that netns's inbound listener (SOCKHASH, keyed by netns cookie). The entry
  *                  vanishes when the socket closes; a new listener replaces it. No help from the
  *                  proxy is needed.
@@ -20,12 +20,13 @@
  *
  * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
  * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
- * a dual-stack [::]:15001 listener's accepted socket; the kernel keeps its IPv4 addresses in the
+ * a dual-stack [::] outbound listener's accepted socket; the kernel keeps its IPv4 addresses in the
  * same fields as an AF_INET socket's, so the tuple is the same whichever end is dual-stack. A
  * listener is taken when it accepts IPv4: AF_INET, or AF_INET6 without IPV6_V6ONLY (ztunnel
- * listens on [::]:15006 by default: istio/ztunnel src/config.rs, bind_wildcard).
+ * listens on [::] by default: istio/ztunnel src/config.rs, bind_wildcard).
  */
 #include "common.h"
+#include "config.h"
 #include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -34,7 +35,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline void conn_tuple(struct bpf_sock_ops *skops, __u64 netns, int client, struct inpod_tuple *t)
 {
 	__u32 lip = skops->local_ip4, rip = skops->remote_ip4;
-	__u16 lport = (__u16)skops->local_port, rport = (__u16)bpf_ntohl(skops->remote_port);
+	__u16 lport = inpod_port_host(skops->local_port), rport = inpod_port_net32(skops->remote_port);
 
 	t->netns = netns;
 	t->sip = client ? lip : rip;
@@ -124,11 +125,12 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 	struct inpod_tuple t = {};
 	__u64 netns;
 
+	INPOD_REQUIRE_CONFIG();
 	if (!ipv4_on_wire(skops))
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		if (skops->local_port != inpod_cfg.inbound_port || !ipv4_listener(skops))
+		if (inpod_port_host(skops->local_port) != inpod_cfg.inbound_port || !ipv4_listener(skops))
 			break;
 		netns = bpf_get_netns_cookie(skops);
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))

@@ -9,7 +9,7 @@ extern "C" {
 namespace inpod {
 
 // Sizes are the contract with the eBPF programs; the TypeScript encoders are tested against
-// the layout exported below (see test/native/layout.test.ts).
+// the layout exported below (see test/native/structs.test.ts).
 static_assert(sizeof(struct inpod_config) == 16, "inpod_config");
 static_assert(sizeof(struct inpod_pod) == 16, "inpod_pod");
 static_assert(sizeof(struct inpod_port_key) == 16, "inpod_port_key");
@@ -76,8 +76,8 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("layout", Napi::Function::New(env, Layout));
   InitBpf(env, exports);
-  InitSock(env, exports);
-  InitWatch(env, exports);
+  InitTcp(env, exports);
+  InitUnix(env, exports);
   InitNetns(env, exports);
   InitEpoll(env, exports);
   return exports;

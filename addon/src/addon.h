@@ -17,16 +17,27 @@ inline Napi::Value SysFail(Napi::Env env, const char *syscall, int err) {
   return o;
 }
 
+// The failed step of a composite call, recorded where no N-API call may happen (inside a
+// NetnsGuard) and reported with SysFail after it. err == 0: no step failed.
+struct Step {
+  const char *syscall = "";
+  int err = 0;
+  // Records `what` with the current errno; returns false so a caller can `return s.Fail(...)`.
+  bool Fail(const char *what) { return Fail(what, errno); }
+  bool Fail(const char *what, int e) {
+    syscall = what;
+    err = e;
+    return false;
+  }
+};
+
 inline int IntArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::Number>().Int32Value(); }
 inline uint32_t U32Arg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::Number>().Uint32Value(); }
 inline std::string StrArg(const Napi::CallbackInfo &info, size_t i) { return info[i].As<Napi::String>().Utf8Value(); }
 
-// Adds 1 to an eventfd (wakes a watcher thread); errors are ignored.
-void SignalEventfd(int efd);
-
 void InitBpf(Napi::Env env, Napi::Object exports);
-void InitSock(Napi::Env env, Napi::Object exports);
-void InitWatch(Napi::Env env, Napi::Object exports);
+void InitTcp(Napi::Env env, Napi::Object exports);
+void InitUnix(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitEpoll(Napi::Env env, Napi::Object exports);
 

@@ -1,7 +1,9 @@
-// Hang-up watching for many sockets on one thread: the fast path's spliced sockets are not read
-// by Node (the kernel moves their bytes), so something must notice their FIN or reset. One
-// epoll instance and one thread per watcher; each fd is armed one-shot for EPOLLRDHUP (data
-// arriving does not wake it) and reported once to JavaScript with a caller's token.
+// The one fd watcher: an epoll instance and its own thread, which tells JavaScript about events
+// through a ThreadSafeFunction with the token the caller registered the fd under. What to wait
+// for is the caller's choice (ts/native/epoll.ts): the ZDS sockets wait for EPOLLIN one-shot and
+// re-arm once drained, so the thread never spins on a level-triggered readable fd; the fast
+// path's spliced sockets, which Node does not read, wait for EPOLLRDHUP (data arriving does not
+// wake them). A BPF ring buffer can be watched on the same thread. No protocol logic here.
 #include "addon.h"
 
 #include <bpf/libbpf.h>
@@ -13,7 +15,7 @@
 
 namespace inpod {
 
-struct HupWatcher {
+struct Epoll {
   int epfd;
   int stopFd;
   Napi::ThreadSafeFunction tsfn;
@@ -25,8 +27,10 @@ struct HupWatcher {
 static constexpr uint64_t kStopToken = UINT64_MAX;
 static constexpr uint64_t kRingbufToken = UINT64_MAX - 1;
 
+static Epoll *Get(const Napi::CallbackInfo &info) { return info[0].As<Napi::External<Epoll>>().Data(); }
+
 static int OnRingbufSample(void *ctx, void *data, size_t size) {
-  auto *w = static_cast<HupWatcher *>(ctx);
+  auto *w = static_cast<Epoll *>(ctx);
   if (size < sizeof(uint64_t)) return 0;
   uint64_t v;
   memcpy(&v, data, sizeof(v));
@@ -37,7 +41,7 @@ static int OnRingbufSample(void *ctx, void *data, size_t size) {
   return 0;
 }
 
-static void HupLoop(HupWatcher *w) {
+static void Loop(Epoll *w) {
   struct epoll_event ev[64];
   for (;;) {
     int n = epoll_wait(w->epfd, ev, 64, -1);
@@ -54,9 +58,9 @@ static void HupLoop(HupWatcher *w) {
         continue;
       }
       double token = static_cast<double>(ev[i].data.u64);
-      int revents = static_cast<int>(ev[i].events);
+      int events = static_cast<int>(ev[i].events);
       w->tsfn.NonBlockingCall(
-          [token, revents](Napi::Env env, Napi::Function cb) { cb.Call({Napi::Number::New(env, token), Napi::Number::New(env, revents)}); });
+          [token, events](Napi::Env env, Napi::Function cb) { cb.Call({Napi::Number::New(env, token), Napi::Number::New(env, events)}); });
     }
     if (stop) break;
   }
@@ -67,8 +71,9 @@ static void HupLoop(HupWatcher *w) {
   delete w;
 }
 
-// hupWatcher(cb(token, revents)) -> {epfd, stopFd} | -errno
-static Napi::Value HupWatcherNew(const Napi::CallbackInfo &info) {
+// epollNew(cb(token, events, value?)) -> handle | -errno. The thread starts unref'd: it does not
+// keep the process alive unless epollRef(h, true).
+static Napi::Value EpollNew(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   int epfd = epoll_create1(EPOLL_CLOEXEC);
   int stopFd = eventfd(0, EFD_CLOEXEC);
@@ -81,21 +86,27 @@ static Napi::Value HupWatcherNew(const Napi::CallbackInfo &info) {
     if (stopFd >= 0) close(stopFd);
     return Errno(env, err);
   }
-  auto *w = new HupWatcher{epfd, stopFd, Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "inpod-hup", 0, 1)};
-  std::thread(HupLoop, w).detach();
-  // The thread must not keep the process alive on its own.
+  auto *w = new Epoll{epfd, stopFd, Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "inpod-epoll", 0, 1)};
   w->tsfn.Unref(env);
-  Napi::Object h = Napi::Object::New(env);
-  h.Set("epfd", epfd);
-  h.Set("stopFd", stopFd);
-  h.Set("ptr", Napi::External<HupWatcher>::New(env, w));
-  return h;
+  std::thread(Loop, w).detach();
+  return Napi::External<Epoll>::New(env, w);
 }
 
-// hupRingbuf(h, mapFd, token) -> 0 | -errno: also report each u64 written to the BPF ring buffer
-// `mapFd`, as cb(token, 0, value). Once per watcher, before anything is written to the ring.
-static Napi::Value HupRingbuf(const Napi::CallbackInfo &info) {
-  auto *w = info[0].As<Napi::Object>().Get("ptr").As<Napi::External<HupWatcher>>().Data();
+// epollCtl(h, op, fd, events, token) -> 0 | -errno: epoll_ctl(2) as given (events and token
+// are ignored for EPOLL_CTL_DEL). Delete an fd before closing it.
+static Napi::Value EpollCtl(const Napi::CallbackInfo &info) {
+  Epoll *w = Get(info);
+  struct epoll_event ev = {};
+  ev.events = U32Arg(info, 3);
+  ev.data.u64 = static_cast<uint64_t>(info[4].As<Napi::Number>().Int64Value());
+  int r = epoll_ctl(w->epfd, IntArg(info, 1), IntArg(info, 2), &ev);
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+}
+
+// epollRingbuf(h, mapFd, token) -> 0 | -errno: also report each u64 written to the BPF ring
+// buffer `mapFd`, as cb(token, 0, value). Once per watcher, before anything is written to the ring.
+static Napi::Value EpollRingbuf(const Napi::CallbackInfo &info) {
+  Epoll *w = Get(info);
   if (w->rb) return Errno(info.Env(), EBUSY);
   w->rbToken = info[2].As<Napi::Number>().DoubleValue();
   struct ring_buffer *rb = ring_buffer__new(IntArg(info, 1), OnRingbufSample, w, nullptr);
@@ -108,47 +119,29 @@ static Napi::Value HupRingbuf(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), 0);
 }
 
-// hupWatch(h, fd, token) -> 0 | -errno: report the fd once, when its peer closes or resets.
-static Napi::Value HupWatch(const Napi::CallbackInfo &info) {
-  int epfd = info[0].As<Napi::Object>().Get("epfd").As<Napi::Number>().Int32Value();
-  struct epoll_event ev = {};
-  ev.events = EPOLLRDHUP | EPOLLONESHOT;
-  ev.data.u64 = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
-  int r = epoll_ctl(epfd, EPOLL_CTL_ADD, IntArg(info, 1), &ev);
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+// epollRef(h, on): whether the watcher keeps the process alive.
+static Napi::Value EpollRef(const Napi::CallbackInfo &info) {
+  Epoll *w = Get(info);
+  if (info[1].ToBoolean()) w->tsfn.Ref(info.Env());
+  else w->tsfn.Unref(info.Env());
+  return info.Env().Undefined();
 }
 
-// hupRearm(h, fd, token) -> 0 | -errno: after the FIN was reported, report the fd once more
-// only on error or full hang-up (EPOLLERR/EPOLLHUP are always reported).
-static Napi::Value HupRearm(const Napi::CallbackInfo &info) {
-  int epfd = info[0].As<Napi::Object>().Get("epfd").As<Napi::Number>().Int32Value();
-  struct epoll_event ev = {};
-  ev.events = EPOLLONESHOT;
-  ev.data.u64 = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
-  int r = epoll_ctl(epfd, EPOLL_CTL_MOD, IntArg(info, 1), &ev);
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
-}
-
-// hupUnwatch(h, fd) -> 0 | -errno. Call before closing the fd.
-static Napi::Value HupUnwatch(const Napi::CallbackInfo &info) {
-  int epfd = info[0].As<Napi::Object>().Get("epfd").As<Napi::Number>().Int32Value();
-  int r = epoll_ctl(epfd, EPOLL_CTL_DEL, IntArg(info, 1), nullptr);
-  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
-}
-
-// hupWatcherClose(h): the thread exits and frees everything.
-static Napi::Value HupWatcherClose(const Napi::CallbackInfo &info) {
-  SignalEventfd(info[0].As<Napi::Object>().Get("stopFd").As<Napi::Number>().Int32Value());
+// epollClose(h): the thread exits and frees everything; the watched fds stay open. The handle
+// must not be used again.
+static Napi::Value EpollClose(const Napi::CallbackInfo &info) {
+  uint64_t one = 1;
+  ssize_t n = write(Get(info)->stopFd, &one, sizeof(one));
+  (void)n;
   return info.Env().Undefined();
 }
 
 void InitEpoll(Napi::Env env, Napi::Object exports) {
-  exports.Set("hupWatcher", Napi::Function::New(env, HupWatcherNew));
-  exports.Set("hupWatch", Napi::Function::New(env, HupWatch));
-  exports.Set("hupRearm", Napi::Function::New(env, HupRearm));
-  exports.Set("hupRingbuf", Napi::Function::New(env, HupRingbuf));
-  exports.Set("hupUnwatch", Napi::Function::New(env, HupUnwatch));
-  exports.Set("hupWatcherClose", Napi::Function::New(env, HupWatcherClose));
+  exports.Set("epollNew", Napi::Function::New(env, EpollNew));
+  exports.Set("epollCtl", Napi::Function::New(env, EpollCtl));
+  exports.Set("epollRingbuf", Napi::Function::New(env, EpollRingbuf));
+  exports.Set("epollRef", Napi::Function::New(env, EpollRef));
+  exports.Set("epollClose", Napi::Function::New(env, EpollClose));
 }
 
 }  // namespace inpod

@@ -1,7 +1,9 @@
-// Facts and settings inside a pod netns without spawning `ip`/`sysctl`: the addresses
-// (getifaddrs), one sysctl write, and the fwmark rule + local route the eBPF backend needs
-// (rtnetlink). Each export enters the netns, does its one job, and always comes back.
+// Facts and settings inside a pod netns without spawning `ip`/`sysctl`: its cookie, the
+// addresses (getifaddrs), one sysctl write, and the fwmark rule + local route the eBPF backend
+// needs (rtnetlink); and statfs, which tells a netns file from other paths. Each export enters
+// the netns through a NetnsGuard (netns_guard.h), does its one job, and always comes back.
 #include "addon.h"
+#include "netns_guard.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -11,40 +13,46 @@
 #include <linux/rtnetlink.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 #include <cstring>
+#include <string>
+#include <vector>
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
 
 namespace inpod {
 
-class NetnsGuard {
- public:
-  explicit NetnsGuard(int nsFd) {
-    self_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (self_ < 0) { err_ = errno; return; }
-    if (setns(nsFd, CLONE_NEWNET) < 0) { err_ = errno; close(self_); self_ = -1; }
-  }
-  ~NetnsGuard() {
-    if (self_ >= 0) {
-      if (setns(self_, CLONE_NEWNET) < 0) abort();  // never leave the JS thread in a pod netns
-      close(self_);
+// netnsCookie(nsFd) -> bigint | {errno, syscall}: SO_NETNS_COOKIE of a socket made inside it
+static Napi::Value NetnsCookie(const Napi::CallbackInfo &info) {
+  int nsFd = IntArg(info, 0);
+  Step st;
+  uint64_t c = 0;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) {
+      st.Fail(g.syscall(), g.err());
+    } else {
+      int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      if (s < 0) {
+        st.Fail("socket");
+      } else {
+        socklen_t l = sizeof(c);
+        if (getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &c, &l) < 0) st.Fail("getsockopt(SO_NETNS_COOKIE)");
+        close(s);
+      }
     }
   }
-  int err() const { return err_; }
+  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
+  return Napi::BigInt::New(info.Env(), c);
+}
 
- private:
-  int self_ = -1;
-  int err_ = 0;
-};
-
-// netnsAddrs(nsFd) -> {ipv4: string[], ipv6: string[]} (no loopback, no IPv6 link-local) | {errno, syscall}
-static Napi::Value NetnsAddrs(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  NetnsGuard g(IntArg(info, 0));
-  if (g.err()) return SysFail(env, "setns", g.err());
+// The addresses getifaddrs reports, filtered as documented below; filled inside the netns.
+static bool ReadAddrs(Step *st, std::vector<std::string> *v4, std::vector<std::string> *v6) {
   struct ifaddrs *ifa = nullptr;
-  if (getifaddrs(&ifa) < 0) return SysFail(env, "getifaddrs", errno);
-  Napi::Array v4 = Napi::Array::New(env), v6 = Napi::Array::New(env);
-  uint32_t n4 = 0, n6 = 0;
+  if (getifaddrs(&ifa) < 0) return st->Fail("getifaddrs");
   char buf[INET6_ADDRSTRLEN];
   for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
     if (!a->ifa_addr) continue;
@@ -52,34 +60,63 @@ static Napi::Value NetnsAddrs(const Napi::CallbackInfo &info) {
       auto *s = reinterpret_cast<sockaddr_in *>(a->ifa_addr);
       if ((ntohl(s->sin_addr.s_addr) >> 24) == 127) continue;
       inet_ntop(AF_INET, &s->sin_addr, buf, sizeof(buf));
-      v4.Set(n4++, buf);
+      v4->push_back(buf);
     } else if (a->ifa_addr->sa_family == AF_INET6) {
       auto *s = reinterpret_cast<sockaddr_in6 *>(a->ifa_addr);
       if (IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) || IN6_IS_ADDR_LINKLOCAL(&s->sin6_addr)) continue;
       inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof(buf));
-      v6.Set(n6++, buf);
+      v6->push_back(buf);
     }
   }
   freeifaddrs(ifa);
+  return true;
+}
+
+static Napi::Array Strings(Napi::Env env, const std::vector<std::string> &v) {
+  Napi::Array a = Napi::Array::New(env, v.size());
+  for (uint32_t i = 0; i < v.size(); i++) a.Set(i, v[i]);
+  return a;
+}
+
+// netnsAddrs(nsFd) -> {ipv4: string[], ipv6: string[]} (no loopback, no IPv6 link-local) | {errno, syscall}
+static Napi::Value NetnsAddrs(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int nsFd = IntArg(info, 0);
+  Step st;
+  std::vector<std::string> v4, v6;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) st.Fail(g.syscall(), g.err());
+    else ReadAddrs(&st, &v4, &v6);
+  }
+  if (st.err) return SysFail(env, st.syscall, st.err);
   Napi::Object o = Napi::Object::New(env);
-  o.Set("ipv4", v4);
-  o.Set("ipv6", v6);
+  o.Set("ipv4", Strings(env, v4));
+  o.Set("ipv6", Strings(env, v6));
   return o;
 }
 
 // netnsWrite(nsFd, path, value) -> 0 | {errno, syscall}: e.g. a /proc/sys/net sysctl of that netns
 static Napi::Value NetnsWrite(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
+  int nsFd = IntArg(info, 0);
   std::string path = StrArg(info, 1), value = StrArg(info, 2);
-  NetnsGuard g(IntArg(info, 0));
-  if (g.err()) return SysFail(env, "setns", g.err());
-  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return SysFail(env, "open", errno);
-  ssize_t n = write(fd, value.data(), value.size());
-  int err = errno;
-  close(fd);
-  if (n < 0) return SysFail(env, "write", err);
-  return Napi::Number::New(env, 0);
+  Step st;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) {
+      st.Fail(g.syscall(), g.err());
+    } else {
+      int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) {
+        st.Fail("open");
+      } else {
+        if (write(fd, value.data(), value.size()) < 0) st.Fail("write");
+        close(fd);
+      }
+    }
+  }
+  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
+  return Napi::Number::New(info.Env(), 0);
 }
 
 struct NlReq {
@@ -110,17 +147,11 @@ static int NlTalk(int s, NlReq *r) {
   return 0;
 }
 
-// netnsLocalRoute(nsFd, mark, table, pref, add) -> 0 | {errno, syscall}
-// add: `ip rule add fwmark MARK lookup TABLE pref PREF` + `ip route replace local 0.0.0.0/0 dev lo table TABLE`;
-// remove: both deleted. Idempotent (EEXIST / ENOENT are success).
-static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  uint32_t mark = U32Arg(info, 1), table = U32Arg(info, 2), pref = U32Arg(info, 3);
-  bool add = info[4].ToBoolean();
-  NetnsGuard g(IntArg(info, 0));
-  if (g.err()) return SysFail(env, "setns", g.err());
+// The rule and the route of netnsLocalRoute, inside the netns. Idempotent: EEXIST on add and
+// ENOENT/ESRCH on remove are success.
+static bool LocalRoute(Step *st, uint32_t mark, uint32_t table, uint32_t pref, bool add) {
   int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  if (s < 0) return SysFail(env, "socket(NETLINK_ROUTE)", errno);
+  if (s < 0) return st->Fail("socket(NETLINK_ROUTE)");
 
   NlReq r;
   memset(&r, 0, sizeof(r));
@@ -136,7 +167,7 @@ static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
   int err = NlTalk(s, &r);
   if (err && !(add && err == EEXIST) && !(!add && err == ENOENT)) {
     close(s);
-    return SysFail(env, add ? "netlink(RTM_NEWRULE)" : "netlink(RTM_DELRULE)", err);
+    return st->Fail(add ? "netlink(RTM_NEWRULE)" : "netlink(RTM_DELRULE)", err);
   }
 
   memset(&r, 0, sizeof(r));
@@ -154,14 +185,40 @@ static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
   AddAttr(&r, RTA_TABLE, &table, sizeof(table));
   err = NlTalk(s, &r);
   close(s);
-  if (err && !(!add && (err == ENOENT || err == ESRCH))) return SysFail(env, add ? "netlink(RTM_NEWROUTE)" : "netlink(RTM_DELROUTE)", err);
-  return Napi::Number::New(env, 0);
+  if (err && !(!add && (err == ENOENT || err == ESRCH))) return st->Fail(add ? "netlink(RTM_NEWROUTE)" : "netlink(RTM_DELROUTE)", err);
+  return true;
+}
+
+// netnsLocalRoute(nsFd, mark, table, pref, add) -> 0 | {errno, syscall}
+// add: `ip rule add fwmark MARK lookup TABLE pref PREF` + `ip route replace local 0.0.0.0/0 dev lo table TABLE`;
+// remove: both deleted. Idempotent (EEXIST / ENOENT are success).
+static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
+  int nsFd = IntArg(info, 0);
+  uint32_t mark = U32Arg(info, 1), table = U32Arg(info, 2), pref = U32Arg(info, 3);
+  bool add = info[4].ToBoolean();
+  Step st;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) st.Fail(g.syscall(), g.err());
+    else LocalRoute(&st, mark, table, pref, add);
+  }
+  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
+  return Napi::Number::New(info.Env(), 0);
+}
+
+// statfsType(path) -> f_type | -errno: tells an nsfs file, a bpffs and a cgroup2 mount apart
+static Napi::Value StatfsType(const Napi::CallbackInfo &info) {
+  struct statfs st;
+  if (statfs(StrArg(info, 0).c_str(), &st) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(static_cast<unsigned long>(st.f_type)));
 }
 
 void InitNetns(Napi::Env env, Napi::Object exports) {
+  exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("netnsAddrs", Napi::Function::New(env, NetnsAddrs));
   exports.Set("netnsWrite", Napi::Function::New(env, NetnsWrite));
   exports.Set("netnsLocalRoute", Napi::Function::New(env, NetnsLocalRoute));
+  exports.Set("statfsType", Napi::Function::New(env, StatfsType));
 }
 
 }  // namespace inpod

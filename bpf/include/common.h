@@ -1,4 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * What every capture program (connect, sockops, sk_lookup, getsockopt) shares: the pinned maps,
+ * port byte order, the kernel constants vmlinux.h lacks, the counters and the exclusion lookups.
+ * Their load-time settings are in config.h.
+ */
 #ifndef INPOD_COMMON_H
 #define INPOD_COMMON_H
 
@@ -6,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "maps.h"
+#include "ports.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -13,18 +19,9 @@
 #define SO_MARK 36
 #define SOL_IP 0
 #define SO_ORIGINAL_DST 80
+#define DNS_PORT 53 /* what DNS capture matches, as Istio's rules do */
 
 #define INPOD_LOOPBACK4 0x7f000001 /* 127.0.0.1, host order */
-
-/* Set between open and load (skel->rodata->inpod_cfg); these are Istio's defaults. */
-const volatile struct inpod_config inpod_cfg = {
-	.proxy_mark = 0x539,
-	.spoof_mark = 0x53a,
-	.outbound_port = 15001,
-	.inbound_port = 15006,
-	.hbone_port = 15008,
-	.dns_port = 15053,
-};
 
 static __always_inline void inpod_count(enum inpod_stat idx)
 {

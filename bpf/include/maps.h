@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Every map, pinned by name under the pin root given at open time, so the separately loaded
- * hook objects share them and they outlive the process that loaded them (restart path).
- * Names stay under 16 bytes (BPF_OBJ_NAME_LEN).
+ * Every map of the capture programs, pinned by name under the pin root given at open time, so
+ * the separately loaded hook objects share them and they outlive the process that loaded them
+ * (restart path). Names stay under 16 bytes (BPF_OBJ_NAME_LEN). Userspace opens them by pin in
+ * ts/redirect/ebpf.ts (the agent, or `inpod redirect` run as its own process).
+ *
+ * Each map says what it holds (key -> value), who writes it, who reads it and how long an entry
+ * lives. "enroll" and "unenroll" are ts/redirect/ebpf.ts; "cookie" is the netns cookie.
  */
 #ifndef INPOD_MAPS_H
 #define INPOD_MAPS_H
@@ -13,7 +17,13 @@
 /* connections between their SYN and the end of their handshake, node-wide, per map */
 #define INPOD_MAX_HANDSHAKES 65536
 
-/* enrolled pod netns: netns cookie -> settings. Enrolling a pod is an update here. */
+/*
+ * inpod_enrolled: the enrolled pod netns, the gate of every capture decision.
+ *   cookie -> struct inpod_pod (first pod IPv4, probe source, INPOD_POD_* flags)
+ *   written: enroll (last, once the pod's other entries are in), unenroll (deleted first)
+ *   read:    connect4/6, sendmsg4, sockops (listen, connect), getsockopt, sk_lookup; isEnrolled, list
+ *   lives:   from enroll to unenroll (or uninstall)
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, INPOD_MAX_PODS);
@@ -22,7 +32,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_enrolled SEC(".maps");
 
-/* pod IPv4 (network order) -> netns cookie: sk_lookup cannot read the netns cookie itself. */
+/*
+ * inpod_pod_ips: which netns an address belongs to (sk_lookup cannot read the netns cookie).
+ *   pod IPv4 (network order) -> cookie, one entry per address of the pod
+ *   written: enroll, unenroll
+ *   read:    sk_lookup (the pod a SYN is for; a source of the same pod), connect4/6 and sockops
+ *            (a destination that is one of the pod's own addresses); list
+ *   lives:   from enroll to unenroll
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, INPOD_MAX_PODS);
@@ -31,6 +48,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_pod_ips SEC(".maps");
 
+/*
+ * inpod_port_excl: ports a pod excludes from capture, per direction.
+ *   struct inpod_port_key {cookie, port (host order), INPOD_DIR_IN | INPOD_DIR_OUT} -> 1
+ *   written: enroll (the pod's set replaced), unenroll
+ *   read:    sk_lookup (inbound), connect4/6 (outbound); list
+ *   lives:   from enroll to unenroll
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, INPOD_MAX_PODS * 4);
@@ -39,6 +63,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_port_excl SEC(".maps");
 
+/*
+ * inpod_cidr_excl: outbound destination CIDRs a pod excludes from capture (longest prefix match).
+ *   struct inpod_cidr_key {64 cookie bits + the CIDR's prefix, cookie, IPv4} -> 1
+ *   written: enroll (the pod's set replaced), unenroll
+ *   read:    connect4/6; list
+ *   lives:   from enroll to unenroll
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, INPOD_MAX_PODS * 4);
@@ -48,7 +79,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_cidr_excl SEC(".maps");
 
-/* the inbound (15006) listener of each enrolled netns, found by sockops at listen() */
+/*
+ * inpod_inbound: the proxy's inbound plaintext listener of each enrolled netns (SOCKHASH).
+ *   cookie -> the listening socket (on inpod_cfg.inbound_port, accepting IPv4)
+ *   written: sockops at TCP_LISTEN_CB, with no help from the proxy
+ *   read:    sk_lookup (bpf_sk_assign of an inbound SYN)
+ *   lives:   until the listener closes (the kernel removes it) or a newer listener replaces it;
+ *            no listener in an enrolled netns means the SYN is dropped (fail closed)
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, INPOD_MAX_PODS);
@@ -65,12 +103,18 @@ struct {
  * entry at the server side's PASSIVE_ESTABLISHED_CB, and at the client's TCP_CLOSE when there is
  * no server side: refused, dropped, timed out). Plain hashes, not LRU: a live entry is never
  * evicted, and a full map makes the insert fail, which leaves the connection captured (see
- * sockops.bpf.c). Unenroll purges a pod's entries (ts/redirect/ebpf.ts).
+ * sockops.bpf.c). Unenroll purges a pod's entries (ts/redirect/ebpf.ts, TUPLE_MAPS).
  */
 
-/* per socket: the original destination. connect4/sendmsg4 write it on the app's socket
- * (getpeername4/recvmsg4 read it); sockops moves it onto the proxy's accepted socket on the
- * outbound port (getsockopt answers SO_ORIGINAL_DST from it). */
+/*
+ * inpod_sk_orig: the original destination of a socket (socket storage).
+ *   socket -> struct inpod_addr (IPv4 and port, network order, as SO_ORIGINAL_DST gives them)
+ *   written: connect4/6, sendmsg4 (on the app's socket they redirect); sockops at
+ *            PASSIVE_ESTABLISHED_CB (on the proxy's socket accepted on the outbound port)
+ *   read:    getpeername4/6, recvmsg4/6 (the app's socket); sockops at TCP_CONNECT_CB (copied to
+ *            inpod_syn_orig); getsockopt (SO_ORIGINAL_DST)
+ *   lives:   as long as the socket
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -79,8 +123,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_sk_orig SEC(".maps");
 
-/* client tuple -> original destination, from the app's TCP_CONNECT_CB (before its SYN) until
- * the proxy's accepted socket on the outbound port takes it over */
+/*
+ * inpod_syn_orig: a redirected connection's original destination, between the app's socket and
+ * the proxy's accepted one.
+ *   struct inpod_tuple (as the client sees it) -> struct inpod_addr
+ *   written: sockops at the app's TCP_CONNECT_CB (before its SYN), to the outbound listener
+ *   read:    sockops at the proxy's PASSIVE_ESTABLISHED_CB (moved into inpod_sk_orig)
+ *   lives:   from the SYN to the end of the handshake: deleted by sockops there, or at the
+ *            client's TCP_CLOSE when there was no server side, or by unenroll's purge
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, INPOD_MAX_HANDSHAKES);
@@ -90,9 +141,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_syn_orig SEC(".maps");
 
-/* connections a pod opens to one of its own IPs from a source that is not one of them (the
- * proxy's transparent upstream to the app, from the client's IP), during their handshake:
- * sk_lookup lets these reach their real listener. From a pod IP, sk_lookup needs no entry. */
+/*
+ * inpod_own_syn: connections a pod opens to one of its own IPs from a source that is not one of
+ * them (the proxy's transparent upstream to the app, from the client's IP). From a pod IP,
+ * sk_lookup needs no entry.
+ *   struct inpod_tuple (as the client sees it) -> 1
+ *   written: sockops at the client's TCP_CONNECT_CB (before its SYN)
+ *   read:    sk_lookup (such a SYN goes to its real listener, not to the proxy)
+ *   lives:   from the SYN to the end of the handshake, as inpod_syn_orig
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, INPOD_MAX_HANDSHAKES);
@@ -102,6 +159,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_own_syn SEC(".maps");
 
+/*
+ * inpod_stats: what the capture programs decided, counted per CPU (inpod_count, common.h).
+ *   enum inpod_stat -> count (one per CPU; a reader sums them)
+ *   written: every capture program
+ *   read:    no inpod code yet; `bpftool map dump pinned <pin root>/inpod_stats`
+ *   lives:   from the first install to uninstall (counts survive restarts and upgrades)
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, INPOD_STAT_MAX);

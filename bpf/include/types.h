@@ -3,7 +3,7 @@
  * Structs shared by the eBPF programs and userspace (addon + TypeScript encoders).
  * Fixed width, explicit padding: the addon static_asserts these sizes and exports
  * {sizeof, offsetof} so the TypeScript encoders are checked against them in tests.
- * Addresses and the port in inpod_addr are network order; other ports are host order.
+ * Addresses and the port in inpod_addr are network order; other ports are host order (ports.h).
  */
 #ifndef INPOD_TYPES_H
 #define INPOD_TYPES_H
@@ -12,14 +12,15 @@
 #include <linux/types.h>
 #endif
 
-/* Load-time settings (.rodata): the Istio ports and marks, set before load. */
+/* Load-time settings (.rodata, config.h): Istio's ports and marks, written by the loader from
+ * ts/istio.ts (MARKS, PORTS) before load. Ports host order. */
 struct inpod_config {
-	__u32 proxy_mark;    /* SO_MARK of the proxy's own sockets (0x539) */
-	__u32 spoof_mark;    /* re-mark for the proxy's transparent upstream sockets (0x53a) */
-	__u16 outbound_port; /* 15001 */
-	__u16 inbound_port;  /* 15006 */
-	__u16 hbone_port;    /* 15008 */
-	__u16 dns_port;      /* 15053 */
+	__u32 proxy_mark;    /* SO_MARK of the proxy's own sockets: never captured */
+	__u32 spoof_mark;    /* re-mark for the proxy's transparent upstream sockets */
+	__u16 outbound_port; /* the proxy's outbound listener (connect4 target) */
+	__u16 inbound_port;  /* the proxy's inbound plaintext listener (sk_lookup target) */
+	__u16 hbone_port;    /* the proxy's HBONE listener: never steered */
+	__u16 dns_port;      /* the proxy's DNS listener (DNS capture target) */
 };
 
 /* inpod_enrolled value: one per enrolled pod netns (key: netns cookie). */
@@ -102,7 +103,7 @@ enum inpod_stat {
 	INPOD_STAT_DNS_REDIRECT,     /* connect/sendmsg sent to the DNS listener */
 	INPOD_STAT_OUT_BYPASS,       /* enrolled, but exempt (mark, loopback, own IP, exclusion) */
 	INPOD_STAT_IN_STEER,         /* sk_lookup assigned the inbound listener */
-	INPOD_STAT_IN_BYPASS,        /* enrolled, but exempt (15008, probe, loopback, own, exclusion) */
+	INPOD_STAT_IN_BYPASS,        /* enrolled, but exempt (HBONE port, probe, loopback, own, exclusion) */
 	INPOD_STAT_IN_NO_LISTENER,   /* enrolled, no inbound listener: dropped (fail closed) */
 	INPOD_STAT_LISTENER_ADD,     /* sockops registered an inbound listener */
 	INPOD_STAT_ORIG_DST,         /* getsockopt(SO_ORIGINAL_DST) answered */

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SandboxStore, delTargets, newest, type Sandbox } from '../../ts/agent/sandboxes.js';
+import { fakeNetns } from './fakes.js';
 
 // Netns "paths" are plain files here; their cookie is what `cookies` says (a missing entry: not a netns).
 describe('pod sandbox records', () => {
@@ -12,10 +13,10 @@ describe('pod sandbox records', () => {
   const store = (boot = 'boot-1'): SandboxStore =>
     new SandboxStore(join(dir, 'pods'), {
       bootId: boot,
-      cookie: (p) => {
+      open: (p) => {
         const c = cookies.get(p);
         if (c === undefined) throw new Error('not a netns');
-        return c;
+        return fakeNetns(p, BigInt(c));
       },
     });
   const netns = (n: string, cookie: string): string => {

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import {
   SyscallError,
 } from '../../ts/util/errors.js';
@@ -23,6 +23,12 @@ import {
   listen,
   withFd,
   addon,
+  netnsAddrsOfFd,
+  netnsLocalRouteOfFd,
+  netnsWriteOfFd,
+  openPath,
+  socketInNs,
+  type Fd,
 } from '../../ts/native/index.js';
 
 const ns = `nat${randomBytes(2).toString('hex')}`;
@@ -124,5 +130,85 @@ describe('native addon', () => {
     m.fds[0]!.close();
     for (const f of [l, c, a]) f.close();
     execFileSync('rm', ['-f', path]);
+  });
+});
+
+describe('entering a pod netns (NetnsGuard)', () => {
+  /** The netns this (JavaScript) thread is in. */
+  const here = (): string => readlinkSync('/proc/thread-self/ns/net');
+  const inNs = (cmd: string[]): string => execFileSync('nsenter', [`--net=${nsPath}`, ...cmd]).toString();
+  let home: string;
+  let notNetns: Fd;
+  beforeAll(() => {
+    home = here();
+    notNetns = openPath('/dev/null'); // setns refuses it: EINVAL
+  });
+  afterAll(() => notNetns.close());
+
+  /** Runs `fn`, returns its error (or null); the thread must be home either way. */
+  function comesBack(fn: () => unknown): unknown {
+    let err: unknown = null;
+    try {
+      fn();
+    } catch (e) {
+      err = e;
+    }
+    expect(here()).toBe(home);
+    return err;
+  }
+
+  it('comes back from socketIn after success, a failed bind, a bad address and a refused setns', () => {
+    const l = socketIn(nsPath, { family: 4, bind: { ip: '127.0.0.1', port: 0 }, listen: 1 });
+    expect(here()).toBe(home);
+    const { port } = sockName(l.fd);
+    expect(comesBack(() => socketIn(nsPath, { family: 4, bind: { ip: '127.0.0.1', port } }))).toMatchObject({ code: 'EADDRINUSE', syscall: 'bind' });
+    expect(comesBack(() => socketIn(nsPath, { family: 4, connect: { ip: 'not-an-ip', port: 1 } }))).toMatchObject({ code: 'EINVAL', syscall: 'inet_pton' });
+    expect(comesBack(() => socketInNs(notNetns.fd, { family: 4, listen: 1 }))).toMatchObject({ code: 'EINVAL', syscall: 'setns' });
+    l.close();
+  });
+
+  it('reads the socket spec before entering the netns: JavaScript it triggers runs in the caller\'s netns', () => {
+    const seen: string[] = [];
+    const spec = { family: 4 as const, listen: 1 };
+    Object.defineProperty(spec, 'bind', { enumerable: true, get: () => (seen.push(here()), { ip: '127.0.0.1', port: 0 }) });
+    const l = socketIn(nsPath, spec);
+    expect(seen).toEqual([home]);
+    // and the socket itself was made in the pod's netns
+    const { port } = sockName(l.fd);
+    expect(inNs(['bash', '-c', `exec 3<>/dev/tcp/127.0.0.1/${port} && echo connected`]).trim()).toBe('connected');
+    l.close();
+  });
+
+  it('comes back from netnsCookie and netnsAddrs, also when setns is refused', () => {
+    expect(comesBack(() => netnsCookie(nsPath))).toBeNull();
+    expect(comesBack(() => expect(withFd(nsPath, (fd) => netnsAddrsOfFd(fd))).toEqual({ ipv4: [], ipv6: [] }))).toBeNull();
+    expect(comesBack(() => addon().netnsCookie(notNetns.fd))).toBeNull(); // a status, not a throw
+    expect(addon().netnsCookie(notNetns.fd)).toEqual({ errno: 22, syscall: 'setns' });
+    expect(addon().netnsAddrs(notNetns.fd)).toEqual({ errno: 22, syscall: 'setns' });
+    expect(here()).toBe(home);
+  });
+
+  it('writes a sysctl of the pod netns only, and comes back when the file is missing', () => {
+    const file = '/proc/sys/net/ipv4/fwmark_reflect';
+    const hostBefore = readFileSync(file, 'utf8');
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsWriteOfFd(fd, file, hostBefore.trim() === '1' ? '0' : '1')))).toBeNull();
+    expect(inNs(['cat', file]).trim()).toBe(hostBefore.trim() === '1' ? '0' : '1');
+    expect(readFileSync(file, 'utf8')).toBe(hostBefore);
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsWriteOfFd(fd, '/proc/sys/net/ipv4/no_such_sysctl', '1')))).toMatchObject({ code: 'ENOENT', syscall: 'open' });
+    expect(addon().netnsWrite(notNetns.fd, file, '1')).toEqual({ errno: 22, syscall: 'setns' });
+    expect(here()).toBe(home);
+  });
+
+  it('adds and removes the fwmark rule inside the pod netns only', () => {
+    const mark = 0x7e57;
+    const rule = /fwmark 0x7e57 lookup 177/;
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsLocalRouteOfFd(fd, mark, 177, 32111, true)))).toBeNull();
+    expect(inNs(['ip', 'rule', 'show'])).toMatch(rule);
+    expect(inNs(['ip', 'route', 'show', 'table', '177'])).toMatch(/local default dev lo/);
+    expect(execFileSync('ip', ['rule', 'show']).toString()).not.toMatch(rule);
+    expect(comesBack(() => withFd(nsPath, (fd) => netnsLocalRouteOfFd(fd, mark, 177, 32111, false)))).toBeNull();
+    expect(inNs(['ip', 'rule', 'show'])).not.toMatch(rule);
+    expect(addon().netnsLocalRoute(notNetns.fd, mark, 177, 32111, true)).toEqual({ errno: 22, syscall: 'setns' });
+    expect(here()).toBe(home);
   });
 });

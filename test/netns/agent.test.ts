@@ -220,6 +220,21 @@ describe('inpod agent', () => {
     for (let i = 0; i < 2; i++) await lab.node.delPodWithChain('c', conflist(), { namespace: 'mesh', name: 'c', uid }, cniPath());
   });
 
+  it('a pod whose netns path went away without a DEL is unenrolled through the netns the agent holds: nothing of it stays in the kernel', async () => {
+    const h = await runPod('mesh', 'h');
+    expect(h.error).toBeUndefined();
+    const cookie = (await backend.list()).find((x) => x.netns === h.pod!.netnsPath)!.cookie;
+    // the runtime tears the sandbox down (veth, netns path) and its inpod-cni DEL never reaches the agent
+    await lab.node.removePod('h');
+    expect(existsSync(h.pod!.netnsPath)).toBe(false);
+    // the next change of the pod makes the agent look at it again
+    const cur = api.get('pods', 'mesh', 'h')!;
+    api.apply('pods', { ...cur, metadata: { ...cur.metadata, labels: { ...cur.metadata.labels, touched: 'yes' } } } as never);
+    await until('h to be unenrolled', async () => !(await backend.list()).some((x) => x.cookie === cookie));
+    const m = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+    expect(Number(/^inpod_agent_pods_enrolled (\d+)/m.exec(m)?.[1])).toBe((await backend.list()).length);
+  });
+
   it('after a SIGKILL the capture stays, traffic flows, and the new agent reconciles without enrolling twice', async () => {
     const a = lab.node.pods.get('a')!;
     const e = lab.node.pods.get('e')!;

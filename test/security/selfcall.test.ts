@@ -9,8 +9,8 @@ import type { BackendName } from '../../ts/redirect/backend.js';
 import { TestMesh } from './mesh.js';
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { BpfMap, Fd, objGet } from '../../ts/native/index.js';
-import { LAYOUT, encodeTuple } from '../../ts/native/structs.js';
+import { BpfMap, pinnedMapSpec } from '../../ts/native/index.js';
+import { encodeTuple } from '../../ts/native/structs.js';
 
 describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects to itself, %s backend', (backend) => {
   let m: TestMesh;
@@ -111,12 +111,11 @@ describe('the proxy when eBPF capture cannot record its own upstream (a full map
       { name: 'outside', namespace: 'default', serviceAccount: 'default', mesh: false },
     ]);
     await m.sh.server!.listen({ port: 8080, tag: 'app' });
-    const fd = objGet(`/sys/fs/bpf/${m.lab.prefix}inpod/inpod_own_syn`)!;
-    own = new BpfMap('inpod_own_syn', fd.release(), LAYOUT.inpod_tuple.sizeof, 1);
+    own = BpfMap.pinned(`/sys/fs/bpf/${m.lab.prefix}inpod/inpod_own_syn`, pinnedMapSpec('inpod_own_syn'))!;
   });
 
   afterAll(async () => {
-    if (own) new Fd(own.fd).close();
+    own?.close();
     await m?.close();
   });
 

@@ -6,7 +6,7 @@
  * port past the proxy, its policy and its access log, even with the proxy dead.
  *
  * A plain Python listener stands in for the proxy (as in the conformance suite) and makes the
- * transparent upstream exactly as the proxy does: mark 0x539, IP_TRANSPARENT, bound to the
+ * transparent upstream exactly as the proxy does: the proxy's mark, IP_TRANSPARENT, bound to the
  * client's IP. The replay runs under both backends (iptables has no such state: the contract is
  * the same); the map bookkeeping is eBPF's own.
  */
@@ -17,11 +17,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import { TUPLE_MAPS } from '../../ts/redirect/ebpf.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
-import { BpfMap, Fd, netnsCookie, objGet } from '../../ts/native/index.js';
-import { LAYOUT, decodeTuple, encodeAddr, encodeTuple } from '../../ts/native/structs.js';
+import { BpfMap, netnsCookie, pinnedMapSpec } from '../../ts/native/index.js';
+import { decodeTuple, encodeAddr, encodeTuple } from '../../ts/native/structs.js';
 import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import { MARKS } from '../../ts/istio.js';
 
-const PROXY_MARK = 0x539;
+const PROXY_MARK = MARKS.proxy;
 
 async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -110,18 +111,18 @@ describe('per-connection maps of the eBPF backend', () => {
   let s: Setup;
   const maps = new Map<string, BpfMap>();
   const entries = (m: string): number => maps.get(m)!.keys().length;
-  const counts = (): Record<string, number> => Object.fromEntries(TUPLE_MAPS.map(({ name }) => [name, entries(name)]));
+  const counts = (): Record<string, number> => Object.fromEntries(TUPLE_MAPS.map((name) => [name, entries(name)]));
 
   beforeAll(async () => {
     s = await setUp('ebpf');
-    for (const { name, valueSize } of TUPLE_MAPS) {
-      const fd = objGet(join(s.opts.pinRoot!, name));
-      if (!fd) throw new Error(`${name} is not pinned`);
-      maps.set(name, new BpfMap(name, fd.release(), LAYOUT.inpod_tuple.sizeof, valueSize));
+    for (const name of TUPLE_MAPS) {
+      const m = BpfMap.pinned(join(s.opts.pinRoot!, name), pinnedMapSpec(name));
+      if (!m) throw new Error(`${name} is not pinned`);
+      maps.set(name, m);
     }
   });
   afterAll(async () => {
-    for (const m of maps.values()) new Fd(m.fd).close();
+    for (const m of maps.values()) m.close();
     await tearDown(s);
   });
 
@@ -153,12 +154,12 @@ describe('per-connection maps of the eBPF backend', () => {
     const other = cookie + 1000n; // another pod's netns
     const tuple = (netns: bigint, sport: number) => encodeTuple({ netns, sip: s.peer.ip, dip: s.pod.ip, sport, dport: 8080 });
     const value = { inpod_syn_orig: encodeAddr({ ip: s.peer.ip, port: 80 }), inpod_own_syn: Buffer.from([1]) };
-    for (const { name } of TUPLE_MAPS) {
+    for (const name of TUPLE_MAPS) {
       for (const sport of [40001, 40002]) maps.get(name)!.update(tuple(cookie, sport), value[name]);
       maps.get(name)!.update(tuple(other, 40001), value[name]);
     }
     await s.backend.unenroll(s.pod.netnsPath);
-    for (const { name } of TUPLE_MAPS) {
+    for (const name of TUPLE_MAPS) {
       const left = maps.get(name)!.keys().map(decodeTuple);
       expect(left.filter((t) => t.netns === cookie), name).toEqual([]);
       expect(left.filter((t) => t.netns === other), name).toHaveLength(1);

@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Fd, listen, recvFds, socketInNs, sendFds, unixBind, unixSocket, accept, watchReadable, openPath } from '../../ts/native/index.js';
+import { Fd, listen, recvFds, socketInNs, sendFds, unixBind, unixSocket, accept, watchReadable, openPath, netnsCookie, netnsCookieOfFd } from '../../ts/native/index.js';
+import { openNetns } from '../../ts/redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { ZdsClient, type ZdsHandler } from '../../ts/zds/client.js';
 import { encodeRequest } from '../../ts/zds/messages.js';
@@ -119,6 +120,49 @@ describe('ZDS agent and proxy', () => {
     server.close();
     h.close();
     await until(() => fdCount() <= baseline); // nothing leaked (an fd from an earlier test may have closed meanwhile)
+  });
+
+  it("sends the netns the agent holds, not what its path names now: a path reused by another netns changes nothing", async () => {
+    // the pod's sandbox netns, held open by the agent; then the runtime reuses its path for a new one
+    const name = `${prefix}r`;
+    execFileSync('ip', ['netns', 'add', name]);
+    const held = openNetns(nsPath(name));
+    let reused: bigint | undefined;
+    try {
+      execFileSync('ip', ['netns', 'del', name]);
+      execFileSync('ip', ['netns', 'add', name]);
+      reused = netnsCookie(nsPath(name));
+      expect(reused).not.toBe(held.cookie);
+      const path = join(dir, 'held.sock');
+      let ready = 0;
+      const heldPod = { uid: 'h1', info: { name: 'h1', namespace: 'default', serviceAccount: 'sa' }, netnsPath: nsPath(name), netns: held };
+      const server = new ZdsServer({ path, pods: () => [heldPod], onReady: () => ready++ });
+      server.start();
+      const got: bigint[] = []; // the netns of each Add, as the proxy received it
+      const h: ZdsHandler = {
+        connected: () => {},
+        add: async (_uid, _info, ns) => {
+          got.push(netnsCookieOfFd(ns.fd));
+          ns.close();
+        },
+        del: () => {},
+        keep: () => {},
+        snapshotSent: () => {},
+      };
+      const client = new ZdsClient({ path, handler: h });
+      client.start();
+      cleanups.push(() => {
+        client.stop();
+        server.close();
+      });
+      await until(() => ready === 1);
+      await server.addPod({ ...heldPod, uid: 'h2' });
+      expect(got).toEqual([held.cookie, held.cookie]); // the snapshot's Add and the live one
+      expect(held.closed).toBe(false); // the agent's to close, not the server's
+    } finally {
+      held.close();
+      execFileSync('ip', ['netns', 'del', name]);
+    }
   });
 
   it('rejects addPod with a clear error while no proxy is connected', async () => {

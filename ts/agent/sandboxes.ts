@@ -9,10 +9,16 @@
  * restart finds the netns of every pod; they carry the boot they belong to, and a record of
  * another boot is dropped. Records of the format before sandboxes (one file per uid, no cookie)
  * are migrated on load, with the cookie of their netns as it is now.
+ *
+ * The store also holds each sandbox's netns open while the agent needs it (one fd per sandbox,
+ * opened once: istio-cni's podNetnsCache, cni/pkg/nodeagent/pod_cache.go): the backend, the netns
+ * helpers and ZDS all work on that fd, which keeps naming the sandbox's netns whatever its path
+ * names later. The agent holds it from the sandbox's capture to its release.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PodEvent } from '../cni/plugin.js';
+import type { PodNetns } from '../redirect/netns.js';
 
 export interface Sandbox {
   uid: string;
@@ -33,8 +39,8 @@ export interface Sandbox {
 export type NewSandbox = Omit<Sandbox, 'seq' | 'boot'>;
 
 export interface SandboxStoreDeps {
-  /** the netns cookie of the namespace at `path` (throws if it is not one) */
-  cookie: (path: string) => string;
+  /** opens the network namespace at `path` (throws if it is not one) */
+  open: (path: string) => PodNetns;
   bootId: string;
 }
 
@@ -61,6 +67,7 @@ export class SandboxStore {
   readonly #dir: string;
   readonly #deps: SandboxStoreDeps;
   readonly #all = new Map<string, Sandbox>();
+  readonly #held = new Map<string, PodNetns>();
   #seq = 0;
 
   constructor(dir: string, deps: SandboxStoreDeps) {
@@ -85,7 +92,7 @@ export class SandboxStore {
       } else if (r.cookie === undefined) {
         // the format before sandboxes: { uid, namespace, name, netns }, one per uid
         rmSync(file, { force: true });
-        const cookie = this.#cookieOr(r.netns);
+        const cookie = this.cookieAt(r.netns);
         if (cookie !== null) this.add({ uid: r.uid, namespace: r.namespace ?? '', name: r.name ?? '', netns: r.netns, cookie, containerId: '' }, 0);
       } else if (r.boot !== this.#deps.bootId) {
         rmSync(file, { force: true }); // cookies of another boot name nothing now
@@ -106,7 +113,9 @@ export class SandboxStore {
     return rec;
   }
 
+  /** Forgets the sandbox: its record, and its netns if held. */
   forget(s: Sandbox): void {
+    this.drop(s);
     this.#all.delete(sandboxKey(s));
     rmSync(this.#file(s), { force: true });
   }
@@ -120,23 +129,75 @@ export class SandboxStore {
     return this.all().filter((s) => s.uid === uid).sort((a, b) => a.seq - b.seq);
   }
 
-  /** The cookie of the netns at `path`, or null if there is none (gone, not a netns). */
-  cookieAt(path: string): string | null {
-    return this.#cookieOr(path);
-  }
-
-  /** Is the sandbox's netns still at its path? (one cookie read) */
-  alive(s: Sandbox): boolean {
-    return this.#cookieOr(s.netns) === s.cookie;
-  }
-
-  #cookieOr(path: string): string | null {
+  /** Opens the netns at `path` (one open), or null if there is none (gone, not a netns). */
+  open(path: string): PodNetns | null {
     if (!path || !existsSync(path)) return null;
     try {
-      return this.#deps.cookie(path);
+      return this.#deps.open(path);
     } catch {
       return null;
     }
+  }
+
+  /** The cookie of the netns at `path`, or null if there is none (gone, not a netns). One open. */
+  cookieAt(path: string): string | null {
+    const ns = this.open(path);
+    ns?.close();
+    return ns ? ns.cookie.toString() : null;
+  }
+
+  /** Is the sandbox's netns still at its path? (one open) */
+  alive(s: Sandbox): boolean {
+    return this.cookieAt(s.netns) === s.cookie;
+  }
+
+  /**
+   * Holds `ns` as the sandbox's netns (it must be the sandbox's: same cookie). If one is held
+   * already, that one stays (it may be in use) and `ns` is closed, as istio-cni's pod cache keeps
+   * the netns it has for the same inode. Returns the held one.
+   */
+  hold(s: Sandbox, ns: PodNetns): PodNetns {
+    const have = this.#held.get(sandboxKey(s));
+    if (have && !have.closed) {
+      if (have !== ns) ns.close();
+      return have;
+    }
+    this.#held.set(sandboxKey(s), ns);
+    return ns;
+  }
+
+  /** The sandbox's netns if it is held open. */
+  held(s: Sandbox): PodNetns | undefined {
+    const ns = this.#held.get(sandboxKey(s));
+    return ns && !ns.closed ? ns : undefined;
+  }
+
+  /**
+   * The sandbox's netns: the held one, or its path opened now if the path still names it (same
+   * cookie), and then held. Null when its netns is no longer at its path.
+   */
+  netnsOf(s: Sandbox): PodNetns | null {
+    const have = this.held(s);
+    if (have) return have;
+    const ns = this.open(s.netns);
+    if (!ns) return null;
+    if (ns.cookie.toString() !== s.cookie) {
+      ns.close(); // the path names another netns now
+      return null;
+    }
+    return this.hold(s, ns);
+  }
+
+  /** Closes the sandbox's held netns, if any; the record stays. */
+  drop(s: Sandbox): void {
+    this.#held.get(sandboxKey(s))?.close();
+    this.#held.delete(sandboxKey(s));
+  }
+
+  /** Closes every held netns (the agent stops). */
+  closeAll(): void {
+    for (const ns of this.#held.values()) ns.close();
+    this.#held.clear();
   }
 
   #file(s: Sandbox): string {

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SimNode, type SimPod } from '../sim/node.js';
+import { MARKS, PORTS } from '../istio.js';
 import { createBackend } from '../redirect/factory.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../redirect/backend.js';
@@ -48,6 +49,8 @@ const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
 export const FWD = join(BUILD_DIR, 'inpod-fwd');
+/** The forwarder as the capture rows run it: the proxy's mark, listening on its capture ports. */
+export const FWD_COMMAND = [FWD, `0x${MARKS.proxy.toString(16)}`, String(PORTS.outbound), String(PORTS.inboundPlaintext)];
 export const CONNRATE = join(BUILD_DIR, 'inpod-connrate');
 export const HTTP_PORT = 80;
 export const IPERF_PORT = 5201;
@@ -120,12 +123,12 @@ export class BenchEnv {
       if (name.startsWith('proxy-')) {
         setup.fwdPids.push(await this.#startProxy(name, setup, cgroup));
       } else if (name !== 'nomesh') {
-        // Enrolled first, listeners after: the eBPF sockops hook sees the 15006 listener open.
+        // Enrolled first, listeners after: the eBPF sockops hook sees the inbound listener open.
         const be = this.backends.get(backendOf(name)!)!;
         await be.enroll(client.netnsPath);
         await be.enroll(server.netnsPath);
         for (const at of [setup.clientAt, setup.serverAt]) {
-          const p = await this.daemons.start(at, [FWD, '15001', '15006'], 'ready');
+          const p = await this.daemons.start(at, FWD_COMMAND, 'ready');
           setup.fwdPids.push(p.pid!);
         }
       }

@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, type ConfigName } from './env.js';
+import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, type ConfigName } from './env.js';
 import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
@@ -173,7 +173,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const any = [...env.configs.values()][0]!;
     const capture = env.configs.get('ebpf') ?? env.configs.get('iptables');
     const daemonCommands = [
-      ...(capture ? [describe(capture.clientAt, [FWD, '15001', '15006']) + '   # client and server pod of each capture row'] : []),
+      ...(capture ? [describe(capture.clientAt, FWD_COMMAND) + '   # client and server pod of each capture row'] : []),
       describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
         '   # master_process off, 1 worker, static 1 KiB file',
       describe(any.serverAt, ['iperf3', '-s', '-p', '5201']),

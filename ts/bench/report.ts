@@ -4,6 +4,7 @@
  * state, and how it was measured (host, versions, commands, repetitions). Pure given its input.
  */
 import { ALL_CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import { PORTS } from '../istio.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
 import type { EnrollSample, PodState } from './enroll.js';
@@ -201,7 +202,7 @@ function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
     `- enrollment: N = ${info.enrollLevels.join(', ')}; ${info.enrollSamples} enroll+unenroll pairs per N, backend and way in`,
     '- topology: one simulated node (a node netns with a Linux bridge); per configuration a client pod and a server pod',
     '  (netns wired by the CNI bridge plugin), all on the same bridge. Capture rows enroll both pods and run',
-    '  build/inpod-fwd in each: client app -> client pod forwarder (15001) -> server pod forwarder (15006) -> app.',
+    `  build/inpod-fwd in each: client app -> client pod forwarder (${PORTS.outbound}) -> server pod forwarder (${PORTS.inboundPlaintext}) -> app.`,
     '  The eBPF configuration\'s processes run in a child cgroup where the hooks are attached; the others in a sibling',
     '  cgroup without programs. The iptables pods are separate pods, so conntrack never runs in the other rows\' pods.',
     info.pinned

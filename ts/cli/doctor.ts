@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { kernelAtLeast, MIN_KERNEL, PROG_HELPERS, PROG_TYPES, cgroup2Mount } from '../redirect/preflight.js';
 import { BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, addon, statfsType } from '../native/index.js';
 import { primaryConfig, PLUGIN_TYPE } from '../cni/conflist.js';
+import { PORTS } from '../istio.js';
 import { release } from 'node:os';
 
 export interface Check {
@@ -141,7 +142,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
       'cni-conf-dir': { type: 'string', default: '/etc/cni/net.d' },
       netns: { type: 'string', multiple: true },
       'agent-health': { type: 'string', default: '127.0.0.1:15022' },
-      'proxy-readiness': { type: 'string', default: '127.0.0.1:15021' },
+      'proxy-readiness': { type: 'string', default: `127.0.0.1:${PORTS.readiness}` },
       json: { type: 'boolean' },
     },
     strict: true,

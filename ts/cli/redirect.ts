@@ -1,10 +1,12 @@
 /**
  * `inpod redirect enroll|unenroll|list|uninstall`: the redirection layer driven directly, one
  * process per call. State lives in pins and in the pod netns, so separate invocations compose.
+ * The --netns path is opened once per command; every backend call works on that fd.
  */
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
 import { createBackend } from '../redirect/factory.js';
+import { openNetns, type PodNetns } from '../redirect/netns.js';
 import type { BackendName, BackendOptions, EnrolledPod, PodSettings } from '../redirect/backend.js';
 
 const OPTIONS = {
@@ -51,9 +53,10 @@ export async function redirectCommand(argv: string[]): Promise<unknown> {
   const { values: v } = parseArgs({ args: rest, options: OPTIONS, strict: true });
   const opts: BackendOptions = { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] };
   const chosen = backendName(v.backend);
-  const needNetns = (): string => {
+  /** The pod's netns, opened once for the whole command (every backend call gets the same fd). */
+  const needNetns = (): PodNetns => {
     if (!v.netns) throw new MeshError('INPOD_ERR_USAGE', `redirect ${sub} needs --netns PATH\n${REDIRECT_USAGE}`);
-    return v.netns;
+    return openNetns(v.netns);
   };
   switch (sub) {
     case 'enroll': {
@@ -67,18 +70,27 @@ export async function redirectCommand(argv: string[]): Promise<unknown> {
       if (outPorts) settings.excludeOutboundPorts = outPorts;
       if (v['exclude-outbound-cidrs']) settings.excludeOutboundCidrs = v['exclude-outbound-cidrs'].split(',').filter(Boolean);
       const b = await createBackend(chosen ?? 'ebpf', opts);
-      return b.enroll(needNetns(), settings);
+      const ns = needNetns();
+      try {
+        return await b.enroll(ns, settings);
+      } finally {
+        ns.close();
+      }
     }
     case 'unenroll': {
-      const netns = needNetns();
-      // Without --backend, undo whichever backend captures the pod.
-      for (const name of chosen ? [chosen] : (['ebpf', 'iptables'] as const)) {
-        const b = await createBackend(name, opts);
-        if (!chosen && !(await b.isEnrolled(netns))) continue;
-        await b.unenroll(netns);
-        return { unenrolled: netns, backend: name };
+      const ns = needNetns();
+      try {
+        // Without --backend, undo whichever backend captures the pod.
+        for (const name of chosen ? [chosen] : (['ebpf', 'iptables'] as const)) {
+          const b = await createBackend(name, opts);
+          if (!chosen && !(await b.isEnrolled(ns))) continue;
+          await b.unenroll(ns);
+          return { unenrolled: ns.path, backend: name };
+        }
+        return { unenrolled: ns.path, backend: null };
+      } finally {
+        ns.close();
       }
-      return { unenrolled: netns, backend: null };
     }
     case 'list': {
       const out: EnrolledPod[] = [];

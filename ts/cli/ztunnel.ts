@@ -5,7 +5,6 @@
  * uses them: the Kubernetes client alone is about 70 MB of the process's memory.
  */
 import { parseArgs } from 'node:util';
-import { PORTS } from '../istio.js';
 import { StateStore } from '../state/store.js';
 import { Ztunnel } from '../proxy/ztunnel.js';
 import { ZdsClient } from '../zds/client.js';
@@ -13,21 +12,23 @@ import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
+import { PORTS } from '../istio.js';
 
-const ADMIN = `127.0.0.1:${PORTS.admin}`;
-const METRICS = `0.0.0.0:${PORTS.metrics}`;
-const READINESS = `0.0.0.0:${PORTS.readiness}`;
+/** Default addresses of the node-level endpoints (Istio's ports). */
+const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
+const METRICS_ADDR = `0.0.0.0:${PORTS.metrics}`;
+const READINESS_ADDR = `0.0.0.0:${PORTS.readiness}`;
 
 export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
-                 [--admin-addr ${ADMIN}] [--metrics-addr ${METRICS}] [--readiness-addr ${READINESS}]
+                 [--admin-addr ${ADMIN_ADDR}] [--metrics-addr ${METRICS_ADDR}] [--readiness-addr ${READINESS_ADDR}]
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
-  inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN}]`;
+  inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN_ADDR}]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
 export async function ztunnelShow(what: 'workloads' | 'services' | 'policies', argv: string[]): Promise<unknown> {
-  const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: ADMIN } }, strict: true });
+  const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: ADMIN_ADDR } }, strict: true });
   const res = await fetch(`http://${v['admin-addr']}/config_dump`).catch((e: Error) => {
     throw new Error(`cannot reach the proxy admin on ${v['admin-addr']} (${e.message}); is inpod ztunnel running on this node?`);
   });
@@ -46,9 +47,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'ca-dir': { type: 'string', default: Ztunnel.defaultCaDir() },
       'drain-seconds': { type: 'string', default: '5' },
-      'admin-addr': { type: 'string', default: ADMIN },
-      'metrics-addr': { type: 'string', default: METRICS },
-      'readiness-addr': { type: 'string', default: READINESS },
+      'admin-addr': { type: 'string', default: ADMIN_ADDR },
+      'metrics-addr': { type: 'string', default: METRICS_ADDR },
+      'readiness-addr': { type: 'string', default: READINESS_ADDR },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
     },

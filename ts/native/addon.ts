@@ -41,14 +41,45 @@ export interface RecvResult {
   ctruncated: boolean;
 }
 export type SkelHandle = { readonly __skel: unique symbol };
+export type EpollHandle = { readonly __epoll: unique symbol };
+/** A map as its skeleton declares it (libbpf, after open). */
+export interface SkelMapRaw {
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** pinned by name (LIBBPF_PIN_BY_NAME) under the pin root when loaded */
+  pinned: boolean;
+}
+/** A program as its skeleton declares it. */
+export interface SkelProgRaw {
+  name: string;
+  type: number;
+  /** the expected attach type (enum bpf_attach_type) */
+  attachType: number;
+}
+/** A map as the kernel holds it (BPF_OBJ_GET_INFO_BY_FD). */
+export interface MapInfoRaw {
+  id: number;
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
 
 export interface NativeAddon {
   layout(): Record<string, StructLayout> & { constants: Record<string, number> };
-  skelOpen(name: string, pinRoot: string): SkelHandle | number;
+  /** the skeletons compiled in (one per bpf/*.bpf.c) */
+  readonly skeletons: string[];
+  skelOpen(name: string, pinRoot: string | null): SkelHandle | number;
+  skelMaps(h: SkelHandle): SkelMapRaw[];
+  skelProgs(h: SkelHandle): SkelProgRaw[];
   skelSetConfig(h: SkelHandle, cfg: Buffer): number;
-  skelAutoload(h: SkelHandle, prog: string, on: boolean): number;
   skelLoad(h: SkelHandle): number;
   skelProg(h: SkelHandle, prog: string): { fd: number; attachType: number } | number;
+  /** a new fd for the loaded map, owned by the caller */
   skelMap(h: SkelHandle, map: string): number;
   skelDestroy(h: SkelHandle): void;
   libbpfLog(): string;
@@ -57,9 +88,8 @@ export interface NativeAddon {
   linkCreate(progFd: number, targetFd: number, attachType: number): number;
   progAttach(progFd: number, targetFd: number, attachType: number): number;
   linkUpdate(linkFd: number, progFd: number): number;
-  linkDetach(linkFd: number): number;
   linkInfo(fd: number): LinkInfoRaw | number;
-  progId(fd: number): number;
+  mapInfo(fd: number): MapInfoRaw | number;
   mapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): number;
   mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | number;
   mapDelete(fd: number, key: Buffer): number;
@@ -71,8 +101,6 @@ export interface NativeAddon {
   socketIn(nsFd: number, spec: SocketSpec): number | SysFail;
   origDst(fd: number): SockAddr | number;
   sockName(fd: number): SockAddr | number;
-  peerName(fd: number): SockAddr | number;
-  setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketCookie(fd: number): bigint | number;
   tcpWritten(fd: number): number;
@@ -91,23 +119,11 @@ export interface NativeAddon {
   netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
   netnsWrite(nsFd: number, path: string, value: string): number | SysFail;
   netnsLocalRoute(nsFd: number, mark: number, table: number, pref: number, add: boolean): number | SysFail;
-  watchFd(fd: number, cb: (revents: number) => void): WatchHandle | number;
-  rearmWatch(h: WatchHandle): void;
-  unwatchFd(h: WatchHandle): void;
-  hupWatcher(cb: (token: number, revents: number, value?: number) => void): HupWatcherHandle | number;
-  hupRingbuf(h: HupWatcherHandle, mapFd: number, token: number): number;
-  hupWatch(h: HupWatcherHandle, fd: number, token: number): number;
-  hupRearm(h: HupWatcherHandle, fd: number, token: number): number;
-  hupUnwatch(h: HupWatcherHandle, fd: number): number;
-  hupWatcherClose(h: HupWatcherHandle): void;
-}
-export interface HupWatcherHandle {
-  epfd: number;
-  stopFd: number;
-}
-export interface WatchHandle {
-  stopFd: number;
-  rearmFd: number;
+  epollNew(cb: (token: number, events: number, value?: number) => void): EpollHandle | number;
+  epollCtl(h: EpollHandle, op: number, fd: number, events: number, token: number): number;
+  epollRingbuf(h: EpollHandle, mapFd: number, token: number): number;
+  epollRef(h: EpollHandle, on: boolean): void;
+  epollClose(h: EpollHandle): void;
 }
 
 /** Finds the built addon from ts/native (tests) or dist/native (installed). */

@@ -33,11 +33,10 @@ import {
   socketCookie,
   tcpInq,
   tcpWritten,
-  numPossibleCpus,
   EPOLLERR,
   EPOLLRDHUP,
 } from '../native/index.js';
-import { encodeU64, encodeFpFlow, decodeFpFlow, LAYOUT, type FpFlow } from '../native/structs.js';
+import { encodeU64, encodeFpFlow, decodeFpFlow, type FpFlow } from '../native/structs.js';
 import { SyscallError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { fdOf, relay as userspaceRelay, relayGone } from './sockets.js';
@@ -517,11 +516,10 @@ export class FastPath {
   #load(): void {
     const obj = (this.#obj = BpfObject.open('fastpath', '/sys/fs/bpf', null));
     obj.load();
-    const map = (name: string, keySize: number, valueSize: number): BpfMap => new BpfMap(name, obj.mapFd(name), keySize, valueSize);
-    const srcs = map('inpod_fp_srcs', 8, 8);
-    this.#dsts = map('inpod_fp_dsts', 8, 8);
-    this.#flows = map('inpod_fp_flows', 8, LAYOUT.inpod_fp_flow.sizeof);
-    this.#stats = map('inpod_fp_stats', 4, 8 * numPossibleCpus());
+    const srcs = obj.map('inpod_fp_srcs');
+    this.#dsts = obj.map('inpod_fp_dsts');
+    this.#flows = obj.map('inpod_fp_flows');
+    this.#stats = obj.map('inpod_fp_stats');
     const prog = obj.prog('inpod_fp_verdict');
     progAttach(prog.fd, srcs.fd, prog.attachType);
     this.#watcher = new HupWatcher((token, revents, cookie) => {
@@ -532,7 +530,7 @@ export class FastPath {
         this.#log.warn({ err: (e as Error).message }, 'fast path: hang-up handler failed');
       }
     });
-    this.#watcher.ringbuf(obj.mapFd('inpod_fp_events'), THROTTLE_TOKEN);
+    this.#watcher.ringbuf(obj.map('inpod_fp_events').fd, THROTTLE_TOKEN);
     // a throttle event the ring buffer had no room for is counted by the program; only then are
     // the open connections' flows looked at (not every connection's, every second)
     let lost = 0n;

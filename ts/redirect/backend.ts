@@ -31,9 +31,13 @@ export interface PodSettings {
 
 import { isIPv4 } from 'node:net';
 import { MeshError } from '../util/errors.js';
+import { PROBE_SOURCE } from '../istio.js';
+import type { NetnsRef } from './netns.js';
+
+export type { NetnsRef, PodNetns } from './netns.js';
 
 export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
-  probeSource: '169.254.7.127',
+  probeSource: PROBE_SOURCE.ipv4,
   dnsCapture: false,
   excludeInboundPorts: [],
   excludeOutboundPorts: [],
@@ -69,22 +73,25 @@ export interface RedirectBackend {
    */
   install(): Promise<void>;
   /**
-   * Captures the pod behind `netnsPath`. Idempotent: enrolling twice equals once (the settings of
-   * the last call win). Throws MeshError INPOD_ERR_NETNS if the path is not a network namespace,
-   * INPOD_ERR_OTHER_BACKEND if the other backend already captures it; nothing is changed then.
+   * Captures the pod whose netns `netns` names: held open by the caller (the agent holds one per
+   * pod sandbox), or a path that is opened once for the call. Idempotent: enrolling twice equals
+   * once (the settings of the last call win). Throws MeshError INPOD_ERR_NETNS if the path is not a
+   * network namespace, INPOD_ERR_OTHER_BACKEND if the other backend already captures it; nothing
+   * is changed then. The record it leaves (list()) names the netns by the path it was opened from.
    */
-  enroll(netnsPath: string, settings?: Partial<PodSettings>): Promise<EnrolledPod>;
+  enroll(netns: NetnsRef, settings?: Partial<PodSettings>): Promise<EnrolledPod>;
   /** Stops capturing; established connections are not cut. Unknown pods are a no-op. */
-  unenroll(netnsPath: string): Promise<void>;
+  unenroll(netns: NetnsRef): Promise<void>;
   /** What this backend captures now, read back from the kernel. */
   list(): Promise<EnrolledPod[]>;
   /** Is this netns captured by this backend? */
-  isEnrolled(netnsPath: string): Promise<boolean>;
+  isEnrolled(netns: NetnsRef): Promise<boolean>;
   /**
    * After a restart: re-reads kernel state, repairs what is missing for the given pods (enroll is
-   * idempotent) and unenrolls captured pods not in `keep`. Returns the pods left enrolled.
+   * idempotent) and unenrolls captured pods not in `keep` (told apart by netns cookie). Returns
+   * the pods left enrolled.
    */
-  reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]>;
+  reconcile(keep: Map<NetnsRef, Partial<PodSettings>>): Promise<EnrolledPod[]>;
   /** Removes the host-level parts (eBPF: links and pins). Pods must be unenrolled first. */
   uninstall(): Promise<void>;
 }

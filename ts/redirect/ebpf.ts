@@ -11,23 +11,22 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { MeshError } from '../util/errors.js';
+import { MARKS, PORTS } from '../istio.js';
 import {
   BpfMap,
   BpfObject,
-  Fd,
   linkCreate,
   linkInfo,
   linkUpdate,
-  netnsCookie,
   objGet,
   objPin,
   openPath,
-  withFd,
+  pinnedMapSpec,
+  skeleton,
 } from '../native/index.js';
 import {
   DIR_IN,
   DIR_OUT,
-  LAYOUT,
   POD_DNS_CAPTURE,
   decodeCidrKey,
   decodePod,
@@ -47,25 +46,29 @@ import {
   normalizeSettings,
   type BackendOptions,
   type EnrolledPod,
+  type NetnsRef,
+  type PodNetns,
   type PodSettings,
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { assertNetns, discoverPodIps, transparentReturnRouting } from './netns.js';
+import { discoverPodIps, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
-/** Istio's ports and marks, compiled into every program at load time. */
-export const ISTIO_CONFIG: CaptureConfig = {
-  proxyMark: 0x539,
-  spoofMark: 0x53a,
-  outboundPort: 15001,
-  inboundPort: 15006,
-  hbonePort: 15008,
-  dnsPort: 15053,
-};
-
-const BPF_SK_LOOKUP = 36;
+/**
+ * Istio's ports and marks (ts/istio.ts), written into every capture program's .rodata at load
+ * time: the programs carry no numbers of their own and refuse to load without these
+ * (bpf/include/config.h).
+ */
+export const ISTIO_CONFIG: CaptureConfig = Object.freeze({
+  proxyMark: MARKS.proxy,
+  spoofMark: MARKS.spoof,
+  outboundPort: PORTS.outbound,
+  inboundPort: PORTS.inboundPlaintext,
+  hbonePort: PORTS.hbone,
+  dnsPort: PORTS.dns,
+});
 
 /** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
 const CGROUP_PROGS: Record<string, string[]> = {
@@ -80,10 +83,7 @@ const SK_LOOKUP_PROG = 'inpod_sk_lookup';
  * (bpf/include/maps.h): sockops removes each entry when its handshake ends or its client closes;
  * unenroll purges whatever a pod still has there.
  */
-export const TUPLE_MAPS = [
-  { name: 'inpod_syn_orig', valueSize: LAYOUT.inpod_addr.sizeof },
-  { name: 'inpod_own_syn', valueSize: 1 },
-] as const;
+export const TUPLE_MAPS = ['inpod_syn_orig', 'inpod_own_syn'] as const;
 
 /** Maps of earlier versions, replaced by the ones above: unpinned once no program uses them. */
 const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local'];
@@ -173,19 +173,22 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  async enroll(netnsPath: string, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
-    assertNetns(netnsPath);
+  async enroll(netns: NetnsRef, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
+    return withNetns(netns, (ns) => this.#enroll(ns, partial));
+  }
+
+  async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(netnsPath);
-    const cookie = netnsCookie(netnsPath);
+    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const cookie = ns.cookie;
     if (!this.installed()) await this.install();
-    await transparentReturnRouting(netnsPath, true, ISTIO_CONFIG.spoofMark);
+    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
       this.#writeExclusions(maps, cookie, settings);
       for (const ip of podIps) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
-      this.#attachNetns(netnsPath, cookie);
+      this.#attachNetns(ns);
       maps.enrolled.update(
         encodeU64(cookie),
         encodePod({ ip4: podIps[0]!, probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
@@ -193,27 +196,22 @@ export class EbpfBackend implements RedirectBackend {
     } finally {
       closeMaps(maps);
     }
-    this.#writeRecord(cookie, { netns: netnsPath, settings: { ...settings, podIps }, podIps });
-    return { netns: netnsPath, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
+    this.#writeRecord(cookie, { netns: ns.path, settings: { ...settings, podIps }, podIps });
+    return { netns: ns.path, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
   }
 
-  async unenroll(netnsPath: string): Promise<void> {
-    assertNetns(netnsPath);
-    if (!existsSync(this.#pin('inpod_enrolled'))) return;
-    const cookie = netnsCookie(netnsPath);
-    const wasEnrolled = await this.isEnrolled(netnsPath);
-    this.#unenrollCookie(cookie);
-    if (wasEnrolled) await transparentReturnRouting(netnsPath, false, ISTIO_CONFIG.spoofMark);
+  async unenroll(netns: NetnsRef): Promise<void> {
+    await withNetns(netns, async (ns) => {
+      if (!existsSync(this.#pin('inpod_enrolled'))) return;
+      const wasEnrolled = this.#enrolledCookie(ns.cookie);
+      this.#unenrollCookie(ns.cookie);
+      if (wasEnrolled) await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+    });
   }
 
-  async isEnrolled(netnsPath: string): Promise<boolean> {
-    const m = this.#openMap('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof);
-    if (!m) return false;
-    try {
-      return m.lookup(encodeU64(netnsCookie(netnsPath))) !== null;
-    } finally {
-      closeMap(m);
-    }
+  async isEnrolled(netns: NetnsRef): Promise<boolean> {
+    if (!existsSync(this.#pin('inpod_enrolled'))) return false;
+    return withNetns(netns, (ns) => this.#enrolledCookie(ns.cookie));
   }
 
   async list(): Promise<EnrolledPod[]> {
@@ -258,12 +256,9 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  async reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+  async reconcile(keep: Map<NetnsRef, Partial<PodSettings>>): Promise<EnrolledPod[]> {
     const wanted = new Set<bigint>();
-    for (const [path, settings] of keep) {
-      await this.enroll(path, settings);
-      wanted.add(netnsCookie(path));
-    }
+    for (const [netns, settings] of keep) wanted.add(BigInt((await this.enroll(netns, settings)).cookie));
     for (const pod of await this.list()) {
       const c = BigInt(pod.cookie);
       if (!wanted.has(c)) this.#unenrollCookie(c);
@@ -305,13 +300,13 @@ export class EbpfBackend implements RedirectBackend {
    * then lose nothing they need (an unenrolled netns has no sk_lookup link and no capture).
    */
   #purgeConnections(cookie: bigint): void {
-    for (const { name, valueSize } of TUPLE_MAPS) {
-      const m = this.#openMap(name, LAYOUT.inpod_tuple.sizeof, valueSize);
+    for (const name of TUPLE_MAPS) {
+      const m = this.#openMap(name);
       if (!m) continue;
       try {
         for (const k of m.keys()) if (decodeTuple(k).netns === cookie) m.delete(k);
       } finally {
-        closeMap(m);
+        m.close();
       }
     }
   }
@@ -327,8 +322,18 @@ export class EbpfBackend implements RedirectBackend {
     for (const c of s.excludeOutboundCidrs) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
   }
 
-  #attachNetns(netnsPath: string, cookie: bigint): void {
-    const pin = this.#pin('links', `netns-${cookie}`);
+  #enrolledCookie(cookie: bigint): boolean {
+    const m = this.#openMap('inpod_enrolled');
+    if (!m) return false;
+    try {
+      return m.lookup(encodeU64(cookie)) !== null;
+    } finally {
+      m.close();
+    }
+  }
+
+  #attachNetns(ns: PodNetns): void {
+    const pin = this.#pin('links', `netns-${ns.cookie}`);
     const existing = objGet(pin);
     if (existing) {
       const alive = linkInfo(existing.fd).netnsIno !== 0;
@@ -339,7 +344,7 @@ export class EbpfBackend implements RedirectBackend {
     const prog = objGet(this.#pin('progs', SK_LOOKUP_PROG));
     if (!prog) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `sk_lookup program not pinned under ${this.pinRoot}; run install first`);
     try {
-      const link = withFd(netnsPath, (ns) => linkCreate(prog.fd, ns, BPF_SK_LOOKUP));
+      const link = linkCreate(prog.fd, ns.fd, skeleton('sk_lookup').prog(SK_LOOKUP_PROG).attachType);
       objPin(link.fd, pin);
       link.close();
     } finally {
@@ -359,23 +364,31 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
+  /** The per-pod maps, all open or none (close them with closeMaps). */
   #maps(): Maps {
-    const open = (name: string, k: number, v: number): BpfMap => {
-      const m = this.#openMap(name, k, v);
+    const opened: BpfMap[] = [];
+    const open = (name: string): BpfMap => {
+      const m = this.#openMap(name);
       if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
+      opened.push(m);
       return m;
     };
-    return {
-      enrolled: open('inpod_enrolled', 8, LAYOUT.inpod_pod.sizeof),
-      podIps: open('inpod_pod_ips', 4, 8),
-      portExcl: open('inpod_port_excl', LAYOUT.inpod_port_key.sizeof, 1),
-      cidrExcl: open('inpod_cidr_excl', LAYOUT.inpod_cidr_key.sizeof, 1),
-    };
+    try {
+      return {
+        enrolled: open('inpod_enrolled'),
+        podIps: open('inpod_pod_ips'),
+        portExcl: open('inpod_port_excl'),
+        cidrExcl: open('inpod_cidr_excl'),
+      };
+    } catch (e) {
+      for (const m of opened) m.close();
+      throw e;
+    }
   }
 
-  #openMap(name: string, keySize: number, valueSize: number): BpfMap | null {
-    const fd = objGet(this.#pin(name));
-    return fd ? new BpfMap(name, fd.release(), keySize, valueSize) : null;
+  /** The map pinned as `name`, checked against this build's skeletons; null when not pinned. */
+  #openMap(name: string): BpfMap | null {
+    return BpfMap.pinned(this.#pin(name), pinnedMapSpec(name));
   }
 
   #pin(...parts: string[]): string {
@@ -416,12 +429,8 @@ export class EbpfBackend implements RedirectBackend {
   }
 }
 
-function closeMap(m: BpfMap): void {
-  new Fd(m.fd).close();
-}
-
 function closeMaps(maps: Maps): void {
-  for (const m of Object.values(maps)) closeMap(m);
+  for (const m of Object.values(maps)) m.close();
 }
 
 function defaultCgroup(): string {

@@ -1,6 +1,6 @@
 import { MeshError } from '../util/errors.js';
-import { assertNetns } from './netns.js';
-import type { BackendName, BackendOptions, EnrolledPod, PodSettings, RedirectBackend } from './backend.js';
+import { withNetns } from './netns.js';
+import type { BackendName, BackendOptions, EnrolledPod, NetnsRef, PodSettings, RedirectBackend } from './backend.js';
 
 /** Builds one backend. The agent and the CLI import only this and the interface. */
 export async function createBackend(name: BackendName, opts: BackendOptions = {}): Promise<RedirectBackend> {
@@ -32,27 +32,29 @@ class ExclusiveBackend implements RedirectBackend {
   install(): Promise<void> {
     return this.own.install();
   }
-  async enroll(netnsPath: string, settings?: Partial<PodSettings>): Promise<EnrolledPod> {
-    assertNetns(netnsPath);
-    if (await this.other.isEnrolled(netnsPath)) {
-      throw new MeshError(
-        'INPOD_ERR_OTHER_BACKEND',
-        `${netnsPath} is already captured by the ${this.other.name} backend; ` +
-          `run "inpod redirect unenroll --netns ${netnsPath} --backend ${this.other.name}" first`,
-      );
-    }
-    return this.own.enroll(netnsPath, settings);
+  /** One open of a path for both the check and the enroll. */
+  enroll(netns: NetnsRef, settings?: Partial<PodSettings>): Promise<EnrolledPod> {
+    return withNetns(netns, async (ns) => {
+      if (await this.other.isEnrolled(ns)) {
+        throw new MeshError(
+          'INPOD_ERR_OTHER_BACKEND',
+          `${ns.path} is already captured by the ${this.other.name} backend; ` +
+            `run "inpod redirect unenroll --netns ${ns.path} --backend ${this.other.name}" first`,
+        );
+      }
+      return this.own.enroll(ns, settings);
+    });
   }
-  unenroll(netnsPath: string): Promise<void> {
-    return this.own.unenroll(netnsPath);
+  unenroll(netns: NetnsRef): Promise<void> {
+    return this.own.unenroll(netns);
   }
   list(): Promise<EnrolledPod[]> {
     return this.own.list();
   }
-  isEnrolled(netnsPath: string): Promise<boolean> {
-    return this.own.isEnrolled(netnsPath);
+  isEnrolled(netns: NetnsRef): Promise<boolean> {
+    return this.own.isEnrolled(netns);
   }
-  reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+  reconcile(keep: Map<NetnsRef, Partial<PodSettings>>): Promise<EnrolledPod[]> {
     return this.own.reconcile(keep);
   }
   uninstall(): Promise<void> {

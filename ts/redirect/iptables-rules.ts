@@ -4,14 +4,14 @@
  * flushes them, and refilled, so a second apply replaces the first atomically per table.
  */
 import type { PodSettings } from './backend.js';
+import { MARKS, PORTS } from '../istio.js';
 
-export const PROXY_MARK = '0x539/0xfff';
-export const CONNMARK = '0x111/0xfff';
-export const ROUTE_TABLE = 100;
-export const OUTBOUND_PORT = 15001;
-export const INBOUND_PORT = 15006;
-export const HBONE_PORT = 15008;
-export const DNS_PORT = 15053;
+/** A mark as iptables-save prints it, under Istio's mask ("0x539/0xfff"). */
+const masked = (mark: number): string => `0x${mark.toString(16)}/0x${MARKS.mask.toString(16)}`;
+
+export const PROXY_MARK = masked(MARKS.proxy);
+export const CONNMARK = masked(MARKS.connmark);
+const { outbound: OUTBOUND_PORT, inboundPlaintext: INBOUND_PORT, hbone: HBONE_PORT, dns: DNS_PORT } = PORTS;
 
 export type Table = 'raw' | 'mangle' | 'nat';
 

@@ -1,17 +1,19 @@
 /**
  * iptables redirection backend: Istio 1.24's in-pod rules (iptables-rules.ts) installed with
- * iptables-restore inside the pod netns, plus `ip rule fwmark 0x111/0xfff lookup 100` with a local
- * default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
- * either. State lives in the netns; a record per pod (path, settings) only serves `list`.
+ * iptables-restore inside the pod netns, plus Istio's `ip rule fwmark <connmark> lookup <table>`
+ * (ts/istio.ts) with a local default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
+ * either. State lives in the netns; a record per pod (path, settings) only serves `list`. The
+ * iptables processes enter the netns the caller holds (through /proc/<agent pid>/fd/<fd>), never
+ * the path again.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { runProgram, type Runner } from '../util/run.js';
-import { netnsCookie } from '../native/index.js';
-import { normalizeSettings, type BackendOptions, type EnrolledPod, type PodSettings, type RedirectBackend } from './backend.js';
-import { assertNetns, discoverPodIps } from './netns.js';
-import { inspectSave, podRules, removalInput, restoreInput, ROUTE_TABLE, type Table } from './iptables-rules.js';
+import { normalizeSettings, type BackendOptions, type EnrolledPod, type NetnsRef, type PodNetns, type PodSettings, type RedirectBackend } from './backend.js';
+import { discoverPodIps, netnsProcPath, openNetns, withNetns } from './netns.js';
+import { CONNMARK, inspectSave, podRules, removalInput, restoreInput, type Table } from './iptables-rules.js';
+import { ROUTE_TABLE } from '../istio.js';
 
 export type IptablesFlavor = 'legacy' | 'nft';
 
@@ -21,7 +23,7 @@ export interface IptablesOptions extends BackendOptions {
   run?: Runner;
 }
 
-const RULE = `fwmark 0x111/0xfff lookup ${ROUTE_TABLE}`;
+const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
 
 export class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
@@ -41,53 +43,60 @@ export class IptablesBackend implements RedirectBackend {
     for (const p of await this.list()) await this.unenroll(p.netns);
   }
 
-  async enroll(netnsPath: string, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
-    assertNetns(netnsPath);
+  async enroll(netns: NetnsRef, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
+    return withNetns(netns, (ns) => this.#enroll(ns, partial));
+  }
+
+  async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(netnsPath);
-    const cookie = netnsCookie(netnsPath);
+    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const cookie = ns.cookie;
     // a pod whose rules live in the other flavour is rewritten there, never duplicated
-    const found = await this.#inspect(netnsPath);
+    const found = await this.#inspect(ns);
     const flavor = found.find((f) => f.chains.length > 0)?.flavor ?? this.#flavor;
     const current = found.find((f) => f.flavor === flavor) ?? { flavor, chains: [], jumps: [], drain: false };
     const hasJumps = { raw: current.jumps.includes('raw'), mangle: current.jumps.includes('mangle'), nat: current.jumps.includes('nat') };
-    await this.#ipt(netnsPath, flavor, restoreInput(podRules(settings), hasJumps, current.drain));
-    await this.#sh(netnsPath, `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764; ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`);
-    const pod: EnrolledPod = { netns: netnsPath, backend: 'iptables', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
+    await this.#ipt(ns, flavor, restoreInput(podRules(settings), hasJumps, current.drain));
+    await this.#sh(ns, `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764; ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`);
+    const pod: EnrolledPod = { netns: ns.path, backend: 'iptables', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
     mkdirSync(this.#recordDir, { recursive: true });
     writeFileSync(join(this.#recordDir, `${cookie}.json`), JSON.stringify(pod));
     return pod;
   }
 
-  async unenroll(netnsPath: string): Promise<void> {
-    assertNetns(netnsPath);
-    for (const f of await this.#inspect(netnsPath)) {
-      if (f.chains.length === 0) continue;
-      await this.#ipt(netnsPath, f.flavor, removalInput(f.chains, f.jumps));
-      await this.#sh(netnsPath, `while ip rule show | grep -q '${RULE}'; do ip rule del ${RULE} || break; done; ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null; true`);
-    }
-    rmSync(join(this.#recordDir, `${netnsCookie(netnsPath)}.json`), { force: true });
+  async unenroll(netns: NetnsRef): Promise<void> {
+    await withNetns(netns, async (ns) => {
+      for (const f of await this.#inspect(ns)) {
+        if (f.chains.length === 0) continue;
+        await this.#ipt(ns, f.flavor, removalInput(f.chains, f.jumps));
+        await this.#sh(ns, `while ip rule show | grep -q '${RULE}'; do ip rule del ${RULE} || break; done; ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null; true`);
+      }
+      rmSync(join(this.#recordDir, `${ns.cookie}.json`), { force: true });
+    });
   }
 
   /**
    * Is the pod captured by this backend? Every enroll leaves a record (keyed by netns cookie), so
    * a pod without one was never enrolled here and no iptables process is spawned to find out;
-   * with a record, the rules in the netns decide.
+   * with a record, the rules in the netns decide. A path that is not a netns (any more) is not.
    */
-  async isEnrolled(netnsPath: string): Promise<boolean> {
-    if (!existsSync(netnsPath)) return false;
-    let cookie: bigint;
+  async isEnrolled(netns: NetnsRef): Promise<boolean> {
+    let ns: PodNetns;
     try {
-      cookie = netnsCookie(netnsPath);
+      ns = typeof netns === 'string' ? openNetns(netns) : netns;
     } catch {
       return false;
     }
-    if (!existsSync(join(this.#recordDir, `${cookie}.json`))) return false;
-    return this.#hasRules(netnsPath);
+    try {
+      if (!existsSync(join(this.#recordDir, `${ns.cookie}.json`))) return false;
+      return await this.#hasRules(ns);
+    } finally {
+      if (ns !== netns) ns.close();
+    }
   }
 
-  async #hasRules(netnsPath: string): Promise<boolean> {
-    return (await this.#inspect(netnsPath)).some((f) => f.chains.includes('nat'));
+  async #hasRules(ns: PodNetns): Promise<boolean> {
+    return (await this.#inspect(ns)).some((f) => f.chains.includes('nat'));
   }
 
   async list(): Promise<EnrolledPod[]> {
@@ -102,43 +111,54 @@ export class IptablesBackend implements RedirectBackend {
         rmSync(file, { force: true });
         continue;
       }
-      // the record is only a hint: the rules in the netns decide
-      const alive = existsSync(pod.netns) && netnsCookie(pod.netns).toString() === pod.cookie && (await this.#hasRules(pod.netns));
-      if (alive) out.push(pod);
-      else rmSync(file, { force: true });
+      // the record is only a hint: the rules in the netns its path names now (same cookie) decide
+      let ns: PodNetns | null = null;
+      try {
+        ns = openNetns(pod.netns);
+      } catch {
+        ns = null;
+      }
+      try {
+        const alive = ns !== null && ns.cookie.toString() === pod.cookie && (await this.#hasRules(ns));
+        if (alive) out.push(pod);
+        else rmSync(file, { force: true });
+      } finally {
+        ns?.close();
+      }
     }
     return out;
   }
 
-  async reconcile(keep: Map<string, Partial<PodSettings>>): Promise<EnrolledPod[]> {
-    for (const [path, settings] of keep) await this.enroll(path, settings);
-    for (const p of await this.list()) if (!keep.has(p.netns)) await this.unenroll(p.netns);
+  async reconcile(keep: Map<NetnsRef, Partial<PodSettings>>): Promise<EnrolledPod[]> {
+    const wanted = new Set<string>();
+    for (const [netns, settings] of keep) wanted.add((await this.enroll(netns, settings)).cookie);
+    for (const p of await this.list()) if (!wanted.has(p.cookie)) await this.unenroll(p.netns);
     return this.list();
   }
 
   /* ------------------------------------------------------------------ internals */
 
-  async #inspect(netnsPath: string): Promise<{ flavor: IptablesFlavor; chains: Table[]; jumps: Table[]; drain: boolean }[]> {
+  async #inspect(ns: PodNetns): Promise<{ flavor: IptablesFlavor; chains: Table[]; jumps: Table[]; drain: boolean }[]> {
     const out = [];
     for (const flavor of ['legacy', 'nft'] as const) {
       if (!binaryExists(`iptables-${flavor}-save`)) continue;
-      const r = await this.#run('nsenter', [`--net=${netnsPath}`, `iptables-${flavor}-save`]);
-      if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-save in ${netnsPath} failed: ${r.stderr.trim()}`);
+      const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, `iptables-${flavor}-save`]);
+      if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-save in ${ns.path} failed: ${r.stderr.trim()}`);
       out.push({ flavor, ...inspectSave(r.stdout) });
     }
     return out;
   }
 
-  async #ipt(netnsPath: string, flavor: IptablesFlavor, input: string): Promise<void> {
-    const r = await this.#run('nsenter', [`--net=${netnsPath}`, `iptables-${flavor}-restore`, '--noflush'], input);
+  async #ipt(ns: PodNetns, flavor: IptablesFlavor, input: string): Promise<void> {
+    const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, `iptables-${flavor}-restore`, '--noflush'], input);
     if (r.code !== 0) {
-      throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-restore in ${netnsPath} failed: ${r.stderr.trim()}\ninput:\n${input}`);
+      throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-restore in ${ns.path} failed: ${r.stderr.trim()}\ninput:\n${input}`);
     }
   }
 
-  async #sh(netnsPath: string, script: string): Promise<void> {
-    const r = await this.#run('nsenter', [`--net=${netnsPath}`, 'sh', '-c', script]);
-    if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `routing setup in ${netnsPath} failed: ${r.stderr.trim()}`);
+  async #sh(ns: PodNetns, script: string): Promise<void> {
+    const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, 'sh', '-c', script]);
+    if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `routing setup in ${ns.path} failed: ${r.stderr.trim()}`);
   }
 }
 

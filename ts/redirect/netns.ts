@@ -1,49 +1,113 @@
-/** Facts about a pod network namespace, read from outside it. */
+/**
+ * A pod's network namespace, opened once and held (PodNetns), and the facts about it read from
+ * outside it. The fd names the namespace for as long as it is held, whatever later happens to its
+ * path (paths are reused, a held namespace outlives its bind mount), as istio-cni's open netns
+ * (cni/pkg/nodeagent/netns_linux.go OpenNetns, kept per pod in pod_cache.go) and ztunnel's
+ * InpodNetns (src/inpod/netns.rs) do. The backends, these helpers and ZDS take the held netns.
+ */
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
-import { NSFS_MAGIC, netnsAddrs, netnsLocalRoute, netnsWrite, statfsType } from '../native/index.js';
+import { ROUTE_TABLE } from '../istio.js';
+import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
+/** A network namespace held open. */
+export interface PodNetns {
+  /** The path it was opened from (CNI_NETNS, /proc/<pid>/ns/net): for records and messages only. */
+  readonly path: string;
+  /** SO_NETNS_COOKIE: its identity, unique within a boot. */
+  readonly cookie: bigint;
+  /** The open fd; throws once closed, so a closed netns is never used by its stale number. */
+  readonly fd: number;
+  readonly closed: boolean;
+  /** Idempotent. */
+  close(): void;
+}
 
-/** Throws INPOD_ERR_NETNS unless `path` is a network namespace file. */
-export function assertNetns(path: string): void {
+/** A netns as a caller names it: held open, or a path that is opened once for the call. */
+export type NetnsRef = PodNetns | string;
+
+class HeldNetns implements PodNetns {
+  readonly #f: Fd;
+  constructor(readonly path: string, f: Fd, readonly cookie: bigint) {
+    this.#f = f;
+  }
+  get fd(): number {
+    return this.#f.fd;
+  }
+  get closed(): boolean {
+    return this.#f.closed;
+  }
+  close(): void {
+    this.#f.close();
+  }
+}
+
+/**
+ * Opens the netns at `path` (one open) and reads its cookie from the fd. Throws MeshError
+ * INPOD_ERR_NETNS, naming the path, if it does not exist or is not a network namespace. The type
+ * is checked before opening (a FIFO would block the open) and again through the fd (setns on it
+ * fails unless it is a netns), so a path swapped in between is refused too.
+ */
+export function openNetns(path: string): PodNetns {
   if (!existsSync(path)) {
     throw new MeshError('INPOD_ERR_NETNS', `network namespace ${path} does not exist: is the pod still running? ` +
       'pass the path the runtime gave (CNI_NETNS), e.g. /run/netns/<name> or /proc/<pid>/ns/net');
   }
+  const notNetns = (): MeshError => new MeshError('INPOD_ERR_NETNS', `${path} is not a network namespace (not an nsfs file); ` +
+    'pass a path like /run/netns/<name> or /proc/<pid>/ns/net');
+  const unreadable = (e: unknown): MeshError => new MeshError('INPOD_ERR_NETNS', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
   let type: number;
   try {
     type = statfsType(path);
   } catch (e) {
-    throw new MeshError('INPOD_ERR_NETNS', `cannot read ${path}: ${(e as Error).message}`);
+    throw unreadable(e);
   }
-  if (type !== NSFS_MAGIC) {
-    throw new MeshError('INPOD_ERR_NETNS', `${path} is not a network namespace (not an nsfs file); ` +
-      'pass a path like /run/netns/<name> or /proc/<pid>/ns/net');
+  if (type !== NSFS_MAGIC) throw notNetns();
+  let f: Fd;
+  try {
+    f = openPath(path);
+  } catch (e) {
+    throw unreadable(e);
+  }
+  try {
+    return new HeldNetns(path, f, netnsCookieOfFd(f.fd));
+  } catch {
+    f.close();
+    throw notNetns();
   }
 }
 
-export interface NetnsAddresses {
-  ipv4: string[];
-  ipv6: string[];
+/** Runs `fn` with the netns `ref` names: the held one as is, or the path opened for the call and closed after. */
+export async function withNetns<T>(ref: NetnsRef, fn: (ns: PodNetns) => T | Promise<T>): Promise<T> {
+  if (typeof ref !== 'string') return fn(ref);
+  const ns = openNetns(ref);
+  try {
+    return await fn(ns);
+  } finally {
+    ns.close();
+  }
 }
 
-/** Global addresses configured inside the netns (one native call, no `ip` process). */
-export async function netnsAddresses(path: string): Promise<NetnsAddresses> {
-  return netnsAddrs(path);
+/**
+ * A path naming the held netns for a child process (`nsenter --net=...`): the magic link of this
+ * process's fd, which reaches the namespace the fd holds even if its own path is gone or reused.
+ */
+export function netnsProcPath(ns: PodNetns): string {
+  return `/proc/${process.pid}/fd/${ns.fd}`;
 }
 
 /**
  * The pod's IPv4 addresses. A pod with global IPv6 addresses is refused: IPv6 capture is not
  * implemented yet, and enrolling such a pod would let its IPv6 traffic bypass the proxy.
  */
-export async function discoverPodIps(path: string): Promise<string[]> {
-  const a = await netnsAddresses(path);
+export async function discoverPodIps(ns: PodNetns): Promise<string[]> {
+  const a = netnsAddrsOfFd(ns.fd);
   if (a.ipv6.length > 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
       'and refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, or leave it out of the mesh');
   }
   if (a.ipv4.length === 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${path} has no IPv4 address yet: enroll after the CNI plugins ` +
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 address yet: enroll after the CNI plugins ` +
       'configured the pod network (inpod-cni must be last in the chain)');
   }
   return a.ipv4;
@@ -59,12 +123,12 @@ export async function discoverPodIps(path: string): Promise<string[]> {
  * a mark here (a packet entering over the veth has none), so nothing else changes for the pod.
  * No iptables involved. Idempotent; `false` removes exactly this.
  */
-export async function transparentReturnRouting(path: string, on: boolean, mark: number, table = 100): Promise<void> {
+export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE): Promise<void> {
   try {
-    netnsWrite(path, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
-    netnsWrite(path, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
-    netnsLocalRoute(path, mark, table, 32763, on);
+    netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
+    netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
+    netnsLocalRouteOfFd(ns.fd, mark, table, 32763, on);
   } catch (e) {
-    throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${path} failed: ${(e as Error).message}`, { cause: e });
+    throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${ns.path} failed: ${(e as Error).message}`, { cause: e });
   }
 }

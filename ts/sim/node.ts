@@ -9,11 +9,11 @@ import { runProgram } from '../util/run.js';
 import { mkdirSync, rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
+import { PROBE_SOURCE } from '../istio.js';
 
 const run = promisify(execFile);
 
 export const CNI_PATH = process.env.INPOD_CNI_PATH ?? '/usr/lib/cni:/opt/cni/bin';
-export const PROBE_SOURCE = '169.254.7.127';
 
 export interface SimPod {
   name: string;
@@ -172,7 +172,7 @@ export class SimNode {
 
   /** The bridge exists after the first ADD: give it the probe source address (kubelet SNAT). */
   async #firstPodSetup(): Promise<void> {
-    await this.inNode('ip', 'addr', 'replace', `${PROBE_SOURCE}/32`, 'dev', this.bridge);
+    await this.inNode('ip', 'addr', 'replace', `${PROBE_SOURCE.ipv4}/32`, 'dev', this.bridge);
     this.#probeReady = true;
   }
 

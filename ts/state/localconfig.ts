@@ -7,6 +7,7 @@ import { isIP } from 'node:net';
 import { MeshError } from '../util/errors.js';
 import { translatePolicy } from '../policy/istio.js';
 import { parseYaml } from '../util/yaml.js';
+import { PORTS } from '../istio.js';
 import type { MeshState, Policy, Service, Waypoint, Workload } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -74,7 +75,7 @@ function waypoint(path: string, v: unknown): Waypoint | undefined {
   if (v === undefined || v === null) return undefined;
   const f = obj(path, v);
   const dest = f.v.destination ?? f.v.address;
-  return { address: networkAddress(`${path}.destination`, dest), hboneMtlsPort: port(`${path}.hboneMtlsPort`, f.v.hboneMtlsPort ?? 15008) };
+  return { address: networkAddress(`${path}.destination`, dest), hboneMtlsPort: port(`${path}.hboneMtlsPort`, f.v.hboneMtlsPort ?? PORTS.hbone) };
 }
 
 function workload(path: string, v: unknown): Workload {

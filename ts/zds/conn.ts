@@ -3,7 +3,7 @@
  * with the netns fd as SCM_RIGHTS on Add. Received messages are checked for truncation (data or
  * control) before anyone decodes them; every fd received on a message that is refused is closed.
  */
-import { Fd, POLLHUP, POLLERR, recvFds, sendFds, watchReadable, type Received } from '../native/index.js';
+import { EPOLLERR, EPOLLHUP, Fd, recvFds, sendFds, watchReadable, type Received } from '../native/index.js';
 import { MeshError } from '../util/errors.js';
 import { MAX_MESSAGE } from './messages.js';
 
@@ -19,7 +19,7 @@ export class ZdsConn {
 
   constructor(readonly sock: Fd, onMessage: (m: ZdsMessage) => void, onClose: (why: Error | null) => void) {
     this.#onClose = onClose;
-    this.#stop = watchReadable(sock.fd, (revents) => {
+    this.#stop = watchReadable(sock.fd, (events) => {
       for (;;) {
         if (this.#closed) return;
         let m: Received | null;
@@ -30,7 +30,7 @@ export class ZdsConn {
           return;
         }
         if (m === null) {
-          if (revents & (POLLHUP | POLLERR)) this.close(null);
+          if (events & (EPOLLHUP | EPOLLERR)) this.close(null);
           return;
         }
         if (m.data.length === 0 && m.fds.length === 0) {

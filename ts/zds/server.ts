@@ -2,13 +2,16 @@
  * The agent side of ZDS: listens on a SOCK_SEQPACKET socket for the proxy, one connection at a
  * time (a newer connection replaces the older, as when the proxy is upgraded). After the
  * proxy's ZdsHello it sends the snapshot: Add with the netns fd for every enrolled pod, Keep for
- * a pod whose netns cannot be opened right now, then SnapshotSent. Then Add/Del as pods come and
+ * a pod whose netns cannot be opened right now, then SnapshotSent. The fd sent is the pod's held
+ * netns when the caller holds one (the agent does: istio-cni's ztunnelserver.go sendSnapshot sends
+ * the cached netns fd likewise), else its path opened for the send. Then Add/Del as pods come and
  * go. Requests go one at a time; each waits for its Ack (5 s by default); an Ack carrying an
  * error rejects the caller with a MeshError naming the pod.
  */
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { accept, listen, openPath, unixBind, unixSocket, watchReadable, type Fd } from '../native/index.js';
+import type { PodNetns } from '../redirect/netns.js';
 import { MeshError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
 import { ZdsConn, type ZdsMessage } from './conn.js';
@@ -19,7 +22,10 @@ export const DEFAULT_ZDS_SOCKET = '/var/run/ztunnel/ztunnel.sock';
 export interface ZdsPod {
   uid: string;
   info: WorkloadInfo;
+  /** the pod's netns path: opened for each send when `netns` is not given; names it in logs */
   netnsPath: string;
+  /** the pod's netns, held open by the caller: its fd is what is sent (never closed here) */
+  netns?: PodNetns;
 }
 
 export interface ZdsServerOptions {
@@ -136,9 +142,9 @@ export class ZdsServer {
   async #sendSnapshot(conn: ZdsConn): Promise<void> {
     const pods = await this.#opts.pods();
     for (const pod of pods) {
-      let ns: Fd | null = null;
+      let ns: NetnsFd | null;
       try {
-        ns = openPath(pod.netnsPath);
+        ns = netnsFd(pod);
       } catch {
         ns = null;
       }
@@ -149,7 +155,7 @@ export class ZdsServer {
         this.#log.warn({ uid: pod.uid, err: (e as Error).message }, 'snapshot entry refused');
         if (conn.closed) throw e;
       } finally {
-        ns?.close();
+        ns?.done();
       }
     }
     await this.#request(conn, { kind: 'snapshotSent' });
@@ -162,11 +168,11 @@ export class ZdsServer {
   addPod(pod: ZdsPod): Promise<void> {
     return this.#serialize(async () => {
       const conn = this.#readyConn(pod.uid);
-      const ns = openPath(pod.netnsPath);
+      const ns = netnsFd(pod);
       try {
         await this.#request(conn, { kind: 'add', uid: pod.uid, info: pod.info }, ns.fd, pod.uid);
       } finally {
-        ns.close();
+        ns.done();
       }
     });
   }
@@ -220,4 +226,21 @@ export class ZdsServer {
     this.#listener?.close();
     if (existsSync(this.path)) unlinkSync(this.path);
   }
+}
+
+interface NetnsFd {
+  readonly fd: number;
+  /** closes the fd if it was opened for this send; a held netns stays open */
+  done(): void;
+}
+
+/**
+ * The fd to send for `pod`: its held netns, or its path opened now. A held netns closed meanwhile
+ * (the pod released while a snapshot was going out) throws (PodNetns.fd), so it is neither sent
+ * by its stale number nor replaced by whatever its path names now: the snapshot sends Keep for it.
+ */
+function netnsFd(pod: ZdsPod): NetnsFd {
+  if (pod.netns) return { fd: pod.netns.fd, done: () => {} };
+  const f = openPath(pod.netnsPath);
+  return { fd: f.fd, done: () => f.close() };
 }

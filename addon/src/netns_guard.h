@@ -1,0 +1,64 @@
+// The one way native code enters another network namespace.
+//
+// INVARIANT (the one that matters most in this addon): the JavaScript thread never leaves a
+// native call while inside a pod's netns, and never runs JavaScript while inside one. A socket,
+// a sysctl or a route made by the proxy or the agent after a missed setns-back would land in
+// the wrong namespace: a pod's traffic around the proxy, or the node's routing changed from
+// inside a pod. So:
+//   - NetnsGuard is the only place that calls setns(CLONE_NEWNET); every export that works in
+//     another netns holds one for exactly the span of its syscalls.
+//   - The destructor switches back on every path out of that span (success, early error
+//     return, anything), and aborts the process if it cannot: better no proxy than a proxy
+//     whose event loop runs inside a pod.
+//   - Nothing inside the guarded span touches the N-API: arguments are read into C++ values
+//     before the guard, results are turned into JavaScript values after it (a getter, a Proxy
+//     or a prototype setter would otherwise run JavaScript inside the pod's netns).
+#pragma once
+#include <fcntl.h>
+#include <sched.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstdlib>
+
+namespace inpod {
+
+class NetnsGuard {
+ public:
+  // Enters the netns behind `nsFd`; nsFd < 0 stays in the current one (the guard does nothing).
+  // On failure the thread has not moved: see err() and syscall().
+  explicit NetnsGuard(int nsFd) {
+    if (nsFd < 0) return;
+    self_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self_ < 0) {
+      Fail("open(/proc/thread-self/ns/net)");
+      return;
+    }
+    if (setns(nsFd, CLONE_NEWNET) < 0) {
+      Fail("setns");
+      close(self_);
+      self_ = -1;
+    }
+  }
+  ~NetnsGuard() {
+    if (self_ < 0) return;
+    if (setns(self_, CLONE_NEWNET) < 0) abort();  // see the invariant above
+    close(self_);
+  }
+  NetnsGuard(const NetnsGuard &) = delete;
+  NetnsGuard &operator=(const NetnsGuard &) = delete;
+
+  // 0 when the thread is where it was asked to be, else the errno of the failed step.
+  int err() const { return err_; }
+  const char *syscall() const { return syscall_; }
+
+ private:
+  void Fail(const char *what) {
+    err_ = errno;
+    syscall_ = what;
+  }
+  int self_ = -1;
+  int err_ = 0;
+  const char *syscall_ = "";
+};
+
+}  // namespace inpod

@@ -1,0 +1,244 @@
+// TCP sockets: one made inside another netns in a single call (socket, options, bind, listen or
+// connect, all between entering and leaving the netns on the same thread: see netns_guard.h),
+// and the per-socket facts the proxy and the fast path read (original destination, name,
+// cookie, send/receive queue counters) without going through Node.
+#include "addon.h"
+#include "netns_guard.h"
+
+#include <arpa/inet.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+namespace inpod {
+
+static bool ParseAddr(const Napi::Object &o, sockaddr_storage *ss, socklen_t *len) {
+  std::string ip = o.Get("ip").As<Napi::String>().Utf8Value();
+  int port = o.Get("port").As<Napi::Number>().Int32Value();
+  memset(ss, 0, sizeof(*ss));
+  auto *s4 = reinterpret_cast<sockaddr_in *>(ss);
+  if (inet_pton(AF_INET, ip.c_str(), &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    *len = sizeof(*s4);
+    return true;
+  }
+  auto *s6 = reinterpret_cast<sockaddr_in6 *>(ss);
+  if (inet_pton(AF_INET6, ip.c_str(), &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(port);
+    *len = sizeof(*s6);
+    return true;
+  }
+  return false;
+}
+
+// A SocketSpec read out of its JavaScript object before the netns is entered.
+struct SocketSpec {
+  int family = AF_INET;
+  bool hasMark = false;
+  int mark = 0;
+  bool transparent = false;
+  bool reuseAddr = false;
+  bool hasBind = false;
+  sockaddr_storage bind;
+  socklen_t bindLen = 0;
+  bool hasListen = false;
+  int backlog = 0;
+  bool hasConnect = false;
+  sockaddr_storage connect;
+  socklen_t connectLen = 0;
+};
+
+static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
+  s->family = o.Get("family").As<Napi::Number>().Int32Value() == 6 ? AF_INET6 : AF_INET;
+  if ((s->hasMark = o.Has("mark"))) s->mark = o.Get("mark").As<Napi::Number>().Int32Value();
+  s->transparent = o.Has("transparent") && o.Get("transparent").ToBoolean();
+  s->reuseAddr = o.Has("reuseAddr") && o.Get("reuseAddr").ToBoolean();
+  if ((s->hasBind = o.Has("bind")) && !ParseAddr(o.Get("bind").As<Napi::Object>(), &s->bind, &s->bindLen)) return false;
+  if ((s->hasListen = o.Has("listen"))) s->backlog = o.Get("listen").As<Napi::Number>().Int32Value();
+  if ((s->hasConnect = o.Has("connect")) && !ParseAddr(o.Get("connect").As<Napi::Object>(), &s->connect, &s->connectLen))
+    return false;
+  return true;
+}
+
+// The syscalls of socketIn, in the netns the caller's guard entered: the fd, or -1 with `st` set.
+static int MakeSocket(const SocketSpec &s, Step *st) {
+  int fd = socket(s.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    st->Fail("socket");
+    return -1;
+  }
+  auto fail = [&](const char *what) {
+    st->Fail(what);
+    close(fd);
+    return -1;
+  };
+  int one = 1;
+  if (s.hasMark && setsockopt(fd, SOL_SOCKET, SO_MARK, &s.mark, sizeof(s.mark)) < 0) return fail("setsockopt(SO_MARK)");
+  if (s.transparent && setsockopt(fd, s.family == AF_INET ? SOL_IP : SOL_IPV6,
+                                  s.family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT, &one, sizeof(one)) < 0)
+    return fail("setsockopt(IP_TRANSPARENT)");
+  if (s.reuseAddr && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEADDR)");
+  if (s.hasBind && bind(fd, reinterpret_cast<const sockaddr *>(&s.bind), s.bindLen) < 0) return fail("bind");
+  if (s.hasListen && listen(fd, s.backlog) < 0) return fail("listen");
+  if (s.hasConnect && connect(fd, reinterpret_cast<const sockaddr *>(&s.connect), s.connectLen) < 0 && errno != EINPROGRESS)
+    return fail("connect");
+  return fd;
+}
+
+// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, bind?: {ip, port}, listen?: backlog,
+//                 connect?: {ip, port}}) -> fd | {errno, syscall}
+// nsFd < 0: this thread's netns. The socket is non-blocking and close-on-exec; a connect in
+// progress is not an error.
+static Napi::Value SocketIn(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int nsFd = IntArg(info, 0);
+  SocketSpec spec;
+  if (!ParseSpec(info[1].As<Napi::Object>(), &spec)) return SysFail(env, "inet_pton", EINVAL);
+  Step st;
+  int fd = -1;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) st.Fail(g.syscall(), g.err());
+    else fd = MakeSocket(spec, &st);
+  }
+  if (fd < 0) return SysFail(env, st.syscall, st.err);
+  return Napi::Number::New(env, fd);
+}
+
+static Napi::Value AddrValue(Napi::Env env, const sockaddr_storage &ss) {
+  char buf[INET6_ADDRSTRLEN] = "";
+  Napi::Object o = Napi::Object::New(env);
+  if (ss.ss_family == AF_INET) {
+    auto *s4 = reinterpret_cast<const sockaddr_in *>(&ss);
+    inet_ntop(AF_INET, &s4->sin_addr, buf, sizeof(buf));
+    o.Set("port", ntohs(s4->sin_port));
+  } else {
+    auto *s6 = reinterpret_cast<const sockaddr_in6 *>(&ss);
+    inet_ntop(AF_INET6, &s6->sin6_addr, buf, sizeof(buf));
+    o.Set("port", ntohs(s6->sin6_port));
+  }
+  o.Set("ip", buf);
+  return o;
+}
+
+// origDst(fd) -> {ip, port} | -errno : getsockopt(SOL_IP, SO_ORIGINAL_DST)
+static Napi::Value OrigDst(const Napi::CallbackInfo &info) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof(sockaddr_in);
+  memset(&ss, 0, sizeof(ss));
+  if (getsockopt(IntArg(info, 0), SOL_IP, SO_ORIGINAL_DST, &ss, &len) < 0) return Errno(info.Env(), errno);
+  return AddrValue(info.Env(), ss);
+}
+
+// sockName(fd) -> {ip, port} | -errno
+static Napi::Value SockName(const Napi::CallbackInfo &info) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getsockname(IntArg(info, 0), reinterpret_cast<sockaddr *>(&ss), &len) < 0) return Errno(info.Env(), errno);
+  return AddrValue(info.Env(), ss);
+}
+
+// getsockoptInt(fd, level, name) -> value (>= 0 for the options used here) | -errno
+static Napi::Value GetsockoptInt(const Napi::CallbackInfo &info) {
+  int v = 0;
+  socklen_t l = sizeof(v);
+  if (getsockopt(IntArg(info, 0), IntArg(info, 1), IntArg(info, 2), &v, &l) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), v);
+}
+
+// socketCookie(fd) -> bigint | -errno
+static Napi::Value SocketCookie(const Napi::CallbackInfo &info) {
+  uint64_t c = 0;
+  socklen_t l = sizeof(c);
+  if (getsockopt(IntArg(info, 0), SOL_SOCKET, SO_COOKIE, &c, &l) < 0) return Errno(info.Env(), errno);
+  return Napi::BigInt::New(info.Env(), c);
+}
+
+// tcpWritten(fd) -> bytes the socket has taken for sending so far (acked + still queued), up to
+// a constant fixed at connection setup | -errno. Read acked first: an ACK landing between the two
+// reads can only make the sum smaller, never larger than what was written.
+static Napi::Value TcpWritten(const Napi::CallbackInfo &info) {
+  int fd = IntArg(info, 0);
+  struct tcp_info ti = {};
+  socklen_t l = sizeof(ti);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return Errno(info.Env(), errno);
+  int outq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_acked) + outq);
+}
+
+// tcpInq(fd) -> bytes received and not yet read (SIOCINQ) | -errno
+static Napi::Value TcpInq(const Napi::CallbackInfo &info) {
+  int n = 0;
+  if (ioctl(IntArg(info, 0), SIOCINQ, &n) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), n);
+}
+
+// recvPeek(fd) -> bytes readable (peeked, not consumed; 0 at EOF) | -errno (-EAGAIN: none).
+// On a socket in a SOCKHASH with a verdict program, a read also runs the program over data
+// that was queued before the socket joined.
+static Napi::Value RecvPeek(const Napi::CallbackInfo &info) {
+  char b[1];
+  ssize_t n = recv(IntArg(info, 0), b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
+  return Napi::Number::New(info.Env(), n < 0 ? -errno : static_cast<double>(n));
+}
+
+// recvAll(fd, max) -> {data, eof, more} | -errno: reads until EAGAIN, EOF or `max` bytes.
+static Napi::Value RecvAll(const Napi::CallbackInfo &info) {
+  int fd = IntArg(info, 0);
+  size_t max = info[1].As<Napi::Number>().Int64Value();
+  std::vector<char> buf;
+  bool eof = false, more = false;
+  for (;;) {
+    if (buf.size() >= max) {
+      more = true;
+      break;
+    }
+    size_t off = buf.size(), want = std::min<size_t>(65536, max - off);
+    buf.resize(off + want);
+    ssize_t n = recv(fd, buf.data() + off, want, MSG_DONTWAIT);
+    if (n < 0) {
+      int err = errno;
+      buf.resize(off);
+      if (err == EAGAIN || err == EWOULDBLOCK) break;
+      if (err == EINTR) continue;
+      return Errno(info.Env(), err);
+    }
+    buf.resize(off + n);
+    if (n == 0) {
+      eof = true;
+      break;
+    }
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("data", Napi::Buffer<char>::Copy(info.Env(), buf.data(), buf.size()));
+  o.Set("eof", eof);
+  o.Set("more", more);
+  return o;
+}
+
+void InitTcp(Napi::Env env, Napi::Object exports) {
+  exports.Set("socketIn", Napi::Function::New(env, SocketIn));
+  exports.Set("origDst", Napi::Function::New(env, OrigDst));
+  exports.Set("sockName", Napi::Function::New(env, SockName));
+  exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
+  exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
+  exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
+  exports.Set("tcpInq", Napi::Function::New(env, TcpInq));
+  exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));
+  exports.Set("recvAll", Napi::Function::New(env, RecvAll));
+}
+
+}  // namespace inpod
