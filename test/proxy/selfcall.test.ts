@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { isSelfCall, PROXY_PORTS } from '../../ts/proxy/route.js';
+import { PROXY_PORTS } from '../../ts/istio.js';
+import { isSelfCall } from '../../ts/proxy/route.js';
 
 const own = { podIps: ['10.200.1.5'], nodeIps: new Set(['192.0.2.10']) };
 

@@ -2,8 +2,9 @@
  * AuthorizationPolicy as an attacker and a careless operator would try it: every field of the
  * Istio API, as ALLOW and as DENY, against two service accounts of one namespace (shop/a, shop/b),
  * the same service-account name in another namespace (other/a) and a plaintext client with no
- * identity. Each policy goes through the proxy's own hook (IstioTelemetry.authorize: the state's
- * policies, the connection's identity, IPs and port) as a connection to shop/web on 8080 would.
+ * identity. Each policy goes through the proxy's own authorizer (PolicyAuthorizer.authorize: the
+ * state's policies, the connection's identity, IPs and port) as a connection to shop/web on 8080
+ * would.
  *
  * What is expected follows istiod's translation for ztunnel (istio
  * pilot/pkg/serviceregistry/ambient/authorization.go) and ztunnel's evaluation (src/rbac.rs),
@@ -15,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IstioTelemetry } from '../../ts/telemetry/istio.js';
+import { PolicyAuthorizer } from '../../ts/policy/authorizer.js';
 import { StateStore } from '../../ts/state/store.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import type { Policy, Workload } from '../../ts/state/types.js';
@@ -44,7 +45,7 @@ function attempt(policies: Policy[]): { admitted: Client[]; warnings: { msg: str
   const lines: { level: number; msg: string; policy?: string; field?: string }[] = [];
   const state = new StateStore();
   state.set({ workloads: [WEB], services: [], policies });
-  const hooks = new IstioTelemetry(state, pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l)) }), { processMetrics: false });
+  const hooks = new PolicyAuthorizer(state, pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l)) }));
   const admitted = ALL.filter((c) => {
     const ctx: ConnContext = {
       direction: 'inbound', transport: CLIENTS[c].identity ? 'hbone' : 'plaintext', src: { ip: CLIENTS[c].ip, port: 40000, identity: CLIENTS[c].identity },

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
-/** The `inpod` command line (shared/DESIGN.md "Command line"). */
+/**
+ * The `inpod` command line (shared/DESIGN.md "Command line"). Each command's module is imported
+ * only when that command runs: the proxy must not carry the agent's Kubernetes client, nor the
+ * agent the proxy's TLS and HTTP/2 stack.
+ */
 import { MeshError } from '../util/errors.js';
-import { REDIRECT_USAGE, redirectCommand } from './redirect.js';
-import { ZTUNNEL_USAGE, ztunnelCommand, ztunnelShow } from './ztunnel.js';
-import { AGENT_USAGE, agentCommand } from './agent.js';
-import { doctorCommand } from './doctor.js';
 
-const USAGE = `inpod: node data plane of a sidecar-less service mesh
+async function usage(): Promise<string> {
+  const [{ AGENT_USAGE }, { ZTUNNEL_USAGE }, { REDIRECT_USAGE }] = await Promise.all([import('./agent.js'), import('./ztunnel.js'), import('./redirect.js')]);
+  return `inpod: node data plane of a sidecar-less service mesh
 
 ${AGENT_USAGE}
 ${ZTUNNEL_USAGE}
@@ -14,31 +16,34 @@ ${REDIRECT_USAGE}
   inpod bench    [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S]   eBPF vs iptables vs no mesh, side by side
   inpod doctor   [--bpffs DIR] [--cni-conf-dir DIR] [--netns PATH]... [--json]   checks this host, each failure with its fix
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
+}
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     switch (cmd) {
       case 'redirect':
-        process.stdout.write(`${JSON.stringify(await redirectCommand(rest), null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(await (await import('./redirect.js')).redirectCommand(rest), null, 2)}\n`);
         return 0;
       case 'agent':
-        await agentCommand(rest);
+        await (await import('./agent.js')).agentCommand(rest);
         return 0;
       case 'cni':
         return (await import('../cni/bin.js')).cniMain();
-      case 'ztunnel':
+      case 'ztunnel': {
+        const zt = await import('./ztunnel.js');
         if (rest[0] === 'workloads' || rest[0] === 'services' || rest[0] === 'policies') {
-          process.stdout.write(`${JSON.stringify(await ztunnelShow(rest[0], rest.slice(1)), null, 2)}\n`);
+          process.stdout.write(`${JSON.stringify(await zt.ztunnelShow(rest[0], rest.slice(1)), null, 2)}\n`);
           return 0;
         }
-        await ztunnelCommand(rest);
+        await zt.ztunnelCommand(rest);
         return 0;
+      }
       case 'bench':
         await (await import('../bench/index.js')).bench(rest);
         return 0;
       case 'doctor':
-        return await doctorCommand(rest);
+        return await (await import('./doctor.js')).doctorCommand(rest);
       case 'demo':
         await (await import('./demo.js')).demo();
         return 0;
@@ -46,10 +51,10 @@ export async function main(argv: string[]): Promise<number> {
       case 'help':
       case '--help':
       case '-h':
-        process.stdout.write(`${USAGE}\n`);
+        process.stdout.write(`${await usage()}\n`);
         return cmd === undefined ? 2 : 0;
       default:
-        process.stderr.write(`inpod: unknown command "${cmd}"\n${USAGE}\n`);
+        process.stderr.write(`inpod: unknown command "${cmd}"\n${await usage()}\n`);
         return 2;
     }
   } catch (e) {

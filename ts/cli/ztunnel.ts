@@ -1,6 +1,8 @@
 /**
  * `inpod ztunnel`: the proxy process. Connects to the agent over ZDS, serves each pod it is
- * handed, reads workloads/services/policies from --config (hot-reloaded), and drains on SIGTERM.
+ * handed, reads workloads/services/policies from --config (hot-reloaded), the Kubernetes API or
+ * a manifest directory, and drains on SIGTERM. The state sources are imported by the mode that
+ * uses them: the Kubernetes client alone is about 70 MB of the process's memory.
  */
 import { parseArgs } from 'node:util';
 import { StateStore } from '../state/store.js';
@@ -10,8 +12,6 @@ import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
-import { KubeStateSource, ManifestStateSource } from '../state/kube.js';
-import { loadKubeConfig } from '../agent/kube.js';
 import { PORTS } from '../istio.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
@@ -66,13 +66,17 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     state.on('error', (e) => log.error({ err: e.message }, 'config reload refused; keeping the last good state'));
     state.on('update', (s) => log.info({ workloads: s.state.workloads.length, services: s.state.services.length }, 'config loaded'));
   }
-  let kube: KubeStateSource | ManifestStateSource | undefined;
+  let kube: { stop(): void } | undefined;
   if (!v.config && v.manifests) {
-    kube = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
-    await kube.start();
+    const { ManifestStateSource } = await import('../state/kube.js');
+    const src = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
+    kube = src;
+    await src.start();
   } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
-    kube = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
-    await kube.start();
+    const [{ KubeStateSource }, { loadKubeConfig }] = await Promise.all([import('../state/kube.js'), import('../agent/kube.js')]);
+    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
+    kube = src;
+    await src.start();
     log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });

@@ -64,9 +64,8 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<http.Ser
     } else json(res, 404, { error: 'try /config_dump, /state or /logging?level=debug' });
   });
   const metrics = await safe(o.metrics, (req, res) => {
-    const reg = zt.telemetry?.registry;
+    const reg = zt.telemetry.registry;
     if (req.url !== '/metrics' && req.url !== '/stats/prometheus') return void res.writeHead(404).end();
-    if (!reg) return void res.writeHead(200).end('');
     reg.metrics().then((m) => res.writeHead(200, { 'content-type': reg.contentType }).end(m));
   });
   const readiness = await safe(o.readiness, (req, res) => {

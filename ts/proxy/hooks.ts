@@ -1,8 +1,9 @@
 /**
- * What the data path asks of policy and telemetry. The proxy core calls these; the policy and
- * telemetry modules implement them (defaults: allow everything, log one line per connection).
+ * What the data path asks of the rest of the proxy, as two interfaces: an `Authorizer` decides
+ * whether an inbound connection may reach the app (ts/policy/authorizer.ts), a `ConnObserver` is
+ * told when a connection opens and closes (ts/telemetry/istio.ts: metrics and the access log).
+ * ztunnel.ts composes the two; the listeners call them and nothing else.
  */
-import type { Logger } from '../util/log.js';
 
 export interface ConnContext {
   direction: 'inbound' | 'outbound';
@@ -39,17 +40,18 @@ export interface ConnRecord extends ConnContext {
   kernelBytes?: number;
 }
 
-export interface ProxyHooks {
+/** Decides inbound connections. Pure with respect to the connection: it must not throw. */
+export interface Authorizer {
+  /** May `ctx` (an inbound connection to the pod `ctx.pod`) reach the app? */
   authorize(ctx: ConnContext): Decision;
-  opened(ctx: ConnContext): void;
-  closed(rec: ConnRecord): void;
 }
 
-/** Allows everything; logs one access-log line per connection at info. */
-export function defaultHooks(log: Logger): ProxyHooks {
-  return {
-    authorize: () => ({ allow: true }),
-    opened: () => {},
-    closed: (r) => log.info({ access: true, ...r }, 'connection closed'),
-  };
+/**
+ * Is told about every connection the proxy reports: `opened` once, then `closed` once with the
+ * outcome (a connection refused before it is reported, such as one with no original destination,
+ * is only logged). Must not throw.
+ */
+export interface ConnObserver {
+  opened(ctx: ConnContext): void;
+  closed(rec: ConnRecord): void;
 }

@@ -1,6 +1,6 @@
 /**
  * Where an outbound connection goes: a pure decision from the state, the source workload and the
- * original destination (ztunnel's build_request). The I/O happens elsewhere (outbound.ts).
+ * original destination (ztunnel's build_request). The I/O happens in outbound.ts.
  *
  *  - a service VIP: pick a healthy endpoint (load balanced), map the port, then as a workload;
  *  - a workload (or endpoint) with a waypoint: HBONE to the waypoint, authority the final target;
@@ -8,18 +8,9 @@
  *  - anything else (plain TCP workloads, addresses outside the mesh): passthrough.
  */
 import { spiffeUri } from '../identity/spiffe.js';
+import { PORTS, PROXY_PORTS } from '../istio.js';
 import type { StateSnapshot } from '../state/store.js';
 import { serviceKey, type Service, type Waypoint, type Workload } from '../state/types.js';
-
-export const HBONE_PORT = 15008;
-
-/**
- * The proxy's own ports: the in-pod listeners (ztunnel's illegal_ports, src/config.rs: 15001,
- * 15006, 15008), DNS (15053) and the node-level admin, metrics and readiness ports. A connection
- * the proxy would make to one of them on its own addresses would loop back into itself or reach
- * its control surfaces from a pod.
- */
-export const PROXY_PORTS: ReadonlySet<number> = new Set([15001, 15006, 15008, 15053, 15000, 15020, 15021]);
 
 /** Addresses that are the proxy's own from where it would connect. */
 export interface OwnAddresses {
@@ -30,10 +21,12 @@ export interface OwnAddresses {
 }
 
 /**
- * Is `dst` the proxy itself? Outbound (as ztunnel's outbound.rs, widened to the pod's and the
- * node's addresses): one of the proxy's ports on loopback, the pod's IPs or the node's. Inbound
- * (as ztunnel's inbound.rs and inbound_passthrough.rs): the target is always this pod, so the
- * port alone decides.
+ * Is `dst` the proxy itself: one of its ports (PROXY_PORTS, ts/istio.ts: the in-pod listeners,
+ * DNS, the node-level admin, metrics and readiness), where a connection would loop back into the
+ * proxy or reach its control surfaces from a pod? Outbound (as ztunnel's outbound.rs, widened to
+ * the pod's and the node's addresses): one of those ports on loopback, the pod's IPs or the
+ * node's. Inbound (as ztunnel's inbound.rs and inbound_passthrough.rs): the target is always
+ * this pod, so the port alone decides.
  */
 export function isSelfCall(direction: 'inbound' | 'outbound', dst: Addr, own: OwnAddresses): boolean {
   if (!PROXY_PORTS.has(dst.port)) return false;
@@ -88,7 +81,7 @@ function toWorkload(snap: StateSnapshot, w: Workload, dst: Addr, service?: Servi
   if (w.waypoint) return viaWaypoint(snap, w.waypoint, dst, w, service);
   if (w.protocol === 'HBONE') {
     const identities = [workloadIdentity(w), ...(service?.subjectAltNames ?? [])];
-    return { kind: 'hbone', target: { ip: dst.ip, port: HBONE_PORT }, authority: dst, identities, workload: w, service, viaWaypoint: false };
+    return { kind: 'hbone', target: { ip: dst.ip, port: PORTS.hbone }, authority: dst, identities, workload: w, service, viaWaypoint: false };
   }
   return { kind: 'passthrough', target: dst, workload: w, service };
 }

@@ -6,9 +6,8 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { networkInterfaces } from 'node:os';
 import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
+import { MARKS } from '../istio.js';
 import { MeshError, SyscallError } from '../util/errors.js';
-
-export const PROXY_MARK = 0x539;
 
 /**
  * A listening server on `port` inside the netns behind `nsFd`. With `paused`, accepted sockets
@@ -30,6 +29,7 @@ export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => 
 }
 
 export interface ConnectOptions {
+  /** SO_MARK (default: the proxy's own, so capture lets the socket through) */
   mark?: number;
   /** bind to this (foreign) address with IP_TRANSPARENT: the app sees the client's IP */
   transparentFrom?: string;
@@ -42,7 +42,7 @@ export interface ConnectOptions {
 export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
   const fd = socketInNs(nsFd, {
     family: 4,
-    mark: o.mark ?? PROXY_MARK,
+    mark: o.mark ?? MARKS.proxy,
     ...(o.transparentFrom ? { transparent: true, bind: { ip: o.transparentFrom, port: 0 } } : {}),
   }).release();
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once

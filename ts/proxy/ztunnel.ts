@@ -3,6 +3,8 @@
  * inside it. ZDS drives it: Add opens a pod (a repeated Add with the same netns keeps the pod and
  * its connections as they are; with another netns, the pod's sandbox was recreated, and the new
  * netns replaces the old), Del closes it, and after a reconnect the snapshot decides who stays.
+ * It makes what the pods share: the HBONE pool, the fast path, the authorizer (ts/policy) and the
+ * telemetry (ts/telemetry), the two parts every listener reports to.
  */
 import { fstatSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,10 +13,11 @@ import { LocalCa } from '../identity/ca.js';
 import { StateStore } from '../state/store.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Fd } from '../native/index.js';
-import { HbonePool } from './hbone/client.js';
-import type { HboneLimits } from './hbone/limits.js';
-import type { ProxyHooks } from './hooks.js';
+import { PolicyAuthorizer } from '../policy/authorizer.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
+import { HbonePool } from './pool.js';
+import type { HboneLimits } from './hbone/limits.js';
+import type { PodInputs } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
 import { FastPath, PROMOTE_DEFAULT } from './fastpath.js';
 
@@ -22,7 +25,6 @@ export interface ZtunnelOptions {
   trustDomain: string;
   caDir: string;
   state: StateStore;
-  hooks?: ProxyHooks;
   certTtlMs?: number;
   log?: Logger;
   /**
@@ -46,9 +48,10 @@ export class Ztunnel {
   readonly pods = new Map<string, PodProxy>();
   readonly pool: HbonePool;
   readonly log: Logger;
-  readonly hooks: ProxyHooks;
-  /** Istio metrics (when the default hooks are used) */
-  readonly telemetry?: IstioTelemetry;
+  /** decides inbound connections from the state's AuthorizationPolicies */
+  readonly authorizer: PolicyAuthorizer;
+  /** Istio's metrics (`registry`, served on 15020) and the access log */
+  readonly telemetry: IstioTelemetry;
   readonly fastPath: FastPath;
   /** see ZtunnelOptions.sameNode; may be changed while running (new connections follow it) */
   sameNode: 'hbone' | 'direct';
@@ -57,11 +60,11 @@ export class Ztunnel {
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
     this.pool = new HbonePool({ certs, limits: opts.hbone });
-    if (opts.hooks) this.hooks = opts.hooks;
-    else this.hooks = this.telemetry = new IstioTelemetry(opts.state, this.log);
+    this.authorizer = new PolicyAuthorizer(opts.state, this.log);
+    this.telemetry = new IstioTelemetry(opts.state, this.log);
     const mode = opts.fastPath ?? 'off';
     this.sameNode = opts.sameNode ?? 'hbone';
-    this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry?.registry });
+    this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry.registry });
   }
 
   static async create(opts: ZtunnelOptions): Promise<Ztunnel> {
@@ -92,7 +95,8 @@ export class Ztunnel {
       state: this.opts.state,
       certs: this.certs,
       pool: this.pool,
-      hooks: this.hooks,
+      authorizer: this.authorizer,
+      observer: this.telemetry,
       log: this.log,
       trustDomain: this.opts.trustDomain,
       fastPath: this.fastPath,
@@ -108,10 +112,10 @@ export class Ztunnel {
   }
 
   /** A pod this proxy serves, by IP (through the workload the state puts there). */
-  #localPod(ip: string): PodProxy | undefined {
+  #localPod(ip: string): PodInputs | undefined {
     if (this.sameNode !== 'direct') return undefined;
     const w = this.opts.state.snapshot.byIp.get(ip);
-    return w ? this.pods.get(w.uid) : undefined;
+    return w ? this.pods.get(w.uid)?.inputs : undefined;
   }
 
   /** Stops serving a pod (unknown uids are a no-op). */

@@ -4,7 +4,9 @@
  * (cluster IPs, ports) joined with EndpointSlices (membership, named target ports), and Istio
  * AuthorizationPolicy objects. Watched live with informers; each change rebuilds the snapshot.
  */
-import * as k8s from '@kubernetes/client-node';
+// types only at the top: the client (tens of MB) is loaded by KubeStateSource.start, so the
+// manifest-directory and config-file modes never load it
+import type * as k8s from '@kubernetes/client-node';
 import { MeshError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
@@ -91,12 +93,13 @@ export class KubeStateSource {
   constructor(private readonly kc: k8s.KubeConfig, private readonly store: StateStore, private readonly trustDomain: string) {}
 
   async start(): Promise<void> {
-    const core = this.kc.makeApiClient(k8s.CoreV1Api);
-    const disc = this.kc.makeApiClient(k8s.DiscoveryV1Api);
-    const custom = this.kc.makeApiClient(k8s.CustomObjectsApi);
-    const watch = new k8s.Watch(this.kc);
+    const client = await import('@kubernetes/client-node');
+    const core = this.kc.makeApiClient(client.CoreV1Api);
+    const disc = this.kc.makeApiClient(client.DiscoveryV1Api);
+    const custom = this.kc.makeApiClient(client.CustomObjectsApi);
+    const watch = new client.Watch(this.kc);
     const mk = (path: string, list: () => Promise<k8s.KubernetesListObject<k8s.KubernetesObject>>): k8s.ListWatch<k8s.KubernetesObject> => {
-      const lw = new k8s.ListWatch<k8s.KubernetesObject>(path, watch, list, false);
+      const lw = new client.ListWatch<k8s.KubernetesObject>(path, watch, list, false);
       for (const ev of ['add', 'update', 'delete'] as const) lw.on(ev, () => this.#rebuild());
       lw.on('error', (e: unknown) => {
         if (this.#stopped) return;

@@ -1,14 +1,12 @@
 /**
- * The proxy's hooks for policy and telemetry: authorization against the policies in the state,
- * Istio's TCP metrics (names and labels as Istio and ztunnel report them, so Prometheus
- * dashboards and Kiali work unchanged), and one access-log line per connection.
+ * The proxy's connection observer: Istio's TCP metrics (names and labels as Istio and ztunnel
+ * report them, so Prometheus dashboards and Kiali work unchanged) and one access-log line per
+ * connection. It decides nothing (policy is ts/policy/authorizer.ts).
  */
 import { Counter, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
-import type { ConnContext, ConnRecord, Decision, ProxyHooks } from '../proxy/hooks.js';
-import { PolicyCache } from '../policy/authz.js';
-import { parseSpiffe } from '../identity/spiffe.js';
+import type { ConnContext, ConnObserver, ConnRecord } from '../proxy/hooks.js';
 
 const LABELS = [
   'reporter',
@@ -28,14 +26,12 @@ const LABELS = [
 ] as const;
 type Labels = Record<(typeof LABELS)[number], string>;
 
-export class IstioTelemetry implements ProxyHooks {
+export class IstioTelemetry implements ConnObserver {
   readonly registry = new Registry();
   readonly #opened;
   readonly #closed;
   readonly #sent;
   readonly #received;
-  /** the state's policies, translated once per snapshot; their warnings logged once per version */
-  readonly #policies: PolicyCache;
 
   constructor(private readonly state: StateStore, private readonly log: Logger, opts: { processMetrics?: boolean } = {}) {
     const mk = (name: string, help: string): Counter<(typeof LABELS)[number]> =>
@@ -45,25 +41,6 @@ export class IstioTelemetry implements ProxyHooks {
     this.#sent = mk('istio_tcp_sent_bytes_total', 'Bytes sent during the response of a TCP connection (destination to source)');
     this.#received = mk('istio_tcp_received_bytes_total', 'Bytes received during the request of a TCP connection (source to destination)');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
-    this.#policies = new PolicyCache(log.child({ component: 'authz' }));
-  }
-
-  /**
-   * The destination pod's policies decide, with the attributes ztunnel gives its evaluator: the
-   * peer's verified identity (none for plaintext), source IP, destination IP and port. The
-   * workload's namespace and labels come from the state; unknown labels refuse a connection
-   * that a selector policy might cover.
-   */
-  authorize(ctx: ConnContext): Decision {
-    const snap = this.state.snapshot;
-    const dstW = snap.byIp.get(ctx.dst.ip);
-    const peer = ctx.src.identity ? parseSpiffe(ctx.src.identity) : null;
-    const r = this.#policies.get(snap.state.policies).authorize(
-      { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels },
-      { srcIp: ctx.src.ip, dstIp: ctx.dst.ip, dstPort: ctx.dst.port, srcIdentity: peer ?? undefined },
-    );
-    for (const d of r.dryRun) this.log.info({ dryRun: d, src: ctx.src, dst: ctx.dst }, 'dry-run policy');
-    return { allow: r.allow, reason: r.reason };
   }
 
   #labels(ctx: ConnContext, flags: string): Labels {

@@ -3,7 +3,7 @@
  * certificate of this trust domain, then HTTP/2 with the limits of limits.ts. It owns everything
  * about a peer's connection (handshake timeout, trust domain, stream budget, reset budget, idle
  * timer, PING keepalive) and hands each admitted stream to `onStream`; what a CONNECT means is
- * decided there (pod.ts). A misbehaving peer ends its own connection, never the process.
+ * decided there (inbound.ts). A misbehaving peer ends its own connection, never the process.
  */
 import http2, { type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';

@@ -1,0 +1,145 @@
+/**
+ * The HBONE pool with a fake dialer: which tunnels share a connection (the key), the 100-stream
+ * limit, concurrent openers sharing one dial, the idle close and a retired sandbox. The real
+ * connections are tested end to end in test/netns/proxy.test.ts and test/security/hbone.test.ts.
+ */
+import { EventEmitter } from 'node:events';
+import type { ClientHttp2Session } from 'node:http2';
+import { describe, expect, it, vi } from 'vitest';
+import { HbonePool, MAX_STREAMS_PER_CONNECTION, type HboneRequest, type HboneSource } from '../../ts/proxy/pool.js';
+import type { CertManager } from '../../ts/identity/manager.js';
+
+/** A session whose streams are answered with `status`; `close()` ends it once its streams are done, as HTTP/2 does. */
+class FakeSession extends EventEmitter {
+  closed = false;
+  destroyed = false;
+  readonly streams: FakeStream[] = [];
+  constructor(readonly status = 200) {
+    super();
+  }
+  request(headers: Record<string, string>): FakeStream {
+    const s = new FakeStream(headers);
+    this.streams.push(s);
+    setImmediate(() => s.emit('response', { ':status': this.status }));
+    return s;
+  }
+  close(): void {
+    this.closed = true;
+    this.emit('close');
+  }
+  destroy(): void {
+    this.destroyed = true;
+    this.emit('close');
+  }
+}
+class FakeStream extends EventEmitter {
+  rstCode = 0;
+  constructor(readonly headers: Record<string, string>) {
+    super();
+  }
+  close(): void {
+    this.emit('close');
+  }
+}
+
+function fakePool(o: { status?: number } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
+  const dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] = [];
+  const pool = new HbonePool({
+    certs: {} as CertManager,
+    dial: async (src, req) => {
+      const session = new FakeSession(o.status);
+      dials.push({ src, req, session });
+      return { session: session as unknown as ClientHttp2Session, peerIdentity: req.identities[0]! };
+    },
+  });
+  return { pool, dials };
+}
+
+const src = (over: Partial<HboneSource> = {}): HboneSource => ({
+  owner: 'u-a#1', nsFd: -1, identity: { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'a' }, ip: '10.200.1.2', baggage: '', ...over,
+});
+const req = (over: Partial<HboneRequest> = {}): HboneRequest => ({
+  target: { ip: '10.200.1.3', port: 15008 }, authority: { ip: '10.200.1.3', port: 8080 }, identities: ['spiffe://cluster.local/ns/shop/sa/web'], ...over,
+});
+
+describe('HBONE pool', () => {
+  it('carries tunnels of one key over one connection, with the CONNECT headers ztunnel sends', async () => {
+    const { pool, dials } = fakePool();
+    const t1 = await pool.open(src(), req());
+    const t2 = await pool.open(src(), req({ authority: { ip: '10.200.1.3', port: 9090 } }));
+    expect(dials).toHaveLength(1);
+    expect(pool.size).toBe(1);
+    expect(t1.peerIdentity).toBe('spiffe://cluster.local/ns/shop/sa/web');
+    expect((t2.stream as unknown as FakeStream).headers).toMatchObject({ ':method': 'CONNECT', ':authority': '10.200.1.3:9090', forwarded: 'for="10.200.1.2"' });
+  });
+
+  it('never shares a connection across sandboxes, source IPs, source or destination identities, or destinations', async () => {
+    const { pool, dials } = fakePool();
+    await pool.open(src(), req());
+    await pool.open(src({ owner: 'u-a#2' }), req());
+    await pool.open(src({ ip: '10.200.1.9' }), req());
+    await pool.open(src({ identity: { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'b' } }), req());
+    await pool.open(src(), req({ identities: ['spiffe://cluster.local/ns/shop/sa/other'] }));
+    await pool.open(src(), req({ target: { ip: '10.200.1.4', port: 15008 } }));
+    expect(dials).toHaveLength(6);
+  });
+
+  it(`opens a second connection for the ${MAX_STREAMS_PER_CONNECTION + 1}th concurrent stream; concurrent openers share one dial`, async () => {
+    const { pool, dials } = fakePool();
+    await Promise.all(Array.from({ length: 150 }, () => pool.open(src(), req())));
+    expect(dials).toHaveLength(2);
+    expect(pool.maxStreamsSeen).toBe(MAX_STREAMS_PER_CONNECTION);
+    expect(dials.map((d) => d.session.streams.length)).toEqual([100, 50]);
+    // the next one takes the free slot of the second
+    await pool.open(src(), req());
+    expect(dials.map((d) => d.session.streams.length)).toEqual([100, 51]);
+  });
+
+  it('closes a connection once it has carried no stream for the idle timeout (30 s), and dials anew after', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const { pool, dials } = fakePool();
+      const t = await pool.open(src(), req());
+      t.stream.close();
+      vi.advanceTimersByTime(29_999);
+      expect(dials[0]!.session.closed).toBe(false);
+      vi.advanceTimersByTime(1);
+      expect(dials[0]!.session.closed).toBe(true);
+      expect(pool.size).toBe(0);
+      await pool.open(src(), req());
+      expect(dials).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('keeps a connection that still carries a stream open past the idle timeout', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const { pool, dials } = fakePool();
+      const [a] = await Promise.all([pool.open(src(), req()), pool.open(src(), req())]);
+      a.stream.close();
+      vi.advanceTimersByTime(60_000);
+      expect(dials[0]!.session.closed).toBe(false);
+      await pool.open(src(), req());
+      expect(dials).toHaveLength(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('retires a sandbox: its connections close and take no new stream, other sandboxes keep theirs', async () => {
+    const { pool, dials } = fakePool();
+    await pool.open(src(), req());
+    await pool.open(src({ owner: 'u-b#3' }), req());
+    pool.retire('u-a#1');
+    expect(dials.map((d) => d.session.closed)).toEqual([true, false]);
+    await pool.open(src(), req());
+    expect(dials).toHaveLength(3);
+  });
+
+  it.each([[401, 'INPOD_ERR_HBONE_DENIED'], [503, 'INPOD_ERR_HBONE']])('turns a CONNECT answered %i into %s', async (status, code) => {
+    const { pool } = fakePool({ status });
+    await expect(pool.open(src(), req())).rejects.toMatchObject({ code });
+  });
+});

@@ -1,0 +1,51 @@
+/**
+ * The inbound plaintext listener (15006, ztunnel's src/proxy/inbound_passthrough.rs): a
+ * connection from a client outside the mesh, captured on its way to the pod's app. And `admit`,
+ * the inbound half every path into the app shares (this listener, HBONE on 15008 in inbound.ts,
+ * same-node delivery): this pod's policy decides, then the app is reached from inside the pod,
+ * transparently from the client's IP.
+ */
+import type net from 'node:net';
+import { MARKS } from '../istio.js';
+import { MeshError } from '../util/errors.js';
+import type { ConnContext } from './hooks.js';
+import { capturedDestination, podRef, type PodInputs } from './inputs.js';
+import { ConnectionResult } from './result.js';
+import type { Addr } from './route.js';
+import { connectIn } from './sockets.js';
+
+/** Serves one connection accepted on 15006 (paused: the fast path may take it unread). */
+export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise<void> {
+  const started = Date.now();
+  down.on('error', () => {});
+  const dst = capturedDestination(pi, down, 'inbound');
+  if (!dst) return;
+  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+  const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: pi.uri }, pod: podRef(pi) }, started);
+  let up: net.Socket;
+  try {
+    up = await admit(pi, conn.ctx, dst);
+  } catch (e) {
+    conn.failed(e as Error);
+    down.resetAndDestroy();
+    return;
+  }
+  pi.fastPath.relay(down, up, (r) => conn.relayed(r));
+}
+
+/**
+ * Admits `ctx` (already reported opened) to the app at `app`: this pod's authorizer decides, then
+ * the app is connected from inside this pod from the client's IP (IP_TRANSPARENT, the proxy's
+ * mark). The socket comes back paused (never read: the fast path may take it; a userspace relay
+ * resumes it). Throws MeshError INPOD_ERR_POLICY_DENIED (the message is the policy's reason) or
+ * INPOD_ERR_UPSTREAM_CONNECT (the app cannot be reached).
+ */
+export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise<net.Socket> {
+  const d = pi.authorizer.authorize(ctx);
+  if (!d.allow) throw new MeshError('INPOD_ERR_POLICY_DENIED', d.reason ?? 'denied by policy');
+  try {
+    return await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
+  } catch (e) {
+    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${app.ip}:${app.port} unreachable: ${(e as Error).message}`, { cause: e });
+  }
+}

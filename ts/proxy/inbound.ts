@@ -1,0 +1,101 @@
+/**
+ * The HBONE listener (15008, ztunnel's src/proxy/inbound.rs): what a CONNECT means. The
+ * connection layer (mTLS, the peer's trust domain, HTTP/2 limits) is hbone/server.ts's; this
+ * takes each admitted stream: only CONNECT, only to this connection's own destination and never
+ * to the proxy's own ports, then `admit` (this pod's policy with the peer's verified identity,
+ * the app reached from the client's IP) and a relay. A refusal is an HTTP status: 400 malformed,
+ * 401 denied by policy, 503 self call or app unreachable.
+ */
+import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
+import type net from 'node:net';
+import { isIPv4 } from 'node:net';
+import { socketInNs } from '../native/index.js';
+import { spiffeUri } from '../identity/spiffe.js';
+import type { IssuedCert } from '../identity/ca.js';
+import { PORTS } from '../istio.js';
+import { MeshError } from '../util/errors.js';
+import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
+import { admit } from './inbound-plaintext.js';
+import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { ConnectionResult } from './result.js';
+import { isSelfCall, type Addr } from './route.js';
+import { relay } from './sockets.js';
+
+/**
+ * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
+ * the server: it rotates the certificate (setSecureContext) and closes it.
+ */
+export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'>): Promise<Http2SecureServer> {
+  const server = createHboneServer({
+    cert: cert.chainPem,
+    key: cert.keyPem,
+    ca: pi.certs.rootPem,
+    trustDomain: pi.trustDomain,
+    limits: pi.hboneLimits,
+    log: pi.log,
+    onStream: (s) => serveStream(pi, s),
+  });
+  const fd = socketInNs(pi.netns.fd, { family: 4, bind: { ip: '0.0.0.0', port: PORTS.hbone }, listen: 511, reuseAddr: true }).release();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ fd }, () => resolve());
+  });
+  return server;
+}
+
+/**
+ * One CONNECT on 15008. The stream may be reset by the peer at any await: every step after one
+ * re-checks it, and an upstream connection made for a stream that is gone is closed at once.
+ */
+async function serveStream(pi: PodInputs, { stream, headers, peer, remote, localIp }: HboneStreamContext): Promise<void> {
+  const started = Date.now();
+  const refuse = (status: number, why: string): void => {
+    pi.log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
+    respond(stream, status, true);
+  };
+  if (headers[':method'] !== 'CONNECT') return refuse(400, `method ${String(headers[':method'])} is not CONNECT`);
+  const authority = parseAuthority(String(headers[':authority'] ?? ''));
+  if (!authority) return refuse(400, `authority "${String(headers[':authority'])}" is not ip:port`);
+  if (authority.ip !== localIp) return refuse(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
+  // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
+  if (isSelfCall('inbound', authority, ownAddresses(pi))) return refuse(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
+  const conn = new ConnectionResult(pi.observer, {
+    direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
+    dst: { ...authority, identity: pi.uri }, pod: podRef(pi),
+  }, started);
+  let up: net.Socket;
+  try {
+    up = await admit(pi, conn.ctx, authority);
+  } catch (e) {
+    const err = e as MeshError;
+    conn.failed(err);
+    return refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503, err.message);
+  }
+  if (stream.destroyed || stream.closed) {
+    up.destroy();
+    conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
+    return;
+  }
+  respond(stream, 200, false);
+  relay(stream, up, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
+}
+
+/** Answers a stream unless the peer already reset it. */
+function respond(stream: ServerHttp2Stream, status: number, endStream: boolean): void {
+  if (stream.destroyed || stream.closed || stream.headersSent) return;
+  try {
+    stream.respond({ ':status': status }, { endStream });
+  } catch {
+    /* reset between the check and the call: nothing to answer */
+  }
+}
+
+/** `ip:port` (IPv4) of a CONNECT's :authority, or null. */
+function parseAuthority(a: string): Addr | null {
+  const i = a.lastIndexOf(':');
+  if (i < 0) return null;
+  const ip = a.slice(0, i);
+  const port = Number(a.slice(i + 1));
+  if (!isIPv4(ip) || !Number.isInteger(port) || port < 1 || port > 65535) return null;
+  return { ip, port };
+}

@@ -1,0 +1,97 @@
+/**
+ * What every listener of one served pod reads (ztunnel's ProxyInputs, src/proxy.rs, which inpod
+ * mode makes once per pod), and the check every captured connection passes before anything else:
+ * where it was going, and that this is not the proxy itself.
+ */
+import type net from 'node:net';
+import type { Fd } from '../native/index.js';
+import type { CertManager } from '../identity/manager.js';
+import type { Identity } from '../identity/spiffe.js';
+import type { StateStore } from '../state/store.js';
+import type { Logger } from '../util/log.js';
+import type { MeshError } from '../util/errors.js';
+import type { FastPath } from './fastpath.js';
+import type { HboneLimits } from './hbone/limits.js';
+import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
+import type { HbonePool } from './pool.js';
+import { isSelfCall, type Addr, type OwnAddresses } from './route.js';
+import { isOwnUpstream, nodeAddresses, originalDestination } from './sockets.js';
+
+export interface PodInfo {
+  uid: string;
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+}
+
+/** What the proxy shares between the pods it serves (ztunnel.ts makes it once). */
+export interface ProxyDeps {
+  state: StateStore;
+  certs: CertManager;
+  pool: HbonePool;
+  authorizer: Authorizer;
+  observer: ConnObserver;
+  log: Logger;
+  trustDomain: string;
+  /** splices passthrough and plaintext-inbound connections in the kernel (or relays in userspace) */
+  fastPath: FastPath;
+  /**
+   * The pod at `ip` when this proxy serves it and same-node delivery is on: then a connection to
+   * it skips HBONE (same-node.ts).
+   */
+  localPod?: (ip: string) => PodInputs | undefined;
+  /** the HBONE server's per-peer limits (defaults: hbone/limits.ts) */
+  hboneLimits?: Partial<HboneLimits>;
+}
+
+/** One served pod (one sandbox): the shared parts, and its own. */
+export interface PodInputs extends ProxyDeps {
+  info: PodInfo;
+  identity: Identity;
+  /** `identity` as a SPIFFE URI */
+  uri: string;
+  /** W3C baggage naming the pod, sent with each CONNECT (as ztunnel does) */
+  baggage: string;
+  /** the pod's network namespace: every socket of its listeners and upstreams is made inside it */
+  netns: Fd;
+  /** this sandbox's key in the HBONE pool (its connections are retired when it stops) */
+  poolOwner: string;
+  /** the proxy's logger with the pod's fields */
+  log: Logger;
+}
+
+/** The pod as connection records name it. */
+export function podRef(pi: PodInputs): ConnContext['pod'] {
+  return { uid: pi.info.uid, name: pi.info.name, namespace: pi.info.namespace };
+}
+
+/** The proxy's own addresses as seen from this pod (its IPs, the client's when given, the node's). */
+export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
+  const w = pi.state.snapshot.byUid.get(pi.info.uid);
+  return { podIps: [...(w?.workloadIps ?? []), ...(clientIp ? [clientIp] : [])], nodeIps: nodeAddresses() };
+}
+
+/**
+ * Where a captured connection (15001, 15006) was going, or null when it must be refused: it has
+ * no recorded original destination, or that destination is the proxy itself (a loop, or a pod
+ * reaching the proxy's own ports through it). A refusal resets the client and is logged with its
+ * code (INPOD_ERR_ORIGINAL_DST, INPOD_ERR_SELF_CALL), never a fallback; it is not reported as a
+ * connection.
+ */
+export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 'inbound' | 'outbound'): Addr | null {
+  const from = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+  let dst: Addr;
+  try {
+    dst = originalDestination(down);
+  } catch (e) {
+    pi.log.warn({ direction, src: from, err: (e as Error).message, code: (e as MeshError).code }, 'connection refused: no original destination');
+    down.resetAndDestroy();
+    return null;
+  }
+  if (isSelfCall(direction, dst, ownAddresses(pi, from.ip)) || (direction === 'inbound' && isOwnUpstream(from.ip, from.port))) {
+    pi.log.warn({ direction, src: from, dst, code: 'INPOD_ERR_SELF_CALL' }, 'connection refused: it would loop back into the proxy (its own port, or its own upstream captured again)');
+    down.resetAndDestroy();
+    return null;
+  }
+  return dst;
+}

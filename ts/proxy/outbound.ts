@@ -1,0 +1,73 @@
+/**
+ * The outbound listener (15001, ztunnel's src/proxy/outbound.rs): a connection the pod's app made,
+ * captured. Its original destination decides the route (route.ts, pure); this does the I/O: a
+ * tunnel over HBONE from the pool, a pod of this node delivered directly (same-node.ts), or
+ * plain TCP passthrough (spliced by the fast path when it is on). A failure resets the client and
+ * is reported with the response flag its error code maps to (result.ts).
+ */
+import type net from 'node:net';
+import { MARKS } from '../istio.js';
+import { MeshError } from '../util/errors.js';
+import type { ConnContext } from './hooks.js';
+import { capturedDestination, ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { ConnectionResult } from './result.js';
+import { buildRoute, isSelfCall, type Route } from './route.js';
+import { sameNode } from './same-node.js';
+import { connectIn, relay } from './sockets.js';
+
+/** Serves one connection accepted on 15001 (paused: the fast path may take it unread). */
+export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
+  const started = Date.now();
+  down.on('error', () => {});
+  const dst = capturedDestination(pi, down, 'outbound');
+  if (!dst) return;
+  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
+  const route = buildRoute(pi.state.snapshot, dst);
+  const ctx: ConnContext = {
+    direction: 'outbound',
+    transport: route.kind === 'hbone' ? 'hbone' : 'passthrough',
+    src,
+    dst: route.kind === 'hbone' ? { ...route.authority } : route.kind === 'passthrough' ? { ...route.target } : { ...dst },
+    pod: podRef(pi),
+    service: route.kind === 'reject' ? undefined : route.service?.hostname,
+  };
+  const conn = new ConnectionResult(pi.observer, ctx, started);
+  if (route.kind === 'reject') {
+    conn.failed(new MeshError('INPOD_ERR_NO_ROUTE', route.reason));
+    down.resetAndDestroy();
+    return;
+  }
+  if (route.kind === 'hbone' && !route.viaWaypoint) {
+    const local = pi.localPod?.(route.authority.ip);
+    // only a pod with the identity the state expects there; anything else takes HBONE and fails its identity check
+    if (local && route.identities.includes(local.uri)) return sameNode(pi, down, conn, route.authority, local);
+  }
+  try {
+    await proxyTo(pi, down, conn, route);
+  } catch (e) {
+    const err = e as Error;
+    conn.failed(err);
+    pi.log.warn({ dst, err: err.message, code: (err as MeshError).code }, 'outbound connection failed');
+    down.resetAndDestroy();
+  }
+}
+
+/** Connects the route's upstream and relays `down` to it. Throws when the upstream cannot be had. */
+async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, route: Exclude<Route, { kind: 'reject' }>): Promise<void> {
+  if (route.kind === 'passthrough') {
+    if (isSelfCall('outbound', route.target, ownAddresses(pi, conn.ctx.src.ip))) {
+      throw new MeshError('INPOD_ERR_SELF_CALL', `${route.target.ip}:${route.target.port} is one of the proxy's own ports`);
+    }
+    let up: net.Socket;
+    try {
+      up = await connectIn(pi.netns.fd, route.target, { mark: MARKS.proxy, paused: true });
+    } catch (e) {
+      throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', (e as Error).message, { cause: e });
+    }
+    pi.fastPath.relay(down, up, (r) => conn.relayed(r));
+    return;
+  }
+  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip, baggage: pi.baggage }, route);
+  conn.ctx.dst.identity = peerIdentity;
+  relay(down, stream, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
+}

@@ -1,0 +1,137 @@
+/**
+ * The HBONE connection pool (ztunnel's src/proxy/pool.rs): tunnels share HTTP/2 connections
+ * keyed by (source sandbox, source pod IP, source identity, destination identity, destination
+ * address), as ztunnel's WorkloadKey inside its per-pod proxies, so two pods of one service
+ * account, or two sandboxes of one pod, never share one. At most 100 streams per connection;
+ * concurrent openers of one key wait for one new connection instead of each dialing; a
+ * connection with no stream left closes after the idle timeout; a retired sandbox's connections
+ * take no new stream. The connections themselves are hbone/client.ts's.
+ */
+import type { ClientHttp2Stream } from 'node:http2';
+import { spiffeUri } from '../identity/spiffe.js';
+import type { CertManager } from '../identity/manager.js';
+import { answered, dialHbone, sendConnect, type HboneConnection, type HboneRequest, type HboneSource } from './hbone/client.js';
+import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './hbone/limits.js';
+
+export type { HboneRequest, HboneSource } from './hbone/client.js';
+
+export const MAX_STREAMS_PER_CONNECTION = 100;
+
+interface Pooled extends HboneConnection {
+  active: number;
+  idleTimer?: NodeJS.Timeout;
+}
+
+export interface HbonePoolOptions {
+  certs: CertManager;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** PING keepalive of pooled connections */
+  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>>;
+  /** makes a connection (default: dialHbone; tests pass a fake) */
+  dial?: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
+}
+
+export interface Tunnel {
+  stream: ClientHttp2Stream;
+  peerIdentity: string;
+}
+
+/** The key connections are shared under (ztunnel's WorkloadKey, plus the sandbox). */
+export function poolKey(src: HboneSource, req: HboneRequest): string {
+  return `${src.owner}|${src.ip}|${spiffeUri(src.identity)}|${req.identities[0]}|${req.target.ip}:${req.target.port}`;
+}
+
+export class HbonePool {
+  readonly #conns = new Map<string, Pooled[]>();
+  readonly #pending = new Map<string, Promise<Pooled>>();
+  readonly #idleTimeoutMs: number;
+  readonly #dial: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
+
+  constructor(opts: HbonePoolOptions) {
+    this.#idleTimeoutMs = opts.idleTimeoutMs ?? 30_000;
+    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, keepalive: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
+    this.#dial = opts.dial ?? ((src, req) => dialHbone(dial, src, req));
+  }
+
+  /** The most streams any one pooled connection carried at once. */
+  maxStreamsSeen = 0;
+
+  /** Number of live pooled connections (for tests and config_dump). */
+  get size(): number {
+    let n = 0;
+    for (const l of this.#conns.values()) n += l.length;
+    return n;
+  }
+
+  /**
+   * Opens a CONNECT stream to `req.authority` through `req.target`; resolves after the 200.
+   * Throws what hbone/client.ts throws (MeshError INPOD_ERR_HBONE_*).
+   */
+  async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
+    const pc = await this.#connection(poolKey(src, req), src, req);
+    clearTimeout(pc.idleTimer);
+    const stream = sendConnect(pc.session, src, req);
+    stream.once('close', () => this.#release(pc));
+    await answered(stream, req);
+    return { stream, peerIdentity: pc.peerIdentity };
+  }
+
+  /**
+   * A connection of `key` with a stream slot, the slot already taken: the check and the take
+   * happen in one synchronous step, so a burst of openers waiting for one new connection cannot
+   * all take it past the limit (they spill over to the next connection).
+   */
+  async #connection(key: string, src: HboneSource, req: HboneRequest): Promise<Pooled> {
+    const live = (this.#conns.get(key) ?? []).filter((c) => !c.session.closed && !c.session.destroyed);
+    this.#conns.set(key, live);
+    const free = live.find((c) => c.active < MAX_STREAMS_PER_CONNECTION);
+    if (free) return this.#take(free);
+    // concurrent openers share one new connection instead of racing to make many
+    let p = this.#pending.get(key);
+    if (!p) {
+      p = this.#dial(src, req).then((c): Pooled => ({ ...c, active: 0 })).finally(() => this.#pending.delete(key));
+      this.#pending.set(key, p);
+      const pc = await p;
+      this.#conns.get(key)?.push(pc) ?? this.#conns.set(key, [pc]);
+      pc.session.once('close', () => this.#conns.set(key, (this.#conns.get(key) ?? []).filter((x) => x !== pc)));
+      return this.#take(pc);
+    }
+    const pc = await p;
+    return pc.active < MAX_STREAMS_PER_CONNECTION ? this.#take(pc) : this.#connection(key, src, req);
+  }
+
+  #take(pc: Pooled): Pooled {
+    pc.active++;
+    if (pc.active > this.maxStreamsSeen) this.maxStreamsSeen = pc.active;
+    return pc;
+  }
+
+  #release(pc: Pooled): void {
+    pc.active--;
+    if (pc.active > 0) return;
+    clearTimeout(pc.idleTimer);
+    pc.idleTimer = setTimeout(() => {
+      if (pc.active === 0) pc.session.close();
+    }, this.#idleTimeoutMs);
+    pc.idleTimer.unref();
+  }
+
+  /**
+   * A sandbox is no longer served: its pooled connections take no new streams and close once
+   * their open streams end.
+   */
+  retire(owner: string): void {
+    for (const [key, l] of this.#conns) {
+      if (!key.startsWith(`${owner}|`)) continue;
+      for (const c of l) c.session.close();
+      this.#conns.delete(key);
+    }
+  }
+
+  /** Tears every pooled connection down at once. */
+  close(): void {
+    for (const l of this.#conns.values()) for (const c of l) c.session.destroy();
+    this.#conns.clear();
+  }
+}
