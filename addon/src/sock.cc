@@ -204,6 +204,15 @@ static Napi::Value TcpWritten(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_acked) + outq);
 }
 
+// tcpReceived(fd) -> bytes the socket has received in order so far (tcpi_bytes_received; it follows
+// rcv_nxt, so a received FIN counts as one) | -errno
+static Napi::Value TcpReceived(const Napi::CallbackInfo &info) {
+  struct tcp_info ti = {};
+  socklen_t l = sizeof(ti);
+  if (getsockopt(IntArg(info, 0), IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_received));
+}
+
 // tcpInq(fd) -> bytes received and not yet read (SIOCINQ) | -errno
 static Napi::Value TcpInq(const Napi::CallbackInfo &info) {
   int n = 0;
@@ -377,6 +386,7 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
   exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
   exports.Set("tcpInq", Napi::Function::New(env, TcpInq));
+  exports.Set("tcpReceived", Napi::Function::New(env, TcpReceived));
   exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));
   exports.Set("recvAll", Napi::Function::New(env, RecvAll));
   exports.Set("unixSocket", Napi::Function::New(env, UnixSocket));

@@ -77,6 +77,7 @@ export interface NativeAddon {
   socketCookie(fd: number): bigint | number;
   tcpWritten(fd: number): number;
   tcpInq(fd: number): number;
+  tcpReceived(fd: number): number;
   recvPeek(fd: number): number;
   recvAll(fd: number, max: number): { data: Buffer; eof: boolean; more: boolean } | number;
   unixSocket(type: 'seqpacket' | 'stream'): number;

@@ -111,6 +111,10 @@ export function socketCookie(fd: number): bigint {
 export function tcpWritten(fd: number): number {
   return check('getsockopt(TCP_INFO)', addon().tcpWritten(fd));
 }
+/** Bytes the TCP socket has received in order so far (a received FIN counts as one). */
+export function tcpReceived(fd: number): number {
+  return check('getsockopt(TCP_INFO)', addon().tcpReceived(fd));
+}
 /** Bytes received and not yet read. */
 export function tcpInq(fd: number): number {
   return check('ioctl(SIOCINQ)', addon().tcpInq(fd));
