@@ -269,13 +269,17 @@ class Splice {
     let held: Buffer[] | null = hold ? [] : null;
     let heldBytes = 0;
     let ended = false;
+    // one 'drain' listener at a time: the held chunks are written in one go
+    let draining = false;
     const write = (chunk: Buffer): void => {
-      if (!d.to.write(chunk)) {
-        d.from.pause();
-        d.to.once('drain', () => {
-          if (!this.#promoting && (!d.kernel || d.demoted)) d.from.resume();
-        });
-      }
+      if (d.to.write(chunk)) return;
+      d.from.pause();
+      if (draining) return;
+      draining = true;
+      d.to.once('drain', () => {
+        draining = false;
+        if (!this.#promoting && (!d.kernel || d.demoted)) d.from.resume();
+      });
     };
     const finish = (): void => {
       d.to.end();
