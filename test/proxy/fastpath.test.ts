@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
-import { addon, SOL_SOCKET, tcpReceived } from '../../ts/native/index.js';
+import { addon, SOL_SOCKET, sockError, tcpReceived } from '../../ts/native/index.js';
 import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
 
 const log = pino({ level: 'silent' });
@@ -480,6 +480,41 @@ describe('kernel fast path: when a connection is spliced', () => {
       bp.close();
     }
   }, 60_000);
+
+  it('passes a reset on to the other side when it arrives while a promotion reads the socket', async () => {
+    // The server answers and resets at once: Node reads the answer, which passes the promotion
+    // mark, and the promotion's own read of the socket then meets the reset. That read consumes
+    // the socket's error: relayed on as a clean end, the client would take the answer for whole.
+    const fp2 = new FastPath({ enabled: true, log, promoteAfter: { bytes: 100, ms: 60_000 } });
+    const r2 = new Rig(fp2);
+    r2.greet = false;
+    r2.onServer = (s) => {
+      s.once('data', () => {
+        s.write(randomBytes(1000));
+        s.resetAndDestroy();
+      });
+    };
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      const c = (client = await connect(r2.port, false));
+      const outcome = new Promise<string>((r) => {
+        c.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? e.message));
+        // a reset right behind data reaches Node as EOF (libuv takes the hang-up for one), so
+        // the socket's own error tells a reset from the server's side being closed cleanly
+        c.once('end', () => r(sockError(fdOf(c)) === 104 ? 'ECONNRESET' : 'clean end'));
+      });
+      c.resume();
+      c.write('go');
+      expect(await outcome).toBe('ECONNRESET');
+      const [r] = await r2.relayed(1);
+      expect(r!.error).toBeDefined();
+    } finally {
+      client?.destroy();
+      await r2.stop();
+      fp2.close();
+    }
+  });
 
   it('keeps a short connection in userspace and promotes a long-lived one', async () => {
     const dflt = new FastPath({ enabled: true, log, promoteAfter: PROMOTE_DEFAULT }); // the proxy's "promote" mode: 64 KiB or 50 ms

@@ -216,7 +216,8 @@ class Splice {
       try {
         got = recvAll(fdOf(d.from), PROMOTE_MAX_COPY);
       } catch (e) {
-        return retry('error');
+        // a reset: this read took the socket's error, so Node would read a clean EOF after it
+        return this.abort(e as Error);
       }
       if (got.data.length) {
         d.bytes += got.data.length;
