@@ -150,6 +150,13 @@ static Napi::Value SockName(const Napi::CallbackInfo &info) {
   return AddrValue(info.Env(), ss);
 }
 
+// setsockoptInt(fd, level, name, value) -> 0 | -errno
+static Napi::Value SetsockoptInt(const Napi::CallbackInfo &info) {
+  int v = IntArg(info, 3);
+  int r = setsockopt(IntArg(info, 0), IntArg(info, 1), IntArg(info, 2), &v, sizeof(v));
+  return Napi::Number::New(info.Env(), r < 0 ? -errno : 0);
+}
+
 // getsockoptInt(fd, level, name) -> value (>= 0 for the options used here) | -errno
 static Napi::Value GetsockoptInt(const Napi::CallbackInfo &info) {
   int v = 0;
@@ -179,11 +186,13 @@ static Napi::Value TcpWritten(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_acked) + outq);
 }
 
-// tcpInq(fd) -> bytes received and not yet read (SIOCINQ) | -errno
-static Napi::Value TcpInq(const Napi::CallbackInfo &info) {
-  int n = 0;
-  if (ioctl(IntArg(info, 0), SIOCINQ, &n) < 0) return Errno(info.Env(), errno);
-  return Napi::Number::New(info.Env(), n);
+// tcpReceived(fd) -> bytes the socket has received in order so far (tcpi_bytes_received; it follows
+// rcv_nxt, so a received FIN counts as one) | -errno
+static Napi::Value TcpReceived(const Napi::CallbackInfo &info) {
+  struct tcp_info ti = {};
+  socklen_t l = sizeof(ti);
+  if (getsockopt(IntArg(info, 0), IPPROTO_TCP, TCP_INFO, &ti, &l) < 0) return Errno(info.Env(), errno);
+  return Napi::Number::New(info.Env(), static_cast<double>(ti.tcpi_bytes_received));
 }
 
 // recvPeek(fd) -> bytes readable (peeked, not consumed; 0 at EOF) | -errno (-EAGAIN: none).
@@ -233,10 +242,11 @@ void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("socketIn", Napi::Function::New(env, SocketIn));
   exports.Set("origDst", Napi::Function::New(env, OrigDst));
   exports.Set("sockName", Napi::Function::New(env, SockName));
+  exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
   exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
-  exports.Set("tcpInq", Napi::Function::New(env, TcpInq));
+  exports.Set("tcpReceived", Napi::Function::New(env, TcpReceived));
   exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));
   exports.Set("recvAll", Napi::Function::New(env, RecvAll));
 }

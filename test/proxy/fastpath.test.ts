@@ -9,7 +9,8 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
-import { connectIn } from '../../ts/proxy/sockets.js';
+import { SOL_SOCKET, setSockOptInt, sockError, tcpReceived } from '../../ts/native/index.js';
+import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
 
 const log = pino({ level: 'silent' });
 
@@ -31,6 +32,8 @@ class Rig {
    * proxy before the splice, which then rightly falls back to userspace).
    */
   greet = true;
+  /** runs on the proxy's two sockets just before they are handed to the fast path */
+  onSplice?: (down: net.Socket, up: net.Socket) => void;
 
   constructor(readonly fp: FastPath) {}
 
@@ -46,6 +49,7 @@ class Rig {
       down.on('error', () => {});
       if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
       const up = await connectIn(-1, { ip: '127.0.0.1', port: upPort }, { mark: 0, paused: true });
+      this.onSplice?.(down, up);
       this.fp.relay(down, up, (r) => {
         this.results.push(r);
         this.#waiters.splice(0).forEach((w) => w());
@@ -97,6 +101,22 @@ function readAll(s: net.Socket): Promise<Buffer> {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
+const SO_RCVBUFFORCE = 33;
+function setsockopt(fd: number, name: number, value: number): void {
+  setSockOptInt(fd, SOL_SOCKET, name, value);
+}
+
+/** Polls `cond` every millisecond until it holds (fails the test after 10 s). */
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms: ${cond.toString()}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 const MODES = [
   { mode: 'spliced at once', promoteAfter: null, atOnce: true },
   // small marks, so that even the short transfers below are promoted halfway through
@@ -137,14 +157,21 @@ describe.each(MODES)('kernel fast path (sk_skb splice between proxy sockets), $m
     expect(got.length).toBe(n);
     expect(sha(got)).toBe(sha(data));
     expect(r).toMatchObject({ aToB: n, bToA: n + 1 });
-    // mixed: a direction paused for back-pressure whose sender finished meanwhile ends in Node
-    expect(['kernel', 'mixed']).toContain(r!.path);
     expect(r!.error).toBeUndefined();
     const after = fp.counters();
-    // the kernel's own count is what the connection reports as moved by it
+    // the kernel's own count is what the connection reports as moved by it. How much that is
+    // depends on scheduling, not on correctness: each direction is redirected until its receiver
+    // falls 4 MiB behind, then the rest is handed back to Node; client, server and proxy share
+    // one event loop here, so on a loaded machine that comes early (16 of 96 MiB was seen).
     expect(after.bytes - before.bytes).toBe(r!.kernelBytes);
-    // most of it; not all when the echo falls 4 MiB behind and the kernel hands the rest back
-    expect(r!.kernelBytes).toBeGreaterThan(n / 2);
+    if (atOnce) {
+      // mixed: a direction paused for back-pressure whose sender finished meanwhile ends in Node
+      expect(['kernel', 'mixed']).toContain(r!.path);
+      expect(r!.kernelBytes).toBeGreaterThan(0);
+    } else if (r!.path === 'userspace') {
+      // a promotion is put off while the proxy is busy (counted), and given up after five tries
+      expect(await registry.getSingleMetricAsString('inpod_fastpath_promotion_deferred_total')).toMatch(/ [1-9]\d*$/m);
+    }
     expect(after.drops).toBe(0);
   });
 
@@ -258,8 +285,11 @@ describe.each(MODES)('kernel fast path (sk_skb splice between proxy sockets), $m
   it('exports the kernel counters as Prometheus metrics', async () => {
     const text = await registry.metrics();
     const bytes = Number(/^inpod_fastpath_bytes_total (\d+)/m.exec(text)?.[1]);
+    // the metric is the kernel's counter, and that is what the connections reported (every
+    // connection this fast path relayed has reported by now)
     expect(bytes).toBe(fp.counters().bytes);
-    expect(bytes).toBeGreaterThan(48 * 1024 * 1024);
+    expect(bytes).toBe(rig.results.reduce((sum, r) => sum + r.kernelBytes, 0));
+    if (atOnce) expect(bytes).toBeGreaterThan(0);
     expect(text).toMatch(/^inpod_fastpath_dropped_segments_total 0$/m);
     expect(text).toMatch(/^inpod_fastpath_enabled 1$/m);
     expect(text).toMatch(/^inpod_fastpath_connections_total\{path="kernel"\} \d+/m);
@@ -373,6 +403,118 @@ describe('kernel fast path: when a connection is spliced', () => {
       bp.close();
     }
   }, 60_000);
+
+  it('delivers every byte when a handed-back direction ends while its last bytes still wait in the kernel', async () => {
+    // The interleaving that lost the tail of a transfer under load, forced: the client's side of
+    // the proxy (A) has bytes from the server redirected into it that it cannot send (the client
+    // does not read), the client->server direction is handed back to userspace (the server does
+    // not read either), so what the client sends next is passed to A behind those bytes; then the
+    // client's FIN arrives. The kernel reports A's EOF although its last bytes are still queued.
+    const reg = new Registry();
+    const bp = new FastPath({ enabled: true, log, registry: reg });
+    const r2 = new Rig(bp);
+    let down!: net.Socket;
+    r2.onSplice = (d, u) => {
+      down = d;
+      // small send buffers on the proxy: what the server sends waits in A's kernel queue, and the
+      // client->server direction falls 4 MiB behind soon; room in A for the client's last bytes
+      setsockopt(fdOf(d), SO_SNDBUF, 64 * 1024);
+      setsockopt(fdOf(u), SO_SNDBUF, 64 * 1024);
+      setsockopt(fdOf(d), SO_RCVBUFFORCE, 8 * 1024 * 1024);
+    };
+    let server!: net.Socket;
+    const toClient = randomBytes(2 * 1024 * 1024);
+    const serverGot: Buffer[] = [];
+    const serverEnded = new Promise<void>((ok) => {
+      r2.onServer = (s) => {
+        server = s;
+        setsockopt(fdOf(s), SO_RCVBUF, 64 * 1024);
+        s.pause();
+        s.on('data', (d: Buffer) => serverGot.push(d));
+        s.once('end', () => ok());
+        s.write(toClient);
+      };
+    });
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      const before = bp.counters();
+      const c = (client = await connect(r2.port)); // consumes the greeting and then reads nothing
+      setsockopt(fdOf(c), SO_SNDBUF, 64 * 1024);
+      // everything the server sent is redirected (into A's queue, mostly: the client does not read)
+      await until(() => bp.counters().bytes - before.bytes >= toClient.length);
+      // the client sends until the kernel hands its direction back to userspace
+      const sent: Buffer[] = [];
+      while (bp.counters().throttles === before.throttles) {
+        const chunk = randomBytes(64 * 1024);
+        sent.push(chunk);
+        if (!c.write(chunk)) await Promise.race([new Promise((r) => c.once('drain', r)), new Promise((r) => setTimeout(r, 20))]);
+        expect(sent.length).toBeLessThan(1024); // 64 MiB: the server's 64 KiB buffers hold far less
+      }
+      const tail = randomBytes(1000);
+      sent.push(tail);
+      const total = sent.reduce((n, b) => n + b.length, 0);
+      const downEnded = new Promise((r) => down.once('end', r));
+      c.end(tail);
+      // the client's last byte and its FIN have reached A (TCP counts the FIN as one)
+      await until(() => tcpReceived(fdOf(down)) === total + 1);
+      await downEnded;
+      // now both ends read again
+      const clientGot = readAll(c);
+      c.resume();
+      server.resume();
+      await serverEnded;
+      const got = Buffer.concat(serverGot);
+      expect(got.length).toBe(total);
+      expect(sha(got)).toBe(sha(Buffer.concat(sent)));
+      server.end();
+      expect(sha(await clientGot)).toBe(sha(toClient));
+      const [r] = await r2.relayed(1);
+      expect(r).toMatchObject({ aToB: total, bToA: toClient.length + 1 });
+      expect(r!.error).toBeUndefined();
+      expect(bp.counters().drops).toBe(0);
+    } finally {
+      client?.destroy();
+      server?.destroy();
+      await r2.stop();
+      bp.close();
+    }
+  }, 60_000);
+
+  it('passes a reset on to the other side when it arrives while a promotion reads the socket', async () => {
+    // The server answers and resets at once: Node reads the answer, which passes the promotion
+    // mark, and the promotion's own read of the socket then meets the reset. That read consumes
+    // the socket's error: relayed on as a clean end, the client would take the answer for whole.
+    const fp2 = new FastPath({ enabled: true, log, promoteAfter: { bytes: 100, ms: 60_000 } });
+    const r2 = new Rig(fp2);
+    r2.greet = false;
+    r2.onServer = (s) => {
+      s.once('data', () => {
+        s.write(randomBytes(1000));
+        s.resetAndDestroy();
+      });
+    };
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      const c = (client = await connect(r2.port, false));
+      const outcome = new Promise<string>((r) => {
+        c.once('error', (e: NodeJS.ErrnoException) => r(e.code ?? e.message));
+        // a reset right behind data reaches Node as EOF (libuv takes the hang-up for one), so
+        // the socket's own error tells a reset from the server's side being closed cleanly
+        c.once('end', () => r(sockError(fdOf(c)) === 104 ? 'ECONNRESET' : 'clean end'));
+      });
+      c.resume();
+      c.write('go');
+      expect(await outcome).toBe('ECONNRESET');
+      const [r] = await r2.relayed(1);
+      expect(r!.error).toBeDefined();
+    } finally {
+      client?.destroy();
+      await r2.stop();
+      fp2.close();
+    }
+  });
 
   it('keeps a short connection in userspace and promotes a long-lived one', async () => {
     const dflt = new FastPath({ enabled: true, log, promoteAfter: PROMOTE_DEFAULT }); // the proxy's "promote" mode: 64 KiB or 50 ms

@@ -34,6 +34,10 @@ describe('what the proxy process loads', () => {
     expect(await importWithout('@kubernetes/client-node', ['cli/ztunnel.js', 'state/kube.js'])).toBe('imported');
   });
 
+  it('the agent command imports without it too: a manifest-directory agent never loads it', async () => {
+    expect(await importWithout('@kubernetes/client-node', ['cli/agent.js'])).toBe('imported');
+  });
+
   it('would notice the client being imported (the check itself)', async () => {
     expect(await importWithout('@kubernetes/client-node', ['@kubernetes/client-node'])).toMatch(/imported @kubernetes\/client-node from/);
   });

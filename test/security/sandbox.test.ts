@@ -101,6 +101,11 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     const mine = (): AccessLine[] => accessLines(log.slice(mark)).filter((a) => a.src.ip === from.ip);
     // the inbound line is written when the server side closes; it always comes (plaintext or hbone)
     await until('the inbound access-log line', () => mine().some((a) => a.direction === 'inbound'), { timeoutMs: 15_000, context: logs });
+    // over HBONE the client's side went through its proxy too: its line is written when that side
+    // closes, which may come after the server's
+    if (mine().some((a) => a.direction === 'inbound' && a.transport === 'hbone')) {
+      await until('the outbound access-log line', () => mine().some((a) => a.direction === 'outbound'), { timeoutMs: 15_000, context: logs });
+    }
     return { reply: r.reply, out: mine().find((a) => a.direction === 'outbound'), in: mine().find((a) => a.direction === 'inbound') };
   }
 

@@ -8,7 +8,6 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from '../agent/agent.js';
-import { KubeSource, loadKubeConfig } from '../agent/kube.js';
 import { ManifestSource } from '../agent/manifests.js';
 import { createBackend } from '../redirect/factory.js';
 import { installBinary, installConf, uninstallBinary, uninstallConf, PLUGIN_TYPE } from '../cni/conflist.js';
@@ -52,7 +51,10 @@ export async function agentCommand(argv: string[]): Promise<void> {
   if (backendName !== 'ebpf' && backendName !== 'iptables') throw new MeshError('INPOD_ERR_USAGE', `--backend ${v.backend}: use ebpf or iptables`);
   const node = v.node ?? process.env.NODE_NAME ?? '';
   if (!v.manifests && !node) throw new MeshError('INPOD_ERR_USAGE', 'inpod agent needs --node NAME (or NODE_NAME) to watch this node\'s pods');
-  const source = v.manifests ? new ManifestSource(v.manifests, node || undefined) : new KubeSource(loadKubeConfig(v.kubeconfig), node);
+  // the Kubernetes client (~70 MB resident) is loaded only when the state comes from the API
+  const source = v.manifests
+    ? new ManifestSource(v.manifests, node || undefined)
+    : await import('../agent/kube.js').then(({ KubeSource, loadKubeConfig }) => new KubeSource(loadKubeConfig(v.kubeconfig), node));
   const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] });
   await backend.install();
 

@@ -103,10 +103,11 @@ export interface NativeAddon {
   socketIn(nsFd: number, spec: SocketSpec): number | SysFail;
   origDst(fd: number): SockAddr | number;
   sockName(fd: number): SockAddr | number;
+  setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketCookie(fd: number): bigint | number;
   tcpWritten(fd: number): number;
-  tcpInq(fd: number): number;
+  tcpReceived(fd: number): number;
   recvPeek(fd: number): number;
   recvAll(fd: number, max: number): { data: Buffer; eof: boolean; more: boolean } | number;
   unixSocket(type: 'seqpacket' | 'stream'): number;

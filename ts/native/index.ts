@@ -49,13 +49,17 @@ export function socketCookie(fd: number): bigint {
   return check('getsockopt(SO_COOKIE)', addon().socketCookie(fd));
 }
 
+/** setsockopt(fd, level, name, &int) (the fast path's tests shrink socket buffers with it). */
+export function setSockOptInt(fd: number, level: number, name: number, value: number): void {
+  check('setsockopt', addon().setsockoptInt(fd, level, name, value));
+}
 /** Bytes the TCP socket has taken for sending (acked + queued), offset by a per-connection constant. */
 export function tcpWritten(fd: number): number {
   return check('getsockopt(TCP_INFO)', addon().tcpWritten(fd));
 }
-/** Bytes received and not yet read. */
-export function tcpInq(fd: number): number {
-  return check('ioctl(SIOCINQ)', addon().tcpInq(fd));
+/** Bytes the TCP socket has received in order so far (a received FIN counts as one). */
+export function tcpReceived(fd: number): number {
+  return check('getsockopt(TCP_INFO)', addon().tcpReceived(fd));
 }
 /** Readable bytes without consuming them: null when none (EAGAIN), 0 at EOF. */
 export function recvPeek(fd: number): number | null {

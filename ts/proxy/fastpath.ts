@@ -18,7 +18,9 @@
  * FIN or reset. On a FIN from X, Y's write side is shut only after every byte the program
  * redirected from X has entered Y's send queue (the redirect runs asynchronously in a kernel
  * worker: shutting Y at once could overtake bytes still on their way). A reset on either side
- * resets the other. Byte counts come from the flow entries, which are removed at close.
+ * resets the other. Byte counts come from the flow entries, which are removed at close. Whether
+ * every byte before a FIN was relayed is decided by TCP's count of what X received, never by
+ * SIOCINQ or by EOF alone: on a socket with a verdict program neither sees the psock's backlog.
  */
 import type net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -31,7 +33,7 @@ import {
   recvPeek,
   sockError,
   socketCookie,
-  tcpInq,
+  tcpReceived,
   tcpWritten,
   EPOLLERR,
   EPOLLRDHUP,
@@ -213,7 +215,8 @@ class Splice {
       try {
         got = recvAll(fdOf(d.from), PROMOTE_MAX_COPY);
       } catch (e) {
-        return retry('error');
+        // a reset: this read took the socket's error, so Node would read a clean EOF after it
+        return this.abort(e as Error);
       }
       if (got.data.length) {
         d.bytes += got.data.length;
@@ -266,13 +269,17 @@ class Splice {
     let held: Buffer[] | null = hold ? [] : null;
     let heldBytes = 0;
     let ended = false;
+    // one 'drain' listener at a time: the held chunks are written in one go
+    let draining = false;
     const write = (chunk: Buffer): void => {
-      if (!d.to.write(chunk)) {
-        d.from.pause();
-        d.to.once('drain', () => {
-          if (!this.#promoting && (!d.kernel || d.demoted)) d.from.resume();
-        });
-      }
+      if (d.to.write(chunk)) return;
+      d.from.pause();
+      if (draining) return;
+      draining = true;
+      d.to.once('drain', () => {
+        draining = false;
+        if (!this.#promoting && (!d.kernel || d.demoted)) d.from.resume();
+      });
     };
     const finish = (): void => {
       d.to.end();
@@ -291,8 +298,13 @@ class Splice {
       if (promoteAtBytes !== undefined && this.#promoteTries === 0 && this.dirs[0].bytes + this.dirs[1].bytes >= promoteAtBytes) void this.#promote();
     };
     const onEnd = (): void => {
-      ended = true;
-      if (!held) finish();
+      const end = (): void => {
+        ended = true;
+        if (!held) finish();
+      };
+      // on a socket the program passed bytes to, Node's EOF can come before the last of them
+      if (d.demoted) void this.#readRest(d, onData).then((ok) => ok && end());
+      else end();
     };
     d.from.on('data', onData);
     d.from.once('end', onEnd);
@@ -347,6 +359,16 @@ class Splice {
     return false;
   }
 
+  /**
+   * Bytes X's TCP received that neither Node read nor the program redirected. Meaningful once X's
+   * FIN has arrived: tcpi_bytes_received follows rcv_nxt, so it counts that FIN as one. The
+   * kernel's own count, unlike SIOCINQ, which on a socket with a verdict program reports only the
+   * psock's queue for readers (tcp_bpf_ioctl), not skbs still waiting in its backlog.
+   */
+  #unrelayed(d: Direction, flow = this.fp.flow(d.fromKey)): number {
+    return flow ? tcpReceived(d.fromFd) - 1 - d.bytes - flow.bytes : NaN;
+  }
+
   /** Y's socket has taken every byte the program redirected from X (the flow's count). */
   #drained(d: Direction, flow = this.fp.flow(d.fromKey)): boolean {
     return !!flow && tcpWritten(d.toFd) - flow.peerBase >= flow.bytes;
@@ -356,7 +378,7 @@ class Splice {
    * Waits up to drainTimeoutMs for `cond` (a syscall failing in it, or the time running out,
    * resets the connection). True once it holds on a connection still open.
    */
-  async #untilDrained(cond: () => boolean): Promise<boolean> {
+  async #untilDrained(cond: () => boolean, what = 'redirected bytes did not drain'): Promise<boolean> {
     let err: Error | undefined;
     const ok = await this.#waitUntil(() => {
       try {
@@ -367,7 +389,7 @@ class Splice {
       }
     }, this.fp.drainTimeoutMs);
     if (err) this.abort(err);
-    else if (!ok && !this.#over) this.abort(new Error(`fast path: redirected bytes did not drain within ${this.fp.drainTimeoutMs} ms`));
+    else if (!ok && !this.#over) this.abort(new Error(`fast path: ${what} within ${this.fp.drainTimeoutMs} ms`));
     return ok && !err && !this.#over;
   }
 
@@ -378,8 +400,8 @@ class Splice {
       // stopped by the program: the bytes before the FIN wait with X, and Node relays them
       const flow = this.fp.flow(d.fromKey);
       throttled = !!flow?.throttled;
-      // else nothing may be left unread on X (so the flow's count is final) and Y took it all
-      return throttled || (tcpInq(d.fromFd) === 0 && this.#drained(d, flow));
+      // else every byte before the FIN was redirected (the flow's count is final) and Y took it all
+      return throttled || (this.#unrelayed(d, flow) === 0 && this.#drained(d, flow));
     });
     if (throttled) return void this.#demote(d);
     if (!ok) return;
@@ -402,6 +424,23 @@ class Splice {
     let release!: (ok: boolean) => void;
     this.#startUser(d, undefined, new Promise<boolean>((r) => (release = r)));
     release(await this.#untilDrained(() => this.#drained(d)));
+  }
+
+  /**
+   * Node read EOF on X of a demoted direction. The kernel reports EOF as soon as X's FIN has
+   * arrived and the psock's queue for readers is empty, but a passed skb goes through the psock's
+   * backlog whenever that is not empty (it also holds skbs redirected into X, waiting for room in
+   * X's send buffer) or X's receive buffer is full, and reaches the readers' queue only when the
+   * psock's worker runs: EOF first, the last bytes after (lost under load before this check).
+   * So X is read here, directly (Node's stream has ended), until TCP's count of what X received
+   * is all relayed. False: the connection was reset meanwhile or the bytes never came.
+   */
+  async #readRest(d: Direction, onData: (chunk: Buffer) => void): Promise<boolean> {
+    return this.#untilDrained(() => {
+      const got = recvAll(d.fromFd, HOLD_MAX);
+      if (got.data.length) onData(got.data);
+      return this.#unrelayed(d) === 0;
+    }, 'the last bytes the kernel passed to the proxy before a FIN did not arrive');
   }
 
   /** The sweep's check, after the program lost a throttle event (full ring buffer). */
