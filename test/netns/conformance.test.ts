@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
-import { Lab, type Accepted, type LabPod, type PodShell } from './lab.js';
+import { Lab, type Accepted, type LabPod, type PodShell, until } from './lab.js';
 import { inpod } from '../cli.js';
 
 const cli = (args: string[]) => inpod(...args);
@@ -33,14 +33,6 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     excludeOutboundPorts: [81],
     excludeOutboundCidrs: [`${other.ip}/32`],
   });
-
-  async function until(what: string, cond: () => Promise<boolean>, ms = 5000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
 
   async function reply(from: PodShell, host: string, port: number, extra: object = {}): Promise<string> {
     const r = await from.connect({ host, port, send: 'ping', timeoutMs: 2000, ...extra });
@@ -217,7 +209,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     await sh.pod.resume(held.id);
     proxyOut = held.id;
     let acc: Accepted | undefined;
-    await until('the held connection to be accepted', async () => (acc = (await sh.pod.accepted(held.id)).at(-1)) !== undefined);
+    await until('the held connection to be accepted', async () => (acc = (await sh.pod.accepted(held.id)).at(-1)) !== undefined, { timeoutMs: 5000 });
     expect(acc!.origDst).toEqual({ host: peer.ip, port: 80 });
   });
 

@@ -96,15 +96,6 @@ export class TestMesh {
     return readdirSync('/proc/self/fd').length;
   }
 
-  /** Waits for `cond`, polling; throws naming `what` after `ms`. */
-  static async until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-
   async close(): Promise<void> {
     process.off('uncaughtException', this.#onCrash);
     process.off('unhandledRejection', this.#onCrash);
