@@ -52,7 +52,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { discoverPodIps, transparentReturnRouting, withNetns } from './netns.js';
+import { discoverPodIps, listenerHandover, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -183,6 +183,7 @@ export class EbpfBackend implements RedirectBackend {
     const cookie = ns.cookie;
     if (!this.installed()) await this.install();
     await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
+    listenerHandover(ns, true);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
@@ -205,7 +206,9 @@ export class EbpfBackend implements RedirectBackend {
       if (!existsSync(this.#pin('inpod_enrolled'))) return;
       const wasEnrolled = this.#enrolledCookie(ns.cookie);
       this.#unenrollCookie(ns.cookie);
-      if (wasEnrolled) await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      if (!wasEnrolled) return;
+      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      listenerHandover(ns, false);
     });
   }
 
