@@ -5,16 +5,20 @@
  * No new connection may be refused, reset or left unanswered, and a connection opened through
  * the first proxy keeps working through its drain. Under both backends: inbound capture hands
  * over differently (eBPF: the SOCKHASH entry sk_lookup assigns from; iptables: REDIRECT to
- * whichever listener the kernel picks).
+ * whichever listener the kernel picks). And the same for the agent: a second `inpod agent`
+ * starts beside the first (the plugin's and the proxy's sockets pass to it, the first hands
+ * over), then the first gets SIGTERM: capture stays, every CNI ADD of the overlap succeeds, and
+ * no connection is refused.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
+import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
 import { Lab, type ChurnCount, type LabPod, type PodShell, until } from './lab.js';
 
@@ -133,3 +137,118 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
   }, 90_000);
 });
 
+const NODE = 'node1';
+
+describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
+  let lab: Lab;
+  let dir: string;
+  let api: FakeApiServer;
+  let backend: RedirectBackend;
+  let proxy: { proc: ChildProcess; log: string } | undefined;
+  const agents: { proc: ChildProcess; log: string; health: number }[] = [];
+  const p = (f: string): string => join(dir, f);
+  const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
+  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
+  const logs = (): string => [...agents.map((a, i) => `agent ${i + 1}:\n${a.log.slice(-1500)}`), `proxy:\n${proxy?.log.slice(-1000)}`].join('\n');
+
+  async function startAgent(): Promise<{ proc: ChildProcess; log: string; health: number }> {
+    const [health] = await freePorts(1);
+    const proc = spawn('node', [CLI, 'agent', '--backend', name, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
+      '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${health!}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const a = { proc, log: '', health: health! };
+    proc.stdout!.on('data', (d) => (a.log += d));
+    proc.stderr!.on('data', (d) => (a.log += d));
+    agents.push(a);
+    return a;
+  }
+  const agentReady = (a: { health: number }): Promise<void> => until('the agent to report ready', async () =>
+    (await fetch(`http://127.0.0.1:${a.health}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 30_000, context: logs, intervalMs: 100 });
+  /** A pod of namespace `ns` started through the CNI chain, as a runtime starts it. */
+  async function runPod(ns: string, podName: string): Promise<LabPod> {
+    const obj = api.apply('pods', { metadata: { name: podName, namespace: ns }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
+    return lab.node.addPodWithChain(podName, conflist(), { namespace: ns, name: podName, uid: obj.metadata.uid! }, cniPath());
+  }
+  const enrolled = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns);
+
+  beforeAll(async () => {
+    lab = await Lab.create();
+    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ag`));
+    mkdirSync(p('net.d'));
+    mkdirSync(p('bin'));
+    const { cniVersion, name: netName, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
+    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name: netName, plugins: [bridge] }));
+    api = new FakeApiServer();
+    await api.start();
+    writeFileSync(p('kubeconfig'), api.kubeconfig());
+    api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    api.apply('namespaces', { metadata: { name: 'plain' } });
+    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
+    const proc = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 ` +
+      '--admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    proxy = { proc, log: '' };
+    proc.stdout!.on('data', (d) => (proxy!.log += d));
+    proc.stderr!.on('data', (d) => (proxy!.log += d));
+    await agentReady(await startAgent());
+    await until('the agent to chain inpod-cni into the conflist', () => JSON.stringify(conflist()).includes('inpod-cni'), { context: logs });
+    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agents[0]!.log), { context: logs });
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const a of agents) a.proc.kill('SIGKILL');
+    proxy?.proc.kill('SIGKILL');
+    await api?.stop();
+    await backend?.uninstall().catch(() => {});
+    await lab?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a second agent, then SIGTERM to the first: capture stays, every CNI ADD of the overlap succeeds, no connection is refused', async () => {
+    const [a, b] = [await runPod('mesh', 'a'), await runPod('mesh', 'b')];
+    const c = await runPod('plain', 'c'); // outside the mesh: its connections to b are captured inbound
+    const [sa, sb, sc] = await Promise.all([lab.shell(a.netnsPath, { inCgroup: true }), lab.shell(b.netnsPath, { inCgroup: true }), lab.shell(c.netnsPath, { inCgroup: false })]);
+    await sb.listen({ port: 8080, tag: 'b' });
+    const loads: [PodShell, string][] = [
+      [sa, await sa.churnStart({ host: b.ip, port: 8080, threads: 2 })],
+      [sc, await sc.churnStart({ host: b.ip, port: 8080, threads: 2 })],
+    ];
+    const [first] = agents as [(typeof agents)[0]];
+    const added: LabPod[] = [];
+    const addFailed: string[] = [];
+    const add = async (podName: string): Promise<void> => {
+      await runPod('mesh', podName).then((x) => added.push(x), (e: { cniOutput?: string; message: string }) => addFailed.push(`${podName}: ${e.cniOutput ?? e.message}`));
+    };
+    let counts: ChurnCount[] = [];
+    try {
+      await moreAnswered(loads, 20, logs);
+      const second = await startAgent();
+      // pods start while both agents run: the first answers, or the second once it has the sockets
+      await add('d');
+      await agentReady(second);
+      await add('e');
+      await moreAnswered(loads, 20, logs);
+      first.proc.kill('SIGTERM');
+      await until('the first agent to exit', () => exited(first), { context: logs });
+      await add('f');
+      await moreAnswered(loads, 20, logs);
+    } finally {
+      counts = await Promise.all(loads.map(([sh, id]) => sh.churnStop(id)));
+      console.log(`[${name}] agent rollout: mesh load ${JSON.stringify(counts[0])}, plaintext load ${JSON.stringify(counts[1])}, CNI ADDs failed: ${JSON.stringify(addFailed)}`);
+    }
+    for (const n of counts) expect(n.errors).toEqual({});
+    expect(addFailed).toEqual([]);
+    expect(first.log).toMatch(/handed over to the newer agent/);
+    // capture never left the kernel, the pods of the overlap are captured, and the first agent
+    // left the second one's sockets in place
+    expect((await enrolled()).sort()).toEqual([a, b, ...added].map((x) => x.netnsPath).sort());
+    expect(existsSync(p('plugin.sock')) && existsSync(p('zds.sock'))).toBe(true);
+    // each of them is served by the proxy (its connections go through it: here to b, over the mesh)
+    for (const x of added) {
+      const sh = await lab.shell(x.netnsPath, { inCgroup: true });
+      const r = await sh.connect({ host: b.ip, port: 8080, send: x.name, timeoutMs: 5000 });
+      expect(r.ok && r.reply).toBe(`b:${x.name}`);
+      if (r.ok) await sh.close(r.connId); // its access-log line is written at the close
+    }
+    await until('the proxy to log the new pods\' outbound connections', () => added.every((x) => proxy!.log.includes(`"pod":"mesh/${x.name}"`)), { context: logs });
+  }, 120_000);
+});

@@ -7,7 +7,9 @@
  * the pod, asks plan.ts what to do (pure) and has dataplane.ts do it. sandboxes.ts keeps the
  * records and the open netns of each sandbox, procscan.ts finds pods the agent never saw in
  * /proc, cniserver.ts takes the plugin's events, metrics.ts counts. On start it reconciles what
- * the kernel already captures before serving anyone.
+ * the kernel already captures before serving anyone. One agent is active on a node at a time:
+ * a new one takes the sockets over, then the lease (handover.ts), for which the running one
+ * finishes its work under way and steps down (ARCHITECTURE.md, "Upgrades").
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +21,7 @@ import { openNetns, type PodNetns } from '../redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../zds/server.js';
 import type { PodEvent } from '../cni/plugin.js';
 import { CniServer } from './cniserver.js';
+import { AgentLease, leaseName } from './handover.js';
 import { Dataplane, type AgentZds } from './dataplane.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
 import { plan, planAdd, planDel, planRestart, undiscovered, type SandboxView } from './plan.js';
@@ -39,6 +42,8 @@ export interface AgentOptions {
   log?: Logger;
   /** retry backoff of pod jobs (default 100 ms doubling to 5 s) */
   retry?: Pick<QueueOptions, 'minMs' | 'maxMs' | 'timer'>;
+  /** told once this agent has handed over to a newer one (it then only waits to be stopped) */
+  onHandedOver?: () => void;
   /** seams for tests: the ZDS server, how a netns is opened, /proc, the boot id */
   zds?: (pods: () => ZdsPod[]) => AgentZds;
   openNetns?: (path: string) => PodNetns;
@@ -57,6 +62,11 @@ export class Agent {
   readonly #queue: KeyedQueue;
   readonly #cni: CniServer;
   #synced = false;
+  #lease?: AgentLease;
+  #handedOver = false;
+  /** CNI events wait for this: the agent serves only once it holds the lease and has reconciled */
+  readonly #serving: Promise<void>;
+  #serve!: () => void;
 
   constructor(o: AgentOptions) {
     this.#o = o;
@@ -76,10 +86,12 @@ export class Agent {
       },
     });
     this.#cni = new CniServer(o.pluginSocket, { add: (ev) => this.cniAdd(ev), del: (ev) => this.cniDel(ev) });
+    this.#serving = new Promise((r) => (this.#serve = r));
   }
 
+  /** Serving: it holds the lease, has reconciled, and has not handed over. */
   get ready(): boolean {
-    return this.#synced;
+    return this.#synced && !this.#handedOver;
   }
 
   /** Pods the proxy serves (uid -> pod with the netns of its newest sandbox). */
@@ -88,6 +100,11 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    // The sockets first: from here on the plugin and the proxy reach this agent (and wait until
+    // it serves), while the agent before it, if one runs, finishes its work and hands over.
+    this.zds.listen?.();
+    await this.#cni.start();
+    this.#lease = await AgentLease.acquire(leaseName(this.#o.stateDir), { log: this.#log, handOver: () => this.#handOver() });
     const { source } = this.#o;
     this.#store.load();
     const synced = new Promise<void>((r) => source.once('synced', () => r()));
@@ -103,17 +120,38 @@ export class Agent {
     await synced;
     await this.#restart();
     this.zds.start();
-    await this.#cni.start();
     this.#synced = true;
+    this.#serve();
     this.#log.info({ enrolled: this.#dp.served.size, sandboxes: this.#dp.captured.size }, 'agent ready');
   }
 
+  /** Stops; capture stays in the kernel. The sockets are removed only if they are still this agent's. */
   stop(): void {
     this.#queue.stop();
     this.#o.source.stop();
     this.zds.close();
-    this.#cni.close();
+    void this.#cni.close();
     this.#store.closeAll();
+    this.#lease?.release();
+  }
+
+  /**
+   * A newer agent asked for the lease: stop taking work (a CNI request that still arrives is
+   * passed on to the newer agent, which holds the socket path already), finish the CNI requests
+   * and pod jobs under way (their proxy Acks come over this agent's ZDS connections), then let
+   * the proxies go (they reconnect to the newer agent). The newer agent reads the records left
+   * here once it holds the lease. Capture stays in the kernel.
+   */
+  async #handOver(): Promise<void> {
+    this.#handedOver = true;
+    this.#queue.stop();
+    this.#o.source.stop();
+    await this.#cni.handOver();
+    await this.#queue.idle();
+    this.zds.close();
+    this.#store.closeAll();
+    this.#log.info('handed over to the newer agent; waiting to be stopped');
+    this.#o.onHandedOver?.();
   }
 
   /* ------------------------------------------------------------------ cluster events */
@@ -181,6 +219,7 @@ export class Agent {
    * mesh, capture it and make it the one the proxy serves (a pod's latest ADD wins), then return.
    */
   async cniAdd(ev: PodEvent): Promise<{ enrolled: boolean; reason: string }> {
+    await this.#serving;
     if (!ev.netns || !existsSync(ev.netns)) throw new MeshError('INPOD_ERR_CNI', `netns ${ev.netns || '(none)'} of pod ${ev.podNamespace}/${ev.podName} does not exist`);
     const ns = this.#store.open(ev.netns);
     if (!ns) throw new MeshError('INPOD_ERR_CNI', `${ev.netns} of pod ${ev.podNamespace}/${ev.podName} is not a network namespace; the runtime must pass CNI_NETNS`);
@@ -205,6 +244,7 @@ export class Agent {
 
   /** DEL: releases the sandbox it names (see delTargets), only that one; idempotent. */
   async cniDel(ev: PodEvent): Promise<void> {
+    await this.#serving;
     const uid = ev.podUid || this.#store.all().find((s) => s.namespace === ev.podNamespace && s.name === ev.podName)?.uid;
     if (!uid) return;
     await this.#queue.run(`${ev.podNamespace}/${ev.podName}`, async () => {
