@@ -33,7 +33,8 @@ describe('SelfOwner', () => {
     rmSync(dir, { recursive: true, force: true });
   });
   beforeEach(() => {
-    for (const k of ['pods', 'daemonsets', 'nodes'] as const) api.fail(k, null);
+    for (const k of ['pods', 'daemonsets', 'nodes', 'namespaces'] as const) api.fail(k, null);
+    api.apply('namespaces', { metadata: { name: NS } });
     api.apply('daemonsets', { metadata: { name: 'inpod-agent', namespace: NS }, spec: { template: { spec: { tolerations: [{ operator: 'Exists' }] } } } } as never);
     const ds = api.get('daemonsets', NS, 'inpod-agent')!;
     api.apply('pods', { metadata: { name: SELF.podName, namespace: NS, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'inpod-agent', uid: ds.metadata.uid, controller: true }] }, spec: { nodeName: 'node1' } });
@@ -53,6 +54,12 @@ describe('SelfOwner', () => {
     expect(shutdownVerdict(await owner.lookup())).toMatchObject({ cleanup: true, reason: 'DaemonSet inpod-agent is being deleted' });
     api.delete('daemonsets', NS, 'inpod-agent');
     expect(await owner.lookup()).toEqual({ state: 'gone', why: `DaemonSet ${NS}/inpod-agent is gone` });
+  });
+
+  it('reads its namespace being deleted as an uninstall, even while the DaemonSet object still exists (kubectl delete -k)', async () => {
+    api.apply('namespaces', { metadata: { name: NS, deletionTimestamp: '2026-01-01T00:00:00Z' } });
+    expect(await owner.lookup()).toEqual({ state: 'gone', why: `namespace ${NS} is being deleted` });
+    expect(api.get('daemonsets', NS, 'inpod-agent')).toBeDefined();
   });
 
   it('falls back to the owner read at start-up when its own pod is already gone (force-deleted)', async () => {

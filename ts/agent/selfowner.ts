@@ -3,6 +3,8 @@
  * decision (lifecycle.ts decides; this file only asks). Loaded only when the agent's cluster is
  * the Kubernetes API.
  *
+ * The agent's namespace being deleted counts as the DaemonSet being deleted: an uninstall that
+ * deletes the namespace may stop the agent's pod before the DaemonSet object goes.
  * The DaemonSet is found through the pod's controller reference, read once at start-up (while the
  * pod surely exists) and again at shutdown; a pod already gone at shutdown (force-deleted) falls
  * back to the start-up answer. istio-cni reads the DaemonSet by a fixed name instead
@@ -86,6 +88,9 @@ export class SelfOwner {
       const ref = pod.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'DaemonSet' && r.apiVersion.startsWith('apps/'));
       this.#daemonSet = ref?.name ?? null;
     }
+    // kubectl delete -k deletes the namespace with everything in it: its pods may go before the DaemonSet does
+    const ns = await this.#get(`namespace ${podNamespace}`, () => this.#core.readNamespace({ name: podNamespace }));
+    if (!ns || ns.metadata?.deletionTimestamp) return { state: 'gone', why: `namespace ${podNamespace} is ${ns ? 'being deleted' : 'gone'}` };
     if (this.#daemonSet === undefined) return { state: 'unknown', error: `pod ${podNamespace}/${podName} is gone and its owner was never read` };
     if (this.#daemonSet === null) return { state: 'gone', why: `pod ${podNamespace}/${podName} is not run by a DaemonSet: nothing brings an agent back to this node` };
     const name = this.#daemonSet;
