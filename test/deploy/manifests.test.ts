@@ -97,7 +97,7 @@ describe('deploy manifests (rendered by kustomize)', () => {
     const a = ds('inpod-agent');
     const env = Object.fromEntries((a.containers[0]!.env ?? []).map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]));
     expect(env).toMatchObject({ NODE_NAME: 'spec.nodeName', POD_NAME: 'metadata.name', POD_NAMESPACE: 'metadata.namespace' });
-    // ts/agent/selfowner.ts: 3 tries of at most 1.5 s, 0.5 s apart
+    // ts/agent/selfowner.ts: the lookup keeps to a budget of 6 s, and the agent stops after it
     expect(a.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(7);
   });
 

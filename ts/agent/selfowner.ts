@@ -25,8 +25,10 @@ export interface SelfOwnerOptions {
   attempts?: number;
   /** pause between tries (default 500 ms) */
   delayMs?: number;
-  /** bound of each request (default 1500 ms); a shutdown has the pod's grace period in all */
+  /** bound of each request (default 1500 ms) */
   timeoutMs?: number;
+  /** bound of the whole lookup, tries and pauses included (default 6000 ms): a shutdown has the pod's grace period in all */
+  budgetMs?: number;
   log?: Logger;
 }
 
@@ -48,7 +50,7 @@ export class SelfOwner {
   constructor(kc: k8s.KubeConfig, readonly self: SelfRef, o: SelfOwnerOptions = {}) {
     this.#core = kc.makeApiClient(k8s.CoreV1Api);
     this.#apps = kc.makeApiClient(k8s.AppsV1Api);
-    this.#o = { attempts: o.attempts ?? 3, delayMs: o.delayMs ?? 500, timeoutMs: o.timeoutMs ?? 1500 };
+    this.#o = { attempts: o.attempts ?? 3, delayMs: o.delayMs ?? 500, timeoutMs: o.timeoutMs ?? 1500, budgetMs: o.budgetMs ?? 6000 };
     this.#log = o.log ?? logger('lifecycle');
   }
 
@@ -68,10 +70,11 @@ export class SelfOwner {
   /** What the API says now, retried while it does not answer (see OwnerLookup). Never throws. */
   async lookup(): Promise<OwnerLookup> {
     let last = '';
-    for (let i = 0; i < this.#o.attempts; i++) {
-      if (i > 0) await new Promise((r) => setTimeout(r, this.#o.delayMs));
+    const end = Date.now() + this.#o.budgetMs;
+    for (let i = 0; i < this.#o.attempts && Date.now() < end; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, Math.min(this.#o.delayMs, end - Date.now())));
       try {
-        return await this.#once();
+        return await this.#once(end);
       } catch (e) {
         if (e instanceof Final) return e.lookup;
         last = describe(e);
@@ -81,30 +84,31 @@ export class SelfOwner {
     return { state: 'unknown', error: last };
   }
 
-  async #once(): Promise<OwnerLookup> {
+  async #once(end: number): Promise<OwnerLookup> {
     const { podName, podNamespace, nodeName } = this.self;
-    const pod = await this.#get(`pod ${podNamespace}/${podName}`, () => this.#core.readNamespacedPod({ name: podName, namespace: podNamespace }));
+    const pod = await this.#get(`pod ${podNamespace}/${podName}`, () => this.#core.readNamespacedPod({ name: podName, namespace: podNamespace }), end);
     if (pod) {
       const ref = pod.metadata?.ownerReferences?.find((r) => r.controller && r.kind === 'DaemonSet' && r.apiVersion.startsWith('apps/'));
       this.#daemonSet = ref?.name ?? null;
     }
     // kubectl delete -k deletes the namespace with everything in it: its pods may go before the DaemonSet does
-    const ns = await this.#get(`namespace ${podNamespace}`, () => this.#core.readNamespace({ name: podNamespace }));
+    const ns = await this.#get(`namespace ${podNamespace}`, () => this.#core.readNamespace({ name: podNamespace }), end);
     if (!ns || ns.metadata?.deletionTimestamp) return { state: 'gone', why: `namespace ${podNamespace} is ${ns ? 'being deleted' : 'gone'}` };
     if (this.#daemonSet === undefined) return { state: 'unknown', error: `pod ${podNamespace}/${podName} is gone and its owner was never read` };
     if (this.#daemonSet === null) return { state: 'gone', why: `pod ${podNamespace}/${podName} is not run by a DaemonSet: nothing brings an agent back to this node` };
     const name = this.#daemonSet;
-    const ds = await this.#get(`DaemonSet ${podNamespace}/${name}`, () => this.#apps.readNamespacedDaemonSet({ name, namespace: podNamespace }));
+    const ds = await this.#get(`DaemonSet ${podNamespace}/${name}`, () => this.#apps.readNamespacedDaemonSet({ name, namespace: podNamespace }), end);
     if (!ds) return { state: 'gone', why: `DaemonSet ${podNamespace}/${name} is gone` };
-    const node = await this.#get(`node ${nodeName}`, () => this.#core.readNode({ name: nodeName }));
+    const node = await this.#get(`node ${nodeName}`, () => this.#core.readNode({ name: nodeName }), end);
     return { state: 'present', daemonSet: ds as DaemonSetObj, node: (node as NodeObj | undefined) ?? null };
   }
 
   /** One GET with a deadline: the object, undefined on 404, Final on 401/403; anything else throws (retried). */
-  async #get<T>(what: string, call: () => Promise<T>): Promise<T | undefined> {
+  async #get<T>(what: string, call: () => Promise<T>, end: number): Promise<T | undefined> {
     let timer: NodeJS.Timeout | undefined;
+    const ms = Math.max(0, Math.min(this.#o.timeoutMs, end - Date.now()));
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${this.#o.timeoutMs} ms`)), this.#o.timeoutMs);
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
     });
     try {
       return await Promise.race([call(), deadline]);
