@@ -19,7 +19,7 @@ import type { BackendName } from '../redirect/backend.js';
 
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
-                 [--pin-root DIR] [--health-addr HOST:PORT]
+                 [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none]
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
 
 const OPTIONS = {
@@ -35,6 +35,8 @@ const OPTIONS = {
   'state-dir': { type: 'string', default: '/var/run/inpod' },
   'pin-root': { type: 'string' },
   'health-addr': { type: 'string', default: '127.0.0.1:15022' },
+  // the node's netns: its local sockets (kubelet's probes) reach pods uncaptured; "none": captured too
+  'host-netns': { type: 'string', default: '/proc/1/ns/net' },
 } as const;
 
 export async function agentCommand(argv: string[]): Promise<void> {
@@ -55,7 +57,8 @@ export async function agentCommand(argv: string[]): Promise<void> {
   const source = v.manifests
     ? new ManifestSource(v.manifests, node || undefined)
     : await import('../agent/kube.js').then(({ KubeSource, loadKubeConfig }) => new KubeSource(loadKubeConfig(v.kubeconfig), node));
-  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] });
+  const hostNetns = v['host-netns'] === 'none' ? undefined : v['host-netns'];
+  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
   await backend.install();
 
   // The plugin entry stays across our restarts so new pods wait for us instead of starting uncaptured.
