@@ -16,6 +16,7 @@ import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import type { BackendName } from '../redirect/backend.js';
+import { openNetns } from '../redirect/netns.js';
 
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
@@ -36,8 +37,11 @@ const OPTIONS = {
   'pin-root': { type: 'string' },
   'health-addr': { type: 'string', default: '127.0.0.1:15022' },
   // the node's netns: its local sockets (kubelet's probes) reach pods uncaptured; "none": captured too
-  'host-netns': { type: 'string', default: '/proc/1/ns/net' },
+  'host-netns': { type: 'string' },
 } as const;
+
+/** The host's netns as the agent (hostPID) sees it: init's. */
+export const DEFAULT_HOST_NETNS = '/proc/1/ns/net';
 
 export async function agentCommand(argv: string[]): Promise<void> {
   const uninstall = argv[0] === 'uninstall';
@@ -57,7 +61,7 @@ export async function agentCommand(argv: string[]): Promise<void> {
   const source = v.manifests
     ? new ManifestSource(v.manifests, node || undefined)
     : await import('../agent/kube.js').then(({ KubeSource, loadKubeConfig }) => new KubeSource(loadKubeConfig(v.kubeconfig), node));
-  const hostNetns = v['host-netns'] === 'none' ? undefined : v['host-netns'];
+  const hostNetns = hostNetnsSetting(v['host-netns'], log);
   const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
   await backend.install();
 
@@ -76,6 +80,25 @@ export async function agentCommand(argv: string[]): Promise<void> {
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
+}
+
+/**
+ * --host-netns: a path given must open (else the agent stops with the error); "none" names no
+ * netns. Without the flag, init's netns, unless it cannot be opened (no hostPID, a sandbox that
+ * hides pid 1): then none, with a warning. Either "none" leaves the node's probes captured, as
+ * they were before inpod knew the host netns: never a wider pass than asked for.
+ */
+function hostNetnsSetting(flag: string | undefined, log: ReturnType<typeof logger>): string | undefined {
+  if (flag === 'none') return undefined;
+  if (flag !== undefined) return flag;
+  try {
+    openNetns(DEFAULT_HOST_NETNS).close();
+    return DEFAULT_HOST_NETNS;
+  } catch (e) {
+    log.warn({ err: (e as Error).message, path: DEFAULT_HOST_NETNS }, 'host netns not readable: kubelet probes to mesh pods stay captured ' +
+      '(run the agent with hostPID, or pass --host-netns)');
+    return undefined;
+  }
 }
 
 function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): void {
