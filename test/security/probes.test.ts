@@ -109,7 +109,7 @@ describe.each(BACKENDS)('kubelet probes under an ALLOW policy that admits nobody
     expect((await appAccepted(m)).length).toBe(before);
   });
 
-  it('a pod outside the mesh, its sockets seen by the same hooks as the node\'s, is denied on 15006 and never reaches the app', async () => {
+  it('a pod outside the mesh on the same node, its sockets in the same cgroup as kubelet\'s, is denied on 15006 and never reaches the app', async () => {
     const [from, before] = [m.records.length, (await appAccepted(m)).length];
     const r = await m.sh.plain!.connect({ host: m.pods.server!.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^app:/);
