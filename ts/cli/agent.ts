@@ -19,10 +19,11 @@ import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import type { BackendName } from '../redirect/backend.js';
+import { openNetns } from '../redirect/netns.js';
 
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
-                 [--pin-root DIR] [--health-addr HOST:PORT] [--pod-name NAME --pod-namespace NS]
+                 [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none] [--pod-name NAME --pod-namespace NS]
                  (its own pod, POD_NAME / POD_NAMESPACE by default: read at shutdown to tell an
                  uninstall, which removes inpod-cni, from an upgrade or reboot, which keeps it)
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
@@ -42,7 +43,12 @@ const OPTIONS = {
   'health-addr': { type: 'string', default: '127.0.0.1:15022' },
   'pod-name': { type: 'string' },
   'pod-namespace': { type: 'string' },
+  // the node's netns: its local sockets (kubelet's probes) reach pods uncaptured; "none": captured too
+  'host-netns': { type: 'string' },
 } as const;
+
+/** The host's netns as the agent (hostPID) sees it: init's. */
+export const DEFAULT_HOST_NETNS = '/proc/1/ns/net';
 
 export async function agentCommand(argv: string[]): Promise<void> {
   const uninstall = argv[0] === 'uninstall';
@@ -70,7 +76,8 @@ export async function agentCommand(argv: string[]): Promise<void> {
     return { source: new KubeSource(kc, node), owner: new SelfOwner(kc, { podName, podNamespace, nodeName: node }) };
   });
   const source = kube?.source ?? new ManifestSource(v.manifests!, node || undefined);
-  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] });
+  const hostNetns = hostNetnsSetting(v['host-netns'], log);
+  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
   await backend.install();
 
   // The plugin entry stays across our restarts so new pods wait for us instead of starting
@@ -101,6 +108,26 @@ export async function agentCommand(argv: string[]): Promise<void> {
   agent.stop();
   health.close();
 }
+
+/**
+ * --host-netns: a path given must open (else the agent stops with the error); "none" names no
+ * netns. Without the flag, init's netns, unless it cannot be opened (no hostPID, a sandbox that
+ * hides pid 1): then none, with a warning. Either "none" leaves the node's probes captured, as
+ * they were before inpod knew the host netns: never a wider pass than asked for.
+ */
+function hostNetnsSetting(flag: string | undefined, log: ReturnType<typeof logger>): string | undefined {
+  if (flag === 'none') return undefined;
+  if (flag !== undefined) return flag;
+  try {
+    openNetns(DEFAULT_HOST_NETNS).close();
+    return DEFAULT_HOST_NETNS;
+  } catch (e) {
+    log.warn({ err: (e as Error).message, path: DEFAULT_HOST_NETNS }, 'host netns not readable: kubelet probes to mesh pods stay captured ' +
+      '(run the agent with hostPID, or pass --host-netns)');
+    return undefined;
+  }
+}
+
 
 /** Installs the plugin, retrying every 5 s until the node's own CNI config exists; returns a stop. */
 function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): () => void {
