@@ -126,7 +126,7 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
   it('refuses to start in Kubernetes mode without its own pod name, naming the downward API fix', async () => {
     const { POD_NAME: _n, POD_NAMESPACE: _ns, ...env } = process.env;
     const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
-      const c = spawn('node', [CLI, 'agent', '--kubeconfig', p('kubeconfig'), '--node', NODE], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+      const c = spawn('node', [CLI, 'agent', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath, '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--host-netns', 'none'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       c.stderr.on('data', (d) => (err += d));
       c.once('exit', (code) => resolve({ code, err }));
