@@ -138,6 +138,7 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
 });
 
 const NODE = 'node1';
+const AGENT_NS = 'inpod-system';
 
 describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
   let lab: Lab;
@@ -155,7 +156,8 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     const [health] = await freePorts(1);
     const proc = spawn('node', [CLI, 'agent', '--backend', name, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${health!}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${health!}`,
+      '--pod-name', `inpod-agent-${agents.length + 1}`, '--pod-namespace', AGENT_NS, '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     const a = { proc, log: '', health: health! };
     proc.stdout!.on('data', (d) => (a.log += d));
     proc.stderr!.on('data', (d) => (a.log += d));
@@ -183,7 +185,15 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     writeFileSync(p('kubeconfig'), api.kubeconfig());
     api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
     api.apply('namespaces', { metadata: { name: 'plain' } });
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
+    // the agents' DaemonSet, rolling: it still schedules to this node, so the old agent keeps inpod-cni installed at SIGTERM
+    api.apply('namespaces', { metadata: { name: AGENT_NS } });
+    api.apply('nodes', { metadata: { name: NODE, labels: { 'kubernetes.io/os': 'linux', 'kubernetes.io/hostname': NODE } } });
+    api.apply('daemonsets', { metadata: { name: 'inpod-agent', namespace: AGENT_NS }, spec: { template: { spec: { hostNetwork: true, tolerations: [{ operator: 'Exists' }] } } } } as never);
+    const ds = api.get('daemonsets', AGENT_NS, 'inpod-agent')!;
+    for (const n of [1, 2]) {
+      api.apply('pods', { metadata: { name: `inpod-agent-${n}`, namespace: AGENT_NS, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'inpod-agent', uid: ds.metadata.uid, controller: true }] }, spec: { nodeName: NODE } } as never);
+    }
+    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state'), hostNetns: lab.nodeNetnsPath });
     const proc = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 ` +
       '--admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     proxy = { proc, log: '' };
@@ -238,6 +248,7 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     for (const n of counts) expect(n.errors).toEqual({});
     expect(addFailed).toEqual([]);
     expect(first.log).toMatch(/handed over to the newer agent/);
+    expect(first.log).toMatch(/inpod-cni stays installed/);
     // capture never left the kernel, the pods of the overlap are captured, and the first agent
     // left the second one's sockets in place
     expect((await enrolled()).sort()).toEqual([a, b, ...added].map((x) => x.netnsPath).sort());
