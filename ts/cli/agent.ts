@@ -4,14 +4,13 @@
  * proxy and the plugin socket to inpod-cni. `inpod agent uninstall` removes the CNI pieces.
  */
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from '../agent/agent.js';
 import { ManifestSource } from '../agent/manifests.js';
 import { createBackend } from '../redirect/factory.js';
 import { installBinary, installConf, uninstallBinary, uninstallConf, PLUGIN_TYPE } from '../cni/conflist.js';
-import { DEFAULT_AGENT_SOCKET } from '../cni/plugin.js';
+import { DEFAULT_AGENT_SOCKET, pluginBinary, type PluginSettings } from '../cni/plugin.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
@@ -19,7 +18,7 @@ import type { BackendName } from '../redirect/backend.js';
 
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
-                 [--pin-root DIR] [--health-addr HOST:PORT]
+                 [--pin-root DIR] [--health-addr HOST:PORT] [--mesh-view FILE] [--exclude-namespaces NS,NS]
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
 
 const OPTIONS = {
@@ -35,6 +34,10 @@ const OPTIONS = {
   'state-dir': { type: 'string', default: '/var/run/inpod' },
   'pin-root': { type: 'string' },
   'health-addr': { type: 'string', default: '127.0.0.1:15022' },
+  /** the plugin's view of who is in the mesh (default <state-dir>/meshview.json) */
+  'mesh-view': { type: 'string' },
+  /** pods there never concern the mesh (default kube-system and $POD_NAMESPACE or inpod-system) */
+  'exclude-namespaces': { type: 'string' },
 } as const;
 
 export async function agentCommand(argv: string[]): Promise<void> {
@@ -58,10 +61,14 @@ export async function agentCommand(argv: string[]): Promise<void> {
   const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] });
   await backend.install();
 
-  // The plugin entry stays across our restarts so new pods wait for us instead of starting uncaptured.
-  if (v['cni-conf-dir']) installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, v['cni-socket']!, log);
+  const excludeNamespaces = v['exclude-namespaces'] !== undefined ? v['exclude-namespaces'].split(',').map((x) => x.trim()).filter(Boolean) : ['kube-system', process.env.POD_NAMESPACE || 'inpod-system'];
+  const badNs = excludeNamespaces.find((n) => !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(n));
+  if (badNs !== undefined) throw new MeshError('INPOD_ERR_USAGE', `--exclude-namespaces: ${JSON.stringify(badNs)} is not a namespace name`);
+  const plugin: PluginSettings = { agentSocket: v['cni-socket']!, meshView: v['mesh-view'] ?? join(v['state-dir']!, 'meshview.json'), excludeNamespaces };
+  // The plugin entry stays across our restarts so new pods of the mesh wait for us instead of starting uncaptured.
+  if (v['cni-conf-dir']) installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, plugin, log);
 
-  const agent = new Agent({ source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']! });
+  const agent = new Agent({ source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']!, meshView: plugin.meshView, excludeNamespaces: plugin.excludeNamespaces });
   const health = startHealth(v['health-addr']!, agent);
   await agent.start();
   await new Promise<void>((resolve) => {
@@ -75,12 +82,11 @@ export async function agentCommand(argv: string[]): Promise<void> {
   });
 }
 
-function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): void {
-  const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'cni', 'bin.js');
+function installCni(binDir: string, confDir: string, plugin: PluginSettings, log: ReturnType<typeof logger>): void {
   const attempt = (): void => {
     try {
-      installBinary(binDir, process.execPath, script);
-      const file = installConf(confDir, { type: PLUGIN_TYPE, agentSocket: socket });
+      installBinary(binDir, pluginBinary());
+      const file = installConf(confDir, { type: PLUGIN_TYPE, ...plugin });
       log.info({ file }, 'inpod-cni chained into the CNI config');
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'CNI install not possible yet; retrying in 5 s');
