@@ -10,7 +10,7 @@ DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptable
 	libjansson-dev
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: all deps build bpf addon ts test demo clean bench bench-tools plugin
+.PHONY: all deps build bpf addon ts test demo clean bench bench-tools plugin deploy-check
 
 all: build
 
@@ -72,6 +72,11 @@ ts:
 
 test: build
 	node_modules/.bin/vitest run
+
+# deploy/ rendered offline by `kubectl kustomize` (default and with components/shared-ca), every
+# object validated against the Kubernetes schemas; test/deploy is also part of `make test`.
+deploy-check: deps
+	node_modules/.bin/vitest run test/deploy
 
 demo: build
 	node dist/cli/main.js demo

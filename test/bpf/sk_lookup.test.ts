@@ -149,6 +149,25 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
     }
   });
 
+  // sockops records a connect() of a socket in the node's netns (inpod_host_ns) to a pod under the
+  // pod's netns: kubelet's probes. Forwarded traffic was never a local connect(), so never recorded.
+  it("exempts the exact tuple a node socket connected with (a kubelet probe), and nothing else from the node's address", () => {
+    const NODE = '10.200.250.1';
+    const probe = { netns: NETNS, sip: NODE, dip: POD, sport: 40040, dport: 8080 };
+    const elsewhere = { ...probe, netns: NETNS + 1n, sport: 40041 }; // recorded for another pod's netns
+    maps.ownSyn.update(encodeTuple(probe), Buffer.from([1]));
+    maps.ownSyn.update(encodeTuple(elsewhere), Buffer.from([1]));
+    try {
+      expect(lookup({ src: NODE, sport: 40040, dst: POD, dport: 8080 })).toEqual({ verdict: SK_PASS, assigned: 0n, moved: { IN_BYPASS: 1n } });
+      // the node's address on a tuple no node socket connected with (forwarded, masqueraded): to the proxy
+      expect(lookup({ src: NODE, sport: 40042, dst: POD, dport: 8080 })).toEqual({ verdict: SK_PASS, assigned: listenerCookie, moved: { IN_STEER: 1n } });
+      expect(lookup({ src: NODE, sport: 40041, dst: POD, dport: 8080 })).toEqual({ verdict: SK_PASS, assigned: listenerCookie, moved: { IN_STEER: 1n } });
+    } finally {
+      maps.ownSyn.delete(encodeTuple(probe));
+      maps.ownSyn.delete(encodeTuple(elsewhere));
+    }
+  });
+
   it('drops a SYN to an enrolled pod whose proxy has no listener (fail closed, never around the proxy)', () => {
     setListener(false);
     try {

@@ -45,12 +45,12 @@ describe('inpod-cni on a node', () => {
   const annotated = (ns: string, name: string): boolean => api.get('pods', ns, name)?.metadata.annotations?.['ambient.istio.io/redirection'] === 'enabled';
 
   function startAgent(): void {
-    // no POD_NAMESPACE: the default exclusions are kube-system and inpod-system
-    const env = { ...process.env, POD_NAMESPACE: '' };
     agentStarted = log.length;
     agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('run/plugin.sock'), '--mesh-view', p('run/meshview.json'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${ports.shift()}`], { stdio: ['ignore', 'pipe', 'pipe'], env });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${ports.shift()}`,
+      // its own pod's namespace: with kube-system, the namespaces excluded by default
+      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system'], { stdio: ['ignore', 'pipe', 'pipe'] });
     agent.stdout!.on('data', (d) => (log += d));
     agent.stderr!.on('data', (d) => (log += d));
   }

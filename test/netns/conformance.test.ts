@@ -13,6 +13,8 @@ import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
 import { Lab, type Accepted, type LabPod, type PodShell, until } from './lab.js';
 import { inpod } from '../cli.js';
+import { routedOutside } from './outside.js';
+import { PROBE_SOURCE } from '../../ts/istio.js';
 
 const cli = (args: string[]) => inpod(...args);
 
@@ -44,7 +46,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
   beforeAll(async () => {
     lab = await Lab.create();
     stateDir = mkdtempSync(join(tmpdir(), `${lab.prefix}state`));
-    opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir };
+    // the node netns plays the host's: its own sockets are kubelet's
+    opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir, hostNetns: lab.nodeNetnsPath };
     backend = await createBackend(name, opts);
     [pod, pod2, peer, other] = await Promise.all(['pod', 'pod2', 'peer', 'other'].map((n) => lab.addPod(n)));
     await backend.install();
@@ -175,6 +178,36 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
 
   it('leaves health probes from 169.254.7.127 alone', async () => {
     expect(await reply(sh.node, pod.ip, 8080, { bind: { host: '169.254.7.127', port: 0 } })).toMatch(/^app8080:/);
+  });
+
+  // istio-cni SNATs the node's own connections to pods to the probe source (its host rule); the
+  // eBPF backend lets the exact tuple a node socket connected with through (ARCHITECTURE.md)
+  it('lets a connection the node itself opens (kubelet probes) reach the app uncaptured', async () => {
+    expect(await reply(sh.node, pod.ip, 8080)).toMatch(/^app8080:/);
+    const app = (await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).at(-1)!;
+    expect(app.peer.host).toBe(name === 'ebpf' ? lab.node.gateway : PROBE_SOURCE.ipv4);
+    // another port too: every port of the pod is the node's to probe
+    expect(await reply(sh.node, pod.ip, 7777)).toMatch(/^error:ECONNREFUSED$/);
+  });
+
+  it('captures what the node forwards, even masqueraded to the address its own probes come from', async () => {
+    const outside = await routedOutside(lab, { masquerade: true });
+    try {
+      // its sockets in the lab cgroup too: sockops sees their connect, in a netns that is not the node's
+      const ext = await lab.shell(outside.netnsPath, { inCgroup: true });
+      expect(await reply(ext, pod.ip, 8080)).toMatch(/^proxy15006:/);
+      const acc = (await sh.pod.accepted(proxyIn)).at(-1)!;
+      expect(acc.peer.host).toBe(lab.node.gateway);
+      expect(acc.origDst).toEqual({ host: pod.ip, port: 8080 });
+      ext.kill();
+    } finally {
+      await outside.destroy();
+    }
+  });
+
+  it('captures a pod outside the mesh whose sockets the hooks see, as any pod', async () => {
+    expect(await reply(sh.other, pod.ip, 8080)).toMatch(/^proxy15006:/);
+    expect((await sh.pod.accepted(proxyIn)).at(-1)!.peer.host).toBe(other.ip);
   });
 
   it('honours the excluded inbound port, outbound port and outbound CIDR', async () => {

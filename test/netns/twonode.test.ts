@@ -39,7 +39,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     n.proxy = spawn('sh', ['-c', `echo $$ > ${n.lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${kubeconfig} --zds ${p('zds.sock')} --ca-dir ${join(n.dir, '..', 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     n.agent = spawn('node', [CLI, 'agent', '--backend', backend, '--kubeconfig', kubeconfig, '--node', n.name, '--cgroup', n.lab.cgroupPath,
       '--pin-root', `/sys/fs/bpf/${n.lab.prefix}inpod`, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'),
-      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`,
+      '--pod-name', `inpod-agent-${n.name}`, '--pod-namespace', 'inpod-system', '--host-netns', n.lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     for (const c of [n.proxy, n.agent]) {
       c.stdout!.on('data', (d) => (n.log += d));
       c.stderr!.on('data', (d) => (n.log += d));

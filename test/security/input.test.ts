@@ -163,7 +163,7 @@ describe('inpod agent --manifests with a YAML alias bomb in the directory', () =
     backend = await createBackend('iptables', { stateDir: p('state') });
     proxy = inpodProcess(['ztunnel', '--zds', p('zds.sock'), '--ca-dir', p('ca'), '--drain-seconds', '1', '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0']);
     agent = inpodProcess(['agent', '--backend', 'iptables', '--manifests', p('manifests'), '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'),
-      '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`]);
+      '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`, '--host-netns', lab.nodeNetnsPath]);
   }, 60_000);
 
   afterAll(async () => {

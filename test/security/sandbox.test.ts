@@ -69,7 +69,8 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
   function startAgent(): void {
     agent = spawn('node', [CLI, 'agent', '--backend', backendName, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`,
+      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system', '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     for (const out of [agent.stdout!, agent.stderr!]) out.on('data', (d) => (log += d));
   }
 
