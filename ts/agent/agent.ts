@@ -6,10 +6,11 @@
  * a time per pod, retried with backoff when it fails retryably), which gathers what is known of
  * the pod, asks plan.ts what to do (pure) and has dataplane.ts do it. sandboxes.ts keeps the
  * records and the open netns of each sandbox, procscan.ts finds pods the agent never saw in
- * /proc, cniserver.ts takes the plugin's events, metrics.ts counts. On start it reconciles what
- * the kernel already captures before serving anyone. One agent is active on a node at a time:
- * a new one takes the sockets over, then the lease (handover.ts), for which the running one
- * finishes its work under way and steps down (ARCHITECTURE.md, "Upgrades").
+ * /proc, cniserver.ts takes the plugin's events, meshview.ts keeps the plugin's node-local view
+ * of who is in the mesh, metrics.ts counts. On start it reconciles what the kernel already
+ * captures before serving anyone. One agent is active on a node at a time: a new one takes the
+ * sockets over, then the lease (handover.ts), for which the running one finishes its work under
+ * way and steps down (ARCHITECTURE.md, "Upgrades").
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,6 +24,7 @@ import type { PodEvent } from '../cni/plugin.js';
 import { CniServer } from './cniserver.js';
 import { AgentLease, leaseName } from './handover.js';
 import { Dataplane, type AgentZds } from './dataplane.js';
+import { MeshViewWriter, meshView } from './meshview.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
 import { plan, planAdd, planDel, planRestart, undiscovered, type SandboxView } from './plan.js';
 import { meshVerdict, type PodObj } from './policy.js';
@@ -37,6 +39,10 @@ export interface AgentOptions {
   stateDir: string;
   zdsPath: string;
   pluginSocket: string;
+  /** where the plugin's mesh view is kept (meshview.ts); none written when absent */
+  meshView?: string;
+  /** namespaces whose pods are never in the mesh (the plugin's conflist entry has the same list) */
+  excludeNamespaces?: readonly string[];
   /** how long a CNI ADD waits for the pod to appear in the cache before deciding without it */
   podWaitMs?: number;
   log?: Logger;
@@ -61,6 +67,8 @@ export class Agent {
   readonly #dp: Dataplane;
   readonly #queue: KeyedQueue;
   readonly #cni: CniServer;
+  readonly #excluded: ReadonlySet<string>;
+  readonly #view?: MeshViewWriter;
   #synced = false;
   #lease?: AgentLease;
   #handedOver = false;
@@ -87,6 +95,9 @@ export class Agent {
     });
     this.#cni = new CniServer(o.pluginSocket, { add: (ev) => this.cniAdd(ev), del: (ev) => this.cniDel(ev) });
     this.#serving = new Promise((r) => (this.#serve = r));
+    this.#excluded = new Set(o.excludeNamespaces ?? []);
+    const src = o.source;
+    if (o.meshView) this.#view = new MeshViewWriter(o.meshView, () => meshView(src.listNamespaces(), src.pods(), (n) => src.namespace(n), this.#excluded), { log: this.#log.child({ component: 'meshview' }) });
   }
 
   /** Serving: it holds the lease, has reconciled, and has not handed over. */
@@ -108,16 +119,21 @@ export class Agent {
     const { source } = this.#o;
     this.#store.load();
     const synced = new Promise<void>((r) => source.once('synced', () => r()));
-    source.on('pod', (ns, name) => this.#live(ns, name, false));
+    source.on('pod', (ns, name) => {
+      this.#view?.changed();
+      this.#live(ns, name, false);
+    });
     source.on('namespace', (ns) => {
+      this.#view?.changed();
       // one /proc scan for the namespace's pods the agent never saw, not one per pod
       const pods = source.pods().filter((p) => p.metadata?.namespace === ns);
-      this.#discover(undiscovered(pods, (n) => source.namespace(n), (uid) => this.#store.ofPod(uid).length > 0));
+      this.#discover(undiscovered(pods, (n) => source.namespace(n), (uid) => this.#store.ofPod(uid).length > 0, this.#excluded));
       for (const p of pods) this.#live(ns, p.metadata!.name!, true);
     });
     source.on('error', (e) => this.#log.warn({ err: e.message }, 'cluster source error (retrying)'));
     await source.start();
     await synced;
+    this.#view?.start();
     await this.#restart();
     this.zds.start();
     this.#synced = true;
@@ -128,6 +144,7 @@ export class Agent {
   /** Stops; capture stays in the kernel. The sockets are removed only if they are still this agent's. */
   stop(): void {
     this.#queue.stop();
+    this.#view?.stop();
     this.#o.source.stop();
     this.zds.close();
     void this.#cni.close();
@@ -145,6 +162,7 @@ export class Agent {
   async #handOver(): Promise<void> {
     this.#handedOver = true;
     this.#queue.stop();
+    this.#view?.stop(); // the newer agent keeps the mesh view from here on
     this.#o.source.stop();
     await this.#cni.handOver();
     await this.#queue.idle();
@@ -170,11 +188,11 @@ export class Agent {
     } else {
       const uid = pod.metadata?.uid ?? '';
       // netns are opened (and /proc scanned, if no CNI event named one) only for pods in the mesh
-      const inMesh = meshVerdict(source.namespace(ns), pod).enroll;
-      if (inMesh && !scanned) this.#discover(undiscovered([pod], (n) => source.namespace(n), (u) => this.#store.ofPod(u).length > 0));
+      const inMesh = meshVerdict(source.namespace(ns), pod, this.#excluded).enroll;
+      if (inMesh && !scanned) this.#discover(undiscovered([pod], (n) => source.namespace(n), (u) => this.#store.ofPod(u).length > 0, this.#excluded));
       views = this.#store.ofPod(uid).map((s) => this.#dp.view(s, inMesh));
     }
-    const p = plan(pod, source.namespace(ns), views);
+    const p = plan(pod, source.namespace(ns), views, this.#excluded);
     if (p.verdict && !p.verdict.enroll && p.actions.some((a) => a.do === 'uncapture')) this.#log.info({ ns, pod: name, reason: p.verdict.reason }, 'leaving the mesh');
     try {
       await this.#dp.apply(p.actions, pod);
@@ -191,8 +209,8 @@ export class Agent {
     const uids = new Set(pods.map((p) => p.metadata?.uid));
     const views = (): SandboxView[] => this.#store.all().map((s) => this.#dp.view(s, uids.has(s.uid)));
     const before = views();
-    this.#discover(undiscovered(pods, namespace, (uid) => before.some((v) => v.alive && v.sandbox.uid === uid)));
-    const kept = await this.#dp.restart(planRestart(pods, namespace, views()));
+    this.#discover(undiscovered(pods, namespace, (uid) => before.some((v) => v.alive && v.sandbox.uid === uid), this.#excluded));
+    const kept = await this.#dp.restart(planRestart(pods, namespace, views(), this.#excluded));
     this.#log.info({ kept }, 'reconciled capture with the cluster');
   }
 
@@ -232,7 +250,7 @@ export class Agent {
         const obj: PodObj = found ?? { metadata: { name: ev.podName, namespace: ev.podNamespace, uid } };
         const pod = { ...obj, metadata: { ...obj.metadata, uid } };
         const views = this.#store.ofPod(uid).map((s) => this.#dp.view(s, false));
-        const p = planAdd(pod, this.#o.source.namespace(ev.podNamespace), views, sb);
+        const p = planAdd(pod, this.#o.source.namespace(ev.podNamespace), views, sb, this.#excluded);
         if (!p.verdict.enroll) return { enrolled: false, reason: p.verdict.reason };
         await this.#dp.apply(p.actions, pod);
         return { enrolled: true, reason: p.verdict.reason };
