@@ -10,11 +10,13 @@
  * over), then the first gets SIGTERM: capture stays, every CNI ADD of the overlap succeeds, and
  * no connection is refused.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BpfMap, pinnedMapSpec } from '../../ts/native/index.js';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
@@ -22,6 +24,7 @@ import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
 import { Lab, type ChurnCount, type LabPod, type PodShell, until } from './lab.js';
 
+const run = promisify(execFile);
 const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[];
 /** the first proxy's drain: long enough to see a connection opened through it carry on */
 const DRAIN_SECONDS = 6;
@@ -135,6 +138,45 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
     }
     for (const n of counts) expect(n.errors).toEqual({});
   }, 90_000);
+  it('the second proxy dies before the first one drains (a surge pod that crashes): every new connection still reaches the first one', async () => {
+    // the proxy serving the pods now (the one the test before rolled to)
+    expect(proxies.filter((p) => !exited(p))).toHaveLength(1);
+    const second = await startProxy();
+    await waitReady(second);
+    second.proc.kill('SIGKILL'); // its listeners were registered last (eBPF: the newest inbound listener)
+    await until('the second proxy to be gone', () => exited(second), { context: logs });
+    // (what the crash cut, it cut: only connections made from here on count)
+    const loads: [PodShell, string][] = [
+      [sa, await sa.churnStart({ host: b.ip, port: 8080, threads: 2 })],
+      [sc, await sc.churnStart({ host: b.ip, port: 8080, threads: 2 })],
+    ];
+    let counts: ChurnCount[] = [];
+    try {
+      await moreAnswered(loads, 40, logs);
+    } finally {
+      counts = await Promise.all(loads.map(([sh, id]) => sh.churnStop(id)));
+      console.log(`[${name}] newer proxy died first: mesh load ${JSON.stringify(counts[0])}, plaintext load ${JSON.stringify(counts[1])}`);
+    }
+    for (const n of counts) expect(n.errors).toEqual({});
+  }, 90_000);
+  it('enrollment set the pods up for the hand-over (tcp_migrate_req) and unenrollment takes it back, the inbound slot record too (eBPF)', async () => {
+    const sysctl = async (netns: string): Promise<string> => (await run('nsenter', [`--net=${netns}`, 'cat', '/proc/sys/net/ipv4/tcp_migrate_req'])).stdout.trim();
+    const cookies = (await backend.list()).map((x) => BigInt(x.cookie));
+    const slotted = (): bigint[] => {
+      if (name !== 'ebpf') return [];
+      const slots = BpfMap.pinned(`/sys/fs/bpf/${lab.prefix}inpod/inpod_inbound_slot`, pinnedMapSpec('inpod_inbound_slot'))!;
+      try {
+        return slots.keys().map((k) => k.readBigUInt64LE(0)).filter((c) => cookies.includes(c));
+      } finally {
+        slots.close();
+      }
+    };
+    for (const pod of [a, b]) expect(await sysctl(pod.netnsPath)).toBe('1');
+    expect(slotted()).toHaveLength(name === 'ebpf' ? 2 : 0); // the proxies' 15006 listeners were registered
+    for (const pod of [a, b]) await backend.unenroll(pod.netnsPath);
+    for (const pod of [a, b]) expect(await sysctl(pod.netnsPath)).toBe('0');
+    expect(slotted()).toEqual([]);
+  });
 });
 
 const NODE = 'node1';

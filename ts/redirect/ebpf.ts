@@ -316,6 +316,15 @@ export class EbpfBackend implements RedirectBackend {
       closeMaps(maps);
     }
     this.#purgeConnections(cookie);
+    // which inbound slot is the newest (the listeners' entries go with their sockets)
+    const slot = this.#openMap('inpod_inbound_slot');
+    if (slot) {
+      try {
+        slot.delete(encodeU64(cookie));
+      } finally {
+        slot.close();
+      }
+    }
     const pin = this.#pin('links', `netns-${cookie}`);
     if (existsSync(pin)) unlinkSync(pin);
     rmSync(join(this.#recordDir, `${cookie}.json`), { force: true });
