@@ -60,6 +60,20 @@ describe('agent lease', () => {
     expect(await held(n)).toBe(false);
   });
 
+  it('gives up waiting when its agent is stopped first (SIGTERM before the hand-over), and the holder keeps the lease', async () => {
+    const n = name();
+    let finish!: () => void;
+    const first = await AgentLease.acquire(n, { log, handOver: () => new Promise<void>((r) => (finish = r)) });
+    const stopping = new AbortController();
+    const waiting = AgentLease.acquire(n, { log, handOver: async () => {}, signal: stopping.signal });
+    await until('the holder to be asked', () => finish !== undefined, { timeoutMs: 5000 });
+    stopping.abort();
+    await expect(waiting).rejects.toMatchObject({ code: 'INPOD_ERR_AGENT', message: expect.stringMatching(/stopped while waiting/) });
+    finish(); // the holder goes on handing over (its own choice) and frees the name
+    await until('the name to be free', async () => !(await held(n)), { timeoutMs: 5000 });
+    first.release();
+  });
+
   it('names the lease after the state directory, so agents of different state directories do not meet', () => {
     expect(leaseName('/var/run/inpod')).toBe(leaseName('/var/run/inpod/'));
     expect(leaseName('/var/run/inpod')).not.toBe(leaseName('/tmp/other'));

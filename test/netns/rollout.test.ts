@@ -235,7 +235,7 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     api.apply('nodes', { metadata: { name: NODE, labels: { 'kubernetes.io/os': 'linux', 'kubernetes.io/hostname': NODE } } });
     api.apply('daemonsets', { metadata: { name: 'inpod-agent', namespace: AGENT_NS }, spec: { template: { spec: { hostNetwork: true, tolerations: [{ operator: 'Exists' }] } } } } as never);
     const ds = api.get('daemonsets', AGENT_NS, 'inpod-agent')!;
-    for (const n of [1, 2]) {
+    for (const n of [1, 2, 3, 4]) {
       api.apply('pods', { metadata: { name: `inpod-agent-${n}`, namespace: AGENT_NS, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'inpod-agent', uid: ds.metadata.uid, controller: true }] }, spec: { nodeName: NODE } } as never);
     }
     backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state'), hostNetns: lab.nodeNetnsPath });
@@ -307,4 +307,19 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     }
     await until('the proxy to log the new pods\' outbound connections', () => added.every((x) => proxy!.log.includes(`"pod":"mesh/${x.name}"`)), { context: logs });
   }, 120_000);
+
+  it('a newer agent that goes away before it serves (a rollout undone): the old one exits to be restarted, and the next agent serves the node', async () => {
+    const current = agents.find((x) => !exited(x))!;
+    const newer = await startAgent();
+    await until('the current agent to hand over', () => /handed over to the newer agent/.test(current.log), { context: logs });
+    newer.proc.kill('SIGKILL');
+    // nobody serves the node now, and the old agent cannot take its role back in place: it exits
+    await until('the old agent to exit', () => exited(current), { timeoutMs: 15_000, context: logs });
+    expect(current.proc.exitCode).toBe(1);
+    expect(current.log).toMatch(/no agent serves the node/);
+    // what the kubelet does then: it starts the agent again, which serves the node
+    await agentReady(await startAgent());
+    const g = await runPod('mesh', 'g');
+    expect(await enrolled()).toContain(g.netnsPath);
+  }, 90_000);
 });

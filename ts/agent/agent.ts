@@ -22,7 +22,7 @@ import { openNetns, type PodNetns } from '../redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../zds/server.js';
 import type { PodEvent } from '../cni/plugin.js';
 import { CniServer } from './cniserver.js';
-import { AgentLease, leaseName } from './handover.js';
+import { AgentLease, leaseHeld, leaseName } from './handover.js';
 import { Dataplane, type AgentZds } from './dataplane.js';
 import { MeshViewWriter, meshView } from './meshview.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
@@ -50,6 +50,13 @@ export interface AgentOptions {
   retry?: Pick<QueueOptions, 'minMs' | 'maxMs' | 'timer'>;
   /** told once this agent has handed over to a newer one (it then only waits to be stopped) */
   onHandedOver?: () => void;
+  /**
+   * told if, after this agent handed over, no agent holds the lease any more (the newer one went
+   * away, e.g. a rollout undone before it took over): nobody serves the node, and this agent
+   * cannot take its role back in place (its sockets now name the newer one's). The command
+   * exits, so that the kubelet restarts it.
+   */
+  onOrphaned?: () => void;
   /** seams for tests: the ZDS server, how a netns is opened, /proc, the boot id */
   zds?: (pods: () => ZdsPod[]) => AgentZds;
   openNetns?: (path: string) => PodNetns;
@@ -72,6 +79,8 @@ export class Agent {
   #synced = false;
   #lease?: AgentLease;
   #handedOver = false;
+  /** aborted by stop(): a start still waiting for the lease gives up */
+  readonly #stopping = new AbortController();
   /** CNI events wait for this: the agent serves only once it holds the lease and has reconciled */
   readonly #serving: Promise<void>;
   #serve!: () => void;
@@ -115,7 +124,7 @@ export class Agent {
     // it serves), while the agent before it, if one runs, finishes its work and hands over.
     this.zds.listen?.();
     await this.#cni.start();
-    this.#lease = await AgentLease.acquire(leaseName(this.#o.stateDir), { log: this.#log, handOver: () => this.#handOver() });
+    this.#lease = await AgentLease.acquire(leaseName(this.#o.stateDir), { log: this.#log, handOver: () => this.#handOver(), signal: this.#stopping.signal });
     const { source } = this.#o;
     this.#store.load();
     const synced = new Promise<void>((r) => source.once('synced', () => r()));
@@ -143,6 +152,7 @@ export class Agent {
 
   /** Stops; capture stays in the kernel. The sockets are removed only if they are still this agent's. */
   stop(): void {
+    this.#stopping.abort();
     this.#queue.stop();
     this.#view?.stop();
     this.#o.source.stop();
@@ -170,6 +180,24 @@ export class Agent {
     this.#store.closeAll();
     this.#log.info('handed over to the newer agent; waiting to be stopped');
     this.#o.onHandedOver?.();
+    this.#watchOrphaned();
+  }
+
+  /** After the hand-over: the lease found free twice in a row, a second apart, means nobody took over. */
+  #watchOrphaned(): void {
+    const name = leaseName(this.#o.stateDir);
+    let free = 0;
+    const timer = setInterval(() => {
+      if (this.#stopping.signal.aborted) return clearInterval(timer);
+      void leaseHeld(name).then((held) => {
+        free = held ? 0 : free + 1;
+        if (free < 2 || this.#stopping.signal.aborted) return;
+        clearInterval(timer);
+        this.#log.error('the agent this one handed over to is gone and no agent serves the node');
+        this.#o.onOrphaned?.();
+      }, () => {});
+    }, 1000);
+    timer.unref();
   }
 
   /* ------------------------------------------------------------------ cluster events */

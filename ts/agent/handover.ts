@@ -15,6 +15,7 @@
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
+import { MeshError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 
 export interface LeaseOptions {
@@ -23,6 +24,8 @@ export interface LeaseOptions {
   handOver: () => Promise<void>;
   /** how long to wait before looking again while the lease is being freed (default 50 ms) */
   retryMs?: number;
+  /** gives up waiting (the agent is stopped before it got the lease) */
+  signal?: AbortSignal;
 }
 
 /** The abstract socket name of the lease of the agents sharing `stateDir`. */
@@ -41,10 +44,15 @@ export class AgentLease {
    */
   static async acquire(name: string, o: LeaseOptions): Promise<AgentLease> {
     for (let asked = false; ;) {
+      if (o.signal?.aborted) throw new MeshError('INPOD_ERR_AGENT', 'stopped while waiting for the running agent to hand over');
       const server = await listen(name).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'EADDRINUSE') throw e;
         return null;
       });
+      if (server && o.signal?.aborted) {
+        server.close();
+        continue; // and give up, above
+      }
       if (server) {
         const lease = new AgentLease(name, server);
         lease.#serve(o);
@@ -53,7 +61,7 @@ export class AgentLease {
       }
       if (!asked) o.log.info('another agent is active on this node: asking it to hand over');
       asked = true;
-      await requestHandover(name, o.retryMs ?? 50);
+      await requestHandover(name, o.retryMs ?? 50, o.signal);
     }
   }
 
@@ -83,6 +91,21 @@ export class AgentLease {
   }
 }
 
+/**
+ * Is the lease held now? Found by trying to take it for a moment (connecting would ask its
+ * holder to hand over). Used by an agent that handed over, to learn that the newer agent went
+ * away without ever taking it.
+ */
+export async function leaseHeld(name: string): Promise<boolean> {
+  const server = await listen(name).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'EADDRINUSE') return null;
+    throw e;
+  });
+  if (!server) return true;
+  await new Promise((r) => server.close(r));
+  return false;
+}
+
 function listen(name: string): Promise<net.Server> {
   return new Promise((ok, fail) => {
     const server = net.createServer();
@@ -96,14 +119,21 @@ function listen(name: string): Promise<net.Server> {
 
 /**
  * Connects to the lease holder (the request) and resolves once it dropped the connection, or
- * after `retryMs` when nobody answered (the name was being freed, or taken again meanwhile).
+ * after `retryMs` when nobody answered (the name was being freed, or taken again meanwhile), or
+ * at once when `signal` aborts.
  */
-function requestHandover(name: string, retryMs: number): Promise<void> {
+function requestHandover(name: string, retryMs: number, signal?: AbortSignal): Promise<void> {
   return new Promise((done) => {
     const sock = net.connect(name);
     let connected = false;
+    const abort = (): void => void sock.destroy();
+    signal?.addEventListener('abort', abort, { once: true });
     sock.once('connect', () => (connected = true));
     sock.on('error', () => {});
-    sock.once('close', () => (connected ? done() : setTimeout(done, retryMs)));
+    sock.once('close', () => {
+      signal?.removeEventListener('abort', abort);
+      if (connected || signal?.aborted) done();
+      else setTimeout(done, retryMs);
+    });
   });
 }

@@ -103,6 +103,10 @@ export async function agentCommand(argv: string[]): Promise<void> {
     source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']!,
     meshView: plugin.meshView, excludeNamespaces: plugin.excludeNamespaces,
     onHandedOver: () => health.close(),
+    onOrphaned: () => {
+      log.error('exiting so that the kubelet restarts this agent and it serves the node again');
+      process.exit(1);
+    },
   });
   health = startHealth(v['health-addr']!, agent, log);
   if (kube) void kube.owner.remember();
