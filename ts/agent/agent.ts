@@ -8,7 +8,9 @@
  * records and the open netns of each sandbox, procscan.ts finds pods the agent never saw in
  * /proc, cniserver.ts takes the plugin's events, meshview.ts keeps the plugin's node-local view
  * of who is in the mesh, metrics.ts counts. On start it reconciles what the kernel already
- * captures before serving anyone.
+ * captures before serving anyone. One agent is active on a node at a time: a new one takes the
+ * sockets over, then the lease (handover.ts), for which the running one finishes its work under
+ * way and steps down (ARCHITECTURE.md, "Upgrades").
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,6 +22,7 @@ import { openNetns, type PodNetns } from '../redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../zds/server.js';
 import type { PodEvent } from '../cni/plugin.js';
 import { CniServer } from './cniserver.js';
+import { AgentLease, leaseHeld, leaseName } from './handover.js';
 import { Dataplane, type AgentZds } from './dataplane.js';
 import { MeshViewWriter, meshView } from './meshview.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
@@ -45,6 +48,15 @@ export interface AgentOptions {
   log?: Logger;
   /** retry backoff of pod jobs (default 100 ms doubling to 5 s) */
   retry?: Pick<QueueOptions, 'minMs' | 'maxMs' | 'timer'>;
+  /** told once this agent has handed over to a newer one (it then only waits to be stopped) */
+  onHandedOver?: () => void;
+  /**
+   * told if, after this agent handed over, no agent holds the lease any more (the newer one went
+   * away, e.g. a rollout undone before it took over): nobody serves the node, and this agent
+   * cannot take its role back in place (its sockets now name the newer one's). The command
+   * exits, so that the kubelet restarts it.
+   */
+  onOrphaned?: () => void;
   /** seams for tests: the ZDS server, how a netns is opened, /proc, the boot id */
   zds?: (pods: () => ZdsPod[]) => AgentZds;
   openNetns?: (path: string) => PodNetns;
@@ -65,6 +77,13 @@ export class Agent {
   readonly #excluded: ReadonlySet<string>;
   readonly #view?: MeshViewWriter;
   #synced = false;
+  #lease?: AgentLease;
+  #handedOver = false;
+  /** aborted by stop(): a start still waiting for the lease gives up */
+  readonly #stopping = new AbortController();
+  /** CNI events wait for this: the agent serves only once it holds the lease and has reconciled */
+  readonly #serving: Promise<void>;
+  #serve!: () => void;
 
   constructor(o: AgentOptions) {
     this.#o = o;
@@ -84,13 +103,15 @@ export class Agent {
       },
     });
     this.#cni = new CniServer(o.pluginSocket, { add: (ev) => this.cniAdd(ev), del: (ev) => this.cniDel(ev) });
+    this.#serving = new Promise((r) => (this.#serve = r));
     this.#excluded = new Set(o.excludeNamespaces ?? []);
     const src = o.source;
     if (o.meshView) this.#view = new MeshViewWriter(o.meshView, () => meshView(src.listNamespaces(), src.pods(), (n) => src.namespace(n), this.#excluded), { log: this.#log.child({ component: 'meshview' }) });
   }
 
+  /** Serving: it holds the lease, has reconciled, and has not handed over. */
   get ready(): boolean {
-    return this.#synced;
+    return this.#synced && !this.#handedOver;
   }
 
   /** Pods the proxy serves (uid -> pod with the netns of its newest sandbox). */
@@ -99,6 +120,11 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    // The sockets first: from here on the plugin and the proxy reach this agent (and wait until
+    // it serves), while the agent before it, if one runs, finishes its work and hands over.
+    this.zds.listen?.();
+    await this.#cni.start();
+    this.#lease = await AgentLease.acquire(leaseName(this.#o.stateDir), { log: this.#log, handOver: () => this.#handOver(), signal: this.#stopping.signal });
     const { source } = this.#o;
     this.#store.load();
     const synced = new Promise<void>((r) => source.once('synced', () => r()));
@@ -119,18 +145,59 @@ export class Agent {
     this.#view?.start();
     await this.#restart();
     this.zds.start();
-    await this.#cni.start();
     this.#synced = true;
+    this.#serve();
     this.#log.info({ enrolled: this.#dp.served.size, sandboxes: this.#dp.captured.size }, 'agent ready');
   }
 
+  /** Stops; capture stays in the kernel. The sockets are removed only if they are still this agent's. */
   stop(): void {
+    this.#stopping.abort();
     this.#queue.stop();
     this.#view?.stop();
     this.#o.source.stop();
     this.zds.close();
-    this.#cni.close();
+    void this.#cni.close();
     this.#store.closeAll();
+    this.#lease?.release();
+  }
+
+  /**
+   * A newer agent asked for the lease: stop taking work (a CNI request that still arrives is
+   * passed on to the newer agent, which holds the socket path already), finish the CNI requests
+   * and pod jobs under way (their proxy Acks come over this agent's ZDS connections), then let
+   * the proxies go (they reconnect to the newer agent). The newer agent reads the records left
+   * here once it holds the lease. Capture stays in the kernel.
+   */
+  async #handOver(): Promise<void> {
+    this.#handedOver = true;
+    this.#queue.stop();
+    this.#view?.stop(); // the newer agent keeps the mesh view from here on
+    this.#o.source.stop();
+    await this.#cni.handOver();
+    await this.#queue.idle();
+    this.zds.close();
+    this.#store.closeAll();
+    this.#log.info('handed over to the newer agent; waiting to be stopped');
+    this.#o.onHandedOver?.();
+    this.#watchOrphaned();
+  }
+
+  /** After the hand-over: the lease found free twice in a row, a second apart, means nobody took over. */
+  #watchOrphaned(): void {
+    const name = leaseName(this.#o.stateDir);
+    let free = 0;
+    const timer = setInterval(() => {
+      if (this.#stopping.signal.aborted) return clearInterval(timer);
+      void leaseHeld(name).then((held) => {
+        free = held ? 0 : free + 1;
+        if (free < 2 || this.#stopping.signal.aborted) return;
+        clearInterval(timer);
+        this.#log.error('the agent this one handed over to is gone and no agent serves the node');
+        this.#o.onOrphaned?.();
+      }, () => {});
+    }, 1000);
+    timer.unref();
   }
 
   /* ------------------------------------------------------------------ cluster events */
@@ -198,6 +265,7 @@ export class Agent {
    * mesh, capture it and make it the one the proxy serves (a pod's latest ADD wins), then return.
    */
   async cniAdd(ev: PodEvent): Promise<{ enrolled: boolean; reason: string }> {
+    await this.#serving;
     if (!ev.netns || !existsSync(ev.netns)) throw new MeshError('INPOD_ERR_CNI', `netns ${ev.netns || '(none)'} of pod ${ev.podNamespace}/${ev.podName} does not exist`);
     const ns = this.#store.open(ev.netns);
     if (!ns) throw new MeshError('INPOD_ERR_CNI', `${ev.netns} of pod ${ev.podNamespace}/${ev.podName} is not a network namespace; the runtime must pass CNI_NETNS`);
@@ -222,6 +290,7 @@ export class Agent {
 
   /** DEL: releases the sandbox it names (see delTargets), only that one; idempotent. */
   async cniDel(ev: PodEvent): Promise<void> {
+    await this.#serving;
     const uid = ev.podUid || this.#store.all().find((s) => s.namespace === ev.podNamespace && s.name === ev.podName)?.uid;
     if (!uid) return;
     await this.#queue.run(`${ev.podNamespace}/${ev.podName}`, async () => {

@@ -96,8 +96,19 @@ export async function agentCommand(argv: string[]): Promise<void> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
 
-  const agent = new Agent({ source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']!, meshView: plugin.meshView, excludeNamespaces: plugin.excludeNamespaces });
-  const health = startHealth(v['health-addr']!, agent);
+  // During a rollout (two agents on the node, ARCHITECTURE.md "Upgrades") the older one holds the
+  // health port until it hands over; this one's health server binds as soon as it is free.
+  let health: { close(): void } = { close: () => {} };
+  const agent = new Agent({
+    source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']!,
+    meshView: plugin.meshView, excludeNamespaces: plugin.excludeNamespaces,
+    onHandedOver: () => health.close(),
+    onOrphaned: () => {
+      log.error('exiting so that the kubelet restarts this agent and it serves the node again');
+      process.exit(1);
+    },
+  });
+  health = startHealth(v['health-addr']!, agent, log);
   if (kube) void kube.owner.remember();
   await Promise.race([agent.start(), signalled]);
   const signal = await signalled;
@@ -154,8 +165,14 @@ function installCni(binDir: string, confDir: string, plugin: PluginSettings, log
   return () => clearTimeout(timer);
 }
 
-function startHealth(addr: string, agent: Agent): http.Server {
+/**
+ * Readiness (ready once the agent serves) and metrics on `addr`. While the port is taken (the
+ * agent this one takes over from still has it) it tries again every second.
+ */
+function startHealth(addr: string, agent: Agent, log: ReturnType<typeof logger>): { close(): void } {
   const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+  let closed = false;
+  let retry: NodeJS.Timeout | undefined;
   const server = http.createServer((req, res) => {
     if (req.url === '/healthz/ready') {
       res.writeHead(agent.ready ? 200 : 503).end(agent.ready ? 'ready\n' : 'starting\n');
@@ -163,6 +180,20 @@ function startHealth(addr: string, agent: Agent): http.Server {
       agent.registry.metrics().then((m) => res.writeHead(200, { 'content-type': agent.registry.contentType }).end(m));
     } else res.writeHead(404).end();
   });
+  let warned = false;
+  server.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EADDRINUSE' || closed) return void log.error({ addr, err: e.message }, 'health endpoint unavailable');
+    if (!warned) log.info({ addr }, 'health port in use (the agent before this one has it until it hands over); trying again every second');
+    warned = true;
+    retry = setTimeout(() => server.listen(port, host), 1000);
+    retry.unref();
+  });
   server.listen(port, host);
-  return server;
+  return {
+    close: () => {
+      closed = true;
+      clearTimeout(retry);
+      server.close();
+    },
+  };
 }
