@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
-import { SOL_SOCKET, setSockOptInt, sockError, tcpReceived } from '../../ts/native/index.js';
+import { SOL_SOCKET, setSockOptInt, sockError, socketInNs, tcpReceived } from '../../ts/native/index.js';
 import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
 
 const log = pino({ level: 'silent' });
@@ -509,6 +509,44 @@ describe('kernel fast path: when a connection is spliced', () => {
       expect(await outcome).toBe('ECONNRESET');
       const [r] = await r2.relayed(1);
       expect(r!.error).toBeDefined();
+    } finally {
+      client?.destroy();
+      await r2.stop();
+      fp2.close();
+    }
+  });
+
+  it('delivers every byte Node still holds for a slow reader when the relay ends', async () => {
+    // Both directions end while the proxy's socket toward the client still holds, in Node, bytes
+    // the client's small receive window did not take yet: closing that socket at the end of the
+    // relay must wait for them (the userspace part of a spliced connection: promote mode, before
+    // its promotion).
+    const fp2 = new FastPath({ enabled: true, log, promoteAfter: { bytes: 1e12, ms: 600_000 } });
+    const r2 = new Rig(fp2);
+    r2.greet = false;
+    const answer = randomBytes(30_000); // more than the client's window and the proxy's send buffer, less than Node's 16 KiB mark on top
+    r2.onServer = (s) => {
+      s.resume();
+      s.once('end', () => s.end(answer));
+    };
+    r2.onSplice = (down) => setsockopt(fdOf(down), SO_SNDBUF, 1); // the kernel's minimum
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      // a receive buffer set before connect(), so the window the client advertises stays small
+      const fd = socketInNs(-1, { family: 4 }).release();
+      setsockopt(fd, SO_RCVBUF, 1);
+      const c = (client = new net.Socket({ fd, allowHalfOpen: true } as net.SocketConstructorOpts));
+      await new Promise<void>((ok) => c.connect(r2.port, '127.0.0.1', ok));
+      c.pause();
+      c.end();
+      const [r] = await r2.relayed(1);
+      expect(r).toMatchObject({ aToB: 0, bToA: answer.length, path: 'userspace' });
+      const gotP = readAll(c);
+      c.resume();
+      const got = await gotP;
+      expect(got.length).toBe(answer.length);
+      expect(sha(got)).toBe(sha(answer));
     } finally {
       client?.destroy();
       await r2.stop();

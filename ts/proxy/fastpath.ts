@@ -140,6 +140,17 @@ function startReading(s: net.Socket): void {
   s.resume();
 }
 
+/**
+ * Closes a socket whose write side was ended once Node has handed the kernel every byte written
+ * to it. Destroying it at once would drop what Node still holds for a slow reader (the kernel
+ * sends its own queue on after close(), Node's buffer it never sees).
+ */
+function closeWhenFlushed(s: net.Socket): void {
+  if (s.destroyed) return;
+  if (s.writableFinished) s.destroy();
+  else s.once('finish', () => s.destroy());
+}
+
 /** One relayed connection: userspace, kernel, or one direction each; from start to cleanup. */
 class Splice {
   readonly dirs: [Direction, Direction];
@@ -451,8 +462,8 @@ class Splice {
   #maybeFinish(): void {
     if (this.#over || !this.dirs.every((d) => d.done)) return;
     this.#cleanup();
-    this.a.destroy();
-    this.b.destroy();
+    closeWhenFlushed(this.a);
+    closeWhenFlushed(this.b);
     this.done(this.#result());
   }
 
