@@ -41,7 +41,8 @@ import {
 import { encodeU64, encodeFpFlow, decodeFpFlow, type FpFlow } from '../native/structs.js';
 import { SyscallError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { fdOf, relay as userspaceRelay, relayGone } from './sockets.js';
+import { relay as userspaceRelay, relayGone } from './relay.js';
+import { fdOf } from './sockets.js';
 
 /** How the bytes of a relayed connection travelled. */
 export type RelayPath = 'kernel' | 'mixed' | 'userspace';

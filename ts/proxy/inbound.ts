@@ -19,7 +19,7 @@ import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
-import { relay } from './sockets.js';
+import { relay } from './relay.js';
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
