@@ -8,7 +8,7 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
+import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath/index.js';
 import { SOL_SOCKET, setSockOptInt, sockError, socketInNs, tcpReceived } from '../../ts/native/index.js';
 import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
 
