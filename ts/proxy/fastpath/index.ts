@@ -5,7 +5,7 @@
  * of the connection crosses into Node. Off, or when the kernel cannot have it, every connection
  * takes the shared userspace relay.
  *
- *   maps.ts       the eBPF object and its maps (loaded and owned by this process)
+ *   maps.ts       the eBPF object, its setting and its maps (loaded and owned by this process)
  *   watcher.ts    the kernel's reports: a spliced socket's FIN or reset, a flow handed back
  *   direction.ts  one direction's states and the transitions allowed between them
  *   splice.ts     one connection, from the splice (at once or by promotion) to its end
@@ -15,7 +15,7 @@ import type net from 'node:net';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../../util/log.js';
 import { relay as userspaceRelay, relayGone } from '../relay.js';
-import { FastPathMaps, FP_STAT } from './maps.js';
+import { FastPathMaps, FP_MAX_INFLIGHT, FP_STAT } from './maps.js';
 import { FastPathMetrics } from './metrics.js';
 import { Splice, type RelayResult } from './splice.js';
 import { FastPathWatcher } from './watcher.js';
@@ -36,6 +36,8 @@ export interface FastPathOptions {
   registry?: Registry;
   /** how long a FIN may wait for redirected bytes to drain before the connection is reset */
   drainTimeoutMs?: number;
+  /** the kernel's in-flight bound per direction (FP_MAX_INFLIGHT), written into the program at load */
+  maxInflight?: number;
 }
 
 /**
@@ -68,7 +70,7 @@ export class FastPath {
     this.enabled = o.enabled;
     if (o.enabled) {
       try {
-        this.#maps = FastPathMaps.load();
+        this.#maps = FastPathMaps.load(o.maxInflight ?? FP_MAX_INFLIGHT);
         this.#watcher = new FastPathWatcher(this.#maps, this.#log, () => {
           for (const s of this.#splices) s.checkThrottled();
         });

@@ -1,12 +1,20 @@
 /**
- * The fast path's eBPF object (bpf/fastpath.bpf.c): loaded by the proxy, its maps owned by the
- * proxy process (not pinned), and the map operations a splice needs. No decisions: splice.ts
- * says when.
+ * The fast path's eBPF object (bpf/fastpath.bpf.c, maps in bpf/include/fastpath_maps.h): loaded
+ * by the proxy with its one setting in .rodata, its maps owned by the proxy process (not pinned),
+ * and the map operations a splice needs. No decisions: splice.ts says when.
  */
 import type net from 'node:net';
 import { BpfObject, progAttach, socketCookie, tcpWritten, type BpfMap } from '../../native/index.js';
-import { decodeFpFlow, encodeFpFlow, encodeU64, type FpFlow } from '../../native/structs.js';
+import { decodeFpFlow, encodeFpConfig, encodeFpFlow, encodeU64, type FpFlow } from '../../native/structs.js';
+import { MeshError } from '../../util/errors.js';
 import { fdOf } from '../sockets.js';
+
+/**
+ * Redirected bytes not yet taken by the receiving socket past which the program hands a flow
+ * back to the proxy (struct inpod_fp_config.max_inflight): bounds the kernel memory a fast
+ * sender can queue behind a slow receiver. ARCHITECTURE.md ("Back-pressure") has the trade-off.
+ */
+export const FP_MAX_INFLIGHT = 4 * 1024 * 1024;
 
 /** Indexes of inpod_fp_stats (enum inpod_fp_stat, bpf/include/types.h). */
 export const FP_STAT = { bytes: 0, segs: 1, drop: 2, throttle: 3, lost: 4 } as const;
@@ -38,11 +46,14 @@ export class FastPathMaps {
   readonly events: BpfMap;
 
   /**
-   * Loads the object and attaches the verdict program to inpod_fp_srcs. Throws (SyscallError)
-   * when the kernel cannot have it; nothing is left loaded then.
+   * Loads the object and attaches the verdict program to inpod_fp_srcs. Throws (SyscallError or
+   * MeshError INPOD_ERR_CONFIG) when the kernel cannot have it; nothing is left loaded then.
    */
-  static load(): FastPathMaps {
-    const obj = BpfObject.open('fastpath', '/sys/fs/bpf', null);
+  static load(maxInflight = FP_MAX_INFLIGHT): FastPathMaps {
+    if (!Number.isSafeInteger(maxInflight) || maxInflight <= 0) {
+      throw new MeshError('INPOD_ERR_CONFIG', `fast path: max in-flight bytes ${maxInflight} is not a positive integer`);
+    }
+    const obj = BpfObject.open('fastpath', '/sys/fs/bpf', encodeFpConfig({ maxInflight }));
     try {
       obj.load();
       return new FastPathMaps(obj);
