@@ -87,10 +87,17 @@ export class Splice {
    */
   constructor(env: SpliceEnv, a: net.Socket, b: net.Socket, done: (r: RelayResult) => void, promoteAfter: { bytes: number } | null) {
     this.#env = env;
+    // the byte mark promotes only before the first try: later tries come from their timer
+    const mark = promoteAfter && {
+      bytes: promoteAfter.bytes,
+      reached: (): void => {
+        if (this.#promoteTries === 0) this.#guard(() => this.#promote());
+      },
+    };
     this.#relay = new Relay(a, b, (r) => done(this.#result(r)), {
       eof: (p) => this.#guard(() => this.#eof(p)),
       closing: () => this.#closing(),
-      mark: promoteAfter ? { bytes: promoteAfter.bytes, reached: () => this.#promoteTries === 0 && this.#guard(() => this.#promote()) } : undefined,
+      ...(mark ? { mark } : {}),
     });
     const way = (name: string, pump: Pump, from: net.Socket): Way => ({ dir: new Direction(name), pump, from, kernelBytes: 0 });
     this.#ways = [way('client -> server', this.#relay.ab, a), way('server -> client', this.#relay.ba, b)];
