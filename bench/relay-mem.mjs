@@ -3,7 +3,8 @@
  * What the proxy's userspace relay costs: JS heap per relayed tunnel, and the time of one bulk
  * echo through it. This process is the proxy (a listener whose connections are relayed to an echo
  * server); a child process holds the clients and the echo server, so the heap measured here is the
- * proxy's alone: two sockets (or an HTTP/2 stream and a socket) and the relay per tunnel.
+ * proxy's alone: two sockets (or an HTTP/2 stream and a socket) and the relay per tunnel. The
+ * bulk echo's time is the client's (first byte written to last byte back), its CPU the proxy's.
  *
  *   node --expose-gc bench/relay-mem.mjs [--relay dist/proxy/relay.js] [--mode tcp|h2]
  *                                        [--tunnels 1000] [--mib 48]
@@ -127,15 +128,17 @@ async function proxy() {
   child.send({ open: { port, n, mode: opt.mode, echoAuthority: `127.0.0.1:${echoPort}` } });
   await next('opened');
   const open = await heap();
+  const cpu = process.cpuUsage();
   child.send({ bulk: { port: tcp.address().port, mib: Number(opt.mib) } });
   const bulk = await next('bulk');
+  const used = process.cpuUsage(cpu);
   const kb = (b) => (b / 1024).toFixed(1);
   console.log(JSON.stringify({
     relay: opt.relay, mode: opt.mode, tunnels: n,
     heapPerTunnelKB: kb((open.heap - base.heap) / n),
     rssPerTunnelKB: kb((open.rss - base.rss) / n),
     heapMB: (open.heap / 2 ** 20).toFixed(1),
-    bulkMiB: Number(opt.mib), bulkMs: Math.round(bulk.ms), bulkOk: bulk.ok,
+    bulkMiB: Number(opt.mib), bulkMs: Math.round(bulk.ms), bulkProxyCpuMs: Math.round((used.user + used.system) / 1000), bulkOk: bulk.ok,
   }));
   child.send({ exit: true });
   process.exit(0);
