@@ -9,7 +9,7 @@ DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptable
 	containernetworking-plugins util-linux procps python3 python3-h2 openssl tshark socat iperf3 nginx-light wrk gcc
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: all deps build bpf addon ts test demo clean bench bench-tools
+.PHONY: all deps build bpf addon ts test demo clean bench bench-tools deploy-check
 
 all: build
 
@@ -63,6 +63,11 @@ ts:
 
 test: build
 	node_modules/.bin/vitest run
+
+# deploy/ rendered offline by `kubectl kustomize` (default and with components/shared-ca), every
+# object validated against the Kubernetes schemas; test/deploy is also part of `make test`.
+deploy-check: deps
+	node_modules/.bin/vitest run test/deploy
 
 demo: build
 	node dist/cli/main.js demo

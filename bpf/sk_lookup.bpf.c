@@ -5,8 +5,9 @@
  * A new TCP connection to the pod is assigned to the pod's inbound listener (the inbound port of
  * config.h), with the original destination left as the accepted socket's local address. Exempt:
  * the HBONE port, the inbound port itself, the probe source, loopback sources, the pod's own
- * connections and excluded ports. Enrolled with no listener: the SYN is dropped (fail closed,
- * never bypass).
+ * connections, the node's own (kubelet's probes: the tuple a socket of the host netns connected
+ * with, recorded by sockops) and excluded ports. Enrolled with no listener: the SYN is dropped
+ * (fail closed, never bypass).
  */
 #include "common.h"
 #include "config.h"
@@ -48,9 +49,10 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 		};
 		__u64 *src_owner = bpf_map_lookup_elem(&inpod_pod_ips, &rip);
 
-		/* The pod talking to itself, or the proxy's transparent upstream to the app while
-		 * its handshake lasts (recorded by sockops). Any other SYN from a foreign source,
-		 * whatever tuple it reuses, goes to the proxy. */
+		/* The pod talking to itself, or, while its handshake lasts, the proxy's transparent
+		 * upstream to the app or a node socket's connection (both recorded by sockops at
+		 * connect). Any other SYN from a foreign source, whatever tuple it reuses or address
+		 * it carries (the node's own, masqueraded), goes to the proxy. */
 		if ((src_owner && *src_owner == netns) || bpf_map_lookup_elem(&inpod_own_syn, &t)) {
 			inpod_count(INPOD_STAT_IN_BYPASS);
 			return SK_PASS;

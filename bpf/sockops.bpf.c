@@ -10,13 +10,23 @@
  *  TCP_CONNECT_CB  (client, before its SYN, ports assigned) a connection to the outbound port
  *                  records its original destination by client tuple; a connection to one of the
  *                  pod's own IPs from a foreign source (the proxy's transparent upstream) is
- *                  recorded so sk_lookup lets it reach its real listener. Either way the socket
+ *                  recorded so sk_lookup lets it reach its real listener. So is a connection
+ *                  from a socket of the node's own netns (inpod_host_ns: kubelet) to an enrolled
+ *                  pod, keyed by the pod's netns: kubelet's probes reach the app uncaptured, as
+ *                  istio-cni's host SNAT to the probe source makes them. Either way the socket
  *                  asks for state callbacks.
  *  PASSIVE_ESTABLISHED_CB (server, handshake done, before accept() returns) the proxy's
  *                  accepted socket on the outbound port takes the original destination into
  *                  its own storage, where getsockopt finds it; the tuple entries are deleted.
  *  STATE_CB        the client reaching TCP_CLOSE deletes what is left of its entries: a SYN
  *                  that was refused, dropped or timed out never has a server side.
+ *
+ * Why only the node's *local sockets* qualify: a packet the node forwards (from another node, or
+ * from a pod, bridged or routed, masqueraded to the node's address or not) is never the SYN of a
+ * socket of the host netns, so no TCP_CONNECT_CB recorded its tuple and sk_lookup captures it.
+ * That is what istio-cni's `-m owner --socket-exists` tells apart (cni/pkg/iptables/iptables.go,
+ * AppendHostRules). Everything in the host netns counts as the node, as there: kubelet, and
+ * hostNetwork pods.
  *
  * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
  * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
@@ -71,6 +81,29 @@ static __always_inline int record_connect(struct bpf_sock *sk, __u64 netns, cons
 	if ((owner && *owner == netns) || inpod_is_loopback4(t->sip))
 		return 0;
 	/* No room: the SYN finds no entry and is steered to the proxy (captured, never around it). */
+	return !bpf_map_update_elem(&inpod_own_syn, t, &one, BPF_ANY);
+}
+
+/* The node's netns? Its cookie is 0 when none was named: then nothing is. */
+static __always_inline int is_host_netns(__u64 netns)
+{
+	__u32 key = 0;
+	__u64 *host = bpf_map_lookup_elem(&inpod_host_ns, &key);
+
+	return host && *host && *host == netns;
+}
+
+/* Client in the node's netns, before the SYN: a connection to an enrolled pod's IP is recorded
+ * for that pod's netns (where sk_lookup looks). Returns 1 if an entry was written. */
+static __always_inline int record_node_connect(struct inpod_tuple *t)
+{
+	__u64 *owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->dip);
+	__u8 one = 1;
+
+	if (!owner || !bpf_map_lookup_elem(&inpod_enrolled, owner))
+		return 0;
+	t->netns = *owner;
+	/* No room: the probe is steered to the proxy like any other SYN (captured, never around it). */
 	return !bpf_map_update_elem(&inpod_own_syn, t, &one, BPF_ANY);
 }
 
@@ -140,11 +173,14 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		netns = bpf_get_netns_cookie(skops);
-		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))
-			break;
 		conn_tuple(skops, netns, 1, &t);
-		if (record_connect(skops->sk, netns, &t))
-			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		if (bpf_map_lookup_elem(&inpod_enrolled, &netns)) {
+			if (!record_connect(skops->sk, netns, &t))
+				break;
+		} else if (!is_host_netns(netns) || !record_node_connect(&t)) {
+			break;
+		}
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* No enrolled check: a pod unenrolled meanwhile still gets its entries removed. */
@@ -155,7 +191,18 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		/* args[1] is the new state; ports and addresses are still set at TCP_CLOSE. */
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			break;
-		conn_tuple(skops, bpf_get_netns_cookie(skops), 1, &t);
+		netns = bpf_get_netns_cookie(skops);
+		conn_tuple(skops, netns, 1, &t);
+		/* Not an enrolled netns: a node socket, whose entry is the destination pod's (by the
+		 * enrollment it has now: unenroll purged the entries of a pod it removed). Decided
+		 * without inpod_host_ns, so a host netns renamed meanwhile leaves no entry behind. */
+		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns)) {
+			__u64 *owner = bpf_map_lookup_elem(&inpod_pod_ips, &t.dip);
+
+			if (!owner)
+				break;
+			t.netns = *owner;
+		}
 		if (is_outbound_listener(&t))
 			bpf_map_delete_elem(&inpod_syn_orig, &t);
 		else

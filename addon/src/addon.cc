@@ -1,3 +1,5 @@
+// The module's entry: registers every export (one file per concern: bpf.cc, epoll.cc, netns.cc,
+// tcp.cc, unix.cc) and the struct layouts shared with the eBPF programs (bpf/include/types.h).
 #include "addon.h"
 
 #include <cstddef>

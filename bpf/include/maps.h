@@ -42,7 +42,8 @@ struct {
  *   pod IPv4 (network order) -> cookie, one entry per address of the pod
  *   written: enroll, unenroll
  *   read:    sk_lookup (the pod a SYN is for; a source of the same pod), connect4/6 and sockops
- *            (a destination that is one of the pod's own addresses); list
+ *            (a destination that is one of the pod's own addresses; the pod a node socket
+ *            connects to); list
  *   lives:   from enroll to unenroll
  */
 struct {
@@ -52,6 +53,22 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_pod_ips SEC(".maps");
+
+/*
+ * inpod_host_ns: the node's own network namespace (the host's, where kubelet's sockets live).
+ *   0 -> its cookie; 0 when none was named (then every connection from the node is captured)
+ *   written: install (ts/redirect/ebpf.ts, from the agent's --host-netns, /proc/1/ns/net by default)
+ *   read:    sockops at TCP_CONNECT_CB (a node socket connecting to an enrolled pod: a kubelet probe)
+ *   lives:   from install to uninstall; read-only to the programs
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_RDONLY_PROG);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_host_ns SEC(".maps");
 
 /*
  * inpod_port_excl: ports a pod excludes from capture, per direction.
@@ -147,10 +164,14 @@ struct {
 } inpod_syn_orig SEC(".maps");
 
 /*
- * inpod_own_syn: connections a pod opens to one of its own IPs from a source that is not one of
- * them (the proxy's transparent upstream to the app, from the client's IP). From a pod IP,
- * sk_lookup needs no entry.
- *   struct inpod_tuple (as the client sees it) -> 1
+ * inpod_own_syn: connections to a pod that a local socket opened, and that sk_lookup lets reach
+ * their real listener instead of the proxy: (a) the pod's own, to one of its IPs from a source
+ * that is not one of them (the proxy's transparent upstream to the app, from the client's IP;
+ * from a pod IP sk_lookup needs no entry); (b) the node's, from a socket of the host netns
+ * (inpod_host_ns) to an enrolled pod's IP: kubelet's probes. Keyed by the pod's netns either way.
+ * A packet the node forwards (from another node or pod) never passed a local connect(), so it
+ * never has an entry: it is captured, whatever source address it carries.
+ *   struct inpod_tuple (as the client sees it; netns: the pod's) -> 1
  *   written: sockops at the client's TCP_CONNECT_CB (before its SYN)
  *   read:    sk_lookup (such a SYN goes to its real listener, not to the proxy)
  *   lives:   from the SYN to the end of the handshake, as inpod_syn_orig

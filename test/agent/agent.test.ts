@@ -13,6 +13,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Agent } from '../../ts/agent/agent.js';
 import { MeshError } from '../../ts/util/errors.js';
 import { FakeBackend, FakeNetnsTable, FakeProc, FakeSource, FakeZds, ManualTimer } from './fakes.js';
+import { until as untilFor } from '../netns/lab.js';
 
 describe('the agent, with a fake backend, source and ZDS', () => {
   let dir: string;
@@ -37,13 +38,7 @@ describe('the agent, with a fake backend, source and ZDS', () => {
     agents[0]!.cniAdd({ podNamespace: ns, podName: name, podUid: source.pod(ns, name)?.metadata?.uid ?? '', netns: path, containerId, ips: [] });
   const del = (ns: string, name: string, path: string, containerId: string) =>
     agents[0]!.cniDel({ podNamespace: ns, podName: name, podUid: uidOf(ns, name), netns: path, containerId, ips: [] });
-  async function until(what: string, cond: () => boolean, ms = 2000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}; log: ${JSON.stringify(log.slice(-5))}`);
-      await new Promise((r) => setTimeout(r, 1));
-    }
-  }
+  const until = (what: string, cond: () => boolean): Promise<void> => untilFor(what, cond, { timeoutMs: 2000, context: () => `log: ${JSON.stringify(log.slice(-5))}` });
   const logged = (msg: string): number => log.filter((l) => l.msg === msg).length;
   async function metric(name: string): Promise<number> {
     const m = new RegExp(`^${name} (\\d+)`, 'm').exec(await agents[0]!.registry.metrics());

@@ -7,16 +7,10 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EPOLLHUP, EPOLLIN, EPOLLRDHUP, HupWatcher, recvFds, sendFds, socketPair, watchReadable, type Fd } from '../../ts/native/index.js';
+import { until } from '../netns/lab.js';
 
 const threads = (): number => readdirSync('/proc/self/task').length;
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
-const until = async (what: string, cond: () => boolean, ms = 5000): Promise<void> => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
 
 /** Runs test/native/fixtures/keepalive.ts; its output and exit code (null: killed after 15 s). */
 function fixture(mode: string): Promise<{ out: string; code: number | null }> {

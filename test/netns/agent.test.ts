@@ -12,7 +12,7 @@ import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type LabPod, type PodShell, until as untilFor } from './lab.js';
 
 const NODE = 'node1';
 const REDIRECTION = 'ambient.istio.io/redirection';
@@ -40,7 +40,8 @@ describe('inpod agent', () => {
     healthPort = nextPorts.shift() ?? 0;
     agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`,
+      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system'], { stdio: ['ignore', 'pipe', 'pipe'] });
     agent.stdout!.on('data', (d) => (agentLog += d));
     agent.stderr!.on('data', (d) => (agentLog += d));
   }
@@ -49,13 +50,8 @@ describe('inpod agent', () => {
     proxy.stdout!.on('data', (d) => (proxyLog += d));
     proxy.stderr!.on('data', (d) => (proxyLog += d));
   }
-  async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}\nagent:\n${agentLog.slice(-3000)}\nproxy:\n${proxyLog.slice(-1500)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const logs = (): string => `agent:\n${agentLog.slice(-2500)}\nproxy:\n${proxyLog.slice(-1400)}`;
+  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: logs });
   const enrolledNetns = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns).sort();
   const podObj = (ns: string, name: string, extra: { labels?: Record<string, string>; annotations?: Record<string, string> } = {}) =>
     api.apply('pods', { metadata: { name, namespace: ns, labels: extra.labels, annotations: extra.annotations }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
@@ -67,13 +63,24 @@ describe('inpod agent', () => {
       return { error: (e as { cniOutput?: string }).cniOutput ?? (e as Error).message, uid: obj.metadata.uid! };
     }
   }
-  /** Did the proxy see a connection from `src` (a real socket, captured)? */
-  async function captured(sh: PodShell, src: string): Promise<boolean> {
-    const before = proxyLog.length;
+  /**
+   * Which way a connection from `pod` to the peer (outside the mesh) went, judged by what the peer
+   * accepted: the pod's own socket ('direct'), or another one from the pod's address, which only
+   * the proxy makes ('proxy': it passes the connection through from inside the pod's netns).
+   */
+  async function path(sh: PodShell, pod: LabPod): Promise<'proxy' | 'direct'> {
+    const { id } = await peerSh.listenerByTag('peer');
+    const before = (await peerSh.accepted(id)).length;
     const r = await sh.connect({ host: peer.ip, port: 80, send: 'x', timeoutMs: 3000 });
-    if (r.ok) await sh.close(r.connId);
-    await new Promise((res) => setTimeout(res, 300));
-    return proxyLog.slice(before).includes(`"ip":"${src}"`);
+    if (!r.ok) throw new Error(`${pod.name} -> peer: ${r.error}\n${logs()}`);
+    expect(r.reply).toBe('peer:x'); // answered: the peer has recorded what it accepted
+    await sh.close(r.connId);
+    const accepted = (await peerSh.accepted(id)).slice(before);
+    expect(accepted).toHaveLength(1);
+    const seen = accepted[0]!.peer;
+    if (seen.host === r.sockname.host && seen.port === r.sockname.port) return 'direct';
+    expect(seen.host).toBe(pod.ip);
+    return 'proxy';
   }
 
   beforeAll(async () => {
@@ -102,9 +109,11 @@ describe('inpod agent', () => {
 
   afterAll(async () => {
     if (early) {
-      early.proc.kill('SIGKILL');
-      for (let i = 0; i < 50 && readFileSync(join(early.cgroup, 'cgroup.procs'), 'utf8').trim() !== ''; i++) await new Promise((r) => setTimeout(r, 20));
-      rmdirSync(early.cgroup);
+      const { proc, cgroup } = early;
+      const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await exited; // its cgroup can be removed once it has no process
+      rmdirSync(cgroup);
     }
     agent?.kill('SIGKILL');
     proxy?.kill('SIGKILL');
@@ -121,7 +130,7 @@ describe('inpod agent', () => {
     expect(proxyLog).toMatch(/pod listeners open.*"pod":"a"|"pod":"a".*pod listeners open/);
     await until('the annotation', () => api.get('pods', 'mesh', 'a')?.metadata.annotations?.[REDIRECTION] === 'enabled');
     const sh = await lab.shell(a.pod!.netnsPath, { inCgroup: true });
-    expect(await captured(sh, a.pod!.ip)).toBe(true);
+    expect(await path(sh, a.pod!)).toBe('proxy');
   });
 
   it('leaves pods of other namespaces, opted-out pods and sidecar pods alone', async () => {
@@ -136,15 +145,15 @@ describe('inpod agent', () => {
   it('enrolls and unenrolls running pods live when the namespace label changes', async () => {
     const b = lab.node.pods.get('b')!;
     const sh = await lab.shell(b.netnsPath, { inCgroup: true });
-    expect(await captured(sh, b.ip)).toBe(false);
+    expect(await path(sh, b)).toBe('direct');
     api.apply('namespaces', { metadata: { name: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
     await until('b to be enrolled', async () => (await enrolledNetns()).includes(b.netnsPath));
     await until('b annotated', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === 'enabled');
-    expect(await captured(sh, b.ip)).toBe(true);
+    expect(await path(sh, b)).toBe('proxy');
     api.apply('namespaces', { metadata: { name: 'plain' } });
     await until('b to be unenrolled', async () => !(await enrolledNetns()).includes(b.netnsPath));
     await until('annotation removed', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === undefined);
-    expect(await captured(sh, b.ip)).toBe(false);
+    expect(await path(sh, b)).toBe('direct');
   });
 
   it('finds a pod that no CNI event told it about through /proc (a process in its pod cgroup) and captures it', async () => {
@@ -161,15 +170,17 @@ describe('inpod agent', () => {
     await until('g to be enrolled', async () => (await enrolledNetns()).includes(`/proc/${pid}/ns/net`));
     await until('g annotated', () => api.get('pods', 'mesh', 'g')?.metadata.annotations?.[REDIRECTION] === 'enabled');
     const sh = await lab.shell(g.netnsPath, { inCgroup: true });
-    expect(await captured(sh, g.ip)).toBe(true);
+    expect(await path(sh, g)).toBe('proxy');
   });
 
   it('survives the API server going away and coming back (with a compacted history)', async () => {
     const b = lab.node.pods.get('b')!;
+    const mark = agentLog.length;
     await api.stop();
     api.apply('namespaces', { metadata: { name: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
     api.compact(); // the agent's resourceVersion is now too old: 410 Gone, relist
-    await new Promise((r) => setTimeout(r, 500));
+    // the server comes back only once the agent has found it gone (its watch failed)
+    await until('the agent to find the API server gone', () => /watch failed/.test(agentLog.slice(mark)));
     await api.start(api.port);
     await until('b to be enrolled after the API server came back', async () => (await enrolledNetns()).includes(b.netnsPath), 30_000);
   });
@@ -199,12 +210,13 @@ describe('inpod agent', () => {
     });
     expect(gone.code).toBe(1);
     expect(JSON.parse(gone.stdout).msg).toMatch(/netns \/run\/netns\/\w+vanished of pod mesh\/ghost does not exist/);
-    // a pod object with no spec and no labels
-    api.apply('pods', { metadata: { name: 'bare', namespace: 'mesh' } } as never);
-    await new Promise((r) => setTimeout(r, 300));
+    // a pod object of this node with nothing else: no containers, service account, labels or IPs
+    api.apply('pods', { metadata: { name: 'bare', namespace: 'mesh' }, spec: { nodeName: NODE } } as never);
+    // the next pod comes after it on the same watch: the agent has taken the bare one when it serves this one
     const ok = await runPod('mesh', 'f');
     expect(ok.error).toBeUndefined();
     expect(await enrolledNetns()).toContain(ok.pod!.netnsPath);
+    expect(agent!.exitCode).toBeNull();
   });
 
   it('reports readiness and its metrics', async () => {
@@ -242,7 +254,7 @@ describe('inpod agent', () => {
     agent!.kill('SIGKILL');
     await new Promise((r) => agent!.once('exit', r));
     const sh = await lab.shell(a.netnsPath, { inCgroup: true });
-    expect(await captured(sh, a.ip)).toBe(true); // kernel state and proxy carry on
+    expect(await path(sh, a)).toBe('proxy'); // kernel state and proxy carry on
     // e is deleted while the agent is away (its CNI DEL cannot reach the agent and still succeeds)
     await lab.node.delPodWithChain('e', conflist(), { namespace: 'mesh', name: 'e', uid: eUid }, cniPath());
     api.delete('pods', 'mesh', 'e');
@@ -252,7 +264,7 @@ describe('inpod agent', () => {
     const list = await backend.list();
     expect(list.map((x) => x.netns)).not.toContain(e.netnsPath);
     expect(list.filter((x) => x.netns === a.netnsPath)).toHaveLength(1);
-    expect(await captured(sh, a.ip)).toBe(true);
+    expect(await path(sh, a)).toBe('proxy');
   });
 
   it('reads the netns records of an agent from before sandboxes: a restart after the upgrade keeps running pods captured', async () => {
@@ -268,7 +280,7 @@ describe('inpod agent', () => {
     await until('the upgraded agent to be ready', () => /agent ready/.test(agentLog));
     expect((await backend.list()).filter((x) => x.netns === a.netnsPath)).toHaveLength(1);
     const sh = await lab.shell(a.netnsPath, { inCgroup: true });
-    expect(await captured(sh, a.ip)).toBe(true);
+    expect(await path(sh, a)).toBe('proxy');
     expect(existsSync(join(records, `${encodeURIComponent(uid)}.json`))).toBe(false);
     expect(readdirSync(records).filter((f) => f.startsWith(`${encodeURIComponent(uid)}@`))).toHaveLength(1);
     // and the migrated record still names the sandbox for its DEL

@@ -11,8 +11,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
-import { Lab, type Accepted, type LabPod, type PodShell } from './lab.js';
+import { Lab, type Accepted, type LabPod, type PodShell, until } from './lab.js';
 import { inpod } from '../cli.js';
+import { routedOutside } from './outside.js';
+import { PROBE_SOURCE } from '../../ts/istio.js';
 
 const cli = (args: string[]) => inpod(...args);
 
@@ -34,14 +36,6 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     excludeOutboundCidrs: [`${other.ip}/32`],
   });
 
-  async function until(what: string, cond: () => Promise<boolean>, ms = 5000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-
   async function reply(from: PodShell, host: string, port: number, extra: object = {}): Promise<string> {
     const r = await from.connect({ host, port, send: 'ping', timeoutMs: 2000, ...extra });
     if (!r.ok) return `error:${r.error}`;
@@ -52,7 +46,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
   beforeAll(async () => {
     lab = await Lab.create();
     stateDir = mkdtempSync(join(tmpdir(), `${lab.prefix}state`));
-    opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir };
+    // the node netns plays the host's: its own sockets are kubelet's
+    opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir, hostNetns: lab.nodeNetnsPath };
     backend = await createBackend(name, opts);
     [pod, pod2, peer, other] = await Promise.all(['pod', 'pod2', 'peer', 'other'].map((n) => lab.addPod(n)));
     await backend.install();
@@ -185,6 +180,36 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     expect(await reply(sh.node, pod.ip, 8080, { bind: { host: '169.254.7.127', port: 0 } })).toMatch(/^app8080:/);
   });
 
+  // istio-cni SNATs the node's own connections to pods to the probe source (its host rule); the
+  // eBPF backend lets the exact tuple a node socket connected with through (ARCHITECTURE.md)
+  it('lets a connection the node itself opens (kubelet probes) reach the app uncaptured', async () => {
+    expect(await reply(sh.node, pod.ip, 8080)).toMatch(/^app8080:/);
+    const app = (await sh.pod.accepted((await sh.pod.listenerByTag('app8080')).id)).at(-1)!;
+    expect(app.peer.host).toBe(name === 'ebpf' ? lab.node.gateway : PROBE_SOURCE.ipv4);
+    // another port too: every port of the pod is the node's to probe
+    expect(await reply(sh.node, pod.ip, 7777)).toMatch(/^error:ECONNREFUSED$/);
+  });
+
+  it('captures what the node forwards, even masqueraded to the address its own probes come from', async () => {
+    const outside = await routedOutside(lab, { masquerade: true });
+    try {
+      // its sockets in the lab cgroup too: sockops sees their connect, in a netns that is not the node's
+      const ext = await lab.shell(outside.netnsPath, { inCgroup: true });
+      expect(await reply(ext, pod.ip, 8080)).toMatch(/^proxy15006:/);
+      const acc = (await sh.pod.accepted(proxyIn)).at(-1)!;
+      expect(acc.peer.host).toBe(lab.node.gateway);
+      expect(acc.origDst).toEqual({ host: pod.ip, port: 8080 });
+      ext.kill();
+    } finally {
+      await outside.destroy();
+    }
+  });
+
+  it('captures a pod outside the mesh whose sockets the hooks see, as any pod', async () => {
+    expect(await reply(sh.other, pod.ip, 8080)).toMatch(/^proxy15006:/);
+    expect((await sh.pod.accepted(proxyIn)).at(-1)!.peer.host).toBe(other.ip);
+  });
+
   it('honours the excluded inbound port, outbound port and outbound CIDR', async () => {
     expect(await reply(sh.peer, pod.ip, 9090)).toMatch(/^app9090:/);
     expect(await reply(sh.pod, peer.ip, 81)).toMatch(/^peer81:/);
@@ -217,7 +242,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(",") ?? ["ebpf", "iptables"]) a
     await sh.pod.resume(held.id);
     proxyOut = held.id;
     let acc: Accepted | undefined;
-    await until('the held connection to be accepted', async () => (acc = (await sh.pod.accepted(held.id)).at(-1)) !== undefined);
+    await until('the held connection to be accepted', async () => (acc = (await sh.pod.accepted(held.id)).at(-1)) !== undefined, { timeoutMs: 5000 });
     expect(acc!.origDst).toEqual({ host: peer.ip, port: 80 });
   });
 

@@ -16,7 +16,7 @@ import { KubeStateSource } from '../../ts/state/kube.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { pino } from 'pino';
 import { FakeApiServer } from '../fixtures/apiserver.js';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type LabPod, type PodShell, until } from './lab.js';
 
 describe('proxy state from the Kubernetes API', () => {
   let lab: Lab;
@@ -30,14 +30,6 @@ describe('proxy state from the Kubernetes API', () => {
   let sh: Record<'client' | 's1' | 's2', PodShell>;
   const uids: Record<string, string> = {};
   const vip = '10.96.77.10';
-
-  const until = async (what: string, cond: () => boolean, ms = 10_000): Promise<void> => {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
 
   beforeAll(async () => {
     lab = await Lab.create();
@@ -106,9 +98,8 @@ describe('proxy state from the Kubernetes API', () => {
       if (r.ok) seen.add(r.reply!.split(':')[0]!);
     }
     expect([...seen].sort()).toEqual(['s1', 's2']);
-    await new Promise((r) => setTimeout(r, 200));
-    const m = await zt.telemetry!.registry.metrics();
-    expect(m).toMatch(/istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_workload="s[12]"[^}]*destination_service="web\.shop\.svc\.cluster\.local"/);
+    const service = /istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_workload="s[12]"[^}]*destination_service="web\.shop\.svc\.cluster\.local"/;
+    await until('a connection counted with the service as its destination', async () => service.test(await zt.telemetry!.registry.metrics()));
   });
 
   it('enforces an AuthorizationPolicy created in the API server', async () => {

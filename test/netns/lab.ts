@@ -2,7 +2,8 @@
  * A lab for real-namespace tests: a simulated node (ts/sim/node.ts: pods wired by the Debian
  * CNI plugins inside a node netns), a child cgroup of the cgroup2 mount for the test's pod
  * processes, and socket daemons (tools/sockd.py) inside the pods. `destroy()` removes all of it,
- * also after a failure; every name carries the lab's random prefix.
+ * also after a failure; every name carries the lab's random prefix. It also owns `until()`, the
+ * suite's one way to wait: a test waits for the condition its assertion needs, never a fixed time.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -31,6 +32,35 @@ export interface SocketOpts {
   transparent?: boolean;
   bind?: { host: string; port?: number };
   timeoutMs?: number;
+}
+
+/** How often until() looks again, unless told otherwise. */
+const POLL_MS = 25;
+
+export interface UntilOptions {
+  /** give up after this long (default 10 s) */
+  timeoutMs?: number;
+  /** what to show beside the timeout, e.g. the logs of the processes involved (its last 4000 characters) */
+  context?: () => string;
+  /** how often to look (default 25 ms): longer where each look costs the system under test */
+  intervalMs?: number;
+}
+
+/**
+ * Polls `cond` until it holds: a wait with a deadline, never a fixed sleep. Throws
+ * "timed out after N ms waiting for <what>" (and the context's tail) when the deadline passes;
+ * a throwing `cond` throws at once.
+ */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, o: UntilOptions = {}): Promise<void> {
+  const ms = o.timeoutMs ?? 10_000;
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) {
+      const context = o.context?.().slice(-4000);
+      throw new Error(`timed out after ${ms} ms waiting for ${what}${context ? `\n${context}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, o.intervalMs ?? POLL_MS));
+  }
 }
 
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
@@ -185,16 +215,19 @@ export class Lab {
     for (const s of this.#shells) s.kill();
     if (existsSync(this.cgroupPath)) this.leaveCgroup();
     const procs = join(this.cgroupPath, 'cgroup.procs');
-    for (let i = 0; i < 50 && existsSync(procs) && readFileSync(procs, 'utf8').trim() !== ''; i++) {
-      for (const pid of readFileSync(procs, 'utf8').split('\n').filter(Boolean)) {
+    const empty = (): boolean => {
+      if (!existsSync(procs)) return true;
+      const pids = readFileSync(procs, 'utf8').split('\n').filter(Boolean);
+      for (const pid of pids) {
         try {
           process.kill(Number(pid), 'SIGKILL');
         } catch {
           /* already gone */
         }
       }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+      return pids.length === 0;
+    };
+    await until('the lab cgroup to empty', empty, { timeoutMs: 1000 }).catch(() => {}); // a leftover is reported by the leftover check
     await this.node.destroy();
     try {
       rmdirSync(this.cgroupPath);

@@ -18,7 +18,7 @@ import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { pino } from 'pino';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type LabPod, type PodShell, until } from './lab.js';
 
 const run = promisify(execFile);
 v8.setFlagsFromString('--expose-gc');
@@ -84,25 +84,36 @@ services:
     const pcap = join(dir, 'hbone.pcap');
     const br = lab.node.bridge;
     const tshark = spawn('nsenter', [`--net=${lab.nodeNetnsPath}`, 'tshark', '-q', '-i', br, '-f', 'tcp', '-w', pcap], { stdio: 'ignore' });
-    // tshark takes a moment to start capturing (longer on a busy machine): dumpcap creates the
-    // file once the capture runs
-    for (let i = 0; i < 200 && !existsSync(pcap); i++) await new Promise((r) => setTimeout(r, 50));
-    await new Promise((r) => setTimeout(r, 500));
+    const count = async (filter: string): Promise<number> => {
+      // a capture still being written may end in half a packet: tshark then reads what is whole and exits non-zero
+      const out = await run('tshark', ['-r', pcap, '-Y', filter, '-T', 'fields', '-e', 'frame.number']).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? '' }));
+      return out.stdout.trim().split('\n').filter(Boolean).length;
+    };
+    // A marker SYN from the node to a closed port of the outside pod, sent again until the capture
+    // file shows it: everything sent before the last marker seen is in the file, in order.
+    const markers = async (): Promise<number> => count(`ip.src == ${lab.node.gateway} && tcp.dstport == 9 && tcp.flags.syn == 1 && tcp.flags.ack == 0`);
+    const mark = async (what: string): Promise<void> => {
+      const seen = existsSync(pcap) ? await markers() : 0;
+      await until(what, async () => {
+        await sh.node.connect({ host: outside.ip, port: 9, timeoutMs: 1000 });
+        return existsSync(pcap) && (await markers()) > seen;
+      }, { timeoutMs: 20_000 });
+    };
+    await mark('tshark to capture on the bridge');
     const secret = `SECRET-${lab.prefix}-PAYLOAD`;
     const r = await sh.client.connect({ host: server.ip, port: 8080, send: secret, timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe(`server:${secret}`);
     if (r.ok) await sh.client.close(r.connId);
-    await new Promise((res) => setTimeout(res, 500));
+    await mark('the capture to hold every packet of the connection');
     tshark.kill('SIGINT');
     await new Promise((res) => tshark.once('exit', res));
     const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
     expect(acc.at(-1)!.peer.host).toBe(client.ip);
-    const count = async (filter: string): Promise<number> =>
-      Number((await run('tshark', ['-r', pcap, '-Y', filter, '-T', 'fields', '-e', 'frame.number'])).stdout.trim().split('\n').filter(Boolean).length);
     expect(await count(`ip.src == ${client.ip} && tcp.dstport == 15008 && tls.handshake.type == 1`)).toBeGreaterThan(0);
     expect(await count('tls.record.version == 0x0303 && tls.app_data')).toBeGreaterThan(0);
     expect(await count(`frame contains "${secret}"`)).toBe(0);
     expect(await count(`tcp.dstport == 8080`)).toBe(0);
+    await until('the outbound HBONE access-log line', () => records.some((l) => l.access && l.transport === 'hbone' && l.direction === 'outbound'));
     const line = records.find((l) => l.access && l.transport === 'hbone' && l.direction === 'outbound');
     expect(line).toMatchObject({ outcome: 'ok', dst: { identity: 'spiffe://cluster.local/ns/shop/sa/web' } });
   });
@@ -119,10 +130,10 @@ services:
     const r = await sh.outside.connect({ host: server.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('server:plain');
     if (r.ok) await sh.outside.close(r.connId);
-    await new Promise((res) => setTimeout(res, 200));
     const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
     expect(acc.at(-1)!.peer.host).toBe(outside.ip);
-    expect(records.some((l) => l.access && l.transport === 'plaintext' && (l.src as { ip: string }).ip === outside.ip)).toBe(true);
+    // the access-log line is written when the proxy sees the connection end
+    await until('the plaintext access-log line of the outside client', () => records.some((l) => l.access && l.transport === 'plaintext' && (l.src as { ip: string }).ip === outside.ip));
   });
 
   it('splices passthrough and plaintext inbound in the kernel; metrics and the access log count the spliced bytes exactly', async () => {
@@ -147,10 +158,7 @@ services:
       expect(r.ok && r.reply).toBe(`${c.tag}:${payload}`);
       if (r.ok) await sh[c.from].close(r.connId);
       let line: Record<string, unknown> | undefined;
-      for (let i = 0; i < 100 && !line; i++) {
-        await new Promise((res) => setTimeout(res, 20));
-        line = records.slice(before.logs).find((l) => l.access && l.transport === c.transport);
-      }
+      await until(`the ${c.transport} access-log line`, () => !!(line = records.slice(before.logs).find((l) => l.access && l.transport === c.transport)));
       const replyLen = c.tag.length + 1 + payload.length;
       expect(line).toMatchObject({ path: 'kernel', outcome: 'ok', bytesSent: payload.length, bytesReceived: replyLen, kernelBytes: payload.length + replyLen });
       expect(await sum('istio_tcp_received_bytes_total', c.labels) - before.req).toBe(payload.length);
@@ -158,10 +166,9 @@ services:
       expect(zt.fastPath.counters().bytes - before.kernel).toBe(payload.length + replyLen);
     }
     expect(zt.fastPath.counters().drops).toBe(0);
-    // closed connections leave the maps (one entry per socket of each open spliced connection)
-    for (let i = 0; i < 50 && zt.fastPath.activeConnections > 0; i++) await new Promise((res) => setTimeout(res, 20));
-    const open = 2 * zt.fastPath.activeConnections;
-    expect(zt.fastPath.mapEntries()).toEqual({ srcs: open, dsts: open, flows: open });
+    // closed connections leave the maps: once no spliced connection is open, they are empty
+    await until('the spliced connections to end', () => zt.fastPath.activeConnections === 0);
+    expect(zt.fastPath.mapEntries()).toEqual({ srcs: 0, dsts: 0, flows: 0 });
   });
 
   it('delivers between two pods of this node directly when asked: checked with the client identity, spliced, reported by both sides', async () => {
@@ -175,10 +182,7 @@ services:
       const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
       expect(acc.at(-1)!.peer.host).toBe(client.ip); // the app still sees the client
       let local: Record<string, unknown>[] = [];
-      for (let i = 0; i < 100 && local.length < 2; i++) {
-        await new Promise((res) => setTimeout(res, 20));
-        local = records.slice(logs).filter((l) => l.access && l.transport === 'local');
-      }
+      await until('both access-log lines of the same-node connection', () => (local = records.slice(logs).filter((l) => l.access && l.transport === 'local')).length >= 2);
       const ids = { src: { ip: client.ip, identity: 'spiffe://cluster.local/ns/default/sa/sleep' }, dst: { ip: server.ip, port: 8080, identity: 'spiffe://cluster.local/ns/shop/sa/web' } };
       expect(local.find((l) => l.direction === 'outbound')).toMatchObject({ ...ids, pod: 'default/client', path: 'kernel', bytesSent: 9, bytesReceived: 16, kernelBytes: 25 });
       expect(local.find((l) => l.direction === 'inbound')).toMatchObject({ ...ids, pod: 'shop/server', path: 'kernel', bytesSent: 9, bytesReceived: 16 });
@@ -190,8 +194,9 @@ services:
         spec: { action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/sleep'] } }] }] } }] });
       const denied = await sh.client.connect({ host: server.ip, port: 8080, send: 'x', timeoutMs: 5000 });
       expect(denied.ok ? denied.reply : denied.error).toMatch(/^(error:)?ECONNRESET|^$/);
-      const deny = records.slice(logs).filter((l) => l.access && l.transport === 'local' && l.responseFlags === 'DENY');
-      expect(deny.map((l) => l.direction).sort()).toEqual(['inbound', 'outbound']);
+      const deny = (): Record<string, unknown>[] => records.slice(logs).filter((l) => l.access && l.transport === 'local' && l.responseFlags === 'DENY');
+      await until('the DENY access-log lines', () => deny().length >= 2);
+      expect(deny().map((l) => l.direction).sort()).toEqual(['inbound', 'outbound']);
     } finally {
       state.set(saved);
       zt.sameNode = 'hbone';
@@ -216,10 +221,11 @@ services:
     expect(zt.pool.maxStreamsSeen).toBeLessThanOrEqual(100);
     expect(zt.pool.maxStreamsSeen).toBeGreaterThan(1);
     expect(zt.pool.size).toBeGreaterThanOrEqual(2);
-    await new Promise((r) => setTimeout(r, 500));
-    gc();
-    const after = process.memoryUsage().heapUsed;
-    expect(after - before).toBeLessThan(32 * 1024 * 1024);
+    // what the connections held is released as their close events run: wait for that, not a time
+    await until('the heap to return within 32 MiB of where it was', () => {
+      gc();
+      return process.memoryUsage().heapUsed - before < 32 * 1024 * 1024;
+    }, { timeoutMs: 10_000, intervalMs: 250 });
   }, 120_000);
 
   it('refuses a peer whose identity is not the expected one, naming both identities', async () => {
@@ -228,6 +234,7 @@ services:
     try {
       const r = await sh.client.connect({ host: server2.ip, port: 8080, send: 'x', timeoutMs: 5000 });
       expect(r.ok ? r.reply : r.error).toMatch(/^(error:)?ECONNRESET|^$/);
+      await until('the TLS_FAILURE access-log line', () => records.some((l) => l.access && l.responseFlags === 'TLS_FAILURE'));
       const line = records.findLast((l) => l.access && l.responseFlags === 'TLS_FAILURE');
       expect(line?.error).toMatch(/presented spiffe:\/\/cluster.local\/ns\/shop\/sa\/web, expected spiffe:\/\/cluster.local\/ns\/shop\/sa\/impostor/);
     } finally {

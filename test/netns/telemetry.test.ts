@@ -11,7 +11,7 @@ import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type LabPod, type PodShell, until } from './lab.js';
 
 describe('policy, metrics, admin and drain', () => {
   let lab: Lab;
@@ -71,8 +71,7 @@ policies:
     proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 3 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     proxy.stdout!.on('data', (d) => (log += d));
     proxy.stderr!.on('data', (d) => (log += d));
-    const end = Date.now() + 20_000;
-    while (ready < 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    await until('the proxy to connect over ZDS', () => ready >= 1, { timeoutMs: 20_000, context: () => log });
     for (const [p, ns, sa] of [[client, 'default', 'sleep'], [other, 'default', 'other'], [intruder, 'evil', 'default'], [server, 'shop', 'web']] as const) {
       await backend.enroll(p.netnsPath);
       const pod = { uid: `u-${p.name}`, info: { name: p.name, namespace: ns, serviceAccount: sa }, netnsPath: p.netnsPath };
@@ -105,9 +104,13 @@ policies:
     const r = await sh.client.connect({ host: server.ip, port: 9000, send: payload, timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe(payload);
     if (r.ok) await sh.client.close(r.connId);
-    await new Promise((res) => setTimeout(res, 300));
-    const m = await scrape();
     const dst = { reporter: 'destination', source_workload: 'client', destination_workload: 'server', connection_security_policy: 'mutual_tls', source_principal: 'spiffe://cluster.local/ns/default/sa/sleep', destination_app: 'web', destination_version: 'v2' };
+    // the byte counters are final once both ends have counted the connection closed
+    let m = '';
+    await until('both ends to count the connection closed', async () => {
+      m = await scrape();
+      return value(m, 'istio_tcp_connections_closed_total', dst) >= 1 && value(m, 'istio_tcp_connections_closed_total', { reporter: 'source', source_workload: 'client', destination_workload: 'server' }) >= 1;
+    }, { context: () => m });
     expect(value(m, 'istio_tcp_connections_opened_total', dst)).toBe(1);
     expect(value(m, 'istio_tcp_connections_closed_total', dst)).toBe(1);
     expect(value(m, 'istio_tcp_received_bytes_total', dst)).toBe(1234); // request bytes
@@ -122,16 +125,17 @@ policies:
     const r = await sh.other.connect({ host: server.ip, port: 9000, send: 'let me in', timeoutMs: 3000 });
     expect(r.ok ? r.reply : r.error).toMatch(/^$|error:|ECONNRESET/);
     expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(value(await scrape(), 'istio_tcp_connections_closed_total', { reporter: 'destination', source_workload: 'other', response_flags: 'DENY' })).toBe(1);
-    expect(log).toMatch(/"responseFlags":"DENY".*no ALLOW policy matched|no ALLOW policy matched.*"responseFlags":"DENY"/);
+    const denied = { reporter: 'destination', source_workload: 'other', response_flags: 'DENY' };
+    await until('the DENY to be counted', async () => value(await scrape(), 'istio_tcp_connections_closed_total', denied) >= 1, { context: () => log });
+    expect(value(await scrape(), 'istio_tcp_connections_closed_total', denied)).toBe(1);
+    await until('the DENY access-log line', () => /"responseFlags":"DENY".*no ALLOW policy matched|no ALLOW policy matched.*"responseFlags":"DENY"/.test(log), { context: () => log });
   });
 
   it('applies DENY before ALLOW: a denied namespace stays out even though an ALLOW names it', async () => {
     const before = (await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length;
     await sh.intruder.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 3000 });
     expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
-    expect(log).toMatch(/denied by shop\/no-evil/);
+    await until('the access-log line naming the DENY policy', () => /denied by shop\/no-evil/.test(log), { context: () => log });
   });
 
   it('dumps its config with pods, workloads and policies, and no key material', async () => {
@@ -158,9 +162,12 @@ policies:
   it('drains on SIGTERM: an open connection finishes within the deadline, new ones are refused', async () => {
     const open = await sh.client.connect({ host: server.ip, port: 9000, send: 'before', timeoutMs: 5000 });
     expect(open.ok && open.reply).toBe('before');
+    const logged = log.length;
     proxy.kill('SIGTERM');
     const exited = new Promise((r) => proxy.once('exit', r));
-    await new Promise((r) => setTimeout(r, 300));
+    // the proxy logs "pod removed" right after it closed that pod's listeners
+    const removed = (pod: string): boolean => log.slice(logged).split('\n').some((l) => l.includes('"msg":"pod removed"') && l.includes(`"pod":"${pod}"`));
+    await until('the proxy to close the client\'s and the server\'s listeners', () => removed('client') && removed('server'), { context: () => log });
     const fresh = await sh.client.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 1000 });
     expect(fresh.ok).toBe(false);
     if (open.ok) expect((await sh.client.send(open.connId, 'during drain')).reply).toBe('during drain');

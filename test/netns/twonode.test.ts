@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackendName } from '../../ts/redirect/backend.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod } from './lab.js';
+import { Lab, type LabPod, until as untilFor } from './lab.js';
 
 interface Node {
   lab: Lab;
@@ -30,13 +30,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   let a: LabPod, b: LabPod;
 
   const inNode = (n: Node, ...args: string[]): void => void execFileSync('nsenter', [`--net=${n.lab.nodeNetnsPath}`, ...args]);
-  async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${nodes.map((n) => `--- ${n.name}\n${n.log.slice(-2500)}`).join('\n')}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  const logs = (): string => nodes.map((n) => `--- ${n.name}\n${n.log.slice(-1900)}`).join('\n');
+  const until = (what: string, cond: () => boolean | Promise<boolean>): Promise<void> => untilFor(what, cond, { timeoutMs: 20_000, context: logs });
   async function start(n: Node): Promise<void> {
     const [admin, metrics, readiness, health] = await freePorts(4);
     n.admin = admin;
@@ -44,7 +39,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     n.proxy = spawn('sh', ['-c', `echo $$ > ${n.lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${kubeconfig} --zds ${p('zds.sock')} --ca-dir ${join(n.dir, '..', 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     n.agent = spawn('node', [CLI, 'agent', '--backend', backend, '--kubeconfig', kubeconfig, '--node', n.name, '--cgroup', n.lab.cgroupPath,
       '--pin-root', `/sys/fs/bpf/${n.lab.prefix}inpod`, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'),
-      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`,
+      '--pod-name', `inpod-agent-${n.name}`, '--pod-namespace', 'inpod-system', '--host-netns', n.lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     for (const c of [n.proxy, n.agent]) {
       c.stdout!.on('data', (d) => (n.log += d));
       c.stderr!.on('data', (d) => (n.log += d));
@@ -99,7 +95,9 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       n.agent?.kill('SIGKILL');
       n.proxy?.kill('SIGKILL');
     }
-    await new Promise((r) => setTimeout(r, 200));
+    // nothing of theirs may touch the kernel state while it is removed
+    const gone = (c?: ChildProcess): Promise<unknown> => (!c || c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)));
+    await Promise.all(nodes.flatMap((n) => [gone(n.agent), gone(n.proxy)]));
     for (const n of nodes) {
       const { createBackend } = await import('../../ts/redirect/factory.js');
       const be = await createBackend(backend, { cgroupPath: n.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${n.lab.prefix}inpod`, stateDir: join(n.dir, 'state') });
@@ -116,12 +114,9 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     const shB = await n2.lab.shell(b.netnsPath, { inCgroup: true });
     await shB.listen({ port: 8080, tag: 'b' });
     // node 1's proxy learns pod b, and that it is in the mesh, from the API server
-    let known = false;
-    await until('node 1 to know pod b as HBONE', () => {
-      void fetch(`http://127.0.0.1:${n1.admin}/config_dump`).then((res) => res.json()).then((d: { workloads: { name: string; protocol: string }[] }) => {
-        known = d.workloads.some((w) => w.name === 'b' && w.protocol === 'HBONE');
-      }, () => {});
-      return known;
+    await until('node 1 to know pod b as HBONE', async () => {
+      const d = (await fetch(`http://127.0.0.1:${n1.admin}/config_dump`).then((res) => res.json()).catch(() => null)) as { workloads: { name: string; protocol: string }[] } | null;
+      return !!d?.workloads.some((w) => w.name === 'b' && w.protocol === 'HBONE');
     });
     const r = await shA.connect({ host: b.ip, port: 8080, send: 'across nodes', timeoutMs: 5000 });
     expect(r.ok && r.reply, `${JSON.stringify(r)}\n${n1.log.slice(-2000)}`).toBe('b:across nodes');

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { Lab, type LabPod, type PodShell } from './lab.js';
+import { Lab, type LabPod, type PodShell, until } from './lab.js';
 import { CLI } from '../cli.js';
 
 
@@ -31,13 +31,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     proxy.stdout!.on('data', (d) => (logs += d));
     proxy.stderr!.on('data', (d) => (logs += d));
   }
-  async function waitReady(n: number): Promise<void> {
-    const end = Date.now() + 20_000;
-    while (ready < n) {
-      if (Date.now() > end) throw new Error(`proxy never took the snapshot; its output:\n${logs}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  const waitReady = (n: number): Promise<void> => until(`the proxy to take snapshot ${n}`, () => ready >= n, { timeoutMs: 20_000, context: () => logs });
 
   beforeAll(async () => {
     lab = await Lab.create();
@@ -77,7 +71,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     const r = await sa.connect({ host: b.ip, port: 8080, send: 'over-zds', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('b:over-zds');
     if (r.ok) await sa.close(r.connId);
-    expect(logs).toMatch(/"transport":"hbone"|pod listeners open/);
+    // the proxy's record of it: a's outbound connection went over HBONE
+    await until('the outbound HBONE access-log line', () => /"direction":"outbound","transport":"hbone"/.test(logs), { context: () => logs });
   });
 
   it('serves the same pods again after the proxy restarts (the snapshot re-adds them)', async () => {

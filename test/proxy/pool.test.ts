@@ -1,6 +1,7 @@
 /**
  * The HBONE pool with a fake dialer: which tunnels share a connection (the key), the 100-stream
- * limit, concurrent openers sharing one dial, the idle close and a retired sandbox. The real
+ * limit and freed slots, concurrent openers sharing one dial (and its failure), the idle close,
+ * a connection the peer closed, and a retired sandbox. The real
  * connections are tested end to end in test/netns/proxy.test.ts and test/security/hbone.test.ts.
  */
 import { EventEmitter } from 'node:events';
@@ -42,11 +43,13 @@ class FakeStream extends EventEmitter {
   }
 }
 
-function fakePool(o: { status?: number } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
+function fakePool(o: { status?: number; failDial?: () => Error | null } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
   const dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] = [];
   const pool = new HbonePool({
     certs: {} as CertManager,
     dial: async (src, req) => {
+      const failed = o.failDial?.();
+      if (failed) throw failed;
       const session = new FakeSession(o.status);
       dials.push({ src, req, session });
       return { session: session as unknown as ClientHttp2Session, peerIdentity: req.identities[0]! };
@@ -95,6 +98,40 @@ describe('HBONE pool', () => {
     expect(dials.map((d) => d.session.streams.length)).toEqual([100, 51]);
   });
 
+  it('gives a stream slot freed on a full connection to the next opener instead of dialing again', async () => {
+    const { pool, dials } = fakePool();
+    const tunnels = await Promise.all(Array.from({ length: 2 * MAX_STREAMS_PER_CONNECTION }, () => pool.open(src(), req())));
+    expect(dials.map((d) => d.session.streams.length)).toEqual([100, 100]);
+    tunnels[0]!.stream.close(); // a stream of the first connection ends
+    await pool.open(src(), req());
+    expect(dials).toHaveLength(2);
+    expect(dials.map((d) => d.session.streams.length)).toEqual([101, 100]);
+  });
+
+  it('never reuses a connection the peer closed: the next tunnel dials anew', async () => {
+    const { pool, dials } = fakePool();
+    await pool.open(src(), req());
+    dials[0]!.session.destroy(); // the peer went away (GOAWAY, reset, keepalive timeout)
+    expect(pool.size).toBe(0);
+    await pool.open(src(), req());
+    expect(dials).toHaveLength(2);
+    expect(dials[1]!.session.streams).toHaveLength(1);
+  });
+
+  it('fails every opener waiting on a dial that fails, and dials again for the next one', async () => {
+    let fail = true;
+    let attempts = 0;
+    const { pool, dials } = fakePool({ failDial: () => (attempts++, fail ? Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }) : null) });
+    const results = await Promise.allSettled([pool.open(src(), req()), pool.open(src(), req()), pool.open(src(), req())]);
+    expect(results.map((r) => r.status === 'rejected' && (r.reason as { code?: string }).code)).toEqual(['ECONNREFUSED', 'ECONNREFUSED', 'ECONNREFUSED']);
+    expect(attempts).toBe(1); // they waited on one dial
+    fail = false;
+    await pool.open(src(), req());
+    expect(attempts).toBe(2);
+    expect(dials).toHaveLength(1);
+    expect(pool.size).toBe(1);
+  });
+
   it('closes a connection once it has carried no stream for the idle timeout (30 s), and dials anew after', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     try {
@@ -108,6 +145,24 @@ describe('HBONE pool', () => {
       expect(pool.size).toBe(0);
       await pool.open(src(), req());
       expect(dials).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('keeps a connection that takes a new stream before the idle timeout runs out', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const { pool, dials } = fakePool();
+      (await pool.open(src(), req())).stream.close();
+      vi.advanceTimersByTime(29_000);
+      const t = await pool.open(src(), req()); // the idle timer stops here
+      vi.advanceTimersByTime(60_000);
+      expect(dials[0]!.session.closed).toBe(false);
+      t.stream.close(); // and starts again once the connection is idle again
+      vi.advanceTimersByTime(30_000);
+      expect(dials[0]!.session.closed).toBe(true);
+      expect(dials).toHaveLength(1);
     } finally {
       vi.useRealTimers();
     }

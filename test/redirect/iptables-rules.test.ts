@@ -8,8 +8,10 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inspectSave, podRules, removalInput, restoreInput } from '../../ts/redirect/iptables-rules.js';
+import { hostProbeRule, hostRulesInSave, inspectSave, podRules, removalInput, restoreInput } from '../../ts/redirect/iptables-rules.js';
+import { HostProbeRules } from '../../ts/redirect/iptables-host.js';
 import { normalizeSettings } from '../../ts/redirect/backend.js';
+import { runProgram } from '../../ts/util/run.js';
 
 const golden = (f: string): string => readFileSync(join(__dirname, 'golden', f), 'utf8');
 const none = { raw: false, mangle: false, nat: false };
@@ -29,6 +31,14 @@ describe('iptables rule generation', () => {
     ['removal.rules', removalInput(['mangle', 'nat'], ['mangle', 'nat'])],
   ])('matches %s', (file, text) => {
     expect(text).toBe(golden(file));
+  });
+
+  it("writes istio-cni's host probe rule per pod IP, in iptables-save's own form", () => {
+    // istio cni/pkg/iptables/testdata/hostprobe.golden, with the pod IP where Istio matches its ipset:
+    // -A ISTIO_POSTRT -m owner --socket-exists -p tcp -m set --match-set istio-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127
+    expect(hostProbeRule('10.200.1.2', '169.254.7.127')).toBe('-d 10.200.1.2/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127');
+    const save = `*nat\n:ISTIO_POSTRT - [0:0]\n-A POSTROUTING -j ISTIO_POSTRT\n-A ISTIO_POSTRT ${hostProbeRule('10.200.1.2', '169.254.7.127')}\nCOMMIT\n`;
+    expect(hostRulesInSave(save)).toEqual([{ ip: '10.200.1.2', rule: hostProbeRule('10.200.1.2', '169.254.7.127') }]);
   });
 
   it('finds chains, jumps and the drain chain in iptables-save output', () => {
@@ -58,6 +68,23 @@ describe.each(['legacy', 'nft'])('rules applied with iptables-%s', (flavor) => {
     const twice = inNs([`iptables-${flavor}-save`]).split('\n');
     expect(twice.filter((l) => l.includes('REDIRECT --to-ports 15001'))).toHaveLength(1);
     expect(twice.filter((l) => l === '-A OUTPUT -j ISTIO_OUTPUT')).toHaveLength(3);
+  });
+
+  it('keeps the host probe rules: each once however often added, removed by pod IP, pruned, the chain gone at uninstall', async () => {
+    const host = new HostProbeRules(`/run/netns/${ns}`, runProgram, flavor as 'legacy' | 'nft', () => [flavor as 'legacy' | 'nft']);
+    const rules = (): string[] => inNs([`iptables-${flavor}-save`, '-t', 'nat']).split('\n').filter((l) => l.startsWith('-A') && l.includes('ISTIO_POSTRT'));
+    const rule = (ip: string) => `-A ISTIO_POSTRT ${hostProbeRule(ip, '169.254.7.127')}`;
+    await host.add(['10.0.0.5', '10.0.0.6'], '169.254.7.127');
+    await host.add(['10.0.0.5', '10.0.0.6'], '169.254.7.127');
+    expect(rules()).toEqual(['-A POSTROUTING -j ISTIO_POSTRT', rule('10.0.0.5'), rule('10.0.0.6')]);
+    await host.remove(['10.0.0.5']);
+    expect(rules()).toEqual(['-A POSTROUTING -j ISTIO_POSTRT', rule('10.0.0.6')]);
+    await host.add(['10.0.0.7'], '169.254.7.127');
+    await host.prune(new Set(['10.0.0.7']));
+    expect(rules()).toEqual(['-A POSTROUTING -j ISTIO_POSTRT', rule('10.0.0.7')]);
+    await host.uninstall();
+    expect(inNs([`iptables-${flavor}-save`, '-t', 'nat'])).not.toMatch(/ISTIO_POSTRT/);
+    await host.uninstall(); // twice: nothing to do
   });
 
   it('removes everything but the unreferenced drain chain', () => {

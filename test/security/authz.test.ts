@@ -25,7 +25,7 @@ import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { openPath } from '../../ts/native/index.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
 
 type Client = 'shop/a' | 'shop/b' | 'other/a' | 'plaintext';
 const CLIENTS: Record<Client, { ip: string; identity?: string }> = {
@@ -232,15 +232,12 @@ policies:
   });
 
   const accepted = async (): Promise<number> => (await sh.server.accepted((await sh.server.listenerByTag('server')).id)).length;
-  const until = async (what: string, f: () => boolean): Promise<void> => {
-    for (const end = Date.now() + 5000; !f(); await new Promise((r) => setTimeout(r, 20))) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-  };
 
   it('shop/b (same namespace, other service account) is answered 401 over HBONE and never reaches the app', async () => {
     const before = await accepted();
     const r = await sh.b.connect({ host: server.ip, port: 8080, send: 'let me in', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('both access-log lines', () => records.some((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b' && l.responseFlags === 'DENY'));
+    await until('both access-log lines', () => records.some((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
     const out = records.find((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b');
     expect(out).toMatchObject({ transport: 'hbone', responseFlags: 'DENY', error: expect.stringMatching(/answered 401: denied by authorization policy/) });
     const inb = records.find((l) => l.access && l.direction === 'inbound' && l.pod === 'shop/server' && (l.src as { identity?: string }).identity === 'spiffe://cluster.local/ns/shop/sa/b');
@@ -260,7 +257,7 @@ policies:
     const before = await accepted();
     const r = await sh.outside.connect({ host: server.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('the denied plaintext line', () => records.some((l) => l.access && l.transport === 'plaintext' && l.responseFlags === 'DENY'));
+    await until('the denied plaintext line', () => records.some((l) => l.access && l.transport === 'plaintext' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
     expect(await accepted()).toBe(before);
   });
 });

@@ -7,6 +7,7 @@
  */
 import tls from 'node:tls';
 import type net from 'node:net';
+import { until } from '../netns/lab.js';
 
 export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
 export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
@@ -100,10 +101,9 @@ export class RawH2Peer {
     return { id, bytes: frame(FRAME.HEADERS, FLAG.END_HEADERS, id, connectBlock(authority)) };
   }
 
-  /** Resolves once the connection closed or `cond` holds, or after `ms`. */
-  async until(cond: (s: Seen) => boolean, ms: number): Promise<void> {
-    const end = Date.now() + ms;
-    while (!this.seen.closed && !cond(this.seen) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  /** Resolves once `cond` holds or the connection closed; throws naming `what` after `ms`. */
+  async until(what: string, cond: (s: Seen) => boolean, ms: number): Promise<void> {
+    await until(what, () => this.seen.closed || cond(this.seen), { timeoutMs: ms, context: () => JSON.stringify({ ...this.seen, rst: this.seen.rst.size, responded: this.seen.responded.size }) });
   }
 
   close(): void {

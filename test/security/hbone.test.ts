@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestMesh } from './mesh.js';
+import { until } from '../netns/lab.js';
 import { ERR, FRAME, RawH2Peer, frame } from './h2raw.js';
 
 // The server's timers are shortened so the slow attacks finish in seconds; the defaults (see
@@ -68,7 +69,7 @@ describe('HBONE server under attack', () => {
       if (!p.write(Buffer.concat(batch))) break;
       await new Promise((r) => setImmediate(r));
     }
-    await p.until((s) => s.goaway.length > 0, 5000);
+    await p.until('a GOAWAY', (s) => s.goaway.length > 0, 5000);
     const answers = await load.stop();
     expect(m.crashes).toEqual([]);
     expect(p.seen.goaway).toContain(ERR.ENHANCE_YOUR_CALM);
@@ -90,7 +91,7 @@ describe('HBONE server under attack', () => {
       frames.push(s.bytes);
     }
     p.write(Buffer.concat(frames));
-    await p.until((s) => s.responded.size + s.rst.size >= 1000, 20_000);
+    await p.until('an answer to each of the 1,000 streams', (s) => s.responded.size + s.rst.size >= 1000, 20_000);
     expect(m.crashes).toEqual([]);
     expect(p.seen.responded.size).toBe(200);
     expect([...p.seen.rst.values()].every((code) => code === ERR.REFUSED_STREAM || code === ERR.PROTOCOL_ERROR)).toBe(true);
@@ -114,7 +115,7 @@ describe('HBONE server under attack', () => {
     expect(answers.every((a, i) => a === `app:legit${i}`)).toBe(true);
     // the server stops queueing answers for a peer that does not read them
     expect(process.memoryUsage().rss - rss).toBeLessThan(128 * 1024 * 1024);
-    await TestMesh.until('the flooding connection to be ended', () => p.seen.closed || p.tls.destroyed, 10_000);
+    await until('the flooding connection to be ended', () => p.seen.closed || p.tls.destroyed, { timeoutMs: 10_000 });
     p.close();
   }, 60_000);
 
@@ -127,7 +128,7 @@ describe('HBONE server under attack', () => {
     for (let i = 0; i < 20_000 && p.write(frame(FRAME.CONTINUATION, 0, id, header(i % 1000))); i++) {
       if (i % 200 === 0) await new Promise((r) => setImmediate(r));
     }
-    await p.until(() => false, 3000);
+    await p.until('the proxy to end the connection', (s) => s.closed, 3000);
     const answers = await load.stop();
     expect(m.crashes).toEqual([]);
     expect(p.seen.closed).toBe(true);
@@ -142,7 +143,7 @@ describe('HBONE server under attack', () => {
     expect(await legit('during')).toBe('app:during');
     // the handshake timer ends the first kind, the idle timer the second
     await Promise.all(closed);
-    await TestMesh.until('every silent TLS connection to be closed', () => silent.every((p) => p.seen.closed), LIMITS.idleTimeoutMs + 5000);
+    await until('every silent TLS connection to be closed', () => silent.every((p) => p.seen.closed), { timeoutMs: LIMITS.idleTimeoutMs + 5000 });
     expect(m.crashes).toEqual([]);
     expect(await legit('after')).toBe('app:after');
   }, 60_000);
@@ -153,7 +154,8 @@ describe('HBONE server under attack', () => {
     answering.answerPings = true;
     // each keeps one tunnel open, so only the keepalive (not the idle timer) can end them
     for (const p of [mute, answering]) p.write(p.connectStream(`${server.ip}:8080`).bytes);
-    await mute.until(() => false, LIMITS.pingIntervalMs + LIMITS.pingTimeoutMs + 1500);
+    await mute.until('the mute peer to be dropped', (s) => s.closed, LIMITS.pingIntervalMs + LIMITS.pingTimeoutMs + 1500);
+    // the answering peer has had as long as the mute one: had its answers not counted, it would be gone too
     expect(mute.seen.frames[FRAME.PING]).toBeGreaterThan(0);
     expect(mute.seen.closed).toBe(true);
     expect(answering.seen.frames[FRAME.PING]).toBeGreaterThan(1);
@@ -169,7 +171,7 @@ describe('HBONE server under attack', () => {
     if (!(p instanceof Error)) {
       const s = p.connectStream(`${server.ip}:8080`);
       p.write(s.bytes);
-      await p.until(() => false, 2000);
+      await p.until('the proxy to end the connection', (s) => s.closed, 2000);
       expect(p.seen.closed).toBe(true);
       expect(p.seen.responded.size).toBe(0);
       expect(p.seen.frames[FRAME.SETTINGS] ?? 0).toBe(0);

@@ -15,7 +15,7 @@ import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { ZdsServer } from '../../ts/zds/server.js';
 import { CLI, freePorts, inpod } from '../cli.js';
 import { ALIAS_BOMB } from '../fixtures/yaml.js';
-import { Lab } from '../netns/lab.js';
+import { Lab, until } from '../netns/lab.js';
 
 const CNI_BIN = join(__dirname, '..', '..', 'dist', 'cni', 'bin.js');
 /** A Node stack trace line ("    at runPlugin (file:///...:59:33)") or an uncaught error's name. */
@@ -26,15 +26,6 @@ interface Run {
   stdout: string;
   stderr: string;
   ms: number;
-}
-
-/** Polls `cond` until it holds; throws with `context()` after `ms`. */
-async function until(what: string, cond: () => boolean | Promise<boolean>, context: () => string, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${context().slice(-4000)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Starts `node dist/cli/main.js ...args`, collecting its output. */
@@ -180,7 +171,7 @@ describe('inpod agent --manifests with a YAML alias bomb in the directory', () =
     backend = await createBackend('iptables', { stateDir: p('state') });
     proxy = inpodProcess(['ztunnel', '--zds', p('zds.sock'), '--ca-dir', p('ca'), '--drain-seconds', '1', '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0']);
     agent = inpodProcess(['agent', '--backend', 'iptables', '--manifests', p('manifests'), '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'),
-      '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`]);
+      '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`, '--host-netns', lab.nodeNetnsPath]);
   }, 60_000);
 
   afterAll(async () => {
@@ -193,10 +184,10 @@ describe('inpod agent --manifests with a YAML alias bomb in the directory', () =
 
   it('becomes ready anyway, names the bomb in a warning, and captures a pod the rest of the directory puts in the mesh', async () => {
     const ready = async (): Promise<boolean> => (await fetch(`http://127.0.0.1:${health}/healthz/ready`).catch(() => null))?.status === 200;
-    await until('the agent to be ready', ready, logs);
+    await until('the agent to be ready', ready, { timeoutMs: 20_000, context: logs });
     const warning = agent!.log().split('\n').find((l) => l.includes('00-bomb.yaml'));
     expect(warning).toMatch(/"level":40.*alias bomb.*manifest unreadable; skipped/);
-    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agent!.log()), logs);
+    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agent!.log()), { timeoutMs: 20_000, context: logs });
     const conflist = JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8')) as { cniVersion: string; name: string; plugins: object[] };
     expect(JSON.stringify(conflist)).toContain('inpod-cni');
     // the namespace label and the pod come from the files next to the bomb
@@ -241,12 +232,12 @@ describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
   };
   const refusedWith = async (re: RegExp): Promise<string> => {
     let last: StateHealth | undefined;
-    await until(`the reload to be refused with ${re}`, async () => re.test((last = await state()).lastError?.message ?? ''), () => `${JSON.stringify(last)}\n${proxy?.log()}`);
+    await until(`the reload to be refused with ${re}`, async () => re.test((last = await state()).lastError?.message ?? ''), { timeoutMs: 20_000, context: () => `${JSON.stringify(last)}\n${proxy?.log()}` });
     return last!.lastError!.message;
   };
   const backToGood = async (): Promise<void> => {
     replace(GOOD);
-    await until('the good file to be loaded again', async () => (await state()).lastError === undefined, () => proxy?.log() ?? '');
+    await until('the good file to be loaded again', async () => (await state()).lastError === undefined, { timeoutMs: 20_000, context: () => proxy?.log() ?? '' });
   };
 
   beforeAll(async () => {
@@ -258,7 +249,7 @@ describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
     zds.start();
     proxy = inpodProcess(['ztunnel', '--config', file, '--zds', join(dir, 'zds.sock'), '--ca-dir', join(dir, 'ca'), '--drain-seconds', '1',
       '--admin-addr', `127.0.0.1:${admin}`, '--metrics-addr', '127.0.0.1:0', '--readiness-addr', `127.0.0.1:${readiness}`]);
-    await until('the proxy to be ready', async () => (await fetch(`http://127.0.0.1:${readiness}/healthz/ready`).catch(() => null))?.status === 200, () => proxy?.log() ?? '');
+    await until('the proxy to be ready', async () => (await fetch(`http://127.0.0.1:${readiness}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 20_000, context: () => proxy?.log() ?? '' });
   }, 60_000);
 
   afterAll(() => {
@@ -313,11 +304,8 @@ describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
     expect(big.length).toBeGreaterThan(18 << 20);
     replace(big);
     const slow: string[] = [];
-    let loaded = false;
     let sawLoading = false;
-    const end = Date.now() + 90_000;
-    while (!loaded) {
-      if (Date.now() > end) throw new Error(`the 150k workloads never arrived\n${proxy!.log().slice(-3000)}`);
+    await until('the 150k workloads to arrive', async () => {
       const t0 = Date.now();
       const ready = await fetch(`http://127.0.0.1:${readiness}/healthz/ready`);
       const t1 = Date.now();
@@ -327,9 +315,8 @@ describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
       if (t2 - t1 >= 1000) slow.push(`admin /state took ${t2 - t1} ms`);
       expect(ready.status).toBe(200);
       sawLoading ||= s.loading;
-      loaded = s.workloads === 150_000;
-      if (!loaded) await new Promise((r) => setTimeout(r, 100));
-    }
+      return s.workloads === 150_000;
+    }, { timeoutMs: 90_000, intervalMs: 100, context: () => proxy!.log() });
     expect(slow).toEqual([]);
     expect(sawLoading).toBe(true);
     const peakKb = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${proxy!.proc.pid}/status`, 'utf8'))![1]);

@@ -41,13 +41,14 @@ export class TestMesh {
 
   private constructor(readonly lab: Lab, readonly dir: string, readonly backendName: BackendName) {}
 
-  static async create(backendName: BackendName, specs: MeshPodSpec[], opts: Partial<ZtunnelOptions> = {}): Promise<TestMesh> {
+  /** `node.isHost`: the node netns is the host's (BackendOptions.hostNetns), so its own sockets are kubelet's */
+  static async create(backendName: BackendName, specs: MeshPodSpec[], opts: Partial<ZtunnelOptions> = {}, node: { isHost?: boolean } = {}): Promise<TestMesh> {
     const lab = await Lab.create();
     const m = new TestMesh(lab, mkdtempSync(join(tmpdir(), `${lab.prefix}sec`)), backendName);
     process.on('uncaughtException', m.#onCrash);
     process.on('unhandledRejection', m.#onCrash);
     try {
-      await m.#start(specs, opts);
+      await m.#start(specs, opts, node.isHost ? lab.nodeNetnsPath : undefined);
     } catch (e) {
       await m.close();
       throw e;
@@ -55,8 +56,8 @@ export class TestMesh {
     return m;
   }
 
-  async #start(specs: MeshPodSpec[], opts: Partial<ZtunnelOptions>): Promise<void> {
-    this.backend = await createBackend(this.backendName, { cgroupPath: this.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${this.lab.prefix}inpod`, stateDir: this.dir });
+  async #start(specs: MeshPodSpec[], opts: Partial<ZtunnelOptions>, hostNetns: string | undefined): Promise<void> {
+    this.backend = await createBackend(this.backendName, { cgroupPath: this.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${this.lab.prefix}inpod`, stateDir: this.dir, hostNetns });
     const pods = await Promise.all(specs.map((s) => this.lab.addPod(s.name)));
     specs.forEach((s, i) => (this.pods[s.name] = pods[i]!));
     const ws = specs.filter((s) => s.mesh !== false).map((s) =>
@@ -94,15 +95,6 @@ export class TestMesh {
   /** Open file descriptors of this process (the proxy's). */
   static fds(): number {
     return readdirSync('/proc/self/fd').length;
-  }
-
-  /** Waits for `cond`, polling; throws naming `what` after `ms`. */
-  static async until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
   }
 
   async close(): Promise<void> {

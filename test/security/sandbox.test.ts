@@ -18,7 +18,7 @@ import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js'
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
 import { runCniPlugin } from '../../ts/sim/node.js';
 
 const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[];
@@ -45,14 +45,6 @@ function accessLines(log: string): AccessLine[] {
   return out;
 }
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, logs: () => string, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}\n${logs().slice(-4000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => {
   let lab: Lab;
   let dir: string;
@@ -77,7 +69,8 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
   function startAgent(): void {
     agent = spawn('node', [CLI, 'agent', '--backend', backendName, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
       '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`,
+      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system', '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     for (const out of [agent.stdout!, agent.stderr!]) out.on('data', (d) => (log += d));
   }
 
@@ -108,7 +101,12 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     await sh.close(r.connId);
     const mine = (): AccessLine[] => accessLines(log.slice(mark)).filter((a) => a.src.ip === from.ip);
     // the inbound line is written when the server side closes; it always comes (plaintext or hbone)
-    await until('the inbound access-log line', () => mine().some((a) => a.direction === 'inbound'), logs);
+    await until('the inbound access-log line', () => mine().some((a) => a.direction === 'inbound'), { timeoutMs: 15_000, context: logs });
+    // over HBONE the client's side went through its proxy too: its line is written when that side
+    // closes, which may come after the server's
+    if (mine().some((a) => a.direction === 'inbound' && a.transport === 'hbone')) {
+      await until('the outbound access-log line', () => mine().some((a) => a.direction === 'outbound'), { timeoutMs: 15_000, context: logs });
+    }
     return { reply: r.reply, out: mine().find((a) => a.direction === 'outbound'), in: mine().find((a) => a.direction === 'inbound') };
   }
 
@@ -135,7 +133,7 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     healthPort = health!;
     for (const out of [proxy.stdout!, proxy.stderr!]) out.on('data', (d) => (log += d));
     startAgent();
-    await until('the agent to chain inpod-cni and take the proxy', () => JSON.stringify(conflist()).includes('inpod-cni') && /snapshot sent/.test(log), logs, 30_000);
+    await until('the agent to chain inpod-cni and take the proxy', () => JSON.stringify(conflist()).includes('inpod-cni') && /snapshot sent/.test(log), { timeoutMs: 30_000, context: logs });
     srv = await sandbox('srv', 'srv');
     srvSh = await lab.shell(srv.netnsPath, { inCgroup: true });
     await srvSh.listen({ port: 8080, tag: 'srv' });
@@ -147,12 +145,12 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     await until('the proxy to know srv as a mesh workload', async () => {
       const d = (await (await fetch(`http://127.0.0.1:${adminPort}/config_dump`)).json()) as { workloads: { name: string; protocol: string; workloadIps?: string[] }[] };
       return d.workloads.some((x) => x.name === 'srv' && x.protocol === 'HBONE' && !!x.workloadIps?.includes(srv.ip));
-    }, logs, 20_000);
+    }, { timeoutMs: 20_000, context: logs });
     const mark = log.length;
     const w = await oldSh.connect({ host: srv.ip, port: 8080, send: 'warm-up', timeoutMs: 3000 });
     expect(w.ok && w.reply).toBe('srv:warm-up');
     if (w.ok) await oldSh.close(w.connId);
-    await until('the old sandbox through the proxy', () => accessLines(log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && a.src.ip === old.ip), logs);
+    await until('the old sandbox through the proxy', () => accessLines(log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && a.src.ip === old.ip), { timeoutMs: 15_000, context: logs });
   }, 90_000);
 
   afterAll(async () => {
@@ -193,11 +191,11 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     await new Promise((r) => agent!.once('exit', r));
     const mark = log.length;
     startAgent();
-    await until('the new agent to be ready', () => /agent ready/.test(log.slice(mark)), logs, 30_000);
+    await until('the new agent to be ready', () => /agent ready/.test(log.slice(mark)), { timeoutMs: 30_000, context: logs });
     const enrolled = await enrolledNetns();
     expect(enrolled.filter((n) => n === old.netnsPath || n === recreated.netnsPath).sort()).toEqual([old.netnsPath, recreated.netnsPath].sort());
     // the proxy reconnects and takes the snapshot: the new netns again, so nothing changes for it
-    await until('the proxy to take the new snapshot', () => /snapshot sent/.test(log.slice(mark)), logs, 20_000);
+    await until('the proxy to take the new snapshot', () => /snapshot sent/.test(log.slice(mark)), { timeoutMs: 20_000, context: logs });
     expect(log.slice(mark)).not.toMatch(/pod netns replaced/);
     const r = await request(newSh, recreated, 'after-restart');
     expect(r.out?.transport).toBe('hbone');
@@ -261,7 +259,7 @@ describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, 
     proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0`], { stdio: ['ignore', 'pipe', 'pipe'] });
     proxy.stdout!.on('data', (d) => (log += d));
     proxy.stderr!.on('data', (d) => (log += d));
-    await until('the proxy to take the snapshot', () => ready > 0, logs, 20_000);
+    await until('the proxy to take the snapshot', () => ready > 0, { timeoutMs: 20_000, context: logs });
     for (const p of [a, a2, b]) await backend.enroll(p.netnsPath);
     for (const [p, uid] of [[a, 'ua'], [b, 'ub']] as const) {
       const pod = { uid, info: { name: p.name, namespace: 'default', serviceAccount: `sa-${p.name}` }, netnsPath: p.netnsPath };
@@ -293,7 +291,7 @@ describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, 
     const r = await sa2.connect({ host: b.ip, port: 8080, send: 'new-netns', timeoutMs: 5000 });
     expect(r.ok && r.reply, `${JSON.stringify(r)}\n${log.slice(-2000)}`).toBe('b:new-netns');
     if (r.ok) await sa2.close(r.connId);
-    await until('the access log of the new netns', () => accessLines(log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && x.src.ip === a2.ip), logs);
+    await until('the access log of the new netns', () => accessLines(log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && x.src.ip === a2.ip), { timeoutMs: 15_000, context: logs });
     // the old netns is still captured, and no longer served: refused, never out
     expect((await sa.connect({ host: b.ip, port: 8080, send: 'old', timeoutMs: 1000 })).ok).toBe(false);
     // the connection opened before the switch carries on

@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackendName } from '../../ts/redirect/backend.js';
 import { TestMesh } from './mesh.js';
+import { until } from '../netns/lab.js';
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import { BpfMap, pinnedMapSpec } from '../../ts/native/index.js';
@@ -55,7 +56,7 @@ describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects t
     const fds = TestMesh.fds();
     const r = await connect(`${server.ip}:${port}`);
     expect(r.status).toBe(503);
-    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+    await until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, { timeoutMs: 5000 });
     expect(m.crashes).toEqual([]);
   });
 
@@ -68,7 +69,7 @@ describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects t
     // answers SO_ORIGINAL_DST) for want of a recorded destination: never relayed
     expect(m.logs(logs, (l) => l.code === 'INPOD_ERR_SELF_CALL' || l.code === 'INPOD_ERR_ORIGINAL_DST')).toHaveLength(1);
     expect(m.logs(logs, (l) => l.access === true)).toEqual([]);
-    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+    await until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, { timeoutMs: 5000 });
   });
 
   it('a connection to the outbound listener that capture never recorded is refused and logged, not sent to the listener itself', async () => {
@@ -80,7 +81,7 @@ describe.each(['ebpf', 'iptables'] as BackendName[])('the proxy never connects t
     const refused = m.logs(logs, (l) => l.code === 'INPOD_ERR_ORIGINAL_DST' || l.code === 'INPOD_ERR_SELF_CALL');
     expect(refused).toHaveLength(1);
     expect(refused[0]!.msg).toMatch(/^connection refused/);
-    await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+    await until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, { timeoutMs: 5000 });
     expect(m.crashes).toEqual([]);
   });
 
@@ -139,7 +140,7 @@ describe('the proxy when eBPF capture cannot record its own upstream (a full map
       const r = await m.sh.outside!.connect({ host: m.pods.server!.ip, port: 8080, send: 'full', timeoutMs: 3000 });
       expect(r.ok ? r.reply : r.error).toMatch(/^$|ECONNRESET|EPIPE/);
       expect(m.logs(logs, (l) => l.code === 'INPOD_ERR_SELF_CALL')).toHaveLength(1);
-      await TestMesh.until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, 5000);
+      await until('the proxy\'s file descriptors to settle', () => TestMesh.fds() <= fds + 2, { timeoutMs: 5000 });
       expect(m.crashes).toEqual([]);
     } finally {
       for (const k of keys) own.delete(k);

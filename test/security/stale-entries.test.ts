@@ -19,18 +19,10 @@ import { TUPLE_MAPS } from '../../ts/redirect/ebpf.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
 import { BpfMap, netnsCookie, pinnedMapSpec } from '../../ts/native/index.js';
 import { decodeTuple, encodeAddr, encodeTuple } from '../../ts/native/structs.js';
-import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
 import { MARKS } from '../../ts/istio.js';
 
 const PROXY_MARK = MARKS.proxy;
-
-async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 interface Setup {
   lab: Lab;
@@ -139,14 +131,14 @@ describe('per-connection maps of the eBPF backend', () => {
       .toEqual({ tags: { app: 1000 }, errors: {} });
     // the app to its own IP
     expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000 })).toEqual({ tags: { app: 1000 }, errors: {} });
-    await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline));
+    await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline), { timeoutMs: 5000 });
   });
 
   it('drops the entry of a SYN nobody answered once its client gives up', async () => {
     // the proxy's transparent upstream to a closed app port: refused, so no server side ever completes it
     const r = await s.sh.pod.connect({ host: s.pod.ip, port: 8181, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip, port: 0 }, timeoutMs: 2000 });
     expect(r.ok).toBe(false);
-    await until('inpod_own_syn to empty', () => entries('inpod_own_syn') === 0);
+    await until('inpod_own_syn to empty', () => entries('inpod_own_syn') === 0, { timeoutMs: 5000 });
   });
 
   it("purges a pod's entries when it is unenrolled, and only that pod's", async () => {

@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
 import { buildRoute } from '../../ts/proxy/route.js';
+import { until } from '../netns/lab.js';
 
 const CONFIG = `
 workloads:
@@ -166,9 +167,9 @@ describe('hot reload', () => {
     const updates: number[] = [];
     store.on('update', (s) => updates.push(s.byIp.size));
     writeFileSync(file, 'workloads: []\n');
-    await until(() => store.health().loading);
+    await until('the store to report loading', () => store.health().loading, { intervalMs: 5 }); // a brief state: look often
     writeFileSync(file, CONFIG.replace('10.200.1.5', '10.200.1.55'));
-    await until(() => store.snapshot.byIp.has('10.200.1.55'));
+    await until('the reloaded workload', () => store.snapshot.byIp.has('10.200.1.55'));
     expect(updates.at(-1)).toBe(6);
     store.close();
   });
@@ -182,11 +183,3 @@ describe('hot reload', () => {
     store.close();
   });
 });
-
-async function until(cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}

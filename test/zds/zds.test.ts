@@ -14,6 +14,7 @@ import { openNetns } from '../../ts/redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { ZdsClient, type ZdsHandler } from '../../ts/zds/client.js';
 import { encodeRequest } from '../../ts/zds/messages.js';
+import { until } from '../netns/lab.js';
 
 const run = promisify(execFile);
 const prefix = `z${randomBytes(2).toString('hex')}`;
@@ -21,13 +22,6 @@ const netns = [`${prefix}a`, `${prefix}b`];
 const nsPath = (n: string): string => `/run/netns/${n}`;
 let dir: string;
 const fdCount = (): number => readdirSync('/proc/self/fd').length;
-const until = async (cond: () => boolean, ms = 5000): Promise<void> => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
@@ -107,7 +101,7 @@ describe('ZDS agent and proxy', () => {
     const h = new ListenerHandler();
     const client = new ZdsClient({ path, handler: h });
     client.start();
-    await until(() => ready === 1);
+    await until('the snapshot to be taken', () => ready === 1, { timeoutMs: 5000 });
     expect(h.log).toEqual(['connected', 'add p1', 'snapshot']);
     expect(await reachable(netns[0]!)).toBe(true);
     // streamed after the snapshot, acknowledged before addPod resolves
@@ -119,7 +113,7 @@ describe('ZDS agent and proxy', () => {
     client.stop();
     server.close();
     h.close();
-    await until(() => fdCount() <= baseline); // nothing leaked (an fd from an earlier test may have closed meanwhile)
+    await until('the fds to return to the baseline', () => fdCount() <= baseline, { timeoutMs: 5000 }); // nothing leaked (an fd from an earlier test may have closed meanwhile)
   });
 
   it("sends the netns the agent holds, not what its path names now: a path reused by another netns changes nothing", async () => {
@@ -155,7 +149,7 @@ describe('ZDS agent and proxy', () => {
         client.stop();
         server.close();
       });
-      await until(() => ready === 1);
+      await until('the snapshot to be taken', () => ready === 1, { timeoutMs: 5000 });
       await server.addPod({ ...heldPod, uid: 'h2' });
       expect(got).toEqual([held.cookie, held.cookie]); // the snapshot's Add and the live one
       expect(held.closed).toBe(false); // the agent's to close, not the server's
@@ -187,11 +181,11 @@ describe('ZDS agent and proxy', () => {
     });
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
-    await until(() => ready, 20_000);
+    await until('the child proxy to take the snapshot', () => ready, { timeoutMs: 20_000 });
     expect(await reachable(netns[0]!)).toBe(true);
     await server.addPod(pod('p2', netns[1]!));
     expect(await reachable(netns[1]!)).toBe(true);
-    await until(() => out.includes('add p2'));
+    await until('the child proxy to log add p2', () => out.includes('add p2'), { timeoutMs: 5000 });
     expect(out).toMatch(/add p1\n.*snapshot\n.*add p2/s);
   }, 30_000);
 
@@ -204,32 +198,33 @@ describe('ZDS agent and proxy', () => {
     const h = new ListenerHandler();
     let client = new ZdsClient({ path, handler: h, minBackoffMs: 20 });
     client.start();
-    await until(() => ready === 1);
+    await until('the snapshot to be taken', () => ready === 1, { timeoutMs: 5000 });
     // proxy restart: a new client gets Add for every pod
     client.stop();
     h.close();
     h.log.length = 0;
     client = new ZdsClient({ path, handler: h, minBackoffMs: 20 });
     client.start();
-    await until(() => ready === 2);
+    await until('the second snapshot to be taken', () => ready === 2, { timeoutMs: 5000 });
     expect(h.log).toEqual(['connected', 'add p1', 'add p2', 'snapshot']);
-    // an established connection through p1's listener
-    const conn = spawn('nsenter', [`--net=${nsPath(netns[0]!)}`, 'bash', '-c', 'exec 3<>/dev/tcp/127.0.0.1/7777; sleep 2; echo alive >&3; echo done'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let connOut = '';
-    conn.stdout!.on('data', (d) => (connOut += d));
-    await until(() => h.pods.has('p1'));
+    await until('p1 to be served', () => h.pods.has('p1'), { timeoutMs: 5000 });
     const listenerFd = h.pods.get('p1')!.listener.fd;
+    // a connection through p1's listener, left in its backlog across the agent's restart
+    const early = socketInNs(h.pods.get('p1')!.fd.fd, { family: 4, connect: { ip: '127.0.0.1', port: 7777 } });
     // agent restart; p2 was deleted meanwhile
     server.close();
     pods = [pod('p1', netns[0]!)];
     h.log.length = 0;
     server = new ZdsServer({ path, pods: () => pods, onReady: () => ready++ });
     server.start();
-    await until(() => ready === 3);
+    await until('the third snapshot to be taken', () => ready === 3, { timeoutMs: 5000 });
     expect(h.log).toEqual(['connected', 'add p1', 'snapshot', 'del p2']);
     expect(h.pods.get('p1')!.listener.fd).toBe(listenerFd); // the same listener, undisturbed
-    await new Promise((r) => conn.once('exit', r));
-    expect(connOut).toContain('done');
+    // and the connection made before the restart is still there to be accepted
+    let accepted: Fd | null = null;
+    await until('the connection from before the restart to be accepted', () => (accepted = accept(listenerFd)) !== null, { timeoutMs: 2000 });
+    accepted!.close();
+    early.close();
     client.stop();
     server.close();
     h.close();
@@ -302,13 +297,13 @@ describe('ZDS bad input', () => {
     const h = new ListenerHandler();
     const client = new ZdsClient({ path, handler: h, minBackoffMs: 20, maxBackoffMs: 50 });
     client.start();
-    await until(() => client.errors.length > 0);
+    await until('the client to see the bad input', () => client.errors.length > 0, { timeoutMs: 5000 });
     expect(client.errors[0]!.message).toMatch(message);
-    await until(() => agent.hellos() >= 2); // it came back
+    await until('the client to say hello again', () => agent.hellos() >= 2, { timeoutMs: 5000 }); // it came back
     client.stop();
     agent.close();
     h.close();
-    await until(() => fdCount() <= baseline); // nothing leaked (an fd from an earlier test may have closed meanwhile)
+    await until('the fds to return to the baseline', () => fdCount() <= baseline, { timeoutMs: 5000 }); // nothing leaked (an fd from an earlier test may have closed meanwhile)
     expect(h.pods.size).toBe(0);
   });
 
@@ -320,13 +315,14 @@ describe('ZDS bad input', () => {
     const h = new ListenerHandler();
     const bad = new ZdsClient({ path, handler: h, version: 7, minBackoffMs: 10_000 });
     bad.start();
-    await until(() => h.log.length > 0);
-    await new Promise((r) => setTimeout(r, 200));
+    await until('the client to connect', () => h.log.length > 0, { timeoutMs: 5000 });
+    // refused: the agent closes the connection instead of sending a snapshot
+    await until('the agent to close the connection', () => !bad.connected, { timeoutMs: 5000 });
     expect(ready).toBe(0);
     bad.stop();
     const good = new ZdsClient({ path, handler: h });
     good.start();
-    await until(() => ready === 1);
+    await until('the snapshot to be taken', () => ready === 1, { timeoutMs: 5000 });
     good.stop();
     server.close();
   });

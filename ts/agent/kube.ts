@@ -101,10 +101,14 @@ export class KubeSource extends EventEmitter<SourceEvents> implements ClusterSou
     return (this.#podInf?.list() ?? []) as PodObj[];
   }
 
-  /** JSON merge patch of one annotation (null removes it), through the client's own transport. */
+  /**
+   * JSON merge patch of one annotation (null removes it), through the client's own transport, on
+   * the pod's status subresource: it may change metadata too, and `patch pods/status` is a
+   * narrower grant than `patch pods` (as istio cni/pkg/util/podutil.go AnnotateEnrolledPod).
+   */
   async annotatePod(namespace: string, name: string, key: string, value: string | null): Promise<void> {
     try {
-      await this.#api.patchNamespacedPod(
+      await this.#api.patchNamespacedPodStatus(
         { namespace, name, body: { metadata: { annotations: { [key]: value } } } },
         k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
       );

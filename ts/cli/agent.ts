@@ -1,7 +1,9 @@
 /**
  * `inpod agent`: the node agent. Installs the CNI plugin (binary + conflist entry), watches the
  * cluster (or a manifest directory), captures pods with the chosen backend, serves ZDS to the
- * proxy and the plugin socket to inpod-cni. `inpod agent uninstall` removes the CNI pieces.
+ * proxy and the plugin socket to inpod-cni. On SIGTERM it removes the CNI pieces when its
+ * DaemonSet is being deleted or no longer schedules to this node, and keeps them on an upgrade
+ * or reboot (ts/agent/lifecycle.ts); `inpod agent uninstall` removes them by hand.
  */
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
@@ -10,16 +12,20 @@ import { parseArgs } from 'node:util';
 import { Agent } from '../agent/agent.js';
 import { ManifestSource } from '../agent/manifests.js';
 import { createBackend } from '../redirect/factory.js';
-import { installBinary, installConf, uninstallBinary, uninstallConf, PLUGIN_TYPE } from '../cni/conflist.js';
+import { installBinary, installConf, uninstallCni, PLUGIN_TYPE } from '../cni/conflist.js';
+import { shutdownVerdict, type OwnerLookup } from '../agent/lifecycle.js';
 import { DEFAULT_AGENT_SOCKET } from '../cni/plugin.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import type { BackendName } from '../redirect/backend.js';
+import { openNetns } from '../redirect/netns.js';
 
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
-                 [--pin-root DIR] [--health-addr HOST:PORT]
+                 [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none] [--pod-name NAME --pod-namespace NS]
+                 (its own pod, POD_NAME / POD_NAMESPACE by default: read at shutdown to tell an
+                 uninstall, which removes inpod-cni, from an upgrade or reboot, which keeps it)
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
 
 const OPTIONS = {
@@ -35,48 +41,98 @@ const OPTIONS = {
   'state-dir': { type: 'string', default: '/var/run/inpod' },
   'pin-root': { type: 'string' },
   'health-addr': { type: 'string', default: '127.0.0.1:15022' },
+  'pod-name': { type: 'string' },
+  'pod-namespace': { type: 'string' },
+  // the node's netns: its local sockets (kubelet's probes) reach pods uncaptured; "none": captured too
+  'host-netns': { type: 'string' },
 } as const;
+
+/** The host's netns as the agent (hostPID) sees it: init's. */
+export const DEFAULT_HOST_NETNS = '/proc/1/ns/net';
 
 export async function agentCommand(argv: string[]): Promise<void> {
   const uninstall = argv[0] === 'uninstall';
   const { values: v } = parseArgs({ args: uninstall ? argv.slice(1) : argv, options: OPTIONS, strict: true });
   const log = logger('agent');
   if (uninstall) {
-    uninstallConf(v['cni-conf-dir']!);
-    uninstallBinary(v['cni-bin-dir']!);
-    log.info({ confDir: v['cni-conf-dir'], binDir: v['cni-bin-dir'] }, 'inpod-cni removed from the CNI config');
+    const removed = uninstallCni(v['cni-bin-dir']!, v['cni-conf-dir']!);
+    log.info({ confDir: v['cni-conf-dir'], binDir: v['cni-bin-dir'], ...removed }, 'inpod-cni removed from the CNI config');
     return;
   }
   const backendName = v.backend as BackendName;
   if (backendName !== 'ebpf' && backendName !== 'iptables') throw new MeshError('INPOD_ERR_USAGE', `--backend ${v.backend}: use ebpf or iptables`);
   const node = v.node ?? process.env.NODE_NAME ?? '';
   if (!v.manifests && !node) throw new MeshError('INPOD_ERR_USAGE', 'inpod agent needs --node NAME (or NODE_NAME) to watch this node\'s pods');
+  const podName = v['pod-name'] ?? process.env.POD_NAME ?? '';
+  const podNamespace = v['pod-namespace'] ?? process.env.POD_NAMESPACE ?? '';
+  if (!v.manifests && (!podName || !podNamespace)) {
+    throw new MeshError('INPOD_ERR_USAGE', `inpod agent needs its own pod's ${!podName ? 'name' : 'namespace'} to decide at shutdown whether its DaemonSet is being removed (then it removes inpod-cni) or rolled (then it keeps it): ` +
+      'set POD_NAME and POD_NAMESPACE from the downward API (fieldRef metadata.name and metadata.namespace, as deploy/agent-daemonset.yaml does) or pass --pod-name and --pod-namespace');
+  }
   // the Kubernetes client (~70 MB resident) is loaded only when the state comes from the API
-  const source = v.manifests
-    ? new ManifestSource(v.manifests, node || undefined)
-    : await import('../agent/kube.js').then(({ KubeSource, loadKubeConfig }) => new KubeSource(loadKubeConfig(v.kubeconfig), node));
-  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] });
+  const kube = v.manifests ? undefined : await import('../agent/kube.js').then(async ({ KubeSource, loadKubeConfig }) => {
+    const kc = loadKubeConfig(v.kubeconfig);
+    const { SelfOwner } = await import('../agent/selfowner.js');
+    return { source: new KubeSource(kc, node), owner: new SelfOwner(kc, { podName, podNamespace, nodeName: node }) };
+  });
+  const source = kube?.source ?? new ManifestSource(v.manifests!, node || undefined);
+  const hostNetns = hostNetnsSetting(v['host-netns'], log);
+  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
   await backend.install();
 
-  // The plugin entry stays across our restarts so new pods wait for us instead of starting uncaptured.
-  if (v['cni-conf-dir']) installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, v['cni-socket']!, log);
+  // The plugin entry stays across our restarts so new pods wait for us instead of starting
+  // uncaptured; it goes only when this node will get no agent again (shutdown below).
+  const stopInstalling = installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, v['cni-socket']!, log);
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
 
   const agent = new Agent({ source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']! });
   const health = startHealth(v['health-addr']!, agent);
-  await agent.start();
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      agent.stop();
-      health.close();
-      resolve();
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  });
+  if (kube) void kube.owner.remember();
+  await Promise.race([agent.start(), signalled]);
+  const signal = await signalled;
+
+  // As istio-cni on shutdown (cni/pkg/cmd/root.go): decide, remove the plugin if no agent comes
+  // back here, then stop serving (a pod whose ADD is under way is still answered meanwhile).
+  stopInstalling();
+  const lookup: OwnerLookup = kube ? await kube.owner.lookup() : { state: 'no-api' };
+  const verdict = shutdownVerdict(lookup);
+  if (verdict.cleanup) {
+    const removed = uninstallCni(v['cni-bin-dir']!, v['cni-conf-dir']!);
+    log.info({ signal, reason: verdict.reason, ...removed }, 'shutting down: inpod-cni removed; running pods keep their capture until they go');
+  } else {
+    log.info({ signal, reason: verdict.reason }, 'shutting down: inpod-cni stays installed');
+  }
+  agent.stop();
+  health.close();
 }
 
-function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): void {
+/**
+ * --host-netns: a path given must open (else the agent stops with the error); "none" names no
+ * netns. Without the flag, init's netns, unless it cannot be opened (no hostPID, a sandbox that
+ * hides pid 1): then none, with a warning. Either "none" leaves the node's probes captured, as
+ * they were before inpod knew the host netns: never a wider pass than asked for.
+ */
+function hostNetnsSetting(flag: string | undefined, log: ReturnType<typeof logger>): string | undefined {
+  if (flag === 'none') return undefined;
+  if (flag !== undefined) return flag;
+  try {
+    openNetns(DEFAULT_HOST_NETNS).close();
+    return DEFAULT_HOST_NETNS;
+  } catch (e) {
+    log.warn({ err: (e as Error).message, path: DEFAULT_HOST_NETNS }, 'host netns not readable: kubelet probes to mesh pods stay captured ' +
+      '(run the agent with hostPID, or pass --host-netns)');
+    return undefined;
+  }
+}
+
+
+/** Installs the plugin, retrying every 5 s until the node's own CNI config exists; returns a stop. */
+function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): () => void {
   const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'cni', 'bin.js');
+  let timer: NodeJS.Timeout | undefined;
   const attempt = (): void => {
     try {
       installBinary(binDir, process.execPath, script);
@@ -84,10 +140,11 @@ function installCni(binDir: string, confDir: string, socket: string, log: Return
       log.info({ file }, 'inpod-cni chained into the CNI config');
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'CNI install not possible yet; retrying in 5 s');
-      setTimeout(attempt, 5000).unref();
+      timer = setTimeout(attempt, 5000).unref();
     }
   };
   attempt();
+  return () => clearTimeout(timer);
 }
 
 function startHealth(addr: string, agent: Agent): http.Server {

@@ -21,6 +21,7 @@ const OPTIONS = {
   'exclude-inbound-ports': { type: 'string' },
   'exclude-outbound-ports': { type: 'string' },
   'exclude-outbound-cidrs': { type: 'string' },
+  'host-netns': { type: 'string' },
 } as const;
 
 export const REDIRECT_USAGE = `usage:
@@ -30,7 +31,9 @@ export const REDIRECT_USAGE = `usage:
   inpod redirect unenroll --netns PATH [--backend ebpf|iptables]
   inpod redirect list     [--backend ebpf|iptables]
   inpod redirect uninstall [--backend ebpf|iptables]
-common: [--pin-root DIR (default /sys/fs/bpf/inpod)] [--state-dir DIR (default /var/run/inpod)]`;
+common: [--pin-root DIR (default /sys/fs/bpf/inpod)] [--state-dir DIR (default /var/run/inpod)]
+        [--host-netns PATH: the node's netns, whose own connections (kubelet's probes) reach pods
+         uncaptured; enroll installs it, unenroll and uninstall remove its iptables rules (default: none)]`;
 
 function ports(v: string | undefined, flag: string): number[] | undefined {
   if (v === undefined) return undefined;
@@ -51,7 +54,7 @@ function backendName(v: string | undefined): BackendName | undefined {
 export async function redirectCommand(argv: string[]): Promise<unknown> {
   const [sub, ...rest] = argv;
   const { values: v } = parseArgs({ args: rest, options: OPTIONS, strict: true });
-  const opts: BackendOptions = { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'] };
+  const opts: BackendOptions = { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns: v['host-netns'] };
   const chosen = backendName(v.backend);
   /** The pod's netns, opened once for the whole command (every backend call gets the same fd). */
   const needNetns = (): PodNetns => {
@@ -72,6 +75,8 @@ export async function redirectCommand(argv: string[]): Promise<unknown> {
       const b = await createBackend(chosen ?? 'ebpf', opts);
       const ns = needNetns();
       try {
+        // the host netns is a node-wide setting: written by install, also over an earlier one
+        if (opts.hostNetns !== undefined) await b.install();
         return await b.enroll(ns, settings);
       } finally {
         ns.close();

@@ -73,9 +73,10 @@ export function installConf(confDir: string, entry: PluginEntry): string {
   return target;
 }
 
-/** Removes exactly our entry from every conflist in confDir. */
-export function uninstallConf(confDir: string): void {
-  if (!existsSync(confDir)) return;
+/** Removes exactly our entry from every conflist in confDir; returns the files it rewrote. Idempotent. */
+export function uninstallConf(confDir: string): string[] {
+  const changed: string[] = [];
+  if (!existsSync(confDir)) return changed;
   for (const f of readdirSync(confDir).filter((n) => n.endsWith('.conflist'))) {
     const path = join(confDir, f);
     let list: ConfList;
@@ -86,7 +87,9 @@ export function uninstallConf(confDir: string): void {
     }
     if (!Array.isArray(list.plugins) || !list.plugins.some((p) => p.type === PLUGIN_TYPE)) continue;
     writeAtomic(path, `${JSON.stringify(withoutPlugin(list), null, 2)}\n`);
+    changed.push(path);
   }
+  return changed;
 }
 
 /** Installs the plugin executable: a wrapper that runs this Node with the plugin script. */
@@ -97,6 +100,20 @@ export function installBinary(binDir: string, nodePath: string, pluginScript: st
   return path;
 }
 
-export function uninstallBinary(binDir: string): void {
-  rmSync(join(binDir, PLUGIN_TYPE), { force: true });
+/** Removes the plugin executable; returns whether there was one. Idempotent. */
+export function uninstallBinary(binDir: string): boolean {
+  const path = join(binDir, PLUGIN_TYPE);
+  const had = existsSync(path);
+  rmSync(path, { force: true });
+  return had;
+}
+
+/**
+ * Everything the agent installed for the plugin, removed: the entry first (from then on the
+ * runtime no longer calls the plugin), then the binary. What an uninstall does on shutdown and
+ * `inpod agent uninstall` does by hand (istio cni/pkg/install/install.go Cleanup).
+ */
+export function uninstallCni(binDir: string, confDir: string): { confFiles: string[]; binary: boolean } {
+  const confFiles = uninstallConf(confDir);
+  return { confFiles, binary: uninstallBinary(binDir) };
 }

@@ -94,6 +94,8 @@ export interface NativeAddon {
   mapLookup(fd: number, key: Buffer, valueSize: number): Buffer | number;
   mapDelete(fd: number, key: Buffer): number;
   mapNextKey(fd: number, key: Buffer | null, keySize: number): Buffer | number;
+  /** one BPF_PROG_TEST_RUN; ctx and data come back as the run left them */
+  progTestRun(progFd: number, ctx: Buffer | null, data: Buffer | null): { retval: number; ctx: Buffer | null; data: Buffer | null } | number;
   numPossibleCpus(): number;
   probeProgType(type: number): number;
   probeHelper(progType: number, helper: number): number;

@@ -262,6 +262,21 @@ export function linkUpdate(linkFd: number, progFd: number): void {
 export function linkInfo(fd: number): LinkInfoRaw {
   return check('bpf(BPF_OBJ_GET_INFO_BY_FD)', addon().linkInfo(fd));
 }
+/** What one BPF_PROG_TEST_RUN gave back: the program's return value, its context and packet after the run. */
+export interface TestRun {
+  retval: number;
+  ctx: Buffer | null;
+  data: Buffer | null;
+}
+/**
+ * Runs a loaded program once in the kernel on `ctx` (the program type's context struct, e.g.
+ * struct bpf_sk_lookup) and/or `data` (a packet), against the maps it holds: for tests of a
+ * program's decisions without traffic. Throws SyscallError with the kernel's errno: EINVAL for a
+ * context it refuses, ENOTSUPP (524) for a program type it cannot test-run.
+ */
+export function progTestRun(progFd: number, o: { ctx?: Buffer; data?: Buffer }): TestRun {
+  return check('bpf(BPF_PROG_TEST_RUN)', addon().progTestRun(progFd, o.ctx ?? null, o.data ?? null));
+}
 export function numPossibleCpus(): number {
   return check('libbpf_num_possible_cpus', addon().numPossibleCpus());
 }

@@ -17,7 +17,7 @@ import { PolicyAuthorizer } from '../policy/authorizer.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
 import { HbonePool } from './pool.js';
 import type { HboneLimits } from './hbone/limits.js';
-import type { PodInputs } from './inputs.js';
+import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
 import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
 
@@ -42,6 +42,11 @@ export interface ZtunnelOptions {
   sameNode?: 'hbone' | 'direct';
   /** per-peer limits and keepalive of HBONE connections, both ends (defaults: hbone/limits.ts) */
   hbone?: Partial<HboneLimits>;
+  /**
+   * Makes the proxy of one pod sandbox (default: a PodProxy, whose start() opens the pod's
+   * listeners inside its netns). Tests of the pods' lifecycle pass one that opens nothing.
+   */
+  podProxy?: (info: PodInfo, netns: Fd, deps: ProxyDeps) => PodProxy;
 }
 
 export class Ztunnel {
@@ -91,7 +96,7 @@ export class Ztunnel {
       netns.close();
       return;
     }
-    const pod = new PodProxy(info, netns, {
+    const pod = (this.opts.podProxy ?? newPodProxy)(info, netns, {
       state: this.opts.state,
       certs: this.certs,
       pool: this.pool,
@@ -155,6 +160,10 @@ export class Ztunnel {
     this.pool.close();
     this.fastPath.close();
   }
+}
+
+function newPodProxy(info: PodInfo, netns: Fd, deps: ProxyDeps): PodProxy {
+  return new PodProxy(info, netns, deps);
 }
 
 /**

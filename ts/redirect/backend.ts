@@ -63,13 +63,22 @@ export interface BackendOptions {
   pinRoot?: string;
   /** Directory for the backends' records of enrolled pods (default /var/run/inpod). */
   stateDir?: string;
+  /**
+   * The node's own network namespace (the host's: kubelet's sockets live there), as a path. Its
+   * local sockets' connections to an enrolled pod reach the app uncaptured: kubelet's probes
+   * (eBPF: recorded at connect, ARCHITECTURE.md; iptables: Istio's host SNAT to the probe source,
+   * installed in this netns). Forwarded traffic stays captured. Unset: no netns is the node's,
+   * every connection to a pod is captured. The agent passes /proc/1/ns/net unless told otherwise.
+   */
+  hostNetns?: string;
 }
 
 export interface RedirectBackend {
   readonly name: BackendName;
   /**
-   * Installs the host-level parts (eBPF: programs loaded, attached at the cgroup and pinned;
-   * iptables: nothing host-wide). Idempotent; a second call reuses what is pinned.
+   * Installs the host-level parts (eBPF: programs loaded, attached at the cgroup and pinned, the
+   * host netns's cookie written; iptables: the probe SNAT chain in the host netns, when one is
+   * named). Idempotent; a second call reuses what is pinned and rewrites the host netns setting.
    */
   install(): Promise<void>;
   /**

@@ -52,7 +52,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { discoverPodIps, transparentReturnRouting, withNetns } from './netns.js';
+import { discoverPodIps, openNetns, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -105,11 +105,14 @@ export class EbpfBackend implements RedirectBackend {
   readonly name = 'ebpf' as const;
   readonly pinRoot: string;
   readonly cgroupPath: string;
+  /** BackendOptions.hostNetns: written into inpod_host_ns by install() */
+  readonly hostNetns: string | undefined;
   readonly #recordDir: string;
 
   constructor(opts: BackendOptions = {}) {
     this.pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
     this.cgroupPath = opts.cgroupPath ?? defaultCgroup();
+    this.hostNetns = opts.hostNetns;
     // Records only remember the netns path and settings for `list`; the maps are the truth.
     const stateDir = opts.stateDir ?? '/var/run/inpod';
     this.#recordDir = join(stateDir, this.pinRoot === DEFAULT_PIN_ROOT ? 'ebpf' : `ebpf-${basename(this.pinRoot)}`);
@@ -168,8 +171,29 @@ export class EbpfBackend implements RedirectBackend {
       }
       // Every program now uses the current maps; the old ones would only pin memory.
       for (const name of OBSOLETE_PINS) rmSync(this.#pin(name), { force: true });
+      this.#writeHostNetns();
     } finally {
       cg.close();
+    }
+  }
+
+  /**
+   * Names the node's netns to the programs (inpod_host_ns): its sockets' connections to enrolled
+   * pods (kubelet's probes) are recorded at connect and reach the app uncaptured. 0 = none.
+   */
+  #writeHostNetns(): void {
+    let cookie = 0n;
+    if (this.hostNetns !== undefined) {
+      const ns = openNetns(this.hostNetns);
+      cookie = ns.cookie;
+      ns.close();
+    }
+    const m = this.#openMap('inpod_host_ns');
+    if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map inpod_host_ns is not pinned under ${this.pinRoot} after loading the programs`);
+    try {
+      m.update(Buffer.alloc(4) /* key 0 of the one-entry array */, encodeU64(cookie));
+    } finally {
+      m.close();
     }
   }
 

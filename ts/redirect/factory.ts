@@ -1,3 +1,7 @@
+/**
+ * The one place a redirection backend is chosen: `createBackend` returns the named backend,
+ * wrapped so that it never enrolls a pod the other backend already captures.
+ */
 import { MeshError } from '../util/errors.js';
 import { withNetns } from './netns.js';
 import type { BackendName, BackendOptions, EnrolledPod, NetnsRef, PodSettings, RedirectBackend } from './backend.js';

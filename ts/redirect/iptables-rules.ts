@@ -103,3 +103,59 @@ export function inspectSave(save: string): { chains: Table[]; jumps: Table[]; dr
   }
   return { chains, jumps, drain };
 }
+
+/**
+ * istio-cni's host rule for kubelet probes (istio cni/pkg/iptables/iptables.go AppendHostRules,
+ * testdata/hostprobe.golden), installed in the node's netns: a TCP connection that a local socket
+ * (`--socket-exists`: kubelet, never a forwarded packet) opens to a captured pod leaves with the
+ * probe source, which the pod's own rules let through (ISTIO_PRERT -s <probe source> ACCEPT).
+ * Istio matches an ipset of the pod IPs; here each pod IP is one rule that enroll adds and
+ * unenroll removes, so no ipset tool is needed (the chain is walked once per new connection
+ * the node itself opens).
+ */
+export const HOST_CHAIN = 'ISTIO_POSTRT';
+
+/** One pod IP's rule, in iptables-save's own form (after "-A ISTIO_POSTRT "). */
+export function hostProbeRule(podIp: string, probeSource: string): string {
+  return `-d ${podIp}/32 -p tcp -m owner --socket-exists -j SNAT --to-source ${probeSource}`;
+}
+
+/** The rules of the host chain in `iptables-save -t nat` output, with the pod IP each names. */
+export function hostRulesInSave(save: string): { ip: string; rule: string }[] {
+  const out: { ip: string; rule: string }[] = [];
+  for (const line of save.split('\n')) {
+    const m = /^-A ISTIO_POSTRT (-d (\d+\.\d+\.\d+\.\d+)\/32 .*)$/.exec(line.trim());
+    if (m) out.push({ ip: m[2]!, rule: m[1]! });
+  }
+  return out;
+}
+
+/**
+ * A shell script (run inside the node's netns, `ipt` the iptables command) that makes sure the
+ * chain and its jump from nat POSTROUTING exist (first, as Istio inserts it) and then `rules`,
+ * each once. Concurrent runs may add a jump or a rule twice, which changes nothing (SNAT ends the
+ * chain) and removal takes every copy; `-w` waits for the xtables lock.
+ */
+export function hostAddScript(ipt: string, rules: string[]): string {
+  const t = `${ipt} -w -t nat`;
+  return [
+    `${t} -N ${HOST_CHAIN} 2>/dev/null || true`,
+    `${t} -C POSTROUTING -j ${HOST_CHAIN} 2>/dev/null || ${t} -I POSTROUTING 1 -j ${HOST_CHAIN}`,
+    ...rules.map((r) => `${t} -C ${HOST_CHAIN} ${r} 2>/dev/null || ${t} -A ${HOST_CHAIN} ${r}`),
+  ].join('\n');
+}
+
+/** A shell script removing every copy of `rules` from the host chain. */
+export function hostDeleteScript(ipt: string, rules: string[]): string {
+  const t = `${ipt} -w -t nat`;
+  return [...rules.map((r) => `while ${t} -C ${HOST_CHAIN} ${r} 2>/dev/null; do ${t} -D ${HOST_CHAIN} ${r} || exit 1; done`), 'true'].join('\n');
+}
+
+/** A shell script removing the host chain and its jumps (uninstall). */
+export function hostRemoveScript(ipt: string): string {
+  const t = `${ipt} -w -t nat`;
+  return [
+    `while ${t} -C POSTROUTING -j ${HOST_CHAIN} 2>/dev/null; do ${t} -D POSTROUTING -j ${HOST_CHAIN} || exit 1; done`,
+    `if ${t} -S ${HOST_CHAIN} >/dev/null 2>&1; then ${t} -F ${HOST_CHAIN} && ${t} -X ${HOST_CHAIN}; fi`,
+  ].join('\n');
+}

@@ -4,7 +4,8 @@
  * (ts/istio.ts) with a local default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
  * either. State lives in the netns; a record per pod (path, settings) only serves `list`. The
  * iptables processes enter the netns the caller holds (through /proc/<agent pid>/fd/<fd>), never
- * the path again.
+ * the path again. With a host netns named (BackendOptions.hostNetns), Istio's host SNAT of
+ * kubelet probes is kept there too (iptables-host.ts).
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { runProgram, type Runner } from '../util/run.js';
 import { normalizeSettings, type BackendOptions, type EnrolledPod, type NetnsRef, type PodNetns, type PodSettings, type RedirectBackend } from './backend.js';
 import { discoverPodIps, netnsProcPath, openNetns, withNetns } from './netns.js';
 import { CONNMARK, inspectSave, podRules, removalInput, restoreInput, type Table } from './iptables-rules.js';
+import { HostProbeRules } from './iptables-host.js';
 import { ROUTE_TABLE } from '../istio.js';
 
 export type IptablesFlavor = 'legacy' | 'nft';
@@ -30,17 +32,25 @@ export class IptablesBackend implements RedirectBackend {
   readonly #run: Runner;
   readonly #flavor: IptablesFlavor;
   readonly #recordDir: string;
+  /** Istio's probe SNAT in the node's netns; null when no host netns is named */
+  readonly #host: HostProbeRules | null;
 
   constructor(opts: IptablesOptions = {}) {
     this.#run = opts.run ?? runProgram;
     const want = opts.iptables ?? (process.env.INPOD_IPTABLES as IptablesFlavor | undefined) ?? 'auto';
     this.#flavor = want === 'auto' ? (binaryExists('iptables-nft-restore') ? 'nft' : 'legacy') : want;
     this.#recordDir = join(opts.stateDir ?? '/var/run/inpod', 'iptables');
+    const installed = (): IptablesFlavor[] => (['legacy', 'nft'] as const).filter((f) => binaryExists(`iptables-${f}-save`));
+    this.#host = opts.hostNetns === undefined ? null : new HostProbeRules(opts.hostNetns, this.#run, this.#flavor, installed);
   }
 
-  async install(): Promise<void> {}
+  /** The probe chain in the host netns, when one is named (pods add their rules at enroll). */
+  async install(): Promise<void> {
+    await this.#host?.add([], '');
+  }
   async uninstall(): Promise<void> {
     for (const p of await this.list()) await this.unenroll(p.netns);
+    await this.#host?.uninstall();
   }
 
   async enroll(netns: NetnsRef, partial: Partial<PodSettings> = {}): Promise<EnrolledPod> {
@@ -58,6 +68,8 @@ export class IptablesBackend implements RedirectBackend {
     const hasJumps = { raw: current.jumps.includes('raw'), mangle: current.jumps.includes('mangle'), nat: current.jumps.includes('nat') };
     await this.#ipt(ns, flavor, restoreInput(podRules(settings), hasJumps, current.drain));
     await this.#sh(ns, `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764; ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`);
+    // the pod's rules exempt the probe source first, then the node starts sending probes from it
+    await this.#host?.add(podIps, settings.probeSource);
     const pod: EnrolledPod = { netns: ns.path, backend: 'iptables', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
     mkdirSync(this.#recordDir, { recursive: true });
     writeFileSync(join(this.#recordDir, `${cookie}.json`), JSON.stringify(pod));
@@ -66,6 +78,11 @@ export class IptablesBackend implements RedirectBackend {
 
   async unenroll(netns: NetnsRef): Promise<void> {
     await withNetns(netns, async (ns) => {
+      if (this.#host) {
+        // the node stops SNATing to the probe source before the pod stops exempting it
+        const ips = this.#readRecord(ns.cookie)?.podIps ?? (await discoverPodIps(ns).catch(() => []));
+        await this.#host.remove(ips);
+      }
       for (const f of await this.#inspect(ns)) {
         if (f.chains.length === 0) continue;
         await this.#ipt(ns, f.flavor, removalInput(f.chains, f.jumps));
@@ -133,10 +150,21 @@ export class IptablesBackend implements RedirectBackend {
     const wanted = new Set<string>();
     for (const [netns, settings] of keep) wanted.add((await this.enroll(netns, settings)).cookie);
     for (const p of await this.list()) if (!wanted.has(p.cookie)) await this.unenroll(p.netns);
-    return this.list();
+    const left = await this.list();
+    // probe rules of pods that went while nobody was there to unenroll them
+    await this.#host?.prune(new Set(left.flatMap((p) => p.podIps)));
+    return left;
   }
 
   /* ------------------------------------------------------------------ internals */
+
+  #readRecord(cookie: bigint): EnrolledPod | null {
+    try {
+      return JSON.parse(readFileSync(join(this.#recordDir, `${cookie}.json`), 'utf8')) as EnrolledPod;
+    } catch {
+      return null;
+    }
+  }
 
   async #inspect(ns: PodNetns): Promise<{ flavor: IptablesFlavor; chains: Table[]; jumps: Table[]; drain: boolean }[]> {
     const out = [];

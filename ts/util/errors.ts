@@ -56,13 +56,16 @@ export class SyscallError extends Error {
   }
 }
 
+/** Kernel-internal errnos that reach userspace from bpf(2) and that libuv does not name. */
+const KERNEL_ERRNOS: Record<number, string> = { 524: 'ENOTSUPP' };
+
 /** errno (positive) -> 'ENOENT'. */
 export function errnoName(errno: number): string {
-  try {
-    return getSystemErrorName(-Math.abs(errno));
-  } catch {
-    return `E${Math.abs(errno)}`;
-  }
+  const n = Math.abs(errno);
+  if (KERNEL_ERRNOS[n]) return KERNEL_ERRNOS[n]!;
+  const name = getSystemErrorName(-n);
+  // libuv answers "Unknown system error -N" for numbers it does not know
+  return name.startsWith('Unknown') ? `E${n}` : name;
 }
 
 /** Native calls return a negative errno on failure; this turns that into a SyscallError. */

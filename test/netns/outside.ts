@@ -1,0 +1,46 @@
+/**
+ * Another host behind the simulated node: a netns wired to the node netns by a veth and routed
+ * through it, as another node (or anything off-node) is. Its connections to pods are packets the
+ * node forwards, never sockets of the node's own. With `masquerade`, the node rewrites their
+ * source to its own address on the bridge, the address its own probes come from. Names carry the
+ * lab's prefix; `destroy()` removes the netns (the node side goes with the lab's node netns).
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Lab } from './lab.js';
+
+const run = promisify(execFile);
+
+/** Outside every lab subnet (10.200.1-250.0/24), inside the tests' 10.200.0.0/16. */
+const NODE_SIDE = '10.200.253.1';
+const OUTSIDE = '10.200.253.2';
+
+export interface Outside {
+  netnsPath: string;
+  ip: string;
+  destroy(): Promise<void>;
+}
+
+export async function routedOutside(lab: Lab, o: { masquerade: boolean }): Promise<Outside> {
+  const name = `${lab.prefix}ext`;
+  const [nodeIf, extIf] = [`${lab.prefix}xn`, `${lab.prefix}xe`];
+  const inNode = (...argv: string[]) => run('nsenter', [`--net=${lab.nodeNetnsPath}`, ...argv]);
+  const inExt = (...argv: string[]) => run('ip', ['-n', name, ...argv]);
+  await run('ip', ['netns', 'add', name]);
+  const destroy = async (): Promise<void> => void (await run('ip', ['netns', 'del', name]).catch(() => {}));
+  try {
+    await run('ip', ['link', 'add', nodeIf, 'netns', lab.node.nodeNetns, 'type', 'veth', 'peer', 'name', extIf, 'netns', name]);
+    await inNode('ip', 'addr', 'add', `${NODE_SIDE}/30`, 'dev', nodeIf);
+    await inNode('ip', 'link', 'set', nodeIf, 'up');
+    await inNode('sysctl', '-qw', 'net.ipv4.ip_forward=1');
+    await inExt('link', 'set', 'lo', 'up');
+    await inExt('addr', 'add', `${OUTSIDE}/30`, 'dev', extIf);
+    await inExt('link', 'set', extIf, 'up');
+    await inExt('route', 'add', 'default', 'via', NODE_SIDE);
+    if (o.masquerade) await inNode('iptables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE}/32`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+  return { netnsPath: `/run/netns/${name}`, ip: OUTSIDE, destroy };
+}
