@@ -374,6 +374,51 @@ describe('userspace relay: hooks the fast path composes', () => {
     expect((await serverGot).toString()).toBe('first second');
   });
 
+  it('keeps a side open after its end while its direction still reads it, though its write side had finished', async () => {
+    // The fast path reads a handed-back socket directly after Node's EOF (its last bytes may come
+    // later). Node closes a socket whose both sides are done as soon as it emits 'end': here the
+    // server's side had already been shut (the client's end came first), so it would close the
+    // socket, and its fd, under that read.
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {});
+      s.resume();
+      s.once('end', () => s.end('bye'));
+    });
+    const serverPort = await listen(server);
+    let open: boolean | undefined;
+    let report!: (r: RelayCounts) => void;
+    const reported = new Promise<RelayCounts>((ok) => (report = ok));
+    const proxy = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (down) => {
+      down.on('error', () => {});
+      void connect(serverPort).then((up) => {
+        const r: Relay = new Relay(down, up, report, {
+          eof: (p) => {
+            if (p !== r.ba) return p.end();
+            // a direct read of the socket goes on for a while after Node's EOF
+            setImmediate(() => setImmediate(() => {
+              open = !up.destroyed;
+              p.end();
+            }));
+          },
+        }).start();
+      });
+    });
+    try {
+      const c = await connect(await listen(proxy));
+      c.on('error', () => {});
+      c.end();
+      const got: Buffer[] = [];
+      c.on('data', (d: Buffer) => got.push(d));
+      const r = await reported;
+      expect(open).toBe(true);
+      expect(r).toEqual({ aToB: 0, bToA: 3 });
+      await until(() => Buffer.concat(got).toString() === 'bye');
+    } finally {
+      await new Promise((r) => proxy.close(r));
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it('runs the mark once, when the bytes both ways first reach it', async () => {
     let marks = 0;
     const server = net.createServer({ allowHalfOpen: true }, (s) => s.pipe(s));

@@ -13,8 +13,8 @@
  * both (a socket with RST, a stream by destroy(): RST_STREAM), so neither peer takes a cut stream
  * for a whole one. (Node ends an HTTP/2 stream's readable side on RST_STREAM too, but says
  * 'aborted' first: that is a reset here, not an end.) `done` runs once: when both directions
- * have ended, or at the reset. After a clean end a socket is closed only once Node has handed
- * the kernel what it still holds for it.
+ * have ended, or at the reset. The relay closes its sockets itself, Node does not: after a clean
+ * end once Node has handed the kernel what it still holds for them.
  *
  * Lean by design, the proxy holds one per open connection: a Relay and two Pumps, and listeners
  * shared by every relay that find their pump through a symbol on the stream. No closure per
@@ -101,6 +101,19 @@ export function startReading(s: Duplex): void {
   s.resume();
 }
 
+/**
+ * The relay decides when its sockets close (at its end, or at a reset). Node would close a
+ * socket as soon as both its sides are done, i.e. at its 'end' when its write side had
+ * finished: under the fast path, which reads a handed-back socket's fd directly after that
+ * 'end' until its last bytes are in, the fd would close (and its number could be reused) under
+ * that read.
+ */
+function keepOpen(s: net.Socket): void {
+  const states = s as unknown as { _readableState: { autoDestroy: boolean }; _writableState: { autoDestroy: boolean } };
+  states._readableState.autoDestroy = false;
+  states._writableState.autoDestroy = false;
+}
+
 /** Resets a side: a TCP socket with RST, anything else (an HTTP/2 stream) by destroy(). */
 function reset(s: Duplex): void {
   if (s.destroyed) return;
@@ -115,10 +128,13 @@ function reset(s: Duplex): void {
   s.destroy();
 }
 
-/** A socket whose write side ended closes once Node has handed the kernel every byte it holds for it. */
+/**
+ * Closes a socket whose write side ended, at once when Node holds nothing more for it (the
+ * kernel sends what it has, then the FIN), else once Node has handed the kernel the rest.
+ */
 function closeWhenFlushed(s: Duplex): void {
   if (s.destroyed || !(s instanceof net.Socket)) return;
-  if (s.writableFinished) s.destroy();
+  if (s.writableLength === 0) s.destroy();
   else s.once('finish', destroySelf);
 }
 
@@ -251,7 +267,8 @@ export class Relay {
     this.ba = new Pump(this, b, a);
     for (const s of [a, b]) {
       s.on('error', onError).on('drain', onDrain).once('close', onClose);
-      if (!(s instanceof net.Socket)) s.once('aborted', onAborted);
+      if (s instanceof net.Socket) keepOpen(s);
+      else s.once('aborted', onAborted);
     }
   }
 

@@ -266,7 +266,7 @@ export class Splice {
   #onHup(w: Way, e: Ends, revents: number): void {
     const s = w.dir.state;
     // handed back: Node reads X now and hears of its end itself
-    if (this.#relay.over || !(s === 'kernel' || s === 'draining' || s === 'done')) return;
+    if (this.#relay.over || !this.#live() || !(s === 'kernel' || s === 'draining' || s === 'done')) return;
     let err = 0;
     try {
       err = sockError(e.fromFd);
@@ -377,11 +377,21 @@ export class Splice {
   async #waitUntil(cond: () => boolean, ms: number, immediate = 2): Promise<boolean> {
     const deadline = Date.now() + ms;
     for (let i = 0; !this.#relay.over; i++) {
+      // `cond` reads the sockets' fds: never once a socket is closed (its fd may be another's)
+      if (!this.#live()) {
+        this.abort(new MeshError('INPOD_ERR_FASTPATH', 'fast path: a spliced socket was closed while its connection was relayed'));
+        return false;
+      }
       if (cond()) return true;
       if (Date.now() > deadline) return false;
       await new Promise((r) => (i < immediate ? setImmediate(r) : setTimeout(r, 1)));
     }
     return false;
+  }
+
+  /** Both sockets are open, so the fds the splice reads directly are still theirs. */
+  #live(): boolean {
+    return !this.#relay.a.destroyed && !this.#relay.b.destroyed;
   }
 
   /**
