@@ -6,10 +6,11 @@ BPF_SKELS := $(patsubst bpf/%.bpf.c,build/%.skel.h,$(BPF_SRCS))
 BPF_HDRS := $(wildcard bpf/include/*.h)
 ADDON := addon/build/Release/inpod_native.node
 DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptables nftables \
-	containernetworking-plugins util-linux procps python3 python3-h2 openssl tshark socat iperf3 nginx-light wrk gcc
+	containernetworking-plugins util-linux procps python3 python3-h2 openssl tshark socat iperf3 nginx-light wrk gcc \
+	libjansson-dev
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
-.PHONY: all deps build bpf addon ts test demo clean bench bench-tools deploy-check
+.PHONY: all deps build bpf addon ts test demo clean bench bench-tools plugin deploy-check
 
 all: build
 
@@ -26,7 +27,7 @@ deps: node_modules/.package-lock.json
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-build: deps bpf addon ts bench-tools
+build: deps bpf addon ts bench-tools plugin
 
 build/vmlinux.h:
 	@mkdir -p build
@@ -56,6 +57,14 @@ build/inpod-connrate: bench/connrate.c
 	gcc -O2 -Wall -pthread -o $@ $<
 
 bench-tools: build/inpod-fwd build/inpod-connrate
+
+# The CNI plugin the agent copies to the host: static (glibc and jansson's libjansson.a), so the
+# host runs it with nothing from the image and none of its own libraries (ARCHITECTURE.md, "CNI").
+build/inpod-cni: cni/inpod-cni.c cni/input.h
+	@mkdir -p build
+	gcc -O2 -Wall -Wextra -Werror -static -s -o $@ cni/inpod-cni.c -ljansson -lm
+
+plugin: build/inpod-cni
 
 ts:
 	node_modules/.bin/tsc -p tsconfig.json

@@ -3,7 +3,7 @@
  * Inbound capture: one program, attached to each enrolled pod netns (a pinned link per pod).
  * sk_lookup cannot read the netns cookie, so the netns is found from the local (pod) address.
  * A new TCP connection to the pod is assigned to the pod's inbound listener (the inbound port of
- * config.h), with the original destination left as the accepted socket's local address. Exempt:
+ * config.h; the newest registered, else the one before it, maps.h), with the original destination left as the accepted socket's local address. Exempt:
  * the HBONE port, the inbound port itself, the probe source, loopback sources, the pod's own
  * connections, the node's own (kubelet's probes: the tuple a socket of the host netns connected
  * with, recorded by sockops) and excluded ports. Enrolled with no listener: the SYN is dropped
@@ -13,6 +13,20 @@
 #include "config.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The netns's newest inbound listener, else the one before it (maps.h, inpod_inbound). */
+static __always_inline struct bpf_sock *inbound_listener(__u64 netns)
+{
+	__u32 *newest = bpf_map_lookup_elem(&inpod_inbound_slot, &netns);
+	struct bpf_sock *sk;
+
+	if (newest && *newest == 1) {
+		sk = bpf_map_lookup_elem(&inpod_inbound1, &netns);
+		return sk ? sk : bpf_map_lookup_elem(&inpod_inbound, &netns);
+	}
+	sk = bpf_map_lookup_elem(&inpod_inbound, &netns);
+	return sk ? sk : bpf_map_lookup_elem(&inpod_inbound1, &netns);
+}
 
 SEC("sk_lookup")
 int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
@@ -58,7 +72,7 @@ int inpod_sk_lookup(struct bpf_sk_lookup *ctx)
 			return SK_PASS;
 		}
 	}
-	sk = bpf_map_lookup_elem(&inpod_inbound, &netns);
+	sk = inbound_listener(netns);
 	if (!sk) {
 		inpod_count(INPOD_STAT_IN_NO_LISTENER);
 		return SK_DROP;

@@ -4,9 +4,9 @@
  * (maps.h) alive exactly from a connection's SYN to the end of its handshake.
  *
  *  TCP_LISTEN_CB   a socket listening on the inbound port in an enrolled netns becomes
- *                  that netns's inbound listener (SOCKHASH, keyed by netns cookie). The entry
- *                  vanishes when the socket closes; a new listener replaces it. No help from the
- *                  proxy is needed.
+ *                  that netns's newest inbound listener (SOCKHASH, keyed by netns cookie; two
+ *                  slots, so the one before it stays registered while a proxy rolls: maps.h).
+ *                  The entry vanishes when the socket closes. No help from the proxy is needed.
  *  TCP_CONNECT_CB  (client, before its SYN, ports assigned) a connection to the outbound port
  *                  records its original destination by client tuple; a connection to one of the
  *                  pod's own IPs from a foreign source (the proxy's transparent upstream) is
@@ -152,6 +152,22 @@ static __always_inline int ipv4_listener(struct bpf_sock_ops *skops)
 	return tp6 && !BPF_CORE_READ_BITFIELD(&tp6->tcp.inet_conn.icsk_inet.sk.__sk_common, skc_ipv6only);
 }
 
+/* The new inbound listener takes the slot that does not hold the newest, replacing the older of
+ * the two registered (maps.h, inpod_inbound); then it is the newest. */
+static __always_inline long register_inbound(struct bpf_sock_ops *skops, __u64 netns)
+{
+	__u32 *newest = bpf_map_lookup_elem(&inpod_inbound_slot, &netns);
+	/* none recorded: slot 0 is the newest (it may hold a listener from before the slots) */
+	__u32 slot = newest && *newest == 1 ? 0 : 1;
+	long err;
+
+	err = slot ? bpf_sock_hash_update(skops, &inpod_inbound1, &netns, BPF_ANY)
+		   : bpf_sock_hash_update(skops, &inpod_inbound, &netns, BPF_ANY);
+	if (!err)
+		bpf_map_update_elem(&inpod_inbound_slot, &netns, &slot, BPF_ANY);
+	return err;
+}
+
 SEC("sockops")
 int inpod_sockops(struct bpf_sock_ops *skops)
 {
@@ -168,7 +184,7 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		netns = bpf_get_netns_cookie(skops);
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns))
 			break;
-		if (!bpf_sock_hash_update(skops, &inpod_inbound, &netns, BPF_ANY))
+		if (!register_inbound(skops, netns))
 			inpod_count(INPOD_STAT_LISTENER_ADD);
 		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:

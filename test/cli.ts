@@ -16,16 +16,4 @@ export async function inpod(...args: string[]): Promise<{ code: number; stdout: 
   }
 }
 
-/** `n` TCP ports free on 127.0.0.1 right now (held open together, so they are distinct). */
-export async function freePorts(n: number): Promise<number[]> {
-  const net = await import('node:net');
-  const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<import('node:net').Server>((resolve) => {
-      const s = net.createServer();
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
+export { freePorts } from '../ts/util/ports.js';

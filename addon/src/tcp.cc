@@ -50,6 +50,7 @@ struct SocketSpec {
   int mark = 0;
   bool transparent = false;
   bool reuseAddr = false;
+  bool reusePort = false;
   bool hasBind = false;
   sockaddr_storage bind;
   socklen_t bindLen = 0;
@@ -65,6 +66,7 @@ static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
   if ((s->hasMark = o.Has("mark"))) s->mark = o.Get("mark").As<Napi::Number>().Int32Value();
   s->transparent = o.Has("transparent") && o.Get("transparent").ToBoolean();
   s->reuseAddr = o.Has("reuseAddr") && o.Get("reuseAddr").ToBoolean();
+  s->reusePort = o.Has("reusePort") && o.Get("reusePort").ToBoolean();
   if ((s->hasBind = o.Has("bind")) && !ParseAddr(o.Get("bind").As<Napi::Object>(), &s->bind, &s->bindLen)) return false;
   if ((s->hasListen = o.Has("listen"))) s->backlog = o.Get("listen").As<Napi::Number>().Int32Value();
   if ((s->hasConnect = o.Has("connect")) && !ParseAddr(o.Get("connect").As<Napi::Object>(), &s->connect, &s->connectLen))
@@ -90,6 +92,7 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
                                   s.family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT, &one, sizeof(one)) < 0)
     return fail("setsockopt(IP_TRANSPARENT)");
   if (s.reuseAddr && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEADDR)");
+  if (s.reusePort && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEPORT)");
   if (s.hasBind && bind(fd, reinterpret_cast<const sockaddr *>(&s.bind), s.bindLen) < 0) return fail("bind");
   if (s.hasListen && listen(fd, s.backlog) < 0) return fail("listen");
   if (s.hasConnect && connect(fd, reinterpret_cast<const sockaddr *>(&s.connect), s.connectLen) < 0 && errno != EINPROGRESS)
@@ -97,7 +100,7 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   return fd;
 }
 
-// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, bind?: {ip, port}, listen?: backlog,
+// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, bind?: {ip, port}, listen?: backlog,
 //                 connect?: {ip, port}}) -> fd | {errno, syscall}
 // nsFd < 0: this thread's netns. The socket is non-blocking and close-on-exec; a connect in
 // progress is not an error.

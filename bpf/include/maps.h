@@ -102,12 +102,18 @@ struct {
 } inpod_cidr_excl SEC(".maps");
 
 /*
- * inpod_inbound: the proxy's inbound plaintext listener of each enrolled netns (SOCKHASH).
+ * inpod_inbound, inpod_inbound1: the proxy's inbound plaintext listeners of each enrolled netns
+ * (SOCKHASH, two slots): the newest and the one before it. While a proxy rolls, two proxies
+ * listen on the port (SO_REUSEPORT; sk_lookup's assign picks within their group); whichever of
+ * the two closes first, the old one draining or the new one failing, the other still takes the
+ * SYNs. One slot alone lost the older listener's entry to the newer one, and the newer one's
+ * close left the netns with none although the older one still listened.
  *   cookie -> the listening socket (on inpod_cfg.inbound_port, accepting IPv4)
- *   written: sockops at TCP_LISTEN_CB, with no help from the proxy
- *   read:    sk_lookup (bpf_sk_assign of an inbound SYN)
- *   lives:   until the listener closes (the kernel removes it) or a newer listener replaces it;
- *            no listener in an enrolled netns means the SYN is dropped (fail closed)
+ *   written: sockops at TCP_LISTEN_CB, with no help from the proxy, into the slot that does not
+ *            hold the newest (inpod_inbound_slot), replacing the older of the two
+ *   read:    sk_lookup (bpf_sk_assign of an inbound SYN): the newest, else the other
+ *   lives:   until the listener closes (the kernel removes it) or a listener two newer replaces
+ *            it; no listener in an enrolled netns means the SYN is dropped (fail closed)
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -116,6 +122,29 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_inbound SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, INPOD_MAX_PODS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_inbound1 SEC(".maps");
+
+/*
+ * inpod_inbound_slot: which inbound slot holds a netns's newest listener.
+ *   cookie -> 0 (inpod_inbound) or 1 (inpod_inbound1); none: slot 0 is the newest
+ *   written: sockops at TCP_LISTEN_CB; deleted at unenroll
+ *   read:    sockops (where the next listener goes), sk_lookup (which slot first)
+ *   lives:   from the netns's first inbound listener to unenroll
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, INPOD_MAX_PODS);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_inbound_slot SEC(".maps");
 
 /*
  * Per-connection state. None of it may outlive its connection: an entry left behind would answer

@@ -131,6 +131,9 @@ export class FakeSource extends EventEmitter<SourceEvents> implements ClusterSou
   namespace(name: string): NamespaceObj | undefined {
     return this.namespaces.get(name);
   }
+  listNamespaces(): NamespaceObj[] {
+    return [...this.namespaces.values()];
+  }
   pod(namespace: string, name: string): PodObj | undefined {
     return this.podMap.get(`${namespace}/${name}`);
   }

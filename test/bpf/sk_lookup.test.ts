@@ -72,7 +72,7 @@ const EXCLUDED = 9090;
 describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
   let obj: BpfObject;
   let prog: number;
-  let maps: Record<'podIps' | 'enrolled' | 'portExcl' | 'ownSyn' | 'inbound' | 'stats', BpfMap>;
+  let maps: Record<'podIps' | 'enrolled' | 'portExcl' | 'ownSyn' | 'inbound' | 'inbound1' | 'inboundSlot' | 'stats', BpfMap>;
   let listener: net.Server;
   let listenerCookie: bigint;
   const STAT = statIndexes();
@@ -102,6 +102,8 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
       portExcl: obj.map('inpod_port_excl'),
       ownSyn: obj.map('inpod_own_syn'),
       inbound: obj.map('inpod_inbound'),
+      inbound1: obj.map('inpod_inbound1'),
+      inboundSlot: obj.map('inpod_inbound_slot'),
       stats: obj.map('inpod_stats'),
     };
     // what enroll writes (ts/redirect/ebpf.ts), for one pod
@@ -176,6 +178,33 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
       expect(lookup({ src: PEER, sport: 40021, dst: POD, dport: PORTS.hbone })).toEqual({ verdict: SK_PASS, assigned: 0n, moved: { IN_BYPASS: 1n } });
     } finally {
       setListener(true);
+    }
+  });
+
+  // sockops registers each new 15006 listener in the slot that does not hold the newest (maps.h):
+  // during a proxy rollout both proxies' listeners are registered, and either may close first
+  it('assigns the newest registered listener, else the one before it (a proxy rollout, in either order)', async () => {
+    const second = net.createServer();
+    await new Promise<void>((r) => second.listen(0, '127.0.0.1', r));
+    const fd2 = (second as unknown as { _handle: { fd: number } })._handle.fd;
+    const secondCookie = socketCookie(fd2);
+    const slot = (n: number): void => maps.inboundSlot.update(encodeU64(NETNS), Buffer.from(Uint32Array.of(n).buffer));
+    try {
+      maps.inbound1.update(encodeU64(NETNS), encodeU64(BigInt(fd2))); // the newer proxy's listener, in slot 1
+      slot(1);
+      expect(lookup({ src: PEER, sport: 40050, dst: POD, dport: 8080 }).assigned).toBe(secondCookie);
+      maps.inbound1.delete(encodeU64(NETNS)); // the newer one closed first: the older one takes over
+      expect(lookup({ src: PEER, sport: 40051, dst: POD, dport: 8080 })).toEqual({ verdict: SK_PASS, assigned: listenerCookie, moved: { IN_STEER: 1n } });
+      maps.inbound1.update(encodeU64(NETNS), encodeU64(BigInt(fd2)));
+      setListener(false); // or the older one closed first (the rollout's order): the newer one
+      expect(lookup({ src: PEER, sport: 40052, dst: POD, dport: 8080 }).assigned).toBe(secondCookie);
+      slot(0); // the newest in slot 0, gone: the one in slot 1
+      expect(lookup({ src: PEER, sport: 40053, dst: POD, dport: 8080 }).assigned).toBe(secondCookie);
+    } finally {
+      maps.inbound1.delete(encodeU64(NETNS));
+      maps.inboundSlot.delete(encodeU64(NETNS));
+      setListener(true);
+      await new Promise((r) => second.close(r));
     }
   });
 

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { installBinary, installConf, uninstallBinary, uninstallConf } from '../../ts/cni/conflist.js';
+import { pluginBinary } from '../../ts/cni/plugin.js';
 
 const dirs: string[] = [];
 const tmp = (): string => {
@@ -53,11 +54,14 @@ describe('chaining inpod-cni into the CNI config', () => {
     expect(readdirSync(d)).toEqual([]);
   });
 
-  it('installs an executable wrapper and removes it', () => {
+  it('installs the static plugin by copying it over any older file (a renamed copy, never half written), and removes it', () => {
     const d = tmp();
-    const p = installBinary(d, '/usr/bin/node', '/opt/inpod/dist/cni/bin.js');
-    expect(statSync(p).mode & 0o111).toBeTruthy();
-    expect(readFileSync(p, 'utf8')).toContain('exec "/usr/bin/node" "/opt/inpod/dist/cni/bin.js" "$@"');
+    writeFileSync(join(d, 'inpod-cni'), '#!/bin/sh\nexec /usr/local/bin/node /opt/inpod/dist/cni/bin.js "$@"\n'); // what older agents installed
+    const p = installBinary(d, pluginBinary());
+    expect(installBinary(d, pluginBinary())).toBe(p); // idempotent
+    expect(statSync(p).mode & 0o777).toBe(0o755);
+    expect(readFileSync(p)).toEqual(readFileSync(pluginBinary()));
+    expect(readdirSync(d)).toEqual(['inpod-cni']);
     uninstallBinary(d);
     expect(existsSync(p)).toBe(false);
   });

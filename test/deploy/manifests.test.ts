@@ -130,6 +130,15 @@ describe('deploy manifests (rendered by kustomize)', () => {
     expect(z.volumes.map((v) => v.hostPath?.path)).toContain('/var/run/ztunnel');
   });
 
+  it('rolls both DaemonSets with a surge: the new pod runs beside the old one, which goes only once the new one is ready; the proxy has its own netns for its node ports', () => {
+    for (const name of ['inpod-ztunnel', 'inpod-agent']) {
+      const strategy = (find(docs, 'DaemonSet', name) as unknown as { spec: { updateStrategy: object } }).spec.updateStrategy;
+      expect(strategy, name).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    }
+    // two proxy pods on a node each listen on 15020/15021 (ARCHITECTURE.md, "Upgrades")
+    expect(ds('inpod-ztunnel').hostNetwork).toBeFalsy();
+  });
+
   it('mounts no CA key into the proxies by default: each node keeps its own CA on the host', () => {
     for (const d of docs.filter((x) => x.kind === 'DaemonSet')) {
       expect(ds(d.metadata.name).volumes.filter((v) => v.secret), d.metadata.name).toEqual([]);

@@ -13,6 +13,7 @@ import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
 import { CLI, freePorts } from '../cli.js';
 import { Lab, type LabPod, type PodShell, until as untilFor } from './lab.js';
+import { runCni } from '../cni/run.js';
 
 const NODE = 'node1';
 const REDIRECTION = 'ambient.istio.io/redirection';
@@ -30,7 +31,7 @@ describe('inpod agent', () => {
   let peerSh: PodShell;
   let healthPort = 0;
   let nextPorts: number[] = [];
-  let early: { proc: ChildProcess; cgroup: string } | undefined;
+  const pauses: { proc: ChildProcess; cgroup: string }[] = [];
   const p = (f: string): string => join(dir, f);
   const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
   const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
@@ -53,6 +54,19 @@ describe('inpod agent', () => {
   const logs = (): string => `agent:\n${agentLog.slice(-2500)}\nproxy:\n${proxyLog.slice(-1400)}`;
   const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: logs });
   const enrolledNetns = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns).sort();
+  /**
+   * A process of the pod in its pod cgroup (as the runtime's pause container): how the agent
+   * finds a pod no CNI event told it about. Returns the netns path the agent will know it by.
+   */
+  async function pause(uid: string, netnsPath: string): Promise<string> {
+    const cgroup = join(lab.cgroupPath, `pod${uid}`);
+    mkdirSync(cgroup);
+    const proc = spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${netnsPath} sleep 600`], { stdio: 'ignore' });
+    pauses.push({ proc, cgroup });
+    await until('the pod process in its cgroup', () => readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim() !== '');
+    return `/proc/${readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim().split('\n')[0]}/ns/net`;
+  }
+  let bNetns = ''; // b as the agent knows it: by its process (its ADD never reached the agent)
   const podObj = (ns: string, name: string, extra: { labels?: Record<string, string>; annotations?: Record<string, string> } = {}) =>
     api.apply('pods', { metadata: { name, namespace: ns, labels: extra.labels, annotations: extra.annotations }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
   async function runPod(ns: string, name: string, extra = {}): Promise<{ pod?: LabPod; error?: string; uid: string }> {
@@ -108,8 +122,7 @@ describe('inpod agent', () => {
   }, 60_000);
 
   afterAll(async () => {
-    if (early) {
-      const { proc, cgroup } = early;
+    for (const { proc, cgroup } of pauses) {
       const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once('exit', r));
       proc.kill('SIGKILL');
       await exited; // its cgroup can be removed once it has no process
@@ -138,8 +151,10 @@ describe('inpod agent', () => {
     const c = await runPod('mesh', 'c', { labels: { 'istio.io/dataplane-mode': 'none' } });
     const d = await runPod('mesh', 'd', { annotations: { 'sidecar.istio.io/status': '{"containers":["istio-proxy"]}' } });
     for (const x of [b, c, d]) expect(x.error).toBeUndefined();
+    bNetns = await pause(b.uid, b.pod!.netnsPath);
     const enrolled = await enrolledNetns();
     for (const x of [b, c, d]) expect(enrolled).not.toContain(x.pod!.netnsPath);
+    expect(enrolled).not.toContain(bNetns);
   });
 
   it('enrolls and unenrolls running pods live when the namespace label changes', async () => {
@@ -147,11 +162,11 @@ describe('inpod agent', () => {
     const sh = await lab.shell(b.netnsPath, { inCgroup: true });
     expect(await path(sh, b)).toBe('direct');
     api.apply('namespaces', { metadata: { name: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
-    await until('b to be enrolled', async () => (await enrolledNetns()).includes(b.netnsPath));
+    await until('b to be enrolled', async () => (await enrolledNetns()).includes(bNetns));
     await until('b annotated', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === 'enabled');
     expect(await path(sh, b)).toBe('proxy');
     api.apply('namespaces', { metadata: { name: 'plain' } });
-    await until('b to be unenrolled', async () => !(await enrolledNetns()).includes(b.netnsPath));
+    await until('b to be unenrolled', async () => !(await enrolledNetns()).includes(bNetns));
     await until('annotation removed', () => api.get('pods', 'plain', 'b')?.metadata.annotations?.[REDIRECTION] === undefined);
     expect(await path(sh, b)).toBe('direct');
   });
@@ -160,14 +175,9 @@ describe('inpod agent', () => {
     // a pod started before the agent: its netns is known only from a process of the pod
     const g = await lab.addPod('g');
     const uid = `${lab.prefix}-0000-early`;
-    const cgroup = join(lab.cgroupPath, `pod${uid}`);
-    mkdirSync(cgroup);
-    const proc = spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${g.netnsPath} sleep 600`], { stdio: 'ignore' });
-    early = { proc, cgroup };
-    await until('the pod process in its cgroup', () => readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim() !== '');
-    const pid = readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim().split('\n')[0];
+    const gNetns = await pause(uid, g.netnsPath);
     api.apply('pods', { metadata: { name: 'g', namespace: 'mesh', uid }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
-    await until('g to be enrolled', async () => (await enrolledNetns()).includes(`/proc/${pid}/ns/net`));
+    await until('g to be enrolled', async () => (await enrolledNetns()).includes(gNetns));
     await until('g annotated', () => api.get('pods', 'mesh', 'g')?.metadata.annotations?.[REDIRECTION] === 'enabled');
     const sh = await lab.shell(g.netnsPath, { inCgroup: true });
     expect(await path(sh, g)).toBe('proxy');
@@ -182,7 +192,7 @@ describe('inpod agent', () => {
     // the server comes back only once the agent has found it gone (its watch failed)
     await until('the agent to find the API server gone', () => /watch failed/.test(agentLog.slice(mark)));
     await api.start(api.port);
-    await until('b to be enrolled after the API server came back', async () => (await enrolledNetns()).includes(b.netnsPath), 30_000);
+    await until('b to be enrolled after the API server came back', async () => (await enrolledNetns()).includes(bNetns), 30_000);
   });
 
   it('fails ADD with a CNI error while the proxy is down, and succeeds once it is back', async () => {
@@ -202,12 +212,11 @@ describe('inpod agent', () => {
   });
 
   it('answers bad input with clear errors and carries on: a vanished netns, an API object missing fields', async () => {
-    const { runPlugin } = await import('../../ts/cni/plugin.js');
-    const gone = await runPlugin({
-      command: 'ADD', containerId: 'x', netns: `/run/netns/${lab.prefix}vanished`, ifname: 'eth0',
-      args: 'K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=ghost;K8S_POD_UID=ghost-uid',
-      stdin: JSON.stringify({ cniVersion: '1.0.0', name: 'x', type: 'inpod-cni', agentSocket: p('plugin.sock'), timeoutSeconds: 10, prevResult: { cniVersion: '1.0.0', ips: [] } }),
-    });
+    // the plugin as the agent installed it, as a runtime runs it
+    const gone = await runCni(p('bin/inpod-cni'), {
+      CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: `/run/netns/${lab.prefix}vanished`, CNI_IFNAME: 'eth0',
+      CNI_ARGS: 'K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=ghost;K8S_POD_UID=ghost-uid',
+    }, JSON.stringify({ cniVersion: '1.0.0', name: 'x', type: 'inpod-cni', agentSocket: p('plugin.sock'), meshView: p('state/meshview.json'), timeoutSeconds: 10, prevResult: { cniVersion: '1.0.0', ips: [] } }));
     expect(gone.code).toBe(1);
     expect(JSON.parse(gone.stdout).msg).toMatch(/netns \/run\/netns\/\w+vanished of pod mesh\/ghost does not exist/);
     // a pod object of this node with nothing else: no containers, service account, labels or IPs

@@ -27,6 +27,11 @@ export interface Accepted {
 export type ConnectResult =
   | { ok: true; connId: string; sockname: Addr; peername: Addr; reply?: string; origDst: Addr | string }
   | { ok: false; error: string };
+/** What a churn load saw: connections answered, failures by errno name ("EOF": closed unanswered). */
+export interface ChurnCount {
+  answered: number;
+  errors: Record<string, number>;
+}
 export interface SocketOpts {
   mark?: number;
   transparent?: boolean;
@@ -148,6 +153,19 @@ export class PodShell {
   /** `count` connections one after another (ping, answer, close); answers counted by tag. */
   repeat(o: { host: string; port: number; count: number } & SocketOpts): Promise<{ tags: Record<string, number>; errors: Record<string, number> }> {
     return this.request('repeat', o);
+  }
+  /**
+   * A steady new-connection load in the background (`threads` loops of connect, ping, answer,
+   * close) until churnStop; answered connections counted, failures by errno name.
+   */
+  async churnStart(o: { host: string; port: number; threads?: number; timeoutMs?: number }): Promise<string> {
+    return (await this.request<{ id: string }>('churnStart', o)).id;
+  }
+  churnPeek(id: string): Promise<ChurnCount> {
+    return this.request<ChurnCount>('churnPeek', { id });
+  }
+  churnStop(id: string): Promise<ChurnCount> {
+    return this.request<ChurnCount>('churnStop', { id });
   }
   kill(): void {
     this.proc.kill('SIGKILL');

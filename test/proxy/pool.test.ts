@@ -15,12 +15,24 @@ class FakeSession extends EventEmitter {
   closed = false;
   destroyed = false;
   readonly streams: FakeStream[] = [];
+  /** the peer's GOAWAY crossed the next stream: it is refused unprocessed and the session closes */
+  goawayCrossing = false;
   constructor(readonly status = 200) {
     super();
   }
   request(headers: Record<string, string>): FakeStream {
     const s = new FakeStream(headers);
     this.streams.push(s);
+    if (this.goawayCrossing) {
+      this.closed = true;
+      setImmediate(() => {
+        s.rstCode = 7; // NGHTTP2_REFUSED_STREAM
+        s.emit('error', Object.assign(new Error('Stream closed with error code NGHTTP2_REFUSED_STREAM'), { code: 'ERR_HTTP2_STREAM_ERROR' }));
+        s.emit('close');
+        this.emit('close');
+      });
+      return s;
+    }
     setImmediate(() => s.emit('response', { ':status': this.status }));
     return s;
   }
@@ -43,7 +55,7 @@ class FakeStream extends EventEmitter {
   }
 }
 
-function fakePool(o: { status?: number; failDial?: () => Error | null } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
+function fakePool(o: { status?: number; failDial?: () => Error | null; goawayCrossing?: (dial: number) => boolean } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
   const dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] = [];
   const pool = new HbonePool({
     certs: {} as CertManager,
@@ -51,6 +63,7 @@ function fakePool(o: { status?: number; failDial?: () => Error | null } = {}): {
       const failed = o.failDial?.();
       if (failed) throw failed;
       const session = new FakeSession(o.status);
+      session.goawayCrossing = o.goawayCrossing?.(dials.length) ?? false;
       dials.push({ src, req, session });
       return { session: session as unknown as ClientHttp2Session, peerIdentity: req.identities[0]! };
     },
@@ -191,6 +204,21 @@ describe('HBONE pool', () => {
     expect(dials.map((d) => d.session.closed)).toEqual([true, false]);
     await pool.open(src(), req());
     expect(dials).toHaveLength(3);
+  });
+
+  it('opens a stream the peer refused unprocessed (its GOAWAY crossed the CONNECT) once more, on a new connection', async () => {
+    const { pool, dials } = fakePool();
+    await pool.open(src(), req());
+    dials[0]!.session.goawayCrossing = true; // the peer drains (a proxy rollout) as the next CONNECT leaves
+    const t = await pool.open(src(), req());
+    expect(dials).toHaveLength(2);
+    expect(dials[1]!.session.streams).toEqual([t.stream]);
+  });
+
+  it('retries a refused stream only once: a peer that refuses again gets its refusal through', async () => {
+    const { pool, dials } = fakePool({ goawayCrossing: () => true });
+    await expect(pool.open(src(), req())).rejects.toMatchObject({ code: 'ERR_HTTP2_STREAM_ERROR' });
+    expect(dials).toHaveLength(2);
   });
 
   it.each([[401, 'INPOD_ERR_HBONE_DENIED'], [503, 'INPOD_ERR_HBONE']])('turns a CONNECT answered %i into %s', async (status, code) => {

@@ -103,6 +103,31 @@ describe('the pods the proxy serves, as ZDS drives it', () => {
     expect(a.netns.closed).toBe(false);
   });
 
+  it('reports ready only once a snapshot was taken whole and every pod in it is served (what a rollout waits for)', async () => {
+    expect(zt.notReady()).toMatch(/waiting for the agent's snapshot/);
+    failing.add('b');
+    zt.snapshotStarted();
+    await zt.addPod(info('a'), netns('a'));
+    await expect(zt.addPod(info('b'), netns('b'))).rejects.toThrow(/cannot listen/);
+    expect(zt.notReady()).toMatch(/waiting for the agent's snapshot/);
+    zt.snapshotSent();
+    expect(zt.notReady()).toMatch(/pods not served .*: u-b/);
+    failing.clear();
+    await zt.addPod(info('b'), netns('b')); // the agent tries again
+    expect(zt.notReady()).toBeNull();
+    // a reconnect starts over: not ready until its snapshot is in
+    zt.snapshotStarted();
+    expect(zt.notReady()).toMatch(/waiting for the agent's snapshot/);
+    failing.add('c');
+    await expect(zt.addPod(info('c'), netns('c'))).rejects.toThrow(/cannot listen/);
+    zt.keepPod('u-a');
+    zt.keepPod('u-b');
+    zt.snapshotSent();
+    expect(zt.notReady()).toMatch(/u-c/);
+    zt.removePod('u-c'); // deleted: nothing left to serve
+    expect(zt.notReady()).toBeNull();
+  });
+
   it('takes every later snapshot afresh: a pod kept by one is removed by the next that does not name it', async () => {
     await firstSnapshot();
     zt.snapshotStarted();

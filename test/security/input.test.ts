@@ -1,14 +1,15 @@
 /**
  * Bad input that crashed, hung or misled (issue 13, item 7): tried as an attacker or a careless
  * operator would, against the real processes. The CNI plugin is run as a container runtime runs
- * it (dist/cni/bin.js with stdin and CNI_* variables); the proxy as `inpod ztunnel --config`;
- * the agent as `inpod agent --manifests`.
+ * it: the static executable as the agent installs it on the host (build/inpod-cni copied by
+ * ts/cni/conflist.ts installBinary), with stdin and CNI_* variables; the proxy as
+ * `inpod ztunnel --config`; the agent as `inpod agent --manifests`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from '../../ts/redirect/factory.js';
 import type { RedirectBackend } from '../../ts/redirect/backend.js';
@@ -16,8 +17,11 @@ import { ZdsServer } from '../../ts/zds/server.js';
 import { CLI, freePorts, inpod } from '../cli.js';
 import { ALIAS_BOMB } from '../fixtures/yaml.js';
 import { Lab, until } from '../netns/lab.js';
+import { installedPlugin, runCni } from '../cni/run.js';
 
-const CNI_BIN = join(__dirname, '..', '..', 'dist', 'cni', 'bin.js');
+/** The plugin as installed on a host, in a bin dir of its own. */
+const CNI_BIN = installedPlugin();
+afterAll(() => rmSync(dirname(CNI_BIN), { recursive: true, force: true }));
 /** A Node stack trace line ("    at runPlugin (file:///...:59:33)") or an uncaught error's name. */
 const STACK = /^\s+at\s|\b(TypeError|ReferenceError|RangeError|SyntaxError)\b|node:internal/m;
 
@@ -38,23 +42,11 @@ function inpodProcess(args: string[]): { proc: ChildProcess; log: () => string }
 }
 
 /** Runs inpod-cni as a runtime does: only the CNI_* variables it sets, the config on stdin. */
-function cni(env: Record<string, string>, stdin: string | Buffer): Promise<Run> {
-  return new Promise((resolve) => {
-    const t0 = Date.now();
-    const p = spawn(process.execPath, [CNI_BIN], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.stdin.on('error', () => {}); // the plugin may stop reading an oversized config
-    p.stdin.end(stdin);
-    p.on('exit', (code) => resolve({ code, stdout, stderr, ms: Date.now() - t0 }));
-  });
-}
+const cni = (env: Record<string, string>, stdin: string | Buffer): Promise<Run> => runCni(CNI_BIN, env, stdin);
 
 const ADD_ENV = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c0ffee', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=0b5c1a4e-1d2f-4c3b-9a8e-7f6d5c4b3a21' };
 const conf = (o: Record<string, unknown> = {}): string =>
-  JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'inpod-cni', agentSocket: '/nonexistent/inpod.sock', prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.200.1.5/24' }] }, ...o });
+  JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'inpod-cni', agentSocket: '/nonexistent/inpod.sock', meshView: '/nonexistent/meshview.json', prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.200.1.5/24' }] }, ...o });
 
 /** The CNI error result on stdout, checked for the spec's shape and for no stack trace anywhere. */
 function cniErrorOf(r: Run): { cniVersion: string; code: number; msg: string; details?: string } {

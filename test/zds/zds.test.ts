@@ -159,6 +159,52 @@ describe('ZDS agent and proxy', () => {
     }
   });
 
+  it('keeps every connected proxy, as during a proxy rollout: each gets the snapshot, Add goes to the newest, Del to all', async () => {
+    const path = join(dir, 'two.sock');
+    const pods = [pod('p1', netns[0]!)];
+    let ready = 0;
+    const server = new ZdsServer({ path, pods: () => pods, onReady: () => ready++ });
+    server.start();
+    // proxies that open nothing: two real ones would share the listeners (SO_REUSEPORT), tested in test/netns/rollout.test.ts
+    const recorder = (): ZdsHandler & { log: string[] } => {
+      const log: string[] = [];
+      return {
+        log,
+        connected: () => log.push('connected'),
+        add: async (uid, _info, ns) => {
+          ns.close();
+          log.push(`add ${uid}`);
+        },
+        del: (uid) => void log.push(`del ${uid}`),
+        keep: (uid) => void log.push(`keep ${uid}`),
+        snapshotSent: () => void log.push('snapshot'),
+      };
+    };
+    const [old, next] = [recorder(), recorder()];
+    const oldClient = new ZdsClient({ path, handler: old });
+    const nextClient = new ZdsClient({ path, handler: next });
+    cleanups.push(() => {
+      oldClient.stop();
+      nextClient.stop();
+      server.close();
+    });
+    oldClient.start();
+    await until('the old proxy to take its snapshot', () => ready === 1, { timeoutMs: 5000 });
+    nextClient.start();
+    await until('the new proxy to take its snapshot', () => ready === 2, { timeoutMs: 5000 });
+    expect(server.connections).toBe(2);
+    expect(oldClient.connected).toBe(true); // not replaced
+    await server.addPod(pod('p2', netns[1]!));
+    await server.removePod('p1');
+    expect(old.log).toEqual(['connected', 'add p1', 'snapshot', 'del p1']);
+    expect(next.log).toEqual(['connected', 'add p1', 'snapshot', 'add p2', 'del p1']);
+    // the new proxy goes away (it crashed mid-rollout): Adds go to the one before it again
+    nextClient.stop();
+    await until('the agent to see the new proxy gone', () => server.connections === 1, { timeoutMs: 5000 });
+    await server.addPod(pod('p3', netns[0]!));
+    expect(old.log.at(-1)).toBe('add p3');
+  });
+
   it('rejects addPod with a clear error while no proxy is connected', async () => {
     const server = new ZdsServer({ path: join(dir, 'b.sock'), pods: () => [] });
     server.start();

@@ -22,6 +22,8 @@ export interface AgentZds {
   readonly path: string;
   /** a proxy is connected and has its snapshot */
   readonly ready: boolean;
+  /** takes the socket path, not accepting yet (an agent taking over from another); optional */
+  listen?(): void;
   start(): void;
   close(): void;
   addPod(pod: ZdsPod): Promise<void>;

@@ -93,6 +93,10 @@ export class KubeSource extends EventEmitter<SourceEvents> implements ClusterSou
     return this.#nsInf?.get(name) as NamespaceObj | undefined;
   }
 
+  listNamespaces(): NamespaceObj[] {
+    return (this.#nsInf?.list() ?? []) as NamespaceObj[];
+  }
+
   pod(namespace: string, name: string): PodObj | undefined {
     return this.#podInf?.get(name, namespace) as PodObj | undefined;
   }

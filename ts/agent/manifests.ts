@@ -73,6 +73,10 @@ export class ManifestSource extends EventEmitter<SourceEvents> implements Cluste
     return this.#ns.get(name);
   }
 
+  listNamespaces(): NamespaceObj[] {
+    return [...this.#ns.values()];
+  }
+
   pod(namespace: string, name: string): PodObj | undefined {
     const p = this.#pods.get(`${namespace}/${name}`);
     if (!p) return undefined;

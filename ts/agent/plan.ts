@@ -11,7 +11,7 @@
  * fails closed until its own DEL, or until its netns is gone, releases it.
  */
 import type { WorkloadInfo } from '../zds/messages.js';
-import { meshVerdict, podCaptureSettings, REDIRECTION_ANNOTATION, type NamespaceObj, type PodObj, type Verdict } from './policy.js';
+import { meshVerdict, NO_EXCLUSIONS, podCaptureSettings, REDIRECTION_ANNOTATION, type NamespaceObj, type PodObj, type Verdict } from './policy.js';
 import { delTargets, newest, sandboxKey, type Sandbox } from './sandboxes.js';
 import type { PodEvent } from '../cni/plugin.js';
 
@@ -62,9 +62,9 @@ const uncapturable = (v: SandboxView): boolean => v.captured || v.served;
  * are those recorded under its namespace/name. A pod leaving the mesh is uncaptured, every
  * sandbox; a pod in it has its gone sandboxes released, its live ones captured and its newest served.
  */
-export function plan(pod: PodObj | undefined, namespace: NamespaceObj | undefined, sandboxes: SandboxView[]): PodPlan {
+export function plan(pod: PodObj | undefined, namespace: NamespaceObj | undefined, sandboxes: SandboxView[], excluded = NO_EXCLUSIONS): PodPlan {
   if (!pod) return { actions: sandboxes.filter(uncapturable).map((v) => ({ do: 'uncapture', sandbox: v.sandbox })) };
-  const verdict = meshVerdict(namespace, pod);
+  const verdict = meshVerdict(namespace, pod, excluded);
   const annotation = pod.metadata?.annotations?.[REDIRECTION_ANNOTATION];
   const actions: Action[] = [];
   if (!verdict.enroll) {
@@ -95,8 +95,8 @@ export function plan(pod: PodObj | undefined, namespace: NamespaceObj | undefine
  * capture that sandbox, and serve it if it is the pod's newest (a later ADD may have come
  * meanwhile: then that one is served and this one only captured). Always requires a proxy.
  */
-export function planAdd(pod: PodObj, namespace: NamespaceObj | undefined, sandboxes: SandboxView[], sandbox: Sandbox): Required<PodPlan> {
-  const verdict = meshVerdict(namespace, pod);
+export function planAdd(pod: PodObj, namespace: NamespaceObj | undefined, sandboxes: SandboxView[], sandbox: Sandbox, excluded = NO_EXCLUSIONS): Required<PodPlan> {
+  const verdict = meshVerdict(namespace, pod, excluded);
   if (!verdict.enroll) return { verdict, actions: [] };
   const me = sandboxes.find((v) => sandboxKey(v.sandbox) === sandboxKey(sandbox));
   const isNewest = sandboxKey(newest(sandboxes.map((v) => v.sandbox)) ?? sandbox) === sandboxKey(sandbox);
@@ -126,20 +126,20 @@ export interface RestartPlan {
  * Pods in the mesh whose netns the agent does not know (`known(uid)` false): to be looked for in
  * /proc, all of them in one scan.
  */
-export function undiscovered(pods: PodObj[], namespace: (name: string) => NamespaceObj | undefined, known: (uid: string) => boolean): PodObj[] {
-  return pods.filter((p) => meshVerdict(namespace(p.metadata?.namespace ?? ''), p).enroll && !known(p.metadata?.uid ?? ''));
+export function undiscovered(pods: PodObj[], namespace: (name: string) => NamespaceObj | undefined, known: (uid: string) => boolean, excluded = NO_EXCLUSIONS): PodObj[] {
+  return pods.filter((p) => meshVerdict(namespace(p.metadata?.namespace ?? ''), p, excluded).enroll && !known(p.metadata?.uid ?? ''));
 }
 
 /**
  * After an agent restart (nothing is known captured or served yet): keep every live sandbox of a
  * pod in the mesh, serve its newest, forget records of pods that are gone and of netns that are gone.
  */
-export function planRestart(pods: PodObj[], namespace: (name: string) => NamespaceObj | undefined, sandboxes: SandboxView[]): RestartPlan {
+export function planRestart(pods: PodObj[], namespace: (name: string) => NamespaceObj | undefined, sandboxes: SandboxView[], excluded = NO_EXCLUSIONS): RestartPlan {
   const uids = new Set(pods.map((p) => p.metadata?.uid));
   const out: RestartPlan = { forget: [], keep: [], serve: [], annotate: [] };
   for (const v of sandboxes) if (!uids.has(v.sandbox.uid) || !v.alive) out.forget.push(v.sandbox);
   for (const pod of pods) {
-    if (!meshVerdict(namespace(pod.metadata?.namespace ?? ''), pod).enroll) continue;
+    if (!meshVerdict(namespace(pod.metadata?.namespace ?? ''), pod, excluded).enroll) continue;
     const mine = sandboxes.filter((v) => v.alive && v.sandbox.uid === pod.metadata?.uid).map((v) => v.sandbox);
     const top = newest(mine);
     if (!top) continue;

@@ -1,6 +1,8 @@
 /**
  * Who is in the mesh (pure): a pod of a namespace labelled istio.io/dataplane-mode=ambient,
- * unless the pod opts out (label =none), runs an Istio sidecar, or uses the host network.
+ * unless the pod opts out (label =none), runs an Istio sidecar, uses the host network, or its
+ * namespace is excluded by configuration (the agent's --exclude-namespaces, the same list the
+ * plugin reads from its conflist entry).
  */
 
 export const DATAPLANE_MODE = 'istio.io/dataplane-mode';
@@ -29,9 +31,19 @@ export interface Verdict {
   reason: string;
 }
 
-export function meshVerdict(ns: NamespaceObj | undefined, pod: PodObj): Verdict {
+/** No namespace excluded. */
+export const NO_EXCLUSIONS: ReadonlySet<string> = new Set();
+
+/**
+ * `excluded`: namespaces whose pods are never in the mesh, whatever their labels (as istio-cni's
+ * excludeNamespaces, cni/pkg/nodeagent/informers.go: the plugin passes them through, and the
+ * agent never enrolls them live either, so the two never disagree).
+ */
+export function meshVerdict(ns: NamespaceObj | undefined, pod: PodObj, excluded: ReadonlySet<string> = NO_EXCLUSIONS): Verdict {
   const labels = pod.metadata?.labels ?? {};
   const ann = pod.metadata?.annotations ?? {};
+  const nsName = pod.metadata?.namespace ?? ns?.metadata?.name ?? '';
+  if (excluded.has(nsName)) return { enroll: false, reason: `namespace ${nsName} is excluded from the mesh (excludeNamespaces)` };
   if (pod.spec?.hostNetwork) return { enroll: false, reason: 'hostNetwork pod' };
   if (ann[SIDECAR_STATUS] !== undefined || pod.spec?.containers?.some((c) => c.name === 'istio-proxy')) {
     return { enroll: false, reason: 'pod has an Istio sidecar' };

@@ -75,6 +75,11 @@ export class KeyedQueue {
     return !!this.#ensured.get(key)?.cancel;
   }
 
+  /** Resolves once no job of any key is running or queued (pending retries are not waited for). */
+  async idle(): Promise<void> {
+    while (this.#tails.size > 0) await Promise.all([...this.#tails.values()]);
+  }
+
   /** Cancels every pending retry; later `ensure` calls do nothing. */
   stop(): void {
     this.#stopped = true;

@@ -20,6 +20,8 @@ export interface ClusterSource extends EventEmitter<SourceEvents> {
   start(): Promise<void>;
   stop(): void;
   namespace(name: string): NamespaceObj | undefined;
+  /** every namespace in the cache (the mesh view lists them all, ts/agent/meshview.ts) */
+  listNamespaces(): NamespaceObj[];
   pod(namespace: string, name: string): PodObj | undefined;
   pods(): PodObj[];
   /** Sets (value) or removes (null) an annotation on a pod. */

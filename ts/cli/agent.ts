@@ -6,15 +6,14 @@
  * or reboot (ts/agent/lifecycle.ts); `inpod agent uninstall` removes them by hand.
  */
 import http from 'node:http';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Agent } from '../agent/agent.js';
 import { ManifestSource } from '../agent/manifests.js';
 import { createBackend } from '../redirect/factory.js';
 import { installBinary, installConf, uninstallCni, PLUGIN_TYPE } from '../cni/conflist.js';
 import { shutdownVerdict, type OwnerLookup } from '../agent/lifecycle.js';
-import { DEFAULT_AGENT_SOCKET } from '../cni/plugin.js';
+import { DEFAULT_AGENT_SOCKET, pluginBinary, type PluginSettings } from '../cni/plugin.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
@@ -24,6 +23,7 @@ import { openNetns } from '../redirect/netns.js';
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
                  [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none] [--pod-name NAME --pod-namespace NS]
+                 [--mesh-view FILE] [--exclude-namespaces NS,NS]
                  (its own pod, POD_NAME / POD_NAMESPACE by default: read at shutdown to tell an
                  uninstall, which removes inpod-cni, from an upgrade or reboot, which keeps it)
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
@@ -45,6 +45,10 @@ const OPTIONS = {
   'pod-namespace': { type: 'string' },
   // the node's netns: its local sockets (kubelet's probes) reach pods uncaptured; "none": captured too
   'host-netns': { type: 'string' },
+  /** the plugin's view of who is in the mesh (default <state-dir>/meshview.json) */
+  'mesh-view': { type: 'string' },
+  /** pods there never concern the mesh (default kube-system and the agent's own namespace, else inpod-system) */
+  'exclude-namespaces': { type: 'string' },
 } as const;
 
 /** The host's netns as the agent (hostPID) sees it: init's. */
@@ -80,16 +84,31 @@ export async function agentCommand(argv: string[]): Promise<void> {
   const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
   await backend.install();
 
-  // The plugin entry stays across our restarts so new pods wait for us instead of starting
-  // uncaptured; it goes only when this node will get no agent again (shutdown below).
-  const stopInstalling = installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, v['cni-socket']!, log);
+  const excludeNamespaces = v['exclude-namespaces'] !== undefined ? v['exclude-namespaces'].split(',').map((x) => x.trim()).filter(Boolean) : ['kube-system', podNamespace || 'inpod-system'];
+  const badNs = excludeNamespaces.find((n) => !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(n));
+  if (badNs !== undefined) throw new MeshError('INPOD_ERR_USAGE', `--exclude-namespaces: ${JSON.stringify(badNs)} is not a namespace name`);
+  const plugin: PluginSettings = { agentSocket: v['cni-socket']!, meshView: v['mesh-view'] ?? join(v['state-dir']!, 'meshview.json'), excludeNamespaces };
+  // The plugin entry stays across our restarts so new pods of the mesh wait for us instead of
+  // starting uncaptured; it goes only when this node will get no agent again (shutdown below).
+  const stopInstalling = installCni(v['cni-bin-dir']!, v['cni-conf-dir']!, plugin, log);
   const signalled = new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
 
-  const agent = new Agent({ source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']! });
-  const health = startHealth(v['health-addr']!, agent);
+  // During a rollout (two agents on the node, ARCHITECTURE.md "Upgrades") the older one holds the
+  // health port until it hands over; this one's health server binds as soon as it is free.
+  let health: { close(): void } = { close: () => {} };
+  const agent = new Agent({
+    source, backend, stateDir: v['state-dir']!, zdsPath: v.zds!, pluginSocket: v['cni-socket']!,
+    meshView: plugin.meshView, excludeNamespaces: plugin.excludeNamespaces,
+    onHandedOver: () => health.close(),
+    onOrphaned: () => {
+      log.error('exiting so that the kubelet restarts this agent and it serves the node again');
+      process.exit(1);
+    },
+  });
+  health = startHealth(v['health-addr']!, agent, log);
   if (kube) void kube.owner.remember();
   await Promise.race([agent.start(), signalled]);
   const signal = await signalled;
@@ -130,13 +149,12 @@ function hostNetnsSetting(flag: string | undefined, log: ReturnType<typeof logge
 
 
 /** Installs the plugin, retrying every 5 s until the node's own CNI config exists; returns a stop. */
-function installCni(binDir: string, confDir: string, socket: string, log: ReturnType<typeof logger>): () => void {
-  const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'cni', 'bin.js');
+function installCni(binDir: string, confDir: string, plugin: PluginSettings, log: ReturnType<typeof logger>): () => void {
   let timer: NodeJS.Timeout | undefined;
   const attempt = (): void => {
     try {
-      installBinary(binDir, process.execPath, script);
-      const file = installConf(confDir, { type: PLUGIN_TYPE, agentSocket: socket });
+      installBinary(binDir, pluginBinary());
+      const file = installConf(confDir, { type: PLUGIN_TYPE, ...plugin });
       log.info({ file }, 'inpod-cni chained into the CNI config');
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'CNI install not possible yet; retrying in 5 s');
@@ -147,8 +165,14 @@ function installCni(binDir: string, confDir: string, socket: string, log: Return
   return () => clearTimeout(timer);
 }
 
-function startHealth(addr: string, agent: Agent): http.Server {
+/**
+ * Readiness (ready once the agent serves) and metrics on `addr`. While the port is taken (the
+ * agent this one takes over from still has it) it tries again every second.
+ */
+function startHealth(addr: string, agent: Agent, log: ReturnType<typeof logger>): { close(): void } {
   const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+  let closed = false;
+  let retry: NodeJS.Timeout | undefined;
   const server = http.createServer((req, res) => {
     if (req.url === '/healthz/ready') {
       res.writeHead(agent.ready ? 200 : 503).end(agent.ready ? 'ready\n' : 'starting\n');
@@ -156,6 +180,20 @@ function startHealth(addr: string, agent: Agent): http.Server {
       agent.registry.metrics().then((m) => res.writeHead(200, { 'content-type': agent.registry.contentType }).end(m));
     } else res.writeHead(404).end();
   });
+  let warned = false;
+  server.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EADDRINUSE' || closed) return void log.error({ addr, err: e.message }, 'health endpoint unavailable');
+    if (!warned) log.info({ addr }, 'health port in use (the agent before this one has it until it hands over); trying again every second');
+    warned = true;
+    retry = setTimeout(() => server.listen(port, host), 1000);
+    retry.unref();
+  });
   server.listen(port, host);
-  return server;
+  return {
+    close: () => {
+      closed = true;
+      clearTimeout(retry);
+      server.close();
+    },
+  };
 }

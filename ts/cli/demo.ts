@@ -19,6 +19,7 @@ import { EbpfBackend } from '../redirect/ebpf.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
 import { withFd, type SockAddr } from '../native/index.js';
 import { connectIn, listenIn } from '../proxy/sockets.js';
+import { freePorts } from '../util/ports.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
@@ -67,7 +68,7 @@ export async function demo(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
   const p = (f: string): string => join(dir, f);
   const pinRoot = `/sys/fs/bpf/${prefix}`;
-  const port = 20000 + Math.floor(Math.random() * 20000);
+  const [adminPort, metricsPort, readinessPort, healthPort] = await freePorts(4);
   const procs: ChildProcess[] = [];
   const servers: net.Server[] = [];
   let node: SimNode | undefined;
@@ -88,12 +89,12 @@ export async function demo(): Promise<void> {
     writeFileSync(p('config.yaml'), 'workloads: []\n');
 
     const proxy = spawn(process.execPath, [CLI, 'ztunnel', '--config', p('config.yaml'), '--zds', p('zds.sock'), '--ca-dir', p('ca'), '--drain-seconds', '1',
-      '--admin-addr', `127.0.0.1:${port}`, '--metrics-addr', `127.0.0.1:${port + 1}`, '--readiness-addr', `127.0.0.1:${port + 2}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--admin-addr', `127.0.0.1:${adminPort}`, '--metrics-addr', `127.0.0.1:${metricsPort}`, '--readiness-addr', `127.0.0.1:${readinessPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     proxy.stdout!.on('data', (d) => (proxyLog += d));
     proxy.stderr!.on('data', (d) => (proxyLog += d));
     const agent = spawn(process.execPath, [CLI, 'agent', '--backend', 'ebpf', '--manifests', p('manifests'), '--node', 'demo-node', '--cgroup', cg,
       '--pin-root', pinRoot, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--health-addr', `127.0.0.1:${port + 3}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      '--state-dir', p('state'), '--health-addr', `127.0.0.1:${healthPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     agent.stdout!.on('data', (d) => (agentLog += d));
     agent.stderr!.on('data', (d) => (agentLog += d));
     procs.push(proxy, agent);
@@ -125,7 +126,7 @@ export async function demo(): Promise<void> {
       const r = JSON.parse(line) as { direction: string; transport: string; src: { ip: string; identity?: string }; dst: { ip: string; port: number; identity?: string }; bytesSent: number; bytesReceived: number };
       say(`   access log (${r.direction}, ${r.transport}): ${r.src.ip} ${r.src.identity ?? ''} -> ${r.dst.ip}:${r.dst.port} ${r.dst.identity ?? ''}, ${r.bytesSent} B out, ${r.bytesReceived} B back`);
     }
-    const metrics = await (await fetch(`http://127.0.0.1:${port + 1}/metrics`)).text();
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     for (const m of metrics.split('\n').filter((l) => l.startsWith('istio_tcp_') && l.includes('reporter="destination"'))) {
       say(`   ${m.replace(/,?(source|destination)_(app|version|principal)="[^"]*"/g, '')}`);
     }

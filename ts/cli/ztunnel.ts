@@ -94,29 +94,37 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     },
   });
   client.start();
+  let draining = false;
   const servers = await startAdmin(zt, {
     admin: v['admin-addr']!,
     metrics: v['metrics-addr']!,
     readiness: v['readiness-addr']!,
-    // as ztunnel: ready once it serves; a refused reload keeps the last good state served, so it
-    // stays ready and says so (logs, /state, /config_dump, this endpoint's body)
-    ready: () => client.connected,
+    // as ztunnel: ready once every pod of the agent's snapshot is served; a refused reload keeps
+    // the last good state served, so it stays ready and says so (logs, /state, /config_dump,
+    // this endpoint's body)
+    notReady: () => (draining ? 'draining' : !client.connected ? 'waiting for the agent (ZDS)' : zt.notReady()),
   });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {
-    // Drain: stop accepting at once, give open connections until the deadline, then exit.
+    // Drain (ARCHITECTURE.md, "Upgrades"): a rollout sends SIGTERM once the next proxy is ready,
+    // that is, listening in every pod beside this one (SO_REUSEPORT). Stop taking pods (leave
+    // ZDS: the agent sends new pods to the next proxy), close every pod's listeners at once
+    // (the kernel moves what is queued on them to the next proxy's) and tell HBONE peers
+    // GOAWAY; open connections then have until the deadline. Exit as soon as all have ended.
     const stop = (sig: string): void => {
       const deadline = Number(v['drain-seconds']) * 1000;
+      draining = true;
       log.info({ signal: sig, drainMs: deadline }, 'draining');
       client.stop();
-      zt.close({ drain: true });
       state.close();
       kube?.stop();
-      for (const srv of servers) srv.close();
-      setTimeout(() => {
-        log.info('drain deadline reached; exiting');
+      const exit = (why: string): void => {
+        log.info(why);
+        for (const srv of servers) srv.close();
         process.exit(0);
-      }, deadline).unref();
+      };
+      setTimeout(() => exit('drain deadline reached; exiting'), deadline).unref();
+      void zt.close({ drain: true }).then(() => exit('drained: every connection has ended; exiting'));
       resolve();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));

@@ -1,82 +1,29 @@
 #!/usr/bin/env node
 /**
- * `inpod-cni` (also `inpod cni`): the CNI plugin entry, as a container runtime executes it.
- * Whatever happens, the runtime gets what the spec promises: on stdout one result or one CNI
- * error object, and an exit code (0 or 1); never a stack trace.
+ * `inpod cni` (and the package's `inpod-cni` bin): runs the static plugin of this build
+ * (build/inpod-cni) with this process's stdin, stdout, stderr and CNI_* environment, and exits
+ * as it does. The plugin is C so that the host can run it alone (ARCHITECTURE.md, "CNI"); this
+ * entry only keeps the command working for scripts that call it.
  */
+import { spawnSync } from 'node:child_process';
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { runPlugin, type CniOutput } from './plugin.js';
-import { CNI_ERR, CniFailure, MAX_STDIN_BYTES } from './input.js';
+import { pluginBinary } from './plugin.js';
 
-/** A runtime writes the configuration and closes stdin at once; waiting longer means nobody will. */
-export const STDIN_DEADLINE_MS = 10_000;
-
-/** All of stdin as UTF-8, at most `max` bytes, within `deadlineMs`. Rejects with CniFailure 5 or 6. */
-export function readStdin(stream: NodeJS.ReadableStream, max = MAX_STDIN_BYTES, deadlineMs = STDIN_DEADLINE_MS): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let len = 0;
-    const done = (f: () => void): void => {
-      clearTimeout(timer);
-      stream.removeAllListeners('data');
-      f();
-    };
-    const timer = setTimeout(
-      () => done(() => reject(new CniFailure(CNI_ERR.IO, `inpod-cni: no network configuration on stdin within ${deadlineMs / 1000} s`, 'the runtime writes the configuration to stdin and closes it'))),
-      deadlineMs,
-    );
-    timer.unref();
-    stream.on('data', (c: Buffer | string) => {
-      const b = typeof c === 'string' ? Buffer.from(c) : c;
-      len += b.length;
-      if (len > max) {
-        done(() => reject(new CniFailure(CNI_ERR.DECODE, `inpod-cni: the network configuration on stdin is larger than ${max} bytes`, 'a real configuration is a few KiB')));
-        (stream as NodeJS.ReadStream).destroy?.();
-        return;
-      }
-      chunks.push(b);
-    });
-    stream.once('end', () => done(() => resolve(Buffer.concat(chunks).toString('utf8'))));
-    stream.once('error', (e: Error) => done(() => reject(new CniFailure(CNI_ERR.IO, `inpod-cni: cannot read stdin: ${e.message}`))));
-  });
-}
-
-function failure(e: unknown): CniOutput {
-  const f = e instanceof CniFailure ? e : new CniFailure(CNI_ERR.INTERNAL, `inpod-cni: internal error: ${(e as Error)?.message ?? String(e)}`);
-  return { code: 1, stdout: JSON.stringify({ cniVersion: '1.0.0', code: f.cniCode, msg: f.message, ...(f.details ? { details: f.details } : {}) }) };
-}
-
-/** Reads the network config from stdin and the CNI_* environment; returns the exit code. Never throws. */
-export async function cniMain(): Promise<number> {
-  let out: CniOutput;
+/** Runs the plugin; returns its exit code (1 with a CNI error result if it cannot run). */
+export function cniMain(): number {
+  let r: ReturnType<typeof spawnSync> | undefined;
+  let why = '';
   try {
-    const env = process.env;
-    const stdin = env.CNI_COMMAND === 'VERSION' ? '' : await readStdin(process.stdin);
-    out = await runPlugin({
-      command: env.CNI_COMMAND ?? '',
-      containerId: env.CNI_CONTAINERID ?? '',
-      netns: env.CNI_NETNS ?? '',
-      ifname: env.CNI_IFNAME ?? '',
-      args: env.CNI_ARGS ?? '',
-      stdin,
-    });
+    r = spawnSync(pluginBinary(), [], { stdio: 'inherit' });
+    why = r.error?.message ?? (r.signal ? `killed by ${r.signal}` : '');
   } catch (e) {
-    out = failure(e);
+    why = (e as Error).message;
   }
-  if (out.stderr) process.stderr.write(out.stderr);
-  process.stdout.write(out.stdout);
-  return out.code;
+  if (r && !why) return r.status ?? 1;
+  process.stdout.write(JSON.stringify({ cniVersion: '1.0.0', code: 100, msg: `inpod-cni: internal error: ${why}` }));
+  return 1;
 }
 
 const self = fileURLToPath(import.meta.url);
-if (process.argv[1] && realpathSync(process.argv[1]) === self) {
-  // a defect anywhere must still end as a CNI error, not a stack trace
-  const last = (e: unknown): void => {
-    process.stdout.write(failure(e).stdout);
-    process.exit(1);
-  };
-  process.on('uncaughtException', last);
-  process.on('unhandledRejection', last);
-  void cniMain().then((code) => process.exit(code));
-}
+if (process.argv[1] && realpathSync(process.argv[1]) === self) process.exitCode = cniMain();

@@ -3,7 +3,7 @@
  * The primary config is the first file in lexical order (what the runtime loads); a plain .conf
  * is upgraded to a .conflist; our entry goes last; nothing else is touched.
  */
-import { chmodSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 
@@ -92,11 +92,17 @@ export function uninstallConf(confDir: string): string[] {
   return changed;
 }
 
-/** Installs the plugin executable: a wrapper that runs this Node with the plugin script. */
-export function installBinary(binDir: string, nodePath: string, pluginScript: string): string {
+/**
+ * Installs the plugin executable: a copy of `source` (the static build/inpod-cni, which needs
+ * nothing from the agent's image or the host's libraries) as binDir/inpod-cni, written aside and
+ * renamed over, so a runtime executing the plugin meanwhile runs the old file or the new one,
+ * whole (as istio-cni's install copies its binaries). Idempotent.
+ */
+export function installBinary(binDir: string, source: string): string {
   const path = join(binDir, PLUGIN_TYPE);
-  writeAtomic(path, `#!/bin/sh\n# installed by the inpod agent\nexec "${nodePath}" "${pluginScript}" "$@"\n`);
-  chmodSync(path, 0o755);
+  copyFileSync(source, `${path}.inpod-tmp`);
+  chmodSync(`${path}.inpod-tmp`, 0o755);
+  renameSync(`${path}.inpod-tmp`, path);
   return path;
 }
 

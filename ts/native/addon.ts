@@ -18,6 +18,8 @@ export interface SocketSpec {
   mark?: number;
   transparent?: boolean;
   reuseAddr?: boolean;
+  /** SO_REUSEPORT: listeners of the same owner on one address share it (and hand over on close) */
+  reusePort?: boolean;
   bind?: SockAddr;
   listen?: number;
   connect?: SockAddr;

@@ -2,7 +2,9 @@
  * The proxy's own HTTP surfaces: admin on 127.0.0.1:15000 (`/config_dump` without key material,
  * `/state` (where the state comes from, whether a reload is running, why the last one was
  * refused), `/logging?level=`), Prometheus on :15020/metrics, readiness on :15021/healthz/ready
- * (ready once the state is loaded and ZDS is connected; a 503 says which is missing).
+ * (ready once the agent's snapshot is served, until the drain starts; a 503 says why not).
+ * The proxy runs in its own network namespace (deploy/ztunnel-daemonset.yaml has no
+ * hostNetwork), so the old and the new proxy of a rollout each have these ports.
  */
 import http from 'node:http';
 import { rootLogger } from '../util/log.js';
@@ -12,7 +14,8 @@ export interface AdminOptions {
   admin: string; // host:port
   metrics: string;
   readiness: string;
-  ready: () => boolean;
+  /** why the proxy is not ready (the 503's body), or null when it is */
+  notReady: () => string | null;
 }
 
 function listen(addr: string, handler: http.RequestListener): Promise<http.Server> {
@@ -70,10 +73,10 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<http.Ser
   });
   const readiness = await safe(o.readiness, (req, res) => {
     if (req.url !== '/healthz/ready') return void res.writeHead(404).end();
-    const ok = o.ready();
+    const why = o.notReady();
     const refused = zt.opts.state.lastError;
     const note = refused ? `; the last state update was refused (${refused.message}), serving the last good state` : '';
-    res.writeHead(ok ? 200 : 503).end(ok ? `ready${note}\n` : `not ready: waiting for the agent (ZDS)${note}\n`);
+    res.writeHead(why ? 503 : 200).end(why ? `not ready: ${why}${note}\n` : `ready${note}\n`);
   });
   return [admin, metrics, readiness].filter((x): x is http.Server => x !== null);
 }

@@ -9,7 +9,6 @@
 import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';
 import { isIPv4 } from 'node:net';
-import { socketInNs } from '../native/index.js';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
@@ -17,9 +16,10 @@ import { MeshError } from '../util/errors.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
-import { relay } from './relay.js';
+import { podListenerFd } from './sockets.js';
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
@@ -35,7 +35,7 @@ export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainP
     log: pi.log,
     onStream: (s) => serveStream(pi, s),
   });
-  const fd = socketInNs(pi.netns.fd, { family: 4, bind: { ip: '0.0.0.0', port: PORTS.hbone }, listen: 511, reuseAddr: true }).release();
+  const fd = podListenerFd(pi.netns.fd, PORTS.hbone);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ fd }, () => resolve());

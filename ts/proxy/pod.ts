@@ -2,9 +2,11 @@
  * One enrolled pod (one sandbox) as the proxy serves it: the lifetime of its three listeners,
  * opened inside the pod's netns on 15001 (outbound.ts), 15006 (inbound-plaintext.ts) and 15008
  * (inbound.ts), and the pod's certificate, which the HBONE listener serves and which is rotated
- * in place. Created on ZDS Add; stopped on Del. Connections already open are left to finish.
+ * in place. Created on ZDS Add; stopped on Del or when the proxy drains. Connections already
+ * open are left to finish. The listeners share their ports with a newer proxy's (SO_REUSEPORT,
+ * sockets.ts podListenerFd), so a proxy rollout never leaves the pod without one.
  */
-import type { Http2SecureServer } from 'node:http2';
+import type { Http2SecureServer, ServerHttp2Session } from 'node:http2';
 import type net from 'node:net';
 import type { Fd } from '../native/index.js';
 import { spiffeUri, type Identity } from '../identity/spiffe.js';
@@ -28,6 +30,10 @@ export class PodProxy {
   readonly inputs: PodInputs;
   readonly listeners: Record<string, number> = {};
   readonly #servers: (net.Server | Http2SecureServer)[] = [];
+  /** the HBONE connections peers opened to this pod (15008), open now */
+  readonly #sessions = new Set<ServerHttp2Session>();
+  #drained: Promise<void> = Promise.resolve();
+  #stopped = false;
   readonly #log: Logger;
   #certTimer?: NodeJS.Timeout;
   #certSerial = '';
@@ -69,12 +75,32 @@ export class PodProxy {
     }
   }
 
-  /** Closes the listeners; open connections finish on their own. Idempotent. */
+  /**
+   * Closes the listeners; open connections finish on their own (`drained` says when). Each
+   * HBONE connection a peer opened to this pod is told GOAWAY, as ztunnel's inbound drain
+   * does: the peer opens its next streams elsewhere (the next proxy's listener) and the streams
+   * it has finish here. Idempotent.
+   */
   stop(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
     clearInterval(this.#certTimer);
     this.inputs.pool.retire(this.inputs.poolOwner);
-    for (const s of this.#servers.splice(0)) s.close();
+    const closing = this.#servers.splice(0).map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+    for (const session of this.#sessions) if (!session.closed && !session.destroyed) session.close();
+    // the connections still open work inside the pod's netns (dials, transparent upstreams): it
+    // is let go once they have ended
+    if (closing.length === 0) return this.#release();
+    this.#drained = Promise.all(closing).then(() => this.#release());
+  }
+
+  #release(): void {
     if (!this.netns.closed) this.netns.close();
+  }
+
+  /** Resolves once the pod is stopped and every connection its listeners accepted has ended. */
+  get drained(): Promise<void> {
+    return this.#drained;
   }
 
   /** A failure while serving one connection ends that connection only, logged; never the process. */
@@ -91,6 +117,12 @@ export class PodProxy {
     const cert = await certs.get(this.identity);
     this.#certSerial = cert.serial;
     const server = await startInbound(this.inputs, cert);
+    server.on('session', (session: ServerHttp2Session) => {
+      // a handshake that was under way when the pod stopped: told GOAWAY at once
+      if (this.#stopped) return void session.close();
+      this.#sessions.add(session);
+      session.once('close', () => this.#sessions.delete(session));
+    });
     this.#certTimer = setInterval(() => {
       certs.get(this.identity).then((c) => {
         if (c.serial === this.#certSerial) return;

@@ -7,7 +7,7 @@
  * connection with no stream left closes after the idle timeout; a retired sandbox's connections
  * take no new stream. The connections themselves are hbone/client.ts's.
  */
-import type { ClientHttp2Stream } from 'node:http2';
+import { constants, type ClientHttp2Stream } from 'node:http2';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { CertManager } from '../identity/manager.js';
 import { answered, dialHbone, sendConnect, type HboneConnection, type HboneRequest, type HboneSource } from './hbone/client.js';
@@ -16,6 +16,7 @@ import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './hbone/limits.js';
 export type { HboneRequest, HboneSource } from './hbone/client.js';
 
 export const MAX_STREAMS_PER_CONNECTION = 100;
+const { NGHTTP2_REFUSED_STREAM } = constants;
 
 interface Pooled extends HboneConnection {
   active: number;
@@ -66,15 +67,28 @@ export class HbonePool {
 
   /**
    * Opens a CONNECT stream to `req.authority` through `req.target`; resolves after the 200.
-   * Throws what hbone/client.ts throws (MeshError INPOD_ERR_HBONE_*).
+   * A stream the peer refused unprocessed (REFUSED_STREAM: it sent GOAWAY before it saw the
+   * stream, as a proxy that drains for a rollout does) is tried once more on another
+   * connection: HTTP/2 says such a stream is safe to retry (RFC 9113, 8.7), and the client's
+   * connection is then carried instead of reset. Throws what hbone/client.ts throws
+   * (MeshError INPOD_ERR_HBONE_*).
    */
   async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
-    const pc = await this.#connection(poolKey(src, req), src, req);
-    clearTimeout(pc.idleTimer);
-    const stream = sendConnect(pc.session, src, req);
-    stream.once('close', () => this.#release(pc));
-    await answered(stream, req);
-    return { stream, peerIdentity: pc.peerIdentity };
+    for (let attempt = 1; ; attempt++) {
+      const pc = await this.#connection(poolKey(src, req), src, req);
+      clearTimeout(pc.idleTimer);
+      let stream: ClientHttp2Stream | undefined;
+      try {
+        stream = sendConnect(pc.session, src, req);
+        stream.once('close', () => this.#release(pc));
+        await answered(stream, req);
+        return { stream, peerIdentity: pc.peerIdentity };
+      } catch (e) {
+        if (!stream) this.#release(pc); // the session was closing: no stream was made
+        const unprocessed = stream ? stream.rstCode === NGHTTP2_REFUSED_STREAM : (e as { code?: string }).code === 'ERR_HTTP2_GOAWAY_SESSION';
+        if (attempt >= 2 || !unprocessed) throw e;
+      }
+    }
   }
 
   /**

@@ -9,12 +9,26 @@ import { MARKS } from '../istio.js';
 import { MeshError, SyscallError } from '../util/errors.js';
 
 /**
- * A listening server on `port` inside the netns behind `nsFd`. With `paused`, accepted sockets
- * are not read until the handler resumes them (or hands them to the kernel fast path, which
- * needs sockets no userspace read has touched).
+ * A listening socket on `host:port` inside the netns behind `nsFd`, for one of a pod's proxy
+ * listeners (15001, 15006, 15008). SO_REUSEPORT, as ztunnel's in-pod socket factory
+ * (src/inpod/config.rs, INPOD_PORT_REUSE, on by default): while a proxy rolls, the new proxy's
+ * listeners join the old one's on the same ports and both accept; when the old one closes its
+ * listeners, the kernel moves their queued connections to the new ones (tcp_migrate_req, which
+ * enrollment turns on in the pod's netns) instead of resetting them. Only sockets of the same
+ * owner (uid) can join: an app running as another user cannot take the proxy's connections.
+ * Returns the fd, owned by the caller.
+ */
+export function podListenerFd(nsFd: number, port: number, host = '0.0.0.0'): number {
+  return socketInNs(nsFd, { family: 4, bind: { ip: host, port }, listen: 511, reuseAddr: true, reusePort: true }).release();
+}
+
+/**
+ * A listening server on `port` inside the netns behind `nsFd` (a podListenerFd). With `paused`,
+ * accepted sockets are not read until the handler resumes them (or hands them to the kernel
+ * fast path, which needs sockets no userspace read has touched).
  */
 export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host = '0.0.0.0', paused = false): Promise<net.Server> {
-  const fd = socketInNs(nsFd, { family: 4, bind: { ip: host, port }, listen: 511, reuseAddr: true }).release();
+  const fd = podListenerFd(nsFd, port, host);
   // Nagle off everywhere on the data path: with it, small writes wait for the peer's delayed
   // ACK (~40 ms), which showed as a 38 ms p99 in the benchmark.
   const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: paused }, onConn);

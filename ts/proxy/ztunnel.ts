@@ -61,6 +61,10 @@ export class Ztunnel {
   /** see ZtunnelOptions.sameNode; may be changed while running (new connections follow it) */
   sameNode: 'hbone' | 'direct';
   #seenSinceSnapshot: Set<string> | null = null;
+  /** the current ZDS connection's snapshot has been taken whole */
+  #snapshotTaken = false;
+  /** pods whose last Add failed (no listeners): the proxy is not ready while any is left */
+  readonly #failed = new Set<string>();
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
@@ -108,7 +112,13 @@ export class Ztunnel {
       localPod: (ip) => this.#localPod(ip),
       hboneLimits: this.opts.hbone,
     });
-    await pod.start();
+    try {
+      await pod.start();
+    } catch (e) {
+      if (!old) this.#failed.add(info.uid);
+      throw e;
+    }
+    this.#failed.delete(info.uid);
     this.pods.set(info.uid, pod);
     if (old) {
       old.stop();
@@ -125,6 +135,7 @@ export class Ztunnel {
 
   /** Stops serving a pod (unknown uids are a no-op). */
   removePod(uid: string): void {
+    this.#failed.delete(uid);
     const pod = this.pods.get(uid);
     if (!pod) return;
     pod.stop();
@@ -140,6 +151,7 @@ export class Ztunnel {
   /** A new ZDS connection starts a snapshot: remember who it names. */
   snapshotStarted(): void {
     this.#seenSinceSnapshot = new Set();
+    this.#snapshotTaken = false;
   }
 
   /** After SnapshotSent, pods the snapshot did not name are removed. */
@@ -148,15 +160,32 @@ export class Ztunnel {
     this.#seenSinceSnapshot = null;
     if (!seen) return;
     for (const uid of [...this.pods.keys()]) if (!seen.has(uid)) this.removePod(uid);
+    for (const uid of [...this.#failed]) if (!seen.has(uid)) this.#failed.delete(uid);
+    this.#snapshotTaken = true;
+  }
+
+  /**
+   * Why the proxy is not ready to take over the node's pods, or null when it is: as ztunnel's
+   * statemanager.rs `ready()`, once the agent's snapshot was taken whole and every pod in it is
+   * served (a pod whose listeners could not be opened keeps it not ready until an Add for it
+   * succeeds or the pod is deleted). A rollout stops the old proxy only once the new one is
+   * ready (deploy/ztunnel-daemonset.yaml: maxUnavailable 0), so no pod is ever left without one.
+   */
+  notReady(): string | null {
+    if (!this.#snapshotTaken) return "waiting for the agent's snapshot (ZDS)";
+    if (this.#failed.size > 0) return `pods not served (their listeners could not be opened): ${[...this.#failed].join(', ')}`;
+    return null;
   }
 
   /**
    * Stops serving every pod. With `drain`, open connections (HBONE streams included) are left to
-   * finish; otherwise pooled tunnels are torn down at once.
+   * finish, and the promise resolves once they all have (then the pool and the fast path are
+   * closed too); otherwise pooled tunnels are torn down at once.
    */
-  close(o: { drain?: boolean } = {}): void {
+  async close(o: { drain?: boolean } = {}): Promise<void> {
+    const pods = [...this.pods.values()];
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
-    if (o.drain) return;
+    if (o.drain) await Promise.all(pods.map((p) => p.drained));
     this.pool.close();
     this.fastPath.close();
   }

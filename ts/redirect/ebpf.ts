@@ -52,7 +52,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { discoverPodIps, openNetns, transparentReturnRouting, withNetns } from './netns.js';
+import { discoverPodIps, listenerHandover, openNetns, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -207,6 +207,7 @@ export class EbpfBackend implements RedirectBackend {
     const cookie = ns.cookie;
     if (!this.installed()) await this.install();
     await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
+    listenerHandover(ns, true);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
@@ -229,7 +230,9 @@ export class EbpfBackend implements RedirectBackend {
       if (!existsSync(this.#pin('inpod_enrolled'))) return;
       const wasEnrolled = this.#enrolledCookie(ns.cookie);
       this.#unenrollCookie(ns.cookie);
-      if (wasEnrolled) await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      if (!wasEnrolled) return;
+      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      listenerHandover(ns, false);
     });
   }
 
@@ -313,6 +316,15 @@ export class EbpfBackend implements RedirectBackend {
       closeMaps(maps);
     }
     this.#purgeConnections(cookie);
+    // which inbound slot is the newest (the listeners' entries go with their sockets)
+    const slot = this.#openMap('inpod_inbound_slot');
+    if (slot) {
+      try {
+        slot.delete(encodeU64(cookie));
+      } finally {
+        slot.close();
+      }
+    }
     const pin = this.#pin('links', `netns-${cookie}`);
     if (existsSync(pin)) unlinkSync(pin);
     rmSync(join(this.#recordDir, `${cookie}.json`), { force: true });

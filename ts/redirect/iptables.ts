@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { runProgram, type Runner } from '../util/run.js';
 import { normalizeSettings, type BackendOptions, type EnrolledPod, type NetnsRef, type PodNetns, type PodSettings, type RedirectBackend } from './backend.js';
-import { discoverPodIps, netnsProcPath, openNetns, withNetns } from './netns.js';
+import { discoverPodIps, listenerHandover, netnsProcPath, openNetns, withNetns } from './netns.js';
 import { CONNMARK, inspectSave, podRules, removalInput, restoreInput, type Table } from './iptables-rules.js';
 import { HostProbeRules } from './iptables-host.js';
 import { ROUTE_TABLE } from '../istio.js';
@@ -68,6 +68,7 @@ export class IptablesBackend implements RedirectBackend {
     const hasJumps = { raw: current.jumps.includes('raw'), mangle: current.jumps.includes('mangle'), nat: current.jumps.includes('nat') };
     await this.#ipt(ns, flavor, restoreInput(podRules(settings), hasJumps, current.drain));
     await this.#sh(ns, `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764; ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`);
+    listenerHandover(ns, true);
     // the pod's rules exempt the probe source first, then the node starts sending probes from it
     await this.#host?.add(podIps, settings.probeSource);
     const pod: EnrolledPod = { netns: ns.path, backend: 'iptables', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
@@ -87,6 +88,7 @@ export class IptablesBackend implements RedirectBackend {
         if (f.chains.length === 0) continue;
         await this.#ipt(ns, f.flavor, removalInput(f.chains, f.jumps));
         await this.#sh(ns, `while ip rule show | grep -q '${RULE}'; do ip rule del ${RULE} || break; done; ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null; true`);
+        listenerHandover(ns, false);
       }
       rmSync(join(this.#recordDir, `${ns.cookie}.json`), { force: true });
     });

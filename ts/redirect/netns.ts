@@ -132,3 +132,19 @@ export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: 
     throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${ns.path} failed: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/**
+ * Lets the proxy roll without resetting a connection (both backends): with
+ * net.ipv4.tcp_migrate_req, a listener that closes hands the connections queued on it (handshake
+ * done, or under way) to another listener of its SO_REUSEPORT group, the next proxy's, instead
+ * of resetting them (see podListenerFd in ts/proxy/sockets.ts). Set here, by enrollment, because
+ * the proxy cannot: its /proc/sys is read-only in an unprivileged container. Idempotent; `false`
+ * puts the kernel's default back.
+ */
+export function listenerHandover(ns: PodNetns, on: boolean): void {
+  try {
+    netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/tcp_migrate_req', on ? '1' : '0');
+  } catch (e) {
+    throw new MeshError('INPOD_ERR_NETNS', `setting net.ipv4.tcp_migrate_req in ${ns.path} failed (Linux 5.14 or newer has it): ${(e as Error).message}`, { cause: e });
+  }
+}

@@ -1,19 +1,22 @@
 /**
- * The agent side of ZDS: listens on a SOCK_SEQPACKET socket for the proxy, one connection at a
- * time (a newer connection replaces the older, as when the proxy is upgraded). After the
- * proxy's ZdsHello it sends the snapshot: Add with the netns fd for every enrolled pod, Keep for
- * a pod whose netns cannot be opened right now, then SnapshotSent. The fd sent is the pod's held
- * netns when the caller holds one (the agent does: istio-cni's ztunnelserver.go sendSnapshot sends
- * the cached netns fd likewise), else its path opened for the send. Then Add/Del as pods come and
- * go. Requests go one at a time; each waits for its Ack (5 s by default); an Ack carrying an
- * error rejects the caller with a MeshError naming the pod.
+ * The agent side of ZDS: listens on a SOCK_SEQPACKET socket for proxies and keeps every one that
+ * connects, as istio-cni's ztunnelserver.go connMgr: during a proxy rollout the old and the new
+ * proxy are both connected. After a proxy's ZdsHello it gets the snapshot: Add with the netns fd
+ * for every enrolled pod, Keep for a pod whose netns cannot be opened right now, then
+ * SnapshotSent. The fd sent is the pod's held netns when the caller holds one (the agent does:
+ * istio-cni's sendSnapshot sends the cached netns fd likewise), else its path opened for the send.
+ * Then, as pods come and go: Add goes to the newest proxy (LatestConn: the one that stays; an
+ * Add sent while its snapshot is still going out waits behind it), Del to every proxy (PodDeleted:
+ * an older proxy may still serve the pod). Requests on one connection go one at a time, each
+ * waiting for its Ack (5 s by default); an Ack carrying an error rejects the caller with a
+ * MeshError naming the pod. The socket path is taken over atomically from an earlier agent and
+ * removed at close only if it is still this agent's (ts/util/sockpath.ts).
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { accept, listen, openPath, unixBind, unixSocket, watchReadable, type Fd } from '../native/index.js';
 import type { PodNetns } from '../redirect/netns.js';
 import { MeshError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
+import { SocketPath } from '../util/sockpath.js';
 import { ZdsConn, type ZdsMessage } from './conn.js';
 import { ZDS_VERSION, decodeAck, decodeHello, encodeRequest, type WorkloadInfo, type WorkloadRequest } from './messages.js';
 
@@ -34,7 +37,7 @@ export interface ZdsServerOptions {
   pods: () => ZdsPod[] | Promise<ZdsPod[]>;
   ackTimeoutMs?: number;
   log?: Logger;
-  /** told when a proxy has received the whole snapshot */
+  /** told each time a proxy has received the whole snapshot */
   onReady?: () => void;
 }
 
@@ -44,17 +47,32 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
+/** One connected proxy: its requests go one at a time (ZDS pairs each Ack with the request before it). */
+class ProxyConn {
+  helloSeen = false;
+  pending: Pending | null = null;
+  #chain: Promise<unknown> = Promise.resolve();
+  conn!: ZdsConn;
+
+  constructor(readonly n: number) {}
+
+  serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.#chain.then(fn, fn);
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+}
+
 export class ZdsServer {
   readonly path: string;
   readonly #opts: ZdsServerOptions;
   readonly #log: Logger;
   #listener?: Fd;
+  #socket?: SocketPath;
   #stopWatch?: () => void;
-  #conn: ZdsConn | null = null;
-  #helloSeen = false;
-  #ready = false;
-  #pending: Pending | null = null;
-  #chain: Promise<unknown> = Promise.resolve();
+  /** connected proxies, oldest first */
+  #conns: ProxyConn[] = [];
+  #accepted = 0;
 
   constructor(opts: ZdsServerOptions) {
     this.#opts = opts;
@@ -62,60 +80,75 @@ export class ZdsServer {
     this.#log = opts.log ?? logger('zds-server');
   }
 
-  /** Is a proxy connected and past its snapshot? */
+  /** Is a proxy there to take Adds (connected and past its hello; its snapshot may be under way)? */
   get ready(): boolean {
-    return this.#ready && !!this.#conn && !this.#conn.closed;
+    return this.#newest() !== undefined;
   }
 
-  start(): void {
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o750 });
-    if (existsSync(this.path)) {
-      if (!lstatSync(this.path).isSocket()) {
-        throw new MeshError('INPOD_ERR_ZDS', `${this.path} exists and is not a socket; remove it or pass another --zds path`);
-      }
-      unlinkSync(this.path); // stale socket from an earlier agent
-    }
+  /** Proxies connected and past their hello. */
+  get connections(): number {
+    return this.#conns.filter((pc) => pc.helloSeen && !pc.conn.closed).length;
+  }
+
+  /**
+   * Listens on the path, taking it over from an earlier agent's socket (atomically), without
+   * accepting yet: a proxy that connects now waits in the backlog until start(). An agent
+   * taking over from another does this first (ts/agent/handover.ts). Idempotent.
+   */
+  listen(): void {
+    if (this.#listener) return;
     const l = unixSocket('seqpacket');
-    unixBind(l.fd, this.path);
-    chmodSync(this.path, 0o600);
-    listen(l.fd, 8);
+    try {
+      this.#socket = SocketPath.takeSync(this.path, 'INPOD_ERR_ZDS', (tmp) => {
+        unixBind(l.fd, tmp);
+        listen(l.fd, 8);
+      });
+    } catch (e) {
+      l.close();
+      throw e;
+    }
     this.#listener = l;
-    this.#stopWatch = watchReadable(l.fd, () => {
+  }
+
+  /** Listens (see listen()) and serves the proxies that connect. */
+  start(): void {
+    this.listen();
+    const l = this.#listener!;
+    this.#stopWatch ??= watchReadable(l.fd, () => {
       for (let c = accept(l.fd); c; c = accept(l.fd)) this.#adopt(c);
     });
   }
 
+  #newest(): ProxyConn | undefined {
+    return [...this.#conns].reverse().find((pc) => pc.helloSeen && !pc.conn.closed);
+  }
+
   #adopt(sock: Fd): void {
-    if (this.#conn) {
-      this.#log.info('a new proxy connected; replacing the previous connection');
-      this.#conn.close(new MeshError('INPOD_ERR_ZDS', 'replaced by a newer proxy connection'));
-    }
-    this.#helloSeen = false;
-    this.#ready = false;
-    const conn: ZdsConn = new ZdsConn(sock, (m) => this.#onMessage(conn, m), (why) => this.#onClose(conn, why));
-    this.#conn = conn;
+    const pc = new ProxyConn(++this.#accepted);
+    pc.conn = new ZdsConn(sock, (m) => this.#onMessage(pc, m), (why) => this.#onClose(pc, why));
+    this.#conns.push(pc);
+    this.#log.info({ proxy: pc.n, connected: this.#conns.length }, 'proxy connected');
   }
 
-  #onClose(conn: ZdsConn, why: Error | null): void {
-    if (conn !== this.#conn) return;
-    this.#conn = null;
-    this.#ready = false;
-    if (why) this.#log.warn({ err: why.message }, 'proxy connection closed');
-    else this.#log.info('proxy disconnected');
-    if (this.#pending) {
-      clearTimeout(this.#pending.timer);
-      this.#pending.reject(new MeshError('INPOD_ERR_ZDS', 'the proxy disconnected before acknowledging', { retryable: true }));
-      this.#pending = null;
+  #onClose(pc: ProxyConn, why: Error | null): void {
+    this.#conns = this.#conns.filter((x) => x !== pc);
+    const fields = { proxy: pc.n, connected: this.#conns.length };
+    if (why) this.#log.warn({ ...fields, err: why.message }, 'proxy connection closed');
+    else this.#log.info(fields, 'proxy disconnected');
+    if (pc.pending) {
+      clearTimeout(pc.pending.timer);
+      pc.pending.reject(new MeshError('INPOD_ERR_ZDS', 'the proxy disconnected before acknowledging', { retryable: true }));
+      pc.pending = null;
     }
   }
 
-  #onMessage(conn: ZdsConn, m: ZdsMessage): void {
+  #onMessage(pc: ProxyConn, m: ZdsMessage): void {
     const fail = (why: string): void => {
       for (const f of m.fds) f.close();
-      conn.close(new MeshError('INPOD_ERR_ZDS', why));
+      pc.conn.close(new MeshError('INPOD_ERR_ZDS', why));
     };
     if (m.fds.length) return fail(`the proxy sent ${m.fds.length} fd(s); it never should`);
-    if (!this.#helloSeen) {
+    if (!pc.helloSeen) {
       let hello;
       try {
         hello = decodeHello(m.data);
@@ -123,23 +156,23 @@ export class ZdsServer {
         return fail((e as Error).message);
       }
       if (hello.version !== ZDS_VERSION) return fail(`unsupported ZDS version ${hello.version} (this agent speaks ${ZDS_VERSION})`);
-      this.#helloSeen = true;
-      void this.#serialize(() => this.#sendSnapshot(conn)).catch((e: Error) => this.#log.warn({ err: e.message }, 'snapshot failed'));
+      pc.helloSeen = true;
+      void pc.serialize(() => this.#sendSnapshot(pc)).catch((e: Error) => this.#log.warn({ proxy: pc.n, err: e.message }, 'snapshot failed'));
       return;
     }
-    const p = this.#pending;
+    const p = pc.pending;
     if (!p) return fail('unexpected message from the proxy (no request outstanding)');
-    this.#pending = null;
+    pc.pending = null;
     clearTimeout(p.timer);
     try {
       p.resolve(decodeAck(m.data));
     } catch (e) {
       p.reject(e as Error);
-      conn.close(e as Error);
+      pc.conn.close(e as Error);
     }
   }
 
-  async #sendSnapshot(conn: ZdsConn): Promise<void> {
+  async #sendSnapshot(pc: ProxyConn): Promise<void> {
     const pods = await this.#opts.pods();
     for (const pod of pods) {
       let ns: NetnsFd | null;
@@ -149,82 +182,85 @@ export class ZdsServer {
         ns = null;
       }
       try {
-        if (ns) await this.#request(conn, { kind: 'add', uid: pod.uid, info: pod.info }, ns.fd, pod.uid);
-        else await this.#request(conn, { kind: 'keep', uid: pod.uid }, undefined, pod.uid);
+        if (ns) await this.#request(pc, { kind: 'add', uid: pod.uid, info: pod.info }, ns.fd, pod.uid);
+        else await this.#request(pc, { kind: 'keep', uid: pod.uid }, undefined, pod.uid);
       } catch (e) {
-        this.#log.warn({ uid: pod.uid, err: (e as Error).message }, 'snapshot entry refused');
-        if (conn.closed) throw e;
+        this.#log.warn({ proxy: pc.n, uid: pod.uid, err: (e as Error).message }, 'snapshot entry refused');
+        if (pc.conn.closed) throw e;
       } finally {
         ns?.done();
       }
     }
-    await this.#request(conn, { kind: 'snapshotSent' });
-    this.#ready = true;
-    this.#log.info({ pods: pods.length }, 'snapshot sent');
+    await this.#request(pc, { kind: 'snapshotSent' });
+    this.#log.info({ proxy: pc.n, pods: pods.length }, 'snapshot sent');
     this.#opts.onReady?.();
   }
 
-  /** Sends Add for a pod and waits for the proxy's Ack. Rejects if no proxy is connected. */
+  /**
+   * Sends Add to the newest proxy and waits for its Ack. Rejects (retryable) if no proxy is
+   * connected, or if that proxy goes away before it answers.
+   */
   addPod(pod: ZdsPod): Promise<void> {
-    return this.#serialize(async () => {
-      const conn = this.#readyConn(pod.uid);
+    const pc = this.#newest();
+    if (!pc) {
+      return Promise.reject(new MeshError('INPOD_ERR_ZDS', `no proxy is connected on ${this.path} to take pod ${pod.uid}; is the inpod ztunnel DaemonSet running on this node?`, { retryable: true }));
+    }
+    return pc.serialize(async () => {
       const ns = netnsFd(pod);
       try {
-        await this.#request(conn, { kind: 'add', uid: pod.uid, info: pod.info }, ns.fd, pod.uid);
+        await this.#request(pc, { kind: 'add', uid: pod.uid, info: pod.info }, ns.fd, pod.uid);
       } finally {
         ns.done();
       }
     });
   }
 
-  /** Sends Del and waits for the Ack. Without a proxy there is nothing to tell: resolves. */
-  removePod(uid: string): Promise<void> {
-    return this.#serialize(async () => {
-      if (!this.ready) return;
-      await this.#request(this.#conn!, { kind: 'del', uid }, undefined, uid);
-    });
+  /**
+   * Sends Del to every connected proxy and waits for their Acks. A proxy that goes away
+   * meanwhile serves nothing any more and is not waited for; without a proxy there is nothing
+   * to tell. Rejects with the first refusal or timeout of a proxy still connected.
+   */
+  async removePod(uid: string): Promise<void> {
+    const all = this.#conns.filter((pc) => pc.helloSeen && !pc.conn.closed);
+    const results = await Promise.allSettled(all.map((pc) => pc.serialize(async () => {
+      if (!pc.conn.closed) await this.#request(pc, { kind: 'del', uid }, undefined, uid);
+    })));
+    const failed = results.findIndex((r, i) => r.status === 'rejected' && !all[i]!.conn.closed);
+    if (failed >= 0) throw (results[failed] as PromiseRejectedResult).reason;
   }
 
-  #readyConn(uid: string): ZdsConn {
-    if (!this.ready) {
-      throw new MeshError('INPOD_ERR_ZDS', `no proxy is connected on ${this.path} to take pod ${uid}; is the inpod ztunnel DaemonSet running on this node?`, { retryable: true });
-    }
-    return this.#conn!;
-  }
-
-  #serialize<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.#chain.then(fn, fn);
-    this.#chain = p.catch(() => {});
-    return p;
-  }
-
-  #request(conn: ZdsConn, req: WorkloadRequest, fd?: number, uid?: string): Promise<void> {
+  #request(pc: ProxyConn, req: WorkloadRequest, fd?: number, uid?: string): Promise<void> {
     const timeoutMs = this.#opts.ackTimeoutMs ?? 5000;
     return new Promise<void>((resolve, reject) => {
+      if (pc.conn.closed) return reject(new MeshError('INPOD_ERR_ZDS', `the proxy disconnected before ${req.kind}${uid ? ` for pod ${uid}` : ''} was sent`, { retryable: true }));
       const timer = setTimeout(() => {
-        this.#pending = null;
+        pc.pending = null;
         reject(new MeshError('INPOD_ERR_ZDS', `the proxy did not acknowledge ${req.kind}${uid ? ` for pod ${uid}` : ''} within ${timeoutMs} ms`, { retryable: true }));
       }, timeoutMs);
-      this.#pending = {
+      pc.pending = {
         timer,
         resolve: (error) => (error ? reject(new MeshError('INPOD_ERR_ZDS', `the proxy refused ${req.kind}${uid ? ` for pod ${uid}` : ''}: ${error}`)) : resolve()),
         reject,
       };
       try {
-        conn.send(encodeRequest(req), fd === undefined ? [] : [fd]);
+        pc.conn.send(encodeRequest(req), fd === undefined ? [] : [fd]);
       } catch (e) {
         clearTimeout(timer);
-        this.#pending = null;
+        pc.pending = null;
         reject(e);
       }
     });
   }
 
+  /**
+   * Stops listening and closes every proxy connection (each proxy reconnects, to whoever
+   * listens on the path then). The path is removed only if it still names this server's socket.
+   */
   close(): void {
     this.#stopWatch?.();
-    this.#conn?.close();
+    for (const pc of [...this.#conns]) pc.conn.close();
     this.#listener?.close();
-    if (existsSync(this.path)) unlinkSync(this.path);
+    this.#socket?.release();
   }
 }
 

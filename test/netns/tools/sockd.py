@@ -277,7 +277,63 @@ def op_repeat(req):
     return out
 
 
+churns = {}  # id -> {"stop": Event, "threads": [...], "out": {...}}
+
+
+def op_churn_start(req):
+    """A steady new-connection load in the background: `threads` loops of connect, "ping",
+    read the answer, close, until churnStop. Counts answered connections and the failures by
+    errno name ("EOF": closed without an answer)."""
+    timeout = req.get("timeoutMs", 3000) / 1000.0
+    cid = new_id("c")
+    c = {"stop": threading.Event(), "threads": [], "out": {"answered": 0, "errors": {}}, "lock": threading.Lock()}
+
+    def count(key):
+        with c["lock"]:
+            if key == "answered":
+                c["out"]["answered"] += 1
+            else:
+                c["out"]["errors"][key] = c["out"]["errors"].get(key, 0) + 1
+
+    def loop():
+        while not c["stop"].is_set():
+            s = make_socket(req)
+            s.settimeout(timeout)
+            try:
+                s.connect((req["host"], req["port"]))
+                s.sendall(b"ping")
+                count("answered" if s.recv(65536) else "EOF")
+            except OSError as e:
+                count(err_name(e))
+            finally:
+                s.close()
+
+    for _ in range(req.get("threads", 2)):
+        t = threading.Thread(target=loop, daemon=True)
+        c["threads"].append(t)
+        t.start()
+    churns[cid] = c
+    return {"id": cid}
+
+
+def op_churn_peek(req):
+    c = churns[req["id"]]
+    with c["lock"]:
+        return json.loads(json.dumps(c["out"]))
+
+
+def op_churn_stop(req):
+    c = churns.pop(req["id"])
+    c["stop"].set()
+    for t in c["threads"]:
+        t.join()
+    return dict(c["out"])
+
+
 OPS = {
+    "churnStart": op_churn_start,
+    "churnPeek": op_churn_peek,
+    "churnStop": op_churn_stop,
     "repeat": op_repeat,
     "resume": op_resume,
     "load": op_load,
