@@ -16,9 +16,10 @@ import { MeshError } from '../util/errors.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
-import { podListenerFd, relay } from './sockets.js';
+import { podListenerFd } from './sockets.js';
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns

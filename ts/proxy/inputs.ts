@@ -10,7 +10,7 @@ import type { Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../util/log.js';
 import type { MeshError } from '../util/errors.js';
-import type { FastPath } from './fastpath.js';
+import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
 import type { HbonePool } from './pool.js';

@@ -10,10 +10,11 @@ import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import type { ConnContext } from './hooks.js';
 import { capturedDestination, ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
 import { sameNode } from './same-node.js';
-import { connectIn, relay } from './sockets.js';
+import { connectIn } from './sockets.js';
 
 /** Serves one connection accepted on 15001 (paused: the fast path may take it unread). */
 export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {

@@ -7,7 +7,7 @@
 import { MeshError } from '../util/errors.js';
 import type { ConnContext, ConnObserver, ConnRecord } from './hooks.js';
 
-/** What a relay reports when both directions are over (fastpath.ts and sockets.ts relays). */
+/** What a relay reports when both directions are over (the fast path, fastpath/, and the userspace relay, relay.ts). */
 export interface Relayed {
   aToB: number;
   bToA: number;

@@ -19,7 +19,7 @@ import { HbonePool } from './pool.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
-import { FastPath, PROMOTE_DEFAULT } from './fastpath.js';
+import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
 
 export interface ZtunnelOptions {
   trustDomain: string;
