@@ -8,6 +8,7 @@
  * ZDS socket). The wire is tested in test/zds/zds.test.ts, real listeners in
  * test/netns/ztunnel.test.ts.
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ import { ZdsClient } from '../../ts/zds/client.js';
 import { ZdsProtocolError, type WorkloadRequest } from '../../ts/zds/messages.js';
 import { FakeAgent, type FakeAgentConn } from '../zds/fixtures/agent.js';
 import { until } from '../netns/lab.js';
+import { CLI } from '../cli.js';
 
 /** A pod proxy that opens nothing: it records its start and stop (stop() is PodProxy's own). */
 class FakePod extends PodProxy {
@@ -310,4 +312,27 @@ describe('the proxy on a ZDS connection that breaks the protocol (ztunnel worklo
     expect(fatal).toHaveLength(0);
     expect(made.map((p) => [p.info.uid, p.stopped])).toEqual([['p1', false]]);
   });
+
+  it('inpod ztunnel, the process, exits 1 after a protocol error, as ztunnel (app.rs: WorkloadProxyManager run error, exit 1)', async () => {
+    client.stop(); // this describe's in-process client: the agent below is for the process alone
+    const path = join(dir, 'proc.sock');
+    const procAgent = new FakeAgent(path);
+    writeFileSync(join(dir, 'empty.yaml'), 'workloads: []\n');
+    const proc = spawn('node', [CLI, 'ztunnel', '--config', join(dir, 'empty.yaml'), '--zds', path, '--ca-dir', join(dir, 'ca'),
+      '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout!.on('data', (d) => (out += d));
+    proc.stderr!.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    try {
+      const c = await procAgent.conn(0);
+      expect(await c.send({ kind: 'snapshotSent' })).toBe('');
+      expect(await c.send({ kind: 'snapshotSent' })).toMatch(/^failure to process message : ZDS protocol error: pod snapshot received already/);
+      expect(await exited).toBe(1);
+      expect(out).toMatch(/"code":"INPOD_ERR_ZDS_PROTOCOL".*protocol mismatch with the node agent; exiting/);
+    } finally {
+      proc.kill('SIGKILL');
+      procAgent.close();
+    }
+  }, 30_000);
 });
