@@ -46,24 +46,23 @@ describe('policy, metrics, admin and drain', () => {
     const w = (p: LabPod, ns: string, sa: string, extra = ''): string =>
       `  - {uid: u-${p.name}, name: ${p.name}, namespace: ${ns}, serviceAccount: ${sa}, workloadIps: ["${p.ip}"], protocol: HBONE${extra}}`;
     writeFileSync(join(dir, 'config.yaml'), `workloads:
-${w(client, 'default', 'sleep', ', labels: {app: sleep, version: v1}')}
+${w(client, 'default', 'sleep', ', canonicalName: sleep, canonicalRevision: v1')}
 ${w(other, 'default', 'other')}
 ${w(intruder, 'evil', 'default')}
-${w(server, 'shop', 'web', ', labels: {app: web, version: v2}')}
+${w(server, 'shop', 'web', ', canonicalName: web, canonicalRevision: v2, authorizationPolicies: [shop/only-sleep]')}
 policies:
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: no-evil, namespace: shop}
-    spec:
-      action: DENY
-      rules: [{from: [{source: {namespaces: [evil]}}]}]
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: only-sleep, namespace: shop}
-    spec:
-      selector: {matchLabels: {app: web}}
-      action: ALLOW
-      rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep, cluster.local/ns/evil/sa/default]}}]}]
+  - name: no-evil
+    namespace: shop
+    scope: Namespace
+    action: Deny
+    dryRun: false
+    rules: [[[{namespaces: [!Exact evil]}]]]
+  - name: only-sleep
+    namespace: shop
+    scope: WorkloadSelector
+    action: Allow
+    dryRun: false
+    rules: [[[{principals: [!Exact cluster.local/ns/default/sa/sleep, !Exact cluster.local/ns/evil/sa/default]}]]]
 `);
     const pods: ZdsPod[] = [];
     zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
@@ -140,11 +139,11 @@ policies:
 
   it('dumps its config with pods, workloads and policies, and no key material', async () => {
     const text = await (await fetch(`http://127.0.0.1:${admin}/config_dump`)).text();
-    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { metadata: { name: string } }[]; certificates: { identity: string }[] };
+    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { name: string }[]; certificates: { identity: string }[] };
     expect(d.pods.map((p) => p.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
     expect(d.pods[0]!.listeners).toEqual({ outbound: 15001, inbound: 15006, hbone: 15008 });
     expect(d.workloads).toHaveLength(4);
-    expect(d.policies.map((p) => p.metadata.name)).toEqual(['no-evil', 'only-sleep']);
+    expect(d.policies.map((p) => p.name)).toEqual(['no-evil', 'only-sleep']);
     expect(d.certificates.length).toBeGreaterThan(0);
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
     expect(await (await fetch(`http://127.0.0.1:${admin}/logging?level=debug`)).json()).toEqual({ level: 'debug' });

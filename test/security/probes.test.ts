@@ -29,15 +29,13 @@ const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']
 
 /** shop/server under an ALLOW policy with no rules: nobody is admitted (Istio's allow-nothing). */
 function stateYaml(m: TestMesh): string {
+  // ztunnel's local-config form: the policy is attached to the server by name (WorkloadSelector scope)
   return `
 workloads:
-  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${m.pods.server!.ip}"], protocol: HBONE, labels: {app: web}}
+  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${m.pods.server!.ip}"], protocol: HBONE, authorizationPolicies: [shop/allow-nothing]}
   - {uid: u-client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["${m.pods.client!.ip}"], protocol: HBONE}
 policies:
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: allow-nothing, namespace: shop}
-    spec: {selector: {matchLabels: {app: web}}, action: ALLOW}
+  - {name: allow-nothing, namespace: shop, scope: WorkloadSelector, action: Allow, dryRun: false, rules: []}
 `;
 }
 

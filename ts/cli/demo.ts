@@ -110,8 +110,8 @@ export async function demo(): Promise<void> {
     }
     const [client, server] = pods as [SimPod, SimPod];
     writeFileSync(p('config.yaml'), `workloads:
-  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE, labels: {app: client}}
-  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: server}}
+  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE, canonicalName: client}
+  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, canonicalName: server}
 `);
     await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog), tails);
     servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));

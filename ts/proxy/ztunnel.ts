@@ -1,8 +1,10 @@
 /**
  * The proxy (ztunnel role): the pods it serves, keyed by uid, one netns each, with their listeners
- * inside it. ZDS drives it: Add opens a pod (a repeated Add with the same netns keeps the pod and
- * its connections as they are; with another netns, the pod's sandbox was recreated, and the new
- * netns replaces the old), Del closes it, and after a reconnect the snapshot decides who stays.
+ * inside it. ZDS drives it (`zdsHandler()`, ztunnel's src/inpod/statemanager.rs): Add opens a pod
+ * (a repeated Add with the same netns keeps the pod and its connections as they are; with another
+ * netns, the pod's sandbox was recreated, and the new netns replaces the old), Del closes it, and
+ * after a reconnect the snapshot decides who stays. Keep after SnapshotSent, a second
+ * SnapshotSent and Add without workload_info are protocol errors (ZdsProtocolError).
  * It makes what the pods share: the HBONE pool, the fast path, the authorizer (ts/policy) and the
  * telemetry (ts/telemetry), the two parts every listener reports to.
  */
@@ -20,6 +22,8 @@ import type { HboneLimits } from './hbone/limits.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
 import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
+import type { ZdsHandler } from '../zds/client.js';
+import { ZdsProtocolError } from '../zds/messages.js';
 
 export interface ZtunnelOptions {
   trustDomain: string;
@@ -143,9 +147,13 @@ export class Ztunnel {
     this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
   }
 
-  /** Keep: the agent knows the pod but could not send its netns; it stays as it is. */
+  /**
+   * Keep: the agent knows the pod but could not send its netns; it stays as it is. Only part of
+   * a snapshot: outside one it is a protocol error and changes nothing (statemanager.rs).
+   */
   keepPod(uid: string): void {
-    this.#seenSinceSnapshot?.add(uid);
+    if (!this.#seenSinceSnapshot) throw new ZdsProtocolError('pod keep received after snapshot');
+    this.#seenSinceSnapshot.add(uid);
   }
 
   /** A new ZDS connection starts a snapshot: remember who it names. */
@@ -154,14 +162,38 @@ export class Ztunnel {
     this.#snapshotTaken = false;
   }
 
-  /** After SnapshotSent, pods the snapshot did not name are removed. */
+  /**
+   * After SnapshotSent, pods the snapshot did not name are removed. A second one on the same
+   * connection is a protocol error and changes nothing (statemanager.rs).
+   */
   snapshotSent(): void {
     const seen = this.#seenSinceSnapshot;
+    if (!seen) throw new ZdsProtocolError('pod snapshot received already');
     this.#seenSinceSnapshot = null;
-    if (!seen) return;
     for (const uid of [...this.pods.keys()]) if (!seen.has(uid)) this.removePod(uid);
     for (const uid of [...this.#failed]) if (!seen.has(uid)) this.#failed.delete(uid);
     this.#snapshotTaken = true;
+  }
+
+  /**
+   * What ZDS drives (ts/zds/client.ts): each request of the agent's connection, in order. An Add
+   * without workload_info is refused as ztunnel refuses it (a protocol error; its netns is
+   * closed, nothing is opened).
+   */
+  zdsHandler(): ZdsHandler {
+    return {
+      connected: () => this.snapshotStarted(),
+      add: async (uid, info, netns) => {
+        if (!info) {
+          netns.close();
+          throw new ZdsProtocolError(`workload_info is required but not present (Add for pod ${uid})`);
+        }
+        await this.addPod({ uid, ...info }, netns);
+      },
+      del: (uid) => this.removePod(uid),
+      keep: (uid) => this.keepPod(uid),
+      snapshotSent: () => this.snapshotSent(),
+    };
   }
 
   /**

@@ -64,7 +64,7 @@ export function buildKubeState(
       if (sp.protocol && sp.protocol !== 'TCP') continue;
       ports[sp.port] = typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : 0; // named: from slices
     }
-    svcOut.push({ name, namespace: ns, hostname, vips, ports, subjectAltNames: [] });
+    svcOut.push({ name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [] });
     const key = `${ns}/${hostname}`;
     for (const slice of slices) {
       if (slice.metadata?.namespace !== ns || slice.metadata?.labels?.['kubernetes.io/service-name'] !== name) continue;

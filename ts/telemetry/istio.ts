@@ -53,13 +53,14 @@ export class IstioTelemetry implements ConnObserver {
       source_workload: u(s?.name),
       source_workload_namespace: u(s?.namespace),
       source_principal: u(ctx.src.identity),
-      source_app: u(s?.labels.app),
-      source_version: u(s?.labels.version),
+      // ztunnel (src/proxy/metrics.rs): app and version are the canonical name and revision
+      source_app: u(s?.canonicalName || s?.labels.app),
+      source_version: u(s?.canonicalRevision || s?.labels.version),
       destination_workload: u(d?.name),
       destination_workload_namespace: u(d?.namespace),
       destination_principal: u(ctx.dst.identity),
-      destination_app: u(d?.labels.app),
-      destination_version: u(d?.labels.version),
+      destination_app: u(d?.canonicalName || d?.labels.app),
+      destination_version: u(d?.canonicalRevision || d?.labels.version),
       destination_service: u(ctx.service ?? (d ? Object.keys(d.services)[0]?.split('/')[1] : undefined)),
       // 'local' (same node): both identities are this proxy's own, verified as for HBONE, and no
       // byte leaves the node; dashboards show it as the mTLS it stands in for

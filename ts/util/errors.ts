@@ -27,6 +27,7 @@ export type MeshErrorCode =
   | 'INPOD_ERR_CLIENT_GONE'
   | 'INPOD_ERR_FASTPATH'
   | 'INPOD_ERR_ZDS'
+  | 'INPOD_ERR_ZDS_PROTOCOL'
   | 'INPOD_ERR_CNI'
   | 'INPOD_ERR_AGENT';
 
