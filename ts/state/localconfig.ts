@@ -107,7 +107,32 @@ function workload(path: string, v: unknown): Workload {
     waypoint: waypoint(`${path}.waypoint`, f.v.waypoint),
     labels,
     healthy: status === 'Healthy',
+    ...telemetryFields(f),
   };
+}
+
+/**
+ * ztunnel's Workload fields telemetry reports (src/state/workload.rs: workloadName,
+ * workloadType, canonicalName, canonicalRevision, clusterId, locality): optional strings, empty
+ * allowed (reported as "unknown").
+ */
+function telemetryFields(f: Fields): Partial<Workload> {
+  const opt = (o: Fields, k: string): string | undefined => {
+    const x = o.v[k];
+    if (x === undefined || x === null) return undefined;
+    if (typeof x !== 'string') o.fail(k, `expected a string, got ${JSON.stringify(x)}`);
+    return x;
+  };
+  const out: Partial<Workload> = {};
+  for (const k of ['workloadName', 'workloadType', 'canonicalName', 'canonicalRevision', 'clusterId'] as const) {
+    const v = opt(f, k);
+    if (v !== undefined) out[k] = v;
+  }
+  if (f.v.locality !== undefined && f.v.locality !== null) {
+    const l = obj(`${f.path}.locality`, f.v.locality);
+    out.locality = { region: opt(l, 'region') ?? '', zone: opt(l, 'zone') ?? '', subzone: opt(l, 'subzone') ?? '' };
+  }
+  return out;
 }
 
 function service(path: string, v: unknown): Service {

@@ -24,6 +24,26 @@ export interface Workload {
   labels: Record<string, string>;
   /** Health as Kubernetes reports it; unhealthy endpoints are not picked. */
   healthy: boolean;
+  /**
+   * As ztunnel's Workload (src/state/workload.rs), what telemetry reports; empty or absent is
+   * reported as "unknown". workloadName: the controller's name as istiod derives it (a
+   * Deployment's for its pods); workloadType: "pod" for a Kubernetes pod; canonicalName and
+   * canonicalRevision: the canonical service (ts/state/workloadmeta.ts); clusterId: the cluster
+   * the workload runs in.
+   */
+  workloadName?: string;
+  workloadType?: string;
+  canonicalName?: string;
+  canonicalRevision?: string;
+  clusterId?: string;
+  locality?: Locality;
+}
+
+/** Where a workload runs, as the topology labels of its node say (ztunnel's Locality). */
+export interface Locality {
+  region: string;
+  zone: string;
+  subzone: string;
 }
 
 export interface Service {
