@@ -25,7 +25,7 @@ import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { ConnContext, ConnObserver, ConnRecord, EarlyRefusal, ReportedConn } from '../proxy/hooks.js';
 import { completeLine, connectionFields, earlyDenyLine } from './accesslog.js';
-import { describe, FAILURE_FLAGS, TRAFFIC_LABELS, type TrafficLabelName, type TrafficLabels } from './labels.js';
+import { describe, FAILURE_FLAGS, seriesKey, TRAFFIC_LABELS, type TrafficLabels } from './labels.js';
 
 /** How many pods the proxy serves, and how many it could not (ztunnel's workload_states and pending_workloads). */
 export interface ProxyCounts {
@@ -40,6 +40,33 @@ export interface IstioTelemetryOptions {
   buildTag?: string;
 }
 
+/**
+ * A counter family with the traffic labels, summed here by label values and handed to prom-client
+ * at each scrape: a connection costs a Map update per series instead of prom-client validating
+ * and hashing 27 labels on every increment (measured: 70 against 25 µs per connection).
+ */
+class TrafficCounter {
+  readonly #rows = new Map<string, { labels: TrafficLabels; value: number }>();
+
+  constructor(name: string, help: string, registers: Registry[]) {
+    const rows = this.#rows;
+    new Counter({
+      name, help, labelNames: [...TRAFFIC_LABELS], registers,
+      collect() {
+        this.reset();
+        for (const r of rows.values()) this.inc(r.labels, r.value);
+      },
+    });
+  }
+
+  /** Adds `n` (0 makes the series exist) to the series `key` names (seriesKey). */
+  add(key: string, labels: TrafficLabels, n = 1): void {
+    const r = this.#rows.get(key);
+    if (r) r.value += n;
+    else this.#rows.set(key, { labels, value: n });
+  }
+}
+
 /** inpod's version, from the package.json beside dist/ (and ts/) */
 function ownVersion(): string {
   try {
@@ -51,11 +78,11 @@ function ownVersion(): string {
 
 export class IstioTelemetry implements ConnObserver {
   readonly registry = new Registry();
-  readonly #opened: Counter<TrafficLabelName>;
-  readonly #closed: Counter<TrafficLabelName>;
-  readonly #failed: Counter<TrafficLabelName>;
-  readonly #received: Counter<TrafficLabelName>;
-  readonly #sent: Counter<TrafficLabelName>;
+  readonly #opened: TrafficCounter;
+  readonly #closed: TrafficCounter;
+  readonly #failed: TrafficCounter;
+  readonly #received: TrafficCounter;
+  readonly #sent: TrafficCounter;
   readonly #sockets: Gauge<'reporter'>;
   readonly #started: Counter;
   readonly #stopped: Counter;
@@ -65,7 +92,7 @@ export class IstioTelemetry implements ConnObserver {
   constructor(private readonly state: StateStore, log: Logger, opts: IstioTelemetryOptions = {}) {
     this.#access = log.child({ scope: 'access' });
     const registers = [this.registry];
-    const traffic = (name: string, help: string): Counter<TrafficLabelName> => new Counter({ name, help, labelNames: [...TRAFFIC_LABELS], registers });
+    const traffic = (name: string, help: string): TrafficCounter => new TrafficCounter(name, help, registers);
     // help texts as ztunnel's
     this.#opened = traffic('istio_tcp_connections_opened_total', 'The total number of TCP connections opened');
     this.#closed = traffic('istio_tcp_connections_closed_total', 'The total number of TCP connections closed');
@@ -103,20 +130,22 @@ export class IstioTelemetry implements ConnObserver {
   opened(ctx: ConnContext): ReportedConn {
     const d = describe(this.state.snapshot, ctx);
     const labels: TrafficLabels = d.labels;
-    this.#opened.inc(labels);
+    const key = seriesKey(labels);
+    this.#opened.add(key, labels);
     // ztunnel takes the byte series at the open: they exist (at 0) from then on
-    this.#received.inc(labels, 0);
-    this.#sent.inc(labels, 0);
+    this.#received.add(key, labels, 0);
+    this.#sent.add(key, labels, 0);
     if (this.#access.isLevelEnabled('debug')) this.#access.debug(connectionFields(d, ctx), 'connection opened');
     return {
       closed: (rec: ConnRecord): void => {
         const flags = rec.responseFlags ?? '-';
-        const final: TrafficLabels = flags === labels.response_flags ? labels : { ...labels, response_flags: flags };
-        this.#closed.inc(final);
-        if (FAILURE_FLAGS.has(flags)) this.#failed.inc(final);
+        const [final, finalKey] = flags === labels.response_flags ? [labels, key] : [{ ...labels, response_flags: flags }, seriesKey(labels, flags)];
+        this.#closed.add(finalKey, final);
+        if (FAILURE_FLAGS.has(flags)) this.#failed.add(finalKey, final);
         // Istio's naming: "received" counts request bytes (source to destination), "sent" the response
-        if (rec.bytesSent) this.#received.inc(labels, rec.bytesSent);
-        if (rec.bytesReceived) this.#sent.inc(labels, rec.bytesReceived);
+        if (rec.bytesSent) this.#received.add(key, labels, rec.bytesSent);
+        if (rec.bytesReceived) this.#sent.add(key, labels, rec.bytesReceived);
+        if (!this.#access.isLevelEnabled(rec.outcome === 'ok' ? 'info' : 'error')) return;
         const line = completeLine(d, rec, flags);
         if (line.level === 'info') this.#access.info(line.fields, 'connection complete');
         else this.#access.error(line.fields, 'connection complete');

@@ -68,6 +68,13 @@ export interface Described {
 
 const u = (v: string | undefined): string => v || UNKNOWN;
 
+/** A string naming the series of `labels` with response flags `flags` (default: theirs): equal label values, equal keys. */
+export function seriesKey(labels: TrafficLabels, flags = labels.response_flags): string {
+  let k = '';
+  for (const n of TRAFFIC_LABELS) k += `${n === 'response_flags' ? flags : labels[n]}\u0000`;
+  return k;
+}
+
 /** Is the connection mutual TLS: HBONE, or same-node delivery between two identities this proxy verified. */
 export function isMutualTls(ctx: Pick<ConnContext, 'transport'>): boolean {
   return ctx.transport === 'hbone' || ctx.transport === 'local';
