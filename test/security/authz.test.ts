@@ -236,11 +236,11 @@ workloads:
     const before = await accepted();
     const r = await sh.b.connect({ host: server.ip, port: 8080, send: 'let me in', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('both access-log lines', () => records.some((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
-    const out = records.find((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b');
-    expect(out).toMatchObject({ transport: 'hbone', responseFlags: 'DENY', error: expect.stringMatching(/answered 401: denied by authorization policy/) });
-    const inb = records.find((l) => l.access && l.direction === 'inbound' && l.pod === 'shop/server' && (l.src as { identity?: string }).identity === 'spiffe://cluster.local/ns/shop/sa/b');
-    expect(inb).toMatchObject({ responseFlags: 'DENY', error: 'no ALLOW policy matched (shop/only-a)' });
+    await until('both access-log lines', () => records.some((l) => l.msg === 'connection complete' && l.direction === 'outbound' && l.pod === 'shop/b' && l.response_flags === 'DENY'), { timeoutMs: 5000 });
+    const out = records.find((l) => l.msg === 'connection complete' && l.direction === 'outbound' && l.pod === 'shop/b');
+    expect(out).toMatchObject({ transport: 'hbone', response_flags: 'DENY', error: expect.stringMatching(/answered 401: denied by authorization policy/) });
+    const inb = records.find((l) => l.msg === 'connection complete' && l.direction === 'inbound' && l.pod === 'shop/server' && l['src.identity'] === 'spiffe://cluster.local/ns/shop/sa/b');
+    expect(inb).toMatchObject({ response_flags: 'DENY', error: 'no ALLOW policy matched (shop/only-a)' });
     expect(await accepted()).toBe(before);
   });
 
@@ -256,7 +256,7 @@ workloads:
     const before = await accepted();
     const r = await sh.outside.connect({ host: server.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('the denied plaintext line', () => records.some((l) => l.access && l.transport === 'plaintext' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
+    await until('the denied plaintext line', () => records.some((l) => l.msg === 'connection complete' && l.transport === 'plaintext' && l.response_flags === 'DENY'), { timeoutMs: 5000 });
     expect(await accepted()).toBe(before);
   });
 });

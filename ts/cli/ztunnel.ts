@@ -77,7 +77,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
     kube = src;
     await src.start();
-    log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
+    log.info('state from the Kubernetes API (pods, nodes, services, endpointslices, authorizationpolicies)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');

@@ -75,6 +75,7 @@ export class Ztunnel {
     this.pool = new HbonePool({ certs, limits: opts.hbone });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
     this.telemetry = new IstioTelemetry(opts.state, this.log);
+    this.telemetry.countProxies(() => ({ active: this.pods.size, pending: this.#failed.size }));
     const mode = opts.fastPath ?? 'off';
     this.sameNode = opts.sameNode ?? 'hbone';
     this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry.registry });
@@ -124,8 +125,9 @@ export class Ztunnel {
     }
     this.#failed.delete(info.uid);
     this.pods.set(info.uid, pod);
+    this.telemetry.proxyStarted();
     if (old) {
-      old.stop();
+      this.#stop(old);
       this.log.info({ uid: info.uid, pod: info.name, ns: info.namespace }, 'pod netns replaced: serving the new sandbox, the old one drains');
     }
   }
@@ -142,9 +144,15 @@ export class Ztunnel {
     this.#failed.delete(uid);
     const pod = this.pods.get(uid);
     if (!pod) return;
-    pod.stop();
+    this.#stop(pod);
     this.pods.delete(uid);
     this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
+  }
+
+  /** Stops a pod's listeners; it counts as stopped once its connections are over too (ztunnel's proxies_stopped). */
+  #stop(pod: PodProxy): void {
+    pod.stop();
+    void pod.drained.then(() => this.telemetry.proxyStopped());
   }
 
   /**

@@ -77,9 +77,16 @@ export interface Workload {
   /** (ztunnel) */
   clusterId?: string;
   /** (ztunnel) */
-  locality?: { region: string; zone: string; subzone: string };
+  locality?: Locality;
   /** (ztunnel) */
   capacity?: number;
+}
+
+/** Where a workload runs, as the topology labels of its node say (ztunnel's Locality). */
+export interface Locality {
+  region: string;
+  zone: string;
+  subzone: string;
 }
 
 /** ztunnel's Endpoint of a service, named by workload uid. */
