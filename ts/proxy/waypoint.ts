@@ -123,13 +123,13 @@ export function resolveWaypoint(snap: StateSnapshot, gw: GatewayAddress, origina
   // by address, a service VIP first, then a workload IP (ztunnel's `find_upstream`)
   const vip = gw.hostname ? undefined : snap.byVip.get(gw.address);
   const found = vip ? { service: vip } : findDestination(snap, gw);
-  if (!found) return `unknown waypoint: ${name} is neither a service nor a workload in the state`;
+  if (!found) return `unknown waypoint: ${name} is neither a service nor a workload in the state; is the waypoint deployed, and known to the control plane?`;
   let workload: Workload;
   let port: number;
   let sans: string[] = [];
   if ('service' in found) {
     const chosen = balanceWaypointService(snap, found.service, gw.hboneMtlsPort, pick);
-    if (!chosen) return `unknown waypoint: service ${name} has no healthy endpoint for port ${gw.hboneMtlsPort}`;
+    if (!chosen) return `unknown waypoint: service ${name} has no healthy endpoint for port ${gw.hboneMtlsPort}; are the waypoint's pods running, and does its Service have that port?`;
     ({ workload, port } = chosen);
     sans = found.service.subjectAltNames;
   } else {
