@@ -159,7 +159,7 @@ describe('waypoints on the data path', () => {
     expect(accepted.at(-1)!.peer.host).toBe(waypoint.ip);
   });
 
-  it('refuses at the destination a connection that goes around the waypoint (straight to the pod)', async () => {
+  it("refuses at the destination a connection that goes around the waypoint (straight to the pod): istiod's implicitWaypointPolicy, enforced by ztunnel's assert_rbac", async () => {
     const listener = (await sh.server.listenerByTag('server')).id;
     const before = (await sh.server.accepted(listener)).length;
     const seenBefore = seen.length;
