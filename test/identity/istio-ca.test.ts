@@ -8,12 +8,14 @@
  * src/config.rs (CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, CLUSTER_ID, SECRET_TTL 24 h).
  */
 import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { IstioCaClient } from '../../ts/identity/istio-ca.js';
+import { caOptionsFromFlags, IstioCaClient } from '../../ts/identity/istio-ca.js';
+import { Ztunnel } from '../../ts/proxy/ztunnel.js';
+import { StateStore } from '../../ts/state/store.js';
 import { CERT_RETRY, CertManager, refreshAt, retryDelayMs } from '../../ts/identity/manager.js';
 import { spiffeUri } from '../../ts/identity/spiffe.js';
 import { addCaService, servingCredentials, makeRoot, type FakeCa } from '../fixtures/istiod/ca.js';
@@ -166,5 +168,37 @@ describe('a CA outage', () => {
     const c = await m.get(alice);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
     expect(c.identity).toBe(spiffeUri(alice));
+  });
+});
+
+describe('inpod ztunnel in Istio mode (--ca-address)', () => {
+  it('takes ztunnel\'s defaults for the root and the token file, and keeps the node-local CA without --ca-address', () => {
+    expect(caOptionsFromFlags({}, 'cluster.local')).toBeUndefined();
+    expect(caOptionsFromFlags({ 'ca-address': 'https://istiod.istio-system.svc:15012' }, 'cluster.local', () => true)).toEqual({
+      address: 'https://istiod.istio-system.svc:15012',
+      rootCertFile: '/var/run/secrets/istio/root-cert.pem',
+      tokenFile: '/var/run/secrets/tokens/istio-token',
+      clusterId: 'Kubernetes',
+      altHostname: undefined,
+      trustDomain: 'cluster.local',
+    });
+    // no token file mounted: none is sent (ztunnel's AuthSource::None)
+    expect(caOptionsFromFlags({ 'ca-address': 'https://istiod:15012', 'ca-root-ca': '/r.pem' }, 'td', () => false)).toMatchObject({ rootCertFile: '/r.pem', tokenFile: undefined });
+    expect(() => caOptionsFromFlags({ 'ca-address': 'https://istiod:15012/path/x' }, 'td')).toThrow(/not https:\/\/host:port/);
+  });
+
+  it('serves pods with istiod-issued certificates and makes no CA of its own (no CA key on the node)', async () => {
+    const caDir = join(dir, 'never-created');
+    const client = IstioCaClient.open({ address, rootCertFile: join(dir, 'root-cert.pem'), tokenFile: join(dir, 'istio-token'), trustDomain: 'cluster.local' });
+    const zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir, identity: client, state: new StateStore() });
+    try {
+      const c = await zt.certs.get(alice);
+      expect(ca.requests.map((r) => r.request.metadata.ImpersonatedIdentity)).toEqual([spiffeUri(alice)]);
+      expect(new X509Certificate(c.certPem).verify(new X509Certificate(ca.root.certPem).publicKey)).toBe(true);
+      expect(zt.certs.rootPem).toBe(ca.root.certPem);
+      expect(existsSync(caDir)).toBe(false);
+    } finally {
+      await zt.close();
+    }
   });
 });

@@ -13,6 +13,7 @@ import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
+import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
@@ -26,6 +27,10 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
                  [--auto-allow-waypoint-policy]  (Kubernetes state: as istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY, workloads
                  behind a waypoint admit only it unless other ALLOW policies apply)
+                 [--ca-address https://istiod.istio-system.svc:15012 [--ca-root-ca FILE] [--auth-token FILE] [--cluster-id ID] [--alt-ca-hostname H]]
+                 (workload certificates from istiod's CA, as ztunnel's CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, CLUSTER_ID,
+                 ALT_CA_HOSTNAME; default root /var/run/secrets/istio/root-cert.pem, token /var/run/secrets/tokens/istio-token;
+                 without --ca-address the node-local CA in --ca-dir signs them)
   inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN_ADDR}]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
@@ -55,6 +60,11 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
       'auto-allow-waypoint-policy': { type: 'boolean', default: false },
+      'ca-address': { type: 'string' },
+      'ca-root-ca': { type: 'string' },
+      'auth-token': { type: 'string' },
+      'cluster-id': { type: 'string' },
+      'alt-ca-hostname': { type: 'string' },
     },
     strict: true,
   });
@@ -82,7 +92,10 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
+  const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
+  const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
+  if (caOpts) log.info({ ca: caOpts.address, root: caOpts.rootCertFile, token: caOpts.tokenFile ?? null }, 'workload certificates from istiod\'s CA');
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({

@@ -13,7 +13,7 @@
 import 'reflect-metadata'; // required by @peculiar/x509 (tsyringe)
 import { KeyObject, webcrypto } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as x509 from '@peculiar/x509';
@@ -88,6 +88,34 @@ export interface IstioCaOptions {
   timeoutMs?: number;
   now?: () => number;
   log?: Logger;
+}
+
+/** The Istio-mode flags of `inpod ztunnel`, named after ztunnel's environment variables. */
+export interface CaFlags {
+  'ca-address'?: string; // CA_ADDRESS
+  'ca-root-ca'?: string; // CA_ROOT_CA
+  'auth-token'?: string; // AUTH_TOKEN
+  'cluster-id'?: string; // CLUSTER_ID
+  'alt-ca-hostname'?: string; // ALT_CA_HOSTNAME
+}
+
+/**
+ * The CA client's options from the flags, or undefined without --ca-address (the node-local CA
+ * stays). As ztunnel's config.rs: the root defaults to /var/run/secrets/istio/root-cert.pem, the
+ * token to /var/run/secrets/tokens/istio-token when that file exists (else none is sent).
+ */
+export function caOptionsFromFlags(f: CaFlags, trustDomain: string, exists: (p: string) => boolean = existsSync): Omit<IstioCaOptions, 'log'> | undefined {
+  const address = f['ca-address'];
+  if (!address) return undefined;
+  grpcTarget(address);
+  return {
+    address,
+    rootCertFile: f['ca-root-ca'] ?? CA_DEFAULTS.rootCert,
+    tokenFile: f['auth-token'] ?? (exists(CA_DEFAULTS.token) ? CA_DEFAULTS.token : undefined),
+    clusterId: f['cluster-id'] ?? CA_DEFAULTS.clusterId,
+    altHostname: f['alt-ca-hostname'],
+    trustDomain,
+  };
 }
 
 /** `https://h:p` -> `h:p`, as the gRPC target. */
