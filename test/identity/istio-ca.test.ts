@@ -15,6 +15,8 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { caOptionsFromFlags, IstioCaClient } from '../../ts/identity/istio-ca.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
+import { PodProxy } from '../../ts/proxy/pod.js';
+import { openPath } from '../../ts/native/index.js';
 import { StateStore } from '../../ts/state/store.js';
 import { CERT_RETRY, CertManager, refreshAt, retryDelayMs } from '../../ts/identity/manager.js';
 import { spiffeUri } from '../../ts/identity/spiffe.js';
@@ -197,6 +199,36 @@ describe('inpod ztunnel in Istio mode (--ca-address)', () => {
       expect(new X509Certificate(c.certPem).verify(new X509Certificate(ca.root.certPem).publicKey)).toBe(true);
       expect(zt.certs.rootPem).toBe(ca.root.certPem);
       expect(existsSync(caDir)).toBe(false);
+    } finally {
+      await zt.close();
+    }
+  });
+});
+
+describe('certificates of the pods on this node', () => {
+  it('are kept while a pod of the identity is on the node and forgotten (no more refreshes) when its last pod leaves, as ztunnel\'s clear_cert', async () => {
+    const client = IstioCaClient.open({ address, rootCertFile: join(dir, 'root-cert.pem'), tokenFile: join(dir, 'istio-token'), trustDomain: 'cluster.local' });
+    // pods that open no listeners: each only asks for its certificate, as the HBONE listener does
+    class CertOnlyPod extends PodProxy {
+      override async start(): Promise<void> {
+        await this.inputs.certs.get(this.identity);
+      }
+    }
+    const zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'unused'), identity: client, state: new StateStore(), podProxy: (i, ns, deps) => new CertOnlyPod(i, ns, deps) });
+    const netns = (name: string) => {
+      writeFileSync(join(dir, name), '', { flag: 'a' });
+      return openPath(join(dir, name));
+    };
+    try {
+      for (const [uid, sa] of [['a1', 'alice'], ['a2', 'alice'], ['b1', 'bob']] as const) {
+        await zt.addPod({ uid, name: uid, namespace: 'default', serviceAccount: sa }, netns(uid));
+      }
+      const held = async () => (await zt.certs.list()).map((c) => c.identity).sort();
+      expect(await held()).toEqual([spiffeUri(alice), 'spiffe://cluster.local/ns/default/sa/bob']);
+      zt.removePod('a1');
+      expect(await held()).toEqual([spiffeUri(alice), 'spiffe://cluster.local/ns/default/sa/bob']); // a2 still has alice
+      zt.removePod('a2');
+      expect(await held()).toEqual(['spiffe://cluster.local/ns/default/sa/bob']);
     } finally {
       await zt.close();
     }

@@ -149,6 +149,9 @@ export class Ztunnel {
     if (!pod) return;
     this.#stop(pod);
     this.pods.delete(uid);
+    // its identity's last pod on this node: its certificate is no longer refreshed (ztunnel's
+    // cert_fetcher.rs clear_cert -> forget_certificate)
+    if (![...this.pods.values()].some((p) => p.inputs.uri === pod.inputs.uri)) this.certs.forget(pod.identity);
     this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
   }
 
