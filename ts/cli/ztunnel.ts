@@ -73,6 +73,10 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   const sameNode = v['same-node'];
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
   const log = logger('ztunnel');
+  // Istio mode (--ca-address): checked before anything is started, so a bad flag or a missing root ends the process
+  const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
+  const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
+  if (caOpts) log.info({ ca: caOpts.address, root: caOpts.rootCertFile, token: caOpts.tokenFile ?? null }, 'workload certificates from istiod\'s CA');
   const state = new StateStore();
   if (v.config) {
     state.watchFile(v.config);
@@ -92,9 +96,6 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
-  const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
-  const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
-  if (caOpts) log.info({ ca: caOpts.address, root: caOpts.rootCertFile, token: caOpts.tokenFile ?? null }, 'workload certificates from istiod\'s CA');
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
