@@ -234,3 +234,31 @@ describe('certificates of the pods on this node', () => {
     }
   });
 });
+
+describe('istiod\'s root rotated in its file', () => {
+  it('is taken before the next request (ztunnel\'s RootCertManager): a CA the old root does not vouch for is refused, then trusted once the file holds its root', async () => {
+    const root2 = await makeRoot('rotated root');
+    const other = new grpc.Server();
+    const ca2 = await addCaService(other, { root: root2 });
+    const creds = await servingCredentials(root2);
+    const port = await new Promise<number>((resolve, reject) => other.bindAsync('127.0.0.1:0', creds, (e, p) => (e ? reject(e) : resolve(p))));
+    const rootFile = join(dir, 'rotating-root.pem');
+    writeFileSync(rootFile, ca.root.certPem); // the old root
+    const client = IstioCaClient.open({ address: `https://127.0.0.1:${port}`, rootCertFile: rootFile, tokenFile: join(dir, 'istio-token'), trustDomain: 'cluster.local' });
+    try {
+      await expect(client.issue(alice, 3600_000)).rejects.toMatchObject({ code: 'INPOD_ERR_CA', message: expect.stringMatching(/UNAVAILABLE/) });
+      expect(ca2.requests).toHaveLength(0); // the token went nowhere
+      writeFileSync(rootFile, root2.certPem);
+      const c = await client.issue(alice, 3600_000);
+      expect(new X509Certificate(c.certPem).verify(new X509Certificate(root2.certPem).publicKey)).toBe(true);
+      expect(client.rootPem).toBe(root2.certPem);
+      // a file emptied by a remount half-way keeps the root in use
+      writeFileSync(rootFile, '');
+      expect((await client.issue(alice, 3600_000)).identity).toBe(spiffeUri(alice));
+      expect(client.rootPem).toBe(root2.certPem);
+    } finally {
+      client.close();
+      await new Promise<void>((r) => other.tryShutdown(() => r()));
+    }
+  });
+});

@@ -23,7 +23,7 @@ import { logger, type Logger } from '../util/log.js';
 import type { IssuedCert } from './ca.js';
 import type { IdentityProvider } from './provider.js';
 import { spiffeUri, type Identity } from './spiffe.js';
-import { verifyIssuedChain } from './verify.js';
+import { splitPem, verifyIssuedChain } from './verify.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
@@ -126,15 +126,21 @@ function grpcTarget(address: string): string {
 }
 
 export class IstioCaClient implements IdentityProvider {
-  readonly rootPem: string;
-  readonly #client: grpc.Client;
+  #rootPem: string;
+  #client: grpc.Client;
   readonly #log: Logger;
   #closed = false;
+  #reloading?: Promise<void>;
 
-  private constructor(readonly trustDomain: string, rootPem: string, client: grpc.Client, private readonly opts: IstioCaOptions) {
-    this.rootPem = rootPem;
-    this.#client = client;
+  private constructor(readonly trustDomain: string, rootPem: string, private readonly opts: IstioCaOptions) {
+    this.#rootPem = rootPem;
+    this.#client = IstioCaClient.#channel(opts, rootPem);
     this.#log = opts.log ?? logger('ca-client');
+  }
+
+  /** istiod's root as last read from the root file (it may be rotated: see issue()). */
+  get rootPem(): string {
+    return this.#rootPem;
   }
 
   /** Reads the root file and makes the (lazily connecting) channel; throws MeshError INPOD_ERR_CA/USAGE. */
@@ -145,10 +151,39 @@ export class IstioCaClient implements IdentityProvider {
     } catch (e) {
       throw new MeshError('INPOD_ERR_CA', `cannot read istiod's root certificate ${opts.rootCertFile} (${(e as Error).message}); mount the istio-ca-root-cert ConfigMap there or pass --ca-root-ca`, { cause: e });
     }
-    const target = grpcTarget(opts.address);
+    if (splitPem(rootPem).length === 0) throw new MeshError('INPOD_ERR_CA', `${opts.rootCertFile} holds no PEM certificate; it should be istiod's root-cert.pem`);
+    return new IstioCaClient(opts.trustDomain, rootPem, opts);
+  }
+
+  static #channel(opts: IstioCaOptions, rootPem: string): grpc.Client {
     const options: grpc.ChannelOptions = opts.altHostname ? { 'grpc.ssl_target_name_override': opts.altHostname, 'grpc.default_authority': opts.altHostname } : {};
-    const client = new grpc.Client(target, grpc.credentials.createSsl(Buffer.from(rootPem)), options);
-    return new IstioCaClient(opts.trustDomain, rootPem, client, opts);
+    return new grpc.Client(grpcTarget(opts.address), grpc.credentials.createSsl(Buffer.from(rootPem)), options);
+  }
+
+  /**
+   * A rotated root file (the istio-ca-root-cert ConfigMap updated in place) is taken before the
+   * next request, as ztunnel's RootCertManager makes its CA client rebuild the channel
+   * (src/tls/control.rs, caclient.rs): a new channel trusting the new root. A file that cannot
+   * be read or holds no certificate keeps the old root and channel (logged).
+   */
+  async #reloadRoot(): Promise<void> {
+    let pem: string;
+    try {
+      pem = await readFile(this.opts.rootCertFile, 'utf8');
+    } catch (e) {
+      this.#log.warn({ file: this.opts.rootCertFile, err: (e as Error).message }, 'cannot re-read istiod\'s root; keeping the one loaded');
+      return;
+    }
+    if (pem === this.#rootPem) return;
+    if (splitPem(pem).length === 0) {
+      this.#log.warn({ file: this.opts.rootCertFile }, 'istiod\'s root file holds no certificate; keeping the one loaded');
+      return;
+    }
+    const old = this.#client;
+    this.#client = IstioCaClient.#channel(this.opts, pem);
+    this.#rootPem = pem;
+    old.close();
+    this.#log.info({ file: this.opts.rootCertFile }, 'istiod\'s root changed: CA channel rebuilt');
   }
 
   async issue(id: Identity, ttlMs: number): Promise<IssuedCert> {
@@ -161,6 +196,9 @@ export class IstioCaClient implements IdentityProvider {
       signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
       extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: uri }], true)],
     });
+    // one reload at a time: concurrent requests share it
+    this.#reloading ??= this.#reloadRoot().finally(() => (this.#reloading = undefined));
+    await this.#reloading;
     const request = caWire.encodeRequest({
       csr: csr.toString('pem'),
       validity_duration: Math.max(1, Math.round(ttlMs / 1000)),
