@@ -18,6 +18,10 @@ export interface ConnContext {
   pod: { uid: string; name: string; namespace: string };
   /** the service hostname, when the client addressed a service VIP */
   service?: string;
+  /** outbound: the address the app connected to (a service VIP before its endpoint was picked) */
+  originalDst?: { ip: string; port: number };
+  /** outbound: where the proxy connects (the peer's or a waypoint's 15008, or the destination) */
+  upstream?: { ip: string; port: number };
 }
 
 export interface Decision {

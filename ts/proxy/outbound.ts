@@ -30,6 +30,8 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
     dst: route.kind === 'hbone' ? { ...route.authority } : route.kind === 'passthrough' ? { ...route.target } : { ...dst },
     pod: podRef(pi),
     service: route.kind === 'reject' ? undefined : route.service?.hostname,
+    originalDst: { ...dst },
+    upstream: route.kind === 'reject' ? undefined : { ...route.target },
   };
   const conn = new ConnectionResult(pi.observer, ctx, started);
   if (route.kind === 'reject') {
