@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalCa } from '../../ts/identity/ca.js';
 import { openPath } from '../../ts/native/index.js';
 import { startAdmin, type AdminServers } from '../../ts/proxy/admin.js';
-import { dumpCerts } from '../../ts/proxy/configdump.js';
+import { configDump, dumpCerts } from '../../ts/proxy/configdump.js';
+import { serdeJsonAsync } from '../../ts/util/serdejson.js';
 import { PodProxy } from '../../ts/proxy/pod.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { StateStore } from '../../ts/state/store.js';
@@ -23,6 +24,7 @@ import type { Workload } from '../../ts/state/types.js';
 import { logger, setLogFilter, initialLogFilter } from '../../ts/util/log.js';
 import { ztunnelShow } from '../../ts/cli/ztunnel.js';
 import { connectionRows, policyRows, prime, secretRows, serviceRows, workloadRows } from '../fixtures/istioctl.js';
+import { serdePretty } from '../fixtures/serde.js';
 
 class IdlePod extends PodProxy {
   override async start(): Promise<void> {}
@@ -146,6 +148,7 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     expect(text).toContain('      "ports": {\n        "443": 8443,\n        "80": 8080\n      },\n');
     expect(text).toContain('  "stagedServices": {},\n');
     expect(text.endsWith('}')).toBe(true);
+    expect(text).toBe(serdePretty(JSON.parse(text))); // every key of every object in byte order
     const d = JSON.parse(text) as Record<string, unknown>;
     expect(d.staticConfig).toEqual({ workloads: [], policies: [], services: [] }); // no --config
     expect(d.version).toMatchObject({ version: JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')).version, istioVersion: 'unknown' });
@@ -155,6 +158,18 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
       inboundAddr: '0.0.0.0:15008', inpodUds: '/var/run/ztunnel/ztunnel.sock', selfTerminationDeadline: { secs: 25, nanos: 0 }, packetMark: 1337,
     });
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
+  });
+
+  it('with --config, /config_dump shows the file\'s content again as staticConfig (ztunnel\'s LocalConfig: a workload\'s services as port maps)', async () => {
+    const dump = configDump({
+      snapshot: zt.opts.state.snapshot, policies: zt.authorizer.current(), certificates: [], pods: [], config: {}, version: {}, localConfig: true,
+    });
+    const text = await serdeJsonAsync(dump);
+    expect(text).toBe(serdePretty(JSON.parse(text)));
+    const d = JSON.parse(text) as { staticConfig: { workloads: Record<string, unknown>[]; services: { name: string; endpoints: object }[]; policies: unknown[] }; policies: unknown[] };
+    expect(d.staticConfig.workloads.find((w) => w.name === 'web')!.services).toEqual({ [WEB]: { 80: 8080, 443: 8443 } });
+    expect(d.staticConfig.services.map((x) => [x.name, x.endpoints])).toEqual([['waypoint', {}], ['web', {}]]);
+    expect(d.staticConfig.policies).toEqual(d.policies);
   });
 
   it('/config_dump shows each served pod and its open connections under workloadState (inpod/admin.rs, proxy/connection_manager.rs), as istioctl ztunnel-config connections prints them', async () => {

@@ -17,7 +17,8 @@
 import http from 'node:http';
 import { initialLogFilter, logFilter, setLogFilter } from '../util/log.js';
 import { applyClauses, formatFilter, parseClauses } from '../util/logfilter.js';
-import { buildInfo, configDump, configSection, dumpCerts, serdeJson, type ProxySettings } from './configdump.js';
+import { writeSerdeJson, type Sink } from '../util/serdejson.js';
+import { buildInfo, configDump, configSection, dumpCerts, type ProxySettings } from './configdump.js';
 import type { Ztunnel } from './ztunnel.js';
 
 export interface AdminOptions {
@@ -89,10 +90,10 @@ const empty = (res: http.ServerResponse, code: number): void => {
   res.writeHead(code).end();
 };
 
-/** What `/config_dump` answers: ztunnel's dump of this proxy, serialized as serde_json does. */
-export async function configDumpText(zt: Ztunnel, settings: ProxySettings, localConfig: boolean): Promise<string> {
+/** What `/config_dump` answers, written to `sink` in pieces: ztunnel's dump of this proxy, as serde_json prints it. */
+export async function writeConfigDump(zt: Ztunnel, settings: ProxySettings, localConfig: boolean, sink: Sink): Promise<void> {
   const held = await zt.certs.list();
-  return serdeJson(configDump({
+  await writeSerdeJson(configDump({
     snapshot: zt.opts.state.snapshot,
     policies: zt.authorizer.current(),
     certificates: dumpCerts(held, zt.certs.rootPem),
@@ -100,7 +101,26 @@ export async function configDumpText(zt: Ztunnel, settings: ProxySettings, local
     config: configSection(settings),
     version: buildInfo(),
     localConfig,
-  }));
+  }), sink);
+}
+
+/** A sink into an HTTP response: waits for it to drain, fails once the client is gone. */
+function responseSink(res: http.ServerResponse): Sink {
+  return (piece) => {
+    if (res.destroyed) throw new Error('the client went away');
+    if (res.write(piece)) return;
+    return new Promise<void>((resolve, reject) => {
+      const done = (e?: Error): void => {
+        res.off('drain', done);
+        res.off('close', gone);
+        if (e) reject(e);
+        else resolve();
+      };
+      const gone = (): void => done(new Error('the client went away'));
+      res.once('drain', done);
+      res.once('close', gone);
+    });
+  };
 }
 
 /**
@@ -139,9 +159,14 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<AdminSer
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname;
     if (path === '/config_dump') {
-      configDumpText(zt, settings, o.localConfig).then(
-        (body) => res.writeHead(200, { 'content-type': 'application/json' }).end(body),
-        (e: Error) => text(res, 500, e.message),
+      // streamed: a large state is written in slices, the data path running in between
+      res.writeHead(200, { 'content-type': 'application/json' });
+      writeConfigDump(zt, settings, o.localConfig, responseSink(res)).then(
+        () => res.end(),
+        (e: Error) => {
+          zt.log.warn({ err: e.message }, 'config dump cut short');
+          res.destroy();
+        },
       );
     } else if (path === '/quitquitquit') {
       if (req.method !== 'POST') return empty(res, 405);

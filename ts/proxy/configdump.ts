@@ -16,7 +16,8 @@
  *   as "network/ip", a namespaced hostname as "namespace/hostname", map keys as strings, a
  *   StringMatch as {"Exact": "..."}, a Duration as {"secs", "nanos"};
  * - admin.rs turns the dump into a serde_json Value before printing, whose objects are sorted
- *   maps: every object's keys come out in byte order, printed by `to_string_pretty` (two spaces).
+ *   maps: every object here is built with its keys in byte order (literals written so, maps
+ *   through `keyed`, values made elsewhere through `canonical`), for ts/util/serdejson.ts.
  *
  * What the state does not carry is written as ztunnel writes it when absent (`clusterId` "",
  * `networkMode` "Standard", `capacity` 1); fields of ztunnel's workload that the state gains
@@ -31,9 +32,10 @@ import type { StateSnapshot } from '../state/store.js';
 import { serviceKey, type Service, type Waypoint, type Workload } from '../state/types.js';
 import type { PodConnections } from './connections.js';
 import type { PodInfo } from './inputs.js';
+import { byteOrder, canonical, keyed, sortedBy, type Lazy } from '../util/serdejson.js';
 
-type Json = string | number | boolean | null | Json[] | { [k: string]: Json | undefined };
-type Obj = { [k: string]: Json | undefined };
+/** A JSON object as built here: keys in byte order; undefined fields are left out when written. */
+type Obj = { [k: string]: unknown };
 
 /** Fields of ztunnel's workload that a state source may add, under ztunnel's names. */
 interface WorkloadExtras {
@@ -56,12 +58,12 @@ interface ServiceExtras {
   canonical?: boolean;
   visibility?: string;
   ipFamilies?: string;
-  loadBalancer?: Json;
+  loadBalancer?: unknown;
 }
 
-/** Port maps (service port -> target port) with string keys, as serde_json writes map keys. */
+/** A port map (service port -> target port), its keys strings as serde_json writes map keys. */
 function portMap(m: Record<number, number>): Obj {
-  return Object.fromEntries(Object.entries(m).map(([k, v]) => [String(k), v]));
+  return keyed(Object.entries(m));
 }
 
 /** ztunnel's NetworkAddress as it prints: "network/ip" (a bare ip gets the given network). */
@@ -75,63 +77,72 @@ function gateway(g: GatewayLike): Obj {
   return { destination, hboneMtlsPort: g.hboneMtlsPort };
 }
 
-/** The non-empty strings among `fields` of `o`, as serde's `skip_serializing_if = "is_default"`. */
-function nonEmpty(o: Record<string, unknown>, fields: readonly string[]): Obj {
-  const out: Obj = {};
-  for (const f of fields) if (typeof o[f] === 'string' && o[f] !== '') out[f] = o[f] as string;
-  return out;
-}
+/** serde's `skip_serializing_if = "is_default"` for a string: left out when empty. */
+const str = (x: string | undefined): string | undefined => (x ? x : undefined);
+const health = (w: Workload): string => (w.healthy ? 'Healthy' : 'Unhealthy');
 
-/** One workload (src/state/workload.rs `Workload`). `policies`: the selector policies that apply to it. */
-export function dumpWorkload(w: Workload & WorkloadExtras, policies: readonly string[]): Obj {
+/**
+ * One workload (src/state/workload.rs `Workload`; keys in byte order). `policies`: the selector
+ * policies that apply to it; `services`: what to write for its services (default: the list of
+ * "namespace/hostname" it belongs to, ztunnel's `services: Vec<NamespacedHostname>`).
+ */
+export function dumpWorkload(w: Workload & WorkloadExtras, policies: readonly string[], services?: unknown): Obj {
   const loc = w.locality;
-  const services = Object.keys(w.services).sort(byteOrder);
+  const memberOf = Object.keys(w.services).sort(byteOrder);
   return {
-    workloadIps: [...w.workloadIps],
-    waypoint: w.waypoint ? gateway(w.waypoint) : undefined,
-    protocol: w.protocol,
-    networkMode: w.networkMode ?? 'Standard',
-    ...nonEmpty(w as unknown as Record<string, unknown>, ['uid']),
+    authorizationPolicies: policies.length ? [...policies] : undefined,
+    canonicalName: str(w.canonicalName),
+    canonicalRevision: str(w.canonicalRevision),
+    capacity: w.capacity ?? 1,
+    clusterId: w.clusterId ?? '',
+    hostname: str(w.hostname),
+    locality: loc && (loc.region || loc.zone || loc.subzone) ? { region: loc.region ?? '', subzone: loc.subzone ?? '', zone: loc.zone ?? '' } : undefined,
     name: w.name,
     namespace: w.namespace,
-    ...nonEmpty(w as unknown as Record<string, unknown>, [
-      'trustDomain', 'serviceAccount', 'network', 'workloadName', 'workloadType', 'canonicalName', 'canonicalRevision', 'hostname', 'node',
-    ]),
     nativeTunnel: w.nativeTunnel ? true : undefined,
-    authorizationPolicies: policies.length ? [...policies] : undefined,
-    status: w.healthy ? 'Healthy' : 'Unhealthy',
-    clusterId: w.clusterId ?? '',
-    locality: loc && (loc.region || loc.zone || loc.subzone) ? { region: loc.region ?? '', zone: loc.zone ?? '', subzone: loc.subzone ?? '' } : undefined,
-    services: services.length ? services : undefined,
-    capacity: w.capacity ?? 1,
+    network: str(w.network),
+    networkMode: w.networkMode ?? 'Standard',
+    node: str(w.node),
+    protocol: w.protocol,
+    serviceAccount: str(w.serviceAccount),
+    services: services ?? (memberOf.length ? memberOf : undefined),
+    status: health(w),
+    trustDomain: str(w.trustDomain),
+    uid: str(w.uid),
+    waypoint: w.waypoint ? gateway(w.waypoint) : undefined,
+    workloadIps: [...w.workloadIps],
+    workloadName: str(w.workloadName),
+    workloadType: str(w.workloadType),
   };
 }
 
-/** One service (src/state/service.rs `Service`), its endpoints the workloads that claim it. */
+/** One service (src/state/service.rs `Service`; keys in byte order), its endpoints the workloads that claim it. */
 export function dumpService(s: Service & ServiceExtras, members: readonly Workload[]): Obj {
   const key = serviceKey(s);
-  const endpoints: Obj = {};
-  for (const w of members) endpoints[w.uid] = { workloadUid: w.uid, port: portMap(w.services[key] ?? {}), status: w.healthy ? 'Healthy' : 'Unhealthy' };
   return {
+    canonical: s.canonical ?? false,
+    endpoints: keyed(members.map((w) => [w.uid, { port: portMap(w.services[key] ?? {}), status: health(w), workloadUid: w.uid }])),
+    hostname: s.hostname,
+    ipFamilies: s.ipFamilies,
+    loadBalancer: s.loadBalancer === undefined ? undefined : canonical(s.loadBalancer),
     name: s.name,
     namespace: s.namespace,
-    hostname: s.hostname,
-    vips: s.vips.map((v) => networkAddress(v, s.network)),
     ports: portMap(s.ports),
-    endpoints,
     subjectAltNames: [...s.subjectAltNames],
-    waypoint: s.waypoint ? gateway(s.waypoint) : undefined,
-    loadBalancer: s.loadBalancer ?? undefined,
-    ipFamilies: s.ipFamilies,
-    canonical: s.canonical ?? false,
+    vips: s.vips.map((v) => networkAddress(v, s.network)),
     visibility: s.visibility ?? 'Public',
+    waypoint: s.waypoint ? gateway(s.waypoint) : undefined,
   };
 }
 
-/** One policy (src/rbac.rs `Authorization`); a match's empty lists are left out, as `RbacMatch` does. */
+/**
+ * One policy (src/rbac.rs `Authorization`); a match's empty lists are left out, as `RbacMatch`
+ * does. inpod's `trustDomains`/`notTrustDomains` (ts/policy/rbac.ts) are written when set: they
+ * are enforced, so the dump shows them.
+ */
 export function dumpPolicy(a: Authorization): Obj {
   const match = (m: RbacMatch): Obj => Object.fromEntries(Object.entries(m).filter(([, v]) => Array.isArray(v) && v.length > 0)) as Obj;
-  return { name: a.name, namespace: a.namespace, scope: a.scope, action: a.action, rules: a.rules.map((r) => r.map((c) => c.map(match))), dryRun: a.dryRun };
+  return canonical({ action: a.action, dryRun: a.dryRun, name: a.name, namespace: a.namespace, rules: a.rules.map((r) => r.map((c) => c.map(match))), scope: a.scope }) as Obj;
 }
 
 /** A certificate as ztunnel's `CertDump`: the PEM base64-encoded, the serial in decimal, RFC 3339 seconds. */
@@ -139,10 +150,10 @@ export function dumpCert(pem: string): Obj {
   const x = new X509Certificate(pem);
   const b64 = x.raw.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n?$/, '\n');
   return {
+    expirationTime: rfc3339(new Date(x.validTo)),
     pem: Buffer.from(`-----BEGIN CERTIFICATE-----\n${b64}-----END CERTIFICATE-----\n`).toString('base64'),
     serialNumber: BigInt(`0x${x.serialNumber}`).toString(10),
     validFrom: rfc3339(new Date(x.validFrom)),
-    expirationTime: rfc3339(new Date(x.validTo)),
   };
 }
 
@@ -162,10 +173,10 @@ export function dumpCerts(held: readonly { identity: string; chainPem: string }[
   return [...held]
     .sort((a, b) => byteOrder(a.identity, b.identity))
     .map((c) => ({
-      identity: c.identity,
-      state: 'Available',
       certChain: pemBlocks(c.chainPem).filter((p) => !rootDer.has(new X509Certificate(p).raw.toString('base64'))).map(dumpCert),
+      identity: c.identity,
       rootCerts: roots.map(dumpCert),
+      state: 'Available',
     }));
 }
 
@@ -183,40 +194,38 @@ export interface ConfigDumpInput {
   localConfig: boolean;
 }
 
-/** The whole dump as an object (serialize with `serdeJson`). */
+/**
+ * The whole dump as an object, to write with ts/util/serdejson.ts: each workload and
+ * service is built only as it is written (Lazy), so a large state is never held twice.
+ */
 export function configDump(i: ConfigDumpInput): Obj {
   const { state, endpoints } = i.snapshot;
   const selected = (w: Workload & WorkloadExtras): string[] =>
     w.authorizationPolicies ??
     i.policies.forWorkload({ namespace: w.namespace, labels: w.labels }).policies.filter((p) => p.scope === 'WorkloadSelector').map((p) => `${p.namespace}/${p.name}`).sort(byteOrder);
-  const workloads = [...state.workloads].sort((a, b) => byteOrder(a.uid, b.uid));
-  const services = [...state.services].sort((a, b) => byteOrder(a.namespace, b.namespace) || byteOrder(a.hostname, b.hostname));
+  const workloads = sortedBy(state.workloads, (w) => w.uid);
+  const services = sortedBy(state.services, (s) => `${s.namespace}/${s.hostname}`);
   const policies = i.policies.authorizations.sort((a, b) => byteOrder(`${a.namespace}/${a.name}`, `${b.namespace}/${b.name}`)).map(dumpPolicy);
-  const workloadState: Obj = {};
-  for (const p of i.pods) {
-    workloadState[p.info.uid] = {
-      state: 'Up',
-      connections: p.connections as unknown as Json,
-      info: { name: p.info.name, namespace: p.info.namespace, serviceAccount: p.info.serviceAccount },
-    };
-  }
+  const workloadState = keyed(i.pods.map((p) => [p.info.uid, canonical({
+    connections: p.connections,
+    info: { name: p.info.name, namespace: p.info.namespace, serviceAccount: p.info.serviceAccount },
+    state: 'Up',
+  })]));
+  // ztunnel's LocalConfig: a workload with its service memberships as port maps
+  const local = (w: Workload): Obj => dumpWorkload(w, [], keyed(Object.entries(w.services).map(([k, m]) => [k, portMap(m)])));
+  // the top-level keys in byte order, as everywhere
   return {
-    workloads: workloads.map((w) => dumpWorkload(w, selected(w))),
-    services: services.map((s) => dumpService(s, endpoints.get(serviceKey(s)) ?? [])),
+    certificates: i.certificates,
+    config: canonical(i.config),
     policies,
+    services: services.map((s): Lazy => () => dumpService(s, endpoints.get(serviceKey(s)) ?? [])),
     stagedServices: {},
     staticConfig: i.localConfig
-      ? {
-          // ztunnel's LocalConfig: a workload with its service memberships as port maps
-          workloads: workloads.map((w) => ({ ...dumpWorkload(w, []), services: Object.fromEntries(Object.entries(w.services).map(([k, m]) => [k, portMap(m)])) })),
-          policies,
-          services: services.map((s) => dumpService(s, [])),
-        }
-      : { workloads: [], policies: [], services: [] },
-    version: i.version,
-    config: i.config,
-    certificates: i.certificates,
+      ? { policies, services: services.map((s): Lazy => () => dumpService(s, [])), workloads: workloads.map((w): Lazy => () => local(w)) }
+      : { policies: [], services: [], workloads: [] },
+    version: canonical(i.version),
     workloadState,
+    workloads: workloads.map((w): Lazy => () => dumpWorkload(w, selected(w))),
   };
 }
 
@@ -279,27 +288,4 @@ export function buildInfo(): Obj {
     istioVersion: process.env.ISTIO_META_ISTIO_VERSION ?? 'unknown',
     cryptoProvider: 'openssl',
   };
-}
-
-/** UTF-8 byte order, as Rust compares strings (and BTreeMap orders keys). */
-export function byteOrder(a: string, b: string): number {
-  if (a === b) return 0;
-  // UTF-16 code units order as UTF-8 bytes do, except from U+E000 against surrogate pairs
-  if (SURROGATE_OR_ABOVE.test(a) || SURROGATE_OR_ABOVE.test(b)) return Buffer.compare(Buffer.from(a), Buffer.from(b));
-  return a < b ? -1 : 1;
-}
-const SURROGATE_OR_ABOVE = /[\uD800-\uFFFF]/;
-
-/**
- * JSON as serde_json's `to_string_pretty` prints a Value: two-space indent, `"key": value`,
- * `[]` and `{}` when empty, every object's keys in byte order; undefined fields left out.
- */
-export function serdeJson(v: Json | undefined, indent = ''): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v ?? null);
-  const inner = `${indent}  `;
-  if (Array.isArray(v)) {
-    return v.length === 0 ? '[]' : `[\n${v.map((x) => inner + serdeJson(x, inner)).join(',\n')}\n${indent}]`;
-  }
-  const keys = Object.keys(v).filter((k) => v[k] !== undefined).sort(byteOrder);
-  return keys.length === 0 ? '{}' : `{\n${keys.map((k) => `${inner}${JSON.stringify(k)}: ${serdeJson(v[k], inner)}`).join(',\n')}\n${indent}}`;
 }
