@@ -15,8 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalCa } from '../../ts/identity/ca.js';
 import { openPath } from '../../ts/native/index.js';
 import { startAdmin, type AdminServers } from '../../ts/proxy/admin.js';
-import { configDump, dumpCerts } from '../../ts/proxy/configdump.js';
-import { serdeJsonAsync } from '../../ts/util/serdejson.js';
+import { dumpCerts } from '../../ts/proxy/configdump.js';
 import { PodProxy } from '../../ts/proxy/pod.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { StateStore } from '../../ts/state/store.js';
@@ -40,11 +39,11 @@ const STATE = {
     wl('sleep', { workloadIps: ['10.0.0.1'] }),
     wl('web', { workloadIps: ['10.0.0.2'], services: { [WEB]: { 80: 8080, 443: 8443 } } }),
     wl('web-old', { workloadIps: ['10.0.0.3'], services: { [WEB]: { 80: 8080, 443: 8443 } }, healthy: false, protocol: 'TCP', node: '' }),
-    wl('ratings', { workloadIps: ['10.0.0.4'], waypoint: { address: '10.96.0.100', hboneMtlsPort: 15008 } }),
+    wl('ratings', { workloadIps: ['10.0.0.4'], waypoint: { address: '10.96.0.100', network: '', hboneMtlsPort: 15008 } }),
   ],
   services: [
-    { name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: ['10.96.0.10'], ports: { 80: 8080, 443: 8443 }, subjectAltNames: [] },
-    { name: 'waypoint', namespace: 'shop', hostname: 'waypoint.shop.svc.cluster.local', vips: ['10.96.0.100'], ports: { 15008: 15008 }, subjectAltNames: [] },
+    { name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: [{ network: '', address: '10.96.0.10' }], ports: { 80: 8080, 443: 8443 }, subjectAltNames: [] },
+    { name: 'waypoint', namespace: 'shop', hostname: 'waypoint.shop.svc.cluster.local', vips: [{ network: '', address: '10.96.0.100' }], ports: { 15008: 15008 }, subjectAltNames: [] },
   ],
   policies: [
     { name: 'only-sleep', namespace: 'shop', spec: { selector: { matchLabels: { app: 'web' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/sleep'] } }], to: [{ operation: { ports: ['8080'] } }] }] } },
@@ -97,7 +96,7 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     ]);
     expect(serviceRows(d)).toEqual([
       ['shop', 'waypoint', '10.96.0.100', 'None', '0/0'],
-      ['shop', 'web', '10.96.0.10', 'None', '1/2'], // web-old is unhealthy
+      ['shop', 'web', '10.96.0.10', 'None', '1/1'], // web-old is unhealthy: not an endpoint (service.rs should_include_endpoint)
     ]);
     expect(policyRows(d)).toEqual([['shop', 'no-evil', 'Deny', 'Namespace'], ['shop', 'only-sleep', 'Allow', 'WorkloadSelector']]);
     expect(secretRows(d).map((r) => [r[0], r[1], r[2], r[3]])).toEqual([
@@ -126,7 +125,6 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
       name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: ['/10.96.0.10'], ports: { 80: 8080, 443: 8443 },
       endpoints: {
         'u-web': { workloadUid: 'u-web', port: { 80: 8080, 443: 8443 }, status: 'Healthy' },
-        'u-web-old': { workloadUid: 'u-web-old', port: { 80: 8080, 443: 8443 }, status: 'Unhealthy' },
       },
       subjectAltNames: [], canonical: false, visibility: 'Public',
     });
@@ -160,24 +158,11 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
   });
 
-  it('with --config, /config_dump shows the file\'s content again as staticConfig (ztunnel\'s LocalConfig: a workload\'s services as port maps)', async () => {
-    const dump = configDump({
-      snapshot: zt.opts.state.snapshot, policies: zt.authorizer.current(), certificates: [], pods: [], config: {}, version: {}, localConfig: true,
-    });
-    const text = await serdeJsonAsync(dump);
-    expect(text).toBe(serdePretty(JSON.parse(text)));
-    const d = JSON.parse(text) as { staticConfig: { workloads: Record<string, unknown>[]; services: { name: string; endpoints: object }[]; policies: unknown[] }; policies: unknown[] };
-    expect(d.staticConfig.workloads.find((w) => w.name === 'web')!.services).toEqual({ [WEB]: { 80: 8080, 443: 8443 } });
-    expect(d.staticConfig.services.map((x) => [x.name, x.endpoints])).toEqual([['waypoint', {}], ['web', {}]]);
-    expect(d.staticConfig.policies).toEqual(d.policies);
-  });
-
   it('/config_dump shows each served pod and its open connections under workloadState (inpod/admin.rs, proxy/connection_manager.rs), as istioctl ztunnel-config connections prints them', async () => {
     const pod = { uid: 'zds-sleep', name: 'sleep', namespace: 'shop' };
-    const out = { direction: 'outbound', transport: 'hbone', src: { ip: '10.0.0.1', port: 40000 }, dst: { ip: '10.0.0.2', port: 8080 }, pod, service: 'web.shop.svc.cluster.local', originalDst: { ip: '10.96.0.10', port: 80 }, upstream: { ip: '10.0.0.2', port: 15008 } } as const;
+    const out = { direction: 'outbound', transport: 'hbone', src: { ip: '10.0.0.1', port: 40000 }, dst: { ip: '10.0.0.2', port: 8080 }, pod, service: { hostname: 'web.shop.svc.cluster.local', name: 'web', namespace: 'shop' }, originalDst: { ip: '10.96.0.10', port: 80 }, via: { ip: '10.0.0.2', port: 15008 } } as const;
     const inb = { direction: 'inbound', transport: 'hbone', src: { ip: '10.0.0.1', port: 40000, identity: 'spiffe://cluster.local/ns/shop/sa/sleep' }, dst: { ip: '10.0.0.2', port: 8080 }, pod: { uid: 'zds-web', name: 'web', namespace: 'shop' } } as const;
-    zt.connections.opened(out);
-    zt.connections.opened(inb);
+    const reports = [zt.connections.opened(out), zt.connections.opened(inb)];
     const d = prime(await dumpText());
     expect(d.workloadState['zds-sleep']).toEqual({
       state: 'Up',
@@ -191,8 +176,8 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     const raw = JSON.parse(await dumpText()) as { workloadState: Record<string, { connections: { inbound: { originalDst: unknown }[] } }> };
     expect(raw.workloadState['zds-web']!.connections.inbound[0]!.originalDst).toBeNull(); // as ztunnel: no service named
     const rec = { startedAt: 0, durationMs: 1, bytesSent: 0, bytesReceived: 0, outcome: 'ok' } as const;
-    zt.connections.closed({ ...out, ...rec });
-    zt.connections.closed({ ...inb, ...rec });
+    reports[0]!.closed({ ...out, ...rec });
+    reports[1]!.closed({ ...inb, ...rec });
     expect(connectionRows(prime(await dumpText()))).toEqual([]);
   });
 

@@ -19,9 +19,10 @@
  *   maps: every object here is built with its keys in byte order (literals written so, maps
  *   through `keyed`, values made elsewhere through `canonical`), for ts/util/serdejson.ts.
  *
- * What the state does not carry is written as ztunnel writes it when absent (`clusterId` "",
- * `networkMode` "Standard", `capacity` 1); fields of ztunnel's workload that the state gains
- * (workloadName, canonicalName, locality, ...) are read under ztunnel's names. Never a key.
+ * The state's workloads and services carry ztunnel's fields under its names (ts/state/types.ts):
+ * what a source left absent is written as ztunnel writes its default (`clusterId` "",
+ * `networkMode` "Standard", `capacity` 1). Endpoints and staged services are derived as
+ * ztunnel's ServiceStore keeps them (serviceEndpoints). Never a key.
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -29,7 +30,7 @@ import { MARKS, PORTS, PROXY_PORTS } from '../istio.js';
 import type { PolicySet } from '../policy/authz.js';
 import type { Authorization, RbacMatch } from '../policy/rbac.js';
 import type { StateSnapshot } from '../state/store.js';
-import { serviceKey, type Service, type Waypoint, type Workload } from '../state/types.js';
+import { serviceKey, type GatewayAddress, type NetworkAddress, type Service, type ServiceEndpoint, type Workload } from '../state/types.js';
 import type { PodConnections } from './connections.js';
 import type { PodInfo } from './inputs.js';
 import { byteOrder, canonical, keyed, sortedBy, type Lazy } from '../util/serdejson.js';
@@ -37,76 +38,53 @@ import { byteOrder, canonical, keyed, sortedBy, type Lazy } from '../util/serdej
 /** A JSON object as built here: keys in byte order; undefined fields are left out when written. */
 type Obj = { [k: string]: unknown };
 
-/** Fields of ztunnel's workload that a state source may add, under ztunnel's names. */
-interface WorkloadExtras {
-  workloadName?: string;
-  workloadType?: string;
-  canonicalName?: string;
-  canonicalRevision?: string;
-  clusterId?: string;
-  hostname?: string;
-  networkMode?: string;
-  nativeTunnel?: boolean;
-  locality?: { region?: string; zone?: string; subzone?: string };
-  authorizationPolicies?: string[];
-  capacity?: number;
-}
-/** A gateway address as a state source may keep it: an address (with its network) or a hostname. */
-type GatewayLike = Waypoint & { network?: string; hostname?: string; namespace?: string };
-interface ServiceExtras {
-  network?: string;
-  canonical?: boolean;
-  visibility?: string;
-  ipFamilies?: string;
-  loadBalancer?: unknown;
-}
-
 /** A port map (service port -> target port), its keys strings as serde_json writes map keys. */
 function portMap(m: Record<number, number>): Obj {
   return keyed(Object.entries(m));
 }
 
-/** ztunnel's NetworkAddress as it prints: "network/ip" (a bare ip gets the given network). */
-function networkAddress(addr: string, network = ''): string {
-  return addr.includes('/') ? addr : `${network}/${addr}`;
-}
+/** ztunnel's NetworkAddress as it prints: "network/ip" ("/ip" on the default network). */
+const networkAddress = (a: NetworkAddress): string => `${a.network}/${a.address}`;
 
-/** GatewayAddress: {destination: "network/ip" or "namespace/hostname", hboneMtlsPort}. */
-function gateway(g: GatewayLike): Obj {
-  const destination = g.hostname ? `${g.namespace ?? ''}/${g.hostname}` : networkAddress(g.address, g.network);
+/** GatewayAddress: {destination: "network/ip" or "namespace/hostname" (untagged), hboneMtlsPort}. */
+function gateway(g: GatewayAddress): Obj {
+  const destination = g.hostname ? `${g.hostname.namespace}/${g.hostname.hostname}` : networkAddress(g);
   return { destination, hboneMtlsPort: g.hboneMtlsPort };
 }
 
 /** serde's `skip_serializing_if = "is_default"` for a string: left out when empty. */
 const str = (x: string | undefined): string | undefined => (x ? x : undefined);
-const health = (w: Workload): string => (w.healthy ? 'Healthy' : 'Unhealthy');
+const health = (healthy: boolean): 'Healthy' | 'Unhealthy' => (healthy ? 'Healthy' : 'Unhealthy');
 
 /**
- * One workload (src/state/workload.rs `Workload`; keys in byte order). `policies`: the selector
- * policies that apply to it; `services`: what to write for its services (default: the list of
- * "namespace/hostname" it belongs to, ztunnel's `services: Vec<NamespacedHostname>`).
+ * One workload (src/state/workload.rs `Workload`; keys in byte order). `policies`: the policy
+ * keys attached to it; `services`: what to write under `services` (undefined: nothing; from xDS
+ * ztunnel lists the "namespace/hostname" it belongs to, from a local config it has none, and
+ * its LocalConfig writes the port maps).
  */
-export function dumpWorkload(w: Workload & WorkloadExtras, policies: readonly string[], services?: unknown): Obj {
+export function dumpWorkload(w: Workload, policies: readonly string[], services: unknown): Obj {
   const loc = w.locality;
-  const memberOf = Object.keys(w.services).sort(byteOrder);
+  const tunnel = w.applicationTunnel;
   return {
+    applicationTunnel: tunnel ? { port: tunnel.port ?? null, protocol: tunnel.protocol } : undefined,
     authorizationPolicies: policies.length ? [...policies] : undefined,
     canonicalName: str(w.canonicalName),
     canonicalRevision: str(w.canonicalRevision),
     capacity: w.capacity ?? 1,
     clusterId: w.clusterId ?? '',
     hostname: str(w.hostname),
-    locality: loc && (loc.region || loc.zone || loc.subzone) ? { region: loc.region ?? '', subzone: loc.subzone ?? '', zone: loc.zone ?? '' } : undefined,
+    locality: loc && (loc.region || loc.zone || loc.subzone) ? { region: loc.region, subzone: loc.subzone, zone: loc.zone } : undefined,
     name: w.name,
     namespace: w.namespace,
     nativeTunnel: w.nativeTunnel ? true : undefined,
     network: str(w.network),
+    networkGateway: w.networkGateway ? gateway(w.networkGateway) : undefined,
     networkMode: w.networkMode ?? 'Standard',
     node: str(w.node),
     protocol: w.protocol,
     serviceAccount: str(w.serviceAccount),
-    services: services ?? (memberOf.length ? memberOf : undefined),
-    status: health(w),
+    services,
+    status: health(w.healthy),
     trustDomain: str(w.trustDomain),
     uid: str(w.uid),
     waypoint: w.waypoint ? gateway(w.waypoint) : undefined,
@@ -116,12 +94,31 @@ export function dumpWorkload(w: Workload & WorkloadExtras, policies: readonly st
   };
 }
 
-/** One service (src/state/service.rs `Service`; keys in byte order), its endpoints the workloads that claim it. */
-export function dumpService(s: Service & ServiceExtras, members: readonly Workload[]): Obj {
-  const key = serviceKey(s);
+/** ztunnel's `Endpoint` (src/state/service.rs). */
+const endpoint = (e: ServiceEndpoint): Obj => ({ port: portMap(e.port), status: e.status, workloadUid: e.workloadUid });
+
+/** A workload's endpoint in the service `key`: its port map there, its health. */
+const memberEndpoint = (w: Workload, key: string): ServiceEndpoint => ({ workloadUid: w.uid, port: w.services[key] ?? {}, status: health(w.healthy) });
+
+/**
+ * The service's endpoints as ztunnel's state holds them: those it was given (a local config's
+ * `endpoints`), then each workload that claims it, over a given one of the same uid; a claiming
+ * workload only when healthy unless the service's load balancer allows all (service.rs
+ * `should_include_endpoint`, applied when staged endpoints join the service).
+ */
+export function serviceEndpoints(s: Service, members: readonly Workload[]): Map<string, ServiceEndpoint> {
+  const out = new Map<string, ServiceEndpoint>(Object.entries(s.endpoints ?? {}));
+  const allowAll = s.loadBalancer?.healthPolicy === 'AllowAll';
+  for (const w of members) if (w.healthy || allowAll) out.set(w.uid, memberEndpoint(w, serviceKey(s)));
+  return out;
+}
+
+/** One service (src/state/service.rs `Service`; keys in byte order) with `endpoints`. */
+export function dumpService(s: Service, endpoints: ReadonlyMap<string, ServiceEndpoint>): Obj {
   return {
     canonical: s.canonical ?? false,
-    endpoints: keyed(members.map((w) => [w.uid, { port: portMap(w.services[key] ?? {}), status: health(w), workloadUid: w.uid }])),
+    cidrVips: s.cidrVips?.length ? s.cidrVips.map((c) => ({ cidr: c.cidr, network: c.network })) : undefined,
+    endpoints: keyed([...endpoints].map(([uid, e]) => [uid, endpoint(e)])),
     hostname: s.hostname,
     ipFamilies: s.ipFamilies,
     loadBalancer: s.loadBalancer === undefined ? undefined : canonical(s.loadBalancer),
@@ -129,9 +126,10 @@ export function dumpService(s: Service & ServiceExtras, members: readonly Worklo
     namespace: s.namespace,
     ports: portMap(s.ports),
     subjectAltNames: [...s.subjectAltNames],
-    vips: s.vips.map((v) => networkAddress(v, s.network)),
+    vips: s.vips.map(networkAddress),
     visibility: s.visibility ?? 'Public',
     waypoint: s.waypoint ? gateway(s.waypoint) : undefined,
+    weightedWaypoints: s.weightedWaypoints?.length ? s.weightedWaypoints.map((x) => ({ destination: gateway(x.destination), weight: x.weight })) : undefined,
   };
 }
 
@@ -199,33 +197,50 @@ export interface ConfigDumpInput {
  * service is built only as it is written (Lazy), so a large state is never held twice.
  */
 export function configDump(i: ConfigDumpInput): Obj {
-  const { state, endpoints } = i.snapshot;
-  const selected = (w: Workload & WorkloadExtras): string[] =>
+  const snap = i.snapshot;
+  const { state } = snap;
+  const selected = (w: Workload): string[] =>
     w.authorizationPolicies ??
     i.policies.forWorkload({ namespace: w.namespace, labels: w.labels }).policies.filter((p) => p.scope === 'WorkloadSelector').map((p) => `${p.namespace}/${p.name}`).sort(byteOrder);
+  // state.rs ProxyState's serializer: workloads by uid, services by hostname (then as stored), policies by key
   const workloads = sortedBy(state.workloads, (w) => w.uid);
-  const services = sortedBy(state.services, (s) => `${s.namespace}/${s.hostname}`);
-  const policies = i.policies.authorizations.sort((a, b) => byteOrder(`${a.namespace}/${a.name}`, `${b.namespace}/${b.name}`)).map(dumpPolicy);
+  const services = sortedBy(state.services, (s) => s.hostname);
+  const policies = sortedBy(i.policies.authorizations, (a) => `${a.namespace}/${a.name}`).map(dumpPolicy);
+  // workloads' endpoints for services the state does not have: ztunnel keeps them staged
+  const staged = keyed([...snap.endpoints].filter(([key]) => !snap.byServiceKey.has(key)).map(([key, members]) => [
+    key, keyed(members.map((w) => [w.uid, endpoint(memberEndpoint(w, key))])),
+  ]));
   const workloadState = keyed(i.pods.map((p) => [p.info.uid, canonical({
     connections: p.connections,
     info: { name: p.info.name, namespace: p.info.namespace, serviceAccount: p.info.serviceAccount },
     state: 'Up',
   })]));
-  // ztunnel's LocalConfig: a workload with its service memberships as port maps
-  const local = (w: Workload): Obj => dumpWorkload(w, [], keyed(Object.entries(w.services).map(([k, m]) => [k, portMap(m)])));
+  // from xDS a workload lists the services it is in; from a local config it has none (they are its LocalWorkload's)
+  const memberOf = (w: Workload): string[] | undefined => {
+    if (i.localConfig) return undefined;
+    const keys = Object.keys(w.services).sort(byteOrder);
+    return keys.length ? keys : undefined;
+  };
+  // admin.rs re-reads the local config file into its LocalConfig: as written (in order), a
+  // workload's services as port maps, a service's endpoints those the file gives
+  const staticConfig = i.localConfig
+    ? {
+        policies: (state.authorizations ?? []).map(dumpPolicy),
+        services: state.services.map((s): Lazy => () => dumpService(s, new Map(Object.entries(s.endpoints ?? {})))),
+        workloads: state.workloads.map((w): Lazy => () => dumpWorkload(w, w.authorizationPolicies ?? [], keyed(Object.entries(w.services).map(([k, m]) => [k, portMap(m)])))),
+      }
+    : { policies: [], services: [], workloads: [] };
   // the top-level keys in byte order, as everywhere
   return {
     certificates: i.certificates,
     config: canonical(i.config),
     policies,
-    services: services.map((s): Lazy => () => dumpService(s, endpoints.get(serviceKey(s)) ?? [])),
-    stagedServices: {},
-    staticConfig: i.localConfig
-      ? { policies, services: services.map((s): Lazy => () => dumpService(s, [])), workloads: workloads.map((w): Lazy => () => local(w)) }
-      : { policies: [], services: [], workloads: [] },
+    services: services.map((s): Lazy => () => dumpService(s, serviceEndpoints(s, snap.endpoints.get(serviceKey(s)) ?? []))),
+    stagedServices: staged,
+    staticConfig,
     version: canonical(i.version),
     workloadState,
-    workloads: workloads.map((w): Lazy => () => dumpWorkload(w, selected(w))),
+    workloads: workloads.map((w): Lazy => () => dumpWorkload(w, selected(w), memberOf(w))),
   };
 }
 

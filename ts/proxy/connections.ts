@@ -5,7 +5,7 @@
  * connection manager dump (src/proxy/connection_manager.rs, `InboundConnectionDump` and
  * `OutboundConnection`, camelCase as serde writes them).
  */
-import type { ConnContext, ConnObserver, ConnRecord } from './hooks.js';
+import type { ConnContext, ConnObserver, ReportedConn } from './hooks.js';
 
 /** `ip:port` as Rust's SocketAddr writes it (`[v6]:port`). */
 export function socketAddr(a: { ip: string; port: number }): string {
@@ -35,23 +35,33 @@ export interface PodConnections {
   outbound: OutboundConnectionDump[];
 }
 
-const key = (c: ConnContext): string => `${c.direction} ${socketAddr(c.src)} ${socketAddr(c.dst)}`;
-
+/**
+ * The open connections, per pod. An observer of its own (refusals and sockets are not
+ * connections: it ignores them), told about each connection the proxy reports: in the table
+ * from `opened` until its `closed`.
+ */
 export class ConnectionTable implements ConnObserver {
-  /** pod uid -> connection key -> the context (read at dump time: fields set later show) */
-  readonly #open = new Map<string, Map<string, ConnContext>>();
+  /** pod uid -> the contexts of its open connections (read at dump time: fields set later show) */
+  readonly #open = new Map<string, Set<ConnContext>>();
 
-  opened(ctx: ConnContext): void {
-    let pod = this.#open.get(ctx.pod.uid);
-    if (!pod) this.#open.set(ctx.pod.uid, (pod = new Map()));
-    pod.set(key(ctx), ctx);
+  opened(ctx: ConnContext): ReportedConn {
+    const uid = ctx.pod.uid;
+    let pod = this.#open.get(uid);
+    if (!pod) this.#open.set(uid, (pod = new Set()));
+    pod.add(ctx);
+    return {
+      closed: () => {
+        const now = this.#open.get(uid);
+        if (!now?.delete(ctx)) return;
+        if (now.size === 0) this.#open.delete(uid);
+      },
+    };
   }
 
-  closed(rec: ConnRecord): void {
-    const pod = this.#open.get(rec.pod.uid);
-    if (!pod) return;
-    pod.delete(key(rec));
-    if (pod.size === 0) this.#open.delete(rec.pod.uid);
+  refused(): void {}
+
+  socketOpened(): () => void {
+    return NOOP;
   }
 
   /** How many connections are open (all pods). */
@@ -64,14 +74,15 @@ export class ConnectionTable implements ConnObserver {
   /** The pod's open connections in ztunnel's dump form (empty lists when it has none). */
   dump(uid: string): PodConnections {
     const out: PodConnections = { inbound: [], outbound: [] };
-    for (const c of this.#open.get(uid)?.values() ?? []) {
+    for (const c of this.#open.get(uid) ?? []) {
       if (c.direction === 'inbound') {
-        out.inbound.push({ src: socketAddr(c.src), originalDst: c.service ?? null, actualDst: socketAddr(c.dst), protocol: c.src.identity ? 'HBONE' : 'TCP' });
+        out.inbound.push({ src: socketAddr(c.src), originalDst: c.service?.hostname ?? null, actualDst: socketAddr(c.dst), protocol: c.src.identity ? 'HBONE' : 'TCP' });
       } else {
         out.outbound.push({
           src: socketAddr(c.src),
           originalDst: socketAddr(c.originalDst ?? c.dst),
-          actualDst: socketAddr(c.upstream ?? c.dst),
+          // an HBONE tunnel's TLS connection is to `via` (a peer's or waypoint's 15008)
+          actualDst: socketAddr(c.via ?? c.dst),
           protocol: c.transport === 'passthrough' ? 'TCP' : 'HBONE',
         });
       }
@@ -80,14 +91,27 @@ export class ConnectionTable implements ConnObserver {
   }
 }
 
-/** One observer telling several, in order (the telemetry, then the table). */
+const NOOP = (): void => {};
+
+/** One observer telling several, in order (the telemetry, then the table); each's report closed in the same order. */
 export function observers(...all: ConnObserver[]): ConnObserver {
   return {
     opened: (ctx) => {
-      for (const o of all) o.opened(ctx);
+      const reports = all.map((o) => o.opened(ctx));
+      return {
+        closed: (rec) => {
+          for (const r of reports) r.closed(rec);
+        },
+      };
     },
-    closed: (rec) => {
-      for (const o of all) o.closed(rec);
+    refused: (r) => {
+      for (const o of all) o.refused(r);
+    },
+    socketOpened: (reporter) => {
+      const done = all.map((o) => o.socketOpened(reporter));
+      return () => {
+        for (const d of done) d();
+      };
     },
   };
 }

@@ -16,9 +16,10 @@ import { MeshError } from '../util/errors.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
-import { podListenerFd, relay } from './sockets.js';
+import { podListenerFd } from './sockets.js';
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
@@ -52,15 +53,20 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
     pi.log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
     respond(stream, status, true);
   };
-  if (headers[':method'] !== 'CONNECT') return refuse(400, `method ${String(headers[':method'])} is not CONNECT`);
+  // refused before it is reported (ztunnel's build_inbound_request failing): the access log's "connection failed"
+  const early = (status: number, why: string): void => {
+    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`) });
+    refuse(status, why);
+  };
+  if (headers[':method'] !== 'CONNECT') return early(400, `method ${String(headers[':method'])} is not CONNECT`);
   const authority = parseAuthority(String(headers[':authority'] ?? ''));
-  if (!authority) return refuse(400, `authority "${String(headers[':authority'])}" is not ip:port`);
-  if (authority.ip !== localIp) return refuse(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
+  if (!authority) return early(400, `authority "${String(headers[':authority'])}" is not ip:port`);
+  if (authority.ip !== localIp) return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
   // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
-  if (isSelfCall('inbound', authority, ownAddresses(pi))) return refuse(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
+  if (isSelfCall('inbound', authority, ownAddresses(pi))) return early(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...authority, identity: pi.uri }, pod: podRef(pi),
+    dst: { ...authority, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
   }, started);
   let up: net.Socket;
   try {
