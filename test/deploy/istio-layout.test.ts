@@ -33,6 +33,7 @@ describe('deploy/components/istio-layout (the proxy as Istio\'s ztunnel DaemonSe
   it('puts the proxy where istioctl finds it: DaemonSet ztunnel in istio-system, pods selected by app=ztunnel and labelled as Istio\'s, admin on 15000', () => {
     const z = ds(istio, 'ztunnel');
     expect(z.metadata.namespace).toBe('istio-system');
+    expect(z.metadata.labels).toMatchObject({ 'app.kubernetes.io/name': 'ztunnel' }); // the chart's DaemonSet label
     expect(z.spec.selector.matchLabels).toEqual({ app: 'ztunnel' });
     const labels = z.spec.template.metadata.labels;
     // PodOnNodeFromDaemonset lists pods by the selector; IsZtunnelPod checks app=ztunnel
