@@ -92,6 +92,17 @@ describe('/config_dump as ztunnel holds each source\'s state (ts/proxy/configdum
     expect(d.workloads.find((w: Dump) => w.name === 'b').services).toEqual(['shop/gone.shop.svc.cluster.local', 'shop/lb.shop.svc.cluster.local', 'shop/web.shop.svc.cluster.local']);
   });
 
+  it('a workload\'s authorizationPolicies as istiod sends them: the keys its source gave (the implicit waypoint policy) and the selector policies its labels match', async () => {
+    const only = { name: 'only-sleep', namespace: 'shop', spec: { selector: { matchLabels: { app: 'web' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/sleep'] } }] }] } };
+    const state: MeshState = {
+      workloads: [wl('web', { labels: { app: 'web' }, authorizationPolicies: ['shop/istio_allow_waypoint_wp'] }), wl('db', { labels: { app: 'db' } })],
+      services: [],
+      policies: [only],
+    };
+    const { d } = await dumpOf(state, false);
+    expect(d.workloads.map((w: Dump) => [w.name, w.authorizationPolicies])).toEqual([['db', undefined], ['web', ['shop/istio_allow_waypoint_wp', 'shop/only-sleep']]]);
+  });
+
   it('a pod from the Kubernetes API carries what istiod gives ztunnel: workloadName/Type, canonicalName/Revision, clusterId, locality, and istioctl reads them', async () => {
     const pod = {
       metadata: {

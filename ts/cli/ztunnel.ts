@@ -24,6 +24,8 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
+                 [--auto-allow-waypoint-policy]  (Kubernetes state: as istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY, workloads
+                 behind a waypoint admit only it unless other ALLOW policies apply)
   inpod ztunnel workloads|services|policies|certificates [--admin-addr ${ADMIN_ADDR}]`;
 
 /** What `inpod ztunnel <what>` prints: a section of the proxy's /config_dump (ztunnel's shape). */
@@ -60,6 +62,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'readiness-addr': { type: 'string', default: READINESS_ADDR },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
+      'auto-allow-waypoint-policy': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -82,10 +85,10 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
   } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
     const [{ KubeStateSource }, { loadKubeConfig }] = await Promise.all([import('../state/kube.js'), import('../agent/kube.js')]);
-    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
+    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!, { autoAllowWaypointPolicy: v['auto-allow-waypoint-policy'] });
     kube = src;
     await src.start();
-    log.info('state from the Kubernetes API (pods, nodes, services, endpointslices, authorizationpolicies)');
+    log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');

@@ -199,9 +199,14 @@ export interface ConfigDumpInput {
 export function configDump(i: ConfigDumpInput): Obj {
   const snap = i.snapshot;
   const { state } = snap;
-  const selected = (w: Workload): string[] =>
-    w.authorizationPolicies ??
-    i.policies.forWorkload({ namespace: w.namespace, labels: w.labels }).policies.filter((p) => p.scope === 'WorkloadSelector').map((p) => `${p.namespace}/${p.name}`).sort(byteOrder);
+  // what istiod sends in a workload's authorizationPolicies: the keys the source gave (a local
+  // config's, the implicit waypoint policy's), then the selector policies its labels match
+  const selected = (w: Workload): string[] => {
+    const given = w.authorizationPolicies ?? [];
+    const matched = i.policies.forWorkload({ namespace: w.namespace, labels: w.labels }).policies
+      .filter((p) => p.scope === 'WorkloadSelector').map((p) => `${p.namespace}/${p.name}`).filter((k) => !given.includes(k));
+    return [...given, ...matched.sort(byteOrder)];
+  };
   // state.rs ProxyState's serializer: workloads by uid, services by hostname (then as stored), policies by key
   const workloads = sortedBy(state.workloads, (w) => w.uid);
   const services = sortedBy(state.services, (s) => s.hostname);
