@@ -5,57 +5,20 @@
  * least-privilege roles tied to what the code reads, the agent's own pod identity for its shutdown
  * decision, no CA key in the proxies unless opted in.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
-import { parseAllDocuments, parse } from 'yaml';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { DaemonSet } from 'kubernetes-models/apps/v1';
-import { ConfigMap, Namespace, ServiceAccount } from 'kubernetes-models/v1';
-import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { DIR, MODELS, ROOT, find as findIn, kustomize, kustomizeWith, type Doc } from './kustomize.js';
 
-const ROOT = join(__dirname, '..', '..');
-const DIR = join(ROOT, 'deploy');
-type Doc = { kind: string; metadata: { name: string; namespace?: string }; [k: string]: unknown };
 type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };
 type Volume = { name: string; hostPath?: { path: string }; secret?: { secretName: string; optional?: boolean } };
 type Env = { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } };
 type Pod = { hostNetwork?: boolean; hostPID?: boolean; priorityClassName?: string; terminationGracePeriodSeconds?: number; tolerations?: { operator: string }[]; serviceAccountName: string; volumes: Volume[]; containers: { env?: Env[]; securityContext: { privileged?: boolean; capabilities?: { add?: string[]; drop?: string[] } }; readinessProbe?: object; livenessProbe?: object; resources?: { requests?: object }; volumeMounts: { name: string; mountPath: string }[] }[] };
-const MODELS: Record<string, new (o: never) => { validate(): void }> = { DaemonSet, ConfigMap, Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Role, RoleBinding };
-
-/** `kubectl kustomize` (kustomize built in, no cluster needed): what `kubectl apply -k` would send. */
-function kustomize(dir: string): Doc[] {
-  let out: string;
-  try {
-    out = execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
-    if (err.code === 'ENOENT') throw new Error('make deploy-check renders deploy/ with `kubectl kustomize` (kubectl 1.21 or newer, no cluster needed); install kubectl');
-    throw new Error(`kubectl kustomize ${dir} failed: ${err.stderr ?? err.message}`);
-  }
-  return parseAllDocuments(out).map((d) => d.toJS() as Doc);
-}
-
-/** deploy/ with the given components, from a kustomization outside it (as a user's own would be). */
-function kustomizeWith(components: string[]): Doc[] {
-  const dir = mkdtempSync(join(tmpdir(), 'inpod-deploy-check'));
-  try {
-    const rel = relative(dir, DIR); // kustomize takes directories by relative path only
-    writeFileSync(join(dir, 'kustomization.yaml'), `resources: [${rel}]\ncomponents: [${components.map((c) => `${rel}/${c}`).join(', ')}]\n`);
-    return kustomize(dir);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 const docs = kustomize(DIR);
 const sharedCa = kustomizeWith(['components/shared-ca']);
-const find = (all: Doc[], kind: string, name: string): Doc => {
-  const d = all.find((x) => x.kind === kind && x.metadata.name === name);
-  if (!d) throw new Error(`no ${kind}/${name} in the rendered manifests`);
-  return d;
-};
+const find = (all: Doc[], kind: string, name: string): Doc => findIn(all, kind, name);
 const ds = (name: string, all = docs): Pod => (find(all, 'DaemonSet', name) as unknown as { spec: { template: { spec: Pod } } }).spec.template.spec;
 const rules = (kind: 'ClusterRole' | 'Role', name: string): Rule[] => (find(docs, kind, name) as unknown as { rules: Rule[] }).rules;
 /** (group/resource, verb) pairs a role grants, for exact comparison. */

@@ -67,16 +67,19 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
 
   it('starts with the vendored file as it is and holds what it declares: two workloads, two services (one on network "remote"), deny-9999', async () => {
     const admin = await proxy(EXAMPLE);
-    let dump: { workloads: { name: string; workloadIps: string[]; protocol: string; network: string }[]; services: { hostname: string; vips: unknown[] }[]; policies: unknown[]; state: { lastError?: unknown } } | null = null;
+    // the dump in ztunnel's JSON (ts/proxy/configdump.ts): the vips as "network/ip", an empty network left out
+    let dump: { workloads: { name: string; workloadIps: string[]; protocol: string; network?: string }[]; services: { hostname: string; vips: string[] }[]; policies: unknown[]; staticConfig: { workloads: unknown[] } } | null = null;
     await until('the proxy to serve its config dump', async () => {
       dump = await fetch(`http://127.0.0.1:${admin}/config_dump`).then((r) => r.json(), () => null);
       return dump !== null;
     }, { timeoutMs: 20_000, context: () => log });
     const d = dump!;
-    expect(d.state.lastError).toBeUndefined();
-    expect(d.workloads.map((w) => [w.name, w.workloadIps, w.protocol, w.network])).toEqual([['local', ['127.0.0.1'], 'HBONE', ''], ['local-tcp', ['127.0.0.2'], 'TCP', '']]);
-    expect(d.services.map((s) => [s.hostname, s.vips])).toEqual([['example.com', [{ network: '', address: '127.10.0.1' }]], ['example2.com', [{ network: 'remote', address: '127.10.0.2' }]]]);
+    const health = (await fetch(`http://127.0.0.1:${admin}/state`).then((r) => r.json())) as { lastError?: unknown };
+    expect(health.lastError).toBeUndefined();
+    expect(d.workloads.map((w) => [w.name, w.workloadIps, w.protocol, w.network])).toEqual([['local', ['127.0.0.1'], 'HBONE', undefined], ['local-tcp', ['127.0.0.2'], 'TCP', undefined]]);
+    expect(d.services.map((s) => [s.hostname, s.vips])).toEqual([['example.com', ['/127.10.0.1']], ['example2.com', ['remote/127.10.0.2']]]);
     expect(d.policies).toEqual([{ name: 'deny-9999', namespace: 'default', scope: 'Namespace', action: 'Allow', dryRun: false, rules: [[[{ notDestinationPorts: [9999] }]]] }]);
+    expect(d.staticConfig.workloads).toHaveLength(2); // the file, shown again as ztunnel's admin does with --config
     procs.pop()!.kill('SIGKILL');
   });
 

@@ -148,16 +148,17 @@ policies:
     await until('the access-log line naming the DENY policy', () => /denied by shop\/no-evil/.test(log), { context: () => log });
   });
 
-  it('dumps its config with pods, workloads and policies, and no key material', async () => {
+  it('dumps its config in ztunnel\'s shape (test/proxy/admin.test.ts has the details): served pods, workloads, policies, and no key material', async () => {
     const text = await (await fetch(`http://127.0.0.1:${admin}/config_dump`)).text();
-    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { name: string }[]; certificates: { identity: string }[] };
-    expect(d.pods.map((p) => p.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
-    expect(d.pods[0]!.listeners).toEqual({ outbound: 15001, inbound: 15006, hbone: 15008 });
+    const d = JSON.parse(text) as { workloadState: Record<string, { info: { name: string }; state: string }>; workloads: unknown[]; policies: { name: string }[]; certificates: { identity: string }[] };
+    expect(Object.values(d.workloadState).map((p) => p.info.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
+    expect(Object.values(d.workloadState).every((p) => p.state === 'Up')).toBe(true);
     expect(d.workloads).toHaveLength(4);
     expect(d.policies.map((p) => p.name)).toEqual(['no-evil', 'only-sleep']);
     expect(d.certificates.length).toBeGreaterThan(0);
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
-    expect(await (await fetch(`http://127.0.0.1:${admin}/logging?level=debug`)).json()).toEqual({ level: 'debug' });
+    const set = await fetch(`http://127.0.0.1:${admin}/logging?level=debug`, { method: 'POST' });
+    expect(await set.text()).toBe('current log level is debug\n');
   });
 
   it('prints what the proxy knows from the command line', async () => {

@@ -32,8 +32,9 @@ export async function main(argv: string[]): Promise<number> {
         return (await import('../cni/bin.js')).cniMain();
       case 'ztunnel': {
         const zt = await import('./ztunnel.js');
-        if (rest[0] === 'workloads' || rest[0] === 'services' || rest[0] === 'policies') {
-          process.stdout.write(`${JSON.stringify(await zt.ztunnelShow(rest[0], rest.slice(1)), null, 2)}\n`);
+        const what = zt.SHOW.find((s) => s === rest[0]);
+        if (what) {
+          process.stdout.write(`${JSON.stringify(await zt.ztunnelShow(what, rest.slice(1)), null, 2)}\n`);
           return 0;
         }
         await zt.ztunnelCommand(rest);

@@ -11,7 +11,7 @@ import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
-import { startAdmin } from '../proxy/admin.js';
+import { startAdmin, type AdminServers } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
 import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 
@@ -31,15 +31,23 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  (workload certificates from istiod's CA, as ztunnel's CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, CLUSTER_ID,
                  ALT_CA_HOSTNAME; default root /var/run/secrets/istio/root-cert.pem, token /var/run/secrets/tokens/istio-token;
                  without --ca-address the node-local CA in --ca-dir signs them)
-  inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN_ADDR}]`;
+  inpod ztunnel workloads|services|policies|certificates [--admin-addr ${ADMIN_ADDR}]`;
 
-/** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
-export async function ztunnelShow(what: 'workloads' | 'services' | 'policies', argv: string[]): Promise<unknown> {
+/** What `inpod ztunnel <what>` prints: a section of the proxy's /config_dump (ztunnel's shape). */
+export const SHOW = ['workloads', 'services', 'policies', 'certificates'] as const;
+export type Show = (typeof SHOW)[number];
+
+/**
+ * `inpod ztunnel workloads|services|policies|certificates`: what a running proxy knows, from its
+ * admin port, in ztunnel's config-dump form (as `istioctl ztunnel-config ... -o json` prints it).
+ */
+export async function ztunnelShow(what: Show, argv: string[]): Promise<unknown> {
   const { values: v } = parseArgs({ args: argv, options: { 'admin-addr': { type: 'string', default: ADMIN_ADDR } }, strict: true });
   const res = await fetch(`http://${v['admin-addr']}/config_dump`).catch((e: Error) => {
     throw new Error(`cannot reach the proxy admin on ${v['admin-addr']} (${e.message}); is inpod ztunnel running on this node?`);
   });
-  const dump = (await res.json()) as Record<string, unknown[]>;
+  if (!res.ok) throw new Error(`the proxy admin on ${v['admin-addr']} answered ${res.status} to /config_dump: ${(await res.text()).trim()}`);
+  const dump = (await res.json()) as Record<Show, unknown[]>;
   return dump[what];
 }
 
@@ -111,38 +119,50 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   });
   client.start();
   let draining = false;
-  const servers = await startAdmin(zt, {
+  const drainSeconds = Number(v['drain-seconds']);
+  let servers: AdminServers | undefined;
+  let stopped: () => void = () => {};
+  // Drain (ARCHITECTURE.md, "Upgrades"): a rollout sends SIGTERM once the next proxy is ready,
+  // that is, listening in every pod beside this one (SO_REUSEPORT); POST /quitquitquit does the
+  // same, as in ztunnel. Stop taking pods (leave ZDS: the agent sends new pods to the next
+  // proxy), stop the admin, metrics and readiness listeners (as ztunnel's drain does), close
+  // every pod's listeners at once (the kernel moves what is queued on them to the next proxy's)
+  // and tell HBONE peers GOAWAY; open connections then have until the deadline. Exit as soon as
+  // all have ended.
+  const stop = (why: string): void => {
+    if (draining) return;
+    const deadline = drainSeconds * 1000;
+    draining = true;
+    log.info({ signal: why, drainMs: deadline }, 'draining');
+    client.stop();
+    state.close();
+    kube?.stop();
+    servers?.stop();
+    const exit = (msg: string): void => {
+      log.info(msg);
+      process.exit(0);
+    };
+    setTimeout(() => exit('drain deadline reached; exiting'), deadline).unref();
+    void zt.close({ drain: true }).then(() => exit('drained: every connection has ended; exiting'));
+    stopped();
+  };
+  servers = await startAdmin(zt, {
     admin: v['admin-addr']!,
     metrics: v['metrics-addr']!,
     readiness: v['readiness-addr']!,
-    // as ztunnel: ready once every pod of the agent's snapshot is served; a refused reload keeps
-    // the last good state served, so it stays ready and says so (logs, /state, /config_dump,
-    // this endpoint's body)
-    notReady: () => (draining ? 'draining' : !client.connected ? 'waiting for the agent (ZDS)' : zt.notReady()),
+    // as ztunnel (src/inpod/workloadmanager.rs): the "workload proxy manager" task is pending
+    // until every pod of the agent's snapshot is served, and again while the agent is away; a
+    // refused reload keeps the last good state served, so it stays ready (logs, /state say so)
+    pending: () => (draining || !client.connected || zt.notReady() !== null ? ['workload proxy manager'] : []),
+    shutdown: () => stop('quitquitquit'),
+    zds: v.zds!,
+    drainSeconds,
+    localConfig: !!v.config,
   });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {
-    // Drain (ARCHITECTURE.md, "Upgrades"): a rollout sends SIGTERM once the next proxy is ready,
-    // that is, listening in every pod beside this one (SO_REUSEPORT). Stop taking pods (leave
-    // ZDS: the agent sends new pods to the next proxy), close every pod's listeners at once
-    // (the kernel moves what is queued on them to the next proxy's) and tell HBONE peers
-    // GOAWAY; open connections then have until the deadline. Exit as soon as all have ended.
-    const stop = (sig: string): void => {
-      const deadline = Number(v['drain-seconds']) * 1000;
-      draining = true;
-      log.info({ signal: sig, drainMs: deadline }, 'draining');
-      client.stop();
-      state.close();
-      kube?.stop();
-      const exit = (why: string): void => {
-        log.info(why);
-        for (const srv of servers) srv.close();
-        process.exit(0);
-      };
-      setTimeout(() => exit('drain deadline reached; exiting'), deadline).unref();
-      void zt.close({ drain: true }).then(() => exit('drained: every connection has ended; exiting'));
-      resolve();
-    };
+    stopped = resolve;
+    if (draining) resolve();
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });

@@ -9,7 +9,7 @@ import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { Authorizer, ConnContext, Decision } from '../proxy/hooks.js';
 import { parseSpiffe } from '../identity/spiffe.js';
-import { PolicyCache } from './authz.js';
+import { PolicyCache, type PolicySet } from './authz.js';
 
 export class PolicyAuthorizer implements Authorizer {
   /** the state's policies, translated once per snapshot; their warnings logged once per version */
@@ -17,6 +17,12 @@ export class PolicyAuthorizer implements Authorizer {
 
   constructor(private readonly state: StateStore, private readonly log: Logger) {
     this.#policies = new PolicyCache(log.child({ component: 'authz' }));
+  }
+
+  /** The policies of the current state as enforced: Istio's translated (once per snapshot) and the local config's. */
+  current(): PolicySet {
+    const { state } = this.state.snapshot;
+    return this.#policies.get(state.policies, state.authorizations);
   }
 
   /**

@@ -54,6 +54,11 @@ export class PolicySet {
     return this.#byKey.size;
   }
 
+  /** Every policy of the set, in ztunnel's form (for the admin's /config_dump). */
+  get authorizations(): Authorization[] {
+    return [...this.#byKey.values()].map((p) => p.authorization);
+  }
+
   /**
    * The policies that apply to `t`; `unresolved` names the enforced selector policies that might
    * apply but cannot be checked because the workload's labels are unknown.

@@ -25,6 +25,8 @@ export interface ConnContext {
   pod: { uid: string; name: string; namespace: string };
   /** the service the client addressed (its VIP), as ztunnel's ServiceDescription */
   service?: { hostname: string; name: string; namespace: string };
+  /** outbound: the address the app connected to (a service VIP before its endpoint was picked) */
+  originalDst?: { ip: string; port: number };
 }
 
 export interface Decision {

@@ -39,6 +39,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
     via: route.kind === 'hbone' ? { ...route.target } : undefined,
     pod: podRef(pi),
     service: svc && { hostname: svc.hostname, name: svc.name, namespace: svc.namespace },
+    originalDst: { ...dst },
   };
   const conn = new ConnectionResult(pi.observer, ctx, started);
   if (route.kind === 'hbone' && !route.viaWaypoint) {

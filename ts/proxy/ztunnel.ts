@@ -22,6 +22,7 @@ import { HbonePool } from './pool.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
+import { ConnectionTable, observers } from './connections.js';
 import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
 import type { ZdsHandler } from '../zds/client.js';
 import { ZdsProtocolError } from '../zds/messages.js';
@@ -64,6 +65,8 @@ export class Ztunnel {
   readonly authorizer: PolicyAuthorizer;
   /** Istio's metrics (`registry`, served on 15020) and the access log */
   readonly telemetry: IstioTelemetry;
+  /** the connections open now, per pod (the admin's /config_dump) */
+  readonly connections = new ConnectionTable();
   readonly fastPath: FastPath;
   /** see ZtunnelOptions.sameNode; may be changed while running (new connections follow it) */
   sameNode: 'hbone' | 'direct';
@@ -113,7 +116,7 @@ export class Ztunnel {
       certs: this.certs,
       pool: this.pool,
       authorizer: this.authorizer,
-      observer: this.telemetry,
+      observer: observers(this.telemetry, this.connections),
       log: this.log,
       trustDomain: this.opts.trustDomain,
       fastPath: this.fastPath,
