@@ -27,8 +27,8 @@ export interface HbonePoolOptions {
   certs: CertManager;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
-  /** PING keepalive of pooled connections */
-  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>>;
+  /** PING keepalive, windows and frame size of pooled connections (default: ztunnel's) */
+  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs' | 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize'>>;
   /** makes a connection (default: dialHbone; tests pass a fake) */
   dial?: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
 }
@@ -51,7 +51,7 @@ export class HbonePool {
 
   constructor(opts: HbonePoolOptions) {
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 30_000;
-    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, keepalive: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
+    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, h2: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
     this.#dial = opts.dial ?? ((src, req) => dialHbone(dial, src, req));
   }
 

@@ -3,7 +3,8 @@
  * over mutual TLS 1.3 (ALPN h2) to a peer's 15008, and the CONNECT of one tunnel over it. The TCP
  * connection is made inside the source pod's netns with the proxy's mark, so it leaves with the
  * pod's own address. The peer must present one of the expected SPIFFE identities; a mismatch
- * names both. Every connection runs ztunnel's PING keepalive (limits.ts). Which connection a
+ * names both. Every connection runs ztunnel's PING keepalive and announces ztunnel's HTTP/2
+ * settings and connection window (limits.ts). Which connection a
  * tunnel takes is the pool's business (../pool.ts).
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
@@ -16,7 +17,7 @@ import type { IssuedCert } from '../../identity/ca.js';
 import { uriSans, type Identity } from '../../identity/spiffe.js';
 import { connectIn } from '../sockets.js';
 import type { Addr } from '../route.js';
-import { keepAlive, type HboneLimits } from './limits.js';
+import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
 
 export interface HboneSource {
   /** the sandbox being served (one pod's listeners): connections are never shared across sandboxes */
@@ -45,7 +46,8 @@ export interface HboneConnection {
 export interface DialOptions {
   certs: CertManager;
   connectTimeoutMs: number;
-  keepalive: Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>;
+  /** PING keepalive, flow-control windows and frame size */
+  h2: Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs' | 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize'>;
 }
 
 /**
@@ -104,13 +106,14 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
     tlsSock.destroy();
     throw new MeshError('INPOD_ERR_HBONE_TLS', `peer ${t} did not negotiate h2 (got ${String(tlsSock.alpnProtocol)})`);
   }
-  const session = http2.connect(`https://${t}`, { createConnection: () => tlsSock, settings: { enablePush: false } });
+  const session = http2.connect(`https://${t}`, { createConnection: () => tlsSock, settings: clientSettings(o.h2) });
   session.on('error', () => session.destroy());
+  openConnectionWindow(session, o.h2.connectionWindowSize);
   await new Promise<void>((resolve, reject) => {
     session.once('connect', () => resolve());
     session.once('error', reject);
   });
-  keepAlive(session, o.keepalive);
+  keepAlive(session, o.h2);
   return { session, peerIdentity };
 }
 
