@@ -10,6 +10,7 @@ import type * as k8s from '@kubernetes/client-node';
 import { MeshError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
+import { canonicalService, DEFAULT_CLUSTER_ID, podWorkloadName } from './canonical.js';
 import type { MeshState, Policy, Service, Workload } from './types.js';
 import type { StateStore } from './store.js';
 
@@ -19,6 +20,13 @@ interface Slice {
   metadata?: { namespace?: string; labels?: Record<string, string> };
   ports?: { name?: string; port?: number }[];
   endpoints?: { targetRef?: { kind?: string; uid?: string; name?: string } }[];
+}
+
+/** What istiod tells ztunnel about who a pod is (canonical.ts). */
+function whoIs(meta: k8s.V1ObjectMeta): Pick<Workload, 'workloadName' | 'workloadType' | 'canonicalName' | 'canonicalRevision' | 'clusterId'> {
+  const workloadName = podWorkloadName(meta);
+  const canonical = canonicalService(meta.labels ?? {}, workloadName);
+  return { workloadName, workloadType: 'pod', canonicalName: canonical.name, canonicalRevision: canonical.revision, clusterId: DEFAULT_CLUSTER_ID };
 }
 
 /** Pure: builds the mesh state from the cluster's objects. */
@@ -50,6 +58,7 @@ export function buildKubeState(
       services: {},
       labels: { ...(p.metadata.labels ?? {}) },
       healthy: p.status?.phase !== 'Failed' && p.status?.phase !== 'Succeeded' && !p.metadata.deletionTimestamp,
+      ...whoIs(p.metadata),
     };
     workloads.push(w);
     byUid.set(w.uid, w);

@@ -24,6 +24,19 @@ export interface Workload {
   labels: Record<string, string>;
   /** Health as Kubernetes reports it; unhealthy endpoints are not picked. */
   healthy: boolean;
+  /*
+   * What ztunnel's Workload carries about who the workload is (src/state/workload.rs), in its
+   * names; they travel in the HBONE `baggage` header (src/baggage.rs). Empty or absent: not sent.
+   */
+  /** the owning workload (a Deployment's name for its pods), istio's GetWorkloadMetaFromPod */
+  workloadName?: string;
+  /** lowercased WorkloadType: "pod" for Kubernetes pods (istiod sends POD), "deployment", "job", "cronjob" */
+  workloadType?: string;
+  /** istio's canonical service and revision (pkg/kube/labels CanonicalService) */
+  canonicalName?: string;
+  canonicalRevision?: string;
+  clusterId?: string;
+  locality?: { region?: string; zone?: string; subzone?: string };
 }
 
 export interface Service {
