@@ -8,6 +8,7 @@ import type * as k8s from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { canonicalService, podWorkloadName } from '../../ts/state/canonical.js';
 import { buildKubeState } from '../../ts/state/kube.js';
+import { baggageOf } from '../../ts/proxy/hbone/headers.js';
 
 describe('canonical service (istio pkg/kube/labels CanonicalService)', () => {
   it('takes the name from service.istio.io/canonical-name, then app.kubernetes.io/name, then app, else the workload name', () => {
@@ -61,7 +62,7 @@ describe('workload name (istio pkg/kube/util.go GetWorkloadMetaFromPod)', () => 
 });
 
 describe('the Kubernetes state source fills them in as istiod does', () => {
-  it('a Deployment pod labelled app/version: workload name, type pod, canonical service and revision, cluster Kubernetes', () => {
+  it('a Deployment pod labelled app/version: workload name, type pod, canonical service and revision, cluster Kubernetes; its baggage', () => {
     const pod = {
       metadata: {
         name: 'web-7d4b9c8f6-abcde', generateName: 'web-7d4b9c8f6-', namespace: 'shop', uid: 'u1',
@@ -73,5 +74,6 @@ describe('the Kubernetes state source fills them in as istiod does', () => {
     } as unknown as k8s.V1Pod;
     const [w] = buildKubeState([pod], [], [], [], 'cluster.local').workloads;
     expect(w).toMatchObject({ workloadName: 'web', workloadType: 'pod', canonicalName: 'web', canonicalRevision: 'v2', clusterId: 'Kubernetes' });
+    expect(baggageOf(w!)).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=web,service.name=web,service.version=v2');
   });
 });

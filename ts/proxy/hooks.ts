@@ -18,6 +18,11 @@ export interface ConnContext {
   pod: { uid: string; name: string; namespace: string };
   /** the service hostname, when the client addressed a service VIP */
   service?: string;
+  /**
+   * the W3C trace id (32 hex digits) the connection is logged under: outbound, a new one per
+   * connection, sent in the CONNECT's traceparent; inbound HBONE, the client's (ztunnel's span id)
+   */
+  traceId?: string;
 }
 
 export interface Decision {

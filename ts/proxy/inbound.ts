@@ -4,7 +4,10 @@
  * takes each admitted stream: only CONNECT, only to this connection's own destination and never
  * to the proxy's own ports, then `admit` (this pod's policy with the peer's verified identity,
  * the app reached from the client's IP) and a relay. A refusal is an HTTP status: 400 malformed,
- * 401 denied by policy, 503 self call or app unreachable.
+ * 401 denied by policy, 503 self call or app unreachable. As ztunnel's inbound.rs: the
+ * connection is logged under the client's trace id (extract_traceparent), the service the client
+ * addressed is read from `forwarded` (parse_forwarded_host), and the 200 carries this workload's
+ * `baggage` (build_response).
  */
 import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';
@@ -13,6 +16,7 @@ import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
+import { baggageOf, forwardedHost, newTraceParent, parseTraceParent, socketAddr } from './hbone/headers.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
@@ -48,8 +52,9 @@ export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainP
  */
 async function serveStream(pi: PodInputs, { stream, headers, peer, remote, localIp }: HboneStreamContext): Promise<void> {
   const started = Date.now();
+  const traceId = (parseTraceParent(headers.traceparent) ?? newTraceParent()).traceId;
   const refuse = (status: number, why: string): void => {
-    pi.log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
+    pi.log.debug({ inbound: { id: traceId, peer: socketAddr(remote.ip, remote.port) }, status, why, authority: headers[':authority'] }, 'hbone: request rejected');
     respond(stream, status, true);
   };
   if (headers[':method'] !== 'CONNECT') return refuse(400, `method ${String(headers[':method'])} is not CONNECT`);
@@ -58,9 +63,10 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (authority.ip !== localIp) return refuse(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
   // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
   if (isSelfCall('inbound', authority, ownAddresses(pi))) return refuse(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
+  const self = pi.state.snapshot.byUid.get(pi.info.uid);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...authority, identity: pi.uri }, pod: podRef(pi),
+    dst: { ...authority, identity: pi.uri }, pod: podRef(pi), service: addressedService(self?.services, headers.forwarded), traceId,
   }, started);
   let up: net.Socket;
   try {
@@ -75,15 +81,26 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
     conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
     return;
   }
-  respond(stream, 200, false);
+  respond(stream, 200, false, baggageOf(self ?? pi.info));
   relay(stream, up, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
 }
 
-/** Answers a stream unless the peer already reset it. */
-function respond(stream: ServerHttp2Stream, status: number, endStream: boolean): void {
+/**
+ * The service the client says it addressed (`forwarded: ...;host=`), when this workload is one of
+ * its endpoints: the claim only picks among the workload's own services (ztunnel's
+ * guess_inbound_service), so a peer cannot name any other.
+ */
+function addressedService(services: Record<string, unknown> | undefined, forwarded: string | string[] | undefined): string | undefined {
+  const host = forwardedHost(forwarded);
+  if (!host || !services) return undefined;
+  return Object.keys(services).some((key) => key.slice(key.indexOf('/') + 1) === host) ? host : undefined;
+}
+
+/** Answers a stream unless the peer already reset it; a 200 carries this workload's `baggage`. */
+function respond(stream: ServerHttp2Stream, status: number, endStream: boolean, baggage?: string): void {
   if (stream.destroyed || stream.closed || stream.headersSent) return;
   try {
-    stream.respond({ ':status': status }, { endStream });
+    stream.respond(baggage === undefined ? { ':status': status } : { ':status': status, baggage }, { endStream });
   } catch {
     /* reset between the check and the call: nothing to answer */
   }

@@ -93,6 +93,8 @@ export class IstioTelemetry implements ConnObserver {
       error: rec.error,
       path: rec.path,
       kernelBytes: rec.kernelBytes,
+      // ztunnel's span: the line carries the connection's trace id under its direction
+      ...(rec.traceId ? { [rec.direction]: { id: rec.traceId } } : {}),
     };
     if (rec.outcome === 'ok') this.log.info(line, 'connection complete');
     else this.log.warn(line, 'connection failed');

@@ -4,12 +4,11 @@
  * connection is made inside the source pod's netns with the proxy's mark, so it leaves with the
  * pod's own address. The peer must present one of the expected SPIFFE identities; a mismatch
  * names both. Every connection runs ztunnel's PING keepalive and announces ztunnel's HTTP/2
- * settings and connection window (limits.ts). Which connection a
- * tunnel takes is the pool's business (../pool.ts).
+ * settings and connection window (limits.ts); the CONNECT carries ztunnel's headers
+ * (headers.ts). Which connection a tunnel takes is the pool's business (../pool.ts).
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import tls from 'node:tls';
-import { randomBytes } from 'node:crypto';
 import { MARKS, PORTS } from '../../istio.js';
 import { MeshError } from '../../util/errors.js';
 import type { CertManager } from '../../identity/manager.js';
@@ -17,6 +16,7 @@ import type { IssuedCert } from '../../identity/ca.js';
 import { uriSans, type Identity } from '../../identity/spiffe.js';
 import { connectIn } from '../sockets.js';
 import type { Addr } from '../route.js';
+import { socketAddr, type ConnectHeaders } from './headers.js';
 import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
 
 export interface HboneSource {
@@ -24,10 +24,8 @@ export interface HboneSource {
   owner: string;
   nsFd: number;
   identity: Identity;
-  /** the source pod's IP: sent in `forwarded`, and part of the pool key */
+  /** the source pod's IP: part of the pool key */
   ip: string;
-  /** `baggage` describing the source workload */
-  baggage: string;
 }
 
 export interface HboneRequest {
@@ -117,15 +115,19 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
   return { session, peerIdentity };
 }
 
-/** Sends the CONNECT for `req` on `session`; the stream is not answered yet (see `answered`). */
-export function sendConnect(session: ClientHttp2Session, src: HboneSource, req: HboneRequest): ClientHttp2Stream {
+/**
+ * Sends the CONNECT for `req` on `session` with `headers` (in ztunnel's order: baggage,
+ * forwarded, traceparent; src/proxy/outbound.rs create_hbone_request); the stream is not
+ * answered yet (see `answered`).
+ */
+export function sendConnect(session: ClientHttp2Session, req: HboneRequest, headers: ConnectHeaders): ClientHttp2Stream {
   return session.request(
     {
       ':method': 'CONNECT',
-      ':authority': `${req.authority.ip}:${req.authority.port}`,
-      forwarded: `for="${src.ip}"`,
-      baggage: src.baggage,
-      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`,
+      ':authority': socketAddr(req.authority.ip, req.authority.port),
+      baggage: headers.baggage,
+      forwarded: headers.forwarded,
+      traceparent: headers.traceparent,
     },
     { endStream: false },
   );
