@@ -19,6 +19,7 @@ static_assert(sizeof(struct inpod_cidr_key) == 16, "inpod_cidr_key");
 static_assert(sizeof(struct inpod_tuple) == 24, "inpod_tuple");
 static_assert(sizeof(struct inpod_addr) == 8, "inpod_addr");
 static_assert(sizeof(struct inpod_fp_flow) == 40, "inpod_fp_flow");
+static_assert(sizeof(struct inpod_fp_config) == 8, "inpod_fp_config");
 
 #define FIELD(obj, T, f) obj.Set(#f, Napi::Number::New(env, offsetof(T, f)))
 
@@ -64,6 +65,10 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
   FIELD(f, inpod_fp_flow, peer); FIELD(f, inpod_fp_flow, bytes); FIELD(f, inpod_fp_flow, segs);
   FIELD(f, inpod_fp_flow, peer_base); FIELD(f, inpod_fp_flow, throttled);
   out.Set("inpod_fp_flow", Struct(env, sizeof(inpod_fp_flow), f));
+
+  f = Napi::Object::New(env);
+  FIELD(f, inpod_fp_config, max_inflight);
+  out.Set("inpod_fp_config", Struct(env, sizeof(inpod_fp_config), f));
 
   Napi::Object c = Napi::Object::New(env);
   c.Set("INPOD_POD_DNS_CAPTURE", INPOD_POD_DNS_CAPTURE);

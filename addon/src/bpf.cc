@@ -37,29 +37,26 @@ static int PrintFn(enum libbpf_print_level level, const char *fmt, va_list ap) {
   return 0;
 }
 
-// One entry per skeleton generated from bpf/*.bpf.c; every skeleton carries the same rodata.
+// One entry per skeleton generated from bpf/*.bpf.c, with its load-time settings in .rodata: the
+// capture programs' inpod_cfg (config.h), the fast path's inpod_fp_cfg.
 struct SkelOps {
   const char *name;
   void *(*open)(const struct bpf_object_open_opts *);
   void (*destroy)(void *);
   struct bpf_object *(*obj)(void *);
-  struct inpod_config *(*cfg)(void *);
+  void *(*cfg)(void *);
+  size_t cfgSize;
 };
 
-#define SKEL(n)                                                                                 \
+#define SKEL(n, var)                                                                             \
   {#n, [](const struct bpf_object_open_opts *o) -> void * { return inpod_##n##__open_opts(o); }, \
    [](void *s) { inpod_##n##__destroy(static_cast<struct inpod_##n *>(s)); },                   \
    [](void *s) { return static_cast<struct inpod_##n *>(s)->obj; },                              \
-   [](void *s) { return &static_cast<struct inpod_##n *>(s)->rodata->inpod_cfg; }}
+   [](void *s) -> void * { return &static_cast<struct inpod_##n *>(s)->rodata->var; },           \
+   sizeof(static_cast<struct inpod_##n *>(nullptr)->rodata->var)}
 
-// The fast path's object has no capture settings (and pins nothing).
-#define SKEL_NOCFG(n)                                                                           \
-  {#n, [](const struct bpf_object_open_opts *o) -> void * { return inpod_##n##__open_opts(o); }, \
-   [](void *s) { inpod_##n##__destroy(static_cast<struct inpod_##n *>(s)); },                   \
-   [](void *s) { return static_cast<struct inpod_##n *>(s)->obj; },                              \
-   [](void *) -> struct inpod_config * { return nullptr; }}
-
-static const SkelOps kSkels[] = {SKEL(connect), SKEL(sockops), SKEL(sk_lookup), SKEL(getsockopt), SKEL_NOCFG(fastpath)};
+static const SkelOps kSkels[] = {SKEL(connect, inpod_cfg), SKEL(sockops, inpod_cfg), SKEL(sk_lookup, inpod_cfg),
+                                 SKEL(getsockopt, inpod_cfg), SKEL(fastpath, inpod_fp_cfg)};
 
 struct Skel {
   const SkelOps *ops;
@@ -131,13 +128,13 @@ static Napi::Value Skeletons(Napi::Env env) {
   return a;
 }
 
-// skelSetConfig(h, Buffer) -> 0 | -EINVAL. Only before load.
+// skelSetConfig(h, Buffer) -> 0 | -EINVAL: the skeleton's load-time settings (a buffer of
+// exactly their size). Only before load.
 static Napi::Value SkelSetConfig(const Napi::CallbackInfo &info) {
   Skel *s = GetSkel(info);
   auto buf = info[1].As<Napi::Buffer<uint8_t>>();
-  struct inpod_config *cfg = s->ops->cfg(s->skel);
-  if (!cfg || buf.Length() != sizeof(struct inpod_config)) return Errno(info.Env(), EINVAL);
-  memcpy(cfg, buf.Data(), sizeof(struct inpod_config));
+  if (buf.Length() != s->ops->cfgSize) return Errno(info.Env(), EINVAL);
+  memcpy(s->ops->cfg(s->skel), buf.Data(), s->ops->cfgSize);
   return Napi::Number::New(info.Env(), 0);
 }
 

@@ -10,6 +10,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "counters.h"
 #include "maps.h"
 #include "ports.h"
 
@@ -25,11 +26,7 @@
 
 static __always_inline void inpod_count(enum inpod_stat idx)
 {
-	__u32 key = idx;
-	__u64 *v = bpf_map_lookup_elem(&inpod_stats, &key);
-
-	if (v)
-		*v += 1; /* per-CPU: no atomics needed */
+	inpod_counter_add(&inpod_stats, idx, 1);
 }
 
 static __always_inline int inpod_is_loopback4(__u32 ip_be)

@@ -7,6 +7,11 @@
  *
  * Each map says what it holds (key -> value), who writes it, who reads it and how long an entry
  * lives. "enroll" and "unenroll" are ts/redirect/ebpf.ts; "cookie" is the netns cookie.
+ *
+ * The proxy's fast path declares its maps the same way in fastpath_maps.h, but not pinned: they
+ * belong to the proxy process. They cannot live here: libbpf creates every map an object
+ * declares, used or not, and pins it by name, so the fast path's object would create (or take
+ * over) the capture maps' pins if it included this header.
  */
 #ifndef INPOD_MAPS_H
 #define INPOD_MAPS_H

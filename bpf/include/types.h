@@ -80,12 +80,14 @@ struct inpod_fp_flow {
 	__u32 _pad;
 };
 
-/*
- * In-flight bytes (redirected, not yet taken by the peer's socket) past which the program stops
- * redirecting a flow: its later skbs stay with the source socket (SK_PASS), charged to its
- * receive buffer, so TCP's window closes on the sender; the proxy relays the rest itself.
- */
-#define INPOD_FP_MAX_INFLIGHT (4 * 1024 * 1024)
+/* The fast path's load-time settings (.rodata of fastpath.bpf.c, inpod_fp_cfg), written by the
+ * proxy (ts/proxy/fastpath/maps.ts) before load. */
+struct inpod_fp_config {
+	/* In-flight bytes (redirected, not yet taken by the peer's socket) past which the program
+	 * stops redirecting a flow: its later skbs stay with the source socket (SK_PASS), charged to
+	 * its receive buffer, so TCP's window closes on the sender; the proxy relays the rest. */
+	__u64 max_inflight;
+};
 
 /* inpod_fp_stats indexes (per-CPU counters of the fast path as a whole). */
 enum inpod_fp_stat {

@@ -19,6 +19,8 @@ describe('manifest directory as the cluster', () => {
     const src = new ManifestSource(dir, 'n1');
     await src.start();
     expect(src.pods().map((p) => p.metadata?.name)).toEqual(['web']);
+    // as the API server's ServiceAccount admission: a pod naming no account runs as "default"
+    expect(src.pod('shop', 'web')?.spec?.serviceAccountName).toBe('default');
     expect(src.namespace('shop')?.metadata?.labels).toBeUndefined();
     const changed = new Promise<string>((r) => src.once('namespace', r));
     writeFileSync(join(dir, 'ns.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {istio.io/dataplane-mode: ambient}\n');

@@ -26,6 +26,13 @@ describe('plan: a pod event', () => {
     expect(p.actions[0]).toMatchObject({ settings: { excludeInboundPorts: [9000] }, info: { name: 'web', namespace: 'shop', serviceAccount: 'web-sa' } });
   });
 
+  it('tells the proxy the service account as the pod names it, "" when it names none (istio cni/pkg/nodeagent/ztunnelserver.go podToWorkload)', () => {
+    // before, a pod without one was sent as "default", an identity it never had
+    const none: PodObj = { ...pod(), spec: {} };
+    expect(plan(none, ambient, [view(cur)]).actions[0]).toMatchObject({ info: { name: 'web', namespace: 'shop', serviceAccount: '' } });
+    expect(planAdd(none, ambient, [view(cur)], cur).actions[0]).toMatchObject({ info: { serviceAccount: '' } });
+  });
+
   it('a pod in the mesh that is already captured, served and annotated: nothing to do (run it twice, same result)', () => {
     expect(plan(pod(enabled), ambient, [view(cur, { captured: true, served: true })]).actions).toEqual([]);
   });

@@ -13,8 +13,12 @@ describe('inpod demo', () => {
   it('captures, carries over HBONE, reports, unenrolls live, cleans up, and exits 0 on its own', async () => {
     const { stdout } = await run('node', [CLI, 'demo'], { timeout: 90_000, killSignal: 'SIGKILL' });
     expect(stdout).toMatch(/3\. client -> [\d.]+:8080 answered: hello [\d.]+, you said "hi over the mesh"/);
-    expect(stdout).toMatch(/access log \(inbound, hbone\): .*spiffe:\/\/cluster\.local\/ns\/demo\/sa\/sleep/);
-    expect(stdout).toMatch(/istio_tcp_received_bytes_total\{reporter="destination".*connection_security_policy="mutual_tls".*\} 16/);
+    // ztunnel's access-log line, both ends: the client sent 16 bytes and received the answer's
+    const answer = /3\. client -> [\d.]+:8080 answered: (.*)/.exec(stdout)![1]!.length;
+    expect(stdout).toMatch(new RegExp(`access log: connection complete src\\.addr=[\\d.]+:\\d+ src\\.workload="client" src\\.namespace="demo" src\\.identity="spiffe://cluster\\.local/ns/demo/sa/sleep" ` +
+      `.*dst\\.addr=[\\d.]+:15008 dst\\.hbone_addr=[\\d.]+:8080 .*direction="outbound" bytes_sent=16 bytes_recv=${answer} duration="\\d+ms"`));
+    expect(stdout).toMatch(new RegExp(`access log: connection complete .*direction="inbound" bytes_sent=${answer} bytes_recv=16`));
+    expect(stdout).toMatch(/istio_tcp_received_bytes_total\{reporter="destination",source_workload="client",source_canonical_service="sleep",.*destination_canonical_service="web",destination_canonical_revision="v2",response_flags="-",connection_security_policy="mutual_tls"\} 16/);
     expect(stdout).toMatch(/captured pods now: 0/);
     expect(stdout).toMatch(/you said "hi directly" \(the proxy saw nothing\)/);
     expect(stdout).toMatch(/5\. cleaned up/);

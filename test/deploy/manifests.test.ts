@@ -116,7 +116,7 @@ describe('deploy manifests (rendered by kustomize)', () => {
 
   it('grants the proxy list and watch of exactly what its Kubernetes-state mode watches, nothing else', () => {
     const sources = watched('ts/state/kube.ts');
-    expect(sources).toEqual(['core/pods', 'core/services', 'discovery.k8s.io/endpointslices', 'security.istio.io/authorizationpolicies']);
+    expect(sources).toEqual(['core/nodes', 'core/pods', 'core/services', 'discovery.k8s.io/endpointslices', 'security.istio.io/authorizationpolicies']);
     expect(grants(rules('ClusterRole', 'inpod-ztunnel'))).toEqual(sources.flatMap((s) => [`${s}:list`, `${s}:watch`]).sort());
   });
 

@@ -98,7 +98,7 @@ describe('proxy state from the Kubernetes API', () => {
       if (r.ok) seen.add(r.reply!.split(':')[0]!);
     }
     expect([...seen].sort()).toEqual(['s1', 's2']);
-    const service = /istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_workload="s[12]"[^}]*destination_service="web\.shop\.svc\.cluster\.local"/;
+    const service = /istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_service="web\.shop\.svc\.cluster\.local",destination_service_namespace="shop",destination_service_name="web",destination_workload="s[12]"/;
     await until('a connection counted with the service as its destination', async () => service.test(await zt.telemetry!.registry.metrics()));
   });
 

@@ -34,6 +34,11 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   let vip: string;
   let state: StateStore;
   const records: Record<string, unknown>[] = [];
+  /** ztunnel's access-log line of a connection that ended (ts/telemetry/accesslog.ts) */
+  const complete = (l: Record<string, unknown>): boolean => l.scope === 'access' && l.msg === 'connection complete';
+  const from = (l: Record<string, unknown>, ip: string): boolean => String(l['src.addr']).startsWith(`${ip}:`);
+  const SLEEP = 'spiffe://cluster.local/ns/default/sa/sleep';
+  const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
 
   beforeAll(async () => {
     lab = await Lab.create();
@@ -44,10 +49,10 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     state = new StateStore();
     state.set(parseLocalConfig(`
 workloads:
-  - {uid: u-client, name: client, namespace: default, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE}
-  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE,
+  - {uid: u-client, name: client, workloadName: client, namespace: default, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE}
+  - {uid: u-server, name: server, workloadName: server, namespace: shop, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE,
      services: {"shop/web.shop.svc.cluster.local": {}}}
-  - {uid: u-server2, name: server2, namespace: shop, serviceAccount: web, workloadIps: ["${server2.ip}"], protocol: HBONE,
+  - {uid: u-server2, name: server2, workloadName: server2, namespace: shop, serviceAccount: web, workloadIps: ["${server2.ip}"], protocol: HBONE,
      services: {"shop/web.shop.svc.cluster.local": {}}}
 services:
   - {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/${vip}"], ports: {80: 8080}}
@@ -113,9 +118,11 @@ services:
     expect(await count('tls.record.version == 0x0303 && tls.app_data')).toBeGreaterThan(0);
     expect(await count(`frame contains "${secret}"`)).toBe(0);
     expect(await count(`tcp.dstport == 8080`)).toBe(0);
-    await until('the outbound HBONE access-log line', () => records.some((l) => l.access && l.transport === 'hbone' && l.direction === 'outbound'));
-    const line = records.find((l) => l.access && l.transport === 'hbone' && l.direction === 'outbound');
-    expect(line).toMatchObject({ outcome: 'ok', dst: { identity: 'spiffe://cluster.local/ns/shop/sa/web' } });
+    await until('the outbound HBONE access-log line', () => records.some((l) => complete(l) && l.transport === 'hbone' && l.direction === 'outbound'));
+    const line = records.find((l) => complete(l) && l.transport === 'hbone' && l.direction === 'outbound');
+    expect(line).toMatchObject({ level: 30, 'src.identity': SLEEP, 'dst.identity': WEB, 'dst.addr': `${server.ip}:15008`, 'dst.hbone_addr': `${server.ip}:8080`,
+      bytes_sent: secret.length, bytes_recv: `server:${secret}`.length });
+    expect(line).not.toHaveProperty('error');
   });
 
   it('passes traffic to a destination outside the mesh through as plain TCP', async () => {
@@ -133,7 +140,7 @@ services:
     const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
     expect(acc.at(-1)!.peer.host).toBe(outside.ip);
     // the access-log line is written when the proxy sees the connection end
-    await until('the plaintext access-log line of the outside client', () => records.some((l) => l.access && l.transport === 'plaintext' && (l.src as { ip: string }).ip === outside.ip));
+    await until('the plaintext access-log line of the outside client', () => records.some((l) => complete(l) && l.transport === 'plaintext' && from(l, outside.ip)));
   });
 
   it('splices passthrough and plaintext inbound in the kernel; metrics and the access log count the spliced bytes exactly', async () => {
@@ -158,9 +165,12 @@ services:
       expect(r.ok && r.reply).toBe(`${c.tag}:${payload}`);
       if (r.ok) await sh[c.from].close(r.connId);
       let line: Record<string, unknown> | undefined;
-      await until(`the ${c.transport} access-log line`, () => !!(line = records.slice(before.logs).find((l) => l.access && l.transport === c.transport)));
+      await until(`the ${c.transport} access-log line`, () => !!(line = records.slice(before.logs).find((l) => complete(l) && l.transport === c.transport)));
       const replyLen = c.tag.length + 1 + payload.length;
-      expect(line).toMatchObject({ path: 'kernel', outcome: 'ok', bytesSent: payload.length, bytesReceived: replyLen, kernelBytes: payload.length + replyLen });
+      // the reporting side's view (as ztunnel logs it): outbound sent the request, inbound sent the response
+      const [sent, recv] = c.labels.reporter === 'source' ? [payload.length, replyLen] : [replyLen, payload.length];
+      expect(line).toMatchObject({ level: 30, path: 'kernel', bytes_sent: sent, bytes_recv: recv, kernel_bytes: payload.length + replyLen });
+      expect(line).not.toHaveProperty('error');
       expect(await sum('istio_tcp_received_bytes_total', c.labels) - before.req).toBe(payload.length);
       expect(await sum('istio_tcp_sent_bytes_total', c.labels) - before.resp).toBe(replyLen);
       expect(zt.fastPath.counters().bytes - before.kernel).toBe(payload.length + replyLen);
@@ -182,19 +192,19 @@ services:
       const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
       expect(acc.at(-1)!.peer.host).toBe(client.ip); // the app still sees the client
       let local: Record<string, unknown>[] = [];
-      await until('both access-log lines of the same-node connection', () => (local = records.slice(logs).filter((l) => l.access && l.transport === 'local')).length >= 2);
-      const ids = { src: { ip: client.ip, identity: 'spiffe://cluster.local/ns/default/sa/sleep' }, dst: { ip: server.ip, port: 8080, identity: 'spiffe://cluster.local/ns/shop/sa/web' } };
-      expect(local.find((l) => l.direction === 'outbound')).toMatchObject({ ...ids, pod: 'default/client', path: 'kernel', bytesSent: 9, bytesReceived: 16, kernelBytes: 25 });
-      expect(local.find((l) => l.direction === 'inbound')).toMatchObject({ ...ids, pod: 'shop/server', path: 'kernel', bytesSent: 9, bytesReceived: 16 });
+      await until('both access-log lines of the same-node connection', () => (local = records.slice(logs).filter((l) => complete(l) && l.transport === 'local')).length >= 2);
+      const ids = { 'src.addr': expect.stringMatching(new RegExp(`^${client.ip.replace(/\./g, '\\.')}:\\d+$`)), 'src.identity': SLEEP, 'dst.addr': `${server.ip}:8080`, 'dst.identity': WEB };
+      expect(local.find((l) => l.direction === 'outbound')).toMatchObject({ ...ids, pod: 'default/client', path: 'kernel', bytes_sent: 9, bytes_recv: 16, kernel_bytes: 25 });
+      expect(local.find((l) => l.direction === 'inbound')).toMatchObject({ ...ids, pod: 'shop/server', path: 'kernel', bytes_sent: 16, bytes_recv: 9 });
       // no HBONE for it: no access-log line of that connection says hbone
-      expect(records.slice(logs).filter((l) => l.access && l.transport === 'hbone')).toEqual([]);
+      expect(records.slice(logs).filter((l) => complete(l) && l.transport === 'hbone')).toEqual([]);
 
       // the destination's policy applies with the client's identity: a DENY for it resets the client
       state.set({ ...saved, policies: [{ apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'no-sleep', namespace: 'shop' },
         spec: { action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/sleep'] } }] }] } }] });
       const denied = await sh.client.connect({ host: server.ip, port: 8080, send: 'x', timeoutMs: 5000 });
       expect(denied.ok ? denied.reply : denied.error).toMatch(/^(error:)?ECONNRESET|^$/);
-      const deny = (): Record<string, unknown>[] => records.slice(logs).filter((l) => l.access && l.transport === 'local' && l.responseFlags === 'DENY');
+      const deny = (): Record<string, unknown>[] => records.slice(logs).filter((l) => complete(l) && l.transport === 'local' && l.response_flags === 'DENY');
       await until('the DENY access-log lines', () => deny().length >= 2);
       expect(deny().map((l) => l.direction).sort()).toEqual(['inbound', 'outbound']);
     } finally {
@@ -234,8 +244,8 @@ services:
     try {
       const r = await sh.client.connect({ host: server2.ip, port: 8080, send: 'x', timeoutMs: 5000 });
       expect(r.ok ? r.reply : r.error).toMatch(/^(error:)?ECONNRESET|^$/);
-      await until('the TLS_FAILURE access-log line', () => records.some((l) => l.access && l.responseFlags === 'TLS_FAILURE'));
-      const line = records.findLast((l) => l.access && l.responseFlags === 'TLS_FAILURE');
+      await until('the TLS_FAILURE access-log line', () => records.some((l) => complete(l) && l.response_flags === 'TLS_FAILURE'));
+      const line = records.findLast((l) => complete(l) && l.response_flags === 'TLS_FAILURE');
       expect(line?.error).toMatch(/presented spiffe:\/\/cluster.local\/ns\/shop\/sa\/web, expected spiffe:\/\/cluster.local\/ns\/shop\/sa\/impostor/);
     } finally {
       state.set(saved);

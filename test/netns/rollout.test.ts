@@ -318,7 +318,11 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     expect(current.proc.exitCode).toBe(1);
     expect(current.log).toMatch(/no agent serves the node/);
     // what the kubelet does then: it starts the agent again, which serves the node
-    await agentReady(await startAgent());
+    const next = await startAgent();
+    await agentReady(next);
+    // a mesh pod's ADD needs the proxy connected to this agent (it reconnects with backoff);
+    // before that the ADD fails as retryable and the runtime would try again
+    await until('the proxy to take the new agent\'s snapshot', () => /snapshot sent/.test(next.log), { timeoutMs: 20_000, context: logs });
     const g = await runPod('mesh', 'g');
     expect(await enrolled()).toContain(g.netnsPath);
   }, 90_000);

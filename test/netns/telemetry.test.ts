@@ -44,26 +44,26 @@ describe('policy, metrics, admin and drain', () => {
     backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
     [client, other, intruder, server] = await Promise.all(['client', 'other', 'intruder', 'server'].map((n) => lab.addPod(n)));
     const w = (p: LabPod, ns: string, sa: string, extra = ''): string =>
-      `  - {uid: u-${p.name}, name: ${p.name}, namespace: ${ns}, serviceAccount: ${sa}, workloadIps: ["${p.ip}"], protocol: HBONE${extra}}`;
+      `  - {uid: u-${p.name}, name: ${p.name}, workloadName: ${p.name}, namespace: ${ns}, serviceAccount: ${sa}, workloadIps: ["${p.ip}"], protocol: HBONE, clusterId: c1${extra}}`;
+    // ztunnel's local config names the canonical service itself (no derivation from labels there)
     writeFileSync(join(dir, 'config.yaml'), `workloads:
-${w(client, 'default', 'sleep', ', labels: {app: sleep, version: v1}')}
+${w(client, 'default', 'sleep', ', canonicalName: sleep, canonicalRevision: v1')}
 ${w(other, 'default', 'other')}
 ${w(intruder, 'evil', 'default')}
-${w(server, 'shop', 'web', ', labels: {app: web, version: v2}')}
+${w(server, 'shop', 'web', ', canonicalName: web, canonicalRevision: v2, authorizationPolicies: [shop/only-sleep]')}
 policies:
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: no-evil, namespace: shop}
-    spec:
-      action: DENY
-      rules: [{from: [{source: {namespaces: [evil]}}]}]
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: only-sleep, namespace: shop}
-    spec:
-      selector: {matchLabels: {app: web}}
-      action: ALLOW
-      rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/sleep, cluster.local/ns/evil/sa/default]}}]}]
+  - name: no-evil
+    namespace: shop
+    scope: Namespace
+    action: Deny
+    dryRun: false
+    rules: [[[{namespaces: [!Exact evil]}]]]
+  - name: only-sleep
+    namespace: shop
+    scope: WorkloadSelector
+    action: Allow
+    dryRun: false
+    rules: [[[{principals: [!Exact cluster.local/ns/default/sa/sleep, !Exact cluster.local/ns/evil/sa/default]}]]]
 `);
     const pods: ZdsPod[] = [];
     zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
@@ -104,7 +104,12 @@ policies:
     const r = await sh.client.connect({ host: server.ip, port: 9000, send: payload, timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe(payload);
     if (r.ok) await sh.client.close(r.connId);
-    const dst = { reporter: 'destination', source_workload: 'client', destination_workload: 'server', connection_security_policy: 'mutual_tls', source_principal: 'spiffe://cluster.local/ns/default/sa/sleep', destination_app: 'web', destination_version: 'v2' };
+    const dst = {
+      reporter: 'destination', source_workload: 'client', source_canonical_service: 'sleep', source_canonical_revision: 'v1', source_cluster: 'c1',
+      destination_workload: 'server', destination_canonical_service: 'web', destination_canonical_revision: 'v2', connection_security_policy: 'mutual_tls',
+      source_principal: 'spiffe://cluster.local/ns/default/sa/sleep', destination_principal: 'spiffe://cluster.local/ns/shop/sa/web',
+      destination_app: 'web', destination_version: 'v2', request_protocol: 'tcp', response_flags: '-',
+    };
     // the byte counters are final once both ends have counted the connection closed
     let m = '';
     await until('both ends to count the connection closed', async () => {
@@ -115,8 +120,10 @@ policies:
     expect(value(m, 'istio_tcp_connections_closed_total', dst)).toBe(1);
     expect(value(m, 'istio_tcp_received_bytes_total', dst)).toBe(1234); // request bytes
     expect(value(m, 'istio_tcp_sent_bytes_total', dst)).toBe(1234); // response bytes
-    const src = { reporter: 'source', source_workload: 'client', source_app: 'sleep', destination_workload: 'server', connection_security_policy: 'mutual_tls' };
+    const src = { ...dst, reporter: 'source', source_app: 'sleep', source_version: 'v1' };
     expect(value(m, 'istio_tcp_received_bytes_total', src)).toBe(1234);
+    expect(value(m, 'istio_tcp_sent_bytes_total', src)).toBe(1234);
+    expect(value(m, 'istio_tcp_connections_failed_total', {})).toBe(0);
     expect(m).toMatch(/process_resident_memory_bytes \d+/);
   });
 
@@ -128,7 +135,10 @@ policies:
     const denied = { reporter: 'destination', source_workload: 'other', response_flags: 'DENY' };
     await until('the DENY to be counted', async () => value(await scrape(), 'istio_tcp_connections_closed_total', denied) >= 1, { context: () => log });
     expect(value(await scrape(), 'istio_tcp_connections_closed_total', denied)).toBe(1);
-    await until('the DENY access-log line', () => /"responseFlags":"DENY".*no ALLOW policy matched|no ALLOW policy matched.*"responseFlags":"DENY"/.test(log), { context: () => log });
+    expect(value(await scrape(), 'istio_tcp_connections_failed_total', denied)).toBe(1);
+    // ztunnel's line for it: "connection complete" at error level, the policy's reason as the error
+    await until('the DENY access-log line', () => log.split('\n').some((l) => l.includes('"msg":"connection complete"') && l.includes('"level":50') &&
+      l.includes('"response_flags":"DENY"') && l.includes('"error":"no ALLOW policy matched')), { context: () => log });
   });
 
   it('applies DENY before ALLOW: a denied namespace stays out even though an ALLOW names it', async () => {
@@ -140,11 +150,11 @@ policies:
 
   it('dumps its config with pods, workloads and policies, and no key material', async () => {
     const text = await (await fetch(`http://127.0.0.1:${admin}/config_dump`)).text();
-    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { metadata: { name: string } }[]; certificates: { identity: string }[] };
+    const d = JSON.parse(text) as { pods: { name: string; listeners: object }[]; workloads: unknown[]; policies: { name: string }[]; certificates: { identity: string }[] };
     expect(d.pods.map((p) => p.name).sort()).toEqual(['client', 'intruder', 'other', 'server']);
     expect(d.pods[0]!.listeners).toEqual({ outbound: 15001, inbound: 15006, hbone: 15008 });
     expect(d.workloads).toHaveLength(4);
-    expect(d.policies.map((p) => p.metadata.name)).toEqual(['no-evil', 'only-sleep']);
+    expect(d.policies.map((p) => p.name)).toEqual(['no-evil', 'only-sleep']);
     expect(d.certificates.length).toBeGreaterThan(0);
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
     expect(await (await fetch(`http://127.0.0.1:${admin}/logging?level=debug`)).json()).toEqual({ level: 'debug' });

@@ -8,8 +8,9 @@ import net from 'node:net';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath.js';
-import { SOL_SOCKET, setSockOptInt, sockError, tcpReceived } from '../../ts/native/index.js';
+import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fastpath/index.js';
+import { FP_MAX_INFLIGHT } from '../../ts/proxy/fastpath/maps.js';
+import { SOL_SOCKET, setSockOptInt, sockError, socketInNs, tcpReceived } from '../../ts/native/index.js';
 import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
 
 const log = pino({ level: 'silent' });
@@ -404,6 +405,48 @@ describe('kernel fast path: when a connection is spliced', () => {
     }
   }, 60_000);
 
+  it('stops redirecting at the in-flight bound the proxy wrote into the program at load', async () => {
+    // 256 KiB instead of 4 MiB: a receiver that reads nothing gets the direction handed back once
+    // the kernel redirected that much more than its socket took (small buffers: it takes little)
+    const maxInflight = 256 * 1024;
+    const bp = new FastPath({ enabled: true, log, maxInflight });
+    const r2 = new Rig(bp);
+    r2.onSplice = (_d, u) => setsockopt(fdOf(u), SO_SNDBUF, 64 * 1024);
+    let server!: net.Socket;
+    r2.onServer = (s) => {
+      server = s;
+      setsockopt(fdOf(s), SO_RCVBUF, 64 * 1024);
+      s.pause();
+    };
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      const c = (client = await connect(r2.port));
+      const before = bp.counters();
+      while (bp.counters().throttles === before.throttles) {
+        if (!c.write(randomBytes(64 * 1024))) await Promise.race([new Promise((r) => c.once('drain', r)), new Promise((r) => setTimeout(r, 20))]);
+        expect(bp.counters().bytes - before.bytes).toBeLessThan(FP_MAX_INFLIGHT); // the default bound is never reached
+      }
+      const moved = bp.counters().bytes - before.bytes;
+      // more than the bound, and no more than the bound plus what the server's side took and one skb
+      expect(moved).toBeGreaterThan(maxInflight);
+      expect(moved).toBeLessThan(maxInflight + 2 * 1024 * 1024);
+      expect(bp.counters().drops).toBe(0);
+    } finally {
+      client?.destroy();
+      server?.destroy();
+      await r2.stop();
+      bp.close();
+    }
+  });
+
+  it('refuses an in-flight bound of zero (the program would hand every flow back) and relays in userspace', () => {
+    const bad = new FastPath({ enabled: true, log, maxInflight: 0 });
+    expect(bad.active).toBe(false);
+    expect(bad.unavailable).toMatch(/max in-flight bytes 0 is not a positive integer/);
+    bad.close();
+  });
+
   it('delivers every byte when a handed-back direction ends while its last bytes still wait in the kernel', async () => {
     // The interleaving that lost the tail of a transfer under load, forced: the client's side of
     // the proxy (A) has bytes from the server redirected into it that it cannot send (the client
@@ -509,6 +552,44 @@ describe('kernel fast path: when a connection is spliced', () => {
       expect(await outcome).toBe('ECONNRESET');
       const [r] = await r2.relayed(1);
       expect(r!.error).toBeDefined();
+    } finally {
+      client?.destroy();
+      await r2.stop();
+      fp2.close();
+    }
+  });
+
+  it('delivers every byte Node still holds for a slow reader when the relay ends', async () => {
+    // Both directions end while the proxy's socket toward the client still holds, in Node, bytes
+    // the client's small receive window did not take yet: closing that socket at the end of the
+    // relay must wait for them (the userspace part of a spliced connection: promote mode, before
+    // its promotion).
+    const fp2 = new FastPath({ enabled: true, log, promoteAfter: { bytes: 1e12, ms: 600_000 } });
+    const r2 = new Rig(fp2);
+    r2.greet = false;
+    const answer = randomBytes(30_000); // more than the client's window and the proxy's send buffer, less than Node's 16 KiB mark on top
+    r2.onServer = (s) => {
+      s.resume();
+      s.once('end', () => s.end(answer));
+    };
+    r2.onSplice = (down) => setsockopt(fdOf(down), SO_SNDBUF, 1); // the kernel's minimum
+    await r2.start();
+    let client: net.Socket | undefined;
+    try {
+      // a receive buffer set before connect(), so the window the client advertises stays small
+      const fd = socketInNs(-1, { family: 4 }).release();
+      setsockopt(fd, SO_RCVBUF, 1);
+      const c = (client = new net.Socket({ fd, allowHalfOpen: true } as net.SocketConstructorOpts));
+      await new Promise<void>((ok) => c.connect(r2.port, '127.0.0.1', ok));
+      c.pause();
+      c.end();
+      const [r] = await r2.relayed(1);
+      expect(r).toMatchObject({ aToB: 0, bToA: answer.length, path: 'userspace' });
+      const gotP = readAll(c);
+      c.resume();
+      const got = await gotP;
+      expect(got.length).toBe(answer.length);
+      expect(sha(got)).toBe(sha(answer));
     } finally {
       client?.destroy();
       await r2.stop();

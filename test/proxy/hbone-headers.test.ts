@@ -4,7 +4,7 @@
  * proxies put on the wire is checked end to end in test/netns/hbone-wire.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { baggageOf, formatTraceParent, forwardedFor, forwardedHost, newTraceParent, parseBaggage, parseTraceParent, socketAddr } from '../../ts/proxy/hbone/headers.js';
+import { baggageOf, formatTraceParent, forwardedFor, forwardedHost, newTraceParent, parseBaggage, parseTraceParent } from '../../ts/proxy/hbone/headers.js';
 
 describe('forwarded (ztunnel src/proxy/outbound.rs build_forwarded)', () => {
   it('names the client as ip:port, quoted', () => {
@@ -14,7 +14,7 @@ describe('forwarded (ztunnel src/proxy/outbound.rs build_forwarded)', () => {
   it('brackets IPv6 as a Rust SocketAddr prints it, and writes an IPv4-mapped client as IPv4 (socket::to_canonical)', () => {
     expect(forwardedFor({ ip: 'fd00:200::2', port: 80 })).toBe('for="[fd00:200::2]:80"');
     expect(forwardedFor({ ip: '::ffff:10.0.0.2', port: 80 })).toBe('for="10.0.0.2:80"');
-    expect(socketAddr('::1', 15008)).toBe('[::1]:15008');
+    expect(forwardedFor({ ip: '::1', port: 15008 })).toBe('for="[::1]:15008"');
   });
 
   it('adds host=<hostname> when the client addressed a service', () => {

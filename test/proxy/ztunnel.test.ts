@@ -3,10 +3,13 @@
  * listeners (the podProxy seam) and plain files standing in for netns fds (a netns is told apart
  * by the (dev, inode) of its fd). The semantics are ztunnel's src/inpod/statemanager.rs: on each
  * new connection the agent sends a snapshot (an Add or a Keep for every pod it knows), then
- * SnapshotSent; the pods it did not name are removed then, and only then. The wire is tested in
- * test/zds/zds.test.ts, real listeners in test/netns/ztunnel.test.ts.
+ * SnapshotSent; the pods it did not name are removed then, and only then; what breaks that order
+ * is a protocol error, answered as workloadmanager.rs answers it (the last describe, over a real
+ * ZDS socket). The wire is tested in test/zds/zds.test.ts, real listeners in
+ * test/netns/ztunnel.test.ts.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -16,6 +19,11 @@ import type { ProxyDeps } from '../../ts/proxy/inputs.js';
 import { PodProxy, type PodInfo } from '../../ts/proxy/pod.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { StateStore } from '../../ts/state/store.js';
+import { ZdsClient } from '../../ts/zds/client.js';
+import { ZdsProtocolError, type WorkloadRequest } from '../../ts/zds/messages.js';
+import { FakeAgent, type FakeAgentConn } from '../zds/fixtures/agent.js';
+import { until } from '../netns/lab.js';
+import { CLI } from '../cli.js';
 
 /** A pod proxy that opens nothing: it records its start and stop (stop() is PodProxy's own). */
 class FakePod extends PodProxy {
@@ -146,7 +154,7 @@ describe('the pods the proxy serves, as ZDS drives it', () => {
     expect(made.every((p) => p.stopped)).toBe(true);
   });
 
-  it('serves a pod added in the snapshot for the first time, and one whose sandbox changed on the new netns only', async () => {
+  it('serves a pod added in the snapshot for the first time, and one whose sandbox changed on the new netns only, draining the old (ztunnel statemanager.rs add_workload_inner)', async () => {
     await firstSnapshot();
     const oldA = pod('a');
     zt.snapshotStarted();
@@ -189,15 +197,142 @@ describe('the pods the proxy serves, as ZDS drives it', () => {
     expect(a.stopped).toBe(false);
   });
 
-  it('changes nothing on a Keep or SnapshotSent outside a snapshot (live updates after SnapshotSent)', async () => {
+  it('refuses Keep after SnapshotSent and a second SnapshotSent as protocol errors, changing nothing (ztunnel statemanager.rs process_msg)', async () => {
+    // before, both were acknowledged as no-ops
     await firstSnapshot();
-    zt.keepPod('u-zzz');
-    zt.snapshotSent(); // a second SnapshotSent on the same connection
+    expect(() => zt.keepPod('u-zzz')).toThrow(ZdsProtocolError);
+    expect(() => zt.keepPod('u-zzz')).toThrow(/pod keep received after snapshot/);
+    expect(() => zt.snapshotSent()).toThrow(/pod snapshot received already/);
     expect(served()).toEqual(['u-a', 'u-b', 'u-c']);
-    // live Add and Del after the snapshot
+    // live Add and Del after the snapshot are the protocol
     await zt.addPod(info('d'), netns('d'));
     zt.removePod('u-a');
     zt.removePod('u-unknown'); // unknown: a no-op
     expect(served()).toEqual(['u-b', 'u-c', 'u-d']);
   });
+
+  it('refuses an Add without workload_info as a protocol error: nothing opened, its netns closed (ztunnel statemanager.rs process_msg)', async () => {
+    // before, it was served as a pod with no name, namespace or service account
+    const h = zt.zdsHandler();
+    h.connected();
+    const ns = netns('x');
+    await expect(h.add('u-x', undefined, ns)).rejects.toThrow(/workload_info is required but not present/);
+    expect(ns.closed).toBe(true);
+    expect(made).toHaveLength(0);
+    expect(served()).toEqual([]);
+  });
+});
+
+describe('the proxy on a ZDS connection that breaks the protocol (ztunnel workloadmanager.rs process)', () => {
+  let dir: string;
+  let zt: Ztunnel;
+  let agent: FakeAgent;
+  let client: ZdsClient;
+  const fatal: Error[] = [];
+  const made: FakePod[] = [];
+  const fdCount = (): number => readdirSync('/proc/self/fd').length;
+  const nsFd = (): Fd => openPath(join(dir, 'netns'));
+  const add = (uid: string): WorkloadRequest => ({ kind: 'add', uid, info: { name: uid, namespace: 'default', serviceAccount: 'sa' } });
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'inpod-ztp-'));
+    writeFileSync(join(dir, 'netns'), '');
+    zt = await Ztunnel.create({
+      trustDomain: 'cluster.local',
+      caDir: join(dir, 'ca'),
+      state: new StateStore(),
+      log: pino({ level: 'silent' }),
+      podProxy: (i, ns, deps) => {
+        const p = new FakePod(i, ns, deps, false);
+        made.push(p);
+        return p;
+      },
+    });
+    agent = new FakeAgent(join(dir, 'zds.sock'));
+    client = new ZdsClient({ path: agent.path, handler: zt.zdsHandler(), minBackoffMs: 20, maxBackoffMs: 50, log: pino({ level: 'silent' }), onFatal: (e) => fatal.push(e) });
+    client.start();
+  });
+  afterEach(() => {
+    client.stop();
+    agent.close();
+    zt.close();
+    rmSync(dir, { recursive: true, force: true });
+    fatal.length = 0;
+    made.length = 0;
+  });
+
+  /** The agent's snapshot of pod p1, taken. */
+  async function snapshot(): Promise<FakeAgentConn> {
+    const c = await agent.conn(0);
+    const f = nsFd();
+    expect(await c.send(add('p1'), [f.fd])).toBe('');
+    f.close();
+    expect(await c.send({ kind: 'snapshotSent' })).toBe('');
+    expect(zt.notReady()).toBeNull();
+    return c;
+  }
+
+  it.each([
+    ['Keep after SnapshotSent', { kind: 'keep', uid: 'p1' } as WorkloadRequest, /pod keep received after snapshot/],
+    ['a second SnapshotSent', { kind: 'snapshotSent' } as WorkloadRequest, /pod snapshot received already/],
+  ])('%s: an error Ack, then the connection ends and the proxy stops talking ZDS', async (_name, req, why) => {
+    // before, it was acknowledged, and the proxy went on
+    const c = await snapshot();
+    const ack = await c.send(req);
+    expect(ack).toMatch(/^failure to process message : ZDS protocol error: /);
+    expect(ack).toMatch(why);
+    await c.hungUp();
+    expect(fatal).toHaveLength(1);
+    expect(client.stopped).toBe(true);
+    expect([...zt.pods.keys()]).toEqual(['p1']); // the pods it served stay until the process exits
+  });
+
+  it('Add without workload_info: an error Ack, nothing opened, its netns fd closed, then the connection ends for good', async () => {
+    const c = await snapshot();
+    const baseline = fdCount();
+    const f = nsFd();
+    const ack = await c.send({ kind: 'add', uid: 'p2', info: undefined }, [f.fd]);
+    f.close();
+    expect(ack).toMatch(/^failure to process message : ZDS protocol error: workload_info is required but not present/);
+    await c.hungUp();
+    expect(made.map((p) => p.info.uid)).toEqual(['p1']);
+    expect(fatal).toHaveLength(1);
+    await until('the received netns fd to be closed', () => fdCount() <= baseline, { timeoutMs: 5000 });
+  });
+
+  it('Add without an fd: an error Ack, then the connection ends and the proxy connects again, its pods kept (protocol.rs "No control message")', async () => {
+    // before, the connection was closed with no Ack: the agent waited out its timeout
+    const c = await snapshot();
+    const ack = await c.send(add('p2'));
+    expect(ack).toMatch(/^failure to read message : add came with 0 fd\(s\), expected 1/);
+    await c.hungUp();
+    const again = await agent.conn(1);
+    expect(await again.send({ kind: 'keep', uid: 'p1' })).toBe(''); // a new snapshot: Keep belongs in it
+    expect(await again.send({ kind: 'snapshotSent' })).toBe('');
+    expect(fatal).toHaveLength(0);
+    expect(made.map((p) => [p.info.uid, p.stopped])).toEqual([['p1', false]]);
+  });
+
+  it('inpod ztunnel, the process, exits 1 after a protocol error, as ztunnel (app.rs: WorkloadProxyManager run error, exit 1)', async () => {
+    client.stop(); // this describe's in-process client: the agent below is for the process alone
+    const path = join(dir, 'proc.sock');
+    const procAgent = new FakeAgent(path);
+    writeFileSync(join(dir, 'empty.yaml'), 'workloads: []\n');
+    const proc = spawn('node', [CLI, 'ztunnel', '--config', join(dir, 'empty.yaml'), '--zds', path, '--ca-dir', join(dir, 'ca'),
+      '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    proc.stdout!.on('data', (d) => (out += d));
+    proc.stderr!.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    try {
+      const c = await procAgent.conn(0);
+      expect(await c.send({ kind: 'snapshotSent' })).toBe('');
+      expect(await c.send({ kind: 'snapshotSent' })).toMatch(/^failure to process message : ZDS protocol error: pod snapshot received already/);
+      expect(await exited).toBe(1);
+      expect(out).toMatch(/"code":"INPOD_ERR_ZDS_PROTOCOL".*protocol mismatch with the node agent; exiting/);
+    } finally {
+      proc.kill('SIGKILL');
+      procAgent.close();
+    }
+  }, 30_000);
 });

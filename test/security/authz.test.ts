@@ -173,9 +173,10 @@ describe('AuthorizationPolicy scope and action: who gets in to shop/web', () => 
   });
 
   it('refuses a local-config file with a misspelt policy field, naming it (as ztunnel refuses unknown fields)', () => {
+    // local config takes ztunnel's own Authorization (ts/policy/ztunnel.ts); a misspelt match field would leave a DENY denying nothing
     expect(() => parseLocalConfig(`policies:
-  - {name: p, namespace: shop, spec: {action: ALLOW, rules: [{from: [{source: {serviceAcounts: [shop/a]}}]}]}}
-`)).toThrow('policies[0].spec.rules[0].from[0].source.serviceAcounts: not a field of AuthorizationPolicy this proxy knows');
+  - {name: p, namespace: shop, scope: Namespace, action: Deny, dryRun: false, rules: [[[{serviceAcounts: [{namespace: shop, serviceAccount: a}]}]]]}
+`)).toThrow(/^policies\[0\]\.rules\[0\]\[0\]\[0\]\.serviceAcounts: unknown field/);
   });
 });
 
@@ -194,20 +195,18 @@ describe('end to end through the proxy: ALLOW serviceAccounts [shop/a] at shop/s
     backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
     [a, b, server, outside] = await Promise.all(['a', 'b', 'server', 'outside'].map((n) => lab.addPod(n)));
     const state = new StateStore();
-    state.set(parseLocalConfig(`
+    // the workloads from a local config; the Istio policy and the labels it selects as the Kubernetes API gives them
+    const local = parseLocalConfig(`
 workloads:
   - {uid: u-a, name: a, namespace: shop, serviceAccount: a, workloadIps: ["${a.ip}"], protocol: HBONE}
   - {uid: u-b, name: b, namespace: shop, serviceAccount: b, workloadIps: ["${b.ip}"], protocol: HBONE}
-  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: web}}
-policies:
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: only-a, namespace: shop}
-    spec:
-      selector: {matchLabels: {app: web}}
-      action: ALLOW
-      rules: [{from: [{source: {serviceAccounts: [shop/a]}}]}]
-`));
+  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE}
+`);
+    state.set({
+      ...local,
+      workloads: local.workloads.map((w) => (w.name === 'server' ? { ...w, labels: { app: 'web' } } : w)),
+      policies: [policy({ selector: { matchLabels: { app: 'web' } }, action: 'ALLOW', rules: [{ from: [{ source: { serviceAccounts: ['shop/a'] } }] }] }, { name: 'only-a' })],
+    });
     for (const p of [a, b, server]) await backend.enroll(p.netnsPath);
     lab.joinCgroup();
     zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log: pino({ level: 'info' }, { write: (l: string) => void records.push(JSON.parse(l)) }) });
@@ -237,11 +236,11 @@ policies:
     const before = await accepted();
     const r = await sh.b.connect({ host: server.ip, port: 8080, send: 'let me in', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('both access-log lines', () => records.some((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
-    const out = records.find((l) => l.access && l.direction === 'outbound' && l.pod === 'shop/b');
-    expect(out).toMatchObject({ transport: 'hbone', responseFlags: 'DENY', error: expect.stringMatching(/answered 401: denied by authorization policy/) });
-    const inb = records.find((l) => l.access && l.direction === 'inbound' && l.pod === 'shop/server' && (l.src as { identity?: string }).identity === 'spiffe://cluster.local/ns/shop/sa/b');
-    expect(inb).toMatchObject({ responseFlags: 'DENY', error: 'no ALLOW policy matched (shop/only-a)' });
+    await until('both access-log lines', () => records.some((l) => l.msg === 'connection complete' && l.direction === 'outbound' && l.pod === 'shop/b' && l.response_flags === 'DENY'), { timeoutMs: 5000 });
+    const out = records.find((l) => l.msg === 'connection complete' && l.direction === 'outbound' && l.pod === 'shop/b');
+    expect(out).toMatchObject({ transport: 'hbone', response_flags: 'DENY', error: expect.stringMatching(/answered 401: denied by authorization policy/) });
+    const inb = records.find((l) => l.msg === 'connection complete' && l.direction === 'inbound' && l.pod === 'shop/server' && l['src.identity'] === 'spiffe://cluster.local/ns/shop/sa/b');
+    expect(inb).toMatchObject({ response_flags: 'DENY', error: 'no ALLOW policy matched (shop/only-a)' });
     expect(await accepted()).toBe(before);
   });
 
@@ -257,7 +256,7 @@ policies:
     const before = await accepted();
     const r = await sh.outside.connect({ host: server.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^server:/);
-    await until('the denied plaintext line', () => records.some((l) => l.access && l.transport === 'plaintext' && l.responseFlags === 'DENY'), { timeoutMs: 5000 });
+    await until('the denied plaintext line', () => records.some((l) => l.msg === 'connection complete' && l.transport === 'plaintext' && l.response_flags === 'DENY'), { timeoutMs: 5000 });
     expect(await accepted()).toBe(before);
   });
 });

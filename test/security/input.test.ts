@@ -265,7 +265,7 @@ describe('inpod ztunnel --config hot reload fed bad or huge files', () => {
   it('writes half of a file (cut inside an entry): refused naming where it breaks, the workloads stay', async () => {
     const text = configOf(50);
     writeFileSync(file, text.slice(0, text.indexOf('w40') + 2));
-    expect(await refusedWith(/workloads\[40\]\.workloadIps: expected a non-empty list/)).toMatch(new RegExp(`^${file}: `));
+    expect(await refusedWith(/workloads\[40\]\.workloadIps: missing: this field is required/)).toMatch(new RegExp(`^${file}: `));
     expect(await workloads()).toHaveLength(3);
     await backToGood();
   });

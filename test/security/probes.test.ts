@@ -29,15 +29,13 @@ const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']
 
 /** shop/server under an ALLOW policy with no rules: nobody is admitted (Istio's allow-nothing). */
 function stateYaml(m: TestMesh): string {
+  // ztunnel's local-config form: the policy is attached to the server by name (WorkloadSelector scope)
   return `
 workloads:
-  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${m.pods.server!.ip}"], protocol: HBONE, labels: {app: web}}
+  - {uid: u-server, name: server, namespace: shop, serviceAccount: web, workloadIps: ["${m.pods.server!.ip}"], protocol: HBONE, authorizationPolicies: [shop/allow-nothing]}
   - {uid: u-client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["${m.pods.client!.ip}"], protocol: HBONE}
 policies:
-  - apiVersion: security.istio.io/v1
-    kind: AuthorizationPolicy
-    metadata: {name: allow-nothing, namespace: shop}
-    spec: {selector: {matchLabels: {app: web}}, action: ALLOW}
+  - {name: allow-nothing, namespace: shop, scope: WorkloadSelector, action: Allow, dryRun: false, rules: []}
 `;
 }
 
@@ -63,6 +61,8 @@ async function opened(m: TestMesh): Promise<number> {
   return text.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total{')).reduce((n, l) => n + Number(l.split(' ').at(-1)), 0);
 }
 
+/** ztunnel's access-log line of a connection that ended (ts/telemetry/accesslog.ts) */
+const complete = (l: Record<string, unknown>): boolean => l.scope === 'access' && l.msg === 'connection complete';
 const appAccepted = async (m: TestMesh) => m.sh.server!.accepted((await m.sh.server!.listenerByTag('app')).id);
 
 /** A probe as kubelet sends it: connect from the node, one request, the answer, close. */
@@ -96,16 +96,16 @@ describe.each(BACKENDS)('kubelet probes under an ALLOW policy that admits nobody
     // a denied connection after it, logged at its close: by then a line for the probe would be there too
     const r = await m.sh.plain!.connect({ host: m.pods.server!.ip, port: 8080, send: 'after', timeoutMs: 3000 });
     if (r.ok) await m.sh.plain!.close(r.connId);
-    await until('the later connection to be logged', () => m.logs(logFrom, (l) => l.access === true).length > 0, { timeoutMs: 5000 });
-    expect(m.logs(logFrom, (l) => l.access === true).map((l) => (l.src as { ip: string }).ip)).toEqual([m.pods.plain!.ip]);
+    await until('the later connection to be logged', () => m.logs(logFrom, complete).length > 0, { timeoutMs: 5000 });
+    expect(m.logs(logFrom, complete).map((l) => String(l['src.addr']).split(':')[0])).toEqual([m.pods.plain!.ip]);
   });
 
   it('a mesh pod under the same policy is denied over HBONE and never reaches the app', async () => {
     const [from, before] = [m.records.length, (await appAccepted(m)).length];
     const r = await m.sh.client!.connect({ host: m.pods.server!.ip, port: 8080, send: 'let me in', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^app:/);
-    await until('the inbound DENY line', () => m.logs(from, (l) => l.access === true && l.direction === 'inbound' && l.responseFlags === 'DENY').length > 0, { timeoutMs: 5000 });
-    expect(m.logs(from, (l) => l.access === true && l.direction === 'inbound')[0]).toMatchObject({ transport: 'hbone', responseFlags: 'DENY' });
+    await until('the inbound DENY line', () => m.logs(from, (l) => complete(l) && l.direction === 'inbound' && l.response_flags === 'DENY').length > 0, { timeoutMs: 5000 });
+    expect(m.logs(from, (l) => complete(l) && l.direction === 'inbound')[0]).toMatchObject({ transport: 'hbone', response_flags: 'DENY' });
     expect((await appAccepted(m)).length).toBe(before);
   });
 
@@ -113,8 +113,8 @@ describe.each(BACKENDS)('kubelet probes under an ALLOW policy that admits nobody
     const [from, before] = [m.records.length, (await appAccepted(m)).length];
     const r = await m.sh.plain!.connect({ host: m.pods.server!.ip, port: 8080, send: 'plain', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^app:/);
-    await until('the DENY line', () => m.logs(from, (l) => l.access === true && l.responseFlags === 'DENY').length > 0, { timeoutMs: 5000 });
-    expect(m.logs(from, (l) => l.access === true)[0]).toMatchObject({ transport: 'plaintext', src: { ip: m.pods.plain!.ip } });
+    await until('the DENY line', () => m.logs(from, (l) => complete(l) && l.response_flags === 'DENY').length > 0, { timeoutMs: 5000 });
+    expect(m.logs(from, complete)[0]).toMatchObject({ transport: 'plaintext', 'src.addr': expect.stringMatching(new RegExp(`^${m.pods.plain!.ip}:`)) });
     expect((await appAccepted(m)).length).toBe(before);
   });
 
@@ -124,9 +124,9 @@ describe.each(BACKENDS)('kubelet probes under an ALLOW policy that admits nobody
     const [from, before] = [m.records.length, (await appAccepted(m)).length];
     const r = await ext.connect({ host: m.pods.server!.ip, port: 8080, send: 'GET /healthz', timeoutMs: 5000 });
     expect(r.ok ? r.reply : '').not.toMatch(/^app:/);
-    await until('the DENY line', () => m.logs(from, (l) => l.access === true && l.responseFlags === 'DENY').length > 0, { timeoutMs: 5000 });
+    await until('the DENY line', () => m.logs(from, (l) => complete(l) && l.response_flags === 'DENY').length > 0, { timeoutMs: 5000 });
     // from the very address the node's probes come from (under eBPF): the address is not what passes
-    expect(m.logs(from, (l) => l.access === true)[0]).toMatchObject({ transport: 'plaintext', src: { ip: m.lab.node.gateway } });
+    expect(m.logs(from, complete)[0]).toMatchObject({ transport: 'plaintext', 'src.addr': expect.stringMatching(new RegExp(`^${m.lab.node.gateway}:`)) });
     expect((await appAccepted(m)).length).toBe(before);
     ext.kill();
   });

@@ -27,15 +27,18 @@ const NODE = 'node1';
 interface AccessLine {
   direction: string;
   transport: string;
-  src: { ip: string };
+  'src.addr': string;
   pod: string;
 }
 
-/** The proxy's access-log lines in `log` (one JSON object per line). */
+/** The IP of the client of an access-log line (src.addr is ip:port). */
+const srcIp = (a: AccessLine): string => a['src.addr'].slice(0, a['src.addr'].lastIndexOf(':'));
+
+/** The proxy's access-log lines of ended connections in `log` (one JSON object per line). */
 function accessLines(log: string): AccessLine[] {
   const out: AccessLine[] = [];
   for (const l of log.split('\n')) {
-    if (!l.includes('"access":true')) continue;
+    if (!l.includes('"msg":"connection complete"')) continue;
     try {
       out.push(JSON.parse(l) as AccessLine);
     } catch {
@@ -99,7 +102,7 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     const r = await sh.connect({ host: srv.ip, port: 8080, send, timeoutMs: 3000 });
     if (!r.ok) return { error: r.error };
     await sh.close(r.connId);
-    const mine = (): AccessLine[] => accessLines(log.slice(mark)).filter((a) => a.src.ip === from.ip);
+    const mine = (): AccessLine[] => accessLines(log.slice(mark)).filter((a) => srcIp(a) === from.ip);
     // the inbound line is written when the server side closes; it always comes (plaintext or hbone)
     await until('the inbound access-log line', () => mine().some((a) => a.direction === 'inbound'), { timeoutMs: 15_000, context: logs });
     // over HBONE the client's side went through its proxy too: its line is written when that side
@@ -150,7 +153,7 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     const w = await oldSh.connect({ host: srv.ip, port: 8080, send: 'warm-up', timeoutMs: 3000 });
     expect(w.ok && w.reply).toBe('srv:warm-up');
     if (w.ok) await oldSh.close(w.connId);
-    await until('the old sandbox through the proxy', () => accessLines(log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && a.src.ip === old.ip), { timeoutMs: 15_000, context: logs });
+    await until('the old sandbox through the proxy', () => accessLines(log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && srcIp(a) === old.ip), { timeoutMs: 15_000, context: logs });
   }, 90_000);
 
   afterAll(async () => {
@@ -291,7 +294,7 @@ describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, 
     const r = await sa2.connect({ host: b.ip, port: 8080, send: 'new-netns', timeoutMs: 5000 });
     expect(r.ok && r.reply, `${JSON.stringify(r)}\n${log.slice(-2000)}`).toBe('b:new-netns');
     if (r.ok) await sa2.close(r.connId);
-    await until('the access log of the new netns', () => accessLines(log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && x.src.ip === a2.ip), { timeoutMs: 15_000, context: logs });
+    await until('the access log of the new netns', () => accessLines(log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && srcIp(x) === a2.ip), { timeoutMs: 15_000, context: logs });
     // the old netns is still captured, and no longer served: refused, never out
     expect((await sa.connect({ host: b.ip, port: 8080, send: 'old', timeoutMs: 1000 })).ok).toBe(false);
     // the connection opened before the switch carries on

@@ -1,9 +1,33 @@
-/** ZDS wire compatibility: our encodings against bytes built by hand from Istio's field numbers. */
+/**
+ * ZDS wire compatibility: our encodings against bytes built by hand from Istio's field numbers,
+ * and the schema they come from being ztunnel's own file, unedited.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { decodeAck, decodeHello, decodeRequest, encodeAck, encodeHello, encodeRequest } from '../../ts/zds/messages.js';
+import { ZDS_PROTO, decodeAck, decodeHello, decodeRequest, encodeAck, encodeHello, encodeRequest } from '../../ts/zds/messages.js';
+
+const VENDOR = join(dirname(ZDS_PROTO), '..');
+/** git's blob id of a file: what `git ls-tree` prints for it upstream */
+const blobId = (path: string): string => {
+  const b = readFileSync(path);
+  return createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
+};
 
 const str = (tag: number, s: string): number[] => [tag, s.length, ...Buffer.from(s)];
 const msg = (tag: number, body: number[]): number[] => [tag, body.length, ...body];
+
+describe('the vendored upstream files', () => {
+  it('are the files of the ztunnel commit vendor/istio/ztunnel/README.md names, byte for byte (their git blob ids), and the image ships them', () => {
+    const readme = readFileSync(join(VENDOR, 'README.md'), 'utf8');
+    expect(readme).toMatch(/at commit\s+`[0-9a-f]{40}`/);
+    const rows = [...readme.matchAll(/^\| `([^`]+)` \| `([0-9a-f]{40})` \|/gm)].map((m) => [m[1], m[2]]);
+    expect(rows.map((r) => r[0])).toEqual(['proto/zds.proto', 'examples/localhost.yaml']);
+    for (const [file, blob] of rows) expect([file, blobId(join(VENDOR, file!))]).toEqual([file, blob]);
+    expect(readFileSync(join(VENDOR, '..', '..', '..', 'deploy', 'Dockerfile'), 'utf8')).toMatch(/^COPY --from=build \/src\/vendor \.\/vendor$/m);
+  });
+});
 
 describe('ZDS messages on the wire', () => {
   it('ZdsHello{version=V1} is field 1, varint 1', () => {
@@ -18,6 +42,19 @@ describe('ZDS messages on the wire', () => {
     const req = { kind: 'add', uid: 'uid-1', info: { name: 'web-0', namespace: 'shop', serviceAccount: 'web' } } as const;
     expect([...encodeRequest(req)]).toEqual(expected);
     expect(decodeRequest(Buffer.from(expected))).toEqual(req);
+  });
+
+  it('Add without workload_info (field 2 absent) decodes with no info, unlike an empty WorkloadInfo: ztunnel refuses the first (statemanager.rs process_msg)', () => {
+    const bare = msg(0x0a, str(0x0a, 'uid-1'));
+    expect(decodeRequest(Buffer.from(bare))).toEqual({ kind: 'add', uid: 'uid-1', info: undefined });
+    expect([...encodeRequest({ kind: 'add', uid: 'uid-1', info: undefined })]).toEqual(bare);
+    const empty = msg(0x0a, [...str(0x0a, 'uid-1'), 0x12, 0x00]);
+    expect(decodeRequest(Buffer.from(empty))).toEqual({ kind: 'add', uid: 'uid-1', info: { name: '', namespace: '', serviceAccount: '' } });
+  });
+
+  it('ZdsHello decodes any version number (istio-cni logs it, never refuses it)', () => {
+    expect(decodeHello(Buffer.from([0x08, 0x02]))).toEqual({ version: 2 });
+    expect(decodeHello(Buffer.from([0x08, 0x00]))).toEqual({ version: 0 });
   });
 
   it('Del is field 2 with the uid in field 2; Keep is field 5 with the uid in field 1; SnapshotSent is an empty field 3', () => {

@@ -9,11 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Fd, listen, recvFds, socketInNs, sendFds, unixBind, unixSocket, accept, watchReadable, openPath, netnsCookie, netnsCookieOfFd } from '../../ts/native/index.js';
+import { Fd, recvFds, socketInNs, sendFds, unixConnect, unixSocket, accept, openPath, netnsCookie, netnsCookieOfFd, type Received } from '../../ts/native/index.js';
 import { openNetns } from '../../ts/redirect/netns.js';
 import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
 import { ZdsClient, type ZdsHandler } from '../../ts/zds/client.js';
-import { encodeRequest } from '../../ts/zds/messages.js';
+import { ZdsProtocolError, decodeRequest, encodeAck } from '../../ts/zds/messages.js';
+import { FakeAgent, type FakeAgentConn } from './fixtures/agent.js';
 import { until } from '../netns/lab.js';
 
 const run = promisify(execFile);
@@ -107,7 +108,7 @@ describe('ZDS agent and proxy', () => {
     // streamed after the snapshot, acknowledged before addPod resolves
     await server.addPod(pod('p2', netns[1]!));
     expect(await reachable(netns[1]!)).toBe(true);
-    await expect(server.addPod(pod('fail-1', netns[1]!))).rejects.toThrow(/the proxy refused add for pod fail-1: cannot serve fail-1/);
+    await expect(server.addPod(pod('fail-1', netns[1]!))).rejects.toThrow(/the proxy refused add for pod fail-1: failure to start proxy : cannot serve fail-1/);
     await server.removePod('p2');
     expect(await reachable(netns[1]!)).toBe(false);
     client.stop();
@@ -159,7 +160,7 @@ describe('ZDS agent and proxy', () => {
     }
   });
 
-  it('keeps every connected proxy, as during a proxy rollout: each gets the snapshot, Add goes to the newest, Del to all', async () => {
+  it('keeps every connected proxy, as during a proxy rollout: each gets the snapshot, Add goes to the newest, Del to all (istio cni/pkg/nodeagent/ztunnelserver.go connMgr, PodAdded, PodDeleted)', async () => {
     const path = join(dir, 'two.sock');
     const pods = [pod('p1', netns[0]!)];
     let ready = 0;
@@ -278,74 +279,46 @@ describe('ZDS agent and proxy', () => {
 });
 
 describe('ZDS bad input', () => {
-  /** A fake agent that sends `messages` (data + fds) right after the hello, then serves normally. */
-  async function fakeAgent(path: string, send: (sock: number) => void): Promise<{ close: () => void; hellos: () => number }> {
-    const l = unixSocket('seqpacket');
-    unixBind(l.fd, path);
-    listen(l.fd, 4);
-    let hellos = 0;
-    const conns: Fd[] = [];
-    const stops: (() => void)[] = [];
-    stops.push(watchReadable(l.fd, () => {
-      for (let c = accept(l.fd); c; c = accept(l.fd)) {
-        conns.push(c);
-        const sock = c;
-        const stop: () => void = watchReadable(sock.fd, () => {
-          const m = (() => {
-            try {
-              return recvFds(sock.fd, 1024, 2);
-            } catch {
-              return null;
-            }
-          })();
-          if (m && m.data.length === 2 && m.data[0] === 0x08) {
-            hellos++;
-            send(sock.fd);
-          } else if (!m || m.data.length === 0) {
-            stop(); // the client went away: stop watching before EOF keeps it readable
-          }
-        });
-        stops.push(stop);
-      }
-    }));
-    return {
-      hellos: () => hellos,
-      close: () => {
-        for (const s of stops) s();
-        for (const c of conns) if (!c.closed) c.close();
-        l.close();
-        rmSync(path, { force: true });
-      },
-    };
-  }
+  const cleanups: (() => void | Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
 
   it.each([
-    ['an oversize (truncated) message', (s: number) => sendFds(s, Buffer.alloc(2000, 0x0a)), /over 1024 bytes|truncated/],
-    ['garbage', (s: number) => sendFds(s, Buffer.from([0x0a, 0x7f, 0x01])), /invalid WorkloadRequest/],
-    ['an unknown oneof', (s: number) => sendFds(s, Buffer.from([0x22, 0x00])), /no known payload/],
-    ['Add without its fd', (s: number) => sendFds(s, encodeRequest({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } })), /add came with 0 fd\(s\), expected 1/],
-    ['Add with two fds', (s: number) => {
+    ['an oversize (truncated) message', (c: FakeAgentConn) => c.sendRaw(Buffer.alloc(2000, 0x0a)), /over 1024 bytes|truncated/],
+    ['garbage', (c: FakeAgentConn) => c.sendRaw(Buffer.from([0x0a, 0x7f, 0x01])), /invalid WorkloadRequest/],
+    ['an unknown oneof', (c: FakeAgentConn) => c.sendRaw(Buffer.from([0x22, 0x00])), /no known payload/],
+    ['Add without its fd', (c: FakeAgentConn) => c.send({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } }), /add came with 0 fd\(s\), expected 1/],
+    ['Add with two fds', (c: FakeAgentConn) => {
       const a = openPath(nsPath(netns[0]!));
       const b = openPath(nsPath(netns[1]!));
-      sendFds(s, encodeRequest({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } }), [a.fd, b.fd]);
+      const r = c.send({ kind: 'add', uid: 'x', info: { name: 'x', namespace: 'y', serviceAccount: 'z' } }, [a.fd, b.fd]);
       a.close();
       b.close();
-    }, /add came with 2 fd\(s\), expected 1/],
-    ['a fd on Del', (s: number) => {
+      return r;
+    }, /add came with 2 fd\(s\), expected 1|truncated/],
+    ['a fd on Del', (c: FakeAgentConn) => {
       const a = openPath(nsPath(netns[0]!));
-      sendFds(s, encodeRequest({ kind: 'del', uid: 'x' }), [a.fd]);
+      const r = c.send({ kind: 'del', uid: 'x' }, [a.fd]);
       a.close();
+      return r;
     }, /del came with 1 fd\(s\), expected 0/],
-  ])('resets the connection on %s, closes stray fds, and reconnects', async (_name, send, message) => {
+  ])('answers %s with an error Ack, closes stray fds, ends the connection and connects again (ztunnel protocol.rs get_workload_data, workloadmanager.rs process)', async (_name, send, message) => {
+    // before, the proxy closed the connection without answering: the agent waited out its 5 s for an Ack
     const path = join(dir, `bad${randomBytes(2).toString('hex')}.sock`);
     const baseline = fdCount();
-    const agent = await fakeAgent(path, send);
+    const agent = new FakeAgent(path);
     const h = new ListenerHandler();
     const client = new ZdsClient({ path, handler: h, minBackoffMs: 20, maxBackoffMs: 50 });
     client.start();
-    await until('the client to see the bad input', () => client.errors.length > 0, { timeoutMs: 5000 });
+    const first = await agent.conn(0);
+    const ack = await send(first);
+    expect(ack).toMatch(/^failure to read message : /);
+    expect(ack).toMatch(message);
+    await first.hungUp();
     expect(client.errors[0]!.message).toMatch(message);
-    await until('the client to say hello again', () => agent.hellos() >= 2, { timeoutMs: 5000 }); // it came back
+    const again = await agent.conn(1); // it came back
+    expect(await again.send({ kind: 'snapshotSent' })).toBe('');
     client.stop();
     agent.close();
     h.close();
@@ -353,23 +326,59 @@ describe('ZDS bad input', () => {
     expect(h.pods.size).toBe(0);
   });
 
-  it('refuses a proxy announcing an unknown ZDS version, and still serves the next one', async () => {
-    const path = join(dir, 'ver.sock');
+  it('answers a protocol error of the agent with an error Ack, ends the connection and stops talking ZDS (ztunnel workloadmanager.rs run_internal, app.rs: exit 1)', async () => {
+    const path = join(dir, 'proto.sock');
+    const agent = new FakeAgent(path);
+    const fatal: Error[] = [];
+    const h: ZdsHandler = {
+      connected: () => {},
+      add: async (_uid, _info, ns) => ns.close(),
+      del: () => {},
+      keep: () => {
+        throw new ZdsProtocolError('pod keep received after snapshot');
+      },
+      snapshotSent: () => {},
+    };
+    const client = new ZdsClient({ path, handler: h, minBackoffMs: 20, maxBackoffMs: 50, onFatal: (e) => fatal.push(e) });
+    cleanups.push(() => {
+      client.stop();
+      agent.close();
+    });
+    client.start();
+    const c = await agent.conn(0);
+    expect(await c.send({ kind: 'snapshotSent' })).toBe('');
+    expect(await c.send({ kind: 'keep', uid: 'u1' })).toMatch(/^failure to process message : ZDS protocol error: pod keep received after snapshot/);
+    await c.hungUp();
+    expect(fatal.map((e) => (e as ZdsProtocolError).code)).toEqual(['INPOD_ERR_ZDS_PROTOCOL']);
+    expect(client.stopped).toBe(true); // no reconnect: the process exits (ts/cli/ztunnel.ts onFatal)
+    expect(client.connected).toBe(false);
+  });
+
+  it.each([
+    ['version 2', Buffer.from([0x08, 0x02])],
+    ['version 0 written out', Buffer.from([0x08, 0x00])],
+  ])('takes a proxy whose hello says %s and sends it the snapshot, as istio-cni handleConn (it logs the version)', async (_name, hello) => {
+    // before, the agent closed the connection: that proxy never got a pod
+    const path = join(dir, `ver${hello[1]}.sock`);
     let ready = 0;
-    const server = new ZdsServer({ path, pods: () => [], onReady: () => ready++ });
+    const server = new ZdsServer({ path, pods: () => [pod('p1', netns[0]!)], onReady: () => ready++ });
     server.start();
-    const h = new ListenerHandler();
-    const bad = new ZdsClient({ path, handler: h, version: 7, minBackoffMs: 10_000 });
-    bad.start();
-    await until('the client to connect', () => h.log.length > 0, { timeoutMs: 5000 });
-    // refused: the agent closes the connection instead of sending a snapshot
-    await until('the agent to close the connection', () => !bad.connected, { timeoutMs: 5000 });
-    expect(ready).toBe(0);
-    bad.stop();
-    const good = new ZdsClient({ path, handler: h });
-    good.start();
-    await until('the snapshot to be taken', () => ready === 1, { timeoutMs: 5000 });
-    good.stop();
-    server.close();
+    cleanups.push(() => server.close());
+    const sock = unixSocket('seqpacket');
+    cleanups.push(() => sock.close());
+    unixConnect(sock.fd, path);
+    sendFds(sock.fd, hello);
+    let got: Received | null = null;
+    await until('the snapshot\'s first Add', () => (got = recvFds(sock.fd, 1024, 2)) !== null, { timeoutMs: 5000 });
+    const add = got as unknown as Received;
+    expect(decodeRequest(add.data)).toMatchObject({ kind: 'add', uid: 'p1' });
+    expect(add.fds).toHaveLength(1);
+    for (const f of add.fds) f.close();
+    sendFds(sock.fd, encodeAck());
+    await until('SnapshotSent', () => (got = recvFds(sock.fd, 1024, 2)) !== null, { timeoutMs: 5000 });
+    expect(decodeRequest((got as unknown as Received).data)).toEqual({ kind: 'snapshotSent' });
+    sendFds(sock.fd, encodeAck());
+    await until('the agent to count the snapshot taken', () => ready === 1, { timeoutMs: 5000 });
+    expect(server.connections).toBe(1);
   });
 });

@@ -3,6 +3,8 @@
  * start, re-read on every change. Annotations the agent writes are kept in memory only.
  * A file that cannot be read (broken, an alias bomb, too large) is named in a warning and keeps
  * what it held before; the rest of the directory applies, and the agent still becomes ready.
+ * A Pod without spec.serviceAccountName gets "default", as the API server's ServiceAccount
+ * admission gives it (the agent then copies it to ZDS as it is, as istio-cni does).
  */
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
@@ -52,7 +54,7 @@ export class ManifestSource extends EventEmitter<SourceEvents> implements Cluste
       if (!name) continue;
       if (o.kind === 'Namespace') ns.set(name, o as NamespaceObj);
       else if (o.kind === 'Pod') {
-        const p = o as PodObj;
+        const p = withDefaultServiceAccount(o as PodObj);
         const node = typeof p.spec?.nodeName === 'string' ? p.spec.nodeName : undefined;
         if (this.nodeName && node && node !== this.nodeName) continue;
         pods.set(`${metaString(o, 'namespace') ?? 'default'}/${name}`, p);
@@ -95,4 +97,9 @@ export class ManifestSource extends EventEmitter<SourceEvents> implements Cluste
     else a[key] = value;
     this.#annotations.set(k, a);
   }
+}
+
+/** The API server's ServiceAccount admission: a pod names "default" when it names no account. */
+function withDefaultServiceAccount(p: PodObj): PodObj {
+  return p.spec?.serviceAccountName ? p : { ...p, spec: { ...p.spec, serviceAccountName: 'default' } };
 }

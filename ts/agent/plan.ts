@@ -50,9 +50,13 @@ export interface PodPlan {
   actions: Action[];
 }
 
-/** What the proxy is told about a pod served from `s`. */
+/**
+ * What the proxy is told about a pod served from `s`: its service account copied as the pod
+ * names it, "" when it names none (istio-cni's ztunnelserver.go `podToWorkload`; the API server
+ * always fills it in, ts/agent/manifests.ts does so for a manifest directory).
+ */
 export function workloadInfo(pod: PodObj | undefined, s: Sandbox): WorkloadInfo {
-  return { name: s.name, namespace: s.namespace, serviceAccount: pod?.spec?.serviceAccountName ?? 'default' };
+  return { name: s.name, namespace: s.namespace, serviceAccount: pod?.spec?.serviceAccountName ?? '' };
 }
 
 const uncapturable = (v: SandboxView): boolean => v.captured || v.served;

@@ -45,6 +45,28 @@ async function request(netnsPath: string, to: SockAddr, text: string): Promise<s
   });
 }
 
+/** The fields of ztunnel's access-log line, in its order (istio/ztunnel src/proxy/metrics.rs record_internal). */
+const ZTUNNEL_FIELDS = ['src.addr', 'src.workload', 'src.namespace', 'src.identity', 'src.cluster', 'dst.addr', 'dst.hbone_addr', 'dst.service', 'dst.workload',
+  'dst.namespace', 'dst.identity', 'dst.cluster', 'direction', 'bytes_sent', 'bytes_recv', 'duration', 'error'];
+
+/** A JSON access-log line as ztunnel's text format writes it: the message, then k=v, strings quoted except addresses. */
+function ztunnelText(l: Record<string, unknown>): string {
+  const kv = ZTUNNEL_FIELDS.filter((k) => l[k] !== undefined)
+    .map((k) => `${k}=${typeof l[k] === 'number' || k.endsWith('.addr') || k === 'dst.hbone_addr' ? String(l[k]) : JSON.stringify(l[k])}`);
+  return `${String(l.msg)} ${kv.join(' ')}`;
+}
+
+/** The labels the demo prints of each series. */
+const SHOWN = ['reporter', 'source_workload', 'source_canonical_service', 'source_principal', 'destination_workload', 'destination_canonical_service',
+  'destination_canonical_revision', 'connection_security_policy', 'response_flags'];
+
+function shortSeries(line: string): string {
+  const m = /^(\w+)\{(.*)\} (\S+)$/.exec(line);
+  if (!m) return line;
+  const labels = [...m[2]!.matchAll(/(\w+)="([^"]*)"/g)].filter((x) => SHOWN.includes(x[1]!)).map((x) => `${x[1]}="${x[2]}"`);
+  return `${m[1]}{${labels.join(',')}} ${m[3]}`;
+}
+
 /** Waits for `cond`; on timeout the error carries `context()` (the processes' last output). */
 async function until(what: string, cond: () => boolean, context: () => string, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
@@ -109,9 +131,12 @@ export async function demo(): Promise<void> {
       say(`2. pod ${n} created through bridge + host-local + inpod-cni: ${pods.at(-1)!.ip}, captured and handed to the proxy before ADD returned (${(performance.now() - t).toFixed(0)} ms)`);
     }
     const [client, server] = pods as [SimPod, SimPod];
+    // ztunnel's local config: the canonical service and revision as istiod would derive them from app/version labels
     writeFileSync(p('config.yaml'), `workloads:
-  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE, labels: {app: client}}
-  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE, labels: {app: server}}
+  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE,
+     workloadName: client, workloadType: pod, canonicalName: sleep, canonicalRevision: v1, clusterId: Kubernetes}
+  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE,
+     workloadName: server, workloadType: pod, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes}
 `);
     await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog), tails);
     servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
@@ -120,16 +145,12 @@ export async function demo(): Promise<void> {
     const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');
     say(`3. client -> ${server.ip}:8080 answered: ${reply}`);
     // both ends write their line when the connection closes, in either order
-    const hboneLines = (): string[] => proxyLog.slice(before).split('\n').filter((l) => l.includes('"access":true') && l.includes('"transport":"hbone"'));
-    await until('the access log of both ends', () => hboneLines().length >= 2, tails);
-    for (const line of proxyLog.slice(before).split('\n').filter((l) => l.includes('"access":true'))) {
-      const r = JSON.parse(line) as { direction: string; transport: string; src: { ip: string; identity?: string }; dst: { ip: string; port: number; identity?: string }; bytesSent: number; bytesReceived: number };
-      say(`   access log (${r.direction}, ${r.transport}): ${r.src.ip} ${r.src.identity ?? ''} -> ${r.dst.ip}:${r.dst.port} ${r.dst.identity ?? ''}, ${r.bytesSent} B out, ${r.bytesReceived} B back`);
-    }
+    const complete = (): string[] => proxyLog.slice(before).split('\n').filter((l) => l.includes('"msg":"connection complete"'));
+    await until('the access log of both ends', () => complete().length >= 2, tails);
+    for (const line of complete()) say(`   access log: ${ztunnelText(JSON.parse(line) as Record<string, unknown>)}`);
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-    for (const m of metrics.split('\n').filter((l) => l.startsWith('istio_tcp_') && l.includes('reporter="destination"'))) {
-      say(`   ${m.replace(/,?(source|destination)_(app|version|principal)="[^"]*"/g, '')}`);
-    }
+    say(`   metrics (the destination's series; ${SHOWN.length} of their 27 labels shown):`);
+    for (const m of metrics.split('\n').filter((l) => /^istio_tcp_\w+_total\{/.test(l) && l.includes('reporter="destination"'))) say(`   ${shortSeries(m)}`);
 
     say('4. the namespace label is removed: the agent unenrolls both pods live');
     writeFileSync(p('manifests/ns.yaml'), nsYaml(false));
@@ -139,7 +160,7 @@ export async function demo(): Promise<void> {
     const before2 = proxyLog.length;
     const direct = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi directly');
     await new Promise((r) => setTimeout(r, 300));
-    say(`   client -> server answered: ${direct} (the proxy saw ${proxyLog.slice(before2).includes('"access":true') ? 'it' : 'nothing'})`);
+    say(`   client -> server answered: ${direct} (the proxy saw ${proxyLog.slice(before2).includes('"scope":"access"') ? 'it' : 'nothing'})`);
   } finally {
     for (const s of servers) s.close();
     for (const c of procs) c.kill('SIGKILL');

@@ -77,7 +77,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
     kube = src;
     await src.start();
-    log.info('state from the Kubernetes API (pods, services, endpointslices, authorizationpolicies)');
+    log.info('state from the Kubernetes API (pods, nodes, services, endpointslices, authorizationpolicies)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
@@ -85,12 +85,11 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   const client = new ZdsClient({
     path: v.zds!,
     log: logger('zds'),
-    handler: {
-      connected: () => zt.snapshotStarted(),
-      add: (uid, info, netns) => zt.addPod({ uid, ...info }, netns),
-      del: (uid) => zt.removePod(uid),
-      keep: (uid) => zt.keepPod(uid),
-      snapshotSent: () => zt.snapshotSent(),
+    handler: zt.zdsHandler(),
+    // as ztunnel (app.rs): a protocol error ends the process, undrained; its restart backs off
+    onFatal: (e) => {
+      log.error({ err: e.message, code: e.code }, 'protocol mismatch with the node agent; exiting');
+      process.exit(1);
     },
   });
   client.start();

@@ -196,7 +196,10 @@ export class BpfObject {
   private constructor(readonly name: string, h: SkelHandle) {
     this.#h = h;
   }
-  /** `config`: the capture settings (.rodata); null for an object that has none (fastpath). */
+  /**
+   * `config`: the object's load-time settings, written into its .rodata before load (the capture
+   * programs' struct inpod_config, the fast path's struct inpod_fp_config); null leaves them zero.
+   */
   static open(name: string, pinRoot: string, config: Buffer | null): BpfObject {
     const h = addon().skelOpen(name, pinRoot);
     if (typeof h === 'number') throw new SyscallError('bpf_object__open', -h, name);

@@ -14,6 +14,7 @@ export const LAYOUT = {
   inpod_tuple: { sizeof: 24, offsetof: { netns: 0, sip: 8, dip: 12, sport: 16, dport: 18 } },
   inpod_addr: { sizeof: 8, offsetof: { ip4: 0, port: 4 } },
   inpod_fp_flow: { sizeof: 40, offsetof: { peer: 0, bytes: 8, segs: 16, peer_base: 24, throttled: 32 } },
+  inpod_fp_config: { sizeof: 8, offsetof: { max_inflight: 0 } },
 } as const;
 
 export const POD_DNS_CAPTURE = 0x1;
@@ -187,4 +188,16 @@ export function decodeFpFlow(b: Buffer): FpFlow {
     peerBase: Number(b.readBigUInt64LE(o.peer_base)),
     throttled: b.readUInt32LE(o.throttled),
   };
+}
+
+/** The fast path's load-time settings (struct inpod_fp_config, its program's .rodata). */
+export interface FpConfig {
+  /** redirected bytes not yet taken by the peer's socket past which a flow is handed back */
+  maxInflight: number;
+}
+
+export function encodeFpConfig(c: FpConfig): Buffer {
+  const b = Buffer.alloc(LAYOUT.inpod_fp_config.sizeof);
+  b.writeBigUInt64LE(BigInt(c.maxInflight), LAYOUT.inpod_fp_config.offsetof.max_inflight);
+  return b;
 }

@@ -2,8 +2,8 @@
  * The proxy's authorizer: an inbound connection decided against the AuthorizationPolicies of the
  * current state, with the attributes ztunnel gives its evaluator (src/state.rs assert_rbac): the
  * peer's verified identity (none for plaintext), source IP, destination IP and port, and the
- * destination workload's namespace and labels from the state. Dry-run policies are logged, never
- * enforced.
+ * destination workload's namespace, labels and named policies (authorizationPolicies) from the
+ * state. Dry-run policies are logged, never enforced.
  */
 import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
@@ -27,8 +27,8 @@ export class PolicyAuthorizer implements Authorizer {
     const snap = this.state.snapshot;
     const dstW = snap.byIp.get(ctx.dst.ip);
     const peer = ctx.src.identity ? parseSpiffe(ctx.src.identity) : null;
-    const r = this.#policies.get(snap.state.policies).authorize(
-      { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels },
+    const r = this.#policies.get(snap.state.policies, snap.state.authorizations).authorize(
+      { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels, policyKeys: dstW?.authorizationPolicies },
       { srcIp: ctx.src.ip, dstIp: ctx.dst.ip, dstPort: ctx.dst.port, srcIdentity: peer ?? undefined },
     );
     for (const d of r.dryRun) this.log.info({ dryRun: d, src: ctx.src, dst: ctx.dst }, 'dry-run policy');

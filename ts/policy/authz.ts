@@ -1,15 +1,16 @@
 /**
  * Which policies apply to a workload, and the decision for a connection to it.
  *
- * Policies arrive in ztunnel's form (./rbac.ts): today translated from Istio AuthorizationPolicy
- * objects (./istio.ts); xDS and ztunnel's local config only add sources of `CompiledPolicy`.
+ * Policies arrive in ztunnel's form (./rbac.ts): translated from Istio AuthorizationPolicy
+ * objects (./istio.ts), or already in it (ztunnel's local config, ./ztunnel.ts; xDS later).
  * Selection follows istiod and ztunnel (ztunnel src/state.rs `assert_rbac`, src/state/policy.rs;
  * istiod pilot/pkg/serviceregistry/ambient/workloads.go `buildWorkloadPolicies`):
  * - Global scope (root namespace, no selector): every workload;
  * - Namespace scope: the workloads of the policy's namespace;
  * - WorkloadSelector scope: workloads of the policy's namespace, or of any namespace when the
- *   policy is in the root namespace, whose labels include the selector's; or, from xDS, the
- *   workloads that name the policy.
+ *   policy is in the root namespace, whose labels include the selector's;
+ * - and, whatever its scope, every policy a workload names in its authorizationPolicies (local
+ *   config, xDS): state.rs `assert_rbac` chains them in.
  * A connection to a workload whose labels are unknown (not in the state yet) is refused when a
  * selector policy could apply to it: ztunnel never decides without the workload either.
  */
@@ -72,7 +73,7 @@ export class PolicySet {
     }
     for (const k of t.policyKeys ?? []) {
       const p = this.#byKey.get(k);
-      if (p && p.authorization.scope === 'WorkloadSelector' && !p.selector && !out.includes(p.authorization)) out.push(p.authorization);
+      if (p && !out.includes(p.authorization)) out.push(p.authorization);
     }
     return { policies: out, unresolved };
   }
@@ -95,12 +96,16 @@ export function policySet(objects: readonly unknown[], rootNamespace = ROOT_NAME
   return new PolicySet(compile(objects.map((o) => translatePolicy(o, rootNamespace))), rootNamespace);
 }
 
+const NONE: readonly Authorization[] = Object.freeze([]);
+
 /**
- * Translates the state's policy objects once per state snapshot (the array's identity) and each
+ * Translates the state's policy objects once per state snapshot (the arrays' identity) and each
  * object once, and reports each policy version's notes once through `log`, never per connection.
+ * `authorizations` (already ztunnel's form) join the set as they are.
  */
 export class PolicyCache {
   #src: readonly unknown[] | null = null;
+  #srcAuthz: readonly Authorization[] = NONE;
   #set: PolicySet;
   readonly #memo = new WeakMap<object, TranslatedPolicy>();
   /** policy key -> the version whose notes were reported */
@@ -110,8 +115,8 @@ export class PolicyCache {
     this.#set = new PolicySet([], rootNamespace);
   }
 
-  get(objects: readonly unknown[]): PolicySet {
-    if (objects === this.#src) return this.#set;
+  get(objects: readonly unknown[], authorizations: readonly Authorization[] = NONE): PolicySet {
+    if (objects === this.#src && authorizations === this.#srcAuthz) return this.#set;
     const translated = objects.map((o) => {
       if (typeof o !== 'object' || o === null) return translatePolicy(o, this.rootNamespace);
       let t = this.#memo.get(o);
@@ -126,7 +131,8 @@ export class PolicyCache {
     }
     this.#reported = reported;
     this.#src = objects;
-    this.#set = new PolicySet(compile(translated), this.rootNamespace);
+    this.#srcAuthz = authorizations;
+    this.#set = new PolicySet([...compile(translated), ...authorizations.map((authorization) => ({ authorization }))], this.rootNamespace);
     return this.#set;
   }
 }

@@ -36,7 +36,8 @@ export async function configDump(zt: Ztunnel): Promise<object> {
     state: zt.opts.state.health(),
     workloads: s.workloads,
     services: s.services,
-    policies: s.policies,
+    // Istio objects as given, then ztunnel-form policies (local config)
+    policies: [...s.policies, ...(s.authorizations ?? [])],
     certificates: await zt.certs.list(),
     pods: [...zt.pods.values()].map((p) => ({ ...p.info, listeners: p.listeners })),
   };

@@ -13,11 +13,18 @@ export interface ConnContext {
    */
   transport: 'hbone' | 'plaintext' | 'passthrough' | 'local';
   src: { ip: string; port: number; identity?: string };
+  /** where the bytes are for: the app's address (for HBONE, the CONNECT's authority) */
   dst: { ip: string; port: number; identity?: string };
+  /**
+   * HBONE only: the address the tunnel's TLS connection is to, when that is not `dst` (the
+   * destination's or its waypoint's 15008). As ztunnel's access log: `dst.addr` is this and
+   * `dst.hbone_addr` is `dst`.
+   */
+  via?: { ip: string; port: number };
   /** the pod this proxy instance serves for the connection */
   pod: { uid: string; name: string; namespace: string };
-  /** the service hostname, when the client addressed a service VIP */
-  service?: string;
+  /** the service the client addressed (its VIP), as ztunnel's ServiceDescription */
+  service?: { hostname: string; name: string; namespace: string };
   /**
    * the W3C trace id (32 hex digits) the connection is logged under: outbound, a new one per
    * connection, sent in the CONNECT's traceparent; inbound HBONE, the client's (ztunnel's span id)
@@ -51,12 +58,31 @@ export interface Authorizer {
   authorize(ctx: ConnContext): Decision;
 }
 
+/** One reported connection, as the observer took it at `opened`. */
+export interface ReportedConn {
+  /** The connection is over (called once): its bytes, outcome and response flag. */
+  closed(rec: ConnRecord): void;
+}
+
+/** A connection refused before it could be reported (no original destination, a self call, a malformed CONNECT). */
+export interface EarlyRefusal {
+  direction: 'inbound' | 'outbound';
+  src: { ip: string; port: number };
+  dst: { ip: string; port: number };
+  /** why, for the log line; `code` is kept with it when it is a MeshError */
+  error: Error;
+}
+
 /**
- * Is told about every connection the proxy reports: `opened` once, then `closed` once with the
- * outcome (a connection refused before it is reported, such as one with no original destination,
- * is only logged). Must not throw.
+ * Is told about every connection the proxy reports: `opened` once, then `closed` once on what it
+ * returned, with the outcome. What describes the connection (its workloads, identities, service)
+ * is taken at `opened`, as ztunnel's ConnectionResultBuilder::build fixes its labels; fields of
+ * the context set later are only seen by the log line at the close. A connection refused before
+ * it is reported goes to `refused` (ztunnel's log_early_deny); each socket a listener accepts to
+ * `socketOpened`, whose result is called when it closes. Must not throw.
  */
 export interface ConnObserver {
-  opened(ctx: ConnContext): void;
-  closed(rec: ConnRecord): void;
+  opened(ctx: ConnContext): ReportedConn;
+  refused(r: EarlyRefusal): void;
+  socketOpened(reporter: 'source' | 'destination'): () => void;
 }

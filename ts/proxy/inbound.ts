@@ -16,13 +16,16 @@ import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
-import { baggageOf, forwardedHost, newTraceParent, parseTraceParent, socketAddr } from './hbone/headers.js';
+import { socketAddr } from '../util/sockaddr.js';
+import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
+import type { ConnContext } from './hooks.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
-import { podListenerFd, relay } from './sockets.js';
+import { podListenerFd } from './sockets.js';
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
@@ -54,19 +57,25 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   const started = Date.now();
   const traceId = (parseTraceParent(headers.traceparent) ?? newTraceParent()).traceId;
   const refuse = (status: number, why: string): void => {
-    pi.log.debug({ inbound: { id: traceId, peer: socketAddr(remote.ip, remote.port) }, status, why, authority: headers[':authority'] }, 'hbone: request rejected');
+    pi.log.debug({ inbound: { id: traceId, peer: socketAddr(remote) }, status, why, authority: headers[':authority'] }, 'hbone: request rejected');
     respond(stream, status, true);
   };
-  if (headers[':method'] !== 'CONNECT') return refuse(400, `method ${String(headers[':method'])} is not CONNECT`);
+  // refused before it is reported (ztunnel's build_inbound_request failing): the access log's "connection failed"
+  const early = (status: number, why: string): void => {
+    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`) });
+    refuse(status, why);
+  };
+  if (headers[':method'] !== 'CONNECT') return early(400, `method ${String(headers[':method'])} is not CONNECT`);
   const authority = parseAuthority(String(headers[':authority'] ?? ''));
-  if (!authority) return refuse(400, `authority "${String(headers[':authority'])}" is not ip:port`);
-  if (authority.ip !== localIp) return refuse(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
+  if (!authority) return early(400, `authority "${String(headers[':authority'])}" is not ip:port`);
+  if (authority.ip !== localIp) return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
   // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
-  if (isSelfCall('inbound', authority, ownAddresses(pi))) return refuse(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
+  if (isSelfCall('inbound', authority, ownAddresses(pi))) return early(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
   const self = pi.state.snapshot.byUid.get(pi.info.uid);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...authority, identity: pi.uri }, pod: podRef(pi), service: addressedService(self?.services, headers.forwarded), traceId,
+    dst: { ...authority, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
+    service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
   let up: net.Socket;
   try {
@@ -90,10 +99,14 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
  * its endpoints: the claim only picks among the workload's own services (ztunnel's
  * guess_inbound_service), so a peer cannot name any other.
  */
-function addressedService(services: Record<string, unknown> | undefined, forwarded: string | string[] | undefined): string | undefined {
+function addressedService(pi: PodInputs, services: Record<string, unknown> | undefined, forwarded: string | string[] | undefined): ConnContext['service'] {
   const host = forwardedHost(forwarded);
   if (!host || !services) return undefined;
-  return Object.keys(services).some((key) => key.slice(key.indexOf('/') + 1) === host) ? host : undefined;
+  for (const key of Object.keys(services)) {
+    const svc = pi.state.snapshot.byServiceKey.get(key);
+    if (svc?.hostname === host) return { hostname: svc.hostname, name: svc.name, namespace: svc.namespace };
+  }
+  return undefined;
 }
 
 /** Answers a stream unless the peer already reset it; a 200 carries this workload's `baggage`. */

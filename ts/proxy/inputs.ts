@@ -9,8 +9,8 @@ import type { CertManager } from '../identity/manager.js';
 import type { Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../util/log.js';
-import type { MeshError } from '../util/errors.js';
-import type { FastPath } from './fastpath.js';
+import { MeshError } from '../util/errors.js';
+import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
 import type { HbonePool } from './pool.js';
@@ -73,8 +73,8 @@ export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
  * Where a captured connection (15001, 15006) was going, or null when it must be refused: it has
  * no recorded original destination, or that destination is the proxy itself (a loop, or a pod
  * reaching the proxy's own ports through it). A refusal resets the client and is logged with its
- * code (INPOD_ERR_ORIGINAL_DST, INPOD_ERR_SELF_CALL), never a fallback; it is not reported as a
- * connection.
+ * code (INPOD_ERR_ORIGINAL_DST, INPOD_ERR_SELF_CALL) as the access log's "connection failed"
+ * (ztunnel's log_early_deny), never a fallback; it is not reported as a connection.
  */
 export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 'inbound' | 'outbound'): Addr | null {
   const from = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
@@ -82,12 +82,14 @@ export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 
   try {
     dst = originalDestination(down);
   } catch (e) {
-    pi.log.warn({ direction, src: from, err: (e as Error).message, code: (e as MeshError).code }, 'connection refused: no original destination');
+    // the listener's own address stands for the destination nobody recorded
+    pi.observer.refused({ direction, src: from, dst: { ip: down.localAddress ?? '', port: down.localPort ?? 0 }, error: e as Error });
     down.resetAndDestroy();
     return null;
   }
   if (isSelfCall(direction, dst, ownAddresses(pi, from.ip)) || (direction === 'inbound' && isOwnUpstream(from.ip, from.port))) {
-    pi.log.warn({ direction, src: from, dst, code: 'INPOD_ERR_SELF_CALL' }, 'connection refused: it would loop back into the proxy (its own port, or its own upstream captured again)');
+    pi.observer.refused({ direction, src: from, dst, error: new MeshError('INPOD_ERR_SELF_CALL',
+      `connection refused: ${dst.ip}:${dst.port} would loop back into the proxy (its own port, or its own upstream captured again)`) });
     down.resetAndDestroy();
     return null;
   }

@@ -13,10 +13,11 @@ import { MeshError } from '../util/errors.js';
 import { baggageOf, forwardedFor, formatTraceParent, newTraceParent, type TraceParent } from './hbone/headers.js';
 import type { ConnContext } from './hooks.js';
 import { capturedDestination, ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
 import { sameNode } from './same-node.js';
-import { connectIn, relay } from './sockets.js';
+import { connectIn } from './sockets.js';
 
 /** Serves one connection accepted on 15001 (paused: the fast path may take it unread). */
 export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
@@ -26,22 +27,25 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   if (!dst) return;
   const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst);
+  if (route.kind === 'reject') {
+    // as ztunnel's build_request failing: logged, never reported as a connection
+    pi.observer.refused({ direction: 'outbound', src, dst, error: new MeshError('INPOD_ERR_NO_ROUTE', route.reason) });
+    down.resetAndDestroy();
+    return;
+  }
+  const svc = route.service;
   const trace = newTraceParent();
   const ctx: ConnContext = {
     direction: 'outbound',
     transport: route.kind === 'hbone' ? 'hbone' : 'passthrough',
     src,
-    dst: route.kind === 'hbone' ? { ...route.authority } : route.kind === 'passthrough' ? { ...route.target } : { ...dst },
+    dst: route.kind === 'hbone' ? { ...route.authority } : { ...route.target },
+    via: route.kind === 'hbone' ? { ...route.target } : undefined,
     pod: podRef(pi),
-    service: route.kind === 'reject' ? undefined : route.service?.hostname,
+    service: svc && { hostname: svc.hostname, name: svc.name, namespace: svc.namespace },
     traceId: trace.traceId,
   };
   const conn = new ConnectionResult(pi.observer, ctx, started);
-  if (route.kind === 'reject') {
-    conn.failed(new MeshError('INPOD_ERR_NO_ROUTE', route.reason));
-    down.resetAndDestroy();
-    return;
-  }
   if (route.kind === 'hbone' && !route.viaWaypoint) {
     const local = pi.localPod?.(route.authority.ip);
     // only a pod with the identity the state expects there; anything else takes HBONE and fails its identity check

@@ -61,9 +61,9 @@ export class PodProxy {
     const pi = this.inputs;
     try {
       // paused: a connection that ends up spliced must not have been read by Node
-      this.#servers.push(await listenIn(this.netns.fd, PORTS.outbound, (s) => this.#guard(s, outbound(pi, s)), '0.0.0.0', true));
+      this.#servers.push(await listenIn(this.netns.fd, PORTS.outbound, (s) => this.#guard(s, outbound(pi, this.#counted(s, 'source'))), '0.0.0.0', true));
       this.listeners.outbound = PORTS.outbound;
-      this.#servers.push(await listenIn(this.netns.fd, PORTS.inboundPlaintext, (s) => this.#guard(s, inboundPlaintext(pi, s)), '0.0.0.0', true));
+      this.#servers.push(await listenIn(this.netns.fd, PORTS.inboundPlaintext, (s) => this.#guard(s, inboundPlaintext(pi, this.#counted(s, 'destination'))), '0.0.0.0', true));
       this.listeners.inbound = PORTS.inboundPlaintext;
       this.#servers.push(await this.#hbone());
       this.listeners.hbone = PORTS.hbone;
@@ -102,6 +102,12 @@ export class PodProxy {
     return this.#drained;
   }
 
+  /** `s` counted open (istio_tcp_sockets_open) until it closes, as ztunnel counts each socket its listeners accept. */
+  #counted<S extends net.Socket>(s: S, reporter: 'source' | 'destination'): S {
+    s.once('close', this.inputs.observer.socketOpened(reporter));
+    return s;
+  }
+
   /** A failure while serving one connection ends that connection only, logged; never the process. */
   #guard(down: net.Socket, serving: Promise<void>): void {
     serving.catch((e: Error) => {
@@ -116,6 +122,7 @@ export class PodProxy {
     const cert = await certs.get(this.identity);
     this.#certSerial = cert.serial;
     const server = await startInbound(this.inputs, cert);
+    server.on('connection', (s: net.Socket) => this.#counted(s, 'destination'));
     server.on('session', (session: ServerHttp2Session) => {
       // a handshake that was under way when the pod stopped: told GOAWAY at once
       if (this.#stopped) return void session.close();

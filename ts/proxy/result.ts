@@ -5,9 +5,9 @@
  * codes are a DENY, a TLS failure or a connect failure.
  */
 import { MeshError } from '../util/errors.js';
-import type { ConnContext, ConnObserver, ConnRecord } from './hooks.js';
+import type { ConnContext, ConnObserver, ConnRecord, ReportedConn } from './hooks.js';
 
-/** What a relay reports when both directions are over (fastpath.ts and sockets.ts relays). */
+/** What a relay reports when both directions are over (the fast path, fastpath/, and the userspace relay, relay.ts). */
 export interface Relayed {
   aToB: number;
   bToA: number;
@@ -34,20 +34,37 @@ export function responseFlags(e: unknown): { outcome: 'denied' | 'error'; flags:
   }
 }
 
+/** What ztunnel's copy (src/copy.rs ignore_io_errors) takes for a hang-up: NotConnected, UnexpectedEof, ConnectionReset, BrokenPipe. */
+const HANG_UPS = new Set(['ENOTCONN', 'ERR_STREAM_PREMATURE_CLOSE', 'ECONNRESET', 'EPIPE']);
+
+/**
+ * Did the relay fail, or did one side just hang up? A reset, a broken pipe, an HTTP/2 stream the
+ * peer reset, a side closed early or gone before the relay started (relay.ts: those errors have
+ * no code) ends the connection as completed, as ztunnel's copy does; an error with any other
+ * code (a timeout, an unreachable host, an HTTP/2 stream error) is a failure, reported CONNECT.
+ */
+export function relayFailed(e: Error | undefined): boolean {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return code !== undefined && !HANG_UPS.has(code);
+}
+
 export class ConnectionResult {
   #recorded = false;
+  readonly #report: ReportedConn;
 
   /**
-   * Reports `ctx` opened. `ctx` is read again at the close: fields set meanwhile are reported.
-   * `started`: when the connection was accepted (its duration counts from there).
+   * Reports `ctx` opened. `ctx` is read again at the close: fields set meanwhile reach the
+   * access-log line (not the metric labels, fixed now). `started`: when the connection was
+   * accepted (its duration counts from there).
    */
-  constructor(private readonly observer: ConnObserver, readonly ctx: ConnContext, readonly started = Date.now()) {
-    observer.opened(ctx);
+  constructor(observer: ConnObserver, readonly ctx: ConnContext, readonly started = Date.now()) {
+    this.#report = observer.opened(ctx);
   }
 
   /** The relay is over: bytes both ways, an error if one ended it. */
   relayed(r: Relayed): void {
-    this.#record(r.aToB, r.bToA, r.error ? 'error' : 'ok', undefined, r.error?.message, { path: r.path, kernelBytes: r.kernelBytes });
+    const failed = relayFailed(r.error);
+    this.#record(r.aToB, r.bToA, failed ? 'error' : 'ok', failed ? 'CONNECT' : undefined, failed ? r.error!.message : undefined, { path: r.path, kernelBytes: r.kernelBytes });
   }
 
   /** The connection failed before a relay started. */
@@ -60,7 +77,7 @@ export class ConnectionResult {
     how?: Pick<ConnRecord, 'path' | 'kernelBytes'>): void {
     if (this.#recorded) return;
     this.#recorded = true;
-    this.observer.closed({
+    this.#report.closed({
       ...this.ctx, startedAt: this.started, durationMs: Date.now() - this.started, bytesSent: sent, bytesReceived: received,
       outcome, responseFlags: flags, error, ...how,
     });

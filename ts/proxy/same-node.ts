@@ -19,6 +19,7 @@ import type { Addr } from './route.js';
  */
 export async function sameNode(pi: PodInputs, down: net.Socket, out: ConnectionResult, app: Addr, dst: PodInputs): Promise<void> {
   out.ctx.transport = 'local';
+  out.ctx.via = undefined; // no tunnel: the app is reached directly
   out.ctx.dst.identity = dst.uri;
   const inbound = new ConnectionResult(dst.observer, {
     direction: 'inbound', transport: 'local', src: { ...out.ctx.src }, dst: { ...app, identity: out.ctx.dst.identity }, pod: podRef(dst), traceId: out.ctx.traceId,

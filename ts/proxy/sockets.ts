@@ -3,7 +3,6 @@
  * netns (with SO_MARK / IP_TRANSPARENT / bind as asked), Node drives it from then on.
  */
 import net from 'node:net';
-import type { Duplex } from 'node:stream';
 import { networkInterfaces } from 'node:os';
 import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
 import { MARKS } from '../istio.js';
@@ -136,52 +135,3 @@ export const nodeAddresses = ((): (() => ReadonlySet<string>) => {
     return cached.ips;
   };
 })();
-
-/**
- * A relay must not start on a side that is already gone (the client reset while the proxy was
- * connecting upstream): nothing would ever end the other side. Destroys both and says why, or
- * returns undefined when both are alive.
- */
-export function relayGone(a: { destroyed: boolean; destroy(e?: Error): void }, b: { destroyed: boolean; destroy(e?: Error): void }): Error | undefined {
-  if (!a.destroyed && !b.destroyed) return undefined;
-  a.destroy();
-  b.destroy();
-  return new Error('one side closed before the relay started');
-}
-
-/**
- * Pipes two sockets both ways with half-close: when one side finishes sending, the other side's
- * write end is closed after everything before it was written; a reset or error on either side
- * destroys both. Calls `done` once with the byte counts when both directions are over.
- */
-export function relay(a: Duplex, b: Duplex,
-  done?: (r: { aToB: number; bToA: number; error?: Error }) => void): void {
-  const gone = relayGone(a, b);
-  if (gone) return done?.({ aToB: 0, bToA: 0, error: gone });
-  let aToB = 0;
-  let bToA = 0;
-  let open = 2;
-  let failed: Error | undefined;
-  const finish = (): void => {
-    if (--open === 0) done?.({ aToB, bToA, error: failed });
-  };
-  const fail = (e: Error): void => {
-    if (failed) return;
-    failed = e;
-    a.destroy();
-    b.destroy();
-    // both directions are over now
-    if (open > 0) {
-      open = 1;
-      finish();
-    }
-  };
-  a.on('data', (d: Buffer) => (aToB += d.length));
-  b.on('data', (d: Buffer) => (bToA += d.length));
-  a.pipe(b);
-  b.pipe(a);
-  a.once('end', finish);
-  b.once('end', finish);
-  a.once('error', fail);
-  b.once('error', fail);
-}

@@ -1,8 +1,10 @@
 /**
  * The proxy (ztunnel role): the pods it serves, keyed by uid, one netns each, with their listeners
- * inside it. ZDS drives it: Add opens a pod (a repeated Add with the same netns keeps the pod and
- * its connections as they are; with another netns, the pod's sandbox was recreated, and the new
- * netns replaces the old), Del closes it, and after a reconnect the snapshot decides who stays.
+ * inside it. ZDS drives it (`zdsHandler()`, ztunnel's src/inpod/statemanager.rs): Add opens a pod
+ * (a repeated Add with the same netns keeps the pod and its connections as they are; with another
+ * netns, the pod's sandbox was recreated, and the new netns replaces the old), Del closes it, and
+ * after a reconnect the snapshot decides who stays. Keep after SnapshotSent, a second
+ * SnapshotSent and Add without workload_info are protocol errors (ZdsProtocolError).
  * It makes what the pods share: the HBONE pool, the fast path, the authorizer (ts/policy) and the
  * telemetry (ts/telemetry), the two parts every listener reports to.
  */
@@ -19,7 +21,9 @@ import { HbonePool } from './pool.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
-import { FastPath, PROMOTE_DEFAULT } from './fastpath.js';
+import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
+import type { ZdsHandler } from '../zds/client.js';
+import { ZdsProtocolError } from '../zds/messages.js';
 
 export interface ZtunnelOptions {
   trustDomain: string;
@@ -71,6 +75,7 @@ export class Ztunnel {
     this.pool = new HbonePool({ certs, limits: opts.hbone });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
     this.telemetry = new IstioTelemetry(opts.state, this.log);
+    this.telemetry.countProxies(() => ({ active: this.pods.size, pending: this.#failed.size }));
     const mode = opts.fastPath ?? 'off';
     this.sameNode = opts.sameNode ?? 'hbone';
     this.fastPath = new FastPath({ enabled: mode !== 'off', promoteAfter: mode === 'promote' ? PROMOTE_DEFAULT : null, log: this.log, registry: this.telemetry.registry });
@@ -120,8 +125,9 @@ export class Ztunnel {
     }
     this.#failed.delete(info.uid);
     this.pods.set(info.uid, pod);
+    this.telemetry.proxyStarted();
     if (old) {
-      old.stop();
+      this.#stop(old);
       this.log.info({ uid: info.uid, pod: info.name, ns: info.namespace }, 'pod netns replaced: serving the new sandbox, the old one drains');
     }
   }
@@ -138,14 +144,24 @@ export class Ztunnel {
     this.#failed.delete(uid);
     const pod = this.pods.get(uid);
     if (!pod) return;
-    pod.stop();
+    this.#stop(pod);
     this.pods.delete(uid);
     this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
   }
 
-  /** Keep: the agent knows the pod but could not send its netns; it stays as it is. */
+  /** Stops a pod's listeners; it counts as stopped once its connections are over too (ztunnel's proxies_stopped). */
+  #stop(pod: PodProxy): void {
+    pod.stop();
+    void pod.drained.then(() => this.telemetry.proxyStopped());
+  }
+
+  /**
+   * Keep: the agent knows the pod but could not send its netns; it stays as it is. Only part of
+   * a snapshot: outside one it is a protocol error and changes nothing (statemanager.rs).
+   */
   keepPod(uid: string): void {
-    this.#seenSinceSnapshot?.add(uid);
+    if (!this.#seenSinceSnapshot) throw new ZdsProtocolError('pod keep received after snapshot');
+    this.#seenSinceSnapshot.add(uid);
   }
 
   /** A new ZDS connection starts a snapshot: remember who it names. */
@@ -154,14 +170,38 @@ export class Ztunnel {
     this.#snapshotTaken = false;
   }
 
-  /** After SnapshotSent, pods the snapshot did not name are removed. */
+  /**
+   * After SnapshotSent, pods the snapshot did not name are removed. A second one on the same
+   * connection is a protocol error and changes nothing (statemanager.rs).
+   */
   snapshotSent(): void {
     const seen = this.#seenSinceSnapshot;
+    if (!seen) throw new ZdsProtocolError('pod snapshot received already');
     this.#seenSinceSnapshot = null;
-    if (!seen) return;
     for (const uid of [...this.pods.keys()]) if (!seen.has(uid)) this.removePod(uid);
     for (const uid of [...this.#failed]) if (!seen.has(uid)) this.#failed.delete(uid);
     this.#snapshotTaken = true;
+  }
+
+  /**
+   * What ZDS drives (ts/zds/client.ts): each request of the agent's connection, in order. An Add
+   * without workload_info is refused as ztunnel refuses it (a protocol error; its netns is
+   * closed, nothing is opened).
+   */
+  zdsHandler(): ZdsHandler {
+    return {
+      connected: () => this.snapshotStarted(),
+      add: async (uid, info, netns) => {
+        if (!info) {
+          netns.close();
+          throw new ZdsProtocolError(`workload_info is required but not present (Add for pod ${uid})`);
+        }
+        await this.addPod({ uid, ...info }, netns);
+      },
+      del: (uid) => this.removePod(uid),
+      keep: (uid) => this.keepPod(uid),
+      snapshotSent: () => this.snapshotSent(),
+    };
   }
 
   /**

@@ -58,7 +58,7 @@ function workerScript(): URL {
  */
 export function loadConfigFileOffThread(path: string, opts: LoadOptions = {}): Promise<MeshState> {
   return new Promise((resolve, reject) => {
-    const state: MeshState = { workloads: [], services: [], policies: [] };
+    const state: MeshState = { workloads: [], services: [], policies: [], authorizations: [] };
     let settled = false;
     const settle = (f: () => void): void => {
       if (settled) return;
@@ -76,7 +76,7 @@ export function loadConfigFileOffThread(path: string, opts: LoadOptions = {}): P
       if (m.type === 'failed') settle(() => reject(new MeshError(m.code as 'INPOD_ERR_CONFIG', m.message)));
       else if (m.type === 'end') settle(() => resolve(state));
       else {
-        if (m.type === 'slice') for (const x of m.items) (state[m.kind] as unknown[]).push(x);
+        if (m.type === 'slice') for (const x of m.items) ((state[m.kind] ??= []) as unknown[]).push(x);
         next();
       }
     });

@@ -1,8 +1,10 @@
 /**
  * Proxy state derived from the cluster (no config file): workloads from Pods (IPs, service
- * account, app/version labels, node; HBONE for pods the agent enrolled), services from Services
- * (cluster IPs, ports) joined with EndpointSlices (membership, named target ports), and Istio
- * AuthorizationPolicy objects. Watched live with informers; each change rebuilds the snapshot.
+ * account, labels, node; HBONE for pods the agent enrolled; workload name, canonical service and
+ * revision, cluster and the node's locality as istiod derives them, workloadmeta.ts), services
+ * from Services (cluster IPs, ports) joined with EndpointSlices (membership, named target ports),
+ * and Istio AuthorizationPolicy objects. Watched live with informers; each change rebuilds the
+ * snapshot.
  */
 // types only at the top: the client (tens of MB) is loaded by KubeStateSource.start, so the
 // manifest-directory and config-file modes never load it
@@ -10,9 +12,9 @@ import type * as k8s from '@kubernetes/client-node';
 import { MeshError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
-import { canonicalService, DEFAULT_CLUSTER_ID, podWorkloadName } from './canonical.js';
 import type { MeshState, Policy, Service, Workload } from './types.js';
 import type { StateStore } from './store.js';
+import { DEFAULT_CLUSTER_ID, nodeLocality, podWorkloadMeta } from './workloadmeta.js';
 
 const REDIRECTION = 'ambient.istio.io/redirection';
 
@@ -22,11 +24,16 @@ interface Slice {
   endpoints?: { targetRef?: { kind?: string; uid?: string; name?: string } }[];
 }
 
-/** What istiod tells ztunnel about who a pod is (canonical.ts). */
-function whoIs(meta: k8s.V1ObjectMeta): Pick<Workload, 'workloadName' | 'workloadType' | 'canonicalName' | 'canonicalRevision' | 'clusterId'> {
-  const workloadName = podWorkloadName(meta);
-  const canonical = canonicalService(meta.labels ?? {}, workloadName);
-  return { workloadName, workloadType: 'pod', canonicalName: canonical.name, canonicalRevision: canonical.revision, clusterId: DEFAULT_CLUSTER_ID };
+interface NodeObject {
+  metadata?: { name?: string; labels?: Record<string, string> };
+}
+
+export interface KubeStateOptions {
+  clusterDomain?: string;
+  /** the cluster's ID, as istiod's (default "Kubernetes") */
+  clusterId?: string;
+  /** the cluster's nodes: a pod's locality is its node's topology labels */
+  nodes?: NodeObject[];
 }
 
 /** Pure: builds the mesh state from the cluster's objects. */
@@ -36,8 +43,10 @@ export function buildKubeState(
   slices: Slice[],
   policies: Record<string, unknown>[],
   trustDomain: string,
-  clusterDomain = 'cluster.local',
+  opts: KubeStateOptions = {},
 ): MeshState {
+  const clusterDomain = opts.clusterDomain ?? 'cluster.local';
+  const localities = new Map((opts.nodes ?? []).map((n) => [n.metadata?.name ?? '', nodeLocality(n.metadata?.labels)]));
   const svcOut: Service[] = [];
   const byUid = new Map<string, Workload>();
   const workloads: Workload[] = [];
@@ -58,8 +67,11 @@ export function buildKubeState(
       services: {},
       labels: { ...(p.metadata.labels ?? {}) },
       healthy: p.status?.phase !== 'Failed' && p.status?.phase !== 'Succeeded' && !p.metadata.deletionTimestamp,
-      ...whoIs(p.metadata),
+      ...podWorkloadMeta(p.metadata),
+      clusterId: opts.clusterId ?? DEFAULT_CLUSTER_ID,
     };
+    const locality = localities.get(w.node);
+    if (locality) w.locality = locality;
     workloads.push(w);
     byUid.set(w.uid, w);
   }
@@ -73,7 +85,7 @@ export function buildKubeState(
       if (sp.protocol && sp.protocol !== 'TCP') continue;
       ports[sp.port] = typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : 0; // named: from slices
     }
-    svcOut.push({ name, namespace: ns, hostname, vips, ports, subjectAltNames: [] });
+    svcOut.push({ name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [] });
     const key = `${ns}/${hostname}`;
     for (const slice of slices) {
       if (slice.metadata?.namespace !== ns || slice.metadata?.labels?.['kubernetes.io/service-name'] !== name) continue;
@@ -124,6 +136,7 @@ export class KubeStateSource {
       mk('/apis/discovery.k8s.io/v1/endpointslices', () => disc.listEndpointSliceForAllNamespaces() as never),
       mk('/apis/security.istio.io/v1/authorizationpolicies', async () =>
         (await custom.listClusterCustomObject({ group: 'security.istio.io', version: 'v1', plural: 'authorizationpolicies' })) as never),
+      mk('/api/v1/nodes', () => core.listNode() as never),
     ];
     await Promise.all(lists.map((l) => l.start().catch(() => {})));
     this.#rebuildNow();
@@ -135,8 +148,9 @@ export class KubeStateSource {
   }
 
   #rebuildNow(): void {
-    const [pods, svcs, slices, pols] = this.#informers.map((i) => i.list());
-    this.store.set(buildKubeState(pods as k8s.V1Pod[], svcs as k8s.V1Service[], slices as Slice[], pols as unknown as Record<string, unknown>[], this.trustDomain));
+    const [pods, svcs, slices, pols, nodes] = this.#informers.map((i) => i.list());
+    this.store.set(buildKubeState(pods as k8s.V1Pod[], svcs as k8s.V1Service[], slices as Slice[], pols as unknown as Record<string, unknown>[], this.trustDomain,
+      { nodes: nodes as NodeObject[] }));
   }
 
   stop(): void {
@@ -148,7 +162,7 @@ export class KubeStateSource {
 
 /**
  * The same state from a directory of Kubernetes YAML (Pods with status.podIP, Services,
- * EndpointSlices, AuthorizationPolicies), re-read on every change: one host without a cluster.
+ * EndpointSlices, AuthorizationPolicies, Nodes), re-read on every change: one host without a cluster.
  * A file that cannot be read keeps what it held before and is named in a warning (and in the
  * store's lastError); objects that do not make a state (a podIPs that is not a list, ...) leave
  * the last good state in place.
@@ -181,7 +195,8 @@ export class ManifestStateSource {
     const of = (kind: string): unknown[] => objects.filter((d: ManifestObject) => d.kind === kind);
     let state: MeshState;
     try {
-      state = buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain);
+      state = buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain,
+        { nodes: of('Node') as NodeObject[] });
     } catch (e) {
       const err = new MeshError('INPOD_ERR_CONFIG', `${this.dir}: the manifests do not make a state (${(e as Error).message}); keeping the last good state`, { cause: e });
       this.#log.warn({ dir: this.dir, err: err.message }, 'manifests refused');

@@ -14,11 +14,12 @@ const port = parentPort!;
 
 /** Answers each request with the next slice, then `end`; the thread ends when the port closes. */
 function handOver(state: MeshState): void {
-  const kinds = ['workloads', 'services', 'policies'] as const;
+  const kinds = ['workloads', 'services', 'policies', 'authorizations'] as const;
+  const of = (k: (typeof kinds)[number]): unknown[] => state[k] ?? [];
   let kind = 0;
   let at = 0;
   port.on('message', () => {
-    while (kind < kinds.length && at >= state[kinds[kind]!].length) {
+    while (kind < kinds.length && at >= of(kinds[kind]!).length) {
       kind++;
       at = 0;
     }
@@ -28,11 +29,11 @@ function handOver(state: MeshState): void {
       return;
     }
     const k = kinds[kind]!;
-    const items = state[k].slice(at, at + LOAD_SLICE);
+    const items = of(k).slice(at, at + LOAD_SLICE);
     at += items.length;
     port.postMessage({ type: 'slice', kind: k, items } satisfies LoadReply);
   });
-  port.postMessage({ type: 'loaded', workloads: state.workloads.length, services: state.services.length, policies: state.policies.length } satisfies LoadReply);
+  port.postMessage({ type: 'loaded', workloads: state.workloads.length, services: state.services.length, policies: state.policies.length + of('authorizations').length } satisfies LoadReply);
 }
 
 let state: MeshState | undefined;

@@ -1,145 +1,164 @@
 /**
- * ztunnel's local-config YAML (`workloads:`, `services:`, `policies:`), validated into MeshState.
- * Every error names the field path ("workloads[1].workloadIps[0]") and what was expected, so a
- * broken file says exactly where it is broken.
+ * ztunnel's local config (`inpod ztunnel --config`), read as ztunnel reads it (src/xds.rs
+ * `LocalConfig`, `LocalWorkload`; src/state/workload.rs `Workload`, `GatewayAddress`;
+ * src/state/service.rs `Service`; src/rbac.rs `Authorization`, in ../policy/ztunnel.ts), into
+ * MeshState. Every field those structs have is read and kept; a key they do not have is refused,
+ * as serde's deny_unknown_fields refuses it; a field they require is required, with one
+ * exception: a workload's `services` map may be left out (ztunnel requires it; inpod configs
+ * have always omitted it). Defaults are ztunnel's (`network` '', `protocol` TCP, ...), except
+ * `trustDomain` and `serviceAccount`, which name the workload's identity: left out, they are
+ * cluster.local and default, as ztunnel fills them from xDS (its local config leaves them empty,
+ * which its test CA signs and inpod's CA would not). Every error names the field's path
+ * ("workloads[1].workloadIps[0]") and what was expected.
  */
-import { isIP } from 'node:net';
+import { Type, CORE_SCHEMA } from 'js-yaml';
 import { MeshError } from '../util/errors.js';
-import { translatePolicy } from '../policy/istio.js';
+import { Struct, Tagged, configError, ipAddr, list, oneOf, portMap, str, uint } from '../util/fields.js';
+import { localAuthorization } from '../policy/ztunnel.js';
 import { parseYaml } from '../util/yaml.js';
-import { PORTS } from '../istio.js';
-import type { MeshState, Policy, Service, Waypoint, Workload } from './types.js';
+import type { GatewayAddress, MeshState, NetworkAddress, Service, ServiceEndpoint, Workload } from './types.js';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 
-class Fields {
-  constructor(readonly path: string, readonly v: Record<string, unknown>) {}
-  fail(field: string, want: string): never {
-    throw new MeshError('INPOD_ERR_CONFIG', `${this.path}.${field}: ${want}`);
+/** serde_yaml 0.9 writes a data-carrying enum variant as a YAML tag: ztunnel's StringMatch. */
+const LOCAL_CONFIG_SCHEMA = CORE_SCHEMA.extend(
+  [...['Exact', 'Prefix', 'Suffix'].map((t) => new Type(`!${t}`, { kind: 'scalar', construct: (d: unknown) => new Tagged(t, d ?? '') })),
+    new Type('!Presence', { kind: 'sequence', construct: (d: unknown) => new Tagged('Presence', d ?? []) })],
+);
+
+const LOCAL_CONFIG = ['workloads', 'policies', 'services'];
+const WORKLOAD = [
+  'workloadIps', 'waypoint', 'networkGateway', 'protocol', 'networkMode', 'uid', 'name', 'namespace', 'trustDomain',
+  'serviceAccount', 'network', 'workloadName', 'workloadType', 'canonicalName', 'canonicalRevision', 'hostname', 'node',
+  'nativeTunnel', 'applicationTunnel', 'authorizationPolicies', 'status', 'clusterId', 'locality', 'capacity', 'services',
+];
+const SERVICE = [
+  'name', 'namespace', 'hostname', 'vips', 'cidrVips', 'ports', 'endpoints', 'subjectAltNames', 'waypoint',
+  'weightedWaypoints', 'loadBalancer', 'ipFamilies', 'canonical', 'visibility',
+];
+
+/** "network/ip" (NetworkAddress): the slash is required, the network may be empty. */
+function networkAddress(path: string, v: unknown): NetworkAddress {
+  const s = str(path, v);
+  const slash = s.indexOf('/');
+  if (slash < 0) throw configError(path, `expected "network/ip" ("/ip" on the default network), got ${JSON.stringify(s)}`);
+  return { network: s.slice(0, slash), address: ipAddr(path, s.slice(slash + 1)) };
+}
+
+/** GatewayAddress: `destination` is "network/ip", else "namespace/hostname" (serde's untagged enum, in that order). */
+function gatewayAddress(path: string, v: unknown): GatewayAddress {
+  const f = new Struct(path, v, ['destination', 'hboneMtlsPort'], 'a gateway address');
+  const dest = f.str('destination');
+  const hboneMtlsPort = f.uint('hboneMtlsPort', 65535);
+  const slash = dest.indexOf('/');
+  if (slash < 0) throw configError(f.at('destination'), `expected "network/ip" or "namespace/hostname", got ${JSON.stringify(dest)}`);
+  const [before, after] = [dest.slice(0, slash), dest.slice(slash + 1)];
+  try {
+    return { ...networkAddress(f.at('destination'), dest), hboneMtlsPort };
+  } catch {
+    return { address: '', network: '', hostname: { namespace: before, hostname: after }, hboneMtlsPort };
   }
-  str(field: string, dflt?: string): string {
-    const x = this.v[field];
-    if (x === undefined || x === null) {
-      if (dflt !== undefined) return dflt;
-      this.fail(field, 'required string is missing');
-    }
-    if (typeof x !== 'string' || x === '') this.fail(field, `expected a non-empty string, got ${JSON.stringify(x)}`);
-    return x;
-  }
-  list(field: string): unknown[] {
-    const x = this.v[field];
-    if (x === undefined || x === null) return [];
-    if (!Array.isArray(x)) this.fail(field, 'expected a list');
-    return x;
-  }
-  map(field: string): Record<string, unknown> {
-    const x = this.v[field];
-    if (x === undefined || x === null) return {};
-    if (typeof x !== 'object' || Array.isArray(x)) this.fail(field, 'expected a mapping');
-    return x as Record<string, unknown>;
-  }
 }
 
-function obj(path: string, v: unknown): Fields {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new MeshError('INPOD_ERR_CONFIG', `${path}: expected a mapping`);
-  return new Fields(path, v as Record<string, unknown>);
+function optional<T>(f: Struct, field: string, read: (path: string, v: unknown) => T): T | undefined {
+  const x = f.opt(field);
+  return x === undefined ? undefined : read(f.at(field), x);
 }
 
-function ip(path: string, v: unknown): string {
-  if (typeof v !== 'string' || !isIP(v)) throw new MeshError('INPOD_ERR_CONFIG', `${path}: expected an IP address, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-/** "network/ip" or a bare ip -> the ip */
-function networkAddress(path: string, v: unknown): string {
-  if (typeof v !== 'string') throw new MeshError('INPOD_ERR_CONFIG', `${path}: expected "network/ip", got ${JSON.stringify(v)}`);
-  const slash = v.lastIndexOf('/');
-  return ip(path, slash >= 0 ? v.slice(slash + 1) : v);
-}
-
-function port(path: string, v: unknown, allowZero = false): number {
-  const n = typeof v === 'string' ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < (allowZero ? 0 : 1) || n > 65535) {
-    throw new MeshError('INPOD_ERR_CONFIG', `${path}: expected a port number, got ${JSON.stringify(v)}`);
-  }
-  return n;
-}
-
-function portMap(path: string, m: Record<string, unknown>): Record<number, number> {
-  const out: Record<number, number> = {};
-  for (const [k, v] of Object.entries(m)) out[port(`${path}.${k} (key)`, k)] = port(`${path}.${k}`, v, true);
-  return out;
-}
-
-function waypoint(path: string, v: unknown): Waypoint | undefined {
-  if (v === undefined || v === null) return undefined;
-  const f = obj(path, v);
-  const dest = f.v.destination ?? f.v.address;
-  return { address: networkAddress(`${path}.destination`, dest), hboneMtlsPort: port(`${path}.hboneMtlsPort`, f.v.hboneMtlsPort ?? PORTS.hbone) };
+function strings(path: string, v: unknown): string[] {
+  return list(path, v, str);
 }
 
 function workload(path: string, v: unknown): Workload {
-  const f = obj(path, v);
-  const ips = f.v.workloadIps ?? (f.v.workloadIp !== undefined ? [f.v.workloadIp] : []);
-  if (!Array.isArray(ips) || ips.length === 0) f.fail('workloadIps', 'expected a non-empty list of IP addresses');
-  const protocol = f.str('protocol', 'TCP');
-  if (protocol !== 'HBONE' && protocol !== 'TCP') f.fail('protocol', `expected HBONE or TCP, got "${protocol}"`);
-  const name = f.str('name');
+  const f = new Struct(path, v, WORKLOAD, 'a workload');
+  // the required fields first, in the struct's order, so the first one missing is named as serde names it
+  const workloadIps = list(f.at('workloadIps'), f.list('workloadIps', true), ipAddr);
   const namespace = f.str('namespace');
   const services: Record<string, Record<number, number>> = {};
-  for (const [svc, ports] of Object.entries(f.map('services'))) {
-    services[svc] = portMap(`${path}.services["${svc}"]`, obj(`${path}.services["${svc}"]`, ports ?? {}).v);
-  }
-  const labels: Record<string, string> = {};
-  for (const [k, val] of Object.entries(f.map('labels'))) labels[k] = String(val);
-  const status = f.str('status', 'Healthy');
-  return {
-    uid: f.str('uid', `${namespace}/${name}`),
-    name,
+  for (const [svc, ports] of Object.entries(f.map('services'))) services[svc] = portMap(`${f.at('services')}["${svc}"]`, ports);
+  const tunnel = optional(f, 'applicationTunnel', (p, x) => {
+    const t = new Struct(p, x, ['protocol', 'port'], 'an application tunnel');
+    const port = t.has('port') ? t.uint('port', 65535) : undefined;
+    return { protocol: t.oneOf('protocol', ['NONE', 'PROXY']), ...(port === undefined ? {} : { port }) };
+  });
+  const locality = optional(f, 'locality', (p, x) => {
+    const l = new Struct(p, x, ['region', 'zone', 'subzone'], 'a locality');
+    return { region: l.str('region'), zone: l.str('zone'), subzone: l.str('subzone') };
+  });
+  const w: Workload = {
+    uid: f.str('uid', ''),
+    name: f.str('name', ''),
     namespace,
     serviceAccount: f.str('serviceAccount', 'default'),
     trustDomain: f.str('trustDomain', DEFAULT_TRUST_DOMAIN),
-    workloadIps: (ips as unknown[]).map((x, i) => ip(`${path}.workloadIps[${i}]`, x)),
-    protocol: protocol as Workload['protocol'],
+    workloadIps,
+    protocol: f.oneOf('protocol', ['TCP', 'HBONE'], 'TCP'),
     node: f.str('node', ''),
     network: f.str('network', ''),
     services,
-    waypoint: waypoint(`${path}.waypoint`, f.v.waypoint),
-    labels,
-    healthy: status === 'Healthy',
+    waypoint: optional(f, 'waypoint', gatewayAddress),
+    labels: {},
+    healthy: f.oneOf('status', ['Healthy', 'Unhealthy'], 'Healthy') === 'Healthy',
+    networkGateway: optional(f, 'networkGateway', gatewayAddress),
+    networkMode: f.oneOf('networkMode', ['Standard', 'HostNetwork'], 'Standard'),
+    workloadName: f.str('workloadName', ''),
+    workloadType: f.str('workloadType', ''),
+    canonicalName: f.str('canonicalName', ''),
+    canonicalRevision: f.str('canonicalRevision', ''),
+    hostname: f.str('hostname', ''),
+    nativeTunnel: f.bool('nativeTunnel', false),
+    applicationTunnel: tunnel,
+    authorizationPolicies: strings(f.at('authorizationPolicies'), f.list('authorizationPolicies')),
+    clusterId: f.str('clusterId', ''),
+    locality: locality ?? { region: '', zone: '', subzone: '' },
+    capacity: f.uint('capacity', 4294967295, 1),
   };
+  if (!w.waypoint) delete w.waypoint;
+  if (!w.networkGateway) delete w.networkGateway;
+  if (!w.applicationTunnel) delete w.applicationTunnel;
+  return w;
+}
+
+function endpoint(path: string, v: unknown): ServiceEndpoint {
+  const f = new Struct(path, v, ['workloadUid', 'port', 'status'], 'an endpoint');
+  return { workloadUid: f.str('workloadUid'), port: portMap(f.at('port'), f.map('port', true)), status: f.oneOf('status', ['Healthy', 'Unhealthy']) };
 }
 
 function service(path: string, v: unknown): Service {
-  const f = obj(path, v);
-  return {
+  const f = new Struct(path, v, SERVICE, 'a service');
+  const endpoints: Record<string, ServiceEndpoint> = {};
+  for (const [uid, ep] of Object.entries(f.map('endpoints'))) endpoints[uid] = endpoint(`${f.at('endpoints')}["${uid}"]`, ep);
+  const s: Service = {
     name: f.str('name'),
     namespace: f.str('namespace'),
     hostname: f.str('hostname'),
-    vips: f.list('vips').map((x, i) => networkAddress(`${path}.vips[${i}]`, x)),
-    ports: portMap(`${path}.ports`, f.map('ports')),
-    subjectAltNames: f.list('subjectAltNames').map((x, i) => {
-      if (typeof x !== 'string') throw new MeshError('INPOD_ERR_CONFIG', `${path}.subjectAltNames[${i}]: expected a string`);
-      return x;
+    vips: list(f.at('vips'), f.list('vips', true), networkAddress),
+    ports: portMap(f.at('ports'), f.map('ports', true)),
+    subjectAltNames: strings(f.at('subjectAltNames'), f.list('subjectAltNames')),
+    waypoint: optional(f, 'waypoint', gatewayAddress),
+    cidrVips: list(f.at('cidrVips'), f.list('cidrVips'), (p, x) => {
+      const c = new Struct(p, x, ['network', 'cidr'], 'a CIDR VIP');
+      return { network: c.str('network'), cidr: c.str('cidr') };
     }),
-    waypoint: waypoint(`${path}.waypoint`, f.v.waypoint),
+    endpoints,
+    weightedWaypoints: list(f.at('weightedWaypoints'), f.list('weightedWaypoints'), (p, x) => {
+      const ww = new Struct(p, x, ['destination', 'weight'], 'a weighted waypoint');
+      return { destination: gatewayAddress(ww.at('destination'), ww.map('destination', true)), weight: ww.uint('weight', 4294967295) };
+    }),
+    loadBalancer: optional(f, 'loadBalancer', (p, x) => {
+      const lb = new Struct(p, x, ['routingPreferences', 'mode', 'healthPolicy'], 'a load balancer');
+      return {
+        routingPreferences: list(lb.at('routingPreferences'), lb.list('routingPreferences', true), (q, y) => oneOf(q, y, ['Region', 'Zone', 'Subzone', 'Node', 'Cluster', 'Network'] as const)),
+        mode: lb.oneOf('mode', ['Standard', 'Strict', 'Failover', 'Passthrough']),
+        healthPolicy: lb.oneOf('healthPolicy', ['OnlyHealthy', 'AllowAll']),
+      };
+    }),
+    ipFamilies: f.has('ipFamilies') ? f.oneOf('ipFamilies', ['Dual', 'IPv4', 'IPv6']) : undefined,
+    canonical: f.bool('canonical', false),
+    visibility: f.oneOf('visibility', ['Public', 'Namespace'], 'Public'),
   };
-}
-
-/**
- * An AuthorizationPolicy in Istio's Kubernetes shape (metadata/spec) or flat (name/namespace/spec,
- * dryRun), kept as written. A field the proxy does not know or a malformed value refuses the file,
- * naming the field, as ztunnel refuses unknown fields in its local config; what is valid but not
- * enforced at the pod (HTTP attributes, targetRef, AUDIT, CUSTOM) is reported when it is applied.
- */
-function policy(path: string, v: unknown): Policy {
-  const f = obj(path, v);
-  const meta = f.v.metadata === undefined ? f : obj(`${path}.metadata`, f.v.metadata);
-  meta.str('name');
-  meta.str('namespace');
-  const bad = translatePolicy(f.v).problems[0];
-  if (bad) throw new MeshError('INPOD_ERR_CONFIG', `${path}.${bad.field}: ${bad.why}`);
-  return f.v;
+  for (const k of ['waypoint', 'loadBalancer', 'ipFamilies'] as const) if (s[k] === undefined) delete s[k];
+  return s;
 }
 
 export interface ParseOptions {
@@ -154,17 +173,18 @@ export interface ParseOptions {
 
 /** Parses and validates a local-config document. Throws MeshError INPOD_ERR_CONFIG naming the field. */
 export function parseLocalConfig(text: string, source = 'config', opts: ParseOptions = {}): MeshState {
-  const doc = parseYaml(text, source);
+  const doc = parseYaml(text, source, LOCAL_CONFIG_SCHEMA);
   if (doc === null) {
     if (opts.empty === 'refuse') throw new MeshError('INPOD_ERR_CONFIG', `${source}: the file is empty (still being written?); to remove every workload write "workloads: []"`);
-    return { workloads: [], services: [], policies: [] };
+    return { workloads: [], services: [], policies: [], authorizations: [] };
   }
-  // ztunnel's oldest format was a bare list of workloads
-  const root = Array.isArray(doc) ? new Fields(source, { workloads: doc }) : obj(source, doc);
+  if (Array.isArray(doc)) throw configError(source, 'expected a mapping with workloads, services and policies (a bare list of workloads is an old format ztunnel no longer reads)');
+  const root = new Struct(source, doc, LOCAL_CONFIG, 'the local config');
   const state: MeshState = {
-    workloads: root.list('workloads').map((w, i) => workload(`workloads[${i}]`, w)),
-    services: root.list('services').map((s, i) => service(`services[${i}]`, s)),
-    policies: root.list('policies').map((p, i) => policy(`policies[${i}]`, p)),
+    workloads: list('workloads', root.list('workloads'), workload),
+    services: list('services', root.list('services'), service),
+    policies: [],
+    authorizations: list('policies', root.list('policies'), localAuthorization),
   };
   const seen = new Map<string, string>();
   state.workloads.forEach((w, i) => {

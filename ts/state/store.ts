@@ -57,7 +57,8 @@ export class StateSnapshot {
   #addServices(): void {
     for (const s of this.state.services) {
       this.byServiceKey.set(serviceKey(s), s);
-      for (const v of s.vips) this.byVip.set(v, s);
+      // by IP alone: the proxy serves one network (ztunnel keys VIPs by network and IP)
+      for (const v of s.vips) this.byVip.set(v.address, s);
     }
   }
 }
@@ -131,7 +132,7 @@ export class StateStore extends EventEmitter<StateEvents> {
       loadedAt: this.#loadedAt?.toISOString(),
       workloads: s.workloads.length,
       services: s.services.length,
-      policies: s.policies.length,
+      policies: s.policies.length + (s.authorizations?.length ?? 0),
       ...(this.#notes.length ? { notes: this.#notes } : {}),
       ...(e ? { lastError: { code: e.code, message: e.message, at: (this.#errorAt ?? new Date()).toISOString() } } : {}),
     };

@@ -17,7 +17,7 @@
  * binary/set/omap tags, so a label value `2024-01-01` stays a string.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { CORE_SCHEMA, load, loadAll, YAMLException } from 'js-yaml';
+import { CORE_SCHEMA, load, loadAll, YAMLException, type Schema } from 'js-yaml';
 import { MeshError } from './errors.js';
 
 /** Aliases may grow a document to this many times its text (see checkExpansion). */
@@ -110,11 +110,14 @@ function bomb(source: string, limit: number): MeshError {
   return new MeshError('INPOD_ERR_CONFIG', `${source}: YAML aliases expand this document past ${MiB(limit)} (${MAX_ALIAS_EXPANSION} times its size, ${MiB(MIN_ALIAS_ALLOWANCE)} at least); refused as an alias bomb. Write the shared parts out, or use fewer aliases`);
 }
 
-/** One YAML document as plain data (null for an empty text). Throws MeshError naming `source`. */
-export function parseYaml(text: string, source: string): unknown {
+/**
+ * One YAML document as plain data (null for an empty text). Throws MeshError naming `source`.
+ * `schema`: the core schema with a reader's own tags (ztunnel's local config has some).
+ */
+export function parseYaml(text: string, source: string, schema: Schema = CORE_SCHEMA): unknown {
   let doc: unknown;
   try {
-    doc = load(text, { schema: CORE_SCHEMA, filename: source });
+    doc = load(text, { schema, filename: source });
   } catch (e) {
     throw syntaxError(source, e);
   }

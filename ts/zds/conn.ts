@@ -1,7 +1,8 @@
 /**
  * One ZDS connection: a SOCK_SEQPACKET unix socket carrying one protobuf message per packet,
  * with the netns fd as SCM_RIGHTS on Add. Received messages are checked for truncation (data or
- * control) before anyone decodes them; every fd received on a message that is refused is closed.
+ * control) before anyone decodes them: a truncated one reaches the owner as `unreadable` (its fds
+ * already closed), for it to answer as its protocol says, then close.
  */
 import { EPOLLERR, EPOLLHUP, Fd, recvFds, sendFds, watchReadable, type Received } from '../native/index.js';
 import { MeshError } from '../util/errors.js';
@@ -10,6 +11,8 @@ import { MAX_MESSAGE } from './messages.js';
 export interface ZdsMessage {
   data: Buffer;
   fds: Fd[];
+  /** why the message cannot be read (truncated data or control); its data is partial, its fds closed */
+  unreadable?: string;
 }
 
 export class ZdsConn {
@@ -39,8 +42,8 @@ export class ZdsConn {
         }
         if (m.truncated || m.ctruncated || m.data.length > MAX_MESSAGE) {
           for (const f of m.fds) f.close();
-          this.close(new MeshError('INPOD_ERR_ZDS', `ZDS message over ${MAX_MESSAGE} bytes or with more than one fd: truncated (data=${m.truncated}, control=${m.ctruncated}); connection reset`));
-          return;
+          onMessage({ data: m.data, fds: [], unreadable: `ZDS message over ${MAX_MESSAGE} bytes or with more than one fd: truncated (data=${m.truncated}, control=${m.ctruncated})` });
+          continue;
         }
         onMessage({ data: m.data, fds: m.fds });
       }

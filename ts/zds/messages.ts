@@ -1,29 +1,21 @@
 /**
  * ZDS, Istio's agent-to-proxy protocol (istio.workload.zds), encoded by protobufjs from Istio's
- * schema (embedded below, so no schema file is looked up at run time).
+ * own schema: vendor/istio/ztunnel/proto/zds.proto, copied verbatim from ztunnel (the commit is
+ * named in vendor/istio/ztunnel/README.md) and read once when this module loads.
  * Field numbers are Istio's; keeping them lets inpod's agent drive Istio's ztunnel and the other
  * way round.
  */
 import protobuf from 'protobufjs';
+import { fileURLToPath } from 'node:url';
+import { MeshError } from '../util/errors.js';
 
-/** Istio's zds.proto (package istio.workload.zds), parsed once at load; no file is read. */
-const SCHEMA = `
-syntax = "proto3";
-package istio.workload.zds;
-enum Version { NOT_USED = 0; V1 = 1; }
-message ZdsHello { Version version = 1; }
-message WorkloadInfo { string name = 1; string namespace = 2; string service_account = 3; }
-message AddWorkload { string uid = 1; WorkloadInfo workload_info = 2; }
-message KeepWorkload { string uid = 1; }
-message DelWorkload { string uid = 2; }
-message SnapshotSent {}
-message WorkloadRequest {
-  oneof payload { AddWorkload add = 1; KeepWorkload keep = 5; DelWorkload del = 2; SnapshotSent snapshot_sent = 3; }
-}
-message Ack { string error = 1; }
-message WorkloadResponse { oneof payload { Ack ack = 1; } }
-`;
-const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
+/**
+ * The vendored schema, two levels above this module both as source (ts/zds) and as built
+ * JavaScript (dist/zds); the image ships vendor/ beside dist/ (deploy/Dockerfile).
+ */
+export const ZDS_PROTO = fileURLToPath(new URL('../../vendor/istio/ztunnel/proto/zds.proto', import.meta.url));
+
+const root = new protobuf.Root().loadSync(ZDS_PROTO, { keepCase: true });
 
 const T = {
   hello: root.lookupType('istio.workload.zds.ZdsHello'),
@@ -42,12 +34,25 @@ export interface WorkloadInfo {
 }
 
 export type WorkloadRequest =
-  | { kind: 'add'; uid: string; info: WorkloadInfo }
+  /** `info` undefined: the Add carried no workload_info (ztunnel refuses it as a protocol error) */
+  | { kind: 'add'; uid: string; info: WorkloadInfo | undefined }
   | { kind: 'keep'; uid: string }
   | { kind: 'del'; uid: string }
   | { kind: 'snapshotSent' };
 
 export class ZdsDecodeError extends Error {}
+
+/**
+ * A request that is well formed but breaks the protocol's order or contract (ztunnel's
+ * `Error::ProtocolError`, src/inpod/statemanager.rs): Keep after SnapshotSent, a second
+ * SnapshotSent, Add without workload_info. The proxy answers it with an error Ack and stops
+ * talking ZDS (ts/zds/client.ts).
+ */
+export class ZdsProtocolError extends MeshError {
+  constructor(message: string) {
+    super('INPOD_ERR_ZDS_PROTOCOL', `ZDS protocol error: ${message}; the node agent does not speak ZDS as ztunnel expects (a version mismatch between inpod agent and proxy?)`);
+  }
+}
 
 export function encodeHello(version = ZDS_VERSION): Buffer {
   return Buffer.from(T.hello.encode(T.hello.create({ version })).finish());
@@ -66,7 +71,7 @@ export function encodeRequest(r: WorkloadRequest): Buffer {
   let payload: Record<string, unknown>;
   switch (r.kind) {
     case 'add':
-      payload = { add: { uid: r.uid, workload_info: { name: r.info.name, namespace: r.info.namespace, service_account: r.info.serviceAccount } } };
+      payload = { add: { uid: r.uid, ...(r.info ? { workload_info: { name: r.info.name, namespace: r.info.namespace, service_account: r.info.serviceAccount } } : {}) } };
       break;
     case 'keep':
       payload = { keep: { uid: r.uid } };
@@ -90,10 +95,10 @@ export function decodeRequest(b: Buffer): WorkloadRequest {
   }
   switch (m.payload) {
     case 'add': {
-      const info = (m.add?.workload_info ?? {}) as Record<string, string>;
+      const info = m.add?.workload_info as Record<string, string> | undefined;
       const uid = String(m.add?.uid ?? '');
       if (!uid) throw new ZdsDecodeError('AddWorkload without a uid');
-      return { kind: 'add', uid, info: { name: info.name ?? '', namespace: info.namespace ?? '', serviceAccount: info.service_account ?? '' } };
+      return { kind: 'add', uid, info: info && { name: info.name ?? '', namespace: info.namespace ?? '', serviceAccount: info.service_account ?? '' } };
     }
     case 'keep':
       return { kind: 'keep', uid: String(m.keep?.uid ?? '') };

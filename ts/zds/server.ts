@@ -1,7 +1,8 @@
 /**
  * The agent side of ZDS: listens on a SOCK_SEQPACKET socket for proxies and keeps every one that
  * connects, as istio-cni's ztunnelserver.go connMgr: during a proxy rollout the old and the new
- * proxy are both connected. After a proxy's ZdsHello it gets the snapshot: Add with the netns fd
+ * proxy are both connected. After a proxy's ZdsHello (any version: istio-cni's handleConn logs
+ * it and goes on) it gets the snapshot: Add with the netns fd
  * for every enrolled pod, Keep for a pod whose netns cannot be opened right now, then
  * SnapshotSent. The fd sent is the pod's held netns when the caller holds one (the agent does:
  * istio-cni's sendSnapshot sends the cached netns fd likewise), else its path opened for the send.
@@ -147,6 +148,7 @@ export class ZdsServer {
       for (const f of m.fds) f.close();
       pc.conn.close(new MeshError('INPOD_ERR_ZDS', why));
     };
+    if (m.unreadable) return fail(m.unreadable);
     if (m.fds.length) return fail(`the proxy sent ${m.fds.length} fd(s); it never should`);
     if (!pc.helloSeen) {
       let hello;
@@ -155,7 +157,9 @@ export class ZdsServer {
       } catch (e) {
         return fail((e as Error).message);
       }
-      if (hello.version !== ZDS_VERSION) return fail(`unsupported ZDS version ${hello.version} (this agent speaks ${ZDS_VERSION})`);
+      // as istio-cni: the version is logged, never refused (a newer proxy may still speak V1)
+      if (hello.version === ZDS_VERSION) this.#log.info({ proxy: pc.n, version: hello.version }, 'proxy said hello');
+      else this.#log.warn({ proxy: pc.n, version: hello.version, speaks: ZDS_VERSION }, 'proxy said hello with a ZDS version this agent does not know; going on as istio-cni does');
       pc.helloSeen = true;
       void pc.serialize(() => this.#sendSnapshot(pc)).catch((e: Error) => this.#log.warn({ proxy: pc.n, err: e.message }, 'snapshot failed'));
       return;

@@ -16,7 +16,8 @@ import type { IssuedCert } from '../../identity/ca.js';
 import { uriSans, type Identity } from '../../identity/spiffe.js';
 import { connectIn } from '../sockets.js';
 import type { Addr } from '../route.js';
-import { socketAddr, type ConnectHeaders } from './headers.js';
+import { socketAddr } from '../../util/sockaddr.js';
+import type { ConnectHeaders } from './headers.js';
 import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
 
 export interface HboneSource {
@@ -124,7 +125,7 @@ export function sendConnect(session: ClientHttp2Session, req: HboneRequest, head
   return session.request(
     {
       ':method': 'CONNECT',
-      ':authority': socketAddr(req.authority.ip, req.authority.port),
+      ':authority': socketAddr(req.authority),
       baggage: headers.baggage,
       forwarded: headers.forwarded,
       traceparent: headers.traceparent,

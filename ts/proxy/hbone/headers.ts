@@ -12,8 +12,8 @@
  *    the connection under its trace id (src/proxy.rs TraceParent: version 00, flags 00).
  */
 import { randomFillSync } from 'node:crypto';
-import { isIPv6 } from 'node:net';
 import type { Workload } from '../../state/types.js';
+import { socketAddr } from '../../util/sockaddr.js';
 
 /** What the CONNECT carries besides its pseudo-headers. */
 export interface ConnectHeaders {
@@ -22,11 +22,6 @@ export interface ConnectHeaders {
   traceparent: string;
 }
 
-/** `ip:port` as Rust's SocketAddr prints it (IPv6 bracketed; an IPv4-mapped address as IPv4, ztunnel's to_canonical). */
-export function socketAddr(ip: string, port: number): string {
-  const canonical = ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
-  return isIPv6(canonical) ? `[${canonical}]:${port}` : `${canonical}:${port}`;
-}
 
 /**
  * The `forwarded` value for a client at `ip:port`, with `host=` naming the service it addressed
@@ -34,7 +29,7 @@ export function socketAddr(ip: string, port: number): string {
  * than sent broken.
  */
 export function forwardedFor(src: { ip: string; port: number }, serviceHostname?: string): string {
-  const f = `for="${socketAddr(src.ip, src.port)}"`;
+  const f = `for="${socketAddr(src)}"`;
   return serviceHostname && TOKEN.test(serviceHostname) ? `${f};host=${serviceHostname}` : f;
 }
 
