@@ -95,11 +95,12 @@ describe('ztunnel\'s local config names them itself (src/state/workload.rs Workl
     const { parseLocalConfig } = await import('../../ts/state/localconfig.js');
     const [w, bare] = parseLocalConfig(`workloads:
   - {uid: a, name: a-0, namespace: ns, workloadIps: ["10.0.0.1"], workloadName: a, workloadType: pod, canonicalName: app-a, canonicalRevision: "",
-     clusterId: c1, locality: {region: r, zone: z}}
+     clusterId: c1, locality: {region: r, zone: z, subzone: ""}}
   - {uid: b, name: b-0, namespace: ns, workloadIps: ["10.0.0.2"]}
 `).workloads;
     expect(w).toMatchObject({ workloadName: 'a', workloadType: 'pod', canonicalName: 'app-a', canonicalRevision: '', clusterId: 'c1', locality: { region: 'r', zone: 'z', subzone: '' } });
-    expect(bare!.canonicalName).toBeUndefined();
+    // absent is ztunnel's serde default, the empty string (src/state/workload.rs: #[serde(default)])
+    expect(bare!.canonicalName).toBe('');
     expect(() => parseLocalConfig('workloads:\n  - {uid: a, name: a, namespace: ns, workloadIps: ["10.0.0.1"], canonicalName: [x]}\n'))
       .toThrow(/workloads\[0\]\.canonicalName: expected a string, got \["x"\]/);
   });

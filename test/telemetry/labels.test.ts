@@ -16,7 +16,7 @@ import { MeshError } from '../../ts/util/errors.js';
 const snap = new StateSnapshot(parseLocalConfig(`
 workloads:
   - {uid: u-sleep, name: sleep-7f-abc, namespace: default, serviceAccount: sleep, workloadIps: ["10.0.0.1"], protocol: HBONE,
-     workloadName: sleep, canonicalName: sleep, canonicalRevision: v1, clusterId: Kubernetes, locality: {region: r1, zone: z1}}
+     workloadName: sleep, canonicalName: sleep, canonicalRevision: v1, clusterId: Kubernetes, locality: {region: r1, zone: z1, subzone: ""}}
   - {uid: u-web, name: web-5d-xyz, namespace: shop, serviceAccount: web, workloadIps: ["10.0.0.2"], protocol: HBONE,
      workloadName: web, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes,
      services: {"shop/web.shop.svc.cluster.local": {80: 8080}, "shop/admin.shop.svc.cluster.local": {}}}
