@@ -87,4 +87,9 @@ describe('bench summaries and options', () => {
     expect(parseBenchArgs(['--configs', 'nomesh,ebpf'])).toMatchObject({ proxy: false, configs: ['nomesh', 'ebpf'] });
     expect(() => parseBenchArgs(['--configs', 'fast'])).toThrow(/--configs fast: choose from nomesh, iptables, ebpf/);
   });
+
+  it("runs proxy-h2default (proxy-ebpf with Node's HTTP/2 defaults, the before of ztunnel's settings) only when --configs names it", () => {
+    expect(parseBenchArgs([]).configs).not.toContain('proxy-h2default');
+    expect(parseBenchArgs(['--configs', 'proxy-h2default,proxy-ebpf'])).toMatchObject({ proxy: true, configs: ['proxy-ebpf', 'proxy-h2default'] });
+  });
 });

@@ -17,7 +17,7 @@ import { LocalCa } from '../../ts/identity/ca.js';
 import { CertManager } from '../../ts/identity/manager.js';
 import { openPath, type Fd } from '../../ts/native/index.js';
 import { dialHbone } from '../../ts/proxy/hbone/client.js';
-import { DEFAULT_HBONE_LIMITS } from '../../ts/proxy/hbone/limits.js';
+import { DEFAULT_HBONE_LIMITS, http2LimitsFromEnv } from '../../ts/proxy/hbone/limits.js';
 import { createHboneServer } from '../../ts/proxy/hbone/server.js';
 import { until } from '../netns/lab.js';
 import { FLAG, FRAME, FrameReader, PREFACE, RawH2Peer, SETTING, decodeSettings, frame } from '../security/h2raw.js';
@@ -52,7 +52,7 @@ describe("HBONE HTTP/2 settings on the wire are ztunnel's", () => {
       cert: cert.chainPem, key: cert.keyPem, ca: certs.rootPem, trustDomain: TD, log: pino({ level: 'silent' }),
       onStream: async ({ stream }) => {
         stream.respond({ ':status': 200 });
-        stream.on('data', (d: Buffer) => received.set(stream.id, (received.get(stream.id) ?? 0) + d.length));
+        stream.on('data', (d: Buffer) => received.set(stream.id!, (received.get(stream.id!) ?? 0) + d.length));
       },
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -143,5 +143,24 @@ describe("HBONE HTTP/2 settings on the wire are ztunnel's", () => {
       conn.session.destroy();
       raw.close();
     }
+  });
+});
+
+describe("ztunnel's HTTP/2 environment variables (src/config.rs HTTP2_STREAM_WINDOW_SIZE, HTTP2_CONNECTION_WINDOW_SIZE, HTTP2_FRAME_SIZE)", () => {
+  it('unset: nothing overridden, so both ends keep ztunnel defaults (4 MiB, 16 MiB, 1 MiB)', () => {
+    expect(http2LimitsFromEnv({})).toEqual({});
+    expect(DEFAULT_HBONE_LIMITS).toMatchObject({ streamWindowSize: 4 * MiB, connectionWindowSize: 16 * MiB, maxFrameSize: MiB });
+  });
+
+  it("set: read as ztunnel reads them, Node's own defaults included (what the bench's proxy-h2default row runs)", () => {
+    expect(http2LimitsFromEnv({ HTTP2_STREAM_WINDOW_SIZE: '65535', HTTP2_CONNECTION_WINDOW_SIZE: '65535', HTTP2_FRAME_SIZE: '16384' }))
+      .toEqual({ streamWindowSize: 65_535, connectionWindowSize: 65_535, maxFrameSize: 16_384 });
+  });
+
+  it('a value HTTP/2 cannot announce refuses to start (ztunnel parse_default fails), naming the variable and its range', () => {
+    expect(() => http2LimitsFromEnv({ HTTP2_FRAME_SIZE: '1000' })).toThrow(/HTTP2_FRAME_SIZE="1000": want an integer from 16384 to 16777215 .*default 1048576/);
+    expect(() => http2LimitsFromEnv({ HTTP2_STREAM_WINDOW_SIZE: '4MiB' })).toThrow(/HTTP2_STREAM_WINDOW_SIZE="4MiB"/);
+    expect(() => http2LimitsFromEnv({ HTTP2_CONNECTION_WINDOW_SIZE: String(2 ** 31) })).toThrow(/HTTP2_CONNECTION_WINDOW_SIZE/);
+    expect(() => http2LimitsFromEnv({ HTTP2_STREAM_WINDOW_SIZE: '' })).toThrow(/INPOD_ERR_CONFIG|want an integer/);
   });
 });

@@ -13,6 +13,7 @@ import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
+import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
@@ -24,6 +25,7 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
+                 env, as ztunnel's: HTTP2_STREAM_WINDOW_SIZE (4194304), HTTP2_CONNECTION_WINDOW_SIZE (16777216), HTTP2_FRAME_SIZE (1048576)
   inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN_ADDR}]`;
 
 /** `inpod ztunnel workloads|services|policies`: what a running proxy knows, from its admin port. */
@@ -59,6 +61,8 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
   const sameNode = v['same-node'];
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
+  // before anything starts: a malformed value refuses to start, as in ztunnel
+  const hbone = http2LimitsFromEnv(process.env);
   const log = logger('ztunnel');
   const state = new StateStore();
   if (v.config) {
@@ -79,7 +83,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
     log.info('state from the Kubernetes API (pods, nodes, services, endpointslices, authorizationpolicies)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode, hbone });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({

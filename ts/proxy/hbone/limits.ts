@@ -14,6 +14,7 @@
  * reader), so the bound is streams x 4 MiB where ztunnel's h2 holds it to 16 MiB.
  */
 import type { ClientHttp2Session, ServerHttp2Session, Settings } from 'node:http2';
+import { MeshError } from '../../util/errors.js';
 
 export interface HboneLimits {
   /** SETTINGS_MAX_CONCURRENT_STREAMS, and the most CONNECTs one connection may have in admission */
@@ -58,6 +59,31 @@ export const DEFAULT_HBONE_LIMITS: Readonly<HboneLimits> = Object.freeze({
   connectionWindowSize: 16 * 1024 * 1024,
   maxFrameSize: 1024 * 1024,
 });
+
+/**
+ * ztunnel's environment variables for HTTP/2 flow control and frame size (src/config.rs
+ * HTTP2_STREAM_WINDOW_SIZE, HTTP2_CONNECTION_WINDOW_SIZE, HTTP2_FRAME_SIZE; unset: the defaults
+ * above), read the same way by `inpod ztunnel`. Pure. A value that is not an integer in the range
+ * HTTP/2 allows (windows up to 2^31-1, the connection window not below the protocol's initial
+ * 65,535, frames 16,384 to 16,777,215: RFC 9113 6.5.2, 6.9.1) refuses to start, as ztunnel's
+ * parse_default does, with INPOD_ERR_CONFIG naming the variable.
+ */
+export function http2LimitsFromEnv(env: Record<string, string | undefined>): Partial<HboneLimits> {
+  const out: Partial<HboneLimits> = {};
+  const read = (name: string, key: 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize', min: number, max: number): void => {
+    const raw = env[name];
+    if (raw === undefined) return;
+    const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      throw new MeshError('INPOD_ERR_CONFIG', `${name}=${JSON.stringify(raw)}: want an integer from ${min} to ${max} (bytes); unset it for ztunnel's default ${DEFAULT_HBONE_LIMITS[key]}`);
+    }
+    out[key] = n;
+  };
+  read('HTTP2_STREAM_WINDOW_SIZE', 'streamWindowSize', 1, 2 ** 31 - 1);
+  read('HTTP2_CONNECTION_WINDOW_SIZE', 'connectionWindowSize', 65_535, 2 ** 31 - 1);
+  read('HTTP2_FRAME_SIZE', 'maxFrameSize', 16_384, 16_777_215);
+  return out;
+}
 
 /** The client's SETTINGS_MAX_HEADER_LIST_SIZE (ztunnel's client: 16 KiB; its server takes 64 KiB). */
 export const CLIENT_MAX_HEADER_LIST_SIZE = 16 * 1024;
