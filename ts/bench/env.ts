@@ -36,6 +36,8 @@ export const ALL_CONFIGS: ConfigName[] = [...CONFIGS, ...PROXY_CONFIGS];
  * the "before" of issue 16's HTTP/2 settings, measured beside proxy-ebpf in one run.
  */
 export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default'];
+/** Every row, in the order runs and reports list them. */
+export const KNOWN_CONFIGS: ConfigName[] = [...ALL_CONFIGS, ...OPTIONAL_CONFIGS];
 /** Node's HTTP/2 defaults (nghttp2: RFC 9113's initial window and frame size), as ztunnel's variables. */
 const NODE_H2_DEFAULTS = ['HTTP2_STREAM_WINDOW_SIZE=65535', 'HTTP2_CONNECTION_WINDOW_SIZE=65535', 'HTTP2_FRAME_SIZE=16384'];
 export const CONFIG_LABEL: Record<ConfigName, string> = {

@@ -3,7 +3,7 @@
  * mesh and eBPF against iptables, CPU per unit of work, the enrollment rows and per-pod kernel
  * state, and how it was measured (host, versions, commands, repetitions). Pure given its input.
  */
-import { ALL_CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import { CONFIG_LABEL, KNOWN_CONFIGS, type ConfigName } from './env.js';
 import { PORTS } from '../istio.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
@@ -46,7 +46,7 @@ function table(head: string[], body: string[][]): string {
 
 /** The configurations present in the rows, in the run's order. */
 export function configsOf(rows: Row[]): ConfigName[] {
-  return ALL_CONFIGS.filter((c) => rows.some((r) => r.config === c));
+  return KNOWN_CONFIGS.filter((c) => rows.some((r) => r.config === c));
 }
 
 export function find(rows: Row[], w: WorkloadName, c: ConfigName): Row | undefined {
