@@ -1,34 +1,50 @@
 /**
- * The HBONE CONNECT headers real tunnels carry, end to end (eBPF capture; the headers do not
- * depend on the backend), against ztunnel's:
+ * The HBONE CONNECT headers and HTTP/2 settings real tunnels carry, end to end (eBPF capture; the
+ * headers do not depend on the backend), against ztunnel's:
  *  - outbound (src/proxy/outbound.rs create_hbone_request): `baggage` of the source workload
- *    (src/baggage.rs), `forwarded: for="<client ip:port>"[;host=<service>]` (build_forwarded), a
- *    `traceparent` per connection whose trace id the proxy logs the connection under (src/proxy.rs
- *    TraceParent). Seen by an HBONE server of the test's own standing in for a peer's ztunnel.
+ *    (src/baggage.rs baggage_header_val), `forwarded: for="<client ip:port>"[;host=<service>]`
+ *    (build_forwarded), a `traceparent` per connection whose trace id the proxy logs the
+ *    connection under (src/proxy.rs TraceParent), and nothing else. The client's SETTINGS,
+ *    connection window and PING (src/proxy/h2/client.rs spawn_connection, src/proxy/h2.rs
+ *    do_ping_pong). Seen by an independent HBONE server (python-h2, tools/h2server.py) standing
+ *    in for a peer's ztunnel.
  *  - inbound (src/proxy/inbound.rs): the client's traceparent is the trace id the destination
  *    logs (extract_traceparent), `host=` picks among the destination's own services
  *    (guess_inbound_service), the 200 carries the destination's baggage (build_response).
  */
-import http2, { type IncomingHttpHeaders, type Settings } from 'node:http2';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import http2, { type IncomingHttpHeaders } from 'node:http2';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import tls from 'node:tls';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openPath, type Fd } from '../../ts/native/index.js';
-import { createHboneServer } from '../../ts/proxy/hbone/server.js';
-import { podListenerFd } from '../../ts/proxy/sockets.js';
 import type { Workload } from '../../ts/state/types.js';
 import { TestMesh } from '../security/mesh.js';
 import { until } from './lab.js';
 
 const TRACE = /^00-([0-9a-f]{32})-[0-9a-f]{16}-00$/;
+const MiB = 1024 * 1024;
+/** SETTINGS identifiers (RFC 9113 6.5.2) as h2 reports them */
+const SETTING = { enablePush: '2', maxConcurrentStreams: '3', initialWindowSize: '4', maxFrameSize: '5', maxHeaderListSize: '6' };
 
-describe('HBONE CONNECT headers on real tunnels', () => {
+/** One line of tools/h2server.py: what the independent server saw on connection `conn`. */
+interface Seen {
+  conn: number;
+  settings?: Record<string, number>;
+  window?: number;
+  headers?: [string, string][];
+  ping?: number;
+}
+
+describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
   let m: TestMesh;
-  let fakeNs: Fd;
-  let fake: http2.Http2SecureServer;
+  let peer: ChildProcess | undefined;
   let vip: string;
-  /** what the stand-in peer received: one entry per CONNECT */
-  const seen: { headers: IncomingHttpHeaders; clientSettings: Settings }[] = [];
+  /** every line the independent server printed */
+  const seen: Seen[] = [];
+  const connects = (): (Seen & { headers: [string, string][] })[] => seen.filter((l): l is Seen & { headers: [string, string][] } => Boolean(l.headers));
+  const headerMap = (l: { headers: [string, string][] }): Record<string, string> => Object.fromEntries(l.headers);
   const who = { clusterId: 'Kubernetes', workloadType: 'deployment', canonicalRevision: 'v1' };
 
   beforeAll(async () => {
@@ -38,7 +54,7 @@ describe('HBONE CONNECT headers on real tunnels', () => {
       { name: 'fake', namespace: 'shop', serviceAccount: 'fake', mesh: false },
     ]);
     // the state as istiod would describe these pods; "fake" is an HBONE workload served by the
-    // test's own server, behind a service VIP; "server" belongs to two services
+    // independent server, behind a service VIP; "server" belongs to two services
     vip = `10.96.${m.lab.node.subnet.split('.')[2]}.20`;
     const s = m.state.snapshot.state;
     const extra: Partial<Record<string, Partial<Workload>>> = {
@@ -54,61 +70,82 @@ describe('HBONE CONNECT headers on real tunnels', () => {
           protocol: 'HBONE', node: '', network: '', labels: {}, healthy: true, services: { 'shop/fake.shop.svc.cluster.local': { 80: 8080 } },
         },
       ],
-      services: [...s.services, { name: 'fake', namespace: 'shop', hostname: 'fake.shop.svc.cluster.local', vips: [vip], ports: { 80: 8080 }, subjectAltNames: [] }],
+      services: [
+        ...s.services,
+        { name: 'fake', namespace: 'shop', hostname: 'fake.shop.svc.cluster.local', vips: [{ network: '', address: vip }], ports: { 80: 8080 }, subjectAltNames: [] },
+        ...['a', 'b'].map((n) => ({ name: n, namespace: 'shop', hostname: `${n}.shop.svc.cluster.local`, vips: [], ports: { 8080: 8080 }, subjectAltNames: [] })),
+      ],
     });
     const cert = await m.cert('shop', 'fake');
-    fake = createHboneServer({
-      cert: cert.chainPem, key: cert.keyPem, ca: cert.rootPem, trustDomain: 'cluster.local', log: pino({ level: 'silent' }),
-      onStream: async ({ stream, headers }) => {
-        seen.push({ headers, clientSettings: stream.session?.remoteSettings ?? {} });
-        stream.respond({ ':status': 200 });
-        stream.on('data', (d: Buffer) => stream.write(d)); // echo, and end when the client ends
-        stream.on('end', () => stream.end());
-      },
+    const files = { cert: join(m.dir, 'fake.pem'), key: join(m.dir, 'fake.key'), root: join(m.dir, 'root.pem') };
+    writeFileSync(files.cert, cert.chainPem);
+    writeFileSync(files.key, cert.keyPem);
+    writeFileSync(files.root, cert.rootPem);
+    peer = spawn('nsenter', [`--net=${m.pods.fake!.netnsPath}`, '/usr/bin/python3', '-u', join(__dirname, 'tools', 'h2server.py'), '15008', files.cert, files.key, files.root], { stdio: 'pipe' });
+    let stderr = '';
+    peer.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const ready = new Promise<void>((resolve, reject) => {
+      createInterface({ input: peer!.stdout! }).on('line', (line) => {
+        const l = JSON.parse(line) as Seen & { ready?: boolean };
+        if (l.ready) resolve();
+        else seen.push(l);
+      });
+      peer!.once('exit', (code) => reject(new Error(`h2server.py exited (${code}): ${stderr}`)));
     });
-    fakeNs = openPath(m.pods.fake!.netnsPath);
-    const fd = podListenerFd(fakeNs.fd, 15008);
-    await new Promise<void>((resolve) => fake.listen({ fd }, resolve));
+    await ready;
     await m.sh.server!.listen({ port: 8080, tag: 'app' });
   });
 
   afterAll(async () => {
-    fake?.close();
-    fakeNs?.close();
+    if (peer && peer.exitCode === null) {
+      const gone = new Promise((resolve) => peer!.once('exit', resolve));
+      peer.kill('SIGKILL');
+      await gone;
+    }
     await m?.close();
   });
 
-  /** The access-log line of the connection logged under trace id `id` in `direction`. */
-  const logged = (direction: 'inbound' | 'outbound', id: string) => m.records.find((l) => (l[direction] as { id?: string } | undefined)?.id === id);
+  /** Whether the "connection complete" access-log line of the connection traced `id` was written in `direction`. */
+  const logged = (direction: 'inbound' | 'outbound', id: string): boolean =>
+    m.records.some((l) => l.msg === 'connection complete' && (l[direction] as { id?: string } | undefined)?.id === id);
 
-  it('to a workload: forwarded names the client ip:port, baggage the source workload, and the traceparent is the one the outbound log line carries', async () => {
+  it("to a workload: the CONNECT carries exactly ztunnel's headers (forwarded the client's ip:port, baggage the source workload, a traceparent the outbound log line carries), on a connection with ztunnel's client SETTINGS and window", async () => {
     const r = await m.sh.client!.connect({ host: m.pods.fake!.ip, port: 8080, send: 'hello', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('hello');
     if (!r.ok) return;
-    const got = seen.at(-1)!;
-    expect(got.headers[':method']).toBe('CONNECT');
-    expect(got.headers[':authority']).toBe(`${m.pods.fake!.ip}:8080`);
-    expect(got.headers.forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}"`);
-    expect(got.headers.baggage).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1');
-    const trace = TRACE.exec(String(got.headers.traceparent));
-    expect(trace, String(got.headers.traceparent)).not.toBeNull();
-    // the client proxy's settings, as the peer's HTTP/2 stack decoded them
-    expect(got.clientSettings).toMatchObject({ enablePush: false, initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 1024 * 1024, maxHeaderListSize: 16 * 1024 });
+    const got = connects().at(-1)!;
+    const h = headerMap(got);
+    expect(Object.keys(h).sort()).toEqual([':authority', ':method', 'baggage', 'forwarded', 'traceparent']);
+    expect(h[':method']).toBe('CONNECT');
+    expect(h[':authority']).toBe(`${m.pods.fake!.ip}:8080`);
+    expect(h.forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}"`);
+    expect(h.baggage).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=sleep,service.name=sleep,service.version=v1');
+    const trace = TRACE.exec(h.traceparent!);
+    expect(trace, h.traceparent).not.toBeNull();
+    // the client proxy's SETTINGS and connection window as python-h2 decoded them (client.rs
+    // spawn_connection: no push, 4 MiB stream window, 1 MiB frames, 16 KiB header list; the
+    // connection window raised from 65,535 to 16 MiB)
+    const onConn = seen.filter((l) => l.conn === got.conn);
+    expect(onConn.find((l) => l.settings)?.settings).toEqual({
+      [SETTING.enablePush]: 0, [SETTING.initialWindowSize]: 4 * MiB, [SETTING.maxFrameSize]: MiB, [SETTING.maxHeaderListSize]: 16 * 1024,
+    });
+    expect(onConn.filter((l) => l.window !== undefined).map((l) => l.window)[0]).toBe(16 * MiB - 65_535);
     await m.sh.client!.close(r.connId);
     await until('the outbound access-log line under that trace id', () => logged('outbound', trace![1]!), { timeoutMs: 5000 });
   });
 
   it('to a service VIP: forwarded adds host=<the service hostname>, and every connection gets its own trace', async () => {
-    const before = seen.length;
+    const before = connects().length;
     for (let i = 0; i < 2; i++) {
       const r = await m.sh.client!.connect({ host: vip, port: 80, send: 'via-vip', timeoutMs: 5000 });
       expect(r.ok && r.reply).toBe('via-vip');
       if (r.ok) {
-        expect(seen.at(-1)!.headers.forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}";host=fake.shop.svc.cluster.local`);
+        expect(headerMap(connects().at(-1)!).forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}";host=fake.shop.svc.cluster.local`);
         await m.sh.client!.close(r.connId);
       }
     }
-    const traces = seen.slice(before).map((s) => s.headers.traceparent);
+    const traces = connects().slice(before).map((l) => headerMap(l).traceparent);
+    expect(traces).toHaveLength(2);
     expect(new Set(traces).size).toBe(2);
   });
 
@@ -118,8 +155,9 @@ describe('HBONE CONNECT headers on real tunnels', () => {
     expect(r.ok).toBe(true);
     if (r.ok) await m.sh.client!.close(r.connId);
     // the only inbound HBONE connection since `from` is this one (the stand-in peer logs nothing)
-    await until("the destination's access-log line", () => m.logs(from, (l) => Boolean(l.inbound)).length > 0, { timeoutMs: 5000 });
-    const id = (m.logs(from, (l) => Boolean(l.inbound))[0]!.inbound as { id: string }).id;
+    const inbound = (l: Record<string, unknown>): boolean => l.msg === 'connection complete' && Boolean(l.inbound);
+    await until("the destination's access-log line", () => m.logs(from, inbound).length > 0, { timeoutMs: 5000 });
+    const id = (m.logs(from, inbound)[0]!.inbound as { id: string }).id;
     expect(id).toMatch(/^[0-9a-f]{32}$/);
     await until("the source's access-log line under the same trace id", () => logged('outbound', id), { timeoutMs: 5000 });
   });
@@ -154,4 +192,17 @@ describe('HBONE CONNECT headers on real tunnels', () => {
     await until('the second inbound line', () => logged('inbound', '11111111111111111111111111111111'), { timeoutMs: 5000 });
     expect(await metric()).not.toMatch(/evil\.other/);
   });
+
+  it("keeps the pooled connection alive with ztunnel's PING: the first 10 s after the connection started (src/proxy/h2.rs do_ping_pong), answered, the connection kept", async () => {
+    const conn = connects()[0]!.conn;
+    await until('a PING from the client proxy on its pooled connection', () => seen.some((l) => l.conn === conn && l.ping !== undefined), { timeoutMs: 25_000 });
+    const first = seen.find((l) => l.conn === conn && l.ping !== undefined)!.ping!;
+    // do_ping_pong sleeps PING_INTERVAL (10 s) before its first PING; timers never fire early
+    expect(first).toBeGreaterThanOrEqual(9.5);
+    // answered (h2 acks it): the same connection still carries a new tunnel
+    const r = await m.sh.client!.connect({ host: m.pods.fake!.ip, port: 8080, send: 'after-ping', timeoutMs: 5000 });
+    expect(r.ok && r.reply).toBe('after-ping');
+    if (r.ok) await m.sh.client!.close(r.connId);
+    expect(connects().at(-1)!.conn).toBe(conn);
+  }, 40_000);
 });

@@ -3,7 +3,9 @@
  * Each case names the upstream function it follows (istio/ztunnel at main). What the real
  * proxies put on the wire is checked end to end in test/netns/hbone-wire.test.ts.
  */
+import type * as k8s from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
+import { buildKubeState } from '../../ts/state/kube.js';
 import { baggageOf, formatTraceParent, forwardedFor, forwardedHost, newTraceParent, parseBaggage, parseTraceParent } from '../../ts/proxy/hbone/headers.js';
 
 describe('forwarded (ztunnel src/proxy/outbound.rs build_forwarded)', () => {
@@ -47,6 +49,21 @@ describe('baggage (ztunnel src/baggage.rs baggage_header_val, src/state/workload
   it('writes a pod of istiod (WorkloadType POD) as k8s.pod.name=<its workload>', () => {
     expect(baggageOf({ clusterId: 'Kubernetes', namespace: 'shop', workloadName: 'web', workloadType: 'pod', canonicalName: 'web', canonicalRevision: 'latest' }))
       .toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=web,service.name=web,service.version=latest');
+  });
+
+  it('describes a Kubernetes pod as istiod fills its Workload (a Deployment pod: k8s.pod.name=<deployment>, app/version labels, cluster Kubernetes, its node\'s region and zone)', () => {
+    const pod = {
+      metadata: {
+        name: 'web-7d4b9c8f6-abcde', generateName: 'web-7d4b9c8f6-', namespace: 'shop', uid: 'u1',
+        labels: { app: 'web', version: 'v2', 'pod-template-hash': '7d4b9c8f6' },
+        ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'web-7d4b9c8f6', uid: 'rs1', controller: true }],
+      },
+      spec: { serviceAccountName: 'web', nodeName: 'n1', containers: [] },
+      status: { phase: 'Running', podIP: '10.200.9.5' },
+    } as unknown as k8s.V1Pod;
+    const nodes = [{ metadata: { name: 'n1', labels: { 'topology.kubernetes.io/region': 'r1', 'topology.kubernetes.io/zone': 'z1' } } }];
+    const [w] = buildKubeState([pod], [], [], [], 'cluster.local', { nodes }).workloads;
+    expect(baggageOf(w!)).toBe('k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.pod.name=web,service.name=web,service.version=v2,cloud.region=r1,cloud.availability_zone=z1');
   });
 
   it('leaves out every empty field, as ztunnel does', () => {

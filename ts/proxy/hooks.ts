@@ -71,6 +71,8 @@ export interface EarlyRefusal {
   dst: { ip: string; port: number };
   /** why, for the log line; `code` is kept with it when it is a MeshError */
   error: Error;
+  /** the trace id the refusal is logged under (outbound: the connection's; inbound HBONE: the client's traceparent), ztunnel's span */
+  traceId?: string;
 }
 
 /**

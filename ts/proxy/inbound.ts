@@ -62,7 +62,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   };
   // refused before it is reported (ztunnel's build_inbound_request failing): the access log's "connection failed"
   const early = (status: number, why: string): void => {
-    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`) });
+    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`), traceId });
     refuse(status, why);
   };
   if (headers[':method'] !== 'CONNECT') return early(400, `method ${String(headers[':method'])} is not CONNECT`);

@@ -27,14 +27,14 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   if (!dst) return;
   const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst);
+  const trace = newTraceParent();
   if (route.kind === 'reject') {
-    // as ztunnel's build_request failing: logged, never reported as a connection
-    pi.observer.refused({ direction: 'outbound', src, dst, error: new MeshError('INPOD_ERR_NO_ROUTE', route.reason) });
+    // as ztunnel's build_request failing: logged (in the connection's span), never reported as a connection
+    pi.observer.refused({ direction: 'outbound', src, dst, error: new MeshError('INPOD_ERR_NO_ROUTE', route.reason), traceId: trace.traceId });
     down.resetAndDestroy();
     return;
   }
   const svc = route.service;
-  const trace = newTraceParent();
   const ctx: ConnContext = {
     direction: 'outbound',
     transport: route.kind === 'hbone' ? 'hbone' : 'passthrough',

@@ -45,10 +45,17 @@ export function connectionFields(d: Described, ctx: ConnContext): LogFields {
   if (mtls) put(f, 'dst.identity', l.destination_principal);
   put(f, 'dst.cluster', l.destination_cluster);
   f.direction = ctx.direction;
-  // the span the line is written in (ztunnel outbound.rs `info_span!("outbound", id)`, inbound.rs
-  // `info_span!("inbound", id, peer)`): both proxies log one connection under its trace id
-  if (ctx.traceId) f[ctx.direction] = ctx.direction === 'outbound' ? { id: ctx.traceId } : { id: ctx.traceId, peer: socketAddr(ctx.src) };
+  putSpan(f, ctx);
   return f;
+}
+
+/**
+ * The span a line is written in (ztunnel outbound.rs `info_span!("outbound", id)`, inbound.rs
+ * `info_span!("inbound", id, peer)`; its JSON log writes a span as an object under its name):
+ * both proxies log one connection under its trace id.
+ */
+function putSpan(f: LogFields, c: { direction: 'inbound' | 'outbound'; src: { ip: string; port: number }; traceId?: string }): void {
+  if (c.traceId) f[c.direction] = c.direction === 'outbound' ? { id: c.traceId } : { id: c.traceId, peer: socketAddr(c.src) };
 }
 
 /**
@@ -78,5 +85,6 @@ export function earlyDenyLine(r: EarlyRefusal): LogFields {
   const f: LogFields = { scope: 'access', 'src.addr': socketAddr(r.src), 'dst.addr': socketAddr(r.dst), direction: r.direction, error: r.error.message };
   const code = (r.error as MeshError).code;
   if (typeof code === 'string') f.code = code;
+  putSpan(f, r);
   return f;
 }
