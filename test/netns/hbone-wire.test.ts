@@ -12,17 +12,19 @@
  *    logs (extract_traceparent), `host=` picks among the destination's own services
  *    (guess_inbound_service), the 200 carries the destination's baggage (build_response).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import http2, { type IncomingHttpHeaders } from 'node:http2';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import tls from 'node:tls';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Workload } from '../../ts/state/types.js';
 import { TestMesh } from '../security/mesh.js';
 import { until } from './lab.js';
 
+const run = promisify(execFile);
 const TRACE = /^00-([0-9a-f]{32})-[0-9a-f]{16}-00$/;
 const MiB = 1024 * 1024;
 /** SETTINGS identifiers (RFC 9113 6.5.2) as h2 reports them */
@@ -193,7 +195,7 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
     expect(await metric()).not.toMatch(/evil\.other/);
   });
 
-  it("keeps the pooled connection alive with ztunnel's PING: the first 10 s after the connection started (src/proxy/h2.rs do_ping_pong), answered, the connection kept", async () => {
+  it("keeps the pooled connection alive with ztunnel's PING: the first 10 s after the connection started (src/proxy/h2.rs do_ping_pong), answered, the connection kept, with TCP keepalive under it", async () => {
     const conn = connects()[0]!.conn;
     await until('a PING from the client proxy on its pooled connection', () => seen.some((l) => l.conn === conn && l.ping !== undefined), { timeoutMs: 25_000 });
     const first = seen.find((l) => l.conn === conn && l.ping !== undefined)!.ping!;
@@ -204,5 +206,9 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
     expect(r.ok && r.reply).toBe('after-ping');
     if (r.ok) await m.sh.client!.close(r.connId);
     expect(connects().at(-1)!.conn).toBe(conn);
+    // and TCP keepalive under it, as ztunnel's socket factory sets it (src/proxy.rs setup_socket:
+    // 180 s; the kernel's default is off, 2 hours when on): the kernel shows the timer armed
+    const { stdout } = await run('nsenter', [`--net=${m.pods.client!.netnsPath}`, 'ss', '-tnoH', 'state', 'established', 'dst', `${m.pods.fake!.ip}:15008`]);
+    expect(stdout).toMatch(/timer:\(keepalive,[0-2]min\d+sec/);
   }, 40_000);
 });
