@@ -123,7 +123,7 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
       const no = await sh[from].connect({ host: local.ip, port: 9999, send: 'in', timeoutMs: 3000 });
       expect(no.ok ? no.reply : no.error).toMatch(/^$|error:|ECONNRESET/); // reset or closed, never answered
       const src = from === 'client' ? client.ip : localTcp.ip;
-      await until('the access-log line of the refusal, naming deny-9999', () => log.split('\n').some((l) => l.includes('"responseFlags":"DENY"') && l.includes(src) && l.includes('no ALLOW policy matched (default/deny-9999)')), { context: () => log });
+      await until('the access-log line of the refusal, naming deny-9999', () => log.split('\n').some((l) => l.includes('"response_flags":"DENY"') && l.includes(src) && l.includes('no ALLOW policy matched (default/deny-9999)')), { context: () => log });
       expect(await accepted9999()).toBe(before);
     });
   });
