@@ -116,7 +116,10 @@ describe('deploy manifests (rendered by kustomize)', () => {
 
   it('grants the proxy list and watch of exactly what its Kubernetes-state mode watches, nothing else', () => {
     const sources = watched('ts/state/kube.ts');
-    expect(sources).toEqual(['core/nodes', 'core/pods', 'core/services', 'discovery.k8s.io/endpointslices', 'security.istio.io/authorizationpolicies']);
+    expect(sources).toEqual([
+      'core/namespaces', 'core/nodes', 'core/pods', 'core/services', 'discovery.k8s.io/endpointslices',
+      'gateway.networking.k8s.io/gatewayclasses', 'gateway.networking.k8s.io/gateways', 'security.istio.io/authorizationpolicies',
+    ]);
     expect(grants(rules('ClusterRole', 'inpod-ztunnel'))).toEqual(sources.flatMap((s) => [`${s}:list`, `${s}:watch`]).sort());
   });
 

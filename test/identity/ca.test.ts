@@ -3,11 +3,10 @@ import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync, statSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { afterAll, describe, expect, it } from 'vitest';
 import { LocalCa } from '../../ts/identity/ca.js';
 import { CertManager } from '../../ts/identity/manager.js';
-import { uriSans } from '../../ts/identity/spiffe.js';
+import { handshake } from './handshake.js';
 
 const dirs: string[] = [];
 function tmp(): string {
@@ -19,26 +18,6 @@ afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
 const alice = { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'alice' };
 const bob = { trustDomain: 'cluster.local', namespace: 'shop', serviceAccount: 'bob' };
-
-/** A real mTLS handshake between two issued certs; returns what each side saw. */
-async function handshake(server: { chainPem: string; keyPem: string }, client: { chainPem: string; keyPem: string }, ca: string) {
-  const srv = tls.createServer({ cert: server.chainPem, key: server.keyPem, ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' });
-  const seen = new Promise<string[]>((resolve) => srv.on('secureConnection', (s) => { resolve(uriSans(s.getPeerCertificate().subjectaltname)); s.end(); }));
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  try {
-    const clientSaw = await new Promise<string[]>((resolve, reject) => {
-      const c = tls.connect({ port, host: '127.0.0.1', cert: client.chainPem, key: client.keyPem, ca, checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' }, () => {
-        resolve(uriSans(c.getPeerCertificate().subjectaltname));
-        c.end();
-      });
-      c.on('error', reject);
-    });
-    return { clientSaw, serverSaw: await seen };
-  } finally {
-    srv.close();
-  }
-}
 
 describe('local CA', () => {
   it('creates a root in the cacerts layout and issues P-256 certs with the SPIFFE URI SAN', async () => {

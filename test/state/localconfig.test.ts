@@ -224,8 +224,8 @@ describe('routing decision', () => {
   });
 
   it('balances a service VIP over its endpoints and maps the port', () => {
-    const a = buildRoute(snap, { ip: '10.96.0.10', port: 80 }, () => 0);
-    const b = buildRoute(snap, { ip: '10.96.0.10', port: 80 }, () => 1);
+    const a = buildRoute(snap, { ip: '10.96.0.10', port: 80 }, { pick: () => 0 });
+    const b = buildRoute(snap, { ip: '10.96.0.10', port: 80 }, { pick: () => 1 });
     expect(a).toMatchObject({ kind: 'hbone', authority: { ip: '10.200.1.3', port: 8080 } });
     expect(b).toMatchObject({ kind: 'hbone', authority: { ip: '10.200.1.4', port: 8080 } });
     expect(a.kind === 'hbone' && a.identities).toContain('spiffe://cluster.local/ns/shop/sa/web-alt');

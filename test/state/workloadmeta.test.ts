@@ -99,8 +99,11 @@ describe('ztunnel\'s local config names them itself (src/state/workload.rs Workl
   - {uid: b, name: b-0, namespace: ns, workloadIps: ["10.0.0.2"]}
 `).workloads;
     expect(w).toMatchObject({ workloadName: 'a', workloadType: 'pod', canonicalName: 'app-a', canonicalRevision: '', clusterId: 'c1', locality: { region: 'r', zone: 'z', subzone: '' } });
-    // absent is ztunnel's serde default, the empty string (src/state/workload.rs: #[serde(default)])
-    expect(bare!.canonicalName).toBe('');
+    // absent fields take serde's default, the empty string (reported as "unknown")
+    expect(bare).toMatchObject({ canonicalName: '', workloadName: '', locality: { region: '', zone: '', subzone: '' } });
+    // ztunnel's Locality has no serde defaults: all three fields or none
+    expect(() => parseLocalConfig('workloads:\n  - {uid: a, name: a, namespace: ns, workloadIps: ["10.0.0.1"], locality: {region: r}}\n'))
+      .toThrow(/workloads\[0\]\.locality\.zone: missing/);
     expect(() => parseLocalConfig('workloads:\n  - {uid: a, name: a, namespace: ns, workloadIps: ["10.0.0.1"], canonicalName: [x]}\n'))
       .toThrow(/workloads\[0\]\.canonicalName: expected a string, got \["x"\]/);
   });

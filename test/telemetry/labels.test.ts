@@ -125,7 +125,6 @@ describe('access-log lines (ztunnel ConnectionResult and log_early_deny)', () =>
     const line = completeLine(d, rec(outboundHbone, { path: 'userspace', kernelBytes: 0 }), '-');
     expect(line.level).toBe('info');
     expect(line.fields).toEqual({
-      scope: 'access',
       'src.addr': '10.0.0.1:40000', 'src.workload': 'sleep-7f-abc', 'src.namespace': 'default', 'src.identity': SLEEP, 'src.cluster': 'Kubernetes',
       'dst.addr': '10.0.0.2:15008', 'dst.hbone_addr': '10.0.0.2:8080', 'dst.service': 'web.shop.svc.cluster.local', 'dst.workload': 'web-5d-xyz',
       'dst.namespace': 'shop', 'dst.identity': WEB, 'dst.cluster': 'Kubernetes',
@@ -145,7 +144,7 @@ describe('access-log lines (ztunnel ConnectionResult and log_early_deny)', () =>
     const plain: ConnContext = { ...inboundHbone, transport: 'plaintext', src: { ip: '192.0.2.9', port: 5555 }, via: undefined };
     const f = connectionFields(describeConn(snap, plain), plain);
     expect(f).toEqual({
-      scope: 'access', 'src.addr': '192.0.2.9:5555', 'dst.addr': '10.0.0.2:8080', 'dst.service': 'web.shop.svc.cluster.local', 'dst.workload': 'web-5d-xyz',
+      'src.addr': '192.0.2.9:5555', 'dst.addr': '10.0.0.2:8080', 'dst.service': 'web.shop.svc.cluster.local', 'dst.workload': 'web-5d-xyz',
       'dst.namespace': 'shop', 'dst.cluster': 'Kubernetes', direction: 'inbound',
     });
   });
@@ -160,6 +159,6 @@ describe('access-log lines (ztunnel ConnectionResult and log_early_deny)', () =>
 
   it('"connection failed" for a connection refused before it was reported: addresses, direction, the error and its code', () => {
     expect(earlyDenyLine({ direction: 'outbound', src: { ip: '10.0.0.1', port: 1 }, dst: { ip: '10.96.0.99', port: 80 }, error: new MeshError('INPOD_ERR_NO_ROUTE', 'service x has no healthy endpoints') }))
-      .toEqual({ scope: 'access', 'src.addr': '10.0.0.1:1', 'dst.addr': '10.96.0.99:80', direction: 'outbound', error: 'service x has no healthy endpoints', code: 'INPOD_ERR_NO_ROUTE' });
+      .toEqual({ 'src.addr': '10.0.0.1:1', 'dst.addr': '10.96.0.99:80', direction: 'outbound', error: 'service x has no healthy endpoints', code: 'INPOD_ERR_NO_ROUTE' });
   });
 });

@@ -14,6 +14,7 @@ import { MeshError } from '../util/errors.js';
 import { startAdmin } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
 import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
+import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
@@ -25,6 +26,12 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
+                 [--auto-allow-waypoint-policy]  (Kubernetes state: as istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY, workloads
+                 behind a waypoint admit only it unless other ALLOW policies apply)
+                 [--ca-address https://istiod.istio-system.svc:15012 [--ca-root-ca FILE] [--auth-token FILE] [--cluster-id ID] [--alt-ca-hostname H]]
+                 (workload certificates from istiod's CA, as ztunnel's CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, CLUSTER_ID,
+                 ALT_CA_HOSTNAME; default root /var/run/secrets/istio/root-cert.pem, token /var/run/secrets/tokens/istio-token;
+                 without --ca-address the node-local CA in --ca-dir signs them)
                  env, as ztunnel's: HTTP2_STREAM_WINDOW_SIZE (4194304), HTTP2_CONNECTION_WINDOW_SIZE (16777216), HTTP2_FRAME_SIZE (1048576)
   inpod ztunnel workloads|services|policies [--admin-addr ${ADMIN_ADDR}]`;
 
@@ -54,6 +61,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'readiness-addr': { type: 'string', default: READINESS_ADDR },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
+      'auto-allow-waypoint-policy': { type: 'boolean', default: false },
+      'ca-address': { type: 'string' },
+      'ca-root-ca': { type: 'string' },
+      'auth-token': { type: 'string' },
+      'cluster-id': { type: 'string' },
+      'alt-ca-hostname': { type: 'string' },
     },
     strict: true,
   });
@@ -64,6 +77,10 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   // before anything starts: a malformed value refuses to start, as in ztunnel
   const hbone = http2LimitsFromEnv(process.env);
   const log = logger('ztunnel');
+  // Istio mode (--ca-address): checked before anything is started, so a bad flag or a missing root ends the process
+  const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
+  const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
+  if (caOpts) log.info({ ca: caOpts.address, root: caOpts.rootCertFile, token: caOpts.tokenFile ?? null }, 'workload certificates from istiod\'s CA');
   const state = new StateStore();
   if (v.config) {
     state.watchFile(v.config);
@@ -78,12 +95,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
   } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
     const [{ KubeStateSource }, { loadKubeConfig }] = await Promise.all([import('../state/kube.js'), import('../agent/kube.js')]);
-    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!);
+    const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!, { autoAllowWaypointPolicy: v['auto-allow-waypoint-policy'] });
     kube = src;
     await src.start();
-    log.info('state from the Kubernetes API (pods, nodes, services, endpointslices, authorizationpolicies)');
+    log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, state, log, fastPath, sameNode, hbone });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({

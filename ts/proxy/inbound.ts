@@ -1,8 +1,9 @@
 /**
  * The HBONE listener (15008, ztunnel's src/proxy/inbound.rs): what a CONNECT means. The
  * connection layer (mTLS, the peer's trust domain, HTTP/2 limits) is hbone/server.ts's; this
- * takes each admitted stream: only CONNECT, only to this connection's own destination and never
- * to the proxy's own ports, then `admit` (this pod's policy with the peer's verified identity,
+ * takes each admitted stream: only CONNECT, only to this connection's own destination (or, when
+ * this pod is a waypoint, to an address it is the waypoint of) and never to the proxy's own
+ * ports, then `admit` (this pod's policy with the peer's verified identity,
  * the app reached from the client's IP) and a relay. A refusal is an HTTP status: 400 malformed,
  * 401 denied by policy, 503 self call or app unreachable. As ztunnel's inbound.rs: the
  * connection is logged under the client's trace id (extract_traceparent), the service the client
@@ -25,6 +26,7 @@ import { ownAddresses, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
+import { isWaypointFor } from './waypoint.js';
 import { podListenerFd } from './sockets.js';
 
 /**
@@ -68,18 +70,24 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (headers[':method'] !== 'CONNECT') return early(400, `method ${String(headers[':method'])} is not CONNECT`);
   const authority = parseAuthority(String(headers[':authority'] ?? ''));
   if (!authority) return early(400, `authority "${String(headers[':authority'])}" is not ip:port`);
-  if (authority.ip !== localIp) return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}`);
+  // another address only when this pod is that address's waypoint (inbound.rs validate_destination)
+  const snap = pi.state.snapshot;
+  const self = snap.byUid.get(pi.info.uid);
+  if (authority.ip !== localIp && !isWaypointFor(snap, authority.ip, self, localIp)) {
+    return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}, and this pod is not its waypoint`);
+  }
+  // the app is always this pod's, at the authority's port (inbound.rs find_inbound_upstream)
+  const app = { ip: localIp, port: authority.port };
   // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
-  if (isSelfCall('inbound', authority, ownAddresses(pi))) return early(503, `${authority.ip}:${authority.port} is one of the proxy's own ports (self call)`);
-  const self = pi.state.snapshot.byUid.get(pi.info.uid);
+  if (isSelfCall('inbound', app, ownAddresses(pi))) return early(503, `${app.ip}:${app.port} is one of the proxy's own ports (self call)`);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...authority, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
+    dst: { ...app, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
     service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
   let up: net.Socket;
   try {
-    up = await admit(pi, conn.ctx, authority);
+    up = await admit(pi, conn.ctx, app);
   } catch (e) {
     const err = e as MeshError;
     conn.failed(err);

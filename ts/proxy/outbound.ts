@@ -26,7 +26,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   const dst = capturedDestination(pi, down, 'outbound');
   if (!dst) return;
   const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
-  const route = buildRoute(pi.state.snapshot, dst);
+  const route = buildRoute(pi.state.snapshot, dst, { source: { identity: pi.uri, ip: src.ip } });
   const trace = newTraceParent();
   if (route.kind === 'reject') {
     // as ztunnel's build_request failing: logged (in the connection's span), never reported as a connection

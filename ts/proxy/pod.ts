@@ -8,6 +8,7 @@
  */
 import type { Http2SecureServer, ServerHttp2Session } from 'node:http2';
 import type net from 'node:net';
+import type { SecureContextOptions } from 'node:tls';
 import type { Fd } from '../native/index.js';
 import { spiffeUri, type Identity } from '../identity/spiffe.js';
 import { PORTS } from '../istio.js';
@@ -22,6 +23,10 @@ export type { PodInfo } from './inputs.js';
 
 /** How often the served certificate is checked for a rotated one. */
 const CERT_CHECK_MS = 60_000;
+/** ... and how often while the pod has none (the manager retries the CA on its own backoff). */
+const CERT_RETRY_MS = 500;
+/** How long a pod's start waits for its first certificate before its HBONE listener opens without one. */
+const CERT_WAIT_MS = 5_000;
 
 let sandboxes = 0;
 
@@ -83,7 +88,7 @@ export class PodProxy {
   stop(): void {
     if (this.#stopped) return;
     this.#stopped = true;
-    clearInterval(this.#certTimer);
+    clearTimeout(this.#certTimer);
     this.inputs.pool.retire(this.inputs.poolOwner);
     const closing = this.#servers.splice(0).map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     for (const session of this.#sessions) if (!session.closed && !session.destroyed) session.close();
@@ -116,12 +121,25 @@ export class PodProxy {
     });
   }
 
-  /** The HBONE listener with the pod's certificate, swapped for the rotated one without touching open connections. */
+  /**
+   * The HBONE listener with the pod's own certificate, swapped for the rotated one without
+   * touching open connections. ztunnel fetches the pod's certificate for each inbound handshake
+   * (src/proxy/inbound.rs fetch_cert), so while none can be had its handshakes fail and nothing
+   * else is served: here the listener opens once the certificate is ready or after CERT_WAIT_MS
+   * without one, and while it holds none (or only an expired one) it has no certificate at all:
+   * every handshake fails, until the manager has a valid one again.
+   */
   async #hbone(): Promise<Http2SecureServer> {
     const { certs } = this.inputs;
-    const cert = await certs.get(this.identity);
-    this.#certSerial = cert.serial;
-    const server = await startInbound(this.inputs, cert);
+    let timeout: NodeJS.Timeout | undefined;
+    const first = await Promise.race([
+      certs.get(this.identity).catch((e: Error) => e),
+      new Promise<null>((r) => (timeout = setTimeout(() => r(null), CERT_WAIT_MS))),
+    ]).finally(() => clearTimeout(timeout));
+    const cert = first instanceof Error || first === null ? null : first;
+    if (!cert) this.#log.warn({ identity: this.inputs.uri, err: first instanceof Error ? first.message : 'still waiting for the CA' }, 'no certificate for the pod yet: HBONE handshakes to it fail until one is issued');
+    this.#certSerial = cert?.serial ?? '';
+    const server = await startInbound(this.inputs, cert ?? { chainPem: '', keyPem: '' });
     server.on('connection', (s: net.Socket) => this.#counted(s, 'destination'));
     server.on('session', (session: ServerHttp2Session) => {
       // a handshake that was under way when the pod stopped: told GOAWAY at once
@@ -129,14 +147,35 @@ export class PodProxy {
       this.#sessions.add(session);
       session.once('close', () => this.#sessions.delete(session));
     });
-    this.#certTimer = setInterval(() => {
+    const check = (): void => {
+      this.#certTimer = undefined;
       certs.get(this.identity).then((c) => {
         if (c.serial === this.#certSerial) return;
         this.#certSerial = c.serial;
-        server.setSecureContext({ cert: c.chainPem, key: c.keyPem, ca: certs.rootPem });
-      }, () => {});
-    }, CERT_CHECK_MS);
+        server.setSecureContext(hboneContext(certs.rootPem, c));
+        this.#log.info({ identity: c.identity, serial: c.serial }, 'hbone: serving the pod\'s new certificate');
+      }, (e: Error) => {
+        if (this.#certSerial === '') return;
+        this.#certSerial = '';
+        server.setSecureContext(hboneContext(certs.rootPem, null));
+        this.#log.warn({ identity: this.inputs.uri, err: e.message }, 'no valid certificate for the pod: HBONE handshakes to it fail until one is issued');
+      }).finally(() => {
+        if (this.#stopped) return;
+        this.#certTimer = setTimeout(check, this.#certSerial ? CERT_CHECK_MS : CERT_RETRY_MS);
+        this.#certTimer.unref();
+      });
+    };
+    this.#certTimer = setTimeout(check, this.#certSerial ? CERT_CHECK_MS : CERT_RETRY_MS);
     this.#certTimer.unref();
     return server;
   }
+}
+
+/**
+ * The listener's secure context for `cert` (null: none, every handshake fails). setSecureContext
+ * resets every TLS option it is not given (the minimum version included, which would let TLS 1.2
+ * in after a rotation): the versions of hbone/server.ts are given again.
+ */
+function hboneContext(rootPem: string, cert: { chainPem: string; keyPem: string } | null): SecureContextOptions {
+  return { ...(cert ? { cert: cert.chainPem, key: cert.keyPem } : {}), ca: rootPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
 }

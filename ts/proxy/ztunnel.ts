@@ -12,6 +12,7 @@ import { fstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertManager } from '../identity/manager.js';
 import { LocalCa } from '../identity/ca.js';
+import type { IdentityProvider } from '../identity/provider.js';
 import { StateStore } from '../state/store.js';
 import { logger, type Logger } from '../util/log.js';
 import type { Fd } from '../native/index.js';
@@ -30,6 +31,8 @@ export interface ZtunnelOptions {
   caDir: string;
   state: StateStore;
   certTtlMs?: number;
+  /** where workload certificates come from (default: the node-local CA in caDir) */
+  identity?: IdentityProvider;
   log?: Logger;
   /**
    * splice passthrough / plaintext-inbound connections in the kernel: 'on' as soon as the proxy
@@ -82,7 +85,7 @@ export class Ztunnel {
   }
 
   static async create(opts: ZtunnelOptions): Promise<Ztunnel> {
-    const ca = await LocalCa.open(opts.caDir, opts.trustDomain);
+    const ca = opts.identity ?? (await LocalCa.open(opts.caDir, opts.trustDomain));
     return new Ztunnel(opts, new CertManager(ca, { ttlMs: opts.certTtlMs }));
   }
 
@@ -146,6 +149,9 @@ export class Ztunnel {
     if (!pod) return;
     this.#stop(pod);
     this.pods.delete(uid);
+    // its identity's last pod on this node: its certificate is no longer refreshed (ztunnel's
+    // cert_fetcher.rs clear_cert -> forget_certificate)
+    if (![...this.pods.values()].some((p) => p.inputs.uri === pod.inputs.uri)) this.certs.forget(pod.identity);
     this.log.info({ uid, pod: pod.info.name, ns: pod.info.namespace }, 'pod removed');
   }
 
@@ -228,6 +234,7 @@ export class Ztunnel {
     if (o.drain) await Promise.all(pods.map((p) => p.drained));
     this.pool.close();
     this.fastPath.close();
+    this.certs.close();
   }
 }
 

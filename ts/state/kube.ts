@@ -3,8 +3,9 @@
  * account, labels, node; HBONE for pods the agent enrolled; workload name, canonical service and
  * revision, cluster and the node's locality as istiod derives them, workloadmeta.ts), services
  * from Services (cluster IPs, ports) joined with EndpointSlices (membership, named target ports),
- * and Istio AuthorizationPolicy objects. Watched live with informers; each change rebuilds the
- * snapshot.
+ * and Istio AuthorizationPolicy objects; waypoints of services and pods from `istio.io/use-waypoint`
+ * labels on them and their Namespaces and from waypoint Gateways (waypoints.ts, as istiod).
+ * Watched live with informers; each change rebuilds the snapshot.
  */
 // types only at the top: the client (tens of MB) is loaded by KubeStateSource.start, so the
 // manifest-directory and config-file modes never load it
@@ -12,9 +13,14 @@ import type * as k8s from '@kubernetes/client-node';
 import { MeshError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
+import type { Authorization } from '../policy/rbac.js';
 import type { MeshState, Policy, Service, Workload } from './types.js';
 import type { StateStore } from './store.js';
 import { DEFAULT_CLUSTER_ID, nodeLocality, podWorkloadMeta } from './workloadmeta.js';
+import {
+  buildWaypoints, implicitPolicyKeys, implicitWaypointPolicy, waypointForService, waypointForWorkload,
+  type GatewayClassObject, type GatewayObject, type Meta, type Waypoint,
+} from './waypoints.js';
 
 const REDIRECTION = 'ambient.istio.io/redirection';
 
@@ -34,6 +40,16 @@ export interface KubeStateOptions {
   clusterId?: string;
   /** the cluster's nodes: a pod's locality is its node's topology labels */
   nodes?: NodeObject[];
+  /** the cluster's namespaces: their `istio.io/use-waypoint` labels */
+  namespaces?: { metadata?: Meta }[];
+  /** gateway.networking.k8s.io Gateways and GatewayClasses: the waypoints */
+  gateways?: GatewayObject[];
+  gatewayClasses?: GatewayClassObject[];
+  /**
+   * istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY (off by default, as there): every workload behind a
+   * waypoint names an ALLOW policy for the waypoint's service accounts (waypoints.ts)
+   */
+  autoAllowWaypointPolicy?: boolean;
 }
 
 /** Pure: builds the mesh state from the cluster's objects. */
@@ -50,6 +66,13 @@ export function buildKubeState(
   const svcOut: Service[] = [];
   const byUid = new Map<string, Workload>();
   const workloads: Workload[] = [];
+  const namespaces = new Map((opts.namespaces ?? []).map((n) => [n.metadata?.name ?? '', n.metadata?.labels ?? {}]));
+  const waypoints = buildWaypoints({
+    gateways: opts.gateways ?? [], gatewayClasses: opts.gatewayClasses ?? [], pods: pods as never, clusterDomain,
+    serviceNames: new Set(services.map((s) => `${s.metadata?.namespace ?? 'default'}/${s.metadata?.name ?? ''}`)),
+  });
+  const podWaypoint = new Map<Workload, Waypoint | undefined>();
+  const serviceWaypoint = new Map<string, Waypoint | undefined>();
   for (const p of pods) {
     const ips = (p.status?.podIPs ?? []).map((x) => x.ip).filter(Boolean) as string[];
     if (!ips.length && p.status?.podIP) ips.push(p.status.podIP);
@@ -72,6 +95,9 @@ export function buildKubeState(
     };
     const locality = localities.get(w.node);
     if (locality) w.locality = locality;
+    const wp = waypointForWorkload(p.metadata as Meta, namespaces, waypoints);
+    if (wp) w.waypoint = { ...wp.address };
+    podWaypoint.set(w, wp);
     workloads.push(w);
     byUid.set(w.uid, w);
   }
@@ -85,8 +111,10 @@ export function buildKubeState(
       if (sp.protocol && sp.protocol !== 'TCP') continue;
       ports[sp.port] = typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : 0; // named: from slices
     }
-    svcOut.push({ name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [] });
+    const wp = waypointForService(s.metadata as Meta ?? {}, namespaces, waypoints);
+    svcOut.push({ name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [], ...(wp ? { waypoint: { ...wp.address } } : {}) });
     const key = `${ns}/${hostname}`;
+    serviceWaypoint.set(key, wp);
     for (const slice of slices) {
       if (slice.metadata?.namespace !== ns || slice.metadata?.labels?.['kubernetes.io/service-name'] !== name) continue;
       for (const ep of slice.endpoints ?? []) {
@@ -101,7 +129,15 @@ export function buildKubeState(
       }
     }
   }
-  return { workloads, services: svcOut, policies: policies.map((p) => p as unknown as Policy) };
+  const state: MeshState = { workloads, services: svcOut, policies: policies.map((p) => p as unknown as Policy) };
+  if (opts.autoAllowWaypointPolicy) {
+    state.authorizations = [...waypoints.values()].map((w) => implicitWaypointPolicy(w, trustDomain)).filter((a): a is Authorization => a !== undefined);
+    for (const w of workloads) {
+      const keys = implicitPolicyKeys(podWaypoint.get(w), Object.keys(w.services).map((k) => serviceWaypoint.get(k)));
+      if (keys.length) w.authorizationPolicies = keys;
+    }
+  }
+  return state;
 }
 
 /** Keeps `store` equal to what the cluster says, until stopped. */
@@ -111,7 +147,12 @@ export class KubeStateSource {
   #timer?: NodeJS.Timeout;
   #stopped = false;
 
-  constructor(private readonly kc: k8s.KubeConfig, private readonly store: StateStore, private readonly trustDomain: string) {}
+  constructor(
+    private readonly kc: k8s.KubeConfig,
+    private readonly store: StateStore,
+    private readonly trustDomain: string,
+    private readonly opts: Pick<KubeStateOptions, 'autoAllowWaypointPolicy'> = {},
+  ) {}
 
   async start(): Promise<void> {
     const client = await import('@kubernetes/client-node');
@@ -137,6 +178,11 @@ export class KubeStateSource {
       mk('/apis/security.istio.io/v1/authorizationpolicies', async () =>
         (await custom.listClusterCustomObject({ group: 'security.istio.io', version: 'v1', plural: 'authorizationpolicies' })) as never),
       mk('/api/v1/nodes', () => core.listNode() as never),
+      mk('/api/v1/namespaces', () => core.listNamespace() as never),
+      mk('/apis/gateway.networking.k8s.io/v1/gateways', async () =>
+        (await custom.listClusterCustomObject({ group: 'gateway.networking.k8s.io', version: 'v1', plural: 'gateways' })) as never),
+      mk('/apis/gateway.networking.k8s.io/v1/gatewayclasses', async () =>
+        (await custom.listClusterCustomObject({ group: 'gateway.networking.k8s.io', version: 'v1', plural: 'gatewayclasses' })) as never),
     ];
     await Promise.all(lists.map((l) => l.start().catch(() => {})));
     this.#rebuildNow();
@@ -148,9 +194,10 @@ export class KubeStateSource {
   }
 
   #rebuildNow(): void {
-    const [pods, svcs, slices, pols, nodes] = this.#informers.map((i) => i.list());
-    this.store.set(buildKubeState(pods as k8s.V1Pod[], svcs as k8s.V1Service[], slices as Slice[], pols as unknown as Record<string, unknown>[], this.trustDomain,
-      { nodes: nodes as NodeObject[] }));
+    const [pods, svcs, slices, pols, nodes, namespaces, gateways, gatewayClasses] = this.#informers.map((i) => i.list());
+    this.store.set(buildKubeState(pods as k8s.V1Pod[], svcs as k8s.V1Service[], slices as Slice[], pols as unknown as Record<string, unknown>[], this.trustDomain, {
+      ...this.opts, nodes: nodes as NodeObject[], namespaces: namespaces as never, gateways: gateways as GatewayObject[], gatewayClasses: gatewayClasses as GatewayClassObject[],
+    }));
   }
 
   stop(): void {
@@ -162,7 +209,7 @@ export class KubeStateSource {
 
 /**
  * The same state from a directory of Kubernetes YAML (Pods with status.podIP, Services,
- * EndpointSlices, AuthorizationPolicies, Nodes), re-read on every change: one host without a cluster.
+ * EndpointSlices, AuthorizationPolicies, Nodes, Namespaces, Gateways, GatewayClasses), re-read on every change: one host without a cluster.
  * A file that cannot be read keeps what it held before and is named in a warning (and in the
  * store's lastError); objects that do not make a state (a podIPs that is not a list, ...) leave
  * the last good state in place.
@@ -195,8 +242,9 @@ export class ManifestStateSource {
     const of = (kind: string): unknown[] => objects.filter((d: ManifestObject) => d.kind === kind);
     let state: MeshState;
     try {
-      state = buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain,
-        { nodes: of('Node') as NodeObject[] });
+      state = buildKubeState(of('Pod') as k8s.V1Pod[], of('Service') as k8s.V1Service[], of('EndpointSlice') as Slice[], of('AuthorizationPolicy') as Record<string, unknown>[], this.trustDomain, {
+        nodes: of('Node') as NodeObject[], namespaces: of('Namespace') as never, gateways: of('Gateway') as GatewayObject[], gatewayClasses: of('GatewayClass') as GatewayClassObject[],
+      });
     } catch (e) {
       const err = new MeshError('INPOD_ERR_CONFIG', `${this.dir}: the manifests do not make a state (${(e as Error).message}); keeping the last good state`, { cause: e });
       this.#log.warn({ dir: this.dir, err: err.message }, 'manifests refused');

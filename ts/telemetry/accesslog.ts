@@ -29,7 +29,7 @@ function put(f: LogFields, key: string, v: string | undefined): void {
 export function connectionFields(d: Described, ctx: ConnContext): LogFields {
   const l = d.labels;
   const mtls = isMutualTls(ctx);
-  const f: LogFields = { scope: 'access', 'src.addr': socketAddr(ctx.src) };
+  const f: LogFields = { 'src.addr': socketAddr(ctx.src) };
   // the workloads' pod names, else their canonical service (ztunnel's ConnectionResultBuilder::new);
   // the served pod's name is known from ZDS even when the state lacks its workload
   const out = ctx.direction === 'outbound';
@@ -82,7 +82,7 @@ export function completeLine(d: Described, rec: ConnRecord, responseFlags: strin
 
 /** The "connection failed" line (warn) of a connection refused before it was reported: addresses, direction, error (and its code). */
 export function earlyDenyLine(r: EarlyRefusal): LogFields {
-  const f: LogFields = { scope: 'access', 'src.addr': socketAddr(r.src), 'dst.addr': socketAddr(r.dst), direction: r.direction, error: r.error.message };
+  const f: LogFields = { 'src.addr': socketAddr(r.src), 'dst.addr': socketAddr(r.dst), direction: r.direction, error: r.error.message };
   const code = (r.error as MeshError).code;
   if (typeof code === 'string') f.code = code;
   putSpan(f, r);

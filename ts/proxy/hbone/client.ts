@@ -69,10 +69,14 @@ function clientContext(cert: IssuedCert, rootPem: string): tls.SecureContext {
 /**
  * Connects to `req.target`: TCP from inside the source netns, mTLS with the source identity's
  * certificate, HTTP/2. Throws MeshError INPOD_ERR_HBONE_CONNECT (retryable; the message says
- * what to check), INPOD_ERR_HBONE_TLS or INPOD_ERR_HBONE_IDENTITY.
+ * what to check), INPOD_ERR_HBONE_TLS, INPOD_ERR_HBONE_IDENTITY, or INPOD_ERR_CA (no valid
+ * certificate of the source identity now: nothing was connected).
  */
 export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequest): Promise<HboneConnection> {
   const t = `${req.target.ip}:${req.target.port}`;
+  // the source's own certificate first, as ztunnel's pool does (src/proxy/pool.rs): without one
+  // (MeshError INPOD_ERR_CA) no connection is opened
+  const cert = await o.certs.get(src.identity);
   let sock;
   try {
     sock = await connectIn(src.nsFd, req.target, { mark: MARKS.proxy, timeoutMs: o.connectTimeoutMs });
@@ -81,7 +85,6 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
     const hint = code === 'ETIMEDOUT' ? `timed out; is a NetworkPolicy blocking HBONE (port ${PORTS.hbone})?` : code === 'ECONNREFUSED' ? 'was refused; is the destination proxy running and the pod enrolled?' : `failed (${code ?? (e as Error).message})`;
     throw new MeshError('INPOD_ERR_HBONE_CONNECT', `connection to ${t} ${hint}`, { retryable: true, cause: e });
   }
-  const cert = await o.certs.get(src.identity);
   let peerIdentity = '';
   const tlsSock = tls.connect({
     socket: sock,
