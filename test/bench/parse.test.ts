@@ -4,7 +4,8 @@ import { parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/b
 import { parseCgroupUsage, parsePidStat, parseProcStat, parseRssKb, parseSoftirqs } from '../../ts/bench/cpu.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
 import { ALL_CONFIGS } from '../../ts/bench/env.js';
-import { percentile, ratio, stat } from '../../ts/bench/stats.js';
+import { configsOf } from '../../ts/bench/report.js';
+import { percentile, ratio, stat, type Row } from '../../ts/bench/stats.js';
 
 const WRK = `Running 2s test @ http://10.200.113.3:80/1k
   1 threads and 16 connections
@@ -86,5 +87,12 @@ describe('bench summaries and options', () => {
     expect(o).toMatchObject({ proxy: true, enroll: null });
     expect(parseBenchArgs(['--configs', 'nomesh,ebpf'])).toMatchObject({ proxy: false, configs: ['nomesh', 'ebpf'] });
     expect(() => parseBenchArgs(['--configs', 'fast'])).toThrow(/--configs fast: choose from nomesh, iptables, ebpf/);
+  });
+
+  it("runs proxy-h2default (proxy-ebpf with Node's HTTP/2 defaults, the before of ztunnel's settings) only when --configs names it", () => {
+    expect(parseBenchArgs([]).configs).not.toContain('proxy-h2default');
+    expect(parseBenchArgs(['--configs', 'proxy-h2default,proxy-ebpf'])).toMatchObject({ proxy: true, configs: ['proxy-ebpf', 'proxy-h2default'] });
+    // and the report lists its rows (it listed only ALL_CONFIGS' before this change)
+    expect(configsOf([{ config: 'proxy-h2default' }, { config: 'proxy-ebpf' }] as Row[])).toEqual(['proxy-ebpf', 'proxy-h2default']);
   });
 });

@@ -252,7 +252,7 @@ services:
     }
   });
 
-  it('interoperates with an independent HTTP/2 client (python h2 over ssl)', async () => {
+  it("interoperates with an independent HTTP/2 client (python h2 over ssl), which reads ztunnel's SETTINGS and connection window (src/proxy/h2/server.rs serve_connection)", async () => {
     const certs = zt.certs;
     const id = await certs.get({ trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'sleep' });
     writeFileSync(join(dir, 'c.pem'), id.chainPem);
@@ -266,6 +266,9 @@ services:
       mismatch: { status: 400 },
       noCert: 'handshake failed',
       otherCa: 'handshake failed',
+      // MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE; the
+      // connection window raised from 65,535 to 16 MiB
+      wire: { settings: { 3: 200, 4: 4 * 1024 * 1024, 5: 1024 * 1024, 6: 65536 }, connectionWindowUpdates: [16 * 1024 * 1024 - 65535] },
     });
   });
 });

@@ -9,7 +9,7 @@
  * implicit waypoint ALLOW policy, enforced by ztunnel state.rs assert_rbac).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
+import type { Http2SecureServer, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
@@ -19,6 +19,7 @@ import { LocalCa } from '../../ts/identity/ca.js';
 import { CertManager } from '../../ts/identity/manager.js';
 import { openPath, type Fd } from '../../ts/native/index.js';
 import { answered, dialHbone, sendConnect } from '../../ts/proxy/hbone/client.js';
+import { DEFAULT_HBONE_LIMITS } from '../../ts/proxy/hbone/limits.js';
 import { createHboneServer } from '../../ts/proxy/hbone/server.js';
 import { podListenerFd } from '../../ts/proxy/sockets.js';
 import { Ztunnel } from '../../ts/proxy/ztunnel.js';
@@ -52,12 +53,13 @@ describe('waypoints on the data path', () => {
   /** The fake waypoint: answers each CONNECT by tunnelling on to the server pod's 15008 as itself. */
   async function startFakeWaypoint(certs: CertManager): Promise<void> {
     const cert = await certs.get(WAYPOINT_ID);
-    const forward = async (stream: ServerHttp2Stream): Promise<void> => {
+    const forward = async (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): Promise<void> => {
       const req = { target: { ip: server.ip, port: 15008 }, authority: { ip: server.ip, port: 8080 }, identities: [`spiffe://${TD}/ns/shop/sa/web`] };
-      const src = { owner: 'fake-waypoint', nsFd: wpNs.fd, identity: WAYPOINT_ID, ip: waypoint.ip, baggage: '' };
+      const src = { owner: 'fake-waypoint', nsFd: wpNs.fd, identity: WAYPOINT_ID, ip: waypoint.ip };
       try {
-        const { session } = await dialHbone({ certs, connectTimeoutMs: 3000, keepalive: { pingIntervalMs: 60_000, pingTimeoutMs: 10_000 } }, src, req);
-        const up = sendConnect(session, src, req);
+        const { session } = await dialHbone({ certs, connectTimeoutMs: 3000, h2: { ...DEFAULT_HBONE_LIMITS, pingIntervalMs: 60_000, pingTimeoutMs: 10_000 } }, src, req);
+        // the client's own headers carried on, as a waypoint propagates them
+        const up = sendConnect(session, req, { baggage: String(headers.baggage ?? ''), forwarded: String(headers.forwarded ?? ''), traceparent: String(headers.traceparent ?? '') });
         await answered(up, req);
         stream.respond({ ':status': 200 });
         stream.pipe(up).pipe(stream);
@@ -70,7 +72,7 @@ describe('waypoints on the data path', () => {
       cert: cert.chainPem, key: cert.keyPem, ca: certs.rootPem, trustDomain: TD, log: pino({ level: 'silent' }),
       onStream: async ({ stream, headers, peer }) => {
         seen.push({ authority: String(headers[':authority']), peer: `spiffe://${peer.trustDomain}/ns/${peer.namespace}/sa/${peer.serviceAccount}` });
-        await forward(stream);
+        await forward(stream, headers);
       },
     });
     const fd = podListenerFd(wpNs.fd, 15008);

@@ -1,9 +1,10 @@
 /**
  * An HTTP/2 peer that writes raw frames (RFC 9113) over mutual TLS, for attacks a well-behaved
  * client library will not send: rapid reset, floods of SETTINGS/PING/CONTINUATION, more streams
- * than the server allows. It reads back only frame headers, GOAWAY codes and response HEADERS.
- * Header blocks are HPACK literals without indexing (RFC 7541 6.2.2), no Huffman: enough for
- * `:method CONNECT` and `:authority`.
+ * than the server allows. It reads back frame headers, GOAWAY codes, response HEADERS, and the
+ * SETTINGS and WINDOW_UPDATE frames decoded (what a peer announced). Header blocks are HPACK
+ * literals without indexing (RFC 7541 6.2.2), no Huffman: enough for `:method CONNECT`,
+ * `:authority` and plain headers.
  */
 import tls from 'node:tls';
 import type net from 'node:net';
@@ -12,7 +13,7 @@ import { until } from '../netns/lab.js';
 export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
 export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
 export const ERR = { NO_ERROR: 0, PROTOCOL_ERROR: 1, REFUSED_STREAM: 7, CANCEL: 8, ENHANCE_YOUR_CALM: 0xb } as const;
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
 export function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(9);
@@ -30,9 +31,52 @@ function literal(staticIndex: number, value: string): Buffer {
   return Buffer.concat([Buffer.from([staticIndex, v.length]), v]);
 }
 
-/** The header block of `CONNECT authority` (static table: 1 = :authority, 2 = :method). */
-export function connectBlock(authority: string): Buffer {
-  return Buffer.concat([literal(2, 'CONNECT'), literal(1, authority)]);
+/** HPACK: literal header field without indexing, new name (RFC 7541 6.2.2, second form). */
+function literalNew(name: string, value: string): Buffer {
+  const n = Buffer.from(name);
+  const v = Buffer.from(value);
+  if (n.length > 126 || v.length > 126) throw new Error('name or value too long for this encoder');
+  return Buffer.concat([Buffer.from([0, n.length]), n, Buffer.from([v.length]), v]);
+}
+
+/** The header block of `CONNECT authority` (static table: 1 = :authority, 2 = :method), then `extra` headers. */
+export function connectBlock(authority: string, extra: Record<string, string> = {}): Buffer {
+  return Buffer.concat([literal(2, 'CONNECT'), literal(1, authority), ...Object.entries(extra).map(([k, v]) => literalNew(k, v))]);
+}
+
+/** SETTINGS parameters by their RFC 9113 6.5.2 identifiers. */
+export const SETTING = { HEADER_TABLE_SIZE: 1, ENABLE_PUSH: 2, MAX_CONCURRENT_STREAMS: 3, INITIAL_WINDOW_SIZE: 4, MAX_FRAME_SIZE: 5, MAX_HEADER_LIST_SIZE: 6 } as const;
+
+/** A SETTINGS payload as its (identifier, value) pairs, in the order sent. */
+export function decodeSettings(payload: Buffer): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0; i + 6 <= payload.length; i += 6) out.push([payload.readUInt16BE(i), payload.readUInt32BE(i + 2)]);
+  return out;
+}
+
+export interface Frame {
+  type: number;
+  flags: number;
+  stream: number;
+  payload: Buffer;
+}
+
+/** Splits a byte stream into HTTP/2 frames (after any preface the caller removed). */
+export class FrameReader {
+  #buf = Buffer.alloc(0);
+
+  /** The frames completed by `d`, in order. */
+  push(d: Buffer): Frame[] {
+    this.#buf = Buffer.concat([this.#buf, d]);
+    const out: Frame[] = [];
+    while (this.#buf.length >= 9) {
+      const len = this.#buf.readUIntBE(0, 3);
+      if (this.#buf.length < 9 + len) break;
+      out.push({ type: this.#buf[3]!, flags: this.#buf[4]!, stream: this.#buf.readUInt32BE(5) & 0x7fffffff, payload: Buffer.from(this.#buf.subarray(9, 9 + len)) });
+      this.#buf = this.#buf.subarray(9 + len);
+    }
+    return out;
+  }
 }
 
 export interface RawPeerOptions {
@@ -51,14 +95,18 @@ export interface Seen {
   rst: Map<number, number>;
   /** streams that got a response HEADERS */
   responded: Set<number>;
+  /** each SETTINGS frame (not ACK) the server sent, decoded */
+  settings: [number, number][][];
+  /** each WINDOW_UPDATE the server sent */
+  windowUpdates: { stream: number; increment: number }[];
   closed: boolean;
 }
 
 export class RawH2Peer {
-  readonly seen: Seen = { frames: {}, goaway: [], rst: new Map(), responded: new Set(), closed: false };
+  readonly seen: Seen = { frames: {}, goaway: [], rst: new Map(), responded: new Set(), settings: [], windowUpdates: [], closed: false };
   /** answer the server's PINGs (a live peer does; a stalled one does not) */
   answerPings = false;
-  #buf = Buffer.alloc(0);
+  readonly #frames = new FrameReader();
   #nextStream = 1;
 
   private constructor(readonly tls: tls.TLSSocket) {
@@ -95,10 +143,10 @@ export class RawH2Peer {
     return id;
   }
 
-  /** HEADERS (END_HEADERS) for CONNECT `authority` on a new stream; returns its id. */
-  connectStream(authority: string): { id: number; bytes: Buffer } {
+  /** HEADERS (END_HEADERS) for CONNECT `authority` (and `extra` headers) on a new stream; returns its id. */
+  connectStream(authority: string, extra: Record<string, string> = {}): { id: number; bytes: Buffer } {
     const id = this.stream();
-    return { id, bytes: frame(FRAME.HEADERS, FLAG.END_HEADERS, id, connectBlock(authority)) };
+    return { id, bytes: frame(FRAME.HEADERS, FLAG.END_HEADERS, id, connectBlock(authority, extra)) };
   }
 
   /** Resolves once `cond` holds or the connection closed; throws naming `what` after `ms`. */
@@ -111,21 +159,16 @@ export class RawH2Peer {
   }
 
   #read(d: Buffer): void {
-    this.#buf = Buffer.concat([this.#buf, d]);
-    while (this.#buf.length >= 9) {
-      const len = this.#buf.readUIntBE(0, 3);
-      if (this.#buf.length < 9 + len) return;
-      const type = this.#buf[3]!;
-      const flags = this.#buf[4]!;
-      const stream = this.#buf.readUInt32BE(5) & 0x7fffffff;
-      const payload = this.#buf.subarray(9, 9 + len);
-      this.#buf = this.#buf.subarray(9 + len);
+    for (const { type, flags, stream, payload } of this.#frames.push(d)) {
       this.seen.frames[type] = (this.seen.frames[type] ?? 0) + 1;
       if (type === FRAME.GOAWAY && payload.length >= 8) this.seen.goaway.push(payload.readUInt32BE(4));
       else if (type === FRAME.RST_STREAM && payload.length >= 4) this.seen.rst.set(stream, payload.readUInt32BE(0));
       else if (type === FRAME.HEADERS) this.seen.responded.add(stream);
-      else if (type === FRAME.SETTINGS && !(flags & FLAG.ACK)) this.write(frame(FRAME.SETTINGS, FLAG.ACK, 0));
-      else if (type === FRAME.PING && !(flags & FLAG.ACK) && this.answerPings) this.write(frame(FRAME.PING, FLAG.ACK, 0, Buffer.from(payload)));
+      else if (type === FRAME.WINDOW_UPDATE && payload.length >= 4) this.seen.windowUpdates.push({ stream, increment: payload.readUInt32BE(0) & 0x7fffffff });
+      else if (type === FRAME.SETTINGS && !(flags & FLAG.ACK)) {
+        this.seen.settings.push(decodeSettings(payload));
+        this.write(frame(FRAME.SETTINGS, FLAG.ACK, 0));
+      } else if (type === FRAME.PING && !(flags & FLAG.ACK) && this.answerPings) this.write(frame(FRAME.PING, FLAG.ACK, 0, payload));
     }
   }
 }

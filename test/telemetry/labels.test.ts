@@ -149,6 +149,14 @@ describe('access-log lines (ztunnel ConnectionResult and log_early_deny)', () =>
     });
   });
 
+  it('carries the connection\'s span as ztunnel\'s JSON log does (outbound.rs info_span!("outbound", id), inbound.rs info_span!("inbound", id, peer); telemetry.rs writes a span as an object under its name)', () => {
+    const id = '4bf92f3577b34da6a3ce929d0e0e4736';
+    expect(connectionFields(describeConn(snap, outboundHbone), { ...outboundHbone, traceId: id }).outbound).toEqual({ id });
+    expect(connectionFields(describeConn(snap, inboundHbone), { ...inboundHbone, traceId: id }).inbound).toEqual({ id, peer: socketAddr(inboundHbone.src) });
+    expect(connectionFields(describeConn(snap, outboundHbone), outboundHbone)).not.toHaveProperty('outbound');
+    expect(earlyDenyLine({ direction: 'inbound', src: { ip: '10.0.0.1', port: 1 }, dst: { ip: '10.0.0.2', port: 15008 }, error: new Error('400: bad'), traceId: id }).inbound).toEqual({ id, peer: '10.0.0.1:1' });
+  });
+
   it('"connection failed" for a connection refused before it was reported: addresses, direction, the error and its code', () => {
     expect(earlyDenyLine({ direction: 'outbound', src: { ip: '10.0.0.1', port: 1 }, dst: { ip: '10.96.0.99', port: 80 }, error: new MeshError('INPOD_ERR_NO_ROUTE', 'service x has no healthy endpoints') }))
       .toEqual({ 'src.addr': '10.0.0.1:1', 'dst.addr': '10.96.0.99:80', direction: 'outbound', error: 'service x has no healthy endpoints', code: 'INPOD_ERR_NO_ROUTE' });

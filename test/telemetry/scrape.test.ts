@@ -278,6 +278,11 @@ spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
     const inb = complete().find((l) => l.direction === 'inbound' && l['dst.service'] === 'web.shop.svc.cluster.local' && l['src.identity'] === SLEEP && !l.error)!;
     // the destination's view: it sent the response and received the request
     expect(inb).toMatchObject({ 'dst.addr': `${server.ip}:15008`, 'dst.hbone_addr': `${server.ip}:8080`, bytes_sent: 'web:via the service'.length, bytes_recv: 'via the service'.length });
+    // both proxies log the connection in its span, under the trace id its CONNECT carried
+    // (ztunnel outbound.rs info_span!("outbound", id), inbound.rs extract_traceparent)
+    const id = (out.outbound as { id?: string } | undefined)?.id ?? '';
+    expect(id).toMatch(/^[0-9a-f]{32}$/);
+    await until('the inbound line under the same trace id', () => complete().some((l) => l.direction === 'inbound' && (l.inbound as { id?: string } | undefined)?.id === id), { context: () => log });
     const denied = complete().filter((l) => l.response_flags === 'DENY');
     expect(denied.map((l) => [l.direction, l.level])).toEqual(expect.arrayContaining([['inbound', 50], ['outbound', 50]]));
     expect(lines().filter((l) => l.msg === 'connection opened').length).toBeGreaterThanOrEqual(complete().length);

@@ -21,7 +21,7 @@ import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
 import { ZdsServer } from '../zds/server.js';
 import { pino } from 'pino';
 
-export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath';
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath' | 'proxy-h2default';
 export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
 /**
  * With --proxy: the real proxy (inpod ztunnel). HBONE between two enrolled pods under each
@@ -30,6 +30,16 @@ export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
  */
 export const PROXY_CONFIGS: ConfigName[] = ['proxy-iptables', 'proxy-ebpf', 'proxy-passthrough', 'proxy-fastpath'];
 export const ALL_CONFIGS: ConfigName[] = [...CONFIGS, ...PROXY_CONFIGS];
+/**
+ * Rows only --configs asks for. proxy-h2default: proxy-ebpf with Node's HTTP/2 defaults (64 KiB
+ * windows, 16 KiB frames) in place of ztunnel's, through ztunnel's own environment variables:
+ * the "before" of issue 16's HTTP/2 settings, measured beside proxy-ebpf in one run.
+ */
+export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default'];
+/** Every row, in the order runs and reports list them. */
+export const KNOWN_CONFIGS: ConfigName[] = [...ALL_CONFIGS, ...OPTIONAL_CONFIGS];
+/** Node's HTTP/2 defaults (nghttp2: RFC 9113's initial window and frame size), as ztunnel's variables. */
+const NODE_H2_DEFAULTS = ['HTTP2_STREAM_WINDOW_SIZE=65535', 'HTTP2_CONNECTION_WINDOW_SIZE=65535', 'HTTP2_FRAME_SIZE=16384'];
 export const CONFIG_LABEL: Record<ConfigName, string> = {
   nomesh: 'no mesh',
   iptables: 'capture-only, iptables',
@@ -38,6 +48,7 @@ export const CONFIG_LABEL: Record<ConfigName, string> = {
   'proxy-ebpf': 'proxy (HBONE), eBPF',
   'proxy-passthrough': 'proxy passthrough, eBPF, userspace copy',
   'proxy-fastpath': 'proxy passthrough, eBPF + fast path',
+  'proxy-h2default': "proxy (HBONE), eBPF, Node's HTTP/2 defaults",
 };
 
 /** The capture backend a configuration uses (null: no mesh). */
@@ -106,7 +117,7 @@ export class BenchEnv {
       await be.install();
     }
     for (const name of this.names) {
-      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!; // pi pe pp pf
+      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!; // pi pe pp pf ph
       const client = await this.node.addPod(`${short}c`);
       const server = await this.node.addPod(`${short}s`);
       for (const pod of [client, server]) await inNetns(pod.netnsPath, ['sysctl', '-qw', ...POD_SYSCTLS]);
@@ -156,7 +167,7 @@ export class BenchEnv {
     zds.start();
     this.#zds.push(zds);
     const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null }; // the host netns: it enters the pods itself
-    const proc = await this.daemons.start(at, ['env', 'INPOD_LOG_LEVEL=warn', process.execPath, CLI, 'ztunnel', '--config', cfg, '--zds', sock,
+    const proc = await this.daemons.start(at, ['env', 'INPOD_LOG_LEVEL=warn', ...(name === 'proxy-h2default' ? NODE_H2_DEFAULTS : []), process.execPath, CLI, 'ztunnel', '--config', cfg, '--zds', sock,
       '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0',
       '--fast-path', name === 'proxy-passthrough' ? 'off' : 'on']);
     for (let i = 0; i < 200 && !ready; i++) await new Promise((r) => setTimeout(r, 50));

@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, type ConfigName } from './env.js';
+import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, KNOWN_CONFIGS, OPTIONAL_CONFIGS, type ConfigName } from './env.js';
 import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
@@ -49,7 +49,7 @@ export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--co
                       no mesh vs capture-only iptables vs capture-only eBPF vs the real proxy (HBONE
                       under each backend; passthrough with and without the kernel fast path; not in
                       --quick unless --proxy), and enrollment timing. --configs runs only those rows
-                      (${ALL_CONFIGS.join(', ')})`;
+                      (${KNOWN_CONFIGS.join(', ')}; ${OPTIONAL_CONFIGS.join(', ')} only when named)`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
 
@@ -83,9 +83,9 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
   let configs: ConfigName[] = proxy ? ALL_CONFIGS : CONFIGS;
   if (values.configs) {
     const asked = values.configs.split(',').map((c) => c.trim()).filter(Boolean);
-    const bad = asked.filter((c) => !(ALL_CONFIGS as string[]).includes(c));
-    if (bad.length || !asked.length) throw new MeshError('INPOD_ERR_USAGE', `--configs ${values.configs}: choose from ${ALL_CONFIGS.join(', ')}`);
-    configs = ALL_CONFIGS.filter((c) => asked.includes(c));
+    const bad = asked.filter((c) => !(KNOWN_CONFIGS as string[]).includes(c));
+    if (bad.length || !asked.length) throw new MeshError('INPOD_ERR_USAGE', `--configs ${values.configs}: choose from ${KNOWN_CONFIGS.join(', ')}`);
+    configs = KNOWN_CONFIGS.filter((c) => asked.includes(c));
   }
   const pods = int(values.pods, 'pods', 1);
   const defaults = quick ? [10, 50] : [10, 100, 250];

@@ -3,7 +3,7 @@
  * mesh and eBPF against iptables, CPU per unit of work, the enrollment rows and per-pod kernel
  * state, and how it was measured (host, versions, commands, repetitions). Pure given its input.
  */
-import { ALL_CONFIGS, CONFIG_LABEL, type ConfigName } from './env.js';
+import { CONFIG_LABEL, KNOWN_CONFIGS, type ConfigName } from './env.js';
 import { PORTS } from '../istio.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
@@ -46,7 +46,7 @@ function table(head: string[], body: string[][]): string {
 
 /** The configurations present in the rows, in the run's order. */
 export function configsOf(rows: Row[]): ConfigName[] {
-  return ALL_CONFIGS.filter((c) => rows.some((r) => r.config === c));
+  return KNOWN_CONFIGS.filter((c) => rows.some((r) => r.config === c));
 }
 
 export function find(rows: Row[], w: WorkloadName, c: ConfigName): Row | undefined {
@@ -66,7 +66,7 @@ function figures(): [string, WorkloadName, (r: Row) => Stat | undefined, number]
 }
 
 /** Ratios of the headline figures, for the README and the JSON. */
-export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null; proxyEbpfVsIptables: Ratio | null; fastVsUserspace: Ratio | null }> {
+export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null; proxyEbpfVsIptables: Ratio | null; fastVsUserspace: Ratio | null; h2ZtunnelVsNode: Ratio | null }> {
   const out: ReturnType<typeof headlineRatios> = {};
   for (const [label, w, pick] of figures()) {
     const g = (c: ConfigName): Stat | undefined => {
@@ -74,7 +74,7 @@ export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ra
       return r ? pick(r) : undefined;
     };
     const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
-    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')) };
+    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')) };
   }
   return out;
 }
@@ -99,8 +99,9 @@ function trafficSection(rows: Row[]): string {
   const ratios = headlineRatios(rows);
   const withProxy = configs.includes('proxy-ebpf');
   const withFast = configs.includes('proxy-fastpath') && configs.includes('proxy-passthrough');
+  const withH2 = configs.includes('proxy-ebpf') && configs.includes('proxy-h2default');
   const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables),
-    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : [])]);
+    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : [])]);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
     for (const c of configs) {
@@ -121,7 +122,7 @@ function trafficSection(rows: Row[]): string {
     'Above 1 is more for the first configuration: better for rates, worse for latency and CPU.',
     '',
     table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables', ...(withProxy ? ['proxy eBPF / proxy iptables'] : []),
-      ...(withFast ? ['fast path / userspace passthrough'] : [])], rbody),
+      ...(withFast ? ['fast path / userspace passthrough'] : []), ...(withH2 ? ["ztunnel's HTTP/2 settings / Node's defaults (proxy eBPF)"] : [])], rbody),
     '',
     '### CPU seconds per unit of work',
     '',

@@ -13,6 +13,7 @@ import { logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { startAdmin, type AdminServers } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
+import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
 import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
@@ -31,6 +32,7 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F |
                  (workload certificates from istiod's CA, as ztunnel's CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, CLUSTER_ID,
                  ALT_CA_HOSTNAME; default root /var/run/secrets/istio/root-cert.pem, token /var/run/secrets/tokens/istio-token;
                  without --ca-address the node-local CA in --ca-dir signs them)
+                 env, as ztunnel's: HTTP2_STREAM_WINDOW_SIZE (4194304), HTTP2_CONNECTION_WINDOW_SIZE (16777216), HTTP2_FRAME_SIZE (1048576)
   inpod ztunnel workloads|services|policies|certificates [--admin-addr ${ADMIN_ADDR}]`;
 
 /** What `inpod ztunnel <what>` prints: a section of the proxy's /config_dump (ztunnel's shape). */
@@ -80,6 +82,8 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
   const sameNode = v['same-node'];
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
+  // before anything starts: a malformed value refuses to start, as in ztunnel
+  const hbone = http2LimitsFromEnv(process.env);
   const log = logger('ztunnel');
   // Istio mode (--ca-address): checked before anything is started, so a bad flag or a missing root ends the process
   const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
@@ -104,7 +108,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({

@@ -27,6 +27,11 @@ export interface ConnContext {
   service?: { hostname: string; name: string; namespace: string };
   /** outbound: the address the app connected to (a service VIP before its endpoint was picked) */
   originalDst?: { ip: string; port: number };
+  /**
+   * the W3C trace id (32 hex digits) the connection is logged under: outbound, a new one per
+   * connection, sent in the CONNECT's traceparent; inbound HBONE, the client's (ztunnel's span id)
+   */
+  traceId?: string;
 }
 
 export interface Decision {
@@ -68,6 +73,8 @@ export interface EarlyRefusal {
   dst: { ip: string; port: number };
   /** why, for the log line; `code` is kept with it when it is a MeshError */
   error: Error;
+  /** the trace id the refusal is logged under (outbound: the connection's; inbound HBONE: the client's traceparent), ztunnel's span */
+  traceId?: string;
 }
 
 /**

@@ -5,7 +5,10 @@
  * this pod is a waypoint, to an address it is the waypoint of) and never to the proxy's own
  * ports, then `admit` (this pod's policy with the peer's verified identity,
  * the app reached from the client's IP) and a relay. A refusal is an HTTP status: 400 malformed,
- * 401 denied by policy, 503 self call or app unreachable.
+ * 401 denied by policy, 503 self call or app unreachable. As ztunnel's inbound.rs: the
+ * connection is logged under the client's trace id (extract_traceparent), the service the client
+ * addressed is read from `forwarded` (parse_forwarded_host), and the 200 carries this workload's
+ * `baggage` (build_response).
  */
 import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';
@@ -14,7 +17,10 @@ import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
+import { socketAddr } from '../util/sockaddr.js';
+import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
+import type { ConnContext } from './hooks.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
@@ -51,13 +57,14 @@ export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainP
  */
 async function serveStream(pi: PodInputs, { stream, headers, peer, remote, localIp }: HboneStreamContext): Promise<void> {
   const started = Date.now();
+  const traceId = (parseTraceParent(headers.traceparent) ?? newTraceParent()).traceId;
   const refuse = (status: number, why: string): void => {
-    pi.log.debug({ status, why, authority: headers[':authority'] }, 'hbone: request rejected');
+    pi.log.debug({ inbound: { id: traceId, peer: socketAddr(remote) }, status, why, authority: headers[':authority'] }, 'hbone: request rejected');
     respond(stream, status, true);
   };
   // refused before it is reported (ztunnel's build_inbound_request failing): the access log's "connection failed"
   const early = (status: number, why: string): void => {
-    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`) });
+    pi.observer.refused({ direction: 'inbound', src: remote, dst: { ip: localIp, port: PORTS.hbone }, error: new Error(`${status}: ${why}`), traceId });
     refuse(status, why);
   };
   if (headers[':method'] !== 'CONNECT') return early(400, `method ${String(headers[':method'])} is not CONNECT`);
@@ -65,7 +72,8 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (!authority) return early(400, `authority "${String(headers[':authority'])}" is not ip:port`);
   // another address only when this pod is that address's waypoint (inbound.rs validate_destination)
   const snap = pi.state.snapshot;
-  if (authority.ip !== localIp && !isWaypointFor(snap, authority.ip, snap.byUid.get(pi.info.uid), localIp)) {
+  const self = snap.byUid.get(pi.info.uid);
+  if (authority.ip !== localIp && !isWaypointFor(snap, authority.ip, self, localIp)) {
     return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}, and this pod is not its waypoint`);
   }
   // the app is always this pod's, at the authority's port (inbound.rs find_inbound_upstream)
@@ -75,6 +83,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
     dst: { ...app, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
+    service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
   let up: net.Socket;
   try {
@@ -89,15 +98,30 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
     conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
     return;
   }
-  respond(stream, 200, false);
+  respond(stream, 200, false, baggageOf(self ?? pi.info));
   relay(stream, up, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
 }
 
-/** Answers a stream unless the peer already reset it. */
-function respond(stream: ServerHttp2Stream, status: number, endStream: boolean): void {
+/**
+ * The service the client says it addressed (`forwarded: ...;host=`), when this workload is one of
+ * its endpoints: the claim only picks among the workload's own services (ztunnel's
+ * guess_inbound_service), so a peer cannot name any other.
+ */
+function addressedService(pi: PodInputs, services: Record<string, unknown> | undefined, forwarded: string | string[] | undefined): ConnContext['service'] {
+  const host = forwardedHost(forwarded);
+  if (!host || !services) return undefined;
+  for (const key of Object.keys(services)) {
+    const svc = pi.state.snapshot.byServiceKey.get(key);
+    if (svc?.hostname === host) return { hostname: svc.hostname, name: svc.name, namespace: svc.namespace };
+  }
+  return undefined;
+}
+
+/** Answers a stream unless the peer already reset it; a 200 carries this workload's `baggage`. */
+function respond(stream: ServerHttp2Stream, status: number, endStream: boolean, baggage?: string): void {
   if (stream.destroyed || stream.closed || stream.headersSent) return;
   try {
-    stream.respond({ ':status': status }, { endStream });
+    stream.respond(baggage === undefined ? { ':status': status } : { ':status': status, baggage }, { endStream });
   } catch {
     /* reset between the check and the call: nothing to answer */
   }

@@ -50,8 +50,6 @@ export interface PodInputs extends ProxyDeps {
   identity: Identity;
   /** `identity` as a SPIFFE URI */
   uri: string;
-  /** W3C baggage naming the pod, sent with each CONNECT (as ztunnel does) */
-  baggage: string;
   /** the pod's network namespace: every socket of its listeners and upstreams is made inside it */
   netns: Fd;
   /** this sandbox's key in the HBONE pool (its connections are retired when it stops) */

@@ -3,11 +3,14 @@
  * captured. Its original destination decides the route (route.ts, pure); this does the I/O: a
  * tunnel over HBONE from the pool, a pod of this node delivered directly (same-node.ts), or
  * plain TCP passthrough (spliced by the fast path when it is on). A failure resets the client and
- * is reported with the response flag its error code maps to (result.ts).
+ * is reported with the response flag its error code maps to (result.ts). Each connection gets a
+ * trace id, as ztunnel's OutboundConnection does; an HBONE tunnel carries it, the source workload
+ * and the client's address in ztunnel's CONNECT headers (hbone/headers.ts).
  */
 import type net from 'node:net';
 import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
+import { baggageOf, forwardedFor, formatTraceParent, newTraceParent, type TraceParent } from './hbone/headers.js';
 import type { ConnContext } from './hooks.js';
 import { capturedDestination, ownAddresses, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
@@ -24,9 +27,10 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   if (!dst) return;
   const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst, { source: { identity: pi.uri, ip: src.ip } });
+  const trace = newTraceParent();
   if (route.kind === 'reject') {
-    // as ztunnel's build_request failing: logged, never reported as a connection
-    pi.observer.refused({ direction: 'outbound', src, dst, error: new MeshError('INPOD_ERR_NO_ROUTE', route.reason) });
+    // as ztunnel's build_request failing: logged (in the connection's span), never reported as a connection
+    pi.observer.refused({ direction: 'outbound', src, dst, error: new MeshError('INPOD_ERR_NO_ROUTE', route.reason), traceId: trace.traceId });
     down.resetAndDestroy();
     return;
   }
@@ -40,6 +44,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
     pod: podRef(pi),
     service: svc && { hostname: svc.hostname, name: svc.name, namespace: svc.namespace },
     originalDst: { ...dst },
+    traceId: trace.traceId,
   };
   const conn = new ConnectionResult(pi.observer, ctx, started);
   if (route.kind === 'hbone' && !route.viaWaypoint) {
@@ -48,17 +53,17 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
     if (local && route.identities.includes(local.uri)) return sameNode(pi, down, conn, route.authority, local);
   }
   try {
-    await proxyTo(pi, down, conn, route);
+    await proxyTo(pi, down, conn, route, trace);
   } catch (e) {
     const err = e as Error;
     conn.failed(err);
-    pi.log.warn({ dst, err: err.message, code: (err as MeshError).code }, 'outbound connection failed');
+    pi.log.warn({ outbound: { id: trace.traceId }, dst, err: err.message, code: (err as MeshError).code }, 'outbound connection failed');
     down.resetAndDestroy();
   }
 }
 
 /** Connects the route's upstream and relays `down` to it. Throws when the upstream cannot be had. */
-async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, route: Exclude<Route, { kind: 'reject' }>): Promise<void> {
+async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, route: Exclude<Route, { kind: 'reject' }>, trace: TraceParent): Promise<void> {
   if (route.kind === 'passthrough') {
     if (isSelfCall('outbound', route.target, ownAddresses(pi, conn.ctx.src.ip))) {
       throw new MeshError('INPOD_ERR_SELF_CALL', `${route.target.ip}:${route.target.port} is one of the proxy's own ports`);
@@ -72,7 +77,20 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     pi.fastPath.relay(down, up, (r) => conn.relayed(r));
     return;
   }
-  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip, baggage: pi.baggage }, route);
+  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip }, route, {
+    baggage: sourceBaggage(pi),
+    forwarded: forwardedFor(conn.ctx.src, route.service?.hostname),
+    traceparent: formatTraceParent(trace),
+  });
   conn.ctx.dst.identity = peerIdentity;
   relay(down, stream, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
+}
+
+/**
+ * The source workload's baggage: the pod as the state describes it (ztunnel reads its source
+ * workload there too); a pod the state does not know yet is named as ZDS gave it.
+ */
+function sourceBaggage(pi: PodInputs): string {
+  const w = pi.state.snapshot.byUid.get(pi.info.uid);
+  return baggageOf(w ?? pi.info);
 }

@@ -51,7 +51,6 @@ export class PodProxy {
       info,
       identity,
       uri: spiffeUri(identity),
-      baggage: `k8s.namespace.name=${info.namespace},k8s.pod.name=${info.name},service.name=${info.name}`,
       netns,
       poolOwner: `${info.uid}#${++sandboxes}`,
       log: this.#log,

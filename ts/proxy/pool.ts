@@ -11,9 +11,11 @@ import { constants, type ClientHttp2Stream } from 'node:http2';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { CertManager } from '../identity/manager.js';
 import { answered, dialHbone, sendConnect, type HboneConnection, type HboneRequest, type HboneSource } from './hbone/client.js';
+import type { ConnectHeaders } from './hbone/headers.js';
 import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './hbone/limits.js';
 
 export type { HboneRequest, HboneSource } from './hbone/client.js';
+export type { ConnectHeaders } from './hbone/headers.js';
 
 export const MAX_STREAMS_PER_CONNECTION = 100;
 const { NGHTTP2_REFUSED_STREAM } = constants;
@@ -27,8 +29,8 @@ export interface HbonePoolOptions {
   certs: CertManager;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
-  /** PING keepalive of pooled connections */
-  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>>;
+  /** PING keepalive, windows and frame size of pooled connections (default: ztunnel's) */
+  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs' | 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize'>>;
   /** makes a connection (default: dialHbone; tests pass a fake) */
   dial?: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
 }
@@ -51,7 +53,7 @@ export class HbonePool {
 
   constructor(opts: HbonePoolOptions) {
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 30_000;
-    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, keepalive: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
+    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, h2: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
     this.#dial = opts.dial ?? ((src, req) => dialHbone(dial, src, req));
   }
 
@@ -66,20 +68,21 @@ export class HbonePool {
   }
 
   /**
-   * Opens a CONNECT stream to `req.authority` through `req.target`; resolves after the 200.
+   * Opens a CONNECT stream to `req.authority` through `req.target`, carrying `headers`;
+   * resolves after the 200.
    * A stream the peer refused unprocessed (REFUSED_STREAM: it sent GOAWAY before it saw the
    * stream, as a proxy that drains for a rollout does) is tried once more on another
    * connection: HTTP/2 says such a stream is safe to retry (RFC 9113, 8.7), and the client's
    * connection is then carried instead of reset. Throws what hbone/client.ts throws
    * (MeshError INPOD_ERR_HBONE_*).
    */
-  async open(src: HboneSource, req: HboneRequest): Promise<Tunnel> {
+  async open(src: HboneSource, req: HboneRequest, headers: ConnectHeaders): Promise<Tunnel> {
     for (let attempt = 1; ; attempt++) {
       const pc = await this.#connection(poolKey(src, req), src, req);
       clearTimeout(pc.idleTimer);
       let stream: ClientHttp2Stream | undefined;
       try {
-        stream = sendConnect(pc.session, src, req);
+        stream = sendConnect(pc.session, req, headers);
         stream.once('close', () => this.#release(pc));
         await answered(stream, req);
         return { stream, peerIdentity: pc.peerIdentity };

@@ -22,7 +22,7 @@ export async function sameNode(pi: PodInputs, down: net.Socket, out: ConnectionR
   out.ctx.via = undefined; // no tunnel: the app is reached directly
   out.ctx.dst.identity = dst.uri;
   const inbound = new ConnectionResult(dst.observer, {
-    direction: 'inbound', transport: 'local', src: { ...out.ctx.src }, dst: { ...app, identity: out.ctx.dst.identity }, pod: podRef(dst),
+    direction: 'inbound', transport: 'local', src: { ...out.ctx.src }, dst: { ...app, identity: out.ctx.dst.identity }, pod: podRef(dst), traceId: out.ctx.traceId,
   }, out.started);
   let up: net.Socket;
   try {

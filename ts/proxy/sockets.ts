@@ -4,7 +4,7 @@
  */
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { origDst, socketInNs, sockName, type SockAddr } from '../native/index.js';
+import { origDst, setSockOptInt, SOL_SOCKET, socketInNs, sockName, type SockAddr } from '../native/index.js';
 import { MARKS } from '../istio.js';
 import { MeshError, SyscallError } from '../util/errors.js';
 
@@ -23,12 +23,40 @@ export function podListenerFd(nsFd: number, port: number, host = '0.0.0.0'): num
 }
 
 /**
- * A listening server on `port` inside the netns behind `nsFd` (a podListenerFd). With `paused`,
+ * ztunnel's TCP keepalive (src/config.rs SocketConfig defaults: KEEPALIVE_TIME 180 s,
+ * KEEPALIVE_INTERVAL 180 s, KEEPALIVE_RETRIES 9, on): a connection whose peer vanished without a
+ * FIN or RST is found and closed after 180 s + 9 x 180 s of silence instead of never. ztunnel
+ * applies it to every socket it connects (src/proxy.rs DefaultSocketFactory::setup_socket) and to
+ * every connection its outbound and plaintext-inbound listeners accept (src/socket.rs
+ * Listener::accept, set_socket_options in outbound.rs and inbound_passthrough.rs), not to 15008's.
+ */
+export const TCP_KEEPALIVE = Object.freeze({ timeS: 180, intervalS: 180, retries: 9 });
+const SO_KEEPALIVE = 9;
+const IPPROTO_TCP = 6;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+
+/**
+ * Turns ztunnel's keepalive on for `fd`. On a listening socket it holds for every connection the
+ * kernel accepts there (an accepted socket is cloned from its listener, keepalive timer included).
+ */
+export function setTcpKeepalive(fd: number): void {
+  setSockOptInt(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+  setSockOptInt(fd, IPPROTO_TCP, TCP_KEEPIDLE, TCP_KEEPALIVE.timeS);
+  setSockOptInt(fd, IPPROTO_TCP, TCP_KEEPINTVL, TCP_KEEPALIVE.intervalS);
+  setSockOptInt(fd, IPPROTO_TCP, TCP_KEEPCNT, TCP_KEEPALIVE.retries);
+}
+
+/**
+ * A listening server on `port` inside the netns behind `nsFd` (a podListenerFd), for the
+ * captured listeners (15001, 15006): its connections get ztunnel's TCP keepalive. With `paused`,
  * accepted sockets are not read until the handler resumes them (or hands them to the kernel
  * fast path, which needs sockets no userspace read has touched).
  */
 export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host = '0.0.0.0', paused = false): Promise<net.Server> {
   const fd = podListenerFd(nsFd, port, host);
+  setTcpKeepalive(fd);
   // Nagle off everywhere on the data path: with it, small writes wait for the peer's delayed
   // ACK (~40 ms), which showed as a 38 ms p99 in the benchmark.
   const server = net.createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: paused }, onConn);
@@ -51,13 +79,20 @@ export interface ConnectOptions {
   paused?: boolean;
 }
 
-/** Connects from inside the netns behind `nsFd`; resolves once connected. */
+/** Connects from inside the netns behind `nsFd`, with ztunnel's TCP keepalive; resolves once connected. */
 export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
-  const fd = socketInNs(nsFd, {
+  const owned = socketInNs(nsFd, {
     family: 4,
     mark: o.mark ?? MARKS.proxy,
     ...(o.transparentFrom ? { transparent: true, bind: { ip: o.transparentFrom, port: 0 } } : {}),
-  }).release();
+  });
+  try {
+    setTcpKeepalive(owned.fd);
+  } catch (e) {
+    owned.close();
+    throw e;
+  }
+  const fd = owned.release();
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
   if (o.transparentFrom) ownUpstream(s, fd);

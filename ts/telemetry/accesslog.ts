@@ -13,15 +13,13 @@
  */
 import type { ConnContext, ConnRecord, EarlyRefusal } from '../proxy/hooks.js';
 import type { MeshError } from '../util/errors.js';
+import { socketAddr } from '../util/sockaddr.js';
 import { isMutualTls, UNKNOWN, type Described } from './labels.js';
 
-export type LogFields = Record<string, string | number>;
+/** One line's fields; an object is a span's fields under its name (ztunnel's JSON log: `"outbound":{"id":...}`). */
+export type LogFields = Record<string, string | number | Record<string, string>>;
 
-/** An address as Rust's SocketAddr writes it: ip:port, [ipv6]:port; an IPv4-mapped IPv6 address as IPv4 (ztunnel's to_canonical). */
-export function socketAddr(a: { ip: string; port: number }): string {
-  const ip = /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a.ip) ? a.ip.slice(7) : a.ip;
-  return ip.includes(':') ? `[${ip}]:${a.port}` : `${ip}:${a.port}`;
-}
+export { socketAddr } from '../util/sockaddr.js';
 
 function put(f: LogFields, key: string, v: string | undefined): void {
   if (v !== undefined && v !== '' && v !== UNKNOWN) f[key] = v;
@@ -47,7 +45,17 @@ export function connectionFields(d: Described, ctx: ConnContext): LogFields {
   if (mtls) put(f, 'dst.identity', l.destination_principal);
   put(f, 'dst.cluster', l.destination_cluster);
   f.direction = ctx.direction;
+  putSpan(f, ctx);
   return f;
+}
+
+/**
+ * The span a line is written in (ztunnel outbound.rs `info_span!("outbound", id)`, inbound.rs
+ * `info_span!("inbound", id, peer)`; its JSON log writes a span as an object under its name):
+ * both proxies log one connection under its trace id.
+ */
+function putSpan(f: LogFields, c: { direction: 'inbound' | 'outbound'; src: { ip: string; port: number }; traceId?: string }): void {
+  if (c.traceId) f[c.direction] = c.direction === 'outbound' ? { id: c.traceId } : { id: c.traceId, peer: socketAddr(c.src) };
 }
 
 /**
@@ -77,5 +85,6 @@ export function earlyDenyLine(r: EarlyRefusal): LogFields {
   const f: LogFields = { 'src.addr': socketAddr(r.src), 'dst.addr': socketAddr(r.dst), direction: r.direction, error: r.error.message };
   const code = (r.error as MeshError).code;
   if (typeof code === 'string') f.code = code;
+  putSpan(f, r);
   return f;
 }

@@ -2,7 +2,8 @@
 
 usage: h2client.py HOST PORT AUTHORITY MISMATCHED_AUTHORITY CERT KEY ROOT
 Prints one JSON object: what CONNECT, GET, a mismatched authority, no client certificate and a
-certificate from another CA each produced.
+certificate from another CA each produced, and the server's SETTINGS and connection WINDOW_UPDATE
+as h2 decoded them on the CONNECT's connection.
 """
 import json
 import os
@@ -33,7 +34,9 @@ def tls(certfile=None, keyfile=None):
     return s
 
 
-def exchange(s, headers, data=None):
+def exchange(s, headers, data=None, wire=None):
+    """One request on connection `s`; `wire`, when given, collects the server's SETTINGS and
+    connection-level WINDOW_UPDATE increments."""
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
@@ -46,6 +49,10 @@ def exchange(s, headers, data=None):
         if not chunk:
             break
         for ev in conn.receive_data(chunk):
+            if wire is not None and isinstance(ev, h2.events.RemoteSettingsChanged):
+                wire.setdefault("settings", {}).update({str(int(k)): v.new_value for k, v in ev.changed_settings.items()})
+            elif wire is not None and isinstance(ev, h2.events.WindowUpdated) and ev.stream_id == 0:
+                wire.setdefault("connectionWindowUpdates", []).append(ev.delta)
             if isinstance(ev, h2.events.ResponseReceived):
                 out["status"] = int(dict(ev.headers)[":status"])
                 if out["status"] == 200 and data is not None:
@@ -74,9 +81,9 @@ def attempt(fn):
         return "handshake failed"
 
 
-result = {}
+result = {"wire": {}}
 s = tls(cert, key)
-result["connect"] = exchange(s, [(":method", "CONNECT"), (":authority", authority)], b"h2-ping")
+result["connect"] = exchange(s, [(":method", "CONNECT"), (":authority", authority)], b"h2-ping", result["wire"])
 s.close()
 s = tls(cert, key)
 result["get"] = exchange(s, [(":method", "GET"), (":scheme", "https"), (":path", "/"), (":authority", authority)])

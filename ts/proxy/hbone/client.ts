@@ -3,12 +3,12 @@
  * over mutual TLS 1.3 (ALPN h2) to a peer's 15008, and the CONNECT of one tunnel over it. The TCP
  * connection is made inside the source pod's netns with the proxy's mark, so it leaves with the
  * pod's own address. The peer must present one of the expected SPIFFE identities; a mismatch
- * names both. Every connection runs ztunnel's PING keepalive (limits.ts). Which connection a
- * tunnel takes is the pool's business (../pool.ts).
+ * names both. Every connection runs ztunnel's PING keepalive and announces ztunnel's HTTP/2
+ * settings and connection window (limits.ts); the CONNECT carries ztunnel's headers
+ * (headers.ts). Which connection a tunnel takes is the pool's business (../pool.ts).
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import tls from 'node:tls';
-import { randomBytes } from 'node:crypto';
 import { MARKS, PORTS } from '../../istio.js';
 import { MeshError } from '../../util/errors.js';
 import type { CertManager } from '../../identity/manager.js';
@@ -16,17 +16,17 @@ import type { IssuedCert } from '../../identity/ca.js';
 import { uriSans, type Identity } from '../../identity/spiffe.js';
 import { connectIn } from '../sockets.js';
 import type { Addr } from '../route.js';
-import { keepAlive, type HboneLimits } from './limits.js';
+import { socketAddr } from '../../util/sockaddr.js';
+import type { ConnectHeaders } from './headers.js';
+import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
 
 export interface HboneSource {
   /** the sandbox being served (one pod's listeners): connections are never shared across sandboxes */
   owner: string;
   nsFd: number;
   identity: Identity;
-  /** the source pod's IP: sent in `forwarded`, and part of the pool key */
+  /** the source pod's IP: part of the pool key */
   ip: string;
-  /** `baggage` describing the source workload */
-  baggage: string;
 }
 
 export interface HboneRequest {
@@ -45,7 +45,8 @@ export interface HboneConnection {
 export interface DialOptions {
   certs: CertManager;
   connectTimeoutMs: number;
-  keepalive: Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs'>;
+  /** PING keepalive, flow-control windows and frame size */
+  h2: Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs' | 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize'>;
 }
 
 /**
@@ -107,25 +108,30 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
     tlsSock.destroy();
     throw new MeshError('INPOD_ERR_HBONE_TLS', `peer ${t} did not negotiate h2 (got ${String(tlsSock.alpnProtocol)})`);
   }
-  const session = http2.connect(`https://${t}`, { createConnection: () => tlsSock, settings: { enablePush: false } });
+  const session = http2.connect(`https://${t}`, { createConnection: () => tlsSock, settings: clientSettings(o.h2) });
   session.on('error', () => session.destroy());
+  openConnectionWindow(session, o.h2.connectionWindowSize);
   await new Promise<void>((resolve, reject) => {
     session.once('connect', () => resolve());
     session.once('error', reject);
   });
-  keepAlive(session, o.keepalive);
+  keepAlive(session, o.h2);
   return { session, peerIdentity };
 }
 
-/** Sends the CONNECT for `req` on `session`; the stream is not answered yet (see `answered`). */
-export function sendConnect(session: ClientHttp2Session, src: HboneSource, req: HboneRequest): ClientHttp2Stream {
+/**
+ * Sends the CONNECT for `req` on `session` with `headers` (in ztunnel's order: baggage,
+ * forwarded, traceparent; src/proxy/outbound.rs create_hbone_request); the stream is not
+ * answered yet (see `answered`).
+ */
+export function sendConnect(session: ClientHttp2Session, req: HboneRequest, headers: ConnectHeaders): ClientHttp2Stream {
   return session.request(
     {
       ':method': 'CONNECT',
-      ':authority': `${req.authority.ip}:${req.authority.port}`,
-      forwarded: `for="${src.ip}"`,
-      baggage: src.baggage,
-      traceparent: `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`,
+      ':authority': socketAddr(req.authority),
+      baggage: headers.baggage,
+      forwarded: headers.forwarded,
+      traceparent: headers.traceparent,
     },
     { endStream: false },
   );

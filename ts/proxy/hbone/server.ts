@@ -1,8 +1,9 @@
 /**
  * The HBONE server's connection layer (15008): mutual TLS 1.3 with ALPN h2 and a client
- * certificate of this trust domain, then HTTP/2 with the limits of limits.ts. It owns everything
- * about a peer's connection (handshake timeout, trust domain, stream budget, reset budget, idle
- * timer, PING keepalive) and hands each admitted stream to `onStream`; what a CONNECT means is
+ * certificate of this trust domain, then HTTP/2 with ztunnel's settings and connection window
+ * and the limits of limits.ts. It owns everything about a peer's connection (handshake timeout,
+ * trust domain, stream budget, reset budget, idle timer, PING keepalive) and hands each
+ * admitted stream to `onStream`; what a CONNECT means is
  * decided there (inbound.ts). A misbehaving peer ends its own connection, never the process.
  */
 import http2, { type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
@@ -10,7 +11,7 @@ import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { parseSpiffe, uriSans, type Identity } from '../../identity/spiffe.js';
 import type { Logger } from '../../util/log.js';
-import { DEFAULT_HBONE_LIMITS, keepAlive, type HboneLimits } from './limits.js';
+import { DEFAULT_HBONE_LIMITS, keepAlive, openConnectionWindow, serverSettings, type HboneLimits } from './limits.js';
 
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
@@ -64,7 +65,7 @@ export function createHboneServer(o: HboneServerOptions): Http2SecureServer {
     allowHTTP1: false,
     handshakeTimeout: l.handshakeTimeoutMs,
     unknownProtocolTimeout: l.handshakeTimeoutMs,
-    settings: { enablePush: false, maxConcurrentStreams: l.maxConcurrentStreams, maxHeaderListSize: l.maxHeaderListSize },
+    settings: serverSettings(l),
   });
   server.on('connection', (sock: net.Socket) => sock.setNoDelay(true));
   // The CA may sign several trust domains; a peer of another one is refused before HTTP/2
@@ -120,6 +121,7 @@ function guard(session: ServerHttp2Session, l: HboneLimits, o: HboneServerOption
   session.on('error', (e) => log.debug({ err: e.message, peer: remote }, 'hbone: connection error'));
   session.once('close', () => clearTimeout(idle));
   keepAlive(session, l, () => log.debug({ peer: remote }, 'hbone: PING not answered; connection dropped'));
+  openConnectionWindow(session, l.connectionWindowSize);
   armIdle();
   if (!peer) return void session.destroy(); // refused at secureConnection already
 
