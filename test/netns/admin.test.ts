@@ -103,7 +103,8 @@ services:
     const q = await fetch(`http://127.0.0.1:${admin}/quitquitquit`, { method: 'POST' });
     expect([q.status, await q.text()]).toEqual([200, 'shutdown now\n']);
     await until('the readiness port to stop answering', async () => (await ready()) === null, { context: () => logs });
-    expect(logs).toMatch(/"signal":"quitquitquit".*"msg":"draining"/);
+    // the line reaches us through the child's stdout pipe, maybe after readiness already went
+    await until('the drain line naming /quitquitquit', () => /"signal":"quitquitquit".*"msg":"draining"/.test(logs), { context: () => logs });
     if (!open.ok) return;
     expect((await sa.send(open.connId, 'during', 5000)).reply).toBe('b:during');
     // new connections find no listener of this proxy: captured, they fail closed
