@@ -90,7 +90,7 @@ describe('the xDS client against istiod', () => {
     await until('the NACK', () => xds.answers(bad).length === 1);
     const nack = xds.answers(bad)[0]!;
     expect(nack.type_url).toBe(ADDRESS_TYPE);
-    expect(nack.error_detail?.message).toBe('Kubernetes//Pod/shop/odd-0: workload.tunnel_protocol: 7 is not a TunnelProtocol this proxy knows (0, 1): a newer istiod? refused rather than guessed');
+    expect(nack.error_detail?.message).toBe('Kubernetes//Pod/shop/odd-0: workload.tunnel_protocol: 7 is not a value of TunnelProtocol this proxy knows (0, 1): a newer istiod? refused rather than guessed');
     // nothing of the response was applied, not even the good half
     expect(p.store.snapshot).toBe(before);
     expect(p.store.snapshot.byIp.get('10.200.1.3')?.canonicalRevision).toBe('v1');

@@ -83,7 +83,7 @@ const ACTION: Record<number, Authorization['action']> = { 0: 'Allow', 1: 'Deny' 
 
 function enumValue<V>(path: string, table: Record<number, V>, n: number, what: string): V {
   if (!Object.prototype.hasOwnProperty.call(table, n)) {
-    throw resourceError(path, `${n} is not a ${what} this proxy knows (${Object.keys(table).join(', ')}): a newer istiod? refused rather than guessed`);
+    throw resourceError(path, `${n} is not a value of ${what} this proxy knows (${Object.keys(table).join(', ')}): a newer istiod? refused rather than guessed`);
   }
   return table[n]!;
 }
