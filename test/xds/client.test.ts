@@ -109,7 +109,7 @@ describe('the xDS client against istiod', () => {
     // the next good push applies, and clears the error
     const good = xds.set(ADDRESS_TYPE, WEB, webWith({ canonical_revision: 'v3' }));
     await until('the good push', () => p.store.snapshot.byIp.get('10.200.1.3')?.canonicalRevision === 'v3');
-    expect(xds.answers(good)).toHaveLength(1);
+    await until('its ACK', () => xds.answers(good).length === 1);
     expect(xds.answers(good)[0]!.error_detail).toBeNull();
     expect(p.store.health().lastError).toBeUndefined();
   });
