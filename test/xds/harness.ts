@@ -44,7 +44,7 @@ export async function rig(opts: AddXdsOptions = {}): Promise<Rig> {
       const tokenFile = join(istiod.dir, `token-${++n}`);
       writeFileSync(tokenFile, o.token ?? 'token-of-ztunnel');
       const store = new StateStore();
-      const wds = new WdsState(store, silent);
+      const wds = new WdsState(store, silent, { onDemand: o.onDemand });
       const registry = new Registry();
       const client = new XdsClient({
         address: istiod.address,

@@ -19,8 +19,14 @@
  * "transport is closing" / "received prior goaway") or a clean one. Each end is counted in
  * istio_xds_connection_terminations_total (./metrics.ts).
  *
- * Not done: on-demand lookups (ztunnel's XDS_ON_DEMAND, off by default there too), custom
- * XDS_HEADER_* headers, PROXY_CONFIG's proxyMetadata.
+ * On demand (`onDemand`, ztunnel's XDS_ON_DEMAND, off by default there too): the types whose
+ * handler allows it are subscribed with ztunnel's initial request for it (subscribe "*" and
+ * unsubscribe "*": no wildcard), and `demand(type, name)` asks for one resource ("network/ip" or
+ * a uid) and resolves once a response names it (as a resource, one of its aliases, or a
+ * removal), as ztunnel's Demander; a name asked for is kept among the versions sent on
+ * reconnect. Only the other types are waited for before `synced`.
+ *
+ * Not done: custom XDS_HEADER_* headers, PROXY_CONFIG's proxyMetadata.
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -50,6 +56,8 @@ export interface XdsClientOptions {
   node: Node;
   /** type URL -> its handler; every one is subscribed, in this order */
   handlers: Map<string, TypeHandler>;
+  /** look resources of the handlers that allow it up one by one (demand()) instead of subscribing to all */
+  onDemand?: boolean;
   metrics?: XdsMetrics;
   log: Logger;
   backoff?: { initialMs?: number; maxMs?: number };
@@ -92,6 +100,8 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   /** type URL -> resource name -> version, of applied responses (initial_resource_versions) */
   readonly #known = new Map<string, Map<string, string>>();
   readonly #acked = new Set<string>();
+  /** "type\nname" -> who waits for it (demand()) */
+  readonly #pending = new Map<string, (() => void)[]>();
   #backoff: number;
   #connectionId = 0;
   #client: grpc.Client | undefined;
@@ -116,7 +126,44 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
 
   /** Every subscribed type has been applied and ACKed at least once. */
   get synced(): boolean {
-    return [...this.#o.handlers.keys()].every((t) => this.#acked.has(t));
+    return [...this.#o.handlers.keys()].every((t) => this.#onDemand(t) || this.#acked.has(t));
+  }
+
+  #onDemand(typeUrl: string): boolean {
+    return !!this.#o.onDemand && !this.#o.handlers.get(typeUrl)?.noOnDemand;
+  }
+
+  /**
+   * Asks istiod for one resource of an on-demand type (ztunnel's Demander::demand), and resolves
+   * once a response names it (applied or not: look in the state again), after `timeoutMs`, or
+   * on stop(). Never rejects. Resolves at once for a type subscribed whole (nothing to ask).
+   */
+  demand(typeUrl: string, name: string, timeoutMs = 5000): Promise<void> {
+    if (!this.#onDemand(typeUrl)) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const key = `${typeUrl}\n${name}`;
+      const timer = setTimeout(done, timeoutMs);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      const waiting = this.#pending.get(key);
+      if (waiting) waiting.push(done);
+      else this.#pending.set(key, [done]);
+      // kept among the versions sent on reconnect, so a new stream asks for it too (add_pending_resource)
+      const known = this.#known.get(typeUrl) ?? new Map<string, string>();
+      this.#known.set(typeUrl, known);
+      if (!known.has(name)) known.set(name, '');
+      if (this.#connected) this.#call?.write({ type_url: typeUrl, resource_names_subscribe: [name] });
+    });
+  }
+
+  #notify(typeUrl: string, name: string): void {
+    const key = `${typeUrl}\n${name}`;
+    const waiting = this.#pending.get(key);
+    if (!waiting) return;
+    this.#pending.delete(key);
+    for (const f of waiting) f();
   }
 
   /** Connects, and keeps reconnecting until stop(). */
@@ -132,6 +179,8 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     clearTimeout(this.#timer);
     this.#call?.cancel();
     this.#client?.close();
+    for (const waiting of this.#pending.values()) for (const f of waiting) f();
+    this.#pending.clear();
     this.#call = undefined;
     this.#client = undefined;
     this.#connected = false;
@@ -162,6 +211,8 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     return [...this.#o.handlers.keys()].map((type_url) => ({
       type_url,
       node: this.#o.node,
+      // ztunnel's construct_initial_request: on demand, "*" both subscribed and unsubscribed
+      ...(this.#onDemand(type_url) ? { resource_names_subscribe: ['*'], resource_names_unsubscribe: ['*'] } : {}),
       initial_resource_versions: Object.fromEntries(this.#known.get(type_url) ?? []),
     }));
   }
@@ -246,6 +297,9 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
         rejections = [{ name: '*', reason: `internal error applying the response: ${(e as Error).message}` }];
       }
     }
+    // whoever waits for one of these names looks in the state again now (ztunnel notifies every name, applied or not)
+    for (const res of r.resources) for (const n of [res.name, ...(res.aliases ?? [])]) this.#notify(typeUrl, n);
+    for (const n of r.removed_resources) this.#notify(typeUrl, n);
     if (rejections.length) {
       const errorDetail = rejections.map((x) => `${x.name}: ${x.reason}`).join('; ');
       log.error({ typeUrl, nonce, type: 'NACK', error: errorDetail }, 'sending response');

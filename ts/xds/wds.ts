@@ -34,6 +34,8 @@ export interface Rejection {
 /** Applies one type's responses, whole or not at all; returns the rejections (none: applied). */
 export interface TypeHandler {
   apply(resources: readonly Resource[], removed: readonly string[]): Rejection[];
+  /** never looked up on demand, always subscribed whole (ztunnel's Handler::no_on_demand: policies) */
+  noOnDemand?: boolean;
 }
 
 /** Decodes and converts every resource; the new map only if all of them could be. */
@@ -68,22 +70,30 @@ export class WdsState {
   #addresses = new Map<string, AddressValue>();
   #authorizations = new Map<string, Authorization>();
   readonly #applied = new Set<string>();
-  readonly #types = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+  /** the types whose first response publishing waits for */
+  readonly #types: string[];
 
+  /**
+   * `onDemand`: addresses are looked up one by one (XdsClient.demand), so only the policies are
+   * waited for before the first publish (ztunnel's types_to_expect leaves on-demand types out).
+   */
   constructor(
     private readonly store: StateStore,
     private readonly log: Logger,
-  ) {}
+    opts: { onDemand?: boolean } = {},
+  ) {
+    this.#types = opts.onDemand ? [AUTHORIZATION_TYPE] : [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+  }
 
   /** The handlers to subscribe, by type URL. */
   handlers(): Map<string, TypeHandler> {
     return new Map<string, TypeHandler>([
       [ADDRESS_TYPE, { apply: (res, rm) => this.#apply(ADDRESS_TYPE, res, rm) }],
-      [AUTHORIZATION_TYPE, { apply: (res, rm) => this.#apply(AUTHORIZATION_TYPE, res, rm) }],
+      [AUTHORIZATION_TYPE, { apply: (res, rm) => this.#apply(AUTHORIZATION_TYPE, res, rm), noOnDemand: true }],
     ]);
   }
 
-  /** Every type has been applied once, and the state is in the store. */
+  /** Every type waited for has been applied once, and the state is in the store. */
   get published(): boolean {
     return this.#types.every((t) => this.#applied.has(t));
   }
