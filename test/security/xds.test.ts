@@ -43,6 +43,23 @@ describe('xDS attacks', () => {
     expect(await metric(p.registry, 'istio_xds_connection_terminations_total', { reason: 'ConnectionError' })).toBeGreaterThanOrEqual(2);
   });
 
+  it("answers as istiod at an address its certificate does not name (a certificate for another host, same root): refused, unless that name is what --alt-xds-hostname says istiod is", async () => {
+    const r = await rig({ dnsNames: ['istiod.istio-system.svc'] }); // reached as localhost:port
+    rigs.push(r);
+    const p = r.proxy();
+    const ends: string[] = [];
+    p.client.on('disconnected', (d) => ends.push(d.reason));
+    p.client.start();
+    await until('two refused attempts', () => ends.length >= 2);
+    expect(ends.slice(0, 2)).toEqual(['ConnectionError', 'ConnectionError']);
+    expect(r.xds.streams).toHaveLength(0);
+    p.client.stop();
+    const q = r.proxy({ altHostname: 'istiod.istio-system.svc' });
+    q.client.start();
+    await until('the sync', () => q.client.synced);
+    expect(r.xds.streams).toHaveLength(1);
+  });
+
   it('pushes an update of a DENY whose only match is a string match of no kind (read as ztunnel reads it, the DENY would deny nothing): NACKed, the DENY still denies', async () => {
     const r = await recorded();
     const deny = (principals: object[]) => ({ name: 'deny-other', namespace: 'shop', scope: 1, action: 1, rules: [{ clauses: [{ matches: [{ not_principals: principals }] }] }] });

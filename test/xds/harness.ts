@@ -32,9 +32,10 @@ export interface Rig {
   close(): Promise<void>;
 }
 
-export async function rig(opts: AddXdsOptions = {}): Promise<Rig> {
+/** `dnsNames`: of istiod's serving certificate (default istiod.istio-system.svc and localhost) */
+export async function rig(opts: AddXdsOptions & { dnsNames?: string[] } = {}): Promise<Rig> {
   let xds!: FakeXds;
-  const istiod = await startFakeIstiod({ services: [(s) => void (xds = addXdsService(s, opts))] });
+  const istiod = await startFakeIstiod({ services: [(s) => void (xds = addXdsService(s, opts))], dnsNames: opts.dnsNames });
   const clients: XdsClient[] = [];
   let n = 0;
   return {

@@ -51,6 +51,15 @@ describe('on-demand lookups', () => {
     expect(p.store.snapshot.byIp.has('10.200.1.2')).toBe(false);
   });
 
+  it('sends a lookup made while the stream is still opening on that stream, not the next one', async () => {
+    const p = await onDemandProxy();
+    p.client.start();
+    await p.client.demand(ADDRESS_TYPE, '/10.200.1.3', 3000); // resolves on the answer, or on the timeout
+    expect(r!.xds.streams[0]!.requests.some((q) => (q.resource_names_subscribe ?? []).includes('/10.200.1.3'))).toBe(true);
+    await until('the policies', () => p.wds.published);
+    expect(p.store.snapshot.state.workloads.map((w) => w.uid)).toEqual([WEB]);
+  });
+
   it('resolves a lookup of an address istiod does not know (answered as removed), leaving nothing in the state for it', async () => {
     const p = await onDemandProxy();
     p.client.start();

@@ -142,7 +142,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     if (!this.#onDemand(typeUrl)) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const key = `${typeUrl}\n${name}`;
-      const timer = setTimeout(done, timeoutMs);
+      const timer = setTimeout(done, timeoutMs).unref();
       function done(): void {
         clearTimeout(timer);
         resolve();
@@ -154,7 +154,8 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
       const known = this.#known.get(typeUrl) ?? new Map<string, string>();
       this.#known.set(typeUrl, known);
       if (!known.has(name)) known.set(name, '');
-      if (this.#connected) this.#call?.write({ type_url: typeUrl, resource_names_subscribe: [name] });
+      // on the stream being opened too (grpc-js queues it); with none, the next one's initial request carries it
+      this.#call?.write({ type_url: typeUrl, resource_names_subscribe: [name] });
     });
   }
 
