@@ -21,6 +21,7 @@ import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { Authorization } from '../policy/rbac.js';
 import type { MeshState } from '../state/types.js';
+import type protobuf from 'protobufjs';
 import { MeshError } from '../util/errors.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE, T, decodePlain, type Resource } from './proto.js';
 import { addressFromXds, authorizationFromXds, type AddressValue, type XAddress, type XAuthorization } from './convert.js';
@@ -62,9 +63,20 @@ function prepare<V>(
   return { next };
 }
 
-function decodeError(e: unknown): never {
-  throw new MeshError('INPOD_ERR_XDS_RESOURCE', `decode: ${(e as Error).message}`, { cause: e });
+/** Decodes a resource's bytes as `type`, then converts it; either failure refuses the resource. */
+function reader<X, V>(type: protobuf.Type, convert: (x: X) => V): (bytes: Uint8Array) => V {
+  return (bytes) => {
+    let x: X;
+    try {
+      x = decodePlain<X>(type, bytes);
+    } catch (e) {
+      throw new MeshError('INPOD_ERR_XDS_RESOURCE', `decode: ${(e as Error).message}`, { cause: e });
+    }
+    return convert(x);
+  };
 }
+const readAddress = reader<XAddress, AddressValue>(T.address, addressFromXds);
+const readAuthorization = reader<XAuthorization, Authorization>(T.authorization, (a) => authorizationFromXds(a));
 
 export class WdsState {
   #addresses = new Map<string, AddressValue>();
@@ -100,27 +112,11 @@ export class WdsState {
 
   #apply(typeUrl: string, resources: readonly Resource[], removed: readonly string[]): Rejection[] {
     if (typeUrl === ADDRESS_TYPE) {
-      const r = prepare(typeUrl, this.#addresses, resources, removed, (b) => {
-        let a: XAddress;
-        try {
-          a = decodePlain<XAddress>(T.address, b);
-        } catch (e) {
-          decodeError(e);
-        }
-        return addressFromXds(a);
-      });
+      const r = prepare(typeUrl, this.#addresses, resources, removed, readAddress);
       if ('rejections' in r) return this.#refuse(typeUrl, r.rejections);
       this.#addresses = r.next;
     } else {
-      const r = prepare(typeUrl, this.#authorizations, resources, removed, (b) => {
-        let a: XAuthorization;
-        try {
-          a = decodePlain<XAuthorization>(T.authorization, b);
-        } catch (e) {
-          decodeError(e);
-        }
-        return authorizationFromXds(a);
-      });
+      const r = prepare(typeUrl, this.#authorizations, resources, removed, readAuthorization);
       if ('rejections' in r) return this.#refuse(typeUrl, r.rejections);
       this.#authorizations = r.next;
     }
