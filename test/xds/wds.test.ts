@@ -59,6 +59,16 @@ describe('the WDS state', () => {
     expect(store.lastError?.message).toMatch(/refused \(NACK\) and the last good state kept: empty: XDS payload without resource; wrong-type: /);
   });
 
+  it("never finds a host-network workload by its IP, which is its node's (ztunnel's WorkloadStore::insert skips it)", () => {
+    const { store, addr, authz } = setup();
+    addr.apply([
+      res(ADDRESS_TYPE, 'Kubernetes//Pod/kube-system/node-exporter', { workload: { uid: 'Kubernetes//Pod/kube-system/node-exporter', name: 'node-exporter', namespace: 'kube-system', addresses: [ipBytes('172.18.0.2')], network_mode: 1 } }),
+    ], []);
+    authz.apply([], []);
+    expect(store.snapshot.byUid.get('Kubernetes//Pod/kube-system/node-exporter')?.networkMode).toBe('HostNetwork');
+    expect(store.snapshot.byIp.has('172.18.0.2')).toBe(false);
+  });
+
   it('applies the updates of a response before its removals, removes by xDS name, and ignores a removal of a name it does not hold', () => {
     const { store, addr, authz } = setup();
     addr.apply(recorded(ADDRESS_TYPE, RECORDED_ADDRESSES), []);
