@@ -44,7 +44,7 @@ describe('xDS attacks', () => {
   });
 
   it("answers as istiod at an address its certificate does not name (a certificate for another host, same root): refused, unless that name is what --alt-xds-hostname says istiod is", async () => {
-    const r = await rig({ dnsNames: ['istiod.istio-system.svc'] }); // reached as localhost:port
+    const r = await rig({ hosts: ['istiod.istio-system.svc'] }); // reached as localhost:port
     rigs.push(r);
     const p = r.proxy();
     const ends: string[] = [];

@@ -32,10 +32,10 @@ export interface Rig {
   close(): Promise<void>;
 }
 
-/** `dnsNames`: of istiod's serving certificate (default istiod.istio-system.svc and localhost) */
-export async function rig(opts: AddXdsOptions & { dnsNames?: string[] } = {}): Promise<Rig> {
+/** `hosts`: the names of istiod's serving certificate (default istiod.istio-system.svc, localhost, 127.0.0.1) */
+export async function rig(opts: AddXdsOptions & { hosts?: string[] } = {}): Promise<Rig> {
   let xds!: FakeXds;
-  const istiod = await startFakeIstiod({ services: [(s) => void (xds = addXdsService(s, opts))], dnsNames: opts.dnsNames });
+  const istiod = await startFakeIstiod({ services: [(s) => void (xds = addXdsService(s, opts))], hosts: opts.hosts });
   const clients: XdsClient[] = [];
   let n = 0;
   return {
