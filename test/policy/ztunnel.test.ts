@@ -2,24 +2,48 @@
  * Policies in ztunnel's own form, as its local config writes them (ts/policy/ztunnel.ts): they
  * mean what they mean in ztunnel (src/rbac.rs `Authorization::matches`, src/state.rs
  * `assert_rbac`, src/state/policy.rs `PolicyStore::insert`), decided by the proxy's authorizer on
- * the state the local config makes.
+ * the state the local config makes. The decisions are checked twice: with the state read from
+ * the local config, and with the same state served by istiod over xDS (each workload, service and
+ * policy encoded as the Address and Authorization resources of ztunnel's proto/workload.proto and
+ * proto/authorization.proto, decoded and converted by ts/xds as the proxy does with istiod's).
  */
 import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { PolicyAuthorizer } from '../../ts/policy/authorizer.js';
 import type { ConnContext } from '../../ts/proxy/hooks.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
+import type { MeshState } from '../../ts/state/types.js';
+import { WdsState } from '../../ts/xds/wds.js';
+import { ADDRESS_TYPE, AUTHORIZATION_TYPE, T, encodePlain } from '../../ts/xds/proto.js';
+import { toXdsAuthorization, toXdsService, toXdsWorkload } from '../fixtures/istiod/resources.js';
 
 const LOCALHOST = readFileSync(new URL('../../vendor/istio/ztunnel/examples/localhost.yaml', import.meta.url), 'utf8');
 
-/** The authorizer of a proxy loaded with `yaml`. */
-function authorizer(yaml: string): PolicyAuthorizer {
-  const state = new StateStore();
-  state.set(parseLocalConfig(yaml));
-  return new PolicyAuthorizer(state, pino({ level: 'silent' }));
+/** `state` served over xDS: every entry encoded as istiod's resource, then applied by the proxy's WDS state. */
+function viaXds(state: MeshState): StateStore {
+  const store = new StateStore();
+  const h = new WdsState(store, pino({ level: 'silent' })).handlers();
+  const res = (type: string, name: string, body: object) => ({ name, version: '1', resource: { type_url: type, value: encodePlain(type === ADDRESS_TYPE ? T.address : T.authorization, body) } });
+  const addresses = [...state.workloads.map((w, i) => res(ADDRESS_TYPE, w.uid || `w${i}`, toXdsWorkload(w))), ...state.services.map((s) => res(ADDRESS_TYPE, `${s.namespace}/${s.hostname}`, toXdsService(s)))];
+  expect(h.get(ADDRESS_TYPE)!.apply(addresses, [])).toEqual([]);
+  expect(h.get(AUTHORIZATION_TYPE)!.apply((state.authorizations ?? []).map((a) => res(AUTHORIZATION_TYPE, `${a.namespace}/${a.name}`, toXdsAuthorization(a))), [])).toEqual([]);
+  // the policies arrive in the very form the local config gives
+  expect(store.snapshot.state.authorizations).toEqual(state.authorizations);
+  return store;
 }
+
+const SOURCES: [string, (yaml: string) => StateStore][] = [
+  ['local config', (yaml) => {
+    const state = new StateStore();
+    state.set(parseLocalConfig(yaml));
+    return state;
+  }],
+  ['xDS', (yaml) => viaXds(parseLocalConfig(yaml))],
+];
+/** The authorizer of a proxy loaded with `yaml` (set per source below). */
+let authorizer: (yaml: string) => PolicyAuthorizer;
 
 interface Peer {
   ip: string;
@@ -48,7 +72,11 @@ const WEB = { ip: '10.0.0.1', port: 8080 };
 const DB = { ip: '10.0.0.2', port: 5432 };
 const CACHE = { ip: '10.0.0.3', port: 6379 };
 
-describe("ztunnel's local-config policies", () => {
+describe.each(SOURCES)("ztunnel's policies, the state from %s", (_source, load) => {
+  beforeEach(() => {
+    authorizer = (yaml) => new PolicyAuthorizer(load(yaml), pino({ level: 'silent' }));
+  });
+
   it("localhost.yaml's deny-9999 (ALLOW notDestinationPorts [9999], Namespace scope) lets 8080 in and keeps 9999 out, for every peer", () => {
     // before, it was read as an Istio policy whose rules made no sense, and refused both ports
     const a = authorizer(LOCALHOST);
@@ -99,7 +127,9 @@ describe("ztunnel's local-config policies", () => {
 `);
     expect([admits(a, SLEEP, WEB), admits(a, OTHER_NS, WEB), admits(a, PLAIN, WEB)]).toEqual([true, false, true]);
   });
+});
 
+describe("ztunnel's local-config policies", () => {
   it.each([
     ['a string match written as a mapping (serde_yaml 0.9 wants a tag)', '{principals: [{Exact: x}]}', /rules\[0\]\[0\]\[0\]\.principals\[0\]: expected a string match written as a YAML tag: !Exact value/],
     ['a bare string as a string match', '{namespaces: [default]}', /namespaces\[0\]: expected a string match written as a YAML tag/],

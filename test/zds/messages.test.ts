@@ -23,7 +23,12 @@ describe('the vendored upstream files', () => {
     const readme = readFileSync(join(VENDOR, 'README.md'), 'utf8');
     expect(readme).toMatch(/at commit\s+`[0-9a-f]{40}`/);
     const rows = [...readme.matchAll(/^\| `([^`]+)` \| `([0-9a-f]{40})` \|/gm)].map((m) => [m[1], m[2]]);
-    expect(rows.map((r) => r[0])).toEqual(['proto/zds.proto', 'examples/localhost.yaml', 'proto/citadel.proto']);
+    expect(rows.map((r) => r[0])).toEqual([
+      'proto/zds.proto', 'examples/localhost.yaml', 'proto/citadel.proto',
+      // the xDS schema (ts/xds/proto.ts)
+      'proto/xds.proto', 'proto/workload.proto', 'proto/authorization.proto', 'proto/google/protobuf/any.proto', 'proto/google/protobuf/duration.proto',
+      'proto/google/protobuf/struct.proto', 'proto/google/protobuf/wrappers.proto', 'proto/google/protobuf/empty.proto',
+    ]);
     for (const [file, blob] of rows) expect([file, blobId(join(VENDOR, file!))]).toEqual([file, blob]);
     expect(readFileSync(join(VENDOR, '..', '..', '..', 'deploy', 'Dockerfile'), 'utf8')).toMatch(/^COPY --from=build \/src\/vendor \.\/vendor$/m);
   });

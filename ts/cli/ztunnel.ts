@@ -1,8 +1,9 @@
 /**
  * `inpod ztunnel`: the proxy process. Connects to the agent over ZDS, serves each pod it is
- * handed, reads workloads/services/policies from --config (hot-reloaded), the Kubernetes API or
- * a manifest directory, and drains on SIGTERM. The state sources are imported by the mode that
- * uses them: the Kubernetes client alone is about 70 MB of the process's memory.
+ * handed, reads workloads/services/policies from --config (hot-reloaded), istiod over xDS
+ * (--xds-address), the Kubernetes API or a manifest directory, and drains on SIGTERM. The state
+ * sources are imported by the mode that uses them: the Kubernetes client alone is about 70 MB of
+ * the process's memory.
  */
 import { parseArgs } from 'node:util';
 import { StateStore } from '../state/store.js';
@@ -15,13 +16,18 @@ import { startAdmin, type AdminServers } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
 import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
 import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
+import { DEFAULT_XDS_ADDRESS, xdsOptionsFromFlags } from '../xds/flags.js';
+import type { XdsSource } from '../xds/source.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
 const METRICS_ADDR = `0.0.0.0:${PORTS.metrics}`;
 const READINESS_ADDR = `0.0.0.0:${PORTS.readiness}`;
 
-export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
+export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --xds-address HOST:PORT | --kubeconfig F | --manifests DIR] [--zds SOCKET] [--trust-domain TD] [--ca-dir DIR] [--drain-seconds N]
+                 [--xds-root-ca FILE] [--alt-xds-hostname H]  (with --xds-address, e.g. ${DEFAULT_XDS_ADDRESS}: workloads, services and
+                 policies from istiod over delta xDS, as ztunnel's XDS_ADDRESS, XDS_ROOT_CA, ALT_XDS_HOSTNAME, and --auth-token, --cluster-id
+                 below; the node it says it is from POD_NAME, POD_NAMESPACE, NODE_NAME, INSTANCE_IP, ISTIO_META_*)
                  [--admin-addr ${ADMIN_ADDR}] [--metrics-addr ${METRICS_ADDR}] [--readiness-addr ${READINESS_ADDR}]
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
@@ -75,6 +81,9 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'auth-token': { type: 'string' },
       'cluster-id': { type: 'string' },
       'alt-ca-hostname': { type: 'string' },
+      'xds-address': { type: 'string' },
+      'xds-root-ca': { type: 'string' },
+      'alt-xds-hostname': { type: 'string' },
     },
     strict: true,
   });
@@ -84,7 +93,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
   // before anything starts: a malformed value refuses to start, as in ztunnel
   const hbone = http2LimitsFromEnv(process.env);
+  const sources = (['config', 'manifests', 'xds-address', 'kubeconfig'] as const).filter((k) => v[k] !== undefined);
+  if (sources.length > 1) throw new MeshError('INPOD_ERR_USAGE', `--${sources.join(' and --')}: the state comes from one source; choose one`);
   const log = logger('ztunnel');
+  // istiod's xDS (--xds-address): its flags checked before anything is started; its root and
+  // token are read on every connect (a ConfigMap mounted late is waited for, as ztunnel does)
+  const xdsOpts = xdsOptionsFromFlags(v, process.env);
   // Istio mode (--ca-address): checked before anything is started, so a bad flag or a missing root ends the process
   const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
   const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
@@ -101,7 +115,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     const src = new ManifestStateSource(v.manifests, state, v['trust-domain']!);
     kube = src;
     await src.start();
-  } else if (!v.config && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
+  } else if (!v.config && !xdsOpts && (v.kubeconfig || process.env.KUBERNETES_SERVICE_HOST)) {
     const [{ KubeStateSource }, { loadKubeConfig }] = await Promise.all([import('../state/kube.js'), import('../agent/kube.js')]);
     const src = new KubeStateSource(loadKubeConfig(v.kubeconfig), state, v['trust-domain']!, { autoAllowWaypointPolicy: v['auto-allow-waypoint-policy'] });
     kube = src;
@@ -109,6 +123,13 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
+  let xds: XdsSource | undefined;
+  if (xdsOpts) {
+    // after the proxy exists: the xDS series go into its registry
+    const { startXdsSource } = await import('../xds/source.js');
+    xds = startXdsSource({ ...xdsOpts, env: process.env, store: state, registry: zt.telemetry.registry, log: logger('xds') });
+    log.info({ xds: xdsOpts.address, root: xdsOpts.rootCert, token: xdsOpts.tokenFile ?? null }, 'state from istiod (xDS)');
+  }
   if (zt.fastPath.active) log.info('kernel fast path on: passthrough and plaintext-inbound connections are spliced in the kernel');
   else log.info({ reason: zt.fastPath.unavailable ?? 'not switched on (--fast-path on)' }, 'kernel fast path off: every connection is relayed in userspace');
   const client = new ZdsClient({
@@ -121,7 +142,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       process.exit(1);
     },
   });
-  client.start();
+  // as ztunnel (app.rs): pods are taken from the agent only once istiod's state has arrived, so
+  // no pod is served without its workloads and policies
+  if (xds && !xds.client.synced) {
+    xds.client.once('synced', () => client.start());
+    log.info('waiting for the first state from istiod before taking pods from the agent');
+  } else client.start();
   let draining = false;
   const drainSeconds = Number(v['drain-seconds']);
   let servers: AdminServers | undefined;
@@ -141,6 +167,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     client.stop();
     state.close();
     kube?.stop();
+    xds?.stop();
     servers?.stop();
     const exit = (msg: string): void => {
       log.info(msg);
@@ -156,8 +183,12 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     readiness: v['readiness-addr']!,
     // as ztunnel (src/inpod/workloadmanager.rs): the "workload proxy manager" task is pending
     // until every pod of the agent's snapshot is served, and again while the agent is away; a
-    // refused reload keeps the last good state served, so it stays ready (logs, /state say so)
-    pending: () => (draining || !client.connected || zt.notReady() !== null ? ['workload proxy manager'] : []),
+    // refused reload keeps the last good state served, so it stays ready (logs, /state say so).
+    // In Istio mode the "state manager" task is pending until istiod's first state (app.rs).
+    pending: () => [
+      ...(xds && !xds.client.synced ? ['state manager'] : []),
+      ...(draining || !client.connected || zt.notReady() !== null ? ['workload proxy manager'] : []),
+    ],
     shutdown: () => stop('quitquitquit'),
     zds: v.zds!,
     drainSeconds,

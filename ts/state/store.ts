@@ -45,7 +45,8 @@ export class StateSnapshot {
     for (let i = from; i < to; i++) {
       const w = this.state.workloads[i]!;
       this.byUid.set(w.uid, w);
-      for (const a of w.workloadIps) this.byIp.set(a, w);
+      // a host-network workload shares its node's IP with others: never looked up by it (ztunnel's WorkloadStore::insert)
+      if (w.networkMode !== 'HostNetwork') for (const a of w.workloadIps) this.byIp.set(a, w);
       for (const key of Object.keys(w.services)) {
         const members = this.endpoints.get(key);
         if (members) members.push(w);

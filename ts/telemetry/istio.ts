@@ -11,8 +11,9 @@
  *    _proxies_stopped_total (src/inpod/metrics.rs, registered without the prefix in src/app.rs);
  *  - the process metrics, and inpod's own series (inpod_fastpath_*, fastpath.ts).
  *
- * Not registered: the xDS series (until the proxy speaks xDS), on-demand DNS, DNS and the CRL
- * series (features inpod does not have), Tokio's runtime series.
+ * The xDS series (istio_xds_*) join this registry in Istio mode (ts/xds/metrics.ts). Not
+ * registered: on-demand DNS, DNS and the CRL series (features inpod does not have), Tokio's
+ * runtime series.
  *
  * One access-log line per connection in ztunnel's fields and messages (accesslog.ts). Bytes are
  * counted when the connection ends (ztunnel counts them as they are copied), under the labels
