@@ -176,7 +176,7 @@ describe('a CA outage', () => {
 describe('inpod ztunnel in Istio mode (--ca-address)', () => {
   it('takes ztunnel\'s defaults for the root and the token file, and keeps the node-local CA without --ca-address', () => {
     expect(caOptionsFromFlags({}, 'cluster.local')).toBeUndefined();
-    expect(caOptionsFromFlags({ 'ca-address': 'https://istiod.istio-system.svc:15012' }, 'cluster.local', () => true)).toEqual({
+    expect(caOptionsFromFlags({ 'ca-address': 'https://istiod.istio-system.svc:15012' }, 'cluster.local', () => true, {})).toEqual({
       address: 'https://istiod.istio-system.svc:15012',
       rootCertFile: '/var/run/secrets/istio/root-cert.pem',
       tokenFile: '/var/run/secrets/tokens/istio-token',
@@ -184,9 +184,12 @@ describe('inpod ztunnel in Istio mode (--ca-address)', () => {
       altHostname: undefined,
       trustDomain: 'cluster.local',
     });
+    // the cluster as the xDS client names it (ztunnel config.rs: ISTIO_META_CLUSTER_ID, then CLUSTER_ID)
+    expect(caOptionsFromFlags({ 'ca-address': 'istiod:15012' }, 'td', () => true, { CLUSTER_ID: 'east' })?.clusterId).toBe('east');
+    expect(caOptionsFromFlags({ 'ca-address': 'istiod:15012', 'cluster-id': 'west' }, 'td', () => true, { CLUSTER_ID: 'east' })?.clusterId).toBe('west');
     // no token file mounted: none is sent (ztunnel's AuthSource::None)
     expect(caOptionsFromFlags({ 'ca-address': 'https://istiod:15012', 'ca-root-ca': '/r.pem' }, 'td', () => false)).toMatchObject({ rootCertFile: '/r.pem', tokenFile: undefined });
-    expect(() => caOptionsFromFlags({ 'ca-address': 'https://istiod:15012/path/x' }, 'td')).toThrow(/not https:\/\/host:port/);
+    expect(() => caOptionsFromFlags({ 'ca-address': 'https://istiod:15012/path/x' }, 'td')).toThrow(/--ca-address "https:\/\/istiod:15012\/path\/x": expected https:\/\/host:port/);
   });
 
   it('serves pods with istiod-issued certificates and makes no CA of its own (no CA key on the node)', async () => {

@@ -10,6 +10,8 @@
  * written to disk. The answer is verified (verify.ts) before it is returned.
  * The schema is ztunnel's proto/citadel.proto, vendored verbatim (vendor/istio/ztunnel/README.md).
  */
+import { grpcTarget } from '../util/grpc.js';
+import { clusterIdOf, type Env } from '../xds/node.js';
 import 'reflect-metadata'; // required by @peculiar/x509 (tsyringe)
 import { KeyObject, webcrypto } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -104,25 +106,19 @@ export interface CaFlags {
  * stays). As ztunnel's config.rs: the root defaults to /var/run/secrets/istio/root-cert.pem, the
  * token to /var/run/secrets/tokens/istio-token when that file exists (else none is sent).
  */
-export function caOptionsFromFlags(f: CaFlags, trustDomain: string, exists: (p: string) => boolean = existsSync): Omit<IstioCaOptions, 'log'> | undefined {
+export function caOptionsFromFlags(f: CaFlags, trustDomain: string, exists: (p: string) => boolean = existsSync, env: Env = process.env): Omit<IstioCaOptions, 'log'> | undefined {
   const address = f['ca-address'];
   if (!address) return undefined;
-  grpcTarget(address);
+  grpcTarget(address, '--ca-address');
   return {
     address,
     rootCertFile: f['ca-root-ca'] ?? CA_DEFAULTS.rootCert,
     tokenFile: f['auth-token'] ?? (exists(CA_DEFAULTS.token) ? CA_DEFAULTS.token : undefined),
-    clusterId: f['cluster-id'] ?? CA_DEFAULTS.clusterId,
+    // as the xDS client: ISTIO_META_CLUSTER_ID, CLUSTER_ID, else Kubernetes (ztunnel config.rs)
+    clusterId: f['cluster-id'] ?? clusterIdOf(env),
     altHostname: f['alt-ca-hostname'],
     trustDomain,
   };
-}
-
-/** `https://h:p` -> `h:p`, as the gRPC target. */
-function grpcTarget(address: string): string {
-  const m = /^(?:https?:\/\/)?([^/]+)\/?$/.exec(address);
-  if (!m) throw new MeshError('INPOD_ERR_USAGE', `--ca-address ${address} is not https://host:port`);
-  return m[1]!;
 }
 
 export class IstioCaClient implements IdentityProvider {
@@ -157,7 +153,7 @@ export class IstioCaClient implements IdentityProvider {
 
   static #channel(opts: IstioCaOptions, rootPem: string): grpc.Client {
     const options: grpc.ChannelOptions = opts.altHostname ? { 'grpc.ssl_target_name_override': opts.altHostname, 'grpc.default_authority': opts.altHostname } : {};
-    return new grpc.Client(grpcTarget(opts.address), grpc.credentials.createSsl(Buffer.from(rootPem)), options);
+    return new grpc.Client(grpcTarget(opts.address, '--ca-address'), grpc.credentials.createSsl(Buffer.from(rootPem)), options);
   }
 
   /**

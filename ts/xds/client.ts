@@ -28,6 +28,7 @@
  *
  * Not done: custom XDS_HEADER_* headers, PROXY_CONFIG's proxyMetadata.
  */
+import { grpcTarget } from '../util/grpc.js';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
@@ -75,13 +76,6 @@ export interface XdsClientEvents {
   connected: [];
 }
 
-/** host:port for grpc-js from ztunnel's "https://host:port" or a bare "host:port". */
-export function grpcTarget(address: string): string {
-  const m = /^(?:https?:\/\/)?([^/]+?)\/?$/.exec(address);
-  if (!m) throw new MeshError('INPOD_ERR_USAGE', `xDS address ${JSON.stringify(address)}: expected host:port, e.g. istiod.istio-system.svc:15012`);
-  return m[1]!;
-}
-
 /** ztunnel's run_loop classification of a gRPC status that ended an established stream. */
 export function classifyEnd(code: grpc.status, details: string): { reason: TerminationReason; reset: boolean } {
   if (code === grpc.status.OK) return { reason: 'Complete', reset: true };
@@ -116,7 +110,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     this.#initialMs = o.backoff?.initialMs ?? INITIAL_BACKOFF_MS;
     this.#maxMs = o.backoff?.maxMs ?? MAX_BACKOFF_MS;
     this.#backoff = this.#initialMs;
-    grpcTarget(o.address);
+    grpcTarget(o.address, '--xds-address');
   }
 
   /** A stream is open and istiod has answered it (its response headers arrived). */
@@ -232,7 +226,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     }
     const options: grpc.ClientOptions = { 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE };
     if (this.#o.altHostname) options['grpc.ssl_target_name_override'] = this.#o.altHostname;
-    const client = new grpc.Client(grpcTarget(this.#o.address), creds, options);
+    const client = new grpc.Client(grpcTarget(this.#o.address, '--xds-address'), creds, options);
     const m = ADS_SERVICE.DeltaAggregatedResources!;
     const call = client.makeBidiStreamRequest(DELTA_ADS_PATH, m.requestSerialize, m.responseDeserialize, md, {}) as grpc.ClientDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
     this.#client = client;
