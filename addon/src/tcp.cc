@@ -51,6 +51,7 @@ struct SocketSpec {
   bool transparent = false;
   bool reuseAddr = false;
   bool reusePort = false;
+  int v6only = -1;  // IPV6_V6ONLY: -1 left as the netns's default (net.ipv6.bindv6only)
   bool hasBind = false;
   sockaddr_storage bind;
   socklen_t bindLen = 0;
@@ -67,6 +68,7 @@ static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
   s->transparent = o.Has("transparent") && o.Get("transparent").ToBoolean();
   s->reuseAddr = o.Has("reuseAddr") && o.Get("reuseAddr").ToBoolean();
   s->reusePort = o.Has("reusePort") && o.Get("reusePort").ToBoolean();
+  if (o.Has("v6only")) s->v6only = o.Get("v6only").ToBoolean() ? 1 : 0;
   if ((s->hasBind = o.Has("bind")) && !ParseAddr(o.Get("bind").As<Napi::Object>(), &s->bind, &s->bindLen)) return false;
   if ((s->hasListen = o.Has("listen"))) s->backlog = o.Get("listen").As<Napi::Number>().Int32Value();
   if ((s->hasConnect = o.Has("connect")) && !ParseAddr(o.Get("connect").As<Napi::Object>(), &s->connect, &s->connectLen))
@@ -93,6 +95,8 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
     return fail("setsockopt(IP_TRANSPARENT)");
   if (s.reuseAddr && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEADDR)");
   if (s.reusePort && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEPORT)");
+  if (s.v6only >= 0 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &s.v6only, sizeof(s.v6only)) < 0)
+    return fail("setsockopt(IPV6_V6ONLY)");
   if (s.hasBind && bind(fd, reinterpret_cast<const sockaddr *>(&s.bind), s.bindLen) < 0) return fail("bind");
   if (s.hasListen && listen(fd, s.backlog) < 0) return fail("listen");
   if (s.hasConnect && connect(fd, reinterpret_cast<const sockaddr *>(&s.connect), s.connectLen) < 0 && errno != EINPROGRESS)
@@ -100,7 +104,7 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   return fd;
 }
 
-// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, bind?: {ip, port}, listen?: backlog,
+// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, v6only?, bind?: {ip, port}, listen?: backlog,
 //                 connect?: {ip, port}}) -> fd | {errno, syscall}
 // nsFd < 0: this thread's netns. The socket is non-blocking and close-on-exec; a connect in
 // progress is not an error.
@@ -142,6 +146,23 @@ static Napi::Value OrigDst(const Napi::CallbackInfo &info) {
   socklen_t len = sizeof(sockaddr_in);
   memset(&ss, 0, sizeof(ss));
   if (getsockopt(IntArg(info, 0), SOL_IP, SO_ORIGINAL_DST, &ss, &len) < 0) return Errno(info.Env(), errno);
+  return AddrValue(info.Env(), ss);
+}
+
+// IPv6 netfilter's twin of SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h), not included
+// here: that header's IPv4 counterpart clashes with netfilter_ipv4.h.
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+
+// origDst6(fd) -> {ip, port} | -errno : getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST), for a
+// connection that is IPv6 on the wire (conntrack's IPv6 getorigdst, or the eBPF getsockopt
+// program's answer for it).
+static Napi::Value OrigDst6(const Napi::CallbackInfo &info) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof(sockaddr_in6);
+  memset(&ss, 0, sizeof(ss));
+  if (getsockopt(IntArg(info, 0), SOL_IPV6, IP6T_SO_ORIGINAL_DST, &ss, &len) < 0) return Errno(info.Env(), errno);
   return AddrValue(info.Env(), ss);
 }
 
@@ -244,6 +265,7 @@ static Napi::Value RecvAll(const Napi::CallbackInfo &info) {
 void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("socketIn", Napi::Function::New(env, SocketIn));
   exports.Set("origDst", Napi::Function::New(env, OrigDst));
+  exports.Set("origDst6", Napi::Function::New(env, OrigDst6));
   exports.Set("sockName", Napi::Function::New(env, SockName));
   exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));

@@ -153,7 +153,7 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     expect(d.config).toMatchObject({
       adminAddr: { SocketAddr: `127.0.0.1:${(servers.admin!.address() as { port: number }).port}` },
       readinessAddr: { SocketAddr: `127.0.0.1:${(servers.readiness!.address() as { port: number }).port}` },
-      inboundAddr: '0.0.0.0:15008', inpodUds: '/var/run/ztunnel/ztunnel.sock', selfTerminationDeadline: { secs: 25, nanos: 0 }, packetMark: 1337,
+      inboundAddr: '[::]:15008', inpodUds: '/var/run/ztunnel/ztunnel.sock', selfTerminationDeadline: { secs: 25, nanos: 0 }, packetMark: 1337,
     });
     expect(text).not.toMatch(/PRIVATE KEY|keyPem/);
   });

@@ -20,6 +20,7 @@ import { cgroup2Mount } from '../redirect/preflight.js';
 import { withFd, type SockAddr } from '../native/index.js';
 import { connectIn, listenIn } from '../proxy/sockets.js';
 import { freePorts } from '../util/ports.js';
+import { canonicalIp } from '../util/sockaddr.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
@@ -139,7 +140,7 @@ export async function demo(): Promise<void> {
      workloadName: server, workloadType: pod, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes}
 `);
     await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog), tails);
-    servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${s.remoteAddress}, you said "${d.toString().trim()}"`))));
+    servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${canonicalIp(s.remoteAddress ?? '')}, you said "${d.toString().trim()}"`))));
 
     const before = proxyLog.length;
     const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');

@@ -20,6 +20,8 @@ export interface SocketSpec {
   reuseAddr?: boolean;
   /** SO_REUSEPORT: listeners of the same owner on one address share it (and hand over on close) */
   reusePort?: boolean;
+  /** IPV6_V6ONLY (family 6): false = dual-stack, IPv4 peers seen as ::ffff:a.b.c.d; unset: the netns's default */
+  v6only?: boolean;
   bind?: SockAddr;
   listen?: number;
   connect?: SockAddr;
@@ -104,6 +106,7 @@ export interface NativeAddon {
   netnsCookie(nsFd: number): bigint | SysFail;
   socketIn(nsFd: number, spec: SocketSpec): number | SysFail;
   origDst(fd: number): SockAddr | number;
+  origDst6(fd: number): SockAddr | number;
   sockName(fd: number): SockAddr | number;
   setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;

@@ -39,6 +39,10 @@ export const SO_MARK = 36;
 export function origDst(fd: number): SockAddr {
   return check('getsockopt(SO_ORIGINAL_DST)', addon().origDst(fd));
 }
+/** The IPv6 twin of origDst: getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST), for a connection that is IPv6 on the wire. */
+export function origDst6(fd: number): SockAddr {
+  return check('getsockopt(IP6T_SO_ORIGINAL_DST)', addon().origDst6(fd));
+}
 export function sockName(fd: number): SockAddr {
   return check('getsockname', addon().sockName(fd));
 }

@@ -264,7 +264,8 @@ export interface ProxySettings {
  * about xDS, the CA client, DNS and HTTP/2 tuning are left out until this proxy has them.
  */
 export function configSection(s: ProxySettings): Obj {
-  const at = (port: number): string => `0.0.0.0:${port}`;
+  // the pod listeners are dual-stack, as ztunnel's on `[::]` (sockets.ts podListenerFd)
+  const at = (port: number): string => `[::]:${port}`;
   return {
     proxy: true,
     dnsProxy: false,

@@ -5,12 +5,10 @@
  * connection manager dump (src/proxy/connection_manager.rs, `InboundConnectionDump` and
  * `OutboundConnection`, camelCase as serde writes them).
  */
+import { socketAddr } from '../util/sockaddr.js';
 import type { ConnContext, ConnObserver, ReportedConn } from './hooks.js';
 
-/** `ip:port` as Rust's SocketAddr writes it (`[v6]:port`). */
-export function socketAddr(a: { ip: string; port: number }): string {
-  return a.ip.includes(':') ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`;
-}
+export { socketAddr };
 
 export interface InboundConnectionDump {
   src: string;

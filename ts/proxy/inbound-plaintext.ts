@@ -13,6 +13,7 @@ import { capturedDestination, podRef, type PodInputs } from './inputs.js';
 import { ConnectionResult } from './result.js';
 import type { Addr } from './route.js';
 import { connectIn } from './sockets.js';
+import { peerOf, socketAddr } from '../util/sockaddr.js';
 
 /** Serves one connection accepted on 15006 (paused: the fast path may take it unread). */
 export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise<void> {
@@ -20,7 +21,7 @@ export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise
   down.on('error', () => {});
   const dst = capturedDestination(pi, down, 'inbound');
   if (!dst) return;
-  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+  const src = peerOf(down);
   const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: pi.uri }, pod: podRef(pi) }, started);
   let up: net.Socket;
   try {
@@ -46,6 +47,6 @@ export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise
   try {
     return await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
   } catch (e) {
-    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${app.ip}:${app.port} unreachable: ${(e as Error).message}`, { cause: e });
+    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
   }
 }

@@ -12,12 +12,11 @@
  */
 import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';
-import { isIPv4 } from 'node:net';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
-import { socketAddr } from '../util/sockaddr.js';
+import { parseSocketAddr, socketAddr } from '../util/sockaddr.js';
 import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
@@ -79,7 +78,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   // the app is always this pod's, at the authority's port (inbound.rs find_inbound_upstream)
   const app = { ip: localIp, port: authority.port };
   // as ztunnel (inbound.rs find_inbound_upstream): a CONNECT to one of the proxy's own ports is a self call, 503
-  if (isSelfCall('inbound', app, ownAddresses(pi))) return early(503, `${app.ip}:${app.port} is one of the proxy's own ports (self call)`);
+  if (isSelfCall('inbound', app, ownAddresses(pi))) return early(503, `${socketAddr(app)} is one of the proxy's own ports (self call)`);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
     dst: { ...app, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
@@ -127,12 +126,10 @@ function respond(stream: ServerHttp2Stream, status: number, endStream: boolean, 
   }
 }
 
-/** `ip:port` (IPv4) of a CONNECT's :authority, or null. */
+/**
+ * A CONNECT's :authority as ztunnel parses it (a SocketAddr: `ip:port`, `[ipv6]:port`), or null.
+ * An IPv4-mapped authority is the IPv4 address it stands for, as ztunnel's to_canonical makes it.
+ */
 function parseAuthority(a: string): Addr | null {
-  const i = a.lastIndexOf(':');
-  if (i < 0) return null;
-  const ip = a.slice(0, i);
-  const port = Number(a.slice(i + 1));
-  if (!isIPv4(ip) || !Number.isInteger(port) || port < 1 || port > 65535) return null;
-  return { ip, port };
+  return parseSocketAddr(a);
 }

@@ -10,6 +10,7 @@ import type { Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
 import type { Logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
+import { localOf, peerOf, socketAddr } from '../util/sockaddr.js';
 import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
@@ -77,19 +78,19 @@ export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
  * (ztunnel's log_early_deny), never a fallback; it is not reported as a connection.
  */
 export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 'inbound' | 'outbound'): Addr | null {
-  const from = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0 };
+  const from = peerOf(down);
   let dst: Addr;
   try {
     dst = originalDestination(down);
   } catch (e) {
     // the listener's own address stands for the destination nobody recorded
-    pi.observer.refused({ direction, src: from, dst: { ip: down.localAddress ?? '', port: down.localPort ?? 0 }, error: e as Error });
+    pi.observer.refused({ direction, src: from, dst: localOf(down), error: e as Error });
     down.resetAndDestroy();
     return null;
   }
   if (isSelfCall(direction, dst, ownAddresses(pi, from.ip)) || (direction === 'inbound' && isOwnUpstream(from.ip, from.port))) {
     pi.observer.refused({ direction, src: from, dst, error: new MeshError('INPOD_ERR_SELF_CALL',
-      `connection refused: ${dst.ip}:${dst.port} would loop back into the proxy (its own port, or its own upstream captured again)`) });
+      `connection refused: ${socketAddr(dst)} would loop back into the proxy (its own port, or its own upstream captured again)`) });
     down.resetAndDestroy();
     return null;
   }

@@ -18,6 +18,7 @@ import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
 import { sameNode } from './same-node.js';
 import { connectIn } from './sockets.js';
+import { peerOf, socketAddr } from '../util/sockaddr.js';
 
 /** Serves one connection accepted on 15001 (paused: the fast path may take it unread). */
 export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
@@ -25,7 +26,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   down.on('error', () => {});
   const dst = capturedDestination(pi, down, 'outbound');
   if (!dst) return;
-  const src = { ip: down.remoteAddress ?? '', port: down.remotePort ?? 0, identity: pi.uri };
+  const src = { ...peerOf(down), identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst, { source: { identity: pi.uri, ip: src.ip } });
   const trace = newTraceParent();
   if (route.kind === 'reject') {
@@ -66,7 +67,7 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
 async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, route: Exclude<Route, { kind: 'reject' }>, trace: TraceParent): Promise<void> {
   if (route.kind === 'passthrough') {
     if (isSelfCall('outbound', route.target, ownAddresses(pi, conn.ctx.src.ip))) {
-      throw new MeshError('INPOD_ERR_SELF_CALL', `${route.target.ip}:${route.target.port} is one of the proxy's own ports`);
+      throw new MeshError('INPOD_ERR_SELF_CALL', `${socketAddr(route.target)} is one of the proxy's own ports`);
     }
     let up: net.Socket;
     try {

@@ -66,9 +66,9 @@ export class PodProxy {
     const pi = this.inputs;
     try {
       // paused: a connection that ends up spliced must not have been read by Node
-      this.#servers.push(await listenIn(this.netns.fd, PORTS.outbound, (s) => this.#guard(s, outbound(pi, this.#counted(s, 'source'))), '0.0.0.0', true));
+      this.#servers.push(await listenIn(this.netns.fd, PORTS.outbound, (s) => this.#guard(s, outbound(pi, this.#counted(s, 'source'))), undefined, true));
       this.listeners.outbound = PORTS.outbound;
-      this.#servers.push(await listenIn(this.netns.fd, PORTS.inboundPlaintext, (s) => this.#guard(s, inboundPlaintext(pi, this.#counted(s, 'destination'))), '0.0.0.0', true));
+      this.#servers.push(await listenIn(this.netns.fd, PORTS.inboundPlaintext, (s) => this.#guard(s, inboundPlaintext(pi, this.#counted(s, 'destination'))), undefined, true));
       this.listeners.inbound = PORTS.inboundPlaintext;
       this.#servers.push(await this.#hbone());
       this.listeners.hbone = PORTS.hbone;

@@ -20,6 +20,7 @@
 import { PORTS, PROXY_PORTS } from '../istio.js';
 import type { StateSnapshot } from '../state/store.js';
 import type { Service, Workload } from '../state/types.js';
+import { canonicalIp } from '../util/sockaddr.js';
 import { identityOf, isFromWaypoint, resolveWaypoint, serviceMembers, serviceWaypoint, type Addr } from './waypoint.js';
 
 export type { Addr };
@@ -47,7 +48,8 @@ export function isSelfCall(direction: 'inbound' | 'outbound', dst: Addr, own: Ow
 }
 
 function isLoopback(ip: string): boolean {
-  return ip.startsWith('127.') || ip === '::1' || ip.startsWith('::ffff:127.');
+  const c = canonicalIp(ip);
+  return c.startsWith('127.') || c === '::1';
 }
 
 export type Route =

@@ -2,24 +2,40 @@
  * Sockets inside a pod's network namespace, handed to Node: the addon creates the socket in the
  * netns (with SO_MARK / IP_TRANSPARENT / bind as asked), Node drives it from then on.
  */
-import net from 'node:net';
+import net, { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { origDst, setSockOptInt, SOL_SOCKET, socketInNs, sockName, type SockAddr } from '../native/index.js';
+import { origDst, origDst6, setSockOptInt, SOL_SOCKET, socketInNs, sockName, type SockAddr } from '../native/index.js';
 import { MARKS } from '../istio.js';
 import { MeshError, SyscallError } from '../util/errors.js';
+import { canonicalIp, peerOf, socketAddr } from '../util/sockaddr.js';
 
 /**
- * A listening socket on `host:port` inside the netns behind `nsFd`, for one of a pod's proxy
- * listeners (15001, 15006, 15008). SO_REUSEPORT, as ztunnel's in-pod socket factory
- * (src/inpod/config.rs, INPOD_PORT_REUSE, on by default): while a proxy rolls, the new proxy's
- * listeners join the old one's on the same ports and both accept; when the old one closes its
- * listeners, the kernel moves their queued connections to the new ones (tcp_migrate_req, which
- * enrollment turns on in the pod's netns) instead of resetting them. Only sockets of the same
- * owner (uid) can join: an app running as another user cannot take the proxy's connections.
- * Returns the fd, owned by the caller.
+ * A listening socket on `port` inside the netns behind `nsFd`, for one of a pod's proxy listeners
+ * (15001, 15006, 15008). Dual-stack by default, as ztunnel binds its in-pod listeners to `[::]`
+ * (src/config.rs bind_wildcard with IPV6_ENABLED, the default): one IPv6 socket with
+ * IPV6_V6ONLY off takes both families, IPv4 peers seen as `::ffff:a.b.c.d` (the proxy reads every
+ * socket address through canonicalIp, util/sockaddr.ts). The eBPF backend assigns one listener
+ * per netns to both families' SYNs, so it must be this one socket, not two. On a kernel without
+ * IPv6 (socket(AF_INET6) refused with EAFNOSUPPORT) it is IPv4 alone on 0.0.0.0, as ztunnel with
+ * IPV6_ENABLED=false. `host` binds one address instead (its family).
+ *
+ * SO_REUSEPORT, as ztunnel's in-pod socket factory (src/inpod/config.rs, INPOD_PORT_REUSE, on by
+ * default): while a proxy rolls, the new proxy's listeners join the old one's on the same ports
+ * and both accept; when the old one closes its listeners, the kernel moves their queued
+ * connections to the new ones (tcp_migrate_req, which enrollment turns on in the pod's netns)
+ * instead of resetting them. Only sockets of the same owner (uid) and the same bound address can
+ * join: an app running as another user cannot take the proxy's connections. Returns the fd,
+ * owned by the caller.
  */
-export function podListenerFd(nsFd: number, port: number, host = '0.0.0.0'): number {
-  return socketInNs(nsFd, { family: 4, bind: { ip: host, port }, listen: 511, reuseAddr: true, reusePort: true }).release();
+export function podListenerFd(nsFd: number, port: number, host?: string): number {
+  const spec = { listen: 511, reuseAddr: true, reusePort: true };
+  if (host !== undefined) return socketInNs(nsFd, { ...spec, family: isIP(host) === 6 ? 6 : 4, bind: { ip: host, port } }).release();
+  try {
+    return socketInNs(nsFd, { ...spec, family: 6, v6only: false, bind: { ip: '::', port } }).release();
+  } catch (e) {
+    if ((e as SyscallError).code !== 'EAFNOSUPPORT') throw e;
+    return socketInNs(nsFd, { ...spec, family: 4, bind: { ip: '0.0.0.0', port } }).release();
+  }
 }
 
 /**
@@ -49,12 +65,13 @@ export function setTcpKeepalive(fd: number): void {
 }
 
 /**
- * A listening server on `port` inside the netns behind `nsFd` (a podListenerFd), for the
+ * A listening server on `port` inside the netns behind `nsFd` (a podListenerFd: dual-stack unless
+ * `host` is given), for the
  * captured listeners (15001, 15006): its connections get ztunnel's TCP keepalive. With `paused`,
  * accepted sockets are not read until the handler resumes them (or hands them to the kernel
  * fast path, which needs sockets no userspace read has touched).
  */
-export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host = '0.0.0.0', paused = false): Promise<net.Server> {
+export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => void, host?: string, paused = false): Promise<net.Server> {
   const fd = podListenerFd(nsFd, port, host);
   setTcpKeepalive(fd);
   // Nagle off everywhere on the data path: with it, small writes wait for the peer's delayed
@@ -72,19 +89,31 @@ export function listenIn(nsFd: number, port: number, onConn: (s: net.Socket) => 
 export interface ConnectOptions {
   /** SO_MARK (default: the proxy's own, so capture lets the socket through) */
   mark?: number;
-  /** bind to this (foreign) address with IP_TRANSPARENT: the app sees the client's IP */
+  /** bind to this (foreign) address with IP_TRANSPARENT / IPV6_TRANSPARENT: the app sees the client's IP (of `to`'s family) */
   transparentFrom?: string;
   timeoutMs?: number;
   /** do not read from the socket until it is resumed (see listenIn) */
   paused?: boolean;
 }
 
-/** Connects from inside the netns behind `nsFd`, with ztunnel's TCP keepalive; resolves once connected. */
+/**
+ * Connects from inside the netns behind `nsFd`, with ztunnel's TCP keepalive; resolves once
+ * connected. The socket is of `to`'s family (canonical: an IPv4-mapped `to` is IPv4); a
+ * `transparentFrom` of the other family cannot be (a client of one family reaching an app over
+ * the other): refused with INPOD_ERR_UPSTREAM_CONNECT before any socket is made.
+ */
 export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
+  to = { ip: canonicalIp(to.ip), port: to.port };
+  const family = isIP(to.ip) === 6 ? 6 : 4;
+  const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
+  if (from !== undefined && isIP(from) !== family) {
+    return Promise.reject(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `cannot connect to ${socketAddr(to)} from ${from}: ` +
+      'the client\'s address and the destination are of different IP families'));
+  }
   const owned = socketInNs(nsFd, {
-    family: 4,
+    family,
     mark: o.mark ?? MARKS.proxy,
-    ...(o.transparentFrom ? { transparent: true, bind: { ip: o.transparentFrom, port: 0 } } : {}),
+    ...(from ? { transparent: true, bind: { ip: from, port: 0 } } : {}),
   });
   try {
     setTcpKeepalive(owned.fd);
@@ -95,12 +124,12 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
   const fd = owned.release();
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
-  if (o.transparentFrom) ownUpstream(s, fd);
+  if (from) ownUpstream(s, fd);
   if (o.paused) s.pause();
   s.setNoDelay(true);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
-      const e = Object.assign(new Error(`connect ETIMEDOUT ${to.ip}:${to.port}`), { code: 'ETIMEDOUT' });
+      const e = Object.assign(new Error(`connect ETIMEDOUT ${socketAddr(to)}`), { code: 'ETIMEDOUT' });
       s.destroy(e);
     }, o.timeoutMs ?? 10_000);
     s.once('error', (e) => {
@@ -119,8 +148,7 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
 const transparentUpstreams = new Set<string>();
 
 function ownUpstream(s: net.Socket, fd: number): void {
-  const a = sockName(fd);
-  const key = `${a.ip}:${a.port}`;
+  const key = socketAddr(sockName(fd));
   transparentUpstreams.add(key);
   s.once('close', () => transparentUpstreams.delete(key));
 }
@@ -132,7 +160,7 @@ function ownUpstream(s: net.Socket, fd: number): void {
  * the same client address, in a loop.
  */
 export function isOwnUpstream(ip: string, port: number): boolean {
-  return transparentUpstreams.has(`${ip}:${port}`);
+  return transparentUpstreams.has(socketAddr({ ip, port }));
 }
 
 /** The fd under a connected Node socket. */
@@ -143,16 +171,22 @@ export function fdOf(s: net.Socket): number {
 }
 
 /**
- * The destination a captured connection was meant for: SO_ORIGINAL_DST, answered by conntrack
- * (iptables REDIRECT) or by the eBPF getsockopt program. There is no fallback: a connection with
- * no recorded destination would otherwise be taken for one to the listener itself (getsockname),
- * and the proxy would connect to itself. Throws MeshError INPOD_ERR_ORIGINAL_DST.
+ * The destination a captured connection was meant for: SO_ORIGINAL_DST for a connection that is
+ * IPv4 on the wire (an IPv4-mapped peer of a dual-stack listener included), its IPv6 twin
+ * IP6T_SO_ORIGINAL_DST for a native IPv6 one, as ztunnel reads both (src/socket.rs
+ * orig_dst_addr); answered by conntrack (iptables REDIRECT) or by the eBPF getsockopt program.
+ * The answer comes back canonical. There is no fallback: a connection with no recorded
+ * destination would otherwise be taken for one to the listener itself (getsockname), and the
+ * proxy would connect to itself. Throws MeshError INPOD_ERR_ORIGINAL_DST.
  */
 export function originalDestination(s: net.Socket): SockAddr {
+  const peer = peerOf(s);
   try {
-    return origDst(fdOf(s));
+    const fd = fdOf(s);
+    const a = isIP(peer.ip) === 6 ? origDst6(fd) : origDst(fd);
+    return { ip: canonicalIp(a.ip), port: a.port };
   } catch (e) {
-    throw new MeshError('INPOD_ERR_ORIGINAL_DST', `no original destination for the connection from ${s.remoteAddress}:${s.remotePort} ` +
+    throw new MeshError('INPOD_ERR_ORIGINAL_DST', `no original destination for the connection from ${socketAddr(peer)} ` +
       `(${(e as Error).message}); it did not come through capture (is the pod enrolled?), so it is refused`, { cause: e });
   }
 }
@@ -165,7 +199,7 @@ export const nodeAddresses = ((): (() => ReadonlySet<string>) => {
   let cached: { at: number; ips: Set<string> } | undefined;
   return () => {
     if (!cached || Date.now() - cached.at > 10_000) {
-      cached = { at: Date.now(), ips: new Set(Object.values(networkInterfaces()).flat().map((i) => i!.address)) };
+      cached = { at: Date.now(), ips: new Set(Object.values(networkInterfaces()).flat().map((i) => canonicalIp(i!.address))) };
     }
     return cached.ips;
   };

@@ -73,7 +73,7 @@ function clientContext(cert: IssuedCert, rootPem: string): tls.SecureContext {
  * certificate of the source identity now: nothing was connected).
  */
 export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequest): Promise<HboneConnection> {
-  const t = `${req.target.ip}:${req.target.port}`;
+  const t = socketAddr(req.target);
   // the source's own certificate first, as ztunnel's pool does (src/proxy/pool.rs): without one
   // (MeshError INPOD_ERR_CA) no connection is opened
   const cert = await o.certs.get(src.identity);
@@ -146,10 +146,10 @@ export async function answered(stream: ClientHttp2Stream, req: HboneRequest): Pr
   const status = await new Promise<number>((resolve, reject) => {
     stream.once('response', (h) => resolve(Number(h[':status'])));
     stream.once('error', reject);
-    stream.once('close', () => reject(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${req.authority.ip}:${req.authority.port} closed before a response (rst code ${stream.rstCode})`)));
+    stream.once('close', () => reject(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (rst code ${stream.rstCode})`)));
   });
   if (status === 200) return;
   stream.close();
   const why = status === 401 ? 'denied by authorization policy at the destination' : status === 400 ? 'rejected as malformed' : 'refused';
-  throw new MeshError(status === 401 ? 'INPOD_ERR_HBONE_DENIED' : 'INPOD_ERR_HBONE', `HBONE CONNECT to ${req.authority.ip}:${req.authority.port} via ${req.target.ip}:${req.target.port} answered ${status}: ${why}`);
+  throw new MeshError(status === 401 ? 'INPOD_ERR_HBONE_DENIED' : 'INPOD_ERR_HBONE', `HBONE CONNECT to ${socketAddr(req.authority)} via ${socketAddr(req.target)} answered ${status}: ${why}`);
 }

@@ -11,6 +11,7 @@ import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { parseSpiffe, uriSans, type Identity } from '../../identity/spiffe.js';
 import type { Logger } from '../../util/log.js';
+import { localOf, peerOf, socketAddr } from '../../util/sockaddr.js';
 import { DEFAULT_HBONE_LIMITS, keepAlive, openConnectionWindow, serverSettings, type HboneLimits } from './limits.js';
 
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_REFUSED_STREAM } = http2.constants;
@@ -72,10 +73,10 @@ export function createHboneServer(o: HboneServerOptions): Http2SecureServer {
   // starts, as ztunnel's certificate verifier refuses it in the handshake.
   server.prependListener('secureConnection', (sock: TLSSocket) => {
     if (peerIdentity(sock.getPeerCertificate()?.subjectaltname, o.trustDomain)) return;
-    log.info({ peer: sock.remoteAddress, sans: uriSans(sock.getPeerCertificate()?.subjectaltname) }, `hbone: peer refused: no identity in trust domain ${o.trustDomain}`);
+    log.info({ peer: socketAddr(peerOf(sock)), sans: uriSans(sock.getPeerCertificate()?.subjectaltname) }, `hbone: peer refused: no identity in trust domain ${o.trustDomain}`);
     sock.destroy();
   });
-  server.on('tlsClientError', (e, sock) => log.debug({ err: e.message, peer: sock.remoteAddress }, 'hbone: TLS handshake failed'));
+  server.on('tlsClientError', (e, sock) => log.debug({ err: e.message, peer: socketAddr(peerOf(sock as net.Socket)) }, 'hbone: TLS handshake failed'));
   server.on('sessionError', (e) => log.debug({ err: e.message }, 'hbone: session error'));
   server.on('session', (session) => guard(session, l, o, log));
   return server;
@@ -86,8 +87,8 @@ function guard(session: ServerHttp2Session, l: HboneLimits, o: HboneServerOption
   const sock = session.socket as TLSSocket;
   if (sock.destroyed) return void session.destroy();
   const peer = peerIdentity(sock.getPeerCertificate()?.subjectaltname, o.trustDomain);
-  const remote = { ip: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
-  const localIp = sock.localAddress ?? '';
+  const remote = peerOf(sock);
+  const localIp = localOf(sock).ip;
   let open = 0; // streams not yet closed
   let admitting = 0; // streams whose admission (policy, connect to the app) is not over
   let tokens = l.resetBurst;
