@@ -64,6 +64,30 @@ describe('ztunnel rbac evaluation', () => {
     expect(matches(one({ sourceIps: ['10.0.0.0/8'] }), { ...plaintext, srcIp: '::ffff:10.1.2.3' })).toBe(true);
   });
 
+  // ztunnel's IpNet::contains (the ipnet crate): a CIDR contains addresses of its own family only,
+  // the connection's addresses canonical (to_canonical), so an IPv4 client is never inside an
+  // IPv6 CIDR, not even ::/0 or the IPv4-mapped range, nor an IPv6 client inside 0.0.0.0/0
+  const v4 = { ...plaintext, srcIp: '10.1.2.3', dstIp: '10.1.2.4' };
+  const v6 = { ...plaintext, srcIp: 'fd00:200::5', dstIp: 'fd00:200::6' };
+  const mapped = { ...plaintext, srcIp: '::ffff:10.1.2.3', dstIp: '::ffff:10.1.2.4' };
+  it.each<[string, RbacMatch, [boolean, boolean, boolean]]>([
+    ['sourceIps IPv6 /64', { sourceIps: ['fd00:200::/64'] }, [false, true, false]],
+    ['sourceIps IPv6 /128', { sourceIps: ['fd00:200::5/128'] }, [false, true, false]],
+    ['sourceIps IPv6 /128, another host', { sourceIps: ['fd00:200::7/128'] }, [false, false, false]],
+    ['sourceIps IPv6 with host bits set', { sourceIps: ['fd00:200::1/64'] }, [false, true, false]],
+    ['sourceIps IPv6 in uppercase, zeros written out', { sourceIps: ['FD00:0200:0:0:0:0:0:5/128'] }, [false, true, false]],
+    ['sourceIps ::/0 (IPv6 only)', { sourceIps: ['::/0'] }, [false, true, false]],
+    ['sourceIps the IPv4-mapped range (IPv6, matches no IPv4 client)', { sourceIps: ['::ffff:0:0/96'] }, [false, false, false]],
+    ['sourceIps 0.0.0.0/0 (IPv4 only)', { sourceIps: ['0.0.0.0/0'] }, [true, false, true]],
+    ['sourceIps of both families', { sourceIps: ['10.0.0.0/8', 'fd00:200::/64'] }, [true, true, true]],
+    ['notSourceIps IPv6 /64', { notSourceIps: ['fd00:200::/64'] }, [true, false, true]],
+    ['notSourceIps ::/0 keeps IPv4 clients', { notSourceIps: ['::/0'] }, [true, false, true]],
+    ['destinationIps IPv6 /128', { destinationIps: ['fd00:200::6/128'] }, [false, true, false]],
+    ['notDestinationIps IPv6 /64', { notDestinationIps: ['fd00:200::/64'] }, [true, false, true]],
+  ])('%s: IPv4, IPv6, IPv4-mapped client as ztunnel answers', (_n, m, want) => {
+    expect([matches(one(m), v4), matches(one(m), v6), matches(one(m), mapped)]).toEqual(want);
+  });
+
   it('decides DENY first, then ALLOW; with no ALLOW it allows; dry-run policies are only reported (assert_rbac)', () => {
     const denyAll = pol([[]], { name: 'deny', action: 'Deny' });
     const allowAll = pol([[]], { name: 'allow' });

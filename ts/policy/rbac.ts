@@ -20,6 +20,7 @@
  */
 import { BlockList, isIP } from 'node:net';
 import type { Identity } from '../identity/spiffe.js';
+import { canonicalIp } from '../util/sockaddr.js';
 
 export type RbacScope = 'Global' | 'Namespace' | 'WorkloadSelector';
 export type RbacAction = 'Allow' | 'Deny';
@@ -90,11 +91,18 @@ export function stringMatches(m: StringMatch, v: string): boolean {
   return v !== '';
 }
 
-const nets = new WeakMap<readonly string[], BlockList>();
+/** A list's CIDRs, one BlockList per family (an address is only ever checked against its own). */
+const nets = new WeakMap<readonly string[], { 4: BlockList; 6: BlockList }>();
+/**
+ * Is `ip` in one of `list`'s CIDRs? As ztunnel's IpNet::contains (the ipnet crate): a CIDR only
+ * ever contains addresses of its own family, so `::/0` or `::ffff:0:0/96` never match an IPv4
+ * client (node's BlockList alone would match them, mapping IPv4 into IPv6), nor `0.0.0.0/0` an
+ * IPv6 one. `ip` is canonical (IPv4-mapped addresses arrive as IPv4).
+ */
 function inNets(list: readonly string[], ip: string): boolean {
   let bl = nets.get(list);
   if (!bl) {
-    bl = new BlockList();
+    bl = { 4: new BlockList(), 6: new BlockList() };
     for (const n of list) {
       const slash = n.indexOf('/');
       const addr = slash < 0 ? n : n.slice(0, slash);
@@ -103,12 +111,13 @@ function inNets(list: readonly string[], ip: string): boolean {
       const len = slash < 0 ? max : Number(n.slice(slash + 1));
       // translation refuses these; in a form from elsewhere they are dropped, as ztunnel drops them
       if (fam === 0 || !Number.isInteger(len) || len < 0 || len > max) continue;
-      bl.addSubnet(addr, len, fam === 4 ? 'ipv4' : 'ipv6');
+      bl[fam === 4 ? 4 : 6].addSubnet(addr, len, fam === 4 ? 'ipv4' : 'ipv6');
     }
     nets.set(list, bl);
   }
   const fam = isIP(ip);
-  return fam !== 0 && bl.check(ip, fam === 4 ? 'ipv4' : 'ipv6');
+  if (fam === 4) return bl[4].check(ip, 'ipv4');
+  return fam === 6 && bl[6].check(ip, 'ipv6');
 }
 
 /** positive: any value matches (or none declared); negative: no value matches (or none declared) */
@@ -133,16 +142,11 @@ export function isEmptyMatch(m: RbacMatch): boolean {
   return FIELDS.every((k) => !m[k]?.length);
 }
 
-/** IPv4-mapped IPv6 ("::ffff:10.0.0.1") as the IPv4 address it stands for. */
-function plainIp(ip: string): string {
-  return ip.startsWith('::ffff:') && isIP(ip.slice(7)) === 4 ? ip.slice(7) : ip;
-}
-
 function matchOne(m: RbacMatch, c: Connection): boolean {
   const id = c.srcIdentity;
   const principal = id ? `${id.trustDomain}/ns/${id.namespace}/sa/${id.serviceAccount}` : '';
-  const src = plainIp(c.srcIp);
-  const dst = plainIp(c.dstIp);
+  const src = canonicalIp(c.srcIp);
+  const dst = canonicalIp(c.dstIp);
   return (
     fieldAny(m.destinationIps, m.notDestinationIps, (xs) => inNets(xs, dst)) &&
     fieldAny(m.sourceIps, m.notSourceIps, (xs) => inNets(xs, src)) &&
