@@ -21,7 +21,7 @@ import { PORTS, PROXY_PORTS } from '../istio.js';
 import type { StateSnapshot } from '../state/store.js';
 import type { Service, Workload } from '../state/types.js';
 import { canonicalIp } from '../util/sockaddr.js';
-import { identityOf, isFromWaypoint, resolveWaypoint, serviceMembers, serviceWaypoint, type Addr } from './waypoint.js';
+import { identityOf, isFromWaypoint, pickWorkloadIp, resolveWaypoint, serviceMembers, serviceWaypoint, type Addr } from './waypoint.js';
 
 export type { Addr };
 
@@ -116,7 +116,12 @@ export function buildRoute(snap: StateSnapshot, dst: Addr, opts: RouteOptions = 
     if (eps.length === 0) return { kind: 'reject', reason: `service ${svc.namespace}/${svc.name} has no healthy endpoints` };
     const ep = eps[pick(eps.length)]!;
     upstream = ep.workload;
-    target = { ip: upstream.workloadIps[0]!, port: ep.ports[dst.port] || mapped || dst.port };
+    // the endpoint's IP of the service's families, the client's family preferred (dual-stack)
+    const ip = pickWorkloadIp(upstream, dst.ip, svc.ipFamilies);
+    if (ip === undefined) {
+      return { kind: 'reject', reason: `endpoint ${upstream.namespace}/${upstream.name} of service ${svc.namespace}/${svc.name} has no address of the service's IP families (${svc.ipFamilies})` };
+    }
+    target = { ip, port: ep.ports[dst.port] || mapped || dst.port };
   } else {
     const w = snap.byIp.get(dst.ip);
     if (!w) return { kind: 'passthrough', target: dst };

@@ -14,6 +14,7 @@
  *    pod is the authority target's waypoint (src/proxy/inbound.rs `validate_destination`, the
  *    "waypoint sandwich").
  */
+import { isIP } from 'node:net';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { StateSnapshot } from '../state/store.js';
 import { serviceKey, type GatewayAddress, type Service, type Workload } from '../state/types.js';
@@ -90,11 +91,18 @@ function findDestination(snap: StateSnapshot, gw: GatewayAddress): { workload: W
   return gw.hostname ? findHostname(snap, gw) : findAddress(snap, gw.address);
 }
 
-/** The IP to dial on `w`: the one asked for if it is the workload's, else one of the same family, else its first. */
-function pickIp(w: Workload, wanted: string): string | undefined {
+/**
+ * The IP to dial on `w` for a connection to `wanted` (ztunnel's
+ * pick_workload_destination_or_resolve, src/state.rs): the one asked for if it is the workload's;
+ * else, among the workload's IPs the service's `families` accept (all when unset or Dual), one of
+ * `wanted`'s family, else the first of them; undefined when none is accepted (ztunnel's
+ * NoValidDestination: the connection fails). Pure.
+ */
+export function pickWorkloadIp(w: Pick<Workload, 'workloadIps'>, wanted: string, families?: Service['ipFamilies']): string | undefined {
   if (w.workloadIps.includes(wanted)) return wanted;
-  const v6 = wanted.includes(':');
-  return w.workloadIps.find((ip) => ip.includes(':') === v6) ?? w.workloadIps[0];
+  const v6 = isIP(wanted) === 6;
+  const accepted = w.workloadIps.filter((ip) => !families || families === 'Dual' || (isIP(ip) === 6) === (families === 'IPv6'));
+  return accepted.find((ip) => (isIP(ip) === 6) === v6) ?? accepted[0];
 }
 
 /**
@@ -136,8 +144,9 @@ export function resolveWaypoint(snap: StateSnapshot, gw: GatewayAddress, origina
     workload = found.workload;
     port = gw.hboneMtlsPort;
   }
-  const ip = pickIp(workload, wanted);
-  if (!ip) return `unknown waypoint: ${name} (workload ${workload.namespace}/${workload.name}) has no address`;
+  const families = 'service' in found ? found.service.ipFamilies : undefined;
+  const ip = pickWorkloadIp(workload, wanted, families);
+  if (!ip) return `unknown waypoint: ${name} (workload ${workload.namespace}/${workload.name}) has no address${families ? ` of the service's IP families (${families})` : ''}`;
   return { workload, target: { ip, port }, identities: [...sans, identityOf(workload)] };
 }
 

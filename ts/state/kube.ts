@@ -9,8 +9,10 @@
  */
 // types only at the top: the client (tens of MB) is loaded by KubeStateSource.start, so the
 // manifest-directory and config-file modes never load it
+import { isIP } from 'node:net';
 import type * as k8s from '@kubernetes/client-node';
 import { MeshError } from '../util/errors.js';
+import { ipText } from '../util/sockaddr.js';
 import { logger } from '../util/log.js';
 import { ManifestDir, type ManifestObject } from '../util/manifestdir.js';
 import type { Authorization } from '../policy/rbac.js';
@@ -74,8 +76,10 @@ export function buildKubeState(
   const podWaypoint = new Map<Workload, Waypoint | undefined>();
   const serviceWaypoint = new Map<string, Waypoint | undefined>();
   for (const p of pods) {
-    const ips = (p.status?.podIPs ?? []).map((x) => x.ip).filter(Boolean) as string[];
-    if (!ips.length && p.status?.podIP) ips.push(p.status.podIP);
+    // a dual-stack pod has one of each family in podIPs (podIP is the first); as istiod's
+    // ambient index, every one is the workload's, written as ztunnel writes them
+    const ips = addresses((p.status?.podIPs ?? []).map((x) => x.ip));
+    if (!ips.length && p.status?.podIP) ips.push(...addresses([p.status.podIP]));
     if (!ips.length || p.spec?.hostNetwork || !p.metadata?.uid) continue;
     const w: Workload = {
       uid: p.metadata.uid,
@@ -105,14 +109,19 @@ export function buildKubeState(
     const ns = s.metadata?.namespace ?? 'default';
     const name = s.metadata?.name ?? '';
     const hostname = `${name}.${ns}.svc.${clusterDomain}`;
-    const vips = (s.spec?.clusterIPs ?? (s.spec?.clusterIP ? [s.spec.clusterIP] : [])).filter((ip) => ip && ip !== 'None');
+    // a dual-stack Service has a cluster IP per family (clusterIPs), each a VIP (istiod's ambient index)
+    const vips = addresses(s.spec?.clusterIPs ?? [s.spec?.clusterIP]);
     const ports: Record<number, number> = {};
     for (const sp of s.spec?.ports ?? []) {
       if (sp.protocol && sp.protocol !== 'TCP') continue;
       ports[sp.port] = typeof sp.targetPort === 'number' ? sp.targetPort : sp.targetPort === undefined ? sp.port : 0; // named: from slices
     }
     const wp = waypointForService(s.metadata as Meta ?? {}, namespaces, waypoints);
-    svcOut.push({ name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [], ...(wp ? { waypoint: { ...wp.address } } : {}) });
+    const ipFamilies = serviceIpFamilies(s.spec?.ipFamilies);
+    svcOut.push({
+      name, namespace: ns, hostname, vips: vips.map((address) => ({ network: '', address })), ports, subjectAltNames: [],
+      ...(wp ? { waypoint: { ...wp.address } } : {}), ...(ipFamilies ? { ipFamilies } : {}),
+    });
     const key = `${ns}/${hostname}`;
     serviceWaypoint.set(key, wp);
     for (const slice of slices) {
@@ -138,6 +147,22 @@ export function buildKubeState(
     }
   }
   return state;
+}
+
+/** The addresses among `xs` ("None" of a headless Service, empty and malformed ones dropped), as ztunnel writes them. */
+function addresses(xs: readonly (string | undefined)[]): string[] {
+  return xs.filter((x): x is string => typeof x === 'string' && isIP(x) !== 0).map(ipText);
+}
+
+/**
+ * A Service's spec.ipFamilies as istiod sends it to ztunnel (pilot/pkg/serviceregistry/ambient/
+ * services.go): two families Dual, one IPv4 (anything else IPv6, as istiod), otherwise unset
+ * (AUTOMATIC: ztunnel then prefers the family the client used).
+ */
+export function serviceIpFamilies(f: readonly string[] | undefined): Service['ipFamilies'] {
+  if (f?.length === 2) return 'Dual';
+  if (f?.length === 1) return f[0] === 'IPv4' ? 'IPv4' : 'IPv6';
+  return undefined;
 }
 
 /** Keeps `store` equal to what the cluster says, until stopped. */

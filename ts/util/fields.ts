@@ -8,6 +8,7 @@
  */
 import { isIP } from 'node:net';
 import { MeshError } from './errors.js';
+import { ipText } from './sockaddr.js';
 
 /** A value written with a YAML tag (`!Exact foo` -> Tagged('Exact', 'foo')). */
 export class Tagged {
@@ -117,10 +118,10 @@ export function oneOf<const T extends string>(path: string, x: unknown, values: 
   return x as T;
 }
 
-/** An IP address without a prefix (Rust's IpAddr). */
+/** An IP address without a prefix (Rust's IpAddr), written as Rust writes it (IPv6 lowercase and shortest: util/sockaddr.ts ipText). */
 export function ipAddr(path: string, x: unknown): string {
   if (typeof x !== 'string' || !isIP(x)) throw configError(path, `expected an IP address, got ${show(x)}`);
-  return x;
+  return ipText(x);
 }
 
 /** "ip/len" (Rust's ipnet::IpNet): the prefix length is required. */

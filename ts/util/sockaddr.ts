@@ -9,14 +9,27 @@ import type net from 'node:net';
 
 /**
  * `ip` as the address it stands for: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, any case,
- * or its hex form `::ffff:0a00:0001`) as IPv4; IPv6 in its shortest lowercase form (RFC 5952,
- * what Rust's Ipv6Addr prints); anything else unchanged (not an address: callers refuse it).
+ * or its hex form `::ffff:0a00:0001`) as IPv4; IPv6 as ipText writes it; anything else unchanged
+ * (not an address: callers refuse it).
  */
 export function canonicalIp(ip: string): string {
   if (isIP(ip) !== 6) return ip;
   const bytes = ipv6Bytes(ip);
-  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return bytes.subarray(12).join('.');
+  if (isMapped(bytes)) return bytes.subarray(12).join('.');
   return formatIpv6(bytes);
+}
+
+/**
+ * `ip` written as Rust's IpAddr prints it, nothing else changed: IPv6 lowercase and shortest
+ * (RFC 5952), an IPv4-mapped one as `::ffff:a.b.c.d` (it stays IPv6, as in ztunnel's state, where
+ * a canonical connection address never equals it); IPv4 and non-addresses unchanged.
+ */
+export function ipText(ip: string): string {
+  return isIP(ip) === 6 ? formatIpv6(ipv6Bytes(ip)) : ip;
+}
+
+function isMapped(b: Uint8Array): boolean {
+  return b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
 }
 
 /** The 16 bytes of an IPv6 address `isIP` accepts (an embedded IPv4 tail included). */
@@ -39,8 +52,12 @@ export function ipv6Bytes(ip: string): Buffer {
   return out;
 }
 
-/** 16 bytes as RFC 5952 text: lowercase, leading zeros dropped, the longest run (2+) of zero groups as `::`. */
+/**
+ * 16 bytes as Rust's Ipv6Addr prints them: RFC 5952 (lowercase, leading zeros dropped, the first
+ * longest run of two or more zero groups as `::`), an IPv4-mapped address as `::ffff:a.b.c.d`.
+ */
 export function formatIpv6(b: Uint8Array): string {
+  if (isMapped(b)) return `::ffff:${Array.from(b.subarray(12)).join('.')}`;
   const g = Array.from({ length: 8 }, (_, i) => (b[i * 2]! << 8) | b[i * 2 + 1]!);
   let best = -1, bestLen = 1;
   for (let i = 0; i < 8; ) {

@@ -20,6 +20,7 @@
  */
 import { MeshError } from '../util/errors.js';
 import { Tagged } from '../util/fields.js';
+import { formatIpv6 } from '../util/sockaddr.js';
 import { localAuthorization } from '../policy/ztunnel.js';
 import type { Authorization } from '../policy/rbac.js';
 import type { GatewayAddress, NetworkAddress, Service, Workload } from '../state/types.js';
@@ -88,25 +89,11 @@ function enumValue<V>(path: string, table: Record<number, V>, n: number, what: s
   return table[n]!;
 }
 
-/** ztunnel's byte_to_ip: 4 bytes IPv4, 16 bytes IPv6 (IPv4-mapped written ::ffff:a.b.c.d), else refused. */
+/** ztunnel's byte_to_ip: 4 bytes IPv4, 16 bytes IPv6 (written as Rust writes it: util/sockaddr.ts formatIpv6), else refused. */
 export function bytesToIp(path: string, b: Bytes): string {
   if (b.length === 4) return b.join('.');
   if (b.length !== 16) throw resourceError(path, `an IP address is 4 or 16 bytes, got ${b.length}`);
-  if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return `::ffff:${b.subarray(12).join('.')}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((b[i]! << 8) | b[i + 1]!);
-  // RFC 5952: the first longest run of two or more zero groups becomes "::"
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen) [best, bestLen] = [i, j - i];
-    i = j === i ? i + 1 : j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+  return formatIpv6(b);
 }
 
 function port(path: string, n: number): number {
