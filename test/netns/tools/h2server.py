@@ -1,7 +1,7 @@
 """An independent HBONE server (python-h2 over Python's ssl) that records what an HBONE client sends.
 
 usage: h2server.py PORT CERT KEY ROOT
-Listens on 0.0.0.0:PORT (run it inside a pod's netns) with mTLS 1.3 and ALPN h2, answers every
+Listens on [::]:PORT, both families (run it inside a pod's netns) with mTLS 1.3 and ALPN h2, answers every
 CONNECT with 200 and echoes the stream's bytes back. Prints one JSON line per thing it saw:
   {"ready": true}                                    once listening
   {"conn": N, "settings": {"<id>": value, ...}}      the client's SETTINGS, as h2 decoded them
@@ -78,9 +78,10 @@ def main():
     ctx.load_verify_locations(root)
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["h2"])
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", int(port)))
+    ls.bind(("::", int(port)))
     ls.listen(64)
     threading.Thread(target=lambda: (sys.stdin.read(), ls.close(), sys.exit(0)), daemon=True).start()
     emit({"ready": True})
