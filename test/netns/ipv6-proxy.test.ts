@@ -37,10 +37,12 @@ const VIP6 = 'fd00:200::96:10';
 type Name = keyof typeof V6;
 
 /** Istio's in-pod rules for one family (iptables or ip6tables), as capture would set them. */
-async function captureRules(netnsPath: string, family: 4 | 6, subnet: string): Promise<void> {
+async function captureRules(netnsPath: string, family: 4 | 6, subnets: string[]): Promise<void> {
   const ipt = family === 4 ? 'iptables' : 'ip6tables';
   const inNs = (...argv: string[]) => run('nsenter', [`--net=${netnsPath}`, ...argv]);
-  await inNs(ipt, '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', subnet, '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15001');
+  for (const subnet of subnets) {
+    await inNs(ipt, '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', subnet, '-m', 'mark', '!', '--mark', '0x539/0xfff', '-j', 'REDIRECT', '--to-ports', '15001');
+  }
   await inNs(ipt, '-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '-i', 'eth0', '!', '--dport', '15008', '-j', 'REDIRECT', '--to-ports', '15006');
   await inNs(ipt, '-t', 'mangle', '-A', 'PREROUTING', '-m', 'mark', '--mark', '0x539/0xfff', '-j', 'CONNMARK', '--set-xmark', '0x111/0xfff');
   await inNs(ipt, '-t', 'mangle', '-A', 'OUTPUT', '-m', 'connmark', '--mark', '0x111/0xfff', '-j', 'CONNMARK', '--restore-mark');
@@ -68,8 +70,10 @@ describe('the proxy over IPv6 and dual-stack pods', () => {
       await run('ip', ['-n', pods[n].netnsName, '-6', 'addr', 'add', `${V6[n]}/64`, 'dev', 'eth0', 'nodad']);
     }
     for (const n of ['client', 'server'] as const) {
-      await captureRules(pods[n].netnsPath, 4, lab.node.subnet);
-      await captureRules(pods[n].netnsPath, 6, 'fd00:200::/64');
+      // the service range is routed as a cluster routes it (the pod's default route here is the CNI's)
+      await run('ip', ['-n', pods[n].netnsName, 'route', 'replace', '10.96.0.0/16', 'dev', 'eth0']);
+      await captureRules(pods[n].netnsPath, 4, [lab.node.subnet, '10.96.0.0/16']);
+      await captureRules(pods[n].netnsPath, 6, ['fd00:200::/64']);
     }
     const vip4 = `10.96.${lab.node.subnet.split('.')[2]}.10`;
     state = new StateStore();
@@ -77,10 +81,11 @@ describe('the proxy over IPv6 and dual-stack pods', () => {
 workloads:
   - {uid: u-client, name: client, workloadName: client, namespace: default, serviceAccount: sleep, workloadIps: ["${pods.client.ip}", "${V6.client}"], protocol: HBONE}
   - {uid: u-server, name: server, workloadName: server, namespace: shop, serviceAccount: web, workloadIps: ["${pods.server.ip}", "${V6.server}"], protocol: HBONE,
-     services: {"shop/web.shop.svc.cluster.local": {}}}
+     services: {"shop/web.shop.svc.cluster.local": {}, "shop/web6.shop.svc.cluster.local": {}}}
   - {uid: u-fake, name: fake, namespace: shop, serviceAccount: fake, workloadIps: ["${V6.fake}"], protocol: HBONE}
 services:
   - {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/${vip4}", "/${VIP6}"], ports: {80: 8080}, ipFamilies: Dual}
+  - {name: web6, namespace: shop, hostname: web6.shop.svc.cluster.local, vips: ["/${vip4.replace(/\.10$/, '.11')}"], ports: {81: 8080}, ipFamilies: IPv6}
 `));
     const log = pino({ level: 'info' }, { write: (line: string) => void records.push(JSON.parse(line)) });
     zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log, fastPath: 'on' });
@@ -215,5 +220,35 @@ services:
     let inb: Record<string, unknown> | undefined;
     await until('the plaintext access-log line', () => !!(inb = records.slice(logs).find((l) => complete(l) && l['src.addr'] === from)));
     expect(inb).toMatchObject({ transport: 'plaintext', 'dst.addr': `${pods.server.ip}:8080` });
+  });
+
+  it('delivers same-node over IPv6 directly, and a client of the other family than the app over HBONE', async () => {
+    zt.sameNode = 'direct';
+    try {
+      const logs = records.length;
+      const r = await sh.client.connect({ host: V6.server, port: 8080, send: 'local-v6', timeoutMs: 5000 });
+      expect(r.ok && r.reply).toBe('server:local-v6');
+      if (!r.ok) return;
+      await sh.client.close(r.connId);
+      const src = `[${V6.client}]:${r.sockname.port}`;
+      let lines: Record<string, unknown>[] = [];
+      await until('both same-node access-log lines', () => (lines = records.slice(logs).filter((l) => complete(l) && l['src.addr'] === src)).length >= 2);
+      expect(lines.map((l) => [l.direction, l.transport, l['dst.addr']]).sort()).toEqual([['inbound', 'local', `[${V6.server}]:8080`], ['outbound', 'local', `[${V6.server}]:8080`]]);
+      // an IPv6-only Service reached on an IPv4 address: the endpoint is IPv6, the client IPv4;
+      // the app cannot be reached from an IPv4 source, so it goes over HBONE from the pod's IPv6
+      const vip = state.snapshot.state.services.find((s) => s.name === 'web6')!.vips[0]!.address;
+      const m = await sh.client.connect({ host: vip, port: 81, send: 'mixed', timeoutMs: 5000 });
+      expect(m.ok && m.reply).toBe('server:mixed');
+      if (!m.ok) return;
+      await sh.client.close(m.connId);
+      const acc = await sh.server.accepted((await sh.server.listenerByTag('server')).id);
+      expect(acc.at(-1)!.peer.host).toBe(V6.client);
+      let out: Record<string, unknown> | undefined;
+      const from = `${pods.client.ip}:${m.sockname.port}`;
+      await until('the outbound line of the mixed-family connection', () => !!(out = records.find((l) => complete(l) && l['src.addr'] === from)));
+      expect(out).toMatchObject({ transport: 'hbone', 'dst.addr': `[${V6.server}]:15008`, 'dst.hbone_addr': `[${V6.server}]:8080` });
+    } finally {
+      zt.sameNode = 'hbone';
+    }
   });
 });

@@ -2,11 +2,18 @@ import { describe, expect, it } from 'vitest';
 import { PROXY_PORTS } from '../../ts/istio.js';
 import { isSelfCall } from '../../ts/proxy/route.js';
 
-const own = { podIps: ['10.200.1.5'], nodeIps: new Set(['192.0.2.10']) };
+const own = { podIps: ['10.200.1.5', 'fd00:200::5'], nodeIps: new Set(['192.0.2.10', 'fd00:200::1']) };
 
 describe('isSelfCall (the proxy never connects to itself)', () => {
   it.each([...PROXY_PORTS])('refuses outbound to port %i on loopback, the pod\'s IP and the node\'s IP', (port) => {
     for (const ip of ['127.0.0.1', '127.0.0.53', '::1', '10.200.1.5', '192.0.2.10']) expect(isSelfCall('outbound', { ip, port }, own)).toBe(true);
+  });
+
+  it.each([...PROXY_PORTS])('refuses outbound to port %i on every IPv6 or IPv4-mapped spelling of those addresses', (port) => {
+    for (const ip of ['fd00:200::5', 'FD00:200:0:0:0:0:0:5', 'fd00:200::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1', '::ffff:7f00:1', '::ffff:10.200.1.5', '::ffff:192.0.2.10']) {
+      expect(isSelfCall('outbound', { ip, port }, own), ip).toBe(true);
+    }
+    expect(isSelfCall('outbound', { ip: 'fd00:200::6', port }, own)).toBe(false);
   });
 
   it('lets outbound to those ports on any other address through (another pod\'s 15008 is its business)', () => {

@@ -8,6 +8,7 @@
  * and the client's address in ztunnel's CONNECT headers (hbone/headers.ts).
  */
 import type net from 'node:net';
+import { isIP } from 'node:net';
 import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import { baggageOf, forwardedFor, formatTraceParent, newTraceParent, type TraceParent } from './hbone/headers.js';
@@ -50,8 +51,11 @@ export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   const conn = new ConnectionResult(pi.observer, ctx, started);
   if (route.kind === 'hbone' && !route.viaWaypoint) {
     const local = pi.localPod?.(route.authority.ip);
-    // only a pod with the identity the state expects there; anything else takes HBONE and fails its identity check
-    if (local && route.identities.includes(local.uri)) return sameNode(pi, down, conn, route.authority, local);
+    // only a pod with the identity the state expects there; anything else takes HBONE and fails its
+    // identity check. Only when the client and the app are of one IP family: the app is reached
+    // transparently from the client's address, which cannot be of the other family (HBONE then
+    // carries it, from the client pod's address of the app's family).
+    if (local && route.identities.includes(local.uri) && isIP(src.ip) === isIP(route.authority.ip)) return sameNode(pi, down, conn, route.authority, local);
   }
   try {
     await proxyTo(pi, down, conn, route, trace);

@@ -44,12 +44,9 @@ export interface OwnAddresses {
 export function isSelfCall(direction: 'inbound' | 'outbound', dst: Addr, own: OwnAddresses): boolean {
   if (!PROXY_PORTS.has(dst.port)) return false;
   if (direction === 'inbound') return true;
-  return isLoopback(dst.ip) || own.podIps.includes(dst.ip) || own.nodeIps.has(dst.ip);
-}
-
-function isLoopback(ip: string): boolean {
-  const c = canonicalIp(ip);
-  return c.startsWith('127.') || c === '::1';
+  // compared canonical: ::ffff:127.0.0.1 is loopback, an IPv6 address in any spelling is itself
+  const ip = canonicalIp(dst.ip);
+  return ip.startsWith('127.') || ip === '::1' || own.podIps.some((p) => canonicalIp(p) === ip) || own.nodeIps.has(ip);
 }
 
 export type Route =
