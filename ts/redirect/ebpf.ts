@@ -43,6 +43,8 @@ import {
   type CaptureConfig,
 } from '../native/structs.js';
 import {
+  DEFAULT_SETTINGS,
+  familyOf,
   normalizeSettings,
   type BackendOptions,
   type EnrolledPod,
@@ -52,7 +54,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { discoverPodIps, listenerHandover, openNetns, transparentReturnRouting, withNetns } from './netns.js';
+import { podAddresses, listenerHandover, openNetns, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -107,12 +109,15 @@ export class EbpfBackend implements RedirectBackend {
   readonly cgroupPath: string;
   /** BackendOptions.hostNetns: written into inpod_host_ns by install() */
   readonly hostNetns: string | undefined;
+  /** BackendOptions.ipv6: pods with IPv6 addresses are enrolled, else refused */
+  readonly ipv6: boolean;
   readonly #recordDir: string;
 
   constructor(opts: BackendOptions = {}) {
     this.pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
     this.cgroupPath = opts.cgroupPath ?? defaultCgroup();
     this.hostNetns = opts.hostNetns;
+    this.ipv6 = opts.ipv6 ?? false;
     // Records only remember the netns path and settings for `list`; the maps are the truth.
     const stateDir = opts.stateDir ?? '/var/run/inpod';
     this.#recordDir = join(stateDir, this.pinRoot === DEFAULT_PIN_ROOT ? 'ebpf' : `ebpf-${basename(this.pinRoot)}`);
@@ -203,7 +208,7 @@ export class EbpfBackend implements RedirectBackend {
 
   async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const podIps = await podAddresses(ns, settings.podIps, this.ipv6);
     const cookie = ns.cookie;
     if (!this.installed()) await this.install();
     await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
@@ -212,11 +217,12 @@ export class EbpfBackend implements RedirectBackend {
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
       this.#writeExclusions(maps, cookie, settings);
-      for (const ip of podIps) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
+      // native IPv6 from the pod is refused by connect6 until the IPv6 hooks land
+      for (const ip of podIps.filter((a) => familyOf(a) === 4)) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
       this.#attachNetns(ns);
       maps.enrolled.update(
         encodeU64(cookie),
-        encodePod({ ip4: podIps[0]!, probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
+        encodePod({ ip4: podIps.find((a) => familyOf(a) === 4) ?? '0.0.0.0', probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
       );
     } finally {
       closeMaps(maps);
@@ -270,6 +276,7 @@ export class EbpfBackend implements RedirectBackend {
           settings: {
             podIps,
             probeSource: pod.probeIp4,
+            probeSource6: rec?.settings.probeSource6 ?? DEFAULT_SETTINGS.probeSource6,
             dnsCapture: (pod.flags & POD_DNS_CAPTURE) !== 0,
             excludeInboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_IN).map((p) => p.port).sort((a, b) => a - b),
             excludeOutboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_OUT).map((p) => p.port).sort((a, b) => a - b),

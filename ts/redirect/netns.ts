@@ -8,6 +8,7 @@
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
 import { ROUTE_TABLE } from '../istio.js';
+import { canonicalIp } from './backend.js';
 import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
 /** A network namespace held open. */
@@ -97,20 +98,26 @@ export function netnsProcPath(ns: PodNetns): string {
 }
 
 /**
- * The pod's IPv4 addresses. A pod with global IPv6 addresses is refused: IPv6 capture is not
- * implemented yet, and enrolling such a pod would let its IPv6 traffic bypass the proxy.
+ * The pod's addresses, IPv4 first, then IPv6: `given` (PodSettings.podIps) or what the netns has
+ * (global addresses; no loopback, no IPv6 link-local). A pod with IPv6 addresses is refused unless
+ * `ipv6` (BackendOptions.ipv6): while the proxy listens on IPv4 only, capturing the pod's IPv6
+ * would refuse all of it, and not capturing it would let it bypass the proxy. A pod needs an
+ * address of either family (an IPv6-only pod has no IPv4).
  */
-export async function discoverPodIps(ns: PodNetns): Promise<string[]> {
-  const a = netnsAddrsOfFd(ns.fd);
-  if (a.ipv6.length > 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
-      'and refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, or leave it out of the mesh');
+export async function podAddresses(ns: PodNetns, given: string[] | undefined, ipv6: boolean): Promise<string[]> {
+  const a = given?.length
+    ? { ipv4: given.filter((ip) => !ip.includes(':')), ipv6: given.filter((ip) => ip.includes(':')) }
+    : netnsAddrsOfFd(ns.fd);
+  if (a.ipv6.length > 0 && !ipv6) {
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has IPv6 addresses (${a.ipv6.join(', ')}) and IPv6 capture is off ` +
+      'until the proxy listens on IPv6; inpod refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, ' +
+      'leave it out of the mesh, or enable IPv6 capture (BackendOptions.ipv6)');
   }
-  if (a.ipv4.length === 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 address yet: enroll after the CNI plugins ` +
+  if (a.ipv4.length === 0 && a.ipv6.length === 0) {
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 or IPv6 address yet: enroll after the CNI plugins ` +
       'configured the pod network (inpod-cni must be last in the chain)');
   }
-  return a.ipv4;
+  return [...a.ipv4, ...a.ipv6.map(canonicalIp)];
 }
 
 /**

@@ -42,7 +42,14 @@ def err_name(e):
 
 
 def orig_dst(s):
+    """SO_ORIGINAL_DST as a proxy asks it: SOL_IP for IPv4 on the wire (an AF_INET socket, or an
+    AF_INET6 one whose peer is IPv4-mapped), else IPv6's twin getsockopt(SOL_IPV6,
+    IP6T_SO_ORIGINAL_DST), which answers a sockaddr_in6."""
     try:
+        if s.family == socket.AF_INET6 and not s.getpeername()[0].startswith("::ffff:"):
+            raw = s.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port, ip = struct.unpack("!2xH4x16s4x", raw)
+            return {"host": socket.inet_ntop(socket.AF_INET6, ip), "port": port}
         raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
         port, ip = struct.unpack("!2xH4s8x", raw)
         return {"host": socket.inet_ntoa(ip), "port": port}
