@@ -87,6 +87,10 @@ export class SimNode {
     const node = new SimNode(prefix, subnet);
     await run('ip', ['netns', 'add', node.nodeNetns]);
     await node.inNode('ip', 'link', 'set', 'lo', 'up');
+    // No duplicate address detection for the node's own addresses (the bridge's IPv6 gateway):
+    // nothing else can hold them, and a gateway still tentative for its first second or two
+    // would lose the first packets of a pod's IPv6 reply through it.
+    await node.inNode('sysctl', '-qw', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_dad=0');
     mkdirSync(node.#ipamDir, { recursive: true });
     return node;
   }
