@@ -25,7 +25,7 @@ const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']
 const FAMILIES = (process.env.INPOD_FAMILIES?.split(',') ?? ['ipv4', 'ipv6', 'dual']) as PodFamily[];
 
 /** The families each backend captures (eBPF: IPv4 until its IPv6 hooks land). */
-const CAPTURES: Record<BackendName, PodFamily[]> = { iptables: ['ipv4', 'ipv6', 'dual'], ebpf: ['ipv4'] };
+const CAPTURES: Record<BackendName, PodFamily[]> = { iptables: ['ipv4', 'ipv6', 'dual'], ebpf: ['ipv4', 'ipv6', 'dual'] };
 
 describe.each(BACKENDS.flatMap((b) => FAMILIES.filter((f) => CAPTURES[b].includes(f)).map((f) => [b, f] as const)))('redirection contract, %s backend, %s pods', (name, family) => {
   /** the cases' connections go over IPv6 (IPv6-only and dual-stack pods) */

@@ -138,14 +138,14 @@ describe('per-connection maps of the eBPF backend', () => {
     // the proxy's transparent upstream to a closed app port: refused, so no server side ever completes it
     const r = await s.sh.pod.connect({ host: s.pod.ip, port: 8181, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip, port: 0 }, timeoutMs: 2000 });
     expect(r.ok).toBe(false);
-    await until('inpod_own_syn to empty', () => entries('inpod_own_syn') === 0, { timeoutMs: 5000 });
+    await until('inpod_own_conn to empty', () => entries('inpod_own_conn') === 0, { timeoutMs: 5000 });
   });
 
   it("purges a pod's entries when it is unenrolled, and only that pod's", async () => {
     const cookie = netnsCookie(s.pod.netnsPath);
     const other = cookie + 1000n; // another pod's netns
     const tuple = (netns: bigint, sport: number) => encodeTuple({ netns, sip: s.peer.ip, dip: s.pod.ip, sport, dport: 8080 });
-    const value = { inpod_syn_orig: encodeAddr({ ip: s.peer.ip, port: 80 }), inpod_own_syn: Buffer.from([1]) };
+    const value = { inpod_syn_dst: encodeAddr({ ip: s.peer.ip, port: 80 }), inpod_own_conn: Buffer.from([1]) };
     for (const name of TUPLE_MAPS) {
       for (const sport of [40001, 40002]) maps.get(name)!.update(tuple(cookie, sport), value[name]);
       maps.get(name)!.update(tuple(other, 40001), value[name]);
@@ -182,7 +182,7 @@ describe('per-connection maps of the eBPF backend', () => {
     }
 
     it("captures the proxy's transparent upstream when the map is full, and never lets it around the proxy", async () => {
-      expect(fill('inpod_own_syn', Buffer.from([1]))).toBeGreaterThan(1000);
+      expect(fill('inpod_own_conn', Buffer.from([1]))).toBeGreaterThan(1000);
       try {
         const before = await appAccepted(s);
         const r = await s.sh.pod.connect({
@@ -191,20 +191,20 @@ describe('per-connection maps of the eBPF backend', () => {
         expect(r.ok && r.reply).toBe('proxy15006:full');
         expect(await appAccepted(s)).toBe(before);
       } finally {
-        empty('inpod_own_syn');
+        empty('inpod_own_conn');
       }
       await transparentUpstream(s); // room again: the app is reached as before
     });
 
     it('gives the proxy no original destination when the map is full, never a wrong one', async () => {
-      fill('inpod_syn_orig', encodeAddr({ ip: '10.0.0.9', port: 9 }));
+      fill('inpod_syn_dst', encodeAddr({ ip: '10.0.0.9', port: 9 }));
       try {
         const r = await s.sh.pod.connect({ host: s.peer.ip, port: 80, send: 'full', timeoutMs: 2000 });
         expect(r.ok && r.reply).toBe('proxy15001:full');
         const acc = (await s.sh.pod.accepted((await s.sh.pod.listenerByTag('proxy15001')).id)).at(-1)!;
         expect(acc.origDst).toBe('ENOENT');
       } finally {
-        empty('inpod_syn_orig');
+        empty('inpod_syn_dst');
       }
     });
   });

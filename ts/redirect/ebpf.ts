@@ -1,7 +1,7 @@
 /**
  * eBPF redirection backend (shared/DESIGN.md "eBPF backend").
  *
- * Host-level parts (install): the socket hooks (connect4/6, sendmsg4, recvmsg4/6, getpeername4/6,
+ * Host-level parts (install): the socket hooks (connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6,
  * sockops, getsockopt) attached once at the configured cgroup through pinned bpf_links, and the
  * sk_lookup program pinned for per-pod attachment. Per pod (enroll): map updates keyed by the
  * netns cookie plus one pinned sk_lookup link on the pod's netns. Everything lives under the pin
@@ -29,17 +29,23 @@ import {
   DIR_OUT,
   POD_DNS_CAPTURE,
   decodeCidrKey,
+  decodeCidr6Key,
   decodePod,
+  decodePod6,
   decodePortKey,
   decodeTuple,
   decodeU64,
   encodeCidrKey,
+  encodeCidr6Key,
   encodeConfig,
   encodeIp4Key,
+  encodeIp6Key,
   encodePod,
+  encodePod6,
   encodePortKey,
   encodeU64,
   readIp4,
+  readIp6,
   type CaptureConfig,
 } from '../native/structs.js';
 import {
@@ -74,7 +80,7 @@ export const ISTIO_CONFIG: CaptureConfig = Object.freeze({
 
 /** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
 const CGROUP_PROGS: Record<string, string[]> = {
-  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
+  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_sendmsg6', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
   sockops: ['inpod_sockops'],
   getsockopt: ['inpod_getsockopt'],
 };
@@ -85,16 +91,23 @@ const SK_LOOKUP_PROG = 'inpod_sk_lookup';
  * (bpf/include/maps.h): sockops removes each entry when its handshake ends or its client closes;
  * unenroll purges whatever a pod still has there.
  */
-export const TUPLE_MAPS = ['inpod_syn_orig', 'inpod_own_syn'] as const;
+export const TUPLE_MAPS = ['inpod_syn_dst', 'inpod_own_conn'] as const;
 
-/** Maps of earlier versions, replaced by the ones above: unpinned once no program uses them. */
-const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local'];
+/**
+ * Maps of earlier versions, replaced by the ones above: unpinned once no program uses them
+ * (inpod_sk_orig, inpod_syn_orig and inpod_own_syn held IPv4 only; their successors hold both
+ * families in 16-byte addresses).
+ */
+const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local', 'inpod_sk_orig', 'inpod_syn_orig', 'inpod_own_syn'];
 
 interface Maps {
   enrolled: BpfMap;
+  pod6: BpfMap;
   podIps: BpfMap;
+  podIps6: BpfMap;
   portExcl: BpfMap;
   cidrExcl: BpfMap;
+  cidr6Excl: BpfMap;
 }
 
 interface PodRecord {
@@ -210,19 +223,23 @@ export class EbpfBackend implements RedirectBackend {
     const settings = normalizeSettings(partial);
     const podIps = await podAddresses(ns, settings.podIps, this.ipv6);
     const cookie = ns.cookie;
+    const ip4 = podIps.filter((a) => familyOf(a) === 4);
+    const ip6 = podIps.filter((a) => familyOf(a) === 6);
     if (!this.installed()) await this.install();
-    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
+    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark, undefined, ip6.length > 0);
     listenerHandover(ns, true);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
       this.#writeExclusions(maps, cookie, settings);
-      // native IPv6 from the pod is refused by connect6 until the IPv6 hooks land
-      for (const ip of podIps.filter((a) => familyOf(a) === 4)) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
+      for (const ip of ip4) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
+      for (const ip of ip6) maps.podIps6.update(encodeIp6Key(ip), encodeU64(cookie));
+      if (ip6.length) maps.pod6.update(encodeU64(cookie), encodePod6({ ip6: ip6[0]!, probeIp6: settings.probeSource6 }));
+      else maps.pod6.delete(encodeU64(cookie));
       this.#attachNetns(ns);
       maps.enrolled.update(
         encodeU64(cookie),
-        encodePod({ ip4: podIps.find((a) => familyOf(a) === 4) ?? '0.0.0.0', probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
+        encodePod({ ip4: ip4[0] ?? '0.0.0.0', probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
       );
     } finally {
       closeMaps(maps);
@@ -237,7 +254,7 @@ export class EbpfBackend implements RedirectBackend {
       const wasEnrolled = this.#enrolledCookie(ns.cookie);
       this.#unenrollCookie(ns.cookie);
       if (!wasEnrolled) return;
-      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark, undefined, true);
       listenerHandover(ns, false);
     });
   }
@@ -252,20 +269,23 @@ export class EbpfBackend implements RedirectBackend {
     const maps = this.#maps();
     try {
       const ips = new Map<bigint, string[]>();
-      for (const k of maps.podIps.keys()) {
-        const v = maps.podIps.lookup(k);
-        if (!v) continue;
-        const c = decodeU64(v);
-        ips.set(c, [...(ips.get(c) ?? []), readIp4(k, 0)]);
+      for (const [m, read] of [[maps.podIps, readIp4], [maps.podIps6, readIp6]] as const) {
+        for (const k of m.keys()) {
+          const v = m.lookup(k);
+          if (!v) continue;
+          const c = decodeU64(v);
+          ips.set(c, [...(ips.get(c) ?? []), read(k, 0)]);
+        }
       }
       const ports = maps.portExcl.keys().map(decodePortKey);
-      const cidrs = maps.cidrExcl.keys().map(decodeCidrKey);
+      const cidrs = [...maps.cidrExcl.keys().map(decodeCidrKey), ...maps.cidr6Excl.keys().map(decodeCidr6Key)];
       const out: EnrolledPod[] = [];
       for (const k of maps.enrolled.keys()) {
         const v = maps.enrolled.lookup(k);
         if (!v) continue;
         const cookie = decodeU64(k);
         const pod = decodePod(v);
+        const v6 = maps.pod6.lookup(k);
         const rec = this.#readRecord(cookie);
         const podIps = ips.get(cookie) ?? [pod.ip4];
         out.push({
@@ -276,11 +296,11 @@ export class EbpfBackend implements RedirectBackend {
           settings: {
             podIps,
             probeSource: pod.probeIp4,
-            probeSource6: rec?.settings.probeSource6 ?? DEFAULT_SETTINGS.probeSource6,
+            probeSource6: v6 ? decodePod6(v6).probeIp6 : (rec?.settings.probeSource6 ?? DEFAULT_SETTINGS.probeSource6),
             dnsCapture: (pod.flags & POD_DNS_CAPTURE) !== 0,
             excludeInboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_IN).map((p) => p.port).sort((a, b) => a - b),
             excludeOutboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_OUT).map((p) => p.port).sort((a, b) => a - b),
-            excludeOutboundCidrs: cidrs.filter((c) => c.netns === cookie).map((c) => c.cidr),
+            excludeOutboundCidrs: cidrs.filter((c) => c.netns === cookie).map((c) => c.cidr).sort(),
           },
         });
       }
@@ -314,9 +334,12 @@ export class EbpfBackend implements RedirectBackend {
     try {
       // The gate first: new connections go direct at once; established ones are untouched.
       maps.enrolled.delete(encodeU64(cookie));
-      for (const k of maps.podIps.keys()) {
-        const v = maps.podIps.lookup(k);
-        if (v && decodeU64(v) === cookie) maps.podIps.delete(k);
+      maps.pod6.delete(encodeU64(cookie));
+      for (const m of [maps.podIps, maps.podIps6]) {
+        for (const k of m.keys()) {
+          const v = m.lookup(k);
+          if (v && decodeU64(v) === cookie) m.delete(k);
+        }
       }
       this.#writeExclusions(maps, cookie, null);
     } finally {
@@ -358,11 +381,15 @@ export class EbpfBackend implements RedirectBackend {
   #writeExclusions(maps: Maps, cookie: bigint, s: PodSettings | null): void {
     for (const k of maps.portExcl.keys()) if (decodePortKey(k).netns === cookie) maps.portExcl.delete(k);
     for (const k of maps.cidrExcl.keys()) if (decodeCidrKey(k).netns === cookie) maps.cidrExcl.delete(k);
+    for (const k of maps.cidr6Excl.keys()) if (decodeCidr6Key(k).netns === cookie) maps.cidr6Excl.delete(k);
     if (!s) return;
     const one = Buffer.from([1]);
     for (const p of s.excludeInboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_IN), one);
     for (const p of s.excludeOutboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_OUT), one);
-    for (const c of s.excludeOutboundCidrs) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
+    for (const c of s.excludeOutboundCidrs) {
+      if (familyOf(c) === 4) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
+      else maps.cidr6Excl.update(encodeCidr6Key(cookie, c), one);
+    }
   }
 
   #enrolledCookie(cookie: bigint): boolean {
@@ -419,9 +446,12 @@ export class EbpfBackend implements RedirectBackend {
     try {
       return {
         enrolled: open('inpod_enrolled'),
+        pod6: open('inpod_pod6'),
         podIps: open('inpod_pod_ips'),
+        podIps6: open('inpod_pod_ips6'),
         portExcl: open('inpod_port_excl'),
         cidrExcl: open('inpod_cidr_excl'),
+        cidr6Excl: open('inpod_cidr6_excl'),
       };
     } catch (e) {
       for (const m of opened) m.close();

@@ -122,21 +122,35 @@ export async function podAddresses(ns: PodNetns, given: string[] | undefined, ip
 
 /**
  * The in-netns routing that lets the proxy's transparent upstream (bound to the client's IP,
- * marked 0x539 and re-marked `spoofMark` by connect4) get the app's replies back: the app's
- * accepted socket inherits the SYN's mark (tcp_fwmark_accept), and that mark routes locally.
- * fwmark_reflect does the same for what the kernel answers without a socket (the RST of a
- * closed port, ICMP errors): without it that reply takes the main table to the client's real
- * address and the proxy waits for its connect timeout. Only locally sent, marked packets carry
- * a mark here (a packet entering over the veth has none), so nothing else changes for the pod.
- * No iptables involved. Idempotent; `false` removes exactly this.
+ * marked 0x539 and re-marked `spoofMark` by connect4/6) get the app's replies back: the app's
+ * accepted socket inherits the SYN's mark (tcp_fwmark_accept, which IPv6 connections follow too),
+ * and that mark routes locally. fwmark_reflect does the same for what the kernel answers without
+ * a socket (the RST of a closed port, ICMP errors): without it that reply takes the main table to
+ * the client's real address and the proxy waits for its connect timeout. Only locally sent,
+ * marked packets carry a mark here (a packet entering over the veth has none), so nothing else
+ * changes for the pod. With `ipv6` (the pod has IPv6 addresses) the same for IPv6: the rule and
+ * `local ::/0` route of `ip -6`, net.ipv6.fwmark_reflect. No iptables involved. Idempotent;
+ * `false` removes exactly this (the IPv6 part whatever `ipv6` says, tolerating a netns without IPv6).
  */
-export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE): Promise<void> {
+export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE, ipv6 = false): Promise<void> {
   try {
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
     netnsLocalRouteOfFd(ns.fd, mark, table, 32763, on);
+    if (on && ipv6) {
+      netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '1');
+      netnsLocalRouteOfFd(ns.fd, mark, table, 32763, true, 6);
+    }
   } catch (e) {
     throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${ns.path} failed: ${(e as Error).message}`, { cause: e });
+  }
+  if (!on) {
+    try {
+      netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '0');
+      netnsLocalRouteOfFd(ns.fd, mark, table, 32763, false, 6);
+    } catch {
+      /* a netns without IPv6 has none of it */
+    }
   }
 }
 

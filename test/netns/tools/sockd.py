@@ -89,6 +89,15 @@ def accept_loop(lid):
         threading.Thread(target=serve, args=(c, entry["tag"], entry["echo"]), daemon=True).start()
 
 
+def sockaddr(host, port):
+    """(host, port), or for a scoped IPv6 address ("fe80::1%eth0") the 4-tuple with its scope id:
+    Python does not read the scope out of a numeric address given as a 2-tuple (EINVAL)."""
+    if "%" in host:
+        addr, dev = host.split("%", 1)
+        return (addr, port, 0, socket.if_nametoindex(dev))
+    return (host, port)
+
+
 def make_socket(req, kind=socket.SOCK_STREAM):
     if ":" in req.get("host", ""):
         s = socket.socket(socket.AF_INET6, kind)
@@ -150,7 +159,7 @@ def op_connect(req):
         if req.get("bind"):
             s.bind((req["bind"]["host"], req["bind"].get("port", 0)))
         s.settimeout(timeout)
-        s.connect((req["host"], req["port"]))
+        s.connect(sockaddr(req["host"], req["port"]))
     except OSError as e:
         s.close()
         return {"ok": False, "error": err_name(e)}
