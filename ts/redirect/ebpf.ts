@@ -24,32 +24,9 @@ import {
   pinnedMapSpec,
   skeleton,
 } from '../native/index.js';
+import { decodeTuple, encodeConfig, encodeU64, type CaptureConfig } from '../native/structs.js';
+import { closePodMaps, erasePodEntries, openGate, POD_MAP_PINS, readPods, writePodEntries, type PodMaps } from './ebpf-pods.js';
 import {
-  DIR_IN,
-  DIR_OUT,
-  POD_DNS_CAPTURE,
-  decodeCidrKey,
-  decodeCidr6Key,
-  decodePod,
-  decodePod6,
-  decodePortKey,
-  decodeTuple,
-  decodeU64,
-  encodeCidrKey,
-  encodeCidr6Key,
-  encodeConfig,
-  encodeIp4Key,
-  encodeIp6Key,
-  encodePod,
-  encodePod6,
-  encodePortKey,
-  encodeU64,
-  readIp4,
-  readIp6,
-  type CaptureConfig,
-} from '../native/structs.js';
-import {
-  DEFAULT_SETTINGS,
   familyOf,
   normalizeSettings,
   type BackendOptions,
@@ -99,16 +76,6 @@ export const TUPLE_MAPS = ['inpod_syn_dst', 'inpod_own_conn'] as const;
  * families in 16-byte addresses).
  */
 const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local', 'inpod_sk_orig', 'inpod_syn_orig', 'inpod_own_syn'];
-
-interface Maps {
-  enrolled: BpfMap;
-  pod6: BpfMap;
-  podIps: BpfMap;
-  podIps6: BpfMap;
-  portExcl: BpfMap;
-  cidrExcl: BpfMap;
-  cidr6Excl: BpfMap;
-}
 
 interface PodRecord {
   netns: string;
@@ -223,26 +190,17 @@ export class EbpfBackend implements RedirectBackend {
     const settings = normalizeSettings(partial);
     const podIps = await podAddresses(ns, settings.podIps, this.ipv6);
     const cookie = ns.cookie;
-    const ip4 = podIps.filter((a) => familyOf(a) === 4);
-    const ip6 = podIps.filter((a) => familyOf(a) === 6);
     if (!this.installed()) await this.install();
-    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark, undefined, ip6.length > 0);
+    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark, undefined, podIps.some((a) => familyOf(a) === 6));
     listenerHandover(ns, true);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
-      this.#writeExclusions(maps, cookie, settings);
-      for (const ip of ip4) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
-      for (const ip of ip6) maps.podIps6.update(encodeIp6Key(ip), encodeU64(cookie));
-      if (ip6.length) maps.pod6.update(encodeU64(cookie), encodePod6({ ip6: ip6[0]!, probeIp6: settings.probeSource6 }));
-      else maps.pod6.delete(encodeU64(cookie));
+      writePodEntries(maps, cookie, podIps, settings);
       this.#attachNetns(ns);
-      maps.enrolled.update(
-        encodeU64(cookie),
-        encodePod({ ip4: ip4[0] ?? '0.0.0.0', probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
-      );
+      openGate(maps, cookie, podIps, settings);
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
     this.#writeRecord(cookie, { netns: ns.path, settings: { ...settings, podIps }, podIps });
     return { netns: ns.path, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
@@ -268,45 +226,15 @@ export class EbpfBackend implements RedirectBackend {
     if (!existsSync(this.#pin('inpod_enrolled'))) return [];
     const maps = this.#maps();
     try {
-      const ips = new Map<bigint, string[]>();
-      for (const [m, read] of [[maps.podIps, readIp4], [maps.podIps6, readIp6]] as const) {
-        for (const k of m.keys()) {
-          const v = m.lookup(k);
-          if (!v) continue;
-          const c = decodeU64(v);
-          ips.set(c, [...(ips.get(c) ?? []), read(k, 0)]);
-        }
-      }
-      const ports = maps.portExcl.keys().map(decodePortKey);
-      const cidrs = [...maps.cidrExcl.keys().map(decodeCidrKey), ...maps.cidr6Excl.keys().map(decodeCidr6Key)];
-      const out: EnrolledPod[] = [];
-      for (const k of maps.enrolled.keys()) {
-        const v = maps.enrolled.lookup(k);
-        if (!v) continue;
-        const cookie = decodeU64(k);
-        const pod = decodePod(v);
-        const v6 = maps.pod6.lookup(k);
-        const rec = this.#readRecord(cookie);
-        const podIps = ips.get(cookie) ?? [pod.ip4];
-        out.push({
-          netns: rec?.netns ?? '',
-          backend: 'ebpf',
-          cookie: cookie.toString(),
-          podIps,
-          settings: {
-            podIps,
-            probeSource: pod.probeIp4,
-            probeSource6: v6 ? decodePod6(v6).probeIp6 : (rec?.settings.probeSource6 ?? DEFAULT_SETTINGS.probeSource6),
-            dnsCapture: (pod.flags & POD_DNS_CAPTURE) !== 0,
-            excludeInboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_IN).map((p) => p.port).sort((a, b) => a - b),
-            excludeOutboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_OUT).map((p) => p.port).sort((a, b) => a - b),
-            excludeOutboundCidrs: cidrs.filter((c) => c.netns === cookie).map((c) => c.cidr).sort(),
-          },
-        });
-      }
-      return out;
+      return readPods(maps, (c) => this.#readRecord(c)?.settings.probeSource6).map((p) => ({
+        netns: this.#readRecord(p.cookie)?.netns ?? '',
+        backend: 'ebpf' as const,
+        cookie: p.cookie.toString(),
+        podIps: p.podIps,
+        settings: p.settings,
+      }));
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
   }
 
@@ -332,18 +260,9 @@ export class EbpfBackend implements RedirectBackend {
   #unenrollCookie(cookie: bigint): void {
     const maps = this.#maps();
     try {
-      // The gate first: new connections go direct at once; established ones are untouched.
-      maps.enrolled.delete(encodeU64(cookie));
-      maps.pod6.delete(encodeU64(cookie));
-      for (const m of [maps.podIps, maps.podIps6]) {
-        for (const k of m.keys()) {
-          const v = m.lookup(k);
-          if (v && decodeU64(v) === cookie) m.delete(k);
-        }
-      }
-      this.#writeExclusions(maps, cookie, null);
+      erasePodEntries(maps, cookie);
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
     this.#purgeConnections(cookie);
     // which inbound slot is the newest (the listeners' entries go with their sockets)
@@ -374,21 +293,6 @@ export class EbpfBackend implements RedirectBackend {
       } finally {
         m.close();
       }
-    }
-  }
-
-  /** Replaces the pod's exclusion entries (null: remove them all). */
-  #writeExclusions(maps: Maps, cookie: bigint, s: PodSettings | null): void {
-    for (const k of maps.portExcl.keys()) if (decodePortKey(k).netns === cookie) maps.portExcl.delete(k);
-    for (const k of maps.cidrExcl.keys()) if (decodeCidrKey(k).netns === cookie) maps.cidrExcl.delete(k);
-    for (const k of maps.cidr6Excl.keys()) if (decodeCidr6Key(k).netns === cookie) maps.cidr6Excl.delete(k);
-    if (!s) return;
-    const one = Buffer.from([1]);
-    for (const p of s.excludeInboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_IN), one);
-    for (const p of s.excludeOutboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_OUT), one);
-    for (const c of s.excludeOutboundCidrs) {
-      if (familyOf(c) === 4) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
-      else maps.cidr6Excl.update(encodeCidr6Key(cookie, c), one);
     }
   }
 
@@ -434,25 +338,18 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  /** The per-pod maps, all open or none (close them with closeMaps). */
-  #maps(): Maps {
+  /** The per-pod maps, all open or none (close them with closePodMaps). */
+  #maps(): PodMaps {
     const opened: BpfMap[] = [];
-    const open = (name: string): BpfMap => {
-      const m = this.#openMap(name);
-      if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
-      opened.push(m);
-      return m;
-    };
     try {
-      return {
-        enrolled: open('inpod_enrolled'),
-        pod6: open('inpod_pod6'),
-        podIps: open('inpod_pod_ips'),
-        podIps6: open('inpod_pod_ips6'),
-        portExcl: open('inpod_port_excl'),
-        cidrExcl: open('inpod_cidr_excl'),
-        cidr6Excl: open('inpod_cidr6_excl'),
-      };
+      const maps = {} as PodMaps;
+      for (const [role, name] of Object.entries(POD_MAP_PINS) as [keyof PodMaps, string][]) {
+        const m = this.#openMap(name);
+        if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
+        opened.push(m);
+        maps[role] = m;
+      }
+      return maps;
     } catch (e) {
       for (const m of opened) m.close();
       throw e;
@@ -500,10 +397,6 @@ export class EbpfBackend implements RedirectBackend {
       return null;
     }
   }
-}
-
-function closeMaps(maps: Maps): void {
-  for (const m of Object.values(maps)) m.close();
 }
 
 function defaultCgroup(): string {
