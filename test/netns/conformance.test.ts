@@ -11,7 +11,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import { createBackend } from '../../ts/redirect/factory.js';
+import { IptablesBackend } from '../../ts/redirect/iptables.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../../ts/redirect/backend.js';
 import { Lab, type Accepted, type LabPod, type PodShell, until } from './lab.js';
 import type { PodFamily } from '../../ts/sim/node.js';
@@ -367,6 +369,23 @@ describe.each(BACKENDS.flatMap((b) => FAMILIES.filter((f) => CAPTURES[b].include
       const pod4 = await lab.addPod('podoff', family);
       await expect(off.enroll(pod4.netnsPath)).rejects.toMatchObject({ code: 'INPOD_ERR_NETNS', message: expect.stringMatching(/IPv6 capture is off/) });
       expect(await off.isEnrolled(pod4.netnsPath)).toBe(false);
+    });
+  }
+
+  if (name === 'iptables' && family === 'ipv4') {
+    it("writes Istio's ip6tables rules for an IPv4-only pod too, and IPv4's alone where the kernel has no IPv6", async () => {
+      const save6 = (p: LabPod): string => execFileSync('nsenter', [`--net=${p.netnsPath}`, 'ip6tables-save'], { encoding: 'utf8' })
+        + execFileSync('nsenter', [`--net=${p.netnsPath}`, 'ip6tables-legacy-save'], { encoding: 'utf8' });
+      expect(save6(pod)).toContain('-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001');
+      const v4only = new IptablesBackend({ ...opts, families: [4] });
+      const p4 = await lab.addPod('v4only', family);
+      await v4only.enroll(p4.netnsPath);
+      try {
+        expect(save6(p4)).not.toMatch(/ISTIO_/);
+        expect(await v4only.isEnrolled(p4.netnsPath)).toBe(true);
+      } finally {
+        await v4only.unenroll(p4.netnsPath);
+      }
     });
   }
 

@@ -26,11 +26,17 @@ export interface IptablesOptions extends BackendOptions {
   /** which iptables to write with; 'auto' picks nft when installed (reads always check both) */
   iptables?: IptablesFlavor | 'auto';
   run?: Runner;
+  /**
+   * The families to write rules for. Default: both, or IPv4 alone on a kernel without IPv6
+   * (booted with ipv6.disable=1: no /proc/sys/net/ipv6, ip6tables cannot work and there is no
+   * IPv6 to capture), as istio-cni goes on without ip6tables when IPv6 is off.
+   */
+  families?: readonly Family[];
 }
 
 const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
 /** Run in the pod netns: whether its loopback has IPv6 (Istio skips the IPv6 route otherwise). */
-const LO_HAS_V6 = '[ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null)" != 1 ]';
+const LO_HAS_V6 = '[ -e /proc/sys/net/ipv6/conf/lo/disable_ipv6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6)" != 1 ]';
 const ROUTING_ADD = [
   `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764`,
   `ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`,
@@ -61,6 +67,7 @@ export class IptablesBackend implements RedirectBackend {
   /** Istio's probe SNAT in the node's netns; null when no host netns is named */
   readonly #host: HostProbeRules | null;
   readonly #ipv6: boolean;
+  readonly #families: readonly Family[];
 
   constructor(opts: IptablesOptions = {}) {
     this.#run = opts.run ?? runProgram;
@@ -68,6 +75,7 @@ export class IptablesBackend implements RedirectBackend {
     this.#flavor = want === 'auto' ? (binaryExists('iptables-nft-restore') ? 'nft' : 'legacy') : want;
     this.#recordDir = join(opts.stateDir ?? '/var/run/inpod', 'iptables');
     this.#ipv6 = opts.ipv6 ?? false;
+    this.#families = opts.families ?? (existsSync('/proc/sys/net/ipv6') ? FAMILIES : [4]);
     const installed = (): IptablesFlavor[] => (['legacy', 'nft'] as const).filter((f) => binaryExists(`iptables-${f}-save`));
     this.#host = opts.hostNetns === undefined ? null : new HostProbeRules(opts.hostNetns, this.#run, this.#flavor, installed);
   }
@@ -93,7 +101,7 @@ export class IptablesBackend implements RedirectBackend {
     // aside) is captured too, never around the proxy. A pod whose rules live in the other
     // flavour is rewritten there, never duplicated.
     const found = await this.#inspect(ns);
-    for (const family of FAMILIES) {
+    for (const family of this.#families) {
       const mine = found.filter((f) => f.family === family);
       const flavor = mine.find((f) => f.chains.length > 0)?.flavor ?? this.#flavor;
       const current = mine.find((f) => f.flavor === flavor) ?? { flavor, family, chains: [], jumps: [], drain: false };
@@ -206,7 +214,7 @@ export class IptablesBackend implements RedirectBackend {
     }
   }
 
-  async #inspect(ns: PodNetns, families: readonly Family[] = FAMILIES): Promise<Found[]> {
+  async #inspect(ns: PodNetns, families: readonly Family[] = this.#families): Promise<Found[]> {
     const out: Found[] = [];
     for (const family of families) {
       for (const flavor of ['legacy', 'nft'] as const) {
