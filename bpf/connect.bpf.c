@@ -66,8 +66,7 @@ static __always_inline enum verdict outbound_verdict(void *ctx, struct bpf_sock 
 		__u32 src[4];
 
 		sock_src(sk, src);
-		if (!inpod_ip_zero(src) && !(inpod_mapped(src) && !src[3]) && !inpod_is_loopback(src) &&
-		    !is_pod_ip(src, pod, pod6)) {
+		if (!inpod_ip_zero(src) && !inpod_is_loopback(src) && !is_pod_ip(src, pod, pod6)) {
 			owner = inpod_owner(src);
 			if (!owner || *owner != netns) {
 				int m = inpod_cfg.spoof_mark;
