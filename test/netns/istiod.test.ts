@@ -195,7 +195,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     expect(existsSync(p('no-ca'))).toBe(false);
   });
 
-  it('refuses the next connection before the app sees a byte once istiod pushes a DENY for the client, and lets it through once the DENY is removed', async () => {
+  it('closes the open connection and refuses the next before the app sees a byte once istiod pushes a DENY for the client, and lets it through once the DENY is removed', async () => {
     // a connection opened before the push
     const open = await shC.connect({ host: server.ip, port: 8080, send: 'before', timeoutMs: 5000 });
     expect(open.ok && open.reply).toBe('app:before');
@@ -209,6 +209,11 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     expect(xds.answers(nonce)[0]!.error_detail ?? null).toBeNull();
     await until('the DENY in the config dump', async () => ((await dump()).policies as { name: string }[]).some((x) => x.name === 'deny-sleep'));
 
+    // the connection open before it is closed, as ztunnel's PolicyWatcher closes what a policy
+    // update no longer allows (src/proxy/connection_manager.rs)
+    await until('the open connection closed by the policy update', () => /no longer allowed after a policy update/.test(proxyLog));
+    const still = (await shC.send((open as { connId: string }).connId, 'still there?', 3000)) as { reply?: string; error?: string };
+    expect(still.reply ?? still.error).toMatch(/^$|ECONNRESET|EPIPE/); // '': the stream ended (EOF)
     const from = lines(proxyLog).length;
     const r = await request('after deny', 3000);
     expect(r).toMatch(/ECONNRESET|EOF/);

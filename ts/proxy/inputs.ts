@@ -14,6 +14,7 @@ import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
 import type { HbonePool } from './pool.js';
+import type { PolicyWatcher } from './policy-watch.js';
 import { isSelfCall, type Addr, type OwnAddresses } from './route.js';
 import { isOwnUpstream, nodeAddresses, originalDestination } from './sockets.js';
 
@@ -30,6 +31,8 @@ export interface ProxyDeps {
   certs: CertManager;
   pool: HbonePool;
   authorizer: Authorizer;
+  /** holds the connections admitted to apps, closing those a policy update denies (ztunnel's PolicyWatcher) */
+  policyWatch?: PolicyWatcher;
   observer: ConnObserver;
   log: Logger;
   trustDomain: string;
