@@ -35,6 +35,9 @@ const TOKEN = 'projected-token-of-istio-system-ztunnel';
 const CLIENT_ID = 'spiffe://cluster.local/ns/mesh/sa/sleep';
 const SERVER_ID = 'spiffe://cluster.local/ns/mesh/sa/web';
 const DENY = 'mesh/deny-sleep';
+const HOST = 'web.mesh.svc.cluster.local';
+/** the web Service's VIP (inside the lab's range: a packet that escaped capture would stay in the lab) */
+const VIP = '10.200.253.80';
 
 /** The Address istiod sends for a pod of this node (pilot/pkg/serviceregistry/kube/controller/ambient: uid "<cluster>//Pod/<ns>/<name>"). */
 function podAddress(pod: LabPod, sa: string): object {
@@ -43,6 +46,7 @@ function podAddress(pod: LabPod, sa: string): object {
       uid: `Kubernetes//Pod/${NS}/${pod.name}`, name: pod.name, namespace: NS, addresses: [ipBytes(pod.ip)], tunnel_protocol: 1,
       trust_domain: 'cluster.local', service_account: sa, node: NODE, canonical_name: pod.name, canonical_revision: 'latest',
       workload_type: 2, workload_name: pod.name, status: 0, cluster_id: 'Kubernetes',
+      ...(sa === 'web' ? { services: { [`${NS}/${HOST}`]: { ports: [{ service_port: 80, target_port: 8080 }] } } } : {}),
     },
   };
 }
@@ -126,6 +130,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     // what istiod sends once the kubelet reported the pods' IPs
     xds.set(ADDRESS_TYPE, `Kubernetes//Pod/${NS}/sleep`, podAddress(client, 'sleep'));
     xds.set(ADDRESS_TYPE, `Kubernetes//Pod/${NS}/web`, podAddress(server, 'web'));
+    xds.set(ADDRESS_TYPE, `${NS}/${HOST}`, { service: { name: 'web', namespace: NS, hostname: HOST, addresses: [{ network: '', address: ipBytes(VIP) }], ports: [{ service_port: 80, target_port: 8080 }] } });
     await until('the proxy to know both pods as HBONE, from istiod', async () => {
       const ws = ((await dump().catch(() => ({ workloads: [] }))).workloads ?? []) as { name: string; protocol: string }[];
       return ['sleep', 'web'].every((n) => ws.some((w) => w.name === n && w.protocol === 'HBONE'));
@@ -193,6 +198,23 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       expect(c.rootCerts.map((r) => pem(r.pem).fingerprint256)).toEqual([root.fingerprint256]);
     }
     expect(existsSync(p('no-ca'))).toBe(false);
+  });
+
+  it('reaches the app through the Service VIP istiod sent, both proxies naming the Service', async () => {
+    const from = lines(proxyLog).length;
+    const r = await shC.connect({ host: VIP, port: 80, send: 'via the vip', timeoutMs: 5000 });
+    expect(r.ok && r.reply, logs()).toBe('app:via the vip');
+    // while it is open, the server's proxy lists it under the Service the client addressed (ztunnel's
+    // InboundConnectionDump originalDst): it found its own workload, though istiod's uid is not the pod's
+    type Conns = { inbound: { src: string; originalDst: string | null }[] };
+    const state = (await dump()).workloadState as Record<string, { info: { name: string }; connections: Conns }>;
+    const web = Object.values(state).find((x) => x.info.name === 'web')!;
+    expect(web.connections.inbound).toEqual([expect.objectContaining({ src: expect.stringContaining(client.ip), originalDst: HOST })]);
+    if (r.ok) await shC.close(r.connId);
+    await until('both access-log lines', () => lines(proxyLog).slice(from).filter((x) => x.msg === 'connection complete').length === 2);
+    const l = lines(proxyLog).slice(from).filter((x) => x.msg === 'connection complete');
+    expect(l.find((x) => x.direction === 'outbound')).toMatchObject({ 'dst.service': HOST, 'dst.workload': 'web' });
+    expect(l.find((x) => x.direction === 'inbound')).toMatchObject({ 'dst.service': HOST, 'src.identity': CLIENT_ID });
   });
 
   it('closes the open connection and refuses the next before the app sees a byte once istiod pushes a DENY for the client, and lets it through once the DENY is removed', async () => {
