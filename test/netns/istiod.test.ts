@@ -10,8 +10,10 @@
  * What a user would notice: the bytes arrive and the answer returns; the app sees the client
  * pod's IP; both ends of the HBONE connection hold the identities istiod issued (one CSR per
  * identity, impersonated as ztunnel does, src/identity/caclient.rs; no private key ever sent);
- * a DENY pushed live refuses the next connection before the app sees a byte and the proxy ACKs
- * it; once it is removed traffic flows again.
+ * a DENY pushed live closes the connection open (as ztunnel's PolicyWatcher) and refuses the
+ * next before the app sees a byte, and the proxy ACKs it; once it is removed traffic flows again.
+ * A Service VIP istiod sent routes to the pod, and the server's proxy finds its own workload
+ * though istiod's uid ("<cluster>//Pod/<ns>/<name>") is not the pod's UID that ZDS hands over.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
@@ -20,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackendName } from '../../ts/redirect/backend.js';
+import { caWire } from '../../ts/identity/istio-ca.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE } from '../../ts/xds/proto.js';
 import { FakeApiServer } from '../fixtures/apiserver.js';
 import { addCaService, type FakeCa } from '../fixtures/istiod/ca.js';
@@ -183,7 +186,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     for (const r of issued) {
       expect(r.csrSans).toEqual([r.request.metadata.ImpersonatedIdentity]);
       expect(r.headers).toMatchObject({ authorization: `Bearer ${TOKEN}`, clusterid: 'Kubernetes' });
-      // the key stayed on the node: the request holds a CSR and nothing of a private key
+      // the key stayed on the node: on the wire the request is a CSR, a validity and the metadata, nothing more
+      expect(caWire.encodeRequest(r.request)).toEqual(r.raw);
       expect(r.raw.toString('latin1')).not.toMatch(/PRIVATE KEY/);
     }
     // the certificates the proxy holds chain to istiod's root; it has no CA of its own
@@ -196,8 +200,14 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       expect(leaf.verify(root.publicKey)).toBe(true);
       expect(leaf.subjectAltName).toBe(`URI:${c.identity}`);
       expect(c.rootCerts.map((r) => pem(r.pem).fingerprint256)).toEqual([root.fingerprint256]);
+      // the certificate held is the one issued for the CSR of that identity (its key pair, made on the node)
+      const csr = issued.find((r) => r.request.metadata.ImpersonatedIdentity === c.identity)!;
+      const csrDer = Buffer.from(csr.request.csr.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+      expect(csrDer.includes(leaf.publicKey.export({ type: 'spki', format: 'der' }))).toBe(true); // a CSR carries its SubjectPublicKeyInfo as is
     }
     expect(existsSync(p('no-ca'))).toBe(false);
+    // and its state is istiod's alone (no kubeconfig, no in-cluster service account in its environment)
+    expect(await (await fetch(`http://127.0.0.1:${admin}/state`)).json()).toMatchObject({ source: `istiod at ${istiod.address} (xDS)`, workloads: 2 });
   });
 
   it('reaches the app through the Service VIP istiod sent, both proxies naming the Service', async () => {
