@@ -28,12 +28,14 @@
  * AppendHostRules). Everything in the host netns counts as the node, as there: kubelet, and
  * hostNetwork pods.
  *
- * A connection is handled when it is IPv4 on the wire: an AF_INET socket, or an AF_INET6
- * (dual-stack) one whose peer is IPv4-mapped, e.g. an app's socket connected to ::ffff:10.x or
- * a dual-stack [::] outbound listener's accepted socket; the kernel keeps its IPv4 addresses in the
- * same fields as an AF_INET socket's, so the tuple is the same whichever end is dual-stack. A
- * listener is taken when it accepts IPv4: AF_INET, or AF_INET6 without IPV6_V6ONLY (ztunnel
- * listens on [::] by default: istio/ztunnel src/config.rs, bind_wildcard).
+ * Both families take one path: a connection's tuple holds 16-byte addresses, IPv4 as
+ * ::ffff:a.b.c.d (types.h). An IPv4 connection is read from the IPv4 fields whether its socket is
+ * AF_INET or a dual-stack AF_INET6 one with an IPv4-mapped peer (the kernel keeps its IPv4
+ * addresses there in both, and a mapped socket's IPv6 source is only set after its connect
+ * returns), so the tuple is the same whichever end is dual-stack; a native IPv6 connection is
+ * read from the IPv6 fields. A listener is taken when it accepts IPv4: AF_INET, or AF_INET6
+ * without IPV6_V6ONLY (ztunnel listens on [::] by default: istio/ztunnel src/config.rs,
+ * bind_wildcard), which takes the pod's IPv6 too.
  */
 #include "common.h"
 #include "config.h"
@@ -41,22 +43,49 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The connection as its client sees it. `client`: the callback runs on the client's socket. */
+/* The connection as its client sees it. `client`: the callback runs on the client's socket.
+ * Every field is read once, unconditionally, and held (barrier_var) before the family picks one:
+ * otherwise clang selects between field offsets and loads through a computed context pointer,
+ * which the verifier refuses. */
 static __always_inline void conn_tuple(struct bpf_sock_ops *skops, __u64 netns, int client, struct inpod_tuple *t)
 {
-	__u32 lip = skops->local_ip4, rip = skops->remote_ip4;
+	__u32 lip[4], rip[4], l4 = skops->local_ip4, r4 = skops->remote_ip4;
+	__u32 l6[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+	__u32 r6[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
 	__u16 lport = inpod_port_host(skops->local_port), rport = inpod_port_net32(skops->remote_port);
+	int v4 = skops->family == AF_INET;
 
+	barrier_var(l4);
+	barrier_var(r4);
+	barrier_var(l6[0]);
+	barrier_var(l6[1]);
+	barrier_var(l6[2]);
+	barrier_var(l6[3]);
+	barrier_var(r6[0]);
+	barrier_var(r6[1]);
+	barrier_var(r6[2]);
+	barrier_var(r6[3]);
+	if (v4 || inpod_is_v4_mapped(r6[0], r6[1], r6[2])) {
+		inpod_map4(lip, l4);
+		inpod_map4(rip, r4);
+	} else {
+		__builtin_memcpy(lip, l6, sizeof(lip));
+		__builtin_memcpy(rip, r6, sizeof(rip));
+	}
 	t->netns = netns;
-	t->sip = client ? lip : rip;
-	t->dip = client ? rip : lip;
+	__builtin_memcpy(t->sip, client ? lip : rip, sizeof(lip));
+	__builtin_memcpy(t->dip, client ? rip : lip, sizeof(lip));
 	t->sport = client ? lport : rport;
 	t->dport = client ? rport : lport;
 }
 
+/* The proxy's outbound listener on the loopback of the tuple's family. */
 static __always_inline int is_outbound_listener(const struct inpod_tuple *t)
 {
-	return t->dip == bpf_htonl(INPOD_LOOPBACK4) && t->dport == inpod_cfg.outbound_port;
+	__u32 lo[4];
+
+	inpod_loopback_of(lo, t->dip);
+	return inpod_ip_eq(t->dip, lo) && t->dport == inpod_cfg.outbound_port;
 }
 
 /* Client, before the SYN. Returns 1 if an entry was written (its removal is then due). */
@@ -69,19 +98,19 @@ static __always_inline int record_connect(struct bpf_sock *sk, __u64 netns, cons
 	if (is_outbound_listener(t)) {
 		if (!sk)
 			return 0;
-		orig = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, 0);
+		orig = bpf_sk_storage_get(&inpod_sk_dst, sk, 0, 0);
 		/* No room: the proxy finds no original destination and refuses the connection. */
-		return orig && !bpf_map_update_elem(&inpod_syn_orig, t, orig, BPF_ANY);
+		return orig && !bpf_map_update_elem(&inpod_syn_dst, t, orig, BPF_ANY);
 	}
-	owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->dip);
+	owner = inpod_owner(t->dip);
 	if (!owner || *owner != netns)
 		return 0;
 	/* From a pod IP (or loopback), sk_lookup lets the SYN through without an entry. */
-	owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->sip);
-	if ((owner && *owner == netns) || inpod_is_loopback4(t->sip))
+	owner = inpod_owner(t->sip);
+	if ((owner && *owner == netns) || inpod_is_loopback(t->sip))
 		return 0;
 	/* No room: the SYN finds no entry and is steered to the proxy (captured, never around it). */
-	return !bpf_map_update_elem(&inpod_own_syn, t, &one, BPF_ANY);
+	return !bpf_map_update_elem(&inpod_own_conn, t, &one, BPF_ANY);
 }
 
 /* The node's netns? Its cookie is 0 when none was named: then nothing is. */
@@ -97,14 +126,14 @@ static __always_inline int is_host_netns(__u64 netns)
  * for that pod's netns (where sk_lookup looks). Returns 1 if an entry was written. */
 static __always_inline int record_node_connect(struct inpod_tuple *t)
 {
-	__u64 *owner = bpf_map_lookup_elem(&inpod_pod_ips, &t->dip);
+	__u64 *owner = inpod_owner(t->dip);
 	__u8 one = 1;
 
 	if (!owner || !bpf_map_lookup_elem(&inpod_enrolled, owner))
 		return 0;
 	t->netns = *owner;
 	/* No room: the probe is steered to the proxy like any other SYN (captured, never around it). */
-	return !bpf_map_update_elem(&inpod_own_syn, t, &one, BPF_ANY);
+	return !bpf_map_update_elem(&inpod_own_conn, t, &one, BPF_ANY);
 }
 
 /* Server, handshake done: the entries have served their purpose. */
@@ -113,27 +142,18 @@ static __always_inline void handshake_done(struct bpf_sock *sk, const struct inp
 	struct inpod_addr *orig, *kept;
 
 	if (!is_outbound_listener(t)) {
-		bpf_map_delete_elem(&inpod_own_syn, t);
+		bpf_map_delete_elem(&inpod_own_conn, t);
 		return;
 	}
-	orig = bpf_map_lookup_elem(&inpod_syn_orig, t);
+	orig = bpf_map_lookup_elem(&inpod_syn_dst, t);
 	if (!orig)
 		return;
 	if (sk) {
-		kept = bpf_sk_storage_get(&inpod_sk_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		kept = bpf_sk_storage_get(&inpod_sk_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (kept)
 			*kept = *orig;
 	}
-	bpf_map_delete_elem(&inpod_syn_orig, t);
-}
-
-/* IPv4 on the wire (see above); a listener has no peer yet and is asked `ipv4_listener`. */
-static __always_inline int ipv4_on_wire(struct bpf_sock_ops *skops)
-{
-	if (skops->family == AF_INET || skops->op == BPF_SOCK_OPS_TCP_LISTEN_CB)
-		return 1;
-	return skops->family == AF_INET6 &&
-	       inpod_is_v4_mapped(skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2]);
+	bpf_map_delete_elem(&inpod_syn_dst, t);
 }
 
 /* Does this listener accept IPv4 connections? A v6-only one must not become the inbound listener:
@@ -175,8 +195,6 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 	__u64 netns;
 
 	INPOD_REQUIRE_CONFIG();
-	if (!ipv4_on_wire(skops))
-		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
 		if (inpod_port_host(skops->local_port) != inpod_cfg.inbound_port || !ipv4_listener(skops))
@@ -213,16 +231,16 @@ int inpod_sockops(struct bpf_sock_ops *skops)
 		 * enrollment it has now: unenroll purged the entries of a pod it removed). Decided
 		 * without inpod_host_ns, so a host netns renamed meanwhile leaves no entry behind. */
 		if (!bpf_map_lookup_elem(&inpod_enrolled, &netns)) {
-			__u64 *owner = bpf_map_lookup_elem(&inpod_pod_ips, &t.dip);
+			__u64 *owner = inpod_owner(t.dip);
 
 			if (!owner)
 				break;
 			t.netns = *owner;
 		}
 		if (is_outbound_listener(&t))
-			bpf_map_delete_elem(&inpod_syn_orig, &t);
+			bpf_map_delete_elem(&inpod_syn_dst, &t);
 		else
-			bpf_map_delete_elem(&inpod_own_syn, &t);
+			bpf_map_delete_elem(&inpod_own_conn, &t);
 		break;
 	}
 	return 1;

@@ -15,9 +15,11 @@ namespace inpod {
 static_assert(sizeof(struct inpod_config) == 16, "inpod_config");
 static_assert(sizeof(struct inpod_pod) == 16, "inpod_pod");
 static_assert(sizeof(struct inpod_port_key) == 16, "inpod_port_key");
+static_assert(sizeof(struct inpod_pod6) == 32, "inpod_pod6");
 static_assert(sizeof(struct inpod_cidr_key) == 16, "inpod_cidr_key");
-static_assert(sizeof(struct inpod_tuple) == 24, "inpod_tuple");
-static_assert(sizeof(struct inpod_addr) == 8, "inpod_addr");
+static_assert(sizeof(struct inpod_cidr6_key) == 28, "inpod_cidr6_key");
+static_assert(sizeof(struct inpod_tuple) == 48, "inpod_tuple");
+static_assert(sizeof(struct inpod_addr) == 20, "inpod_addr");
 static_assert(sizeof(struct inpod_fp_flow) == 40, "inpod_fp_flow");
 static_assert(sizeof(struct inpod_fp_config) == 8, "inpod_fp_config");
 
@@ -45,6 +47,10 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
   out.Set("inpod_pod", Struct(env, sizeof(inpod_pod), f));
 
   f = Napi::Object::New(env);
+  FIELD(f, inpod_pod6, ip6); FIELD(f, inpod_pod6, probe_ip6);
+  out.Set("inpod_pod6", Struct(env, sizeof(inpod_pod6), f));
+
+  f = Napi::Object::New(env);
   FIELD(f, inpod_port_key, netns); FIELD(f, inpod_port_key, port); FIELD(f, inpod_port_key, dir);
   out.Set("inpod_port_key", Struct(env, sizeof(inpod_port_key), f));
 
@@ -53,12 +59,16 @@ static Napi::Value Layout(const Napi::CallbackInfo &info) {
   out.Set("inpod_cidr_key", Struct(env, sizeof(inpod_cidr_key), f));
 
   f = Napi::Object::New(env);
+  FIELD(f, inpod_cidr6_key, prefixlen); FIELD(f, inpod_cidr6_key, netns); FIELD(f, inpod_cidr6_key, addr);
+  out.Set("inpod_cidr6_key", Struct(env, sizeof(inpod_cidr6_key), f));
+
+  f = Napi::Object::New(env);
   FIELD(f, inpod_tuple, netns); FIELD(f, inpod_tuple, sip); FIELD(f, inpod_tuple, dip);
   FIELD(f, inpod_tuple, sport); FIELD(f, inpod_tuple, dport);
   out.Set("inpod_tuple", Struct(env, sizeof(inpod_tuple), f));
 
   f = Napi::Object::New(env);
-  FIELD(f, inpod_addr, ip4); FIELD(f, inpod_addr, port);
+  FIELD(f, inpod_addr, ip); FIELD(f, inpod_addr, port);
   out.Set("inpod_addr", Struct(env, sizeof(inpod_addr), f));
 
   f = Napi::Object::New(env);

@@ -149,7 +149,7 @@ static int NlTalk(int s, NlReq *r) {
 
 // The rule and the route of netnsLocalRoute, inside the netns. Idempotent: EEXIST on add and
 // ENOENT/ESRCH on remove are success.
-static bool LocalRoute(Step *st, uint32_t mark, uint32_t table, uint32_t pref, bool add) {
+static bool LocalRoute(Step *st, int family, uint32_t mark, uint32_t table, uint32_t pref, bool add) {
   int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
   if (s < 0) return st->Fail("socket(NETLINK_ROUTE)");
 
@@ -158,7 +158,7 @@ static bool LocalRoute(Step *st, uint32_t mark, uint32_t table, uint32_t pref, b
   r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct fib_rule_hdr));
   r.h.nlmsg_type = add ? RTM_NEWRULE : RTM_DELRULE;
   r.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
-  r.rule.family = AF_INET;
+  r.rule.family = family;
   r.rule.action = FR_ACT_TO_TBL;
   r.rule.table = table < 256 ? table : RT_TABLE_UNSPEC;
   AddAttr(&r, FRA_FWMARK, &mark, sizeof(mark));
@@ -174,7 +174,7 @@ static bool LocalRoute(Step *st, uint32_t mark, uint32_t table, uint32_t pref, b
   r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
   r.h.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
   r.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
-  r.rt.rtm_family = AF_INET;
+  r.rt.rtm_family = family;
   r.rt.rtm_dst_len = 0;
   r.rt.rtm_table = table < 256 ? table : RT_TABLE_UNSPEC;
   r.rt.rtm_protocol = RTPROT_BOOT;
@@ -189,18 +189,19 @@ static bool LocalRoute(Step *st, uint32_t mark, uint32_t table, uint32_t pref, b
   return true;
 }
 
-// netnsLocalRoute(nsFd, mark, table, pref, add) -> 0 | {errno, syscall}
-// add: `ip rule add fwmark MARK lookup TABLE pref PREF` + `ip route replace local 0.0.0.0/0 dev lo table TABLE`;
-// remove: both deleted. Idempotent (EEXIST / ENOENT are success).
+// netnsLocalRoute(nsFd, mark, table, pref, add, family = AF_INET) -> 0 | {errno, syscall}
+// add: `ip [-6] rule add fwmark MARK lookup TABLE pref PREF` + `ip [-6] route replace local
+// 0.0.0.0/0 (::/0) dev lo table TABLE`; remove: both deleted. Idempotent (EEXIST / ENOENT are success).
 static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
   int nsFd = IntArg(info, 0);
   uint32_t mark = U32Arg(info, 1), table = U32Arg(info, 2), pref = U32Arg(info, 3);
   bool add = info[4].ToBoolean();
+  int family = info.Length() > 5 ? IntArg(info, 5) : AF_INET;
   Step st;
   {
     NetnsGuard g(nsFd);
     if (g.err()) st.Fail(g.syscall(), g.err());
-    else LocalRoute(&st, mark, table, pref, add);
+    else LocalRoute(&st, family, mark, table, pref, add);
   }
   if (st.err) return SysFail(info.Env(), st.syscall, st.err);
   return Napi::Number::New(info.Env(), 0);

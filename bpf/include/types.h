@@ -4,6 +4,9 @@
  * Fixed width, explicit padding: the addon static_asserts these sizes and exports
  * {sizeof, offsetof} so the TypeScript encoders are checked against them in tests.
  * Addresses and the port in inpod_addr are network order; other ports are host order (ports.h).
+ * Per-connection state holds either family in 16 bytes: an IPv6 address, or an IPv4 one as
+ * ::ffff:a.b.c.d, the form a dual-stack socket gives it, so one tuple and one code path serve
+ * both families and a connection has the same tuple whichever end is dual-stack.
  */
 #ifndef INPOD_TYPES_H
 #define INPOD_TYPES_H
@@ -32,6 +35,12 @@ struct inpod_pod {
 	__u32 _pad;
 };
 
+/* inpod_pod6 value: the IPv6 side of an enrolled pod that has IPv6 (key: netns cookie). */
+struct inpod_pod6 {
+	__u32 ip6[4];       /* the pod's (first) IPv6, network order */
+	__u32 probe_ip6[4]; /* kubelet probe source after SNAT (Istio's fd16:9254:7127:1337:ffff:ffff:ffff:ffff) */
+};
+
 /* inpod_port_excl key: a port the pod excludes from capture in one direction. */
 #define INPOD_DIR_IN 1
 #define INPOD_DIR_OUT 2
@@ -49,20 +58,27 @@ struct inpod_cidr_key {
 	__u32 addr;    /* network order */
 };
 
-/* A connection as its client sees it, inside one netns. Ports host order. */
+/* inpod_cidr6_key key (LPM trie): prefixlen counts 64 netns-cookie bits + the CIDR's bits. */
+struct inpod_cidr6_key {
+	__u32 prefixlen;
+	__u8 netns[8]; /* netns cookie, as stored in memory (little endian here) */
+	__u32 addr[4]; /* network order */
+};
+
+/* A connection as its client sees it, inside one netns. Addresses IPv6 or IPv4-mapped; ports host order. */
 struct inpod_tuple {
 	__u64 netns;
-	__u32 sip;
-	__u32 dip;
+	__u32 sip[4];
+	__u32 dip[4];
 	__u16 sport;
 	__u16 dport;
 	__u32 _pad;
 };
 
-/* An IPv4 socket address. */
+/* A socket address of either family (IPv4 as ::ffff:a.b.c.d). */
 struct inpod_addr {
-	__u32 ip4;  /* network order */
-	__u16 port; /* network order */
+	__u32 ip[4]; /* network order */
+	__u16 port;  /* network order */
 	__u16 _pad;
 };
 
@@ -109,7 +125,7 @@ enum inpod_stat {
 	INPOD_STAT_IN_NO_LISTENER,   /* enrolled, no inbound listener: dropped (fail closed) */
 	INPOD_STAT_LISTENER_ADD,     /* sockops registered an inbound listener */
 	INPOD_STAT_ORIG_DST,         /* getsockopt(SO_ORIGINAL_DST) answered */
-	INPOD_STAT_V6_DENY,          /* native IPv6 connect from an enrolled netns refused */
+	INPOD_STAT_V6_DENY,          /* sk_lookup: a SYN to a link-local IPv6 address of an enrolled netns, dropped */
 	INPOD_STAT_MAX,
 };
 

@@ -114,7 +114,7 @@ export class FakeBackend implements RedirectBackend {
   }
   #pod(cookie: bigint): EnrolledPod {
     const v = this.captured.get(cookie)!;
-    return { netns: v.netns.path, backend: 'ebpf', cookie: cookie.toString(), podIps: [], settings: { probeSource: '169.254.7.127', dnsCapture: false, excludeInboundPorts: [], excludeOutboundPorts: [], excludeOutboundCidrs: [], ...v.settings } };
+    return { netns: v.netns.path, backend: 'ebpf', cookie: cookie.toString(), podIps: [], settings: { probeSource: '169.254.7.127', probeSource6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff', dnsCapture: false, excludeInboundPorts: [], excludeOutboundPorts: [], excludeOutboundCidrs: [], ...v.settings } };
   }
 }
 

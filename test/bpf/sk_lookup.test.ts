@@ -14,7 +14,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BpfObject, progTestRun, socketCookie, type BpfMap } from '../../ts/native/index.js';
-import { DIR_IN, encodeConfig, encodeIp4Key, encodePod, encodePortKey, encodeTuple, encodeU64, writeIp4 } from '../../ts/native/structs.js';
+import { DIR_IN, encodeConfig, encodeIp4Key, encodeIp6Key, encodePod, encodePod6, encodePortKey, encodeTuple, encodeU64, writeIp4, writeIp6 } from '../../ts/native/structs.js';
 import { ISTIO_CONFIG } from '../../ts/redirect/ebpf.js';
 import { PORTS, PROBE_SOURCE } from '../../ts/istio.js';
 
@@ -31,7 +31,7 @@ const IPPROTO_UDP = 17;
  * protocol, remote_ip4, remote_ip6[4], remote_port (__be16), local_ip4, local_ip6[4],
  * local_port (host order), ingress_ifindex (must stay 0 under test-run).
  */
-const SK_LOOKUP = { sizeof: 72, cookie: 0, family: 8, protocol: 12, remote_ip4: 16, remote_port: 36, local_ip4: 40, local_port: 60 } as const;
+const SK_LOOKUP = { sizeof: 72, cookie: 0, family: 8, protocol: 12, remote_ip4: 16, remote_ip6: 20, remote_port: 36, local_ip4: 40, local_ip6: 44, local_port: 60 } as const;
 
 interface Lookup {
   src: string;
@@ -46,9 +46,11 @@ function skLookupCtx(l: Lookup): Buffer {
   const b = Buffer.alloc(SK_LOOKUP.sizeof);
   b.writeUInt32LE(l.family ?? AF_INET, SK_LOOKUP.family);
   b.writeUInt32LE(l.protocol ?? IPPROTO_TCP, SK_LOOKUP.protocol);
-  writeIp4(b, SK_LOOKUP.remote_ip4, l.src);
+  if (l.src.includes(':')) writeIp6(b, SK_LOOKUP.remote_ip6, l.src);
+  else writeIp4(b, SK_LOOKUP.remote_ip4, l.src);
   b.writeUInt16BE(l.sport, SK_LOOKUP.remote_port);
-  writeIp4(b, SK_LOOKUP.local_ip4, l.dst);
+  if (l.dst.includes(':')) writeIp6(b, SK_LOOKUP.local_ip6, l.dst);
+  else writeIp4(b, SK_LOOKUP.local_ip4, l.dst);
   b.writeUInt32LE(l.dport, SK_LOOKUP.local_port);
   return b;
 }
@@ -68,11 +70,13 @@ const NETNS = 0x5eed_0001n; // the pod's netns cookie: any value, sk_lookup find
 const POD = '10.200.250.2';
 const PEER = '10.200.250.9';
 const EXCLUDED = 9090;
+const POD6 = 'fd00:200::fa:0:0:2';
+const PEER6 = 'fd00:200::fa:0:0:9';
 
 describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
   let obj: BpfObject;
   let prog: number;
-  let maps: Record<'podIps' | 'enrolled' | 'portExcl' | 'ownSyn' | 'inbound' | 'inbound1' | 'inboundSlot' | 'stats', BpfMap>;
+  let maps: Record<'podIps' | 'podIps6' | 'pod6' | 'enrolled' | 'portExcl' | 'ownSyn' | 'inbound' | 'inbound1' | 'inboundSlot' | 'stats', BpfMap>;
   let listener: net.Server;
   let listenerCookie: bigint;
   const STAT = statIndexes();
@@ -98,9 +102,11 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
     prog = obj.prog('inpod_sk_lookup').fd;
     maps = {
       podIps: obj.map('inpod_pod_ips'),
+      podIps6: obj.map('inpod_pod_ips6'),
+      pod6: obj.map('inpod_pod6'),
       enrolled: obj.map('inpod_enrolled'),
       portExcl: obj.map('inpod_port_excl'),
-      ownSyn: obj.map('inpod_own_syn'),
+      ownSyn: obj.map('inpod_own_conn'),
       inbound: obj.map('inpod_inbound'),
       inbound1: obj.map('inpod_inbound1'),
       inboundSlot: obj.map('inpod_inbound_slot'),
@@ -109,6 +115,9 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
     // what enroll writes (ts/redirect/ebpf.ts), for one pod
     maps.podIps.update(encodeIp4Key(POD), encodeU64(NETNS));
     maps.enrolled.update(encodeU64(NETNS), encodePod({ ip4: POD, probeIp4: PROBE_SOURCE.ipv4, flags: 0 }));
+    // a dual-stack pod: its IPv6 side too
+    maps.podIps6.update(encodeIp6Key(POD6), encodeU64(NETNS));
+    maps.pod6.update(encodeU64(NETNS), encodePod6({ ip6: POD6, probeIp6: PROBE_SOURCE.ipv6 }));
     maps.portExcl.update(encodePortKey(NETNS, EXCLUDED, DIR_IN), Buffer.from([1]));
     // the proxy's inbound listener, as sockops registers it (a plain TCP listener: no SO_REUSEPORT)
     listener = net.createServer();
@@ -208,11 +217,62 @@ describe('sk_lookup decisions (BPF_PROG_TEST_RUN)', () => {
     }
   });
 
-  it('passes what is not for an enrolled pod without counting it: another address, an unenrolled netns, UDP, IPv6', () => {
+  describe('IPv6', () => {
+    let dual: net.Server;
+    let dualCookie: bigint;
+    const v6 = (l: Omit<Lookup, 'family'>): Lookup => ({ ...l, family: AF_INET6 });
+    beforeAll(async () => {
+      // the proxy's dual-stack [::] listener (ztunnel's default), registered as sockops does
+      dual = net.createServer();
+      await new Promise<void>((r) => dual.listen({ port: 0, host: '::', ipv6Only: false }, r));
+      const fd = (dual as unknown as { _handle: { fd: number } })._handle.fd;
+      dualCookie = socketCookie(fd);
+      maps.inbound.update(encodeU64(NETNS), encodeU64(BigInt(fd)));
+    });
+    afterAll(async () => {
+      setListener(true);
+      await new Promise((r) => dual.close(r));
+    });
+
+    it("assigns an IPv6 SYN to the pod's IPv6 to the dual-stack listener, and an IPv4 one too", () => {
+      expect(lookup(v6({ src: PEER6, sport: 41000, dst: POD6, dport: 8080 }))).toEqual({ verdict: SK_PASS, assigned: dualCookie, moved: { IN_STEER: 1n } });
+      expect(lookup({ src: PEER, sport: 41001, dst: POD, dport: 8080 })).toEqual({ verdict: SK_PASS, assigned: dualCookie, moved: { IN_STEER: 1n } });
+    });
+
+    it.each([
+      ['the HBONE port', { src: PEER6, sport: 41002, dst: POD6, dport: PORTS.hbone }],
+      ['the IPv6 probe source', { src: PROBE_SOURCE.ipv6, sport: 41003, dst: POD6, dport: 8080 }],
+      ['::1', { src: '::1', sport: 41004, dst: POD6, dport: 8080 }],
+      ['the pod connecting to its own IPv6', { src: POD6, sport: 41005, dst: POD6, dport: 8080 }],
+      ['an excluded inbound port', { src: PEER6, sport: 41006, dst: POD6, dport: EXCLUDED }],
+    ])('exempts %s over IPv6: passed on untouched, counted as a bypass', (_what, l) => {
+      expect(lookup(v6(l))).toEqual({ verdict: SK_PASS, assigned: 0n, moved: { IN_BYPASS: 1n } });
+    });
+
+    it('exempts the exact IPv6 tuple sockops recorded, and only that tuple', () => {
+      const own = { netns: NETNS, sip: PEER6, dip: POD6, sport: 41010, dport: 8080 };
+      maps.ownSyn.update(encodeTuple(own), Buffer.from([1]));
+      try {
+        expect(lookup(v6({ src: PEER6, sport: 41010, dst: POD6, dport: 8080 }))).toEqual({ verdict: SK_PASS, assigned: 0n, moved: { IN_BYPASS: 1n } });
+        expect(lookup(v6({ src: PEER6, sport: 41011, dst: POD6, dport: 8080 }))).toEqual({ verdict: SK_PASS, assigned: dualCookie, moved: { IN_STEER: 1n } });
+      } finally {
+        maps.ownSyn.delete(encodeTuple(own));
+      }
+    });
+
+    it('drops an IPv6 SYN when the registered listener takes IPv4 only (fail closed), or when there is none', () => {
+      setListener(true); // the AF_INET 127.0.0.1 listener
+      expect(lookup(v6({ src: PEER6, sport: 41020, dst: POD6, dport: 8080 }))).toEqual({ verdict: SK_DROP, assigned: 0n, moved: { IN_NO_LISTENER: 1n } });
+      setListener(false);
+      expect(lookup(v6({ src: PEER6, sport: 41021, dst: POD6, dport: 8080 }))).toEqual({ verdict: SK_DROP, assigned: 0n, moved: { IN_NO_LISTENER: 1n } });
+    });
+  });
+
+  it('passes what is not for an enrolled pod without counting it: another address, an unenrolled netns, UDP', () => {
     const untouched = { verdict: SK_PASS, assigned: 0n, moved: {} };
     expect(lookup({ src: PEER, sport: 40030, dst: '10.200.250.3', dport: 8080 })).toEqual(untouched);
     expect(lookup({ src: PEER, sport: 40031, dst: POD, dport: 8080, protocol: IPPROTO_UDP })).toEqual(untouched);
-    expect(lookup({ src: '0.0.0.0', sport: 40032, dst: '0.0.0.0', dport: 8080, family: AF_INET6 })).toEqual(untouched);
+    expect(lookup({ src: PEER6, sport: 40032, dst: 'fd00:200::fa:0:0:3', dport: 8080, family: AF_INET6 })).toEqual(untouched);
     // unenroll deletes the netns from inpod_enrolled first: its address alone captures nothing
     maps.enrolled.delete(encodeU64(NETNS));
     try {

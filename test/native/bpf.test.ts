@@ -36,7 +36,7 @@ describe('skeletons', () => {
     expect(sizes('inpod_port_excl')).toEqual([LAYOUT.inpod_port_key.sizeof, 1]);
     expect(sizes('inpod_cidr_excl')).toEqual([LAYOUT.inpod_cidr_key.sizeof, 1]);
     expect(TUPLE_MAPS.map((n) => pinnedMapSpec(n).keySize)).toEqual(TUPLE_MAPS.map(() => LAYOUT.inpod_tuple.sizeof));
-    expect(pinnedMapSpec('inpod_syn_orig').valueSize).toBe(LAYOUT.inpod_addr.sizeof);
+    expect(pinnedMapSpec('inpod_syn_dst').valueSize).toBe(LAYOUT.inpod_addr.sizeof);
     expect(skeleton('fastpath').map('inpod_fp_flows').valueSize).toBe(LAYOUT.inpod_fp_flow.sizeof);
     expect(skeleton('fastpath').map('inpod_fp_flows').pinned).toBe(false);
   });

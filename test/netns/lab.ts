@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
-import { SimNode, type SimPod } from '../../ts/sim/node.js';
+import { SimNode, type PodFamily, type SimPod } from '../../ts/sim/node.js';
 import { cgroup2Mount } from '../../ts/redirect/preflight.js';
 
 export type LabPod = SimPod;
@@ -214,8 +214,9 @@ export class Lab {
     return `/run/netns/${this.node.nodeNetns}`;
   }
 
-  addPod(name: string): Promise<LabPod> {
-    return this.node.addPod(name);
+  /** A pod wired by the Debian CNI plugins: IPv4 (default), IPv6 only or dual-stack (fd00:200::/64). */
+  addPod(name: string, family: PodFamily = 'ipv4'): Promise<LabPod> {
+    return this.node.addPod(name, family);
   }
 
   /** Starts a socket daemon in `netnsPath`; with inCgroup it joins the lab's cgroup first. */

@@ -14,10 +14,14 @@ const run = promisify(execFile);
 /** Outside every lab subnet (10.200.1-250.0/24), inside the tests' 10.200.0.0/16. */
 const NODE_SIDE = '10.200.253.1';
 const OUTSIDE = '10.200.253.2';
+/** The same in fd00:200::/64, outside every lab node's /80 (fd00:200::<1-fa>:0:0:0/80). */
+const NODE_SIDE6 = 'fd00:200::fe:0:0:1';
+const OUTSIDE6 = 'fd00:200::fe:0:0:2';
 
 export interface Outside {
   netnsPath: string;
   ip: string;
+  ip6: string;
   destroy(): Promise<void>;
 }
 
@@ -37,10 +41,18 @@ export async function routedOutside(lab: Lab, o: { masquerade: boolean }): Promi
     await inExt('addr', 'add', `${OUTSIDE}/30`, 'dev', extIf);
     await inExt('link', 'set', extIf, 'up');
     await inExt('route', 'add', 'default', 'via', NODE_SIDE);
-    if (o.masquerade) await inNode('iptables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE}/32`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
+    // IPv6 beside it (nodad: usable at once), for the lab's IPv6 and dual-stack pods
+    await inNode('ip', '-6', 'addr', 'add', `${NODE_SIDE6}/126`, 'dev', nodeIf, 'nodad');
+    await inNode('sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1');
+    await inExt('-6', 'addr', 'add', `${OUTSIDE6}/126`, 'dev', extIf, 'nodad');
+    await inExt('-6', 'route', 'add', 'default', 'via', NODE_SIDE6);
+    if (o.masquerade) {
+      await inNode('iptables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE}/32`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
+      await inNode('ip6tables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE6}/128`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
+    }
   } catch (e) {
     await destroy();
     throw e;
   }
-  return { netnsPath: `/run/netns/${name}`, ip: OUTSIDE, destroy };
+  return { netnsPath: `/run/netns/${name}`, ip: OUTSIDE, ip6: OUTSIDE6, destroy };
 }

@@ -598,7 +598,10 @@ describe('kernel fast path: when a connection is spliced', () => {
   });
 
   it('keeps a short connection in userspace and promotes a long-lived one', async () => {
-    const dflt = new FastPath({ enabled: true, log, promoteAfter: PROMOTE_DEFAULT }); // the proxy's "promote" mode: 64 KiB or 50 ms
+    // the proxy's "promote" mode (64 KiB or 50 ms), its time mark widened so that a loaded machine
+    // cannot stretch the short connection past it (it did once: 50 ms between accept and close)
+    const promote = { ...PROMOTE_DEFAULT, ms: 1000 };
+    const dflt = new FastPath({ enabled: true, log, promoteAfter: promote });
     const r2 = new Rig(dflt);
     await r2.start();
     try {
@@ -614,10 +617,14 @@ describe('kernel fast path: when a connection is spliced', () => {
       const end1 = readAll(c1);
       c1.end();
       await end1;
-      // the same, but the connection stays open past 50 ms: spliced, later bytes by the kernel
+      // the same, but the connection stays open past the time mark: spliced, later bytes by the kernel
       const c2 = await connect(r2.port);
       expect(await exchange(c2, 'early')).toBe('early');
-      await new Promise((r) => setTimeout(r, 150));
+      // spliced once its sockets are in the fast path's maps (the timer may fire late on a loaded machine)
+      for (const end = Date.now() + promote.ms + 10_000; dflt.mapEntries().flows === 0;) {
+        if (Date.now() > end) throw new Error('the long-lived connection was never spliced');
+        await new Promise((r) => setTimeout(r, 20));
+      }
       expect(await exchange(c2, 'late')).toBe('late');
       const end2 = readAll(c2);
       c2.end();

@@ -20,7 +20,7 @@ import { encodeConfig, LAYOUT, type CaptureConfig } from '../../ts/native/struct
 
 const CAPTURE_OBJECTS = ['connect', 'sockops', 'sk_lookup', 'getsockopt'];
 const ALL_PROGRAMS = [
-  'inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_recvmsg6',
+  'inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_sendmsg6', 'inpod_recvmsg4', 'inpod_recvmsg6',
   'inpod_getpeername4', 'inpod_getpeername6', 'inpod_sockops', 'inpod_getsockopt', 'inpod_sk_lookup',
 ];
 

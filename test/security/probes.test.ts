@@ -139,7 +139,7 @@ describe('kubelet probes, what the eBPF backend keeps for them', () => {
   const ownEntries = () => own.keys().map(decodeTuple).filter((t) => t.netns !== 1n).length;
   beforeAll(async () => {
     ({ m, kubelet } = await mesh('ebpf'));
-    own = BpfMap.pinned(join(`/sys/fs/bpf/${m.lab.prefix}inpod`, 'inpod_own_syn'), pinnedMapSpec('inpod_own_syn'))!;
+    own = BpfMap.pinned(join(`/sys/fs/bpf/${m.lab.prefix}inpod`, 'inpod_own_conn'), pinnedMapSpec('inpod_own_conn'))!;
   });
   afterAll(async () => {
     own?.close();
@@ -151,7 +151,7 @@ describe('kubelet probes, what the eBPF backend keeps for them', () => {
     const server = m.pods.server!.ip;
     expect(await kubelet.repeat({ host: server, port: 8080, count: 200 })).toMatchObject({ tags: { app: 200 }, errors: {} });
     expect(await kubelet.repeat({ host: server, port: 8181, count: 200 })).toMatchObject({ tags: {}, errors: { ECONNREFUSED: 200 } });
-    await until('inpod_own_syn to drain', () => ownEntries() === baseline, { timeoutMs: 5000 });
+    await until('inpod_own_conn to drain', () => ownEntries() === baseline, { timeoutMs: 5000 });
   });
 
   it('keeps an unanswered probe\'s entry while its SYN waits, and drops it when kubelet gives up', async () => {
@@ -160,7 +160,7 @@ describe('kubelet probes, what the eBPF backend keeps for them', () => {
     const pending = kubelet.connect({ host: m.pods.server!.ip, port: 8282, timeoutMs: 1500 });
     await until('the probe to be recorded for the pod', () => own.keys().map(decodeTuple).some((t) => t.dip === m.pods.server!.ip && t.dport === 8282 && t.sip === m.lab.node.gateway));
     expect(await pending).toMatchObject({ ok: false, error: 'ETIMEDOUT' });
-    await until('inpod_own_syn to drain', () => ownEntries() === baseline, { timeoutMs: 5000 });
+    await until('inpod_own_conn to drain', () => ownEntries() === baseline, { timeoutMs: 5000 });
   });
 
   it('captures the probe when the handshake map is full (fail closed): denied, never around the proxy', async () => {

@@ -112,7 +112,7 @@ describe('the proxy when eBPF capture cannot record its own upstream (a full map
       { name: 'outside', namespace: 'default', serviceAccount: 'default', mesh: false },
     ]);
     await m.sh.server!.listen({ port: 8080, tag: 'app' });
-    own = BpfMap.pinned(`/sys/fs/bpf/${m.lab.prefix}inpod/inpod_own_syn`, pinnedMapSpec('inpod_own_syn'))!;
+    own = BpfMap.pinned(`/sys/fs/bpf/${m.lab.prefix}inpod/inpod_own_conn`, pinnedMapSpec('inpod_own_conn'))!;
   });
 
   afterAll(async () => {

@@ -34,18 +34,20 @@ interface Setup {
   stateDir: string;
 }
 
-async function setUp(name: BackendName): Promise<Setup> {
+/** IPv4 pods, or IPv6-only ones (the same state, 16-byte addresses: bpf/include/types.h). */
+async function setUp(name: BackendName, family: 'ipv4' | 'ipv6' = 'ipv4'): Promise<Setup> {
   const lab = await Lab.create();
   const stateDir = mkdtempSync(join(tmpdir(), `${lab.prefix}state`));
-  const opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir };
+  const opts = { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir, ipv6: family === 'ipv6' };
   const backend = await createBackend(name, opts);
-  const [pod, peer] = await Promise.all(['pod', 'peer'].map((n) => lab.addPod(n)));
+  const [pod, peer] = await Promise.all(['pod', 'peer'].map((n) => lab.addPod(n, family)));
   await backend.install();
   await backend.enroll(pod!.netnsPath);
   const sh = { pod: await lab.shell(pod!.netnsPath, { inCgroup: true }), peer: await lab.shell(peer!.netnsPath, { inCgroup: false }) };
-  await sh.pod.listen({ host: '0.0.0.0', port: 8080, tag: 'app' });
-  await sh.pod.listen({ host: '0.0.0.0', port: 15001, tag: 'proxy15001' });
-  await sh.pod.listen({ host: '0.0.0.0', port: 15006, tag: 'proxy15006' });
+  const any = family === 'ipv6' ? '::' : '0.0.0.0';
+  await sh.pod.listen({ host: any, port: 8080, tag: 'app' });
+  await sh.pod.listen({ host: any, port: 15001, tag: 'proxy15001' });
+  await sh.pod.listen({ host: any, port: 15006, tag: 'proxy15006' });
   return { lab, backend, opts, pod: pod!, peer: peer!, sh, stateDir };
 }
 
@@ -70,10 +72,11 @@ async function appAccepted(s: Setup): Promise<number> {
   return (await s.sh.pod.accepted((await s.sh.pod.listenerByTag('app')).id)).length;
 }
 
-describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('replaying a closed connection, %s backend', (name) => {
+const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[];
+describe.each(BACKENDS.flatMap((b) => (['ipv4', 'ipv6'] as const).map((f) => [b, f] as const)))('replaying a closed connection, %s backend, %s', (name, family) => {
   let s: Setup;
   beforeAll(async () => {
-    s = await setUp(name);
+    s = await setUp(name, family);
   });
   afterAll(() => tearDown(s));
 
@@ -94,7 +97,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       expect(r.ok ? `reached ${r.reply}` : r.error).toMatch(/^(ECONNREFUSED|ETIMEDOUT|ECONNRESET)$/);
       expect(await appAccepted(s)).toBe(before);
     } finally {
-      await s.sh.pod.listen({ host: '0.0.0.0', port: 15006, tag: 'proxy15006' });
+      await s.sh.pod.listen({ host: family === 'ipv6' ? '::' : '0.0.0.0', port: 15006, tag: 'proxy15006' });
     }
   });
 });
@@ -138,14 +141,14 @@ describe('per-connection maps of the eBPF backend', () => {
     // the proxy's transparent upstream to a closed app port: refused, so no server side ever completes it
     const r = await s.sh.pod.connect({ host: s.pod.ip, port: 8181, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip, port: 0 }, timeoutMs: 2000 });
     expect(r.ok).toBe(false);
-    await until('inpod_own_syn to empty', () => entries('inpod_own_syn') === 0, { timeoutMs: 5000 });
+    await until('inpod_own_conn to empty', () => entries('inpod_own_conn') === 0, { timeoutMs: 5000 });
   });
 
   it("purges a pod's entries when it is unenrolled, and only that pod's", async () => {
     const cookie = netnsCookie(s.pod.netnsPath);
     const other = cookie + 1000n; // another pod's netns
     const tuple = (netns: bigint, sport: number) => encodeTuple({ netns, sip: s.peer.ip, dip: s.pod.ip, sport, dport: 8080 });
-    const value = { inpod_syn_orig: encodeAddr({ ip: s.peer.ip, port: 80 }), inpod_own_syn: Buffer.from([1]) };
+    const value = { inpod_syn_dst: encodeAddr({ ip: s.peer.ip, port: 80 }), inpod_own_conn: Buffer.from([1]) };
     for (const name of TUPLE_MAPS) {
       for (const sport of [40001, 40002]) maps.get(name)!.update(tuple(cookie, sport), value[name]);
       maps.get(name)!.update(tuple(other, 40001), value[name]);
@@ -182,7 +185,7 @@ describe('per-connection maps of the eBPF backend', () => {
     }
 
     it("captures the proxy's transparent upstream when the map is full, and never lets it around the proxy", async () => {
-      expect(fill('inpod_own_syn', Buffer.from([1]))).toBeGreaterThan(1000);
+      expect(fill('inpod_own_conn', Buffer.from([1]))).toBeGreaterThan(1000);
       try {
         const before = await appAccepted(s);
         const r = await s.sh.pod.connect({
@@ -191,21 +194,53 @@ describe('per-connection maps of the eBPF backend', () => {
         expect(r.ok && r.reply).toBe('proxy15006:full');
         expect(await appAccepted(s)).toBe(before);
       } finally {
-        empty('inpod_own_syn');
+        empty('inpod_own_conn');
       }
       await transparentUpstream(s); // room again: the app is reached as before
     });
 
     it('gives the proxy no original destination when the map is full, never a wrong one', async () => {
-      fill('inpod_syn_orig', encodeAddr({ ip: '10.0.0.9', port: 9 }));
+      fill('inpod_syn_dst', encodeAddr({ ip: '10.0.0.9', port: 9 }));
       try {
         const r = await s.sh.pod.connect({ host: s.peer.ip, port: 80, send: 'full', timeoutMs: 2000 });
         expect(r.ok && r.reply).toBe('proxy15001:full');
         const acc = (await s.sh.pod.accepted((await s.sh.pod.listenerByTag('proxy15001')).id)).at(-1)!;
         expect(acc.origDst).toBe('ENOENT');
       } finally {
-        empty('inpod_syn_orig');
+        empty('inpod_syn_dst');
       }
     });
+  });
+});
+
+describe('per-connection maps of the eBPF backend, IPv6', () => {
+  let s: Setup;
+  const maps = new Map<string, BpfMap>();
+  const counts = (): Record<string, number> => Object.fromEntries(TUPLE_MAPS.map((name) => [name, maps.get(name)!.keys().length]));
+
+  beforeAll(async () => {
+    s = await setUp('ebpf', 'ipv6');
+    for (const name of TUPLE_MAPS) {
+      const m = BpfMap.pinned(join(s.opts.pinRoot!, name), pinnedMapSpec(name));
+      if (!m) throw new Error(`${name} is not pinned`);
+      maps.set(name, m);
+    }
+  });
+  afterAll(async () => {
+    for (const m of maps.values()) m.close();
+    await tearDown(s);
+  });
+
+  it('is back at its baseline after 1000 closed IPv6 connections of each kind', async () => {
+    const baseline = counts();
+    const repeat = async (o: Parameters<PodShell['repeat']>[0]) => {
+      const { tags, errors } = await s.sh.pod.repeat(o);
+      return { tags, errors };
+    };
+    expect(await repeat({ host: s.peer.ip, port: 80, count: 1000 })).toEqual({ tags: { proxy15001: 1000 }, errors: {} });
+    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip } }))
+      .toEqual({ tags: { app: 1000 }, errors: {} });
+    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000 })).toEqual({ tags: { app: 1000 }, errors: {} });
+    await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline), { timeoutMs: 5000 });
   });
 });

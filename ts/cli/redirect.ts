@@ -17,6 +17,8 @@ const OPTIONS = {
   'state-dir': { type: 'string' },
   'pod-ip': { type: 'string', multiple: true },
   'probe-source': { type: 'string' },
+  'probe-source6': { type: 'string' },
+  ipv6: { type: 'boolean' },
   'dns-capture': { type: 'boolean' },
   'exclude-inbound-ports': { type: 'string' },
   'exclude-outbound-ports': { type: 'string' },
@@ -26,8 +28,9 @@ const OPTIONS = {
 
 export const REDIRECT_USAGE = `usage:
   inpod redirect enroll   --netns PATH [--backend ebpf|iptables] [--cgroup PATH] [--dns-capture]
-                          [--probe-source IP] [--exclude-inbound-ports P,P] [--exclude-outbound-ports P,P]
-                          [--exclude-outbound-cidrs CIDR,CIDR] [--pod-ip IP]...
+                          [--probe-source IP] [--probe-source6 IP] [--exclude-inbound-ports P,P]
+                          [--exclude-outbound-ports P,P] [--exclude-outbound-cidrs CIDR,CIDR] [--pod-ip IP]...
+                          [--ipv6: capture a pod's IPv6 too; without it a pod with IPv6 addresses is refused]
   inpod redirect unenroll --netns PATH [--backend ebpf|iptables]
   inpod redirect list     [--backend ebpf|iptables]
   inpod redirect uninstall [--backend ebpf|iptables]
@@ -54,7 +57,7 @@ function backendName(v: string | undefined): BackendName | undefined {
 export async function redirectCommand(argv: string[]): Promise<unknown> {
   const [sub, ...rest] = argv;
   const { values: v } = parseArgs({ args: rest, options: OPTIONS, strict: true });
-  const opts: BackendOptions = { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns: v['host-netns'] };
+  const opts: BackendOptions = { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns: v['host-netns'], ipv6: v.ipv6 };
   const chosen = backendName(v.backend);
   /** The pod's netns, opened once for the whole command (every backend call gets the same fd). */
   const needNetns = (): PodNetns => {
@@ -66,6 +69,7 @@ export async function redirectCommand(argv: string[]): Promise<unknown> {
       const settings: Partial<PodSettings> = {};
       if (v['pod-ip']) settings.podIps = v['pod-ip'];
       if (v['probe-source']) settings.probeSource = v['probe-source'];
+      if (v['probe-source6']) settings.probeSource6 = v['probe-source6'];
       if (v['dns-capture']) settings.dnsCapture = true;
       const inPorts = ports(v['exclude-inbound-ports'], 'exclude-inbound-ports');
       const outPorts = ports(v['exclude-outbound-ports'], 'exclude-outbound-ports');

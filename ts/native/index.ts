@@ -155,7 +155,13 @@ export function netnsAddrsOfFd(nsFd: number): { ipv4: string[]; ipv6: string[] }
 export function netnsWriteOfFd(nsFd: number, file: string, value: string): void {
   checkComposite(addon().netnsWrite(nsFd, file, value), file);
 }
-/** `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns of `nsFd` (add or remove). */
-export function netnsLocalRouteOfFd(nsFd: number, mark: number, table: number, pref: number, add: boolean): void {
-  checkComposite(addon().netnsLocalRoute(nsFd, mark, table, pref, add));
+const AF_INET = 2;
+const AF_INET6 = 10;
+/**
+ * `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns of `nsFd`
+ * (add or remove); with `family` 6, their IPv6 twins (`ip -6 ...`, `local ::/0`).
+ */
+export function netnsLocalRouteOfFd(nsFd: number, mark: number, table: number, pref: number, add: boolean, family: 4 | 6 = 4): void {
+  checkComposite(addon().netnsLocalRoute(nsFd, mark, table, pref, add, family === 4 ? AF_INET : AF_INET6));
 }
+

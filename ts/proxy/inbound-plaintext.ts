@@ -39,14 +39,19 @@ export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise
  * the app is connected from inside this pod from the client's IP (IP_TRANSPARENT, the proxy's
  * mark). The socket comes back paused (never read: the fast path may take it; a userspace relay
  * resumes it). Throws MeshError INPOD_ERR_POLICY_DENIED (the message is the policy's reason) or
- * INPOD_ERR_UPSTREAM_CONNECT (the app cannot be reached).
+ * INPOD_ERR_UPSTREAM_CONNECT (the app cannot be reached). While the app's socket is open the
+ * connection is held by the policy watcher: a policy update that denies it closes that socket,
+ * and the relay then resets the client's side too.
  */
 export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise<net.Socket> {
   const d = pi.authorizer.authorize(ctx);
   if (!d.allow) throw new MeshError('INPOD_ERR_POLICY_DENIED', d.reason ?? 'denied by policy');
+  let up: net.Socket;
   try {
-    return await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
+    up = await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
   } catch (e) {
     throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
   }
+  if (pi.policyWatch) up.once('close', pi.policyWatch.admitted({ ctx, log: pi.log, close: () => up.resetAndDestroy() }));
+  return up;
 }

@@ -21,7 +21,7 @@ import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hb
 import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
 import { admit } from './inbound-plaintext.js';
-import { ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
@@ -71,7 +71,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (!authority) return early(400, `authority "${String(headers[':authority'])}" is not ip:port`);
   // another address only when this pod is that address's waypoint (inbound.rs validate_destination)
   const snap = pi.state.snapshot;
-  const self = snap.byUid.get(pi.info.uid);
+  const self = ownWorkload(pi, localIp);
   if (authority.ip !== localIp && !isWaypointFor(snap, authority.ip, self, localIp)) {
     return early(400, `authority ${authority.ip} is not this connection's destination ${localIp}, and this pod is not its waypoint`);
   }

@@ -8,6 +8,7 @@ import type { Fd } from '../native/index.js';
 import type { CertManager } from '../identity/manager.js';
 import type { Identity } from '../identity/spiffe.js';
 import type { StateStore } from '../state/store.js';
+import type { Workload } from '../state/types.js';
 import type { Logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
 import { localOf, peerOf, socketAddr } from '../util/sockaddr.js';
@@ -15,6 +16,7 @@ import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
 import type { HbonePool } from './pool.js';
+import type { PolicyWatcher } from './policy-watch.js';
 import { isSelfCall, type Addr, type OwnAddresses } from './route.js';
 import { isOwnUpstream, nodeAddresses, originalDestination } from './sockets.js';
 
@@ -31,6 +33,8 @@ export interface ProxyDeps {
   certs: CertManager;
   pool: HbonePool;
   authorizer: Authorizer;
+  /** holds the connections admitted to apps, closing those a policy update denies (ztunnel's PolicyWatcher) */
+  policyWatch?: PolicyWatcher;
   observer: ConnObserver;
   log: Logger;
   trustDomain: string;
@@ -64,9 +68,21 @@ export function podRef(pi: PodInputs): ConnContext['pod'] {
   return { uid: pi.info.uid, name: pi.info.name, namespace: pi.info.namespace };
 }
 
+/**
+ * This pod's workload in the state: by the pod's UID (the Kubernetes state's key), else the one
+ * at `ip`, an address of this pod's own (the connection's local address inbound, its source
+ * outbound). istiod keys workloads "<cluster>//Pod/<ns>/<name>", not by the UID ZDS hands over,
+ * so in Istio mode only the address finds it, as ztunnel finds a pod's workload
+ * (src/state.rs fetch_workload_by_address; telemetry/labels.ts describe() does the same).
+ */
+export function ownWorkload(pi: PodInputs, ip: string): Workload | undefined {
+  const snap = pi.state.snapshot;
+  return snap.byUid.get(pi.info.uid) ?? snap.byIp.get(ip);
+}
+
 /** The proxy's own addresses as seen from this pod (its IPs, the client's when given, the node's). */
 export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
-  const w = pi.state.snapshot.byUid.get(pi.info.uid);
+  const w = clientIp ? ownWorkload(pi, clientIp) : pi.state.snapshot.byUid.get(pi.info.uid);
   return { podIps: [...(w?.workloadIps ?? []), ...(clientIp ? [clientIp] : [])], nodeIps: nodeAddresses() };
 }
 

@@ -13,7 +13,7 @@ import { MARKS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import { baggageOf, forwardedFor, formatTraceParent, newTraceParent, type TraceParent } from './hbone/headers.js';
 import type { ConnContext } from './hooks.js';
-import { capturedDestination, ownAddresses, podRef, type PodInputs } from './inputs.js';
+import { capturedDestination, ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
@@ -83,7 +83,7 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     return;
   }
   const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip }, route, {
-    baggage: sourceBaggage(pi),
+    baggage: sourceBaggage(pi, conn.ctx.src.ip),
     forwarded: forwardedFor(conn.ctx.src, route.service?.hostname),
     traceparent: formatTraceParent(trace),
   });
@@ -95,7 +95,7 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
  * The source workload's baggage: the pod as the state describes it (ztunnel reads its source
  * workload there too); a pod the state does not know yet is named as ZDS gave it.
  */
-function sourceBaggage(pi: PodInputs): string {
-  const w = pi.state.snapshot.byUid.get(pi.info.uid);
+function sourceBaggage(pi: PodInputs, srcIp: string): string {
+  const w = ownWorkload(pi, srcIp);
   return baggageOf(w ?? pi.info);
 }

@@ -22,6 +22,7 @@ import { HbonePool } from './pool.js';
 import type { HboneLimits } from './hbone/limits.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
+import { PolicyWatcher } from './policy-watch.js';
 import { ConnectionTable, observers } from './connections.js';
 import { FastPath, PROMOTE_DEFAULT } from './fastpath/index.js';
 import type { ZdsHandler } from '../zds/client.js';
@@ -63,6 +64,8 @@ export class Ztunnel {
   readonly log: Logger;
   /** decides inbound connections from the state's AuthorizationPolicies */
   readonly authorizer: PolicyAuthorizer;
+  /** closes open inbound connections a policy update denies */
+  readonly policyWatch: PolicyWatcher;
   /** Istio's metrics (`registry`, served on 15020) and the access log */
   readonly telemetry: IstioTelemetry;
   /** the connections open now, per pod (the admin's /config_dump) */
@@ -80,6 +83,7 @@ export class Ztunnel {
     this.log = opts.log ?? logger('ztunnel');
     this.pool = new HbonePool({ certs, limits: opts.hbone });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
+    this.policyWatch = new PolicyWatcher(opts.state, this.authorizer);
     this.telemetry = new IstioTelemetry(opts.state, this.log);
     this.telemetry.countProxies(() => ({ active: this.pods.size, pending: this.#failed.size }));
     const mode = opts.fastPath ?? 'off';
@@ -116,6 +120,7 @@ export class Ztunnel {
       certs: this.certs,
       pool: this.pool,
       authorizer: this.authorizer,
+      policyWatch: this.policyWatch,
       observer: observers(this.telemetry, this.connections),
       log: this.log,
       trustDomain: this.opts.trustDomain,
@@ -235,6 +240,7 @@ export class Ztunnel {
     const pods = [...this.pods.values()];
     for (const uid of [...this.pods.keys()]) this.removePod(uid);
     if (o.drain) await Promise.all(pods.map((p) => p.drained));
+    this.policyWatch.close();
     this.pool.close();
     this.fastPath.close();
     this.certs.close();

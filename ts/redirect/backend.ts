@@ -13,23 +13,25 @@
 
 export type BackendName = 'ebpf' | 'iptables';
 
-/** Per-pod capture settings. Ports are host order; addresses are dotted IPv4 strings. */
+/** Per-pod capture settings. Ports are host order; addresses are IPv4 or IPv6 strings. */
 export interface PodSettings {
-  /** The pod's IPv4 addresses (discovered from the netns when omitted). */
+  /** The pod's addresses, IPv4 and IPv6 (discovered from the netns when omitted). */
   podIps?: string[];
-  /** Source address of kubelet health probes after the host-side SNAT. */
+  /** Source address of kubelet health probes after the host-side SNAT (IPv4). */
   probeSource: string;
+  /** The same for IPv6 probes (Istio's HostProbeV6SNATAddress). */
+  probeSource6: string;
   /** Capture DNS (UDP and TCP to port 53) to the proxy's 15053. */
   dnsCapture: boolean;
   /** Inbound destination ports never sent to the proxy. */
   excludeInboundPorts: number[];
   /** Outbound destination ports never sent to the proxy. */
   excludeOutboundPorts: number[];
-  /** Outbound destination CIDRs ("10.0.0.0/8") never sent to the proxy. */
+  /** Outbound destination CIDRs ("10.0.0.0/8", "fd00::/8") never sent to the proxy. */
   excludeOutboundCidrs: string[];
 }
 
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { MeshError } from '../util/errors.js';
 import { PROBE_SOURCE } from '../istio.js';
 import type { NetnsRef } from './netns.js';
@@ -38,6 +40,7 @@ export type { NetnsRef, PodNetns } from './netns.js';
 
 export const DEFAULT_SETTINGS: PodSettings = Object.freeze({
   probeSource: PROBE_SOURCE.ipv4,
+  probeSource6: PROBE_SOURCE.ipv6,
   dnsCapture: false,
   excludeInboundPorts: [],
   excludeOutboundPorts: [],
@@ -71,6 +74,13 @@ export interface BackendOptions {
    * every connection to a pod is captured. The agent passes /proc/1/ns/net unless told otherwise.
    */
   hostNetns?: string;
+  /**
+   * Enroll pods that have global IPv6 addresses (dual-stack and IPv6-only pods), capturing their
+   * IPv6 as their IPv4. Off by default while the proxy listens on IPv4 only: such a pod is then
+   * refused at enroll (INPOD_ERR_NETNS), as before, rather than captured into listeners that
+   * refuse every IPv6 connection. Pods without IPv6 addresses are unaffected either way.
+   */
+  ipv6?: boolean;
 }
 
 export interface RedirectBackend {
@@ -115,16 +125,38 @@ export function normalizeSettings(p: Partial<PodSettings>): PodSettings {
     return [...new Set(xs)].sort((a, b) => a - b);
   };
   if (!isIPv4(s.probeSource)) throw new MeshError('INPOD_ERR_USAGE', `probe source "${s.probeSource}" is not an IPv4 address`);
-  for (const c of s.excludeOutboundCidrs) {
-    const [ip, len] = c.split('/');
-    if (!ip || !isIPv4(ip) || (len !== undefined && !(Number(len) >= 0 && Number(len) <= 32 && /^\d+$/.test(len)))) {
-      throw new MeshError('INPOD_ERR_USAGE', `excluded CIDR "${c}" is not an IPv4 CIDR like 10.0.0.0/8`);
-    }
-  }
+  if (!isIPv6(s.probeSource6)) throw new MeshError('INPOD_ERR_USAGE', `IPv6 probe source "${s.probeSource6}" is not an IPv6 address`);
+  const cidrs = s.excludeOutboundCidrs.map((c) => {
+    const canon = canonicalCidr(c);
+    if (!canon) throw new MeshError('INPOD_ERR_USAGE', `excluded CIDR "${c}" is not a CIDR like 10.0.0.0/8 or fd00::/8`);
+    return canon;
+  });
   return {
     ...s,
+    probeSource6: canonicalIp(s.probeSource6),
+    podIps: s.podIps?.map(canonicalIp),
     excludeInboundPorts: ports(s.excludeInboundPorts, 'excluded inbound port'),
     excludeOutboundPorts: ports(s.excludeOutboundPorts, 'excluded outbound port'),
-    excludeOutboundCidrs: [...new Set(s.excludeOutboundCidrs)].sort(),
+    excludeOutboundCidrs: [...new Set(cidrs)].sort(),
   };
+}
+
+/** An address as the kernel and iptables-save print it: IPv6 lowercase and compressed (RFC 5952). */
+export function canonicalIp(ip: string): string {
+  return isIPv6(ip) ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
+}
+
+/** "addr" or "addr/len" of either family, canonical; null when it is neither. */
+export function canonicalCidr(c: string): string | null {
+  const [ip, len, ...rest] = c.split('/');
+  const fam = ip ? isIP(ip) : 0;
+  if (!fam || rest.length) return null;
+  const max = fam === 4 ? 32 : 128;
+  if (len !== undefined && !(/^\d+$/.test(len) && Number(len) <= max)) return null;
+  return len === undefined ? canonicalIp(ip!) : `${canonicalIp(ip!)}/${Number(len)}`;
+}
+
+/** The address family of an address or CIDR: 4 or 6. */
+export function familyOf(addrOrCidr: string): 4 | 6 {
+  return addrOrCidr.includes(':') ? 6 : 4;
 }

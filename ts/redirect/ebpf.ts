@@ -1,7 +1,7 @@
 /**
  * eBPF redirection backend (shared/DESIGN.md "eBPF backend").
  *
- * Host-level parts (install): the socket hooks (connect4/6, sendmsg4, recvmsg4/6, getpeername4/6,
+ * Host-level parts (install): the socket hooks (connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6,
  * sockops, getsockopt) attached once at the configured cgroup through pinned bpf_links, and the
  * sk_lookup program pinned for per-pod attachment. Per pod (enroll): map updates keyed by the
  * netns cookie plus one pinned sk_lookup link on the pod's netns. Everything lives under the pin
@@ -24,25 +24,10 @@ import {
   pinnedMapSpec,
   skeleton,
 } from '../native/index.js';
+import { decodeTuple, encodeConfig, encodeU64, type CaptureConfig } from '../native/structs.js';
+import { closePodMaps, erasePodEntries, openGate, POD_MAP_PINS, readPods, writePodEntries, type PodMaps } from './ebpf-pods.js';
 import {
-  DIR_IN,
-  DIR_OUT,
-  POD_DNS_CAPTURE,
-  decodeCidrKey,
-  decodePod,
-  decodePortKey,
-  decodeTuple,
-  decodeU64,
-  encodeCidrKey,
-  encodeConfig,
-  encodeIp4Key,
-  encodePod,
-  encodePortKey,
-  encodeU64,
-  readIp4,
-  type CaptureConfig,
-} from '../native/structs.js';
-import {
+  familyOf,
   normalizeSettings,
   type BackendOptions,
   type EnrolledPod,
@@ -52,7 +37,7 @@ import {
   type RedirectBackend,
 } from './backend.js';
 import { checkEbpfHost, cgroup2Mount } from './preflight.js';
-import { discoverPodIps, listenerHandover, openNetns, transparentReturnRouting, withNetns } from './netns.js';
+import { podAddresses, listenerHandover, openNetns, transparentReturnRouting, withNetns } from './netns.js';
 
 export const DEFAULT_PIN_ROOT = '/sys/fs/bpf/inpod';
 
@@ -72,7 +57,7 @@ export const ISTIO_CONFIG: CaptureConfig = Object.freeze({
 
 /** Program objects (one per bpf/*.bpf.c) and which of their programs attach at the cgroup. */
 const CGROUP_PROGS: Record<string, string[]> = {
-  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
+  connect: ['inpod_connect4', 'inpod_connect6', 'inpod_sendmsg4', 'inpod_sendmsg6', 'inpod_recvmsg4', 'inpod_recvmsg6', 'inpod_getpeername4', 'inpod_getpeername6'],
   sockops: ['inpod_sockops'],
   getsockopt: ['inpod_getsockopt'],
 };
@@ -83,17 +68,14 @@ const SK_LOOKUP_PROG = 'inpod_sk_lookup';
  * (bpf/include/maps.h): sockops removes each entry when its handshake ends or its client closes;
  * unenroll purges whatever a pod still has there.
  */
-export const TUPLE_MAPS = ['inpod_syn_orig', 'inpod_own_syn'] as const;
+export const TUPLE_MAPS = ['inpod_syn_dst', 'inpod_own_conn'] as const;
 
-/** Maps of earlier versions, replaced by the ones above: unpinned once no program uses them. */
-const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local'];
-
-interface Maps {
-  enrolled: BpfMap;
-  podIps: BpfMap;
-  portExcl: BpfMap;
-  cidrExcl: BpfMap;
-}
+/**
+ * Maps of earlier versions, replaced by the ones above: unpinned once no program uses them
+ * (inpod_sk_orig, inpod_syn_orig and inpod_own_syn held IPv4 only; their successors hold both
+ * families in 16-byte addresses).
+ */
+const OBSOLETE_PINS = ['inpod_ck_orig', 'inpod_tup_orig', 'inpod_local', 'inpod_sk_orig', 'inpod_syn_orig', 'inpod_own_syn'];
 
 interface PodRecord {
   netns: string;
@@ -107,12 +89,15 @@ export class EbpfBackend implements RedirectBackend {
   readonly cgroupPath: string;
   /** BackendOptions.hostNetns: written into inpod_host_ns by install() */
   readonly hostNetns: string | undefined;
+  /** BackendOptions.ipv6: pods with IPv6 addresses are enrolled, else refused */
+  readonly ipv6: boolean;
   readonly #recordDir: string;
 
   constructor(opts: BackendOptions = {}) {
     this.pinRoot = opts.pinRoot ?? DEFAULT_PIN_ROOT;
     this.cgroupPath = opts.cgroupPath ?? defaultCgroup();
     this.hostNetns = opts.hostNetns;
+    this.ipv6 = opts.ipv6 ?? false;
     // Records only remember the netns path and settings for `list`; the maps are the truth.
     const stateDir = opts.stateDir ?? '/var/run/inpod';
     this.#recordDir = join(stateDir, this.pinRoot === DEFAULT_PIN_ROOT ? 'ebpf' : `ebpf-${basename(this.pinRoot)}`);
@@ -203,23 +188,19 @@ export class EbpfBackend implements RedirectBackend {
 
   async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const podIps = await podAddresses(ns, settings.podIps, this.ipv6);
     const cookie = ns.cookie;
     if (!this.installed()) await this.install();
-    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark);
+    await transparentReturnRouting(ns, true, ISTIO_CONFIG.spoofMark, undefined, podIps.some((a) => familyOf(a) === 6));
     listenerHandover(ns, true);
     const maps = this.#maps();
     try {
       // Settings first, the enrolled gate last: no connection sees a half-written pod.
-      this.#writeExclusions(maps, cookie, settings);
-      for (const ip of podIps) maps.podIps.update(encodeIp4Key(ip), encodeU64(cookie));
+      writePodEntries(maps, cookie, podIps, settings);
       this.#attachNetns(ns);
-      maps.enrolled.update(
-        encodeU64(cookie),
-        encodePod({ ip4: podIps[0]!, probeIp4: settings.probeSource, flags: settings.dnsCapture ? POD_DNS_CAPTURE : 0 }),
-      );
+      openGate(maps, cookie, podIps, settings);
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
     this.#writeRecord(cookie, { netns: ns.path, settings: { ...settings, podIps }, podIps });
     return { netns: ns.path, backend: 'ebpf', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
@@ -231,7 +212,7 @@ export class EbpfBackend implements RedirectBackend {
       const wasEnrolled = this.#enrolledCookie(ns.cookie);
       this.#unenrollCookie(ns.cookie);
       if (!wasEnrolled) return;
-      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark);
+      await transparentReturnRouting(ns, false, ISTIO_CONFIG.spoofMark, undefined, true);
       listenerHandover(ns, false);
     });
   }
@@ -245,41 +226,15 @@ export class EbpfBackend implements RedirectBackend {
     if (!existsSync(this.#pin('inpod_enrolled'))) return [];
     const maps = this.#maps();
     try {
-      const ips = new Map<bigint, string[]>();
-      for (const k of maps.podIps.keys()) {
-        const v = maps.podIps.lookup(k);
-        if (!v) continue;
-        const c = decodeU64(v);
-        ips.set(c, [...(ips.get(c) ?? []), readIp4(k, 0)]);
-      }
-      const ports = maps.portExcl.keys().map(decodePortKey);
-      const cidrs = maps.cidrExcl.keys().map(decodeCidrKey);
-      const out: EnrolledPod[] = [];
-      for (const k of maps.enrolled.keys()) {
-        const v = maps.enrolled.lookup(k);
-        if (!v) continue;
-        const cookie = decodeU64(k);
-        const pod = decodePod(v);
-        const rec = this.#readRecord(cookie);
-        const podIps = ips.get(cookie) ?? [pod.ip4];
-        out.push({
-          netns: rec?.netns ?? '',
-          backend: 'ebpf',
-          cookie: cookie.toString(),
-          podIps,
-          settings: {
-            podIps,
-            probeSource: pod.probeIp4,
-            dnsCapture: (pod.flags & POD_DNS_CAPTURE) !== 0,
-            excludeInboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_IN).map((p) => p.port).sort((a, b) => a - b),
-            excludeOutboundPorts: ports.filter((p) => p.netns === cookie && p.dir === DIR_OUT).map((p) => p.port).sort((a, b) => a - b),
-            excludeOutboundCidrs: cidrs.filter((c) => c.netns === cookie).map((c) => c.cidr),
-          },
-        });
-      }
-      return out;
+      return readPods(maps, (c) => this.#readRecord(c)?.settings.probeSource6).map((p) => ({
+        netns: this.#readRecord(p.cookie)?.netns ?? '',
+        backend: 'ebpf' as const,
+        cookie: p.cookie.toString(),
+        podIps: p.podIps,
+        settings: p.settings,
+      }));
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
   }
 
@@ -305,15 +260,9 @@ export class EbpfBackend implements RedirectBackend {
   #unenrollCookie(cookie: bigint): void {
     const maps = this.#maps();
     try {
-      // The gate first: new connections go direct at once; established ones are untouched.
-      maps.enrolled.delete(encodeU64(cookie));
-      for (const k of maps.podIps.keys()) {
-        const v = maps.podIps.lookup(k);
-        if (v && decodeU64(v) === cookie) maps.podIps.delete(k);
-      }
-      this.#writeExclusions(maps, cookie, null);
+      erasePodEntries(maps, cookie);
     } finally {
-      closeMaps(maps);
+      closePodMaps(maps);
     }
     this.#purgeConnections(cookie);
     // which inbound slot is the newest (the listeners' entries go with their sockets)
@@ -345,17 +294,6 @@ export class EbpfBackend implements RedirectBackend {
         m.close();
       }
     }
-  }
-
-  /** Replaces the pod's exclusion entries (null: remove them all). */
-  #writeExclusions(maps: Maps, cookie: bigint, s: PodSettings | null): void {
-    for (const k of maps.portExcl.keys()) if (decodePortKey(k).netns === cookie) maps.portExcl.delete(k);
-    for (const k of maps.cidrExcl.keys()) if (decodeCidrKey(k).netns === cookie) maps.cidrExcl.delete(k);
-    if (!s) return;
-    const one = Buffer.from([1]);
-    for (const p of s.excludeInboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_IN), one);
-    for (const p of s.excludeOutboundPorts) maps.portExcl.update(encodePortKey(cookie, p, DIR_OUT), one);
-    for (const c of s.excludeOutboundCidrs) maps.cidrExcl.update(encodeCidrKey(cookie, c), one);
   }
 
   #enrolledCookie(cookie: bigint): boolean {
@@ -400,22 +338,18 @@ export class EbpfBackend implements RedirectBackend {
     }
   }
 
-  /** The per-pod maps, all open or none (close them with closeMaps). */
-  #maps(): Maps {
+  /** The per-pod maps, all open or none (close them with closePodMaps). */
+  #maps(): PodMaps {
     const opened: BpfMap[] = [];
-    const open = (name: string): BpfMap => {
-      const m = this.#openMap(name);
-      if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
-      opened.push(m);
-      return m;
-    };
     try {
-      return {
-        enrolled: open('inpod_enrolled'),
-        podIps: open('inpod_pod_ips'),
-        portExcl: open('inpod_port_excl'),
-        cidrExcl: open('inpod_cidr_excl'),
-      };
+      const maps = {} as PodMaps;
+      for (const [role, name] of Object.entries(POD_MAP_PINS) as [keyof PodMaps, string][]) {
+        const m = this.#openMap(name);
+        if (!m) throw new MeshError('INPOD_ERR_NOT_INSTALLED', `map ${name} is not pinned under ${this.pinRoot}: run "inpod redirect enroll" or the agent to install`);
+        opened.push(m);
+        maps[role] = m;
+      }
+      return maps;
     } catch (e) {
       for (const m of opened) m.close();
       throw e;
@@ -463,10 +397,6 @@ export class EbpfBackend implements RedirectBackend {
       return null;
     }
   }
-}
-
-function closeMaps(maps: Maps): void {
-  for (const m of Object.values(maps)) m.close();
 }
 
 function defaultCgroup(): string {

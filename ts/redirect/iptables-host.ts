@@ -12,7 +12,8 @@
 import { MeshError } from '../util/errors.js';
 import type { Runner } from '../util/run.js';
 import { netnsProcPath, withNetns, type PodNetns } from './netns.js';
-import { hostAddScript, hostDeleteScript, hostProbeRule, hostRemoveScript, hostRulesInSave } from './iptables-rules.js';
+import { hostAddScript, hostDeleteScript, hostProbeRule, hostRemoveScript, hostRulesInSave, ipt, FAMILIES, type Family } from './iptables-rules.js';
+import { familyOf } from './backend.js';
 import type { IptablesFlavor } from './iptables.js';
 
 export class HostProbeRules {
@@ -28,40 +29,51 @@ export class HostProbeRules {
     private readonly installed: () => IptablesFlavor[],
   ) {}
 
-  /** Makes sure the chain, its jump and one rule per pod IP exist. Idempotent. */
-  async add(podIps: string[], probeSource: string): Promise<void> {
-    await this.#sh(this.flavor, hostAddScript(`iptables-${this.flavor}`, podIps.map((ip) => hostProbeRule(ip, probeSource))), 'adding the probe rules');
+  /**
+   * Makes sure the chain, its jump and one rule per pod IP exist, IPv4 pod IPs' in iptables
+   * (SNAT to `probeSource`), IPv6 ones' in ip6tables (SNAT to `probeSource6`). The IPv4 chain is
+   * made even with no IPv4 pod IP (install); the IPv6 one once a pod has an IPv6 address. Idempotent.
+   */
+  async add(podIps: string[], probeSource: string, probeSource6 = ''): Promise<void> {
+    const v4 = podIps.filter((ip) => familyOf(ip) === 4);
+    const v6 = podIps.filter((ip) => familyOf(ip) === 6);
+    await this.#sh(this.flavor, hostAddScript(ipt(4, this.flavor), v4.map((ip) => hostProbeRule(ip, probeSource))), 'adding the probe rules');
+    if (v6.length) await this.#sh(this.flavor, hostAddScript(ipt(6, this.flavor), v6.map((ip) => hostProbeRule(ip, probeSource6))), 'adding the IPv6 probe rules');
   }
 
   /** Removes the rules naming these pod IPs (whatever probe source they SNAT to), in every flavor. */
   async remove(podIps: string[]): Promise<void> {
     const drop = new Set(podIps);
-    await this.#each(async (f, rules) => {
+    await this.#each(async (f, fam, rules) => {
       const gone = rules.filter((r) => drop.has(r.ip)).map((r) => r.rule);
-      if (gone.length) await this.#sh(f, hostDeleteScript(`iptables-${f}`, gone), 'removing probe rules');
+      if (gone.length) await this.#sh(f, hostDeleteScript(ipt(fam, f), gone), 'removing probe rules');
     });
   }
 
   /** Removes the rules of pod IPs not in `keep` (after a restart: pods that went meanwhile). */
   async prune(keep: Set<string>): Promise<void> {
-    await this.#each(async (f, rules) => {
+    await this.#each(async (f, fam, rules) => {
       const gone = rules.filter((r) => !keep.has(r.ip)).map((r) => r.rule);
-      if (gone.length) await this.#sh(f, hostDeleteScript(`iptables-${f}`, gone), 'pruning probe rules');
+      if (gone.length) await this.#sh(f, hostDeleteScript(ipt(fam, f), gone), 'pruning probe rules');
     });
   }
 
-  /** Removes the chain and its jump, in every flavor. */
+  /** Removes the chain and its jump, in every flavor and family. */
   async uninstall(): Promise<void> {
-    for (const f of this.installed()) await this.#sh(f, hostRemoveScript(`iptables-${f}`), 'removing the probe chain');
+    for (const f of this.installed()) {
+      for (const fam of FAMILIES) await this.#sh(f, hostRemoveScript(ipt(fam, f)), 'removing the probe chain');
+    }
   }
 
-  /** Runs `fn` with the host chain's rules of each flavor that has any. */
-  async #each(fn: (f: IptablesFlavor, rules: { ip: string; rule: string }[]) => Promise<void>): Promise<void> {
+  /** Runs `fn` with the host chain's rules of each flavor and family that has any. */
+  async #each(fn: (f: IptablesFlavor, fam: Family, rules: { ip: string; rule: string }[]) => Promise<void>): Promise<void> {
     for (const f of this.installed()) {
-      const save = await this.#in(async (ns) => this.run('nsenter', [`--net=${netnsProcPath(ns)}`, `iptables-${f}-save`, '-t', 'nat']));
-      if (save.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${f}-save -t nat in the node netns ${this.netnsPath} failed: ${save.stderr.trim()}`);
-      const rules = hostRulesInSave(save.stdout);
-      if (rules.length) await fn(f, rules);
+      for (const fam of FAMILIES) {
+        const save = await this.#in(async (ns) => this.run('nsenter', [`--net=${netnsProcPath(ns)}`, `${ipt(fam, f)}-save`, '-t', 'nat']));
+        if (save.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `${ipt(fam, f)}-save -t nat in the node netns ${this.netnsPath} failed: ${save.stderr.trim()}`);
+        const rules = hostRulesInSave(save.stdout);
+        if (rules.length) await fn(f, fam, rules);
+      }
     }
   }
 

@@ -3,7 +3,7 @@
  * files). Applied with --noflush inside the pod netns: the ISTIO_ chains are (re)declared, which
  * flushes them, and refilled, so a second apply replaces the first atomically per table.
  */
-import type { PodSettings } from './backend.js';
+import { familyOf, type PodSettings } from './backend.js';
 import { MARKS, PORTS } from '../istio.js';
 
 /** A mark as iptables-save prints it, under Istio's mask ("0x539/0xfff"). */
@@ -15,22 +15,38 @@ const { outbound: OUTBOUND_PORT, inboundPlaintext: INBOUND_PORT, hbone: HBONE_PO
 
 export type Table = 'raw' | 'mangle' | 'nat';
 
-/** The rules for one pod, per table, in iptables-save syntax (without the jump rules). */
-export function podRules(s: PodSettings): Record<Table, string[]> {
+export type Family = 4 | 6;
+export const FAMILIES: readonly Family[] = [4, 6];
+
+/** The iptables command of a family and flavor: iptables-nft, ip6tables-legacy, ... */
+export function ipt(family: Family, flavor: 'legacy' | 'nft'): string {
+  return `${family === 4 ? 'iptables' : 'ip6tables'}-${flavor}`;
+}
+
+/**
+ * The rules for one pod and one address family (4: iptables, 6: ip6tables), per table, in
+ * iptables-save syntax (without the jump rules). The two families differ only where Istio's
+ * AppendVersionedRule does: the loopback address (127.0.0.1/32, ::1/128) and the probe source
+ * (PodSettings.probeSource, probeSource6); each family takes the excluded CIDRs of its own.
+ */
+export function podRules(s: PodSettings, family: Family = 4): Record<Table, string[]> {
+  const host = family === 4 ? '/32' : '/128';
+  const lo = family === 4 ? '127.0.0.1/32' : '::1/128';
+  const probe = `${family === 4 ? s.probeSource : s.probeSource6}${host}`;
   const nat: string[] = [];
-  nat.push(`-A ISTIO_PRERT -s ${s.probeSource}/32 -p tcp -m tcp -j ACCEPT`);
+  nat.push(`-A ISTIO_PRERT -s ${probe} -p tcp -m tcp -j ACCEPT`);
   for (const p of s.excludeInboundPorts) nat.push(`-A ISTIO_PRERT -p tcp -m tcp --dport ${p} -j ACCEPT`);
-  nat.push(`-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport ${HBONE_PORT} -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${INBOUND_PORT}`);
-  nat.push(`-A ISTIO_OUTPUT -d ${s.probeSource}/32 -p tcp -m tcp -j ACCEPT`);
+  nat.push(`-A ISTIO_PRERT ! -d ${lo} -p tcp -m tcp ! --dport ${HBONE_PORT} -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${INBOUND_PORT}`);
+  nat.push(`-A ISTIO_OUTPUT -d ${probe} -p tcp -m tcp -j ACCEPT`);
   if (s.dnsCapture) {
     nat.push(`-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark ${PROXY_MARK} -m udp --dport 53 -j REDIRECT --to-ports ${DNS_PORT}`);
-    nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${DNS_PORT}`);
+    nat.push(`-A ISTIO_OUTPUT ! -d ${lo} -p tcp -m tcp --dport 53 -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${DNS_PORT}`);
   }
   for (const p of s.excludeOutboundPorts) nat.push(`-A ISTIO_OUTPUT -p tcp -m tcp --dport ${p} -j ACCEPT`);
-  for (const c of s.excludeOutboundCidrs) nat.push(`-A ISTIO_OUTPUT -d ${c.includes('/') ? c : `${c}/32`} -j ACCEPT`);
+  for (const c of s.excludeOutboundCidrs.filter((x) => familyOf(x) === family)) nat.push(`-A ISTIO_OUTPUT -d ${c.includes('/') ? c : `${c}${host}`} -j ACCEPT`);
   nat.push(`-A ISTIO_OUTPUT -p tcp -m mark --mark ${CONNMARK} -j ACCEPT`);
-  nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT`);
-  nat.push(`-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${OUTBOUND_PORT}`);
+  nat.push(`-A ISTIO_OUTPUT ! -d ${lo} -o lo -j ACCEPT`);
+  nat.push(`-A ISTIO_OUTPUT ! -d ${lo} -p tcp -m mark ! --mark ${PROXY_MARK} -j REDIRECT --to-ports ${OUTBOUND_PORT}`);
 
   const mangle = [
     `-A ISTIO_OUTPUT -m connmark --mark ${CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff`,
@@ -115,16 +131,20 @@ export function inspectSave(save: string): { chains: Table[]; jumps: Table[]; dr
  */
 export const HOST_CHAIN = 'ISTIO_POSTRT';
 
-/** One pod IP's rule, in iptables-save's own form (after "-A ISTIO_POSTRT "). */
+/**
+ * One pod IP's rule, in iptables-save's own form (after "-A ISTIO_POSTRT "): an IPv4 pod IP's for
+ * iptables with the IPv4 probe source, an IPv6 one's for ip6tables with the IPv6 probe source
+ * (testdata/hostprobe_ipv6.golden: istio-inpod-probes-v6 SNATs to fd16:9254:7127:1337:ffff:ffff:ffff:ffff).
+ */
 export function hostProbeRule(podIp: string, probeSource: string): string {
-  return `-d ${podIp}/32 -p tcp -m owner --socket-exists -j SNAT --to-source ${probeSource}`;
+  return `-d ${podIp}${familyOf(podIp) === 4 ? '/32' : '/128'} -p tcp -m owner --socket-exists -j SNAT --to-source ${probeSource}`;
 }
 
 /** The rules of the host chain in `iptables-save -t nat` output, with the pod IP each names. */
 export function hostRulesInSave(save: string): { ip: string; rule: string }[] {
   const out: { ip: string; rule: string }[] = [];
   for (const line of save.split('\n')) {
-    const m = /^-A ISTIO_POSTRT (-d (\d+\.\d+\.\d+\.\d+)\/32 .*)$/.exec(line.trim());
+    const m = /^-A ISTIO_POSTRT (-d (\d+\.\d+\.\d+\.\d+|[0-9a-f:]+)\/(?:32|128) .*)$/.exec(line.trim());
     if (m) out.push({ ip: m[2]!, rule: m[1]! });
   }
   return out;

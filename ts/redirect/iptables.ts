@@ -1,7 +1,10 @@
 /**
  * iptables redirection backend: Istio 1.24's in-pod rules (iptables-rules.ts) installed with
- * iptables-restore inside the pod netns, plus Istio's `ip rule fwmark <connmark> lookup <table>`
- * (ts/istio.ts) with a local default route there. iptables-legacy and iptables-nft both work; a pod's rules are found in
+ * iptables-restore and ip6tables-restore inside the pod netns (istio cni/pkg/iptables/iptables.go
+ * with IPv6 enabled: BuildV4Restore and BuildV6Restore), plus Istio's
+ * `ip rule fwmark <connmark> lookup <table>` (ts/istio.ts) with a local default route there, for
+ * each family (iptables_linux.go: forEachInpodMarkIPRule, forEachLoopbackRoute; the IPv6 route
+ * only where the netns's loopback has IPv6). iptables-legacy and iptables-nft both work; a pod's rules are found in
  * either. State lives in the netns; a record per pod (path, settings) only serves `list`. The
  * iptables processes enter the netns the caller holds (through /proc/<agent pid>/fd/<fd>), never
  * the path again. With a host netns named (BackendOptions.hostNetns), Istio's host SNAT of
@@ -12,8 +15,8 @@ import { join } from 'node:path';
 import { MeshError } from '../util/errors.js';
 import { runProgram, type Runner } from '../util/run.js';
 import { normalizeSettings, type BackendOptions, type EnrolledPod, type NetnsRef, type PodNetns, type PodSettings, type RedirectBackend } from './backend.js';
-import { discoverPodIps, listenerHandover, netnsProcPath, openNetns, withNetns } from './netns.js';
-import { CONNMARK, inspectSave, podRules, removalInput, restoreInput, type Table } from './iptables-rules.js';
+import { listenerHandover, netnsProcPath, openNetns, podAddresses, withNetns } from './netns.js';
+import { CONNMARK, FAMILIES, inspectSave, ipt, podRules, removalInput, restoreInput, type Family, type Table } from './iptables-rules.js';
 import { HostProbeRules } from './iptables-host.js';
 import { ROUTE_TABLE } from '../istio.js';
 
@@ -23,9 +26,38 @@ export interface IptablesOptions extends BackendOptions {
   /** which iptables to write with; 'auto' picks nft when installed (reads always check both) */
   iptables?: IptablesFlavor | 'auto';
   run?: Runner;
+  /**
+   * The families to write rules for. Default: both, or IPv4 alone on a kernel without IPv6
+   * (booted with ipv6.disable=1: no /proc/sys/net/ipv6, ip6tables cannot work and there is no
+   * IPv6 to capture), as istio-cni goes on without ip6tables when IPv6 is off.
+   */
+  families?: readonly Family[];
 }
 
 const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
+/** Run in the pod netns: whether its loopback has IPv6 (Istio skips the IPv6 route otherwise). */
+const LO_HAS_V6 = '[ -e /proc/sys/net/ipv6/conf/lo/disable_ipv6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6)" != 1 ]';
+const ROUTING_ADD = [
+  `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764`,
+  `ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`,
+  `if ${LO_HAS_V6}; then ip -6 rule show | grep -q '${RULE}' || ip -6 rule add ${RULE} pref 32764; ip -6 route replace local ::/0 dev lo table ${ROUTE_TABLE}; fi`,
+].join('; ');
+const ROUTING_DEL = [
+  `while ip rule show | grep -q '${RULE}'; do ip rule del ${RULE} || break; done`,
+  `ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null`,
+  `while ip -6 rule show 2>/dev/null | grep -q '${RULE}'; do ip -6 rule del ${RULE} || break; done`,
+  `ip -6 route del local ::/0 dev lo table ${ROUTE_TABLE} 2>/dev/null`,
+  'true',
+].join('; ');
+
+/** What one iptables flavor and family holds of a pod's rules. */
+interface Found {
+  flavor: IptablesFlavor;
+  family: Family;
+  chains: Table[];
+  jumps: Table[];
+  drain: boolean;
+}
 
 export class IptablesBackend implements RedirectBackend {
   readonly name = 'iptables' as const;
@@ -34,12 +66,16 @@ export class IptablesBackend implements RedirectBackend {
   readonly #recordDir: string;
   /** Istio's probe SNAT in the node's netns; null when no host netns is named */
   readonly #host: HostProbeRules | null;
+  readonly #ipv6: boolean;
+  readonly #families: readonly Family[];
 
   constructor(opts: IptablesOptions = {}) {
     this.#run = opts.run ?? runProgram;
     const want = opts.iptables ?? (process.env.INPOD_IPTABLES as IptablesFlavor | undefined) ?? 'auto';
     this.#flavor = want === 'auto' ? (binaryExists('iptables-nft-restore') ? 'nft' : 'legacy') : want;
     this.#recordDir = join(opts.stateDir ?? '/var/run/inpod', 'iptables');
+    this.#ipv6 = opts.ipv6 ?? false;
+    this.#families = opts.families ?? (existsSync('/proc/sys/net/ipv6') ? FAMILIES : [4]);
     const installed = (): IptablesFlavor[] => (['legacy', 'nft'] as const).filter((f) => binaryExists(`iptables-${f}-save`));
     this.#host = opts.hostNetns === undefined ? null : new HostProbeRules(opts.hostNetns, this.#run, this.#flavor, installed);
   }
@@ -59,18 +95,23 @@ export class IptablesBackend implements RedirectBackend {
 
   async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = settings.podIps?.length ? settings.podIps : await discoverPodIps(ns);
+    const podIps = await podAddresses(ns, settings.podIps, this.#ipv6);
     const cookie = ns.cookie;
-    // a pod whose rules live in the other flavour is rewritten there, never duplicated
+    // Both families always, as istio-cni with IPv6 enabled: an IPv4-only pod's IPv6 (loopback
+    // aside) is captured too, never around the proxy. A pod whose rules live in the other
+    // flavour is rewritten there, never duplicated.
     const found = await this.#inspect(ns);
-    const flavor = found.find((f) => f.chains.length > 0)?.flavor ?? this.#flavor;
-    const current = found.find((f) => f.flavor === flavor) ?? { flavor, chains: [], jumps: [], drain: false };
-    const hasJumps = { raw: current.jumps.includes('raw'), mangle: current.jumps.includes('mangle'), nat: current.jumps.includes('nat') };
-    await this.#ipt(ns, flavor, restoreInput(podRules(settings), hasJumps, current.drain));
-    await this.#sh(ns, `ip rule show | grep -q '${RULE}' || ip rule add ${RULE} pref 32764; ip route replace local 0.0.0.0/0 dev lo table ${ROUTE_TABLE}`);
+    for (const family of this.#families) {
+      const mine = found.filter((f) => f.family === family);
+      const flavor = mine.find((f) => f.chains.length > 0)?.flavor ?? this.#flavor;
+      const current = mine.find((f) => f.flavor === flavor) ?? { flavor, family, chains: [], jumps: [], drain: false };
+      const hasJumps = { raw: current.jumps.includes('raw'), mangle: current.jumps.includes('mangle'), nat: current.jumps.includes('nat') };
+      await this.#ipt(ns, flavor, family, restoreInput(podRules(settings, family), hasJumps, current.drain));
+    }
+    await this.#sh(ns, ROUTING_ADD);
     listenerHandover(ns, true);
     // the pod's rules exempt the probe source first, then the node starts sending probes from it
-    await this.#host?.add(podIps, settings.probeSource);
+    await this.#host?.add(podIps, settings.probeSource, settings.probeSource6);
     const pod: EnrolledPod = { netns: ns.path, backend: 'iptables', cookie: cookie.toString(), podIps, settings: { ...settings, podIps } };
     mkdirSync(this.#recordDir, { recursive: true });
     writeFileSync(join(this.#recordDir, `${cookie}.json`), JSON.stringify(pod));
@@ -81,13 +122,17 @@ export class IptablesBackend implements RedirectBackend {
     await withNetns(netns, async (ns) => {
       if (this.#host) {
         // the node stops SNATing to the probe source before the pod stops exempting it
-        const ips = this.#readRecord(ns.cookie)?.podIps ?? (await discoverPodIps(ns).catch(() => []));
+        const ips = this.#readRecord(ns.cookie)?.podIps ?? (await podAddresses(ns, undefined, true).catch(() => []));
         await this.#host.remove(ips);
       }
+      let removed = false;
       for (const f of await this.#inspect(ns)) {
         if (f.chains.length === 0) continue;
-        await this.#ipt(ns, f.flavor, removalInput(f.chains, f.jumps));
-        await this.#sh(ns, `while ip rule show | grep -q '${RULE}'; do ip rule del ${RULE} || break; done; ip route del local 0.0.0.0/0 dev lo table ${ROUTE_TABLE} 2>/dev/null; true`);
+        await this.#ipt(ns, f.flavor, f.family, removalInput(f.chains, f.jumps));
+        removed = true;
+      }
+      if (removed) {
+        await this.#sh(ns, ROUTING_DEL);
         listenerHandover(ns, false);
       }
       rmSync(join(this.#recordDir, `${ns.cookie}.json`), { force: true });
@@ -114,8 +159,9 @@ export class IptablesBackend implements RedirectBackend {
     }
   }
 
+  /** IPv4's nat rules decide: enroll writes both families, IPv4 first. */
   async #hasRules(ns: PodNetns): Promise<boolean> {
-    return (await this.#inspect(ns)).some((f) => f.chains.includes('nat'));
+    return (await this.#inspect(ns, [4])).some((f) => f.chains.includes('nat'));
   }
 
   async list(): Promise<EnrolledPod[]> {
@@ -168,21 +214,25 @@ export class IptablesBackend implements RedirectBackend {
     }
   }
 
-  async #inspect(ns: PodNetns): Promise<{ flavor: IptablesFlavor; chains: Table[]; jumps: Table[]; drain: boolean }[]> {
-    const out = [];
-    for (const flavor of ['legacy', 'nft'] as const) {
-      if (!binaryExists(`iptables-${flavor}-save`)) continue;
-      const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, `iptables-${flavor}-save`]);
-      if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-save in ${ns.path} failed: ${r.stderr.trim()}`);
-      out.push({ flavor, ...inspectSave(r.stdout) });
+  async #inspect(ns: PodNetns, families: readonly Family[] = this.#families): Promise<Found[]> {
+    const out: Found[] = [];
+    for (const family of families) {
+      for (const flavor of ['legacy', 'nft'] as const) {
+        const cmd = `${ipt(family, flavor)}-save`;
+        if (!binaryExists(cmd)) continue;
+        const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, cmd]);
+        if (r.code !== 0) throw new MeshError('INPOD_ERR_IPTABLES', `${cmd} in ${ns.path} failed: ${r.stderr.trim()}`);
+        out.push({ flavor, family, ...inspectSave(r.stdout) });
+      }
     }
     return out;
   }
 
-  async #ipt(ns: PodNetns, flavor: IptablesFlavor, input: string): Promise<void> {
-    const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, `iptables-${flavor}-restore`, '--noflush'], input);
+  async #ipt(ns: PodNetns, flavor: IptablesFlavor, family: Family, input: string): Promise<void> {
+    const cmd = `${ipt(family, flavor)}-restore`;
+    const r = await this.#run('nsenter', [`--net=${netnsProcPath(ns)}`, cmd, '--noflush'], input);
     if (r.code !== 0) {
-      throw new MeshError('INPOD_ERR_IPTABLES', `iptables-${flavor}-restore in ${ns.path} failed: ${r.stderr.trim()}\ninput:\n${input}`);
+      throw new MeshError('INPOD_ERR_IPTABLES', `${cmd} in ${ns.path} failed: ${r.stderr.trim()}\ninput:\n${input}`);
     }
   }
 

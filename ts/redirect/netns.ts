@@ -8,6 +8,7 @@
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
 import { ROUTE_TABLE } from '../istio.js';
+import { canonicalIp } from './backend.js';
 import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
 /** A network namespace held open. */
@@ -97,39 +98,59 @@ export function netnsProcPath(ns: PodNetns): string {
 }
 
 /**
- * The pod's IPv4 addresses. A pod with global IPv6 addresses is refused: IPv6 capture is not
- * implemented yet, and enrolling such a pod would let its IPv6 traffic bypass the proxy.
+ * The pod's addresses, IPv4 first, then IPv6: `given` (PodSettings.podIps) or what the netns has
+ * (global addresses; no loopback, no IPv6 link-local). A pod with IPv6 addresses is refused unless
+ * `ipv6` (BackendOptions.ipv6): while the proxy listens on IPv4 only, capturing the pod's IPv6
+ * would refuse all of it, and not capturing it would let it bypass the proxy. A pod needs an
+ * address of either family (an IPv6-only pod has no IPv4).
  */
-export async function discoverPodIps(ns: PodNetns): Promise<string[]> {
-  const a = netnsAddrsOfFd(ns.fd);
-  if (a.ipv6.length > 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has IPv6 addresses (${a.ipv6.join(', ')}); inpod captures IPv4 only ` +
-      'and refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, or leave it out of the mesh');
+export async function podAddresses(ns: PodNetns, given: string[] | undefined, ipv6: boolean): Promise<string[]> {
+  const a = given?.length
+    ? { ipv4: given.filter((ip) => !ip.includes(':')), ipv6: given.filter((ip) => ip.includes(':')) }
+    : netnsAddrsOfFd(ns.fd);
+  if (a.ipv6.length > 0 && !ipv6) {
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has IPv6 addresses (${a.ipv6.join(', ')}) and IPv6 capture is off ` +
+      'until the proxy listens on IPv6; inpod refuses rather than let IPv6 bypass the proxy: give the pod IPv4 only, ' +
+      'leave it out of the mesh, or enable IPv6 capture (BackendOptions.ipv6)');
   }
-  if (a.ipv4.length === 0) {
-    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 address yet: enroll after the CNI plugins ` +
+  if (a.ipv4.length === 0 && a.ipv6.length === 0) {
+    throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 or IPv6 address yet: enroll after the CNI plugins ` +
       'configured the pod network (inpod-cni must be last in the chain)');
   }
-  return a.ipv4;
+  return [...a.ipv4, ...a.ipv6.map(canonicalIp)];
 }
 
 /**
  * The in-netns routing that lets the proxy's transparent upstream (bound to the client's IP,
- * marked 0x539 and re-marked `spoofMark` by connect4) get the app's replies back: the app's
- * accepted socket inherits the SYN's mark (tcp_fwmark_accept), and that mark routes locally.
- * fwmark_reflect does the same for what the kernel answers without a socket (the RST of a
- * closed port, ICMP errors): without it that reply takes the main table to the client's real
- * address and the proxy waits for its connect timeout. Only locally sent, marked packets carry
- * a mark here (a packet entering over the veth has none), so nothing else changes for the pod.
- * No iptables involved. Idempotent; `false` removes exactly this.
+ * marked 0x539 and re-marked `spoofMark` by connect4/6) get the app's replies back: the app's
+ * accepted socket inherits the SYN's mark (tcp_fwmark_accept, which IPv6 connections follow too),
+ * and that mark routes locally. fwmark_reflect does the same for what the kernel answers without
+ * a socket (the RST of a closed port, ICMP errors): without it that reply takes the main table to
+ * the client's real address and the proxy waits for its connect timeout. Only locally sent,
+ * marked packets carry a mark here (a packet entering over the veth has none), so nothing else
+ * changes for the pod. With `ipv6` (the pod has IPv6 addresses) the same for IPv6: the rule and
+ * `local ::/0` route of `ip -6`, net.ipv6.fwmark_reflect. No iptables involved. Idempotent;
+ * `false` removes exactly this (the IPv6 part whatever `ipv6` says, tolerating a netns without IPv6).
  */
-export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE): Promise<void> {
+export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE, ipv6 = false): Promise<void> {
   try {
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/tcp_fwmark_accept', on ? '1' : '0');
     netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv4/fwmark_reflect', on ? '1' : '0');
     netnsLocalRouteOfFd(ns.fd, mark, table, 32763, on);
+    if (on && ipv6) {
+      netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '1');
+      netnsLocalRouteOfFd(ns.fd, mark, table, 32763, true, 6);
+    }
   } catch (e) {
     throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${ns.path} failed: ${(e as Error).message}`, { cause: e });
+  }
+  if (!on) {
+    try {
+      netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '0');
+      netnsLocalRouteOfFd(ns.fd, mark, table, 32763, false, 6);
+    } catch {
+      /* a netns without IPv6 has none of it */
+    }
   }
 }
 

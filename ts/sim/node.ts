@@ -19,9 +19,17 @@ export interface SimPod {
   name: string;
   netnsName: string;
   netnsPath: string;
+  /** the pod's first address: its IPv4, or its IPv6 for an IPv6-only pod */
   ip: string;
+  /** its IPv4 and IPv6 addresses, when it has one of that family */
+  ip4?: string;
+  ip6?: string;
+  family?: PodFamily;
   containerId: string;
 }
+
+/** Which address families a pod gets: IPv4 (the default), IPv6 only, or both (dual-stack). */
+export type PodFamily = 'ipv4' | 'ipv6' | 'dual';
 
 export interface SimNodeOptions {
   /** Prefix for every name this node creates (netns, bridge, IPAM state): unique per run. */
@@ -54,6 +62,9 @@ export class SimNode {
   readonly bridge: string;
   readonly subnet: string;
   readonly gateway: string;
+  /** the IPv6 range of this node's pods, inside fd00:200::/64 (a /80 per node, as the IPv4 /24) */
+  readonly subnet6: string;
+  readonly gateway6: string;
   readonly pods = new Map<string, SimPod>();
   readonly #ipamDir: string;
 
@@ -63,6 +74,10 @@ export class SimNode {
     this.bridge = `${prefix}br`;
     this.subnet = subnet;
     this.gateway = subnet.replace(/\.0\/24$/, '.1');
+    const third = Number(subnet.split('.')[2]).toString(16);
+    // as the kernel prints them (RFC 5952: the first of two equal zero runs is the one compressed)
+    this.subnet6 = `fd00:200::${third}:0:0:0/80`;
+    this.gateway6 = `fd00:200::${third}:0:0:1`;
     this.#ipamDir = `/run/${prefix}-ipam`;
   }
 
@@ -72,12 +87,25 @@ export class SimNode {
     const node = new SimNode(prefix, subnet);
     await run('ip', ['netns', 'add', node.nodeNetns]);
     await node.inNode('ip', 'link', 'set', 'lo', 'up');
+    // No duplicate address detection for the node's own addresses (the bridge's IPv6 gateway):
+    // nothing else can hold them, and a gateway still tentative for its first second or two
+    // would lose the first packets of a pod's IPv6 reply through it.
+    await node.inNode('sysctl', '-qw', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv6.conf.all.accept_dad=0');
     mkdirSync(node.#ipamDir, { recursive: true });
     return node;
   }
 
-  /** The CNI network config every pod of this node is added with. */
-  netConf(): object {
+  /**
+   * The CNI network config a pod of this node is added with: IPv4 by default; IPv6 only or
+   * dual-stack through host-local's ranges (one per family), each with its default route.
+   */
+  netConf(family: PodFamily = 'ipv4'): object {
+    const v4 = { range: [{ subnet: this.subnet }], route: { dst: '0.0.0.0/0' } };
+    const v6 = { range: [{ subnet: this.subnet6 }], route: { dst: '::/0' } };
+    const fams = family === 'ipv4' ? [v4] : family === 'ipv6' ? [v6] : [v4, v6];
+    const ipam = family === 'ipv4'
+      ? { type: 'host-local', subnet: this.subnet, dataDir: this.#ipamDir, routes: [v4.route] }
+      : { type: 'host-local', ranges: fams.map((f) => f.range), dataDir: this.#ipamDir, routes: fams.map((f) => f.route) };
     return {
       cniVersion: '1.0.0',
       name: `${this.prefix}net`,
@@ -86,7 +114,7 @@ export class SimNode {
       isGateway: true,
       ipMasq: false,
       hairpinMode: true,
-      ipam: { type: 'host-local', subnet: this.subnet, dataDir: this.#ipamDir, routes: [{ dst: '0.0.0.0/0' }] },
+      ipam,
     };
   }
 
@@ -96,23 +124,24 @@ export class SimNode {
     return stdout;
   }
 
-  /** Creates a pod netns and wires it with CNI ADD, as a runtime would. */
-  async addPod(name: string): Promise<SimPod> {
+  /** Creates a pod netns and wires it with CNI ADD, as a runtime would (`family`: its addresses). */
+  async addPod(name: string, family: PodFamily = 'ipv4'): Promise<SimPod> {
     const netnsName = `${this.prefix}${name}`;
     await run('ip', ['netns', 'add', netnsName]);
     const containerId = `${this.prefix}-${name}`;
     const netnsPath = `/run/netns/${netnsName}`;
     try {
       await run('ip', ['-n', netnsName, 'link', 'set', 'lo', 'up']);
-      const result = (await runCniPlugin('bridge', 'ADD', this.netConf(), {
+      const result = (await runCniPlugin('bridge', 'ADD', this.netConf(family), {
         CNI_CONTAINERID: containerId,
         CNI_NETNS: netnsPath,
         CNI_IFNAME: 'eth0',
       }, this.nodeNetns)) as { ips?: { address: string }[] };
-      const ip = result.ips?.[0]?.address.split('/')[0];
+      const ips = (result.ips ?? []).map((a) => a.address.split('/')[0]!);
+      const ip = ips[0];
       if (!ip) throw new Error(`CNI ADD for ${name} returned no IP`);
       if (!this.#probeReady) await this.#firstPodSetup();
-      const pod = { name, netnsName, netnsPath, ip, containerId };
+      const pod: SimPod = { name, netnsName, netnsPath, ip, ip4: ips.find((a) => !a.includes(':')), ip6: ips.find((a) => a.includes(':')), family, containerId };
       this.pods.set(name, pod);
       return pod;
     } catch (e) {
@@ -170,9 +199,10 @@ export class SimNode {
 
   #probeReady = false;
 
-  /** The bridge exists after the first ADD: give it the probe source address (kubelet SNAT). */
+  /** The bridge exists after the first ADD: give it the probe source addresses (kubelet SNAT). */
   async #firstPodSetup(): Promise<void> {
     await this.inNode('ip', 'addr', 'replace', `${PROBE_SOURCE.ipv4}/32`, 'dev', this.bridge);
+    await this.inNode('ip', '-6', 'addr', 'replace', `${PROBE_SOURCE.ipv6}/128`, 'dev', this.bridge, 'nodad');
     this.#probeReady = true;
   }
 
@@ -180,7 +210,7 @@ export class SimNode {
     const pod = this.pods.get(name);
     if (!pod) return;
     this.pods.delete(name);
-    await runCniPlugin('bridge', 'DEL', this.netConf(), {
+    await runCniPlugin('bridge', 'DEL', this.netConf(pod.family), {
       CNI_CONTAINERID: pod.containerId,
       CNI_NETNS: pod.netnsPath,
       CNI_IFNAME: 'eth0',

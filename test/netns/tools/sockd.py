@@ -42,7 +42,14 @@ def err_name(e):
 
 
 def orig_dst(s):
+    """SO_ORIGINAL_DST as a proxy asks it: SOL_IP for IPv4 on the wire (an AF_INET socket, or an
+    AF_INET6 one whose peer is IPv4-mapped), else IPv6's twin getsockopt(SOL_IPV6,
+    IP6T_SO_ORIGINAL_DST), which answers a sockaddr_in6."""
     try:
+        if s.family == socket.AF_INET6 and not s.getpeername()[0].startswith("::ffff:"):
+            raw = s.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port, ip = struct.unpack("!2xH4x16s4x", raw)
+            return {"host": socket.inet_ntop(socket.AF_INET6, ip), "port": port}
         raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
         port, ip = struct.unpack("!2xH4s8x", raw)
         return {"host": socket.inet_ntoa(ip), "port": port}
@@ -80,6 +87,15 @@ def accept_loop(lid):
         with lock:
             entry["accepted"].append(rec)
         threading.Thread(target=serve, args=(c, entry["tag"], entry["echo"]), daemon=True).start()
+
+
+def sockaddr(host, port):
+    """(host, port), or for a scoped IPv6 address ("fe80::1%eth0") the 4-tuple with its scope id:
+    Python does not read the scope out of a numeric address given as a 2-tuple (EINVAL)."""
+    if "%" in host:
+        addr, dev = host.split("%", 1)
+        return (addr, port, 0, socket.if_nametoindex(dev))
+    return (host, port)
 
 
 def make_socket(req, kind=socket.SOCK_STREAM):
@@ -143,7 +159,7 @@ def op_connect(req):
         if req.get("bind"):
             s.bind((req["bind"]["host"], req["bind"].get("port", 0)))
         s.settimeout(timeout)
-        s.connect((req["host"], req["port"]))
+        s.connect(sockaddr(req["host"], req["port"]))
     except OSError as e:
         s.close()
         return {"ok": False, "error": err_name(e)}
