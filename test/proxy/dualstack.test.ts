@@ -104,4 +104,28 @@ describe('pod listeners on both families', () => {
     await expect(connectIn(nsFd.fd, { ip: POD6, port }, { transparentFrom: '10.200.254.77' })).rejects.toMatchObject({ code: 'INPOD_ERR_UPSTREAM_CONNECT' });
     await expect(connectIn(nsFd.fd, { ip: `::ffff:${POD4}`, port }, { transparentFrom: 'fd00:200::77' })).rejects.toMatchObject({ code: 'INPOD_ERR_UPSTREAM_CONNECT' });
   });
+
+  it('still takes IPv4 in a netns whose IPv6 is disabled by sysctl (disable_ipv6 does not refuse a [::] socket)', async () => {
+    const off = `${ns}off`;
+    execFileSync('ip', ['netns', 'add', off]);
+    let offFd: Fd | undefined;
+    let srv: net.Server | undefined;
+    try {
+      execFileSync('ip', ['netns', 'exec', off, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+      execFileSync('ip', ['netns', 'exec', off, 'ip', 'link', 'set', 'lo', 'up']);
+      offFd = openPath(`/run/netns/${off}`);
+      let got!: (s: net.Socket) => void;
+      const accepted = new Promise<net.Socket>((r) => (got = r));
+      srv = await listenIn(offFd.fd, 0, (s) => got(s));
+      const c = await connectIn(offFd.fd, { ip: '127.0.0.1', port: (srv.address() as net.AddressInfo).port });
+      const s = await accepted;
+      expect(peerOf(s).ip).toBe('127.0.0.1');
+      s.destroy();
+      c.destroy();
+    } finally {
+      if (srv) await new Promise((r) => srv!.close(r));
+      offFd?.close();
+      execFileSync('ip', ['netns', 'del', off]);
+    }
+  });
 });
