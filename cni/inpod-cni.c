@@ -346,7 +346,7 @@ static int cmd_add(const struct netconf *c)
 		fail(CNI_ERR_INVALID_CONFIG, "put inpod-cni last in the conflist's plugins", "inpod-cni must be chained after the plugin that creates the pod network (no prevResult)");
 		return error_out(c->version);
 	}
-	if (check_add_env(id, netns) < 0 || pod_identity(getenv("CNI_ARGS"), &p) < 0) return error_out(c->version);
+	if (check_add_env(id, netns) < 0 || check_pod_ips(c, netns) < 0 || pod_identity(getenv("CNI_ARGS"), &p) < 0) return error_out(c->version);
 	/* not a Kubernetes pod, or not one of the mesh: nothing for the agent to do */
 	if (!p.name[0] || mesh_lookup(c, &p, why, sizeof(why)) == PASS) return pass_through(c);
 	char *event = pod_event(&p, netns, id, c->ips);
