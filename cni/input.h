@@ -291,37 +291,6 @@ static int check_prev_ips(struct netconf *c)
 	return 0;
 }
 
-/*
- * The pod's addresses are those the result puts in the pod's netns: an entry of prevResult.ips
- * on an interface of another sandbox than CNI_NETNS is not the pod's (CNI spec: an interface's
- * "sandbox" is the netns it is in), nor is one on a host-side interface (no sandbox) when the
- * result names the pod's interfaces (some with sandbox CNI_NETNS; the bridge plugin does). A
- * result that names no sandbox at all says nothing either way; the agent then checks each
- * address against the pod's netns. Fails with 7.
- */
-static int check_pod_ips(const struct netconf *c, const char *netns)
-{
-	json_t *ips = c->prev ? member(c->prev, "ips") : NULL, *ifaces = c->prev ? member(c->prev, "interfaces") : NULL;
-	int named = 0;
-	for (size_t k = 0; k < json_array_size(ifaces); k++) {
-		const char *sb = plain_string(member(json_array_get(ifaces, k), "sandbox"));
-		named |= sb && !strcmp(sb, netns);
-	}
-	for (size_t i = 0; i < json_array_size(ips); i++) {
-		json_t *e = json_array_get(ips, i), *v = member(e, "interface");
-		if (!v) continue;
-		json_t *iface = json_array_get(ifaces, json_integer_value(v));
-		const char *sb = plain_string(member(iface, "sandbox"));
-		if (sb ? !strcmp(sb, netns) : !named) continue;
-		char a[128], n[128], where[256];
-		if (sb) snprintf(where, sizeof(where), "in sandbox %s", show_str(sb, n));
-		else snprintf(where, sizeof(where), "on the host side (no sandbox)");
-		return fail(CNI_ERR_INVALID_CONFIG, FIX_CONF, "inpod-cni: the network configuration's prevResult.ips[%zu].address %s is on interface %lld (%s) %s, not in the pod's network namespace %s: it is not the pod's address",
-			    i, show(json_object_get(e, "address"), a), (long long)json_integer_value(v), plain_string(member(iface, "name")) ? plain_string(member(iface, "name")) : "?", where, netns);
-	}
-	return 0;
-}
-
 /* Decodes stdin and checks every field inpod-cni reads. Fails with 6, 7 or 1. */
 static int parse_netconf(const char *buf, size_t n, struct netconf *c)
 {

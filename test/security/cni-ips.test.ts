@@ -5,6 +5,8 @@
  * refused with the CNI spec's code for a bad network configuration (7) before the agent hears of
  * the pod, as the static plugin runs on a host (build/inpod-cni installed by the agent's installer).
  */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -59,10 +61,28 @@ describe('inpod-cni refuses pod IPs no pod can have (code 7, the agent never ask
     expect(agent.requests).toEqual([]);
   });
 
-  it('puts a second pod\'s IPv6 address on an interface in another netns: refused as not the pod\'s address', async () => {
-    const r = await runCni(CNI_BIN, ENV, conf([v4, { address: 'fd00:200::9/64', interface: 3 }], [...IFACES, { name: 'eth0', sandbox: '/var/run/netns/pod-b' }]));
-    expect(JSON.parse(r.stdout)).toMatchObject({ code: 7, msg: expect.stringMatching(/fd00:200::9\/64" is on interface 3 \(eth0\) in sandbox "\/var\/run\/netns\/pod-b", not in the pod's network namespace/) });
-    expect(agent.requests).toEqual([]);
+  it('puts a second pod\'s IPv6 address on an interface in another (real) netns: refused as not the pod\'s address; the same netns spelled another way passes', async () => {
+    // two real network namespaces, named with a per-run prefix and removed whatever happens
+    const [a, b] = ['a', 'b'].map((x) => `h18ag${randomBytes(3).toString('hex')}${x}`);
+    try {
+      for (const n of [a, b]) execFileSync('ip', ['netns', 'add', n]);
+      const env = { ...ENV, CNI_NETNS: `/run/netns/${a}` };
+      const ifaces = [{ name: 'veth9' }, { name: 'eth0', sandbox: `/run/netns/${a}` }, { name: 'eth0', sandbox: `/run/netns/${b}` }];
+      agent.requests.length = 0;
+      const r = await runCni(CNI_BIN, env, conf([{ address: '10.200.1.5/24', interface: 1 }, { address: 'fd00:200::9/64', interface: 2 }], ifaces));
+      expect(JSON.parse(r.stdout)).toMatchObject({ code: 7, msg: expect.stringMatching(new RegExp(`fd00:200::9/64" is on interface 2 \\(eth0\\) in sandbox "/run/netns/${b}", not in the pod's network namespace`)) });
+      expect(agent.requests).toEqual([]);
+      const same = await runCni(CNI_BIN, env, conf([{ address: 'fd00:200::9/64', interface: 1 }], [{ name: 'veth9' }, { name: 'eth0', sandbox: `/var/run/netns/${a}` }]));
+      expect(same.code, same.stdout).toBe(0);
+    } finally {
+      for (const n of [a, b]) {
+        try {
+          execFileSync('ip', ['netns', 'del', n!], { stdio: 'ignore' });
+        } catch {
+          /* not made */
+        }
+      }
+    }
   });
 
   it('puts the node\'s own IPv6 address on the host-side veth of a result that names the pod\'s interfaces: refused', async () => {
