@@ -76,6 +76,13 @@ export interface BackendOptions {
 export interface RedirectBackend {
   readonly name: BackendName;
   /**
+   * Captures IPv6 (issue 18): a pod with IPv6 addresses, dual-stack or IPv6-only, is enrolled
+   * with its IPv6 traffic under the same contract as its IPv4. False: it cannot (or is set not
+   * to), and the agent refuses such a pod at enrollment (ts/agent/podips.ts captureAddresses)
+   * rather than capture its IPv4 and let its IPv6 around the proxy.
+   */
+  readonly ipv6: boolean;
+  /**
    * Installs the host-level parts (eBPF: programs loaded, attached at the cgroup and pinned, the
    * host netns's cookie written; iptables: the probe SNAT chain in the host netns, when one is
    * named). Idempotent; a second call reuses what is pinned and rewrites the host netns setting.

@@ -102,6 +102,8 @@ interface PodRecord {
 }
 
 export class EbpfBackend implements RedirectBackend {
+  /** no IPv6 capture yet (no connect6/sk_lookup for IPv6): pods with IPv6 addresses are refused (issue 18) */
+  readonly ipv6: boolean = false;
   readonly name = 'ebpf' as const;
   readonly pinRoot: string;
   readonly cgroupPath: string;

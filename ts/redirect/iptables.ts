@@ -28,6 +28,8 @@ export interface IptablesOptions extends BackendOptions {
 const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
 
 export class IptablesBackend implements RedirectBackend {
+  /** no ip6tables rules yet: pods with IPv6 addresses are refused (issue 18) */
+  readonly ipv6: boolean = false;
   readonly name = 'iptables' as const;
   readonly #run: Runner;
   readonly #flavor: IptablesFlavor;
