@@ -337,5 +337,20 @@ describe('the agent, with a fake backend, source and ZDS', () => {
       expect(table.opens).toEqual([]);
     });
 
+    it('a running pod found in /proc takes the netns holding one of its status.podIPs (either family), not another process\'s netns in its cgroup', async () => {
+      backend.ipv6 = true;
+      const p = source.setPod('plain', 'run', {}, false);
+      source.podMap.set('plain/run', { ...p, status: { podIP: '10.200.1.5', podIPs: [{ ip: '10.200.1.5' }, { ip: 'fd00:200::1:0:0:5' }] } });
+      proc.procs.set('30', `0::/kubepods/pod${p.metadata!.uid}/a.scope\n`); // a process of the pod that joined another netns
+      proc.procs.set('31', `0::/kubepods/pod${p.metadata!.uid}/b.scope\n`);
+      writeFileSync(proc.netns('30'), '');
+      table.add(proc.netns('30'), { ipv4: ['10.200.9.9'], ipv6: [] });
+      writeFileSync(proc.netns('31'), '');
+      table.add(proc.netns('31'), { ipv4: [], ipv6: ['fd00:200::1:0:0:5'] });
+      source.setNamespace('plain', true);
+      await until('run captured', () => backend.netns().length === 1);
+      expect(backend.netns()).toEqual([proc.netns('31')]);
+      expect(table.open).toBe(1); // the other netns was let go
+    });
   });
 });

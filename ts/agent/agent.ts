@@ -29,7 +29,7 @@ import { MeshViewWriter, meshView } from './meshview.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
 import { plan, planAdd, planDel, planRestart, undiscovered, type SandboxView } from './plan.js';
 import { meshVerdict, type PodObj } from './policy.js';
-import { eventIps, type NetnsAddrs } from './podips.js';
+import { eventIps, holdsAny, statusPodIps, type NetnsAddrs } from './podips.js';
 import { hostProc, scanProc, type ProcFs } from './procscan.js';
 import { KeyedQueue, type QueueOptions } from './queue.js';
 import { SandboxStore } from './sandboxes.js';
@@ -248,19 +248,37 @@ export class Agent {
     this.#log.info({ kept }, 'reconciled capture with the cluster');
   }
 
-  /** Finds the netns of `pods` in /proc (one scan) and records them; each found netns stays held. */
+  /**
+   * Finds the netns of `pods` in /proc (one scan) and records them; each found netns stays held.
+   * A pod with addresses in its status (status.podIPs, both families, else status.podIP) takes
+   * the first netns that holds one of them, as istio-cni's netnsPodIPChecker: a process of the
+   * pod's cgroup in another netns (one that joined the host's, say) is not the pod's sandbox.
+   */
   #discover(pods: PodObj[]): void {
     if (pods.length === 0) return;
     const found = scanProc(pods.map((p) => p.metadata?.uid ?? ''), this.#o.proc ?? hostProc);
     for (const pod of pods) {
       const uid = pod.metadata?.uid ?? '';
+      const ips = statusPodIps(pod);
       for (const path of found.get(uid) ?? []) {
         const ns = this.#store.open(path);
         if (!ns) continue;
-        const sb = this.#store.add({ uid, namespace: pod.metadata?.namespace ?? '', name: pod.metadata?.name ?? '', netns: path, cookie: ns.cookie.toString(), containerId: '' });
+        if (ips.length && !this.#holds(ns, ips)) {
+          ns.close();
+          continue;
+        }
+        const sb = this.#store.add({ uid, namespace: pod.metadata?.namespace ?? '', name: pod.metadata?.name ?? '', netns: path, cookie: ns.cookie.toString(), containerId: '', ips });
         this.#store.hold(sb, ns);
         break;
       }
+    }
+  }
+
+  #holds(ns: PodNetns, ips: string[]): boolean {
+    try {
+      return holdsAny(this.#addrs(ns), ips);
+    } catch {
+      return false;
     }
   }
 
