@@ -71,6 +71,12 @@ export interface BackendOptions {
    * every connection to a pod is captured. The agent passes /proc/1/ns/net unless told otherwise.
    */
   hostNetns?: string;
+  /**
+   * Capture pods' IPv6 too, dual-stack and IPv6-only pods (istio-cni's ambient.ipv6, AMBIENT_IPV6),
+   * where the backend can: RedirectBackend.ipv6 says whether it does. Unset or false, or a backend
+   * that cannot: pods with IPv6 addresses are refused at enrollment.
+   */
+  ipv6?: boolean;
 }
 
 export interface RedirectBackend {
