@@ -102,7 +102,12 @@ interface PodRecord {
 }
 
 export class EbpfBackend implements RedirectBackend {
-  /** no IPv6 capture yet (no connect6/sk_lookup for IPv6): pods with IPv6 addresses are refused (issue 18) */
+  /**
+   * No IPv6 capture yet, so the agent refuses pods with IPv6 addresses (fail closed, issue 18).
+   * TODO(issue 18, capture layer): true with BackendOptions.ipv6 once connect6/sendmsg6, sk_lookup
+   * and SO_ORIGINAL_DST answer IPv6 and sockops records the host netns's IPv6 connections (kubelet
+   * probes) as it records IPv4 ones (bpf/sockops.bpf.c record_node_connect).
+   */
   readonly ipv6: boolean = false;
   readonly name = 'ebpf' as const;
   readonly pinRoot: string;

@@ -28,7 +28,12 @@ export interface IptablesOptions extends BackendOptions {
 const RULE = `fwmark ${CONNMARK} lookup ${ROUTE_TABLE}`;
 
 export class IptablesBackend implements RedirectBackend {
-  /** no ip6tables rules yet: pods with IPv6 addresses are refused (issue 18) */
+  /**
+   * No ip6tables rules yet, so the agent refuses pods with IPv6 addresses (fail closed, issue 18).
+   * TODO(issue 18, capture layer): BackendOptions.ipv6 once Istio's ip6tables rules go in beside
+   * the IPv4 ones, with the host probe SNAT of IPv6 pod IPs to fd16:9254:7127:1337:ffff:ffff:ffff:ffff
+   * in the node netns (iptables-host.ts; istio's HostProbeV6SNATAddress).
+   */
   readonly ipv6: boolean = false;
   readonly name = 'iptables' as const;
   readonly #run: Runner;
