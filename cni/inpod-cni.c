@@ -322,6 +322,53 @@ out:
 	return r;
 }
 
+/* 1 if paths a and b name the same netns (the same string, or the same nsfs inode), else 0. */
+static int same_netns(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	if (!strcmp(a, b)) return 1;
+	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* 1 if path a is a netns other than b's: both exist and are different inodes. */
+static int other_netns(const char *a, const char *b)
+{
+	struct stat sa, sb;
+	return strcmp(a, b) && stat(a, &sa) == 0 && stat(b, &sb) == 0 && (sa.st_dev != sb.st_dev || sa.st_ino != sb.st_ino);
+}
+
+/*
+ * The pod's addresses are those the result puts in the pod's netns: an entry of prevResult.ips
+ * on an interface whose "sandbox" (CNI spec: the netns it is in) is another netns than CNI_NETNS
+ * is not the pod's, nor is one on a host-side interface (no sandbox) when the result names the
+ * pod's interfaces (some with sandbox CNI_NETNS; the bridge plugin does). Sandboxes are compared
+ * by the netns they name, so another spelling of the same path passes; a sandbox path that names
+ * nothing here, or a result that names no sandbox at all, says nothing either way: the agent
+ * checks every address against the pod's netns. Fails with 7.
+ */
+static int check_pod_ips(const struct netconf *c, const char *netns)
+{
+	json_t *ips = c->prev ? member(c->prev, "ips") : NULL, *ifaces = c->prev ? member(c->prev, "interfaces") : NULL;
+	int named = 0;
+	for (size_t k = 0; k < json_array_size(ifaces); k++) {
+		const char *sb = plain_string(member(json_array_get(ifaces, k), "sandbox"));
+		named |= sb && same_netns(sb, netns);
+	}
+	for (size_t i = 0; i < json_array_size(ips); i++) {
+		json_t *e = json_array_get(ips, i), *v = member(e, "interface");
+		if (!v) continue;
+		json_t *iface = json_array_get(ifaces, json_integer_value(v));
+		const char *sb = plain_string(member(iface, "sandbox"));
+		if (sb ? !other_netns(sb, netns) : !named) continue;
+		char a[128], n[128], where[256];
+		if (sb) snprintf(where, sizeof(where), "in sandbox %s", show_str(sb, n));
+		else snprintf(where, sizeof(where), "on the host side (no sandbox)");
+		return fail(CNI_ERR_INVALID_CONFIG, FIX_CONF, "inpod-cni: the network configuration's prevResult.ips[%zu].address %s is on interface %lld (%s) %s, not in the pod's network namespace %s: it is not the pod's address",
+			    i, show(json_object_get(e, "address"), a), (long long)json_integer_value(v), plain_string(member(iface, "name")) ? plain_string(member(iface, "name")) : "?", where, netns);
+	}
+	return 0;
+}
+
 /* The event the agent reads (ts/cni/plugin.ts PodEvent), as JSON text. */
 static char *pod_event(const struct pod *p, const char *netns, const char *id, json_t *ips)
 {
@@ -346,7 +393,7 @@ static int cmd_add(const struct netconf *c)
 		fail(CNI_ERR_INVALID_CONFIG, "put inpod-cni last in the conflist's plugins", "inpod-cni must be chained after the plugin that creates the pod network (no prevResult)");
 		return error_out(c->version);
 	}
-	if (check_add_env(id, netns) < 0 || pod_identity(getenv("CNI_ARGS"), &p) < 0) return error_out(c->version);
+	if (check_add_env(id, netns) < 0 || check_pod_ips(c, netns) < 0 || pod_identity(getenv("CNI_ARGS"), &p) < 0) return error_out(c->version);
 	/* not a Kubernetes pod, or not one of the mesh: nothing for the agent to do */
 	if (!p.name[0] || mesh_lookup(c, &p, why, sizeof(why)) == PASS) return pass_through(c);
 	char *event = pod_event(&p, netns, id, c->ips);

@@ -166,41 +166,128 @@ struct netconf {
 	long timeout_ms;
 	json_t *prev;    /* the previous plugin's result, passed through unchanged (NULL: not chained) */
 	json_t *exclude; /* namespaces whose pods never concern the mesh (NULL: the defaults) */
-	json_t *ips;     /* new: the pod's addresses from prevResult.ips, without prefix length */
+	json_t *ips;     /* new: the pod's addresses from prevResult.ips, both families, canonical, no prefix length */
 };
 
-static int check_address(const json_t *a, size_t i)
+/*
+ * Why an address cannot be a pod's, or NULL. CNI stdin is a boundary: the plugin before inpod-cni
+ * (or whoever can write the conflist) names the pod's addresses, and the capture layer treats
+ * them as the pod's (its inbound steering and host probe rules are keyed by them), so an address
+ * no pod interface can hold is refused rather than passed on: the unspecified, loopback,
+ * link-local, multicast and reserved ranges of both families, IPv4-mapped and IPv4-compatible
+ * IPv6, and the health-probe sources (169.254.7.127 is link-local; the IPv6 one is istio-cni's
+ * DefaultHostProbeSNATIPV6, cni/pkg/nodeagent/options.go), which would make a pod's own traffic
+ * look like the node's probes.
+ */
+static const char *not_pod_address(int af, const unsigned char *b)
 {
-	char field[64], ip[64];
+	static const unsigned char probe6[16] = {0xfd, 0x16, 0x92, 0x54, 0x71, 0x27, 0x13, 0x37,
+						 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	static const unsigned char zero[12];
+	if (af == AF_INET) {
+		if (b[0] == 0) return "in 0.0.0.0/8 (this host)";
+		if (b[0] == 127) return "a loopback address";
+		if (b[0] == 169 && b[1] == 254) return "link-local (169.254.0.0/16, where the health-probe source is)";
+		if (b[0] >= 224) return "multicast or reserved (224.0.0.0/3)";
+		return NULL;
+	}
+	if (!memcmp(b, zero, 10) && b[10] == 0xff && b[11] == 0xff) return "IPv4-mapped (::ffff:0:0/96); give the IPv4 address itself";
+	if (!memcmp(b, zero, 12)) return "unspecified, loopback or IPv4-compatible (::/96)";
+	if (b[0] == 0xff) return "multicast (ff00::/8)";
+	if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return "link-local (fe80::/10)";
+	if (!memcmp(b, probe6, 16)) return "the IPv6 health-probe source";
+	return NULL;
+}
+
+/* An IP address without prefix of either family into bin; its family (AF_INET, AF_INET6) or 0. */
+static int parse_ip(const char *s, unsigned char bin[16])
+{
+	if (!s || strlen(s) >= INET6_ADDRSTRLEN) return 0;
+	if (strchr(s, ':')) return inet_pton(AF_INET6, s, bin) == 1 ? AF_INET6 : 0;
+	return inet_pton(AF_INET, s, bin) == 1 ? AF_INET : 0;
+}
+
+/*
+ * prevResult.ips[i].address: "ip/prefix-length" of either family (CNI spec 1.0 "ips": address in
+ * CIDR notation), the prefix length in decimal without leading zeros. The address goes to `bin`,
+ * its family is returned; 0 with the failure set otherwise.
+ */
+static int check_address(const json_t *a, size_t i, unsigned char bin[16])
+{
+	char field[64], ip[INET6_ADDRSTRLEN];
 	snprintf(field, sizeof(field), "prevResult.ips[%zu].address", i);
 	const char *s = plain_string(a), *slash = s ? strchr(s, '/') : NULL;
-	unsigned char bin[16];
 	if (slash && (size_t)(slash - s) < sizeof(ip)) {
 		memcpy(ip, s, slash - s);
 		ip[slash - s] = 0;
 		const char *p = slash + 1;
 		size_t plen = strlen(p);
-		int v6 = strchr(ip, ':') != NULL;
-		int digits = plen >= 1 && plen <= 3 && strspn(p, "0123456789") == plen;
-		if (digits && atoi(p) <= (v6 ? 128 : 32) && inet_pton(v6 ? AF_INET6 : AF_INET, ip, bin) == 1) return 0;
+		int af = parse_ip(ip, bin);
+		int digits = plen >= 1 && plen <= 3 && strspn(p, "0123456789") == plen && (plen == 1 || p[0] != '0');
+		if (af && digits && atoi(p) <= (af == AF_INET6 ? 128 : 32)) {
+			const char *why = not_pod_address(af, bin);
+			if (!why) return af;
+			char shown[128];
+			fail(CNI_ERR_INVALID_CONFIG, FIX_CONF, "inpod-cni: the network configuration's %s %s is %s, which no pod can have", field, show(a, shown), why);
+			return 0;
+		}
 	}
-	return invalid(field, "an address with prefix length such as \"10.0.0.5/24\"", a);
+	invalid(field, "an address with prefix length such as \"10.0.0.5/24\" or \"fd00::5/64\"", a);
+	return 0;
+}
+
+/*
+ * One entry of prevResult.ips (CNI spec 1.0 "ips"; 0.3.x/0.4.0 results add "version"): address,
+ * gateway of the same family if given, version "4"/"6" matching the address if given, interface
+ * (if given) an index into prevResult.interfaces. Appends the address, as inet_ntop writes it
+ * (IPv6 lowercase and compressed), to c->ips unless it is there already.
+ */
+static int check_ip_entry(struct netconf *c, json_t *ifaces, const json_t *e, size_t i)
+{
+	char field[64], buf[INET6_ADDRSTRLEN];
+	unsigned char bin[16], gw[16];
+	snprintf(field, sizeof(field), "prevResult.ips[%zu]", i);
+	if (!json_is_object(e)) return invalid(field, "an object with an address", e);
+	int af = check_address(json_object_get(e, "address"), i, bin);
+	if (!af) return -1;
+	const char *fam = af == AF_INET ? "4" : "6";
+	json_t *v = member(e, "version");
+	snprintf(field, sizeof(field), "prevResult.ips[%zu].version", i);
+	if (v && (!plain_string(v) || strcmp(json_string_value(v), fam)))
+		return invalid(field, af == AF_INET ? "\"4\" (the address is IPv4)" : "\"6\" (the address is IPv6)", v);
+	v = member(e, "gateway");
+	snprintf(field, sizeof(field), "prevResult.ips[%zu].gateway", i);
+	if (v && parse_ip(plain_string(v), gw) != af)
+		return invalid(field, af == AF_INET ? "an IPv4 address (as the address is)" : "an IPv6 address (as the address is)", v);
+	v = member(e, "interface");
+	snprintf(field, sizeof(field), "prevResult.ips[%zu].interface", i);
+	if (v) {
+		json_int_t n = json_is_integer(v) ? json_integer_value(v) : -1;
+		if (n < 0 || (size_t)n >= json_array_size(ifaces) || !json_is_object(json_array_get(ifaces, n)))
+			return invalid(field, "the index of an entry of prevResult.interfaces", v);
+		json_t *sb = member(json_array_get(ifaces, n), "sandbox");
+		if (sb && !plain_string(sb)) {
+			snprintf(field, sizeof(field), "prevResult.interfaces[%lld].sandbox", (long long)n);
+			return invalid(field, "a network namespace path", sb);
+		}
+	}
+	inet_ntop(af, bin, buf, sizeof(buf));
+	for (size_t k = 0; k < json_array_size(c->ips); k++)
+		if (!strcmp(json_string_value(json_array_get(c->ips, k)), buf)) return 0;
+	json_array_append_new(c->ips, json_string(buf));
+	return 0;
 }
 
 static int check_prev_ips(struct netconf *c)
 {
 	json_t *ips = c->prev ? member(c->prev, "ips") : NULL;
+	json_t *ifaces = c->prev ? member(c->prev, "interfaces") : NULL;
 	c->ips = json_array();
 	if (!ips) return 0;
 	if (!json_is_array(ips)) return invalid("prevResult.ips", "a list", ips);
-	for (size_t i = 0; i < json_array_size(ips); i++) {
-		json_t *e = json_array_get(ips, i), *a = json_object_get(e, "address");
-		char field[40];
-		snprintf(field, sizeof(field), "prevResult.ips[%zu]", i);
-		if (!json_is_object(e)) return invalid(field, "an object with an address", e);
-		if (check_address(a, i) < 0) return -1;
-		json_array_append_new(c->ips, json_stringn(json_string_value(a), strchr(json_string_value(a), '/') - json_string_value(a)));
-	}
+	if (ifaces && !json_is_array(ifaces)) return invalid("prevResult.interfaces", "a list", ifaces);
+	for (size_t i = 0; i < json_array_size(ips); i++)
+		if (check_ip_entry(c, ifaces, json_array_get(ips, i), i) < 0) return -1;
 	return 0;
 }
 

@@ -5,7 +5,7 @@
  * failures again with backoff, others not; cni/pkg/nodeagent/informers.go), and what it keeps
  * after a restart. The same agent against the kernel and a real proxy: test/netns/agent.test.ts.
  */
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -47,7 +47,7 @@ describe('the agent, with a fake backend, source and ZDS', () => {
   async function startAgent(): Promise<Agent> {
     const a = new Agent({
       source, backend, stateDir: join(dir, 'state'), zdsPath: '/unused', pluginSocket: join(dir, `plugin${agents.length}.sock`), podWaitMs: 0,
-      zds: zds.factory, openNetns: table.opener, proc, bootId: 'boot-1', retry: { minMs: 100, maxMs: 400, timer: timer.timer },
+      zds: zds.factory, openNetns: table.opener, netnsAddrs: table.addresses, proc, bootId: 'boot-1', retry: { minMs: 100, maxMs: 400, timer: timer.timer },
       log: pino({ level: 'info' }, { write: (s: string) => log.push(JSON.parse(s)) }),
     });
     agents.unshift(a);
@@ -257,5 +257,100 @@ describe('the agent, with a fake backend, source and ZDS', () => {
     source.deletePod('mesh', 'a');
     await until('a uncaptured', () => backend.netns().length === 0 && !zds.serving.has(uid));
     expect(table.open).toBe(0);
+  });
+
+  describe('dual-stack and IPv6-only pods (issue 18)', () => {
+    const DUAL = { ipv4: ['10.200.1.5'], ipv6: ['fd00:200::1:0:0:5'] };
+    const addIps = (name: string, path: string, ips: unknown) =>
+      agents[0]!.cniAdd({ podNamespace: 'mesh', podName: name, podUid: uidOf('mesh', name), netns: path, containerId: `c-${name}`, ips: ips as string[] });
+    const dualNetns = (name: string, addrs = DUAL): string => {
+      const path = join(dir, name);
+      writeFileSync(path, '');
+      table.add(path, addrs);
+      return path;
+    };
+    const record = (name: string): { ips?: string[] } => {
+      const f = readdirSync(join(dir, 'state', 'pods')).find((x) => x.startsWith(encodeURIComponent(uidOf('mesh', name))))!;
+      return JSON.parse(readFileSync(join(dir, 'state', 'pods', f), 'utf8')) as { ips?: string[] };
+    };
+
+    it('ADD of a dual-stack pod with a backend that captures IPv6: enrolled with both addresses, served, its record carrying both', async () => {
+      backend.ipv6 = true;
+      source.setPod('mesh', 'd', {}, false);
+      const path = dualNetns('d');
+      expect(await addIps('d', path, ['10.200.1.5', 'FD00:200:0::1:0:0:5'])).toEqual({ enrolled: true, reason: 'ambient' });
+      expect([...backend.captured.values()][0]!.settings.podIps).toEqual(['10.200.1.5', 'fd00:200::1:0:0:5']);
+      expect(zds.serving.has(uidOf('mesh', 'd'))).toBe(true);
+      expect(record('d').ips).toEqual(['10.200.1.5', 'fd00:200::1:0:0:5']);
+    });
+
+    it('ADD of an IPv6-only pod with a backend that captures IPv6: enrolled with its IPv6 address', async () => {
+      backend.ipv6 = true;
+      source.setPod('mesh', 'six', {}, false);
+      const path = dualNetns('six', { ipv4: [], ipv6: ['fd00:200::6'] });
+      expect(await addIps('six', path, ['fd00:200::6'])).toMatchObject({ enrolled: true });
+      expect([...backend.captured.values()][0]!.settings.podIps).toEqual(['fd00:200::6']);
+    });
+
+    it('ADD of a dual-stack pod while the backend cannot capture IPv6: refused naming the IPv6 address, nothing captured or served (fail closed)', async () => {
+      source.setPod('mesh', 'd', {}, false);
+      const path = dualNetns('d');
+      await expect(addIps('d', path, ['10.200.1.5', 'fd00:200::1:0:0:5'])).rejects.toMatchObject({
+        code: 'INPOD_ERR_NETNS', retryable: false, message: expect.stringMatching(/has IPv6 addresses \(fd00:200::1:0:0:5\) and the ebpf backend does not capture IPv6/),
+      });
+      expect(backend.calls.filter((c) => c.startsWith('enroll'))).toEqual([]);
+      expect(zds.serving.size).toBe(0);
+      expect(table.open).toBe(0);
+    });
+
+    it('refuses the pod when its netns holds an IPv6 address the CNI result left out (SLAAC, say) and IPv6 is not captured: the netns decides, not the result', async () => {
+      source.setPod('mesh', 'd', {}, false);
+      const path = dualNetns('d');
+      await expect(addIps('d', path, ['10.200.1.5'])).rejects.toMatchObject({ code: 'INPOD_ERR_NETNS', message: expect.stringMatching(/fd00:200::1:0:0:5/) });
+      expect(backend.captured.size).toBe(0);
+    });
+
+    it('captures an address the CNI result left out when IPv6 is captured: the capture layer gets every address the netns holds', async () => {
+      backend.ipv6 = true;
+      source.setPod('mesh', 'd', {}, false);
+      await addIps('d', dualNetns('d'), ['10.200.1.5']);
+      expect([...backend.captured.values()][0]!.settings.podIps).toEqual(['10.200.1.5', 'fd00:200::1:0:0:5']);
+    });
+
+    it('refuses an ADD whose CNI result names an address the pod\'s netns does not hold (another pod\'s): INPOD_ERR_CNI, nothing captured', async () => {
+      backend.ipv6 = true;
+      source.setPod('mesh', 'd', {}, false);
+      await expect(addIps('d', dualNetns('d'), ['10.200.1.5', 'fd00:200::1:0:0:99'])).rejects.toMatchObject({
+        code: 'INPOD_ERR_CNI', message: expect.stringMatching(/names fd00:200::1:0:0:99, which its network namespace does not hold/),
+      });
+      expect(backend.captured.size).toBe(0);
+      expect(zds.serving.size).toBe(0);
+    });
+
+    it.each([
+      ['an address with a prefix length', ['fd00:200::5/64']],
+      ['a number', [5]],
+      ['not a list', 'fd00:200::5'],
+    ])('refuses an event on its socket whose ips hold %s, before opening anything', async (_what, ips) => {
+      source.setPod('mesh', 'd', {}, false);
+      await expect(addIps('d', dualNetns('d'), ips)).rejects.toMatchObject({ code: 'INPOD_ERR_CNI' });
+      expect(table.opens).toEqual([]);
+    });
+
+    it('a running pod found in /proc takes the netns holding one of its status.podIPs (either family), not another process\'s netns in its cgroup', async () => {
+      backend.ipv6 = true;
+      const p = source.setPod('plain', 'run', {}, false);
+      source.podMap.set('plain/run', { ...p, status: { podIP: '10.200.1.5', podIPs: [{ ip: '10.200.1.5' }, { ip: 'fd00:200::1:0:0:5' }] } });
+      proc.procs.set('30', `0::/kubepods/pod${p.metadata!.uid}/a.scope\n`); // a process of the pod that joined another netns
+      proc.procs.set('31', `0::/kubepods/pod${p.metadata!.uid}/b.scope\n`);
+      writeFileSync(proc.netns('30'), '');
+      table.add(proc.netns('30'), { ipv4: ['10.200.9.9'], ipv6: [] });
+      writeFileSync(proc.netns('31'), '');
+      table.add(proc.netns('31'), { ipv4: [], ipv6: ['fd00:200::1:0:0:5'] });
+      source.setNamespace('plain', true);
+      await until('run captured', () => backend.netns().length === 1);
+      expect(backend.netns()).toEqual([proc.netns('31')]);
+      expect(table.open).toBe(1); // the other netns was let go
+    });
   });
 });

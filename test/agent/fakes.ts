@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type { EnrolledPod, NetnsRef, PodNetns, PodSettings, RedirectBackend } from '../../ts/redirect/backend.js';
 import type { AgentZds } from '../../ts/agent/dataplane.js';
+import type { NetnsAddrs } from '../../ts/agent/podips.js';
 import type { NamespaceObj, PodObj } from '../../ts/agent/policy.js';
 import type { ProcFs } from '../../ts/agent/procscan.js';
 import type { Timer } from '../../ts/agent/queue.js';
@@ -40,12 +41,21 @@ export class FakeNetnsTable {
   open = 0;
   #next = 100n;
 
-  /** A new netns at `path` (a fresh cookie: a reused path names another netns). */
-  add(path: string): bigint {
+  /** the addresses each netns holds, by cookie (default: one IPv4 address of its own) */
+  readonly addrs = new Map<bigint, NetnsAddrs>();
+
+  /** A new netns at `path` (a fresh cookie: a reused path names another netns), with `addrs` if given. */
+  add(path: string, addrs?: NetnsAddrs): bigint {
     const c = this.#next++;
     this.paths.set(path, c);
+    if (addrs) this.addrs.set(c, addrs);
     return c;
   }
+  /** The agent's reader of a held netns's addresses. */
+  readonly addresses = (ns: PodNetns): NetnsAddrs => {
+    void ns.fd; // a closed netns cannot be read
+    return this.addrs.get(ns.cookie) ?? { ipv4: [`10.200.${Number(ns.cookie) >> 8}.${Number(ns.cookie) & 255}`], ipv6: [] };
+  };
   remove(path: string): void {
     this.paths.delete(path);
   }
@@ -65,6 +75,8 @@ export class FakeNetnsTable {
 /** A backend that keeps its captures in a map by cookie; `failures` are thrown by the next enrolls. */
 export class FakeBackend implements RedirectBackend {
   readonly name = 'ebpf' as const;
+  /** captures IPv6 (RedirectBackend.ipv6); the test sets it */
+  ipv6 = false;
   readonly captured = new Map<bigint, { netns: PodNetns; settings: Partial<PodSettings> }>();
   readonly calls: string[] = [];
   readonly failures: Error[] = [];

@@ -126,7 +126,7 @@ describe('the agent keeps the mesh view', () => {
     agent = new Agent({
       source, backend, stateDir: join(dir, 'state'), zdsPath: '/unused', pluginSocket: join(dir, 'plugin.sock'), podWaitMs: 0,
       meshView: path(), excludeNamespaces: ['ops'],
-      zds: new FakeZds().factory, openNetns: table.opener, proc: new FakeProc(dir), bootId: 'boot-1', retry: { minMs: 100, maxMs: 400, timer: new ManualTimer().timer },
+      zds: new FakeZds().factory, openNetns: table.opener, netnsAddrs: table.addresses, proc: new FakeProc(dir), bootId: 'boot-1', retry: { minMs: 100, maxMs: 400, timer: new ManualTimer().timer },
       log: pino({ level: 'silent' }),
     });
     await agent.start();

@@ -239,3 +239,36 @@ describe('inpod-cni DEL, CHECK, VERSION', () => {
     expect(agent.connections).toBe(0);
   });
 });
+
+describe('inpod-cni with dual-stack and IPv6-only pods (CNI spec 1.0 "ips", issue 18)', () => {
+  /** What the bridge plugin returns: host-side bridge and veth without sandbox, the pod's eth0 in CNI_NETNS. */
+  const result = (ips: object[]) => ({
+    cniVersion: '1.0.0',
+    interfaces: [{ name: 'br0', mac: '0a:58:0a:c8:01:01' }, { name: 'veth1', mac: '0a:58:0a:c8:01:02' }, { name: 'eth0', mac: '0a:58:0a:c8:01:05', sandbox: '/run/netns/p' }],
+    ips,
+  });
+  const add = async (prev: object, cniVersion = '1.0.0'): Promise<string[]> => {
+    const out = await cni({}, withConf({ cniVersion, prevResult: prev }));
+    expect(out.code, out.stdout).toBe(0);
+    expect(JSON.parse(out.stdout)).toEqual(prev); // passed through unchanged
+    return (agent.requests[0]?.body as { ips: string[] }).ips;
+  };
+
+  it('sends the agent every pod IP of a dual-stack result, IPv4 and IPv6, without prefix length', async () => {
+    const prev = result([
+      { address: '10.200.1.5/24', gateway: '10.200.1.1', interface: 2 },
+      { address: 'fd00:200::1:0:0:5/80', gateway: 'fd00:200::1:0:0:1', interface: 2 },
+    ]);
+    expect(await add(prev)).toEqual(['10.200.1.5', 'fd00:200::1:0:0:5']);
+  });
+
+  it('sends an IPv6-only pod\'s address, written as the kernel writes it (lowercase, compressed), each address once', async () => {
+    const prev = result([{ address: 'FD00:0200:0000:0000:0000:0000:0000:0007/64', interface: 2 }, { address: 'fd00:200::7/64', interface: 2 }]);
+    expect(await add(prev)).toEqual(['fd00:200::7']);
+  });
+
+  it('reads a 0.4.0 result\'s IPs with their "version" field, and ips without an interface index', async () => {
+    const prev = { cniVersion: '0.4.0', ips: [{ version: '4', address: '10.200.1.5/24' }, { version: '6', address: 'fd00:200::5/64' }] };
+    expect(await add(prev, '0.4.0')).toEqual(['10.200.1.5', 'fd00:200::5']);
+  });
+});

@@ -19,6 +19,7 @@ import { MeshError } from '../util/errors.js';
 import { logger, type Logger } from '../util/log.js';
 import type { RedirectBackend } from '../redirect/backend.js';
 import { openNetns, type PodNetns } from '../redirect/netns.js';
+import { netnsAddrsOfFd } from '../native/index.js';
 import { ZdsServer, type ZdsPod } from '../zds/server.js';
 import type { PodEvent } from '../cni/plugin.js';
 import { CniServer } from './cniserver.js';
@@ -28,6 +29,7 @@ import { MeshViewWriter, meshView } from './meshview.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
 import { plan, planAdd, planDel, planRestart, undiscovered, type SandboxView } from './plan.js';
 import { meshVerdict, type PodObj } from './policy.js';
+import { eventIps, holdsAny, statusPodIps, type NetnsAddrs } from './podips.js';
 import { hostProc, scanProc, type ProcFs } from './procscan.js';
 import { KeyedQueue, type QueueOptions } from './queue.js';
 import { SandboxStore } from './sandboxes.js';
@@ -60,6 +62,8 @@ export interface AgentOptions {
   /** seams for tests: the ZDS server, how a netns is opened, /proc, the boot id */
   zds?: (pods: () => ZdsPod[]) => AgentZds;
   openNetns?: (path: string) => PodNetns;
+  /** the global addresses of a held netns (default: read through its fd) */
+  netnsAddrs?: (ns: PodNetns) => NetnsAddrs;
   proc?: ProcFs;
   bootId?: string;
 }
@@ -76,6 +80,7 @@ export class Agent {
   readonly #cni: CniServer;
   readonly #excluded: ReadonlySet<string>;
   readonly #view?: MeshViewWriter;
+  readonly #addrs: (ns: PodNetns) => NetnsAddrs;
   #synced = false;
   #lease?: AgentLease;
   #handedOver = false;
@@ -94,7 +99,8 @@ export class Agent {
     this.#store = new SandboxStore(join(o.stateDir, 'pods'), { open: o.openNetns ?? openNetns, bootId });
     const pods = (): ZdsPod[] => [...this.#dp.served.values()];
     this.zds = o.zds ? o.zds(pods) : new ZdsServer({ path: o.zdsPath, pods, log: this.#log.child({ component: 'zds' }) });
-    this.#dp = new Dataplane({ backend: o.backend, zds: this.zds, store: this.#store, source: o.source, metrics: this.#metrics, log: this.#log });
+    this.#addrs = o.netnsAddrs ?? ((ns) => netnsAddrsOfFd(ns.fd));
+    this.#dp = new Dataplane({ backend: o.backend, zds: this.zds, store: this.#store, source: o.source, metrics: this.#metrics, log: this.#log, addrs: this.#addrs });
     this.#queue = new KeyedQueue({
       ...o.retry,
       onFailure: (pod, err, retryInMs, attempt) => {
@@ -242,36 +248,56 @@ export class Agent {
     this.#log.info({ kept }, 'reconciled capture with the cluster');
   }
 
-  /** Finds the netns of `pods` in /proc (one scan) and records them; each found netns stays held. */
+  /**
+   * Finds the netns of `pods` in /proc (one scan) and records them; each found netns stays held.
+   * A pod with addresses in its status (status.podIPs, both families, else status.podIP) takes
+   * the first netns that holds one of them, as istio-cni's netnsPodIPChecker: a process of the
+   * pod's cgroup in another netns (one that joined the host's, say) is not the pod's sandbox.
+   */
   #discover(pods: PodObj[]): void {
     if (pods.length === 0) return;
     const found = scanProc(pods.map((p) => p.metadata?.uid ?? ''), this.#o.proc ?? hostProc);
     for (const pod of pods) {
       const uid = pod.metadata?.uid ?? '';
+      const ips = statusPodIps(pod);
       for (const path of found.get(uid) ?? []) {
         const ns = this.#store.open(path);
         if (!ns) continue;
-        const sb = this.#store.add({ uid, namespace: pod.metadata?.namespace ?? '', name: pod.metadata?.name ?? '', netns: path, cookie: ns.cookie.toString(), containerId: '' });
+        if (ips.length && !this.#holds(ns, ips)) {
+          ns.close();
+          continue;
+        }
+        const sb = this.#store.add({ uid, namespace: pod.metadata?.namespace ?? '', name: pod.metadata?.name ?? '', netns: path, cookie: ns.cookie.toString(), containerId: '', ips });
         this.#store.hold(sb, ns);
         break;
       }
     }
   }
 
+  #holds(ns: PodNetns, ips: string[]): boolean {
+    try {
+      return holdsAny(this.#addrs(ns), ips);
+    } catch {
+      return false;
+    }
+  }
+
   /* ------------------------------------------------------------------ CNI events */
 
   /**
-   * ADD: record the sandbox (its netns opened here, once, and held); if the pod belongs in the
-   * mesh, capture it and make it the one the proxy serves (a pod's latest ADD wins), then return.
+   * ADD: record the sandbox (its netns opened here, once, and held) with the pod IPs of the CNI
+   * result, both families; if the pod belongs in the mesh, capture it with every address its
+   * netns holds (podips.ts) and make it the one the proxy serves (a pod's latest ADD wins), then return.
    */
   async cniAdd(ev: PodEvent): Promise<{ enrolled: boolean; reason: string }> {
     await this.#serving;
+    const ips = eventIps(ev.ips);
     if (!ev.netns || !existsSync(ev.netns)) throw new MeshError('INPOD_ERR_CNI', `netns ${ev.netns || '(none)'} of pod ${ev.podNamespace}/${ev.podName} does not exist`);
     const ns = this.#store.open(ev.netns);
     if (!ns) throw new MeshError('INPOD_ERR_CNI', `${ev.netns} of pod ${ev.podNamespace}/${ev.podName} is not a network namespace; the runtime must pass CNI_NETNS`);
     const found = await this.#waitForPod(ev.podNamespace, ev.podName, ev.podUid);
     const uid = ev.podUid || found?.metadata?.uid || `${ev.podNamespace}/${ev.podName}`;
-    const sb = this.#store.add({ uid, namespace: ev.podNamespace, name: ev.podName, netns: ev.netns, cookie: ns.cookie.toString(), containerId: ev.containerId ?? '' });
+    const sb = this.#store.add({ uid, namespace: ev.podNamespace, name: ev.podName, netns: ev.netns, cookie: ns.cookie.toString(), containerId: ev.containerId ?? '', ips });
     this.#store.hold(sb, ns);
     return this.#queue.run(`${ev.podNamespace}/${ev.podName}`, async () => {
       try {

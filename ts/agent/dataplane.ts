@@ -4,7 +4,8 @@
  * kernel captures and the proxy serves. Every backend and ZDS call gets the sandbox's netns as
  * the store holds it (opened once), never its path. As istio-cni's NetServer
  * (cni/pkg/nodeagent/net_linux.go AddPodToMesh / RemovePodFromMesh, ztunnelserver.go PodAdded).
- * The caller serializes the work of one pod.
+ * A sandbox is enrolled with every address its netns holds, IPv4 and IPv6 (podips.ts). The
+ * caller serializes the work of one pod.
  */
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
@@ -13,6 +14,7 @@ import type { PodNetns, PodSettings, RedirectBackend } from '../redirect/backend
 import type { ZdsPod } from '../zds/server.js';
 import type { AgentMetrics } from './metrics.js';
 import type { Action, RestartPlan, SandboxView } from './plan.js';
+import { captureAddresses, type NetnsAddrs } from './podips.js';
 import { REDIRECTION_ANNOTATION, type PodObj } from './policy.js';
 import { sandboxKey, type Sandbox, type SandboxStore } from './sandboxes.js';
 import type { ClusterSource } from './source.js';
@@ -40,6 +42,8 @@ export interface DataplaneDeps {
   source: Pick<ClusterSource, 'annotatePod'>;
   metrics: AgentMetrics;
   log: Logger;
+  /** the global addresses of a held netns (ts/native netnsAddrsOfFd; a fake in tests) */
+  addrs: (ns: PodNetns) => NetnsAddrs;
 }
 
 export class Dataplane {
@@ -126,7 +130,12 @@ export class Dataplane {
       }
       let changed = false;
       if (a.enroll && !this.captured.has(key)) {
-        await this.#d.backend.enroll(this.#netns(sb), a.settings);
+        const ns = this.#netns(sb);
+        // every address the netns holds, both families, goes to the capture layer; the one place
+        // a pod with IPv6 is refused while the backend cannot capture IPv6 (fail closed)
+        const claimed = sb.containerId ? sb.ips ?? [] : [];
+        const podIps = captureAddresses(`${sb.namespace}/${sb.name}`, claimed, this.#d.addrs(ns), { capable: this.#d.backend.ipv6, backend: this.#d.backend.name });
+        await this.#d.backend.enroll(ns, { ...a.settings, podIps });
         this.captured.add(key);
         changed = true;
       }

@@ -30,6 +30,12 @@ export interface Sandbox {
   cookie: string;
   /** CNI_CONTAINERID of its ADD ('' when found in /proc or migrated from the old format) */
   containerId: string;
+  /**
+   * The pod's addresses, both families (ts/agent/podips.ts): those its CNI result named (ADD),
+   * checked against its netns when it is captured; status.podIPs when found in /proc; absent in
+   * records written before issue 18.
+   */
+  ips?: string[];
   /** order of ADDs across all sandboxes: a pod's newest sandbox is the one the proxy serves */
   seq: number;
   /** /proc/sys/kernel/random/boot_id when the cookie was read */

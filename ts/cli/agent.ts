@@ -23,7 +23,9 @@ import { openNetns } from '../redirect/netns.js';
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
                  [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none] [--pod-name NAME --pod-namespace NS]
-                 [--mesh-view FILE] [--exclude-namespaces NS,NS]
+                 [--mesh-view FILE] [--exclude-namespaces NS,NS] [--ipv6]
+                 (--ipv6, or AMBIENT_IPV6=true: capture dual-stack and IPv6-only pods where the backend
+                 can; otherwise a pod with IPv6 addresses is refused at CNI ADD)
                  (its own pod, POD_NAME / POD_NAMESPACE by default: read at shutdown to tell an
                  uninstall, which removes inpod-cni, from an upgrade or reboot, which keeps it)
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
@@ -49,6 +51,8 @@ const OPTIONS = {
   'mesh-view': { type: 'string' },
   /** pods there never concern the mesh (default kube-system and the agent's own namespace, else inpod-system) */
   'exclude-namespaces': { type: 'string' },
+  /** capture pods' IPv6 (istio-cni's ambient.ipv6; default AMBIENT_IPV6, else off) */
+  ipv6: { type: 'boolean' },
 } as const;
 
 /** The host's netns as the agent (hostPID) sees it: init's. */
@@ -81,8 +85,10 @@ export async function agentCommand(argv: string[]): Promise<void> {
   });
   const source = kube?.source ?? new ManifestSource(v.manifests!, node || undefined);
   const hostNetns = hostNetnsSetting(v['host-netns'], log);
-  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns });
+  const ipv6 = ipv6Setting(v.ipv6, process.env.AMBIENT_IPV6);
+  const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns, ipv6 });
   await backend.install();
+  if (ipv6 && !backend.ipv6) log.warn({ backend: backend.name }, 'IPv6 capture asked for, but this backend does not capture IPv6: pods with IPv6 addresses are refused at CNI ADD');
 
   const excludeNamespaces = v['exclude-namespaces'] !== undefined ? v['exclude-namespaces'].split(',').map((x) => x.trim()).filter(Boolean) : ['kube-system', podNamespace || 'inpod-system'];
   const badNs = excludeNamespaces.find((n) => !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(n));
@@ -126,6 +132,14 @@ export async function agentCommand(argv: string[]): Promise<void> {
   }
   agent.stop();
   health.close();
+}
+
+/**
+ * --ipv6, else AMBIENT_IPV6 (istio-cni's configmap key for the chart's ambient.ipv6): "true" or
+ * "1" turns IPv6 capture on; anything else, or neither, leaves it off. Pure.
+ */
+export function ipv6Setting(flag: boolean | undefined, env: string | undefined): boolean {
+  return flag ?? /^(true|1)$/i.test((env ?? '').trim());
 }
 
 /**

@@ -25,6 +25,7 @@ export interface PodEvent {
   podUid: string;
   netns: string;
   containerId: string;
+  /** prevResult.ips of both families without prefix length, canonical, each once (cni/input.h check_prev_ips) */
   ips: string[];
 }
 

@@ -75,16 +75,22 @@ export interface BackendOptions {
    */
   hostNetns?: string;
   /**
-   * Enroll pods that have global IPv6 addresses (dual-stack and IPv6-only pods), capturing their
-   * IPv6 as their IPv4. Off by default while the proxy listens on IPv4 only: such a pod is then
-   * refused at enroll (INPOD_ERR_NETNS), as before, rather than captured into listeners that
-   * refuse every IPv6 connection. Pods without IPv6 addresses are unaffected either way.
+   * Capture pods' IPv6 too, dual-stack and IPv6-only pods (istio-cni's ambient.ipv6, AMBIENT_IPV6),
+   * where the backend can: RedirectBackend.ipv6 says whether it does. Unset or false, or a backend
+   * that cannot: pods with IPv6 addresses are refused at enrollment.
    */
   ipv6?: boolean;
 }
 
 export interface RedirectBackend {
   readonly name: BackendName;
+  /**
+   * Captures IPv6 (issue 18): a pod with IPv6 addresses, dual-stack or IPv6-only, is enrolled
+   * with its IPv6 traffic under the same contract as its IPv4. False: it cannot (or is set not
+   * to), and the agent refuses such a pod at enrollment (ts/agent/podips.ts captureAddresses)
+   * rather than capture its IPv4 and let its IPv6 around the proxy.
+   */
+  readonly ipv6: boolean;
   /**
    * Installs the host-level parts (eBPF: programs loaded, attached at the cgroup and pinned, the
    * host netns's cookie written; iptables: the probe SNAT chain in the host netns, when one is

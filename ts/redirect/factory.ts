@@ -33,6 +33,9 @@ class ExclusiveBackend implements RedirectBackend {
   get name(): BackendName {
     return this.own.name;
   }
+  get ipv6(): boolean {
+    return this.own.ipv6;
+  }
   install(): Promise<void> {
     return this.own.install();
   }

@@ -66,7 +66,8 @@ export class IptablesBackend implements RedirectBackend {
   readonly #recordDir: string;
   /** Istio's probe SNAT in the node's netns; null when no host netns is named */
   readonly #host: HostProbeRules | null;
-  readonly #ipv6: boolean;
+  /** BackendOptions.ipv6: pods with IPv6 addresses are enrolled (Istio's ip6tables rules beside the IPv4 ones), else refused */
+  readonly ipv6: boolean;
   readonly #families: readonly Family[];
 
   constructor(opts: IptablesOptions = {}) {
@@ -74,7 +75,7 @@ export class IptablesBackend implements RedirectBackend {
     const want = opts.iptables ?? (process.env.INPOD_IPTABLES as IptablesFlavor | undefined) ?? 'auto';
     this.#flavor = want === 'auto' ? (binaryExists('iptables-nft-restore') ? 'nft' : 'legacy') : want;
     this.#recordDir = join(opts.stateDir ?? '/var/run/inpod', 'iptables');
-    this.#ipv6 = opts.ipv6 ?? false;
+    this.ipv6 = opts.ipv6 ?? false;
     this.#families = opts.families ?? (existsSync('/proc/sys/net/ipv6') ? FAMILIES : [4]);
     const installed = (): IptablesFlavor[] => (['legacy', 'nft'] as const).filter((f) => binaryExists(`iptables-${f}-save`));
     this.#host = opts.hostNetns === undefined ? null : new HostProbeRules(opts.hostNetns, this.#run, this.#flavor, installed);
@@ -95,7 +96,7 @@ export class IptablesBackend implements RedirectBackend {
 
   async #enroll(ns: PodNetns, partial: Partial<PodSettings>): Promise<EnrolledPod> {
     const settings = normalizeSettings(partial);
-    const podIps = await podAddresses(ns, settings.podIps, this.#ipv6);
+    const podIps = await podAddresses(ns, settings.podIps, this.ipv6);
     const cookie = ns.cookie;
     // Both families always, as istio-cni with IPv6 enabled: an IPv4-only pod's IPv6 (loopback
     // aside) is captured too, never around the proxy. A pod whose rules live in the other
