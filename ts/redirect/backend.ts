@@ -149,7 +149,13 @@ export function normalizeSettings(p: Partial<PodSettings>): PodSettings {
 
 /** An address as the kernel and iptables-save print it: IPv6 lowercase and compressed (RFC 5952). */
 export function canonicalIp(ip: string): string {
-  return isIPv6(ip) ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
+  if (!isIPv6(ip)) return ip;
+  const c = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  // URL writes an IPv4-mapped address in hex (::ffff:a00:1); the kernel in dotted form (::ffff:10.0.0.1)
+  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(c);
+  if (!m) return c;
+  const [hi, lo] = [parseInt(m[1]!, 16), parseInt(m[2]!, 16)];
+  return `::ffff:${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** "addr" or "addr/len" of either family, canonical; null when it is neither. */
