@@ -171,7 +171,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     say(`inpod bench${o.quick ? ' --quick' : ''}: prefix ${prefix}, ${host.kernel}, ${host.cpu}`);
     await env.setup(say);
     const any = [...env.configs.values()][0]!;
-    const capture = env.configs.get('ebpf') ?? env.configs.get('iptables');
+    const capture = env.configs.get('ebpf') ?? env.configs.get('iptables') ?? env.configs.get('ebpf6') ?? env.configs.get('iptables6');
     const daemonCommands = [
       ...(capture ? [describe(capture.clientAt, FWD_COMMAND) + '   # client and server pod of each capture row'] : []),
       describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
