@@ -2,8 +2,8 @@
  * `inpod bench [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]`: the
  * capture-only rows of issue 7 (no mesh vs capture with iptables vs capture with eBPF, the same
  * native forwarder standing in for the proxy; with --configs, also between IPv6-only pods) and
- * the enrollment timings, on one host. Writes a
- * markdown report, the JSON of every sample and an SVG chart under bench/results/ (or --out).
+ * the enrollment timings, on one host. Writes a markdown report, the JSON of every sample and an
+ * SVG chart under bench/results/ (or --out).
  * Everything it creates carries a per-run prefix and is removed at the end, also on Ctrl-C.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
