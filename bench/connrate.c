@@ -1,7 +1,8 @@
 /*
  * inpod-connrate: the connection-rate client of `inpod bench`. Each of THREADS threads loops:
  * new TCP connection, one HTTP/1.0 request, read the answer to EOF, close; for SECONDS seconds.
- * Prints one JSON line: {"conns":N,"errors":E,"seconds":S,"p50_us":..,"p99_us":..}.
+ * Prints one JSON line: {"conns":N,"errors":E,"seconds":S,"p50_us":..,"p99_us":..}. A request
+ * stalled for 10 s (connect, send or receive) is an error.
  *
  * Usage: inpod-connrate HOST PORT SECONDS THREADS [PATH]   (HOST: an IPv4 or IPv6 address)
  * Build: gcc -O2 -pthread -o build/inpod-connrate bench/connrate.c
@@ -15,11 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_THREADS 64
 #define HIST 100000 /* latency histogram in 10 us buckets, up to 1 s */
+#define STALL_S 10   /* a connect, send or recv blocked this long fails the request */
 
 static struct sockaddr_storage dst;
 static socklen_t dst_len;
@@ -48,6 +51,11 @@ static int one_request(void)
 	int fd = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
+	/* A connection that stalls (a SYN or a FIN lost for good) counts as an error after
+	 * STALL_S instead of holding its thread, and the whole run, past the deadline. */
+	struct timeval stall = { .tv_sec = STALL_S };
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stall, sizeof(stall));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof(stall));
 	int ok = connect(fd, (struct sockaddr *)&dst, dst_len) == 0 &&
 		 send(fd, request, request_len, MSG_NOSIGNAL) == (ssize_t)request_len;
 	size_t got = 0;
