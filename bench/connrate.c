@@ -1,9 +1,10 @@
 /*
  * inpod-connrate: the connection-rate client of `inpod bench`. Each of THREADS threads loops:
  * new TCP connection, one HTTP/1.0 request, read the answer to EOF, close; for SECONDS seconds.
- * Prints one JSON line: {"conns":N,"errors":E,"seconds":S,"p50_us":..,"p99_us":..}.
+ * Prints one JSON line: {"conns":N,"errors":E,"seconds":S,"p50_us":..,"p99_us":..}. A request
+ * stalled for 10 s (connect, send or receive) is an error.
  *
- * Usage: inpod-connrate HOST PORT SECONDS THREADS [PATH]
+ * Usage: inpod-connrate HOST PORT SECONDS THREADS [PATH]   (HOST: an IPv4 or IPv6 address)
  * Build: gcc -O2 -pthread -o build/inpod-connrate bench/connrate.c
  */
 #define _GNU_SOURCE
@@ -15,13 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_THREADS 64
 #define HIST 100000 /* latency histogram in 10 us buckets, up to 1 s */
+#define STALL_S 10   /* a connect, send or recv blocked this long fails the request */
 
-static struct sockaddr_in dst;
+static struct sockaddr_storage dst;
+static socklen_t dst_len;
 static char request[256];
 static size_t request_len;
 static double deadline;
@@ -44,10 +48,15 @@ static double now(void)
 static int one_request(void)
 {
 	char buf[16384];
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	int ok = connect(fd, (struct sockaddr *)&dst, sizeof(dst)) == 0 &&
+	/* A connection that stalls (a SYN or a FIN lost for good) counts as an error after
+	 * STALL_S instead of holding its thread, and the whole run, past the deadline. */
+	struct timeval stall = { .tv_sec = STALL_S };
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stall, sizeof(stall));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof(stall));
+	int ok = connect(fd, (struct sockaddr *)&dst, dst_len) == 0 &&
 		 send(fd, request, request_len, MSG_NOSIGNAL) == (ssize_t)request_len;
 	size_t got = 0;
 	while (ok) {
@@ -100,9 +109,19 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s HOST PORT SECONDS THREADS [PATH]\n", argv[0]);
 		return 2;
 	}
-	dst.sin_family = AF_INET;
-	dst.sin_port = htons(atoi(argv[2]));
-	if (inet_pton(AF_INET, argv[1], &dst.sin_addr) != 1) {
+	struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
+	struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
+	int v6 = strchr(argv[1], ':') != NULL;
+	if (v6) {
+		d6->sin6_family = AF_INET6;
+		d6->sin6_port = htons(atoi(argv[2]));
+		dst_len = sizeof(*d6);
+	} else {
+		d4->sin_family = AF_INET;
+		d4->sin_port = htons(atoi(argv[2]));
+		dst_len = sizeof(*d4);
+	}
+	if (inet_pton(v6 ? AF_INET6 : AF_INET, argv[1], v6 ? (void *)&d6->sin6_addr : (void *)&d4->sin_addr) != 1) {
 		fprintf(stderr, "bad address %s\n", argv[1]);
 		return 2;
 	}
@@ -110,7 +129,8 @@ int main(int argc, char **argv)
 	int threads = atoi(argv[4]);
 	if (threads < 1 || threads > MAX_THREADS)
 		threads = 8;
-	request_len = snprintf(request, sizeof(request), "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", argc > 5 ? argv[5] : "/", argv[1]);
+	request_len = snprintf(request, sizeof(request), v6 ? "GET %s HTTP/1.0\r\nHost: [%s]\r\n\r\n" : "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n",
+			       argc > 5 ? argv[5] : "/", argv[1]);
 	static struct worker ws[MAX_THREADS];
 	double start = now();
 	deadline = start + seconds;

@@ -1,10 +1,13 @@
 /*
  * inpod-fwd: the minimal native forwarder of `inpod bench`'s capture-only rows.
  *
- * It stands in for the proxy inside one pod netns: listens on the proxy's capture ports on 0.0.0.0,
- * and for each accepted connection reads the original destination (getsockopt(SOL_IP,
- * SO_ORIGINAL_DST), or getsockname() when that says ENOENT, as under sk_lookup steering),
- * connects there with the proxy's SO_MARK (so capture leaves the connection alone) and relays bytes
+ * It stands in for the proxy inside one pod netns: listens on the proxy's capture ports on [::],
+ * dual-stack (IPV6_V6ONLY off, as ztunnel's listeners: the eBPF backend takes an inbound listener
+ * only when it accepts IPv4, and steers IPv6 SYNs to it too), and for each accepted connection
+ * reads the original destination by the family on the wire: getsockopt(SOL_IP, SO_ORIGINAL_DST)
+ * for IPv4 (an IPv4-mapped peer), getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST) for IPv6, or
+ * getsockname() when that says ENOENT, as under sk_lookup steering. It connects there from a
+ * socket of that family with the proxy's SO_MARK (so capture leaves the connection alone) and relays bytes
  * both ways. One thread, level-triggered epoll, non-blocking sockets, a 64 KiB buffer per
  * direction; a FIN in one direction is passed on (shutdown(SHUT_WR)) once that direction's
  * buffer is drained, and the pair is closed when both directions are done. The same binary runs
@@ -29,6 +32,9 @@
 
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
 #endif
 #define BUF 65536
 #define MAX_LISTEN 8
@@ -164,30 +170,69 @@ static int is_own_port(int port)
 	return 0;
 }
 
+/*
+ * The original destination of a connection accepted from `peer`, as an IPv6 socket address (IPv4
+ * as ::ffff:a.b.c.d): conntrack's (or the eBPF backend's) answer at the level of the family on the
+ * wire, else the local address (steered without NAT: ENOENT). Returns -1 when there is none.
+ * One getsockopt per connection, as the IPv4-only forwarder made before.
+ */
+static int original_dst(int fd, const struct sockaddr_in6 *peer, struct sockaddr_in6 *out)
+{
+	socklen_t len;
+	if (IN6_IS_ADDR_V4MAPPED(&peer->sin6_addr)) {
+		struct sockaddr_in v4;
+		len = sizeof(v4);
+		if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &v4, &len) == 0) {
+			*out = (struct sockaddr_in6){ .sin6_family = AF_INET6, .sin6_port = v4.sin_port };
+			out->sin6_addr.s6_addr[10] = out->sin6_addr.s6_addr[11] = 0xff;
+			memcpy(&out->sin6_addr.s6_addr[12], &v4.sin_addr, 4);
+			return 0;
+		}
+	} else {
+		len = sizeof(*out);
+		if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len) == 0)
+			return 0;
+	}
+	len = sizeof(*out);
+	if (errno != ENOENT || getsockname(fd, (struct sockaddr *)out, &len) < 0)
+		return -1;
+	return 0;
+}
+
 static void on_accept(int lfd)
 {
 	for (;;) {
-		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_in6 peer;
+		socklen_t plen = sizeof(peer);
+		int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				perror("accept4");
 			return;
 		}
-		struct sockaddr_in dst;
-		socklen_t len = sizeof(dst);
-		if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &len) < 0) {
-			len = sizeof(dst);
-			if (errno != ENOENT || getsockname(fd, (struct sockaddr *)&dst, &len) < 0) {
-				close(fd);
-				continue;
-			}
-		}
-		/* A connection addressed to a listener of ours was not captured: refuse, never loop. */
-		if (is_own_port(ntohs(dst.sin_port))) {
+		union {
+			struct sockaddr sa;
+			struct sockaddr_in v4;
+			struct sockaddr_in6 v6;
+		} dst;
+		if (original_dst(fd, &peer, &dst.v6) < 0) {
 			close(fd);
 			continue;
 		}
-		int up = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		/* A connection addressed to a listener of ours was not captured: refuse, never loop. */
+		if (is_own_port(ntohs(dst.v6.sin6_port))) {
+			close(fd);
+			continue;
+		}
+		/* An IPv4-mapped destination (an IPv4 connection of the dual-stack listener): plain IPv4. */
+		socklen_t dlen = sizeof(dst.v6);
+		if (IN6_IS_ADDR_V4MAPPED(&dst.v6.sin6_addr)) {
+			struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = dst.v6.sin6_port };
+			memcpy(&v4.sin_addr, &dst.v6.sin6_addr.s6_addr[12], 4);
+			dst.v4 = v4;
+			dlen = sizeof(dst.v4);
+		}
+		int up = socket(dst.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		int mark = proxy_mark, one = 1;
 		if (up < 0 || setsockopt(up, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0) {
 			perror("upstream socket");
@@ -198,7 +243,7 @@ static void on_accept(int lfd)
 		}
 		setsockopt(up, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		int r = connect(up, (struct sockaddr *)&dst, sizeof(dst));
+		int r = connect(up, &dst.sa, dlen);
 		if (r < 0 && errno != EINPROGRESS) {
 			close(fd);
 			close(up);
@@ -261,12 +306,14 @@ static void on_event(struct end *e, uint32_t ev)
 
 static int listen_on(int port)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	int one = 1;
+	int fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1, zero = 0;
 	if (fd < 0)
 		die("socket");
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY) };
+	if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0)
+		die("IPV6_V6ONLY");
+	struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_ANY_INIT };
 	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
 		die("bind");
 	if (listen(fd, 4096) < 0)

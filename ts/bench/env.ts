@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SimNode, type SimPod } from '../sim/node.js';
+import { SimNode, type PodFamily, type SimPod } from '../sim/node.js';
 import { MARKS, PORTS } from '../istio.js';
 import { createBackend } from '../redirect/factory.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
@@ -21,7 +21,7 @@ import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
 import { ZdsServer } from '../zds/server.js';
 import { pino } from 'pino';
 
-export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath' | 'proxy-h2default';
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath' | 'proxy-h2default' | 'nomesh6' | 'iptables6' | 'ebpf6';
 export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
 /**
  * With --proxy: the real proxy (inpod ztunnel). HBONE between two enrolled pods under each
@@ -31,11 +31,17 @@ export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
 export const PROXY_CONFIGS: ConfigName[] = ['proxy-iptables', 'proxy-ebpf', 'proxy-passthrough', 'proxy-fastpath'];
 export const ALL_CONFIGS: ConfigName[] = [...CONFIGS, ...PROXY_CONFIGS];
 /**
+ * The capture-only rows for IPv6 (issue 18): the same three, between IPv6-only pods (addresses in
+ * fd00:200::/64), with the same forwarder (dual-stack, reading IP6T_SO_ORIGINAL_DST) and the same
+ * loads. Only when --configs names them: beside their IPv4 twins they double the capture rows' time.
+ */
+export const V6_CONFIGS: ConfigName[] = ['nomesh6', 'iptables6', 'ebpf6'];
+/**
  * Rows only --configs asks for. proxy-h2default: proxy-ebpf with Node's HTTP/2 defaults (64 KiB
  * windows, 16 KiB frames) in place of ztunnel's, through ztunnel's own environment variables:
  * the "before" of issue 16's HTTP/2 settings, measured beside proxy-ebpf in one run.
  */
-export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default'];
+export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default', ...V6_CONFIGS];
 /** Every row, in the order runs and reports list them. */
 export const KNOWN_CONFIGS: ConfigName[] = [...ALL_CONFIGS, ...OPTIONAL_CONFIGS];
 /** Node's HTTP/2 defaults (nghttp2: RFC 9113's initial window and frame size), as ztunnel's variables. */
@@ -49,18 +55,26 @@ export const CONFIG_LABEL: Record<ConfigName, string> = {
   'proxy-passthrough': 'proxy passthrough, eBPF, userspace copy',
   'proxy-fastpath': 'proxy passthrough, eBPF + fast path',
   'proxy-h2default': "proxy (HBONE), eBPF, Node's HTTP/2 defaults",
+  nomesh6: 'no mesh, IPv6',
+  iptables6: 'capture-only, iptables, IPv6',
+  ebpf6: 'capture-only, eBPF, IPv6',
 };
 
 /** The capture backend a configuration uses (null: no mesh). */
 export function backendOf(name: ConfigName): BackendName | null {
-  if (name === 'nomesh') return null;
-  return name === 'iptables' || name === 'proxy-iptables' ? 'iptables' : 'ebpf';
+  if (name === 'nomesh' || name === 'nomesh6') return null;
+  return name === 'iptables' || name === 'iptables6' || name === 'proxy-iptables' ? 'iptables' : 'ebpf';
+}
+
+/** The address family of a configuration's pods: IPv6-only for the *6 rows, else IPv4. */
+export function familyOf(name: ConfigName): PodFamily {
+  return (V6_CONFIGS as string[]).includes(name) ? 'ipv6' : 'ipv4';
 }
 const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
 export const FWD = join(BUILD_DIR, 'inpod-fwd');
-/** The forwarder as the capture rows run it: the proxy's mark, listening on its capture ports. */
+/** The forwarder as the capture rows run it: the proxy's mark, listening on its capture ports ([::], dual-stack). */
 export const FWD_COMMAND = [FWD, `0x${MARKS.proxy.toString(16)}`, String(PORTS.outbound), String(PORTS.inboundPlaintext)];
 export const CONNRATE = join(BUILD_DIR, 'inpod-connrate');
 export const HTTP_PORT = 80;
@@ -104,7 +118,8 @@ export class BenchEnv {
     if (!root) throw new Error('no cgroup2 mount in /proc/mounts: mount cgroup2 (see README "Requirements")');
     this.cgroups = { ebpf: join(root, `${prefix}-ebpf`), plain: join(root, `${prefix}-plain`) };
     this.workDir = mkdtempSync(join(tmpdir(), `${prefix}-`));
-    this.backendOpts = { cgroupPath: this.cgroups.ebpf, pinRoot: `/sys/fs/bpf/${prefix}inpod`, stateDir: join(this.workDir, 'state') };
+    // ipv6: the IPv6 rows' pods are enrolled (IPv4-only pods are the same either way)
+    this.backendOpts = { cgroupPath: this.cgroups.ebpf, pinRoot: `/sys/fs/bpf/${prefix}inpod`, stateDir: join(this.workDir, 'state'), ipv6: true };
   }
 
   /** Creates the node, pods, cgroups and backends; enrolls the capture pods; starts the daemons. */
@@ -117,9 +132,10 @@ export class BenchEnv {
       await be.install();
     }
     for (const name of this.names) {
-      const short = name.startsWith('proxy-') ? `p${name[6]}` : name[0]!; // pi pe pp pf ph
-      const client = await this.node.addPod(`${short}c`);
-      const server = await this.node.addPod(`${short}s`);
+      // pi pe pp pf ph; n i e; n6 i6 e6
+      const short = name.startsWith('proxy-') ? `p${name[6]}` : `${name[0]!}${familyOf(name) === 'ipv6' ? '6' : ''}`;
+      const client = await this.node.addPod(`${short}c`, familyOf(name));
+      const server = await this.node.addPod(`${short}s`, familyOf(name));
       for (const pod of [client, server]) await inNetns(pod.netnsPath, ['sysctl', '-qw', ...POD_SYSCTLS]);
       const cgroup = backendOf(name) === 'ebpf' ? this.cgroups.ebpf : this.cgroups.plain;
       const setup: ConfigSetup = {
@@ -133,7 +149,7 @@ export class BenchEnv {
       this.configs.set(name, setup);
       if (name.startsWith('proxy-')) {
         setup.fwdPids.push(await this.#startProxy(name, setup, cgroup));
-      } else if (name !== 'nomesh') {
+      } else if (backendOf(name) !== null) {
         // Enrolled first, listeners after: the eBPF sockops hook sees the inbound listener open.
         const be = this.backends.get(backendOf(name)!)!;
         await be.enroll(client.netnsPath);
@@ -251,6 +267,7 @@ http {
   scgi_temp_path ${dir}/scgi;
   server {
     listen ${HTTP_PORT} backlog=4096;
+    listen [::]:${HTTP_PORT} backlog=4096;
     root ${dir}/www;
     default_type application/octet-stream;
   }

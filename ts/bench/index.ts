@@ -1,8 +1,9 @@
 /**
  * `inpod bench [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]`: the
  * capture-only rows of issue 7 (no mesh vs capture with iptables vs capture with eBPF, the same
- * native forwarder standing in for the proxy) and the enrollment timings, on one host. Writes a
- * markdown report, the JSON of every sample and an SVG chart under bench/results/ (or --out).
+ * native forwarder standing in for the proxy; with --configs, also between IPv6-only pods) and
+ * the enrollment timings, on one host. Writes a markdown report, the JSON of every sample and an
+ * SVG chart under bench/results/ (or --out).
  * Everything it creates carries a per-run prefix and is removed at the end, also on Ctrl-C.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -12,7 +13,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
-import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, KNOWN_CONFIGS, OPTIONAL_CONFIGS, type ConfigName } from './env.js';
+import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, KNOWN_CONFIGS, OPTIONAL_CONFIGS, V6_CONFIGS, type ConfigName } from './env.js';
 import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
@@ -49,7 +50,8 @@ export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--co
                       no mesh vs capture-only iptables vs capture-only eBPF vs the real proxy (HBONE
                       under each backend; passthrough with and without the kernel fast path; not in
                       --quick unless --proxy), and enrollment timing. --configs runs only those rows
-                      (${KNOWN_CONFIGS.join(', ')}; ${OPTIONAL_CONFIGS.join(', ')} only when named)`;
+                      (${KNOWN_CONFIGS.join(', ')}; ${OPTIONAL_CONFIGS.join(', ')} only when named;
+                      ${V6_CONFIGS.join(', ')}: the capture-only rows between IPv6-only pods)`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
 
@@ -171,7 +173,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     say(`inpod bench${o.quick ? ' --quick' : ''}: prefix ${prefix}, ${host.kernel}, ${host.cpu}`);
     await env.setup(say);
     const any = [...env.configs.values()][0]!;
-    const capture = env.configs.get('ebpf') ?? env.configs.get('iptables');
+    const capture = env.configs.get('ebpf') ?? env.configs.get('iptables') ?? env.configs.get('ebpf6') ?? env.configs.get('iptables6');
     const daemonCommands = [
       ...(capture ? [describe(capture.clientAt, FWD_COMMAND) + '   # client and server pod of each capture row'] : []),
       describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +

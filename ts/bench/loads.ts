@@ -77,12 +77,13 @@ export function parseConnrate(out: string): { cps: number; conns: number; errors
   return { cps: r.conns / r.seconds, conns: r.conns, errors: r.errors, p50: r.p50_us / 1000, p99: r.p99_us / 1000 };
 }
 
-/** Builds the command line of a workload against the server IP. */
+/** Builds the command line of a workload against the server IP (IPv4 or IPv6). */
 export function loadArgv(w: WorkloadName, serverIp: string, p: LoadParams): string[] {
   const secs = Math.max(1, Math.round(p.seconds));
+  const host = serverIp.includes(':') ? `[${serverIp}]` : serverIp; // RFC 3986: an IPv6 literal in brackets
   switch (w) {
     case 'http':
-      return ['wrk', '-t1', `-c${p.httpConns}`, `-d${secs}s`, '--latency', `http://${serverIp}:${HTTP_PORT}/1k`];
+      return ['wrk', '-t1', `-c${p.httpConns}`, `-d${secs}s`, '--latency', `http://${host}:${HTTP_PORT}/1k`];
     case 'bulk1':
     case 'bulk8':
       return ['iperf3', '-c', serverIp, '-p', String(IPERF_PORT), '-t', String(secs), '-P', w === 'bulk1' ? '1' : '8', '-J'];

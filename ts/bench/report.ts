@@ -3,7 +3,7 @@
  * mesh and eBPF against iptables, CPU per unit of work, the enrollment rows and per-pod kernel
  * state, and how it was measured (host, versions, commands, repetitions). Pure given its input.
  */
-import { CONFIG_LABEL, KNOWN_CONFIGS, type ConfigName } from './env.js';
+import { CONFIG_LABEL, KNOWN_CONFIGS, V6_CONFIGS, backendOf, type ConfigName } from './env.js';
 import { PORTS } from '../istio.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
@@ -65,8 +65,21 @@ function figures(): [string, WorkloadName, (r: Row) => Stat | undefined, number]
   return out;
 }
 
+export interface HeadlineRatios {
+  iptablesVsNone: Ratio | null;
+  ebpfVsNone: Ratio | null;
+  ebpfVsIptables: Ratio | null;
+  proxyEbpfVsIptables: Ratio | null;
+  fastVsUserspace: Ratio | null;
+  h2ZtunnelVsNode: Ratio | null;
+  /** the same three capture-only ratios between IPv6-only pods (the *6 rows) */
+  iptablesVsNone6: Ratio | null;
+  ebpfVsNone6: Ratio | null;
+  ebpfVsIptables6: Ratio | null;
+}
+
 /** Ratios of the headline figures, for the README and the JSON. */
-export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ratio | null; ebpfVsNone: Ratio | null; ebpfVsIptables: Ratio | null; proxyEbpfVsIptables: Ratio | null; fastVsUserspace: Ratio | null; h2ZtunnelVsNode: Ratio | null }> {
+export function headlineRatios(rows: Row[]): Record<string, HeadlineRatios> {
   const out: ReturnType<typeof headlineRatios> = {};
   for (const [label, w, pick] of figures()) {
     const g = (c: ConfigName): Stat | undefined => {
@@ -74,7 +87,8 @@ export function headlineRatios(rows: Row[]): Record<string, { iptablesVsNone: Ra
       return r ? pick(r) : undefined;
     };
     const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
-    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')) };
+    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')),
+      iptablesVsNone6: rt(g('iptables6'), g('nomesh6')), ebpfVsNone6: rt(g('ebpf6'), g('nomesh6')), ebpfVsIptables6: rt(g('ebpf6'), g('iptables6')) };
   }
   return out;
 }
@@ -93,14 +107,16 @@ function trafficSection(rows: Row[]): string {
       cell(find(rows, 'bulk1', c)?.metrics.gbps, 2),
       cell(find(rows, 'bulk8', c)?.metrics.gbps, 2),
       cell(find(rows, 'connrate', c)?.metrics.cps),
-      c === 'nomesh' ? '–' : num(Math.max(...rows.filter((r) => r.config === c).map((r) => r.rssKb.max))),
+      backendOf(c) === null ? '–' : num(Math.max(...rows.filter((r) => r.config === c).map((r) => r.rssKb.max))),
     ];
   });
   const ratios = headlineRatios(rows);
   const withProxy = configs.includes('proxy-ebpf');
   const withFast = configs.includes('proxy-fastpath') && configs.includes('proxy-passthrough');
   const withH2 = configs.includes('proxy-ebpf') && configs.includes('proxy-h2default');
+  const withV6 = configs.some((c) => V6_CONFIGS.includes(c));
   const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables),
+    ...(withV6 ? [rcell(r.iptablesVsNone6), rcell(r.ebpfVsNone6), rcell(r.ebpfVsIptables6)] : []),
     ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : [])]);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
@@ -121,7 +137,8 @@ function trafficSection(rows: Row[]): string {
     '',
     'Above 1 is more for the first configuration: better for rates, worse for latency and CPU.',
     '',
-    table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables', ...(withProxy ? ['proxy eBPF / proxy iptables'] : []),
+    table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables',
+      ...(withV6 ? ['IPv6: iptables / no mesh', 'IPv6: eBPF / no mesh', 'IPv6: eBPF / iptables'] : []), ...(withProxy ? ['proxy eBPF / proxy iptables'] : []),
       ...(withFast ? ['fast path / userspace passthrough'] : []), ...(withH2 ? ["ztunnel's HTTP/2 settings / Node's defaults (proxy eBPF)"] : [])], rbody),
     '',
     '### CPU seconds per unit of work',
@@ -204,6 +221,9 @@ function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
     '- topology: one simulated node (a node netns with a Linux bridge); per configuration a client pod and a server pod',
     '  (netns wired by the CNI bridge plugin), all on the same bridge. Capture rows enroll both pods and run',
     `  build/inpod-fwd in each: client app -> client pod forwarder (${PORTS.outbound}) -> server pod forwarder (${PORTS.inboundPlaintext}) -> app.`,
+    '  The forwarder listens on [::] dual-stack (as ztunnel) and reads the original destination at the level of the',
+    '  family on the wire (SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST). The IPv6 rows (no mesh, IPv6 and its twins) use',
+    '  IPv6-only pods (fd00:200::/64 from host-local), the same loads, forwarder and backends (IPv6 capture on).',
     '  The eBPF configuration\'s processes run in a child cgroup where the hooks are attached; the others in a sibling',
     '  cgroup without programs. The iptables pods are separate pods, so conntrack never runs in the other rows\' pods.',
     info.pinned
@@ -233,6 +253,8 @@ function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
 export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], enroll: EnrollSample[], state: PodState[]): string {
   const r = headlineRatios(rows);
   const pick = (k: string): string => rcell(r[k]?.ebpfVsIptables ?? null);
+  const pick6 = (k: string): string => rcell(r[k]?.ebpfVsIptables6 ?? null);
+  const v6 = rows.some((x) => V6_CONFIGS.includes(x.config));
   const enr = enroll.filter((s) => s.via === 'factory' && s.op === 'enroll');
   const top = Math.max(...enr.map((s) => s.n));
   const ep = (b: string): number => percentile(enr.filter((s) => s.backend === b && s.n === top).map((s) => s.ms), 50);
@@ -244,6 +266,10 @@ export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], e
       `Gbit/s ×8 ${pick('Gbit/s, 8 streams')}, p99 latency ${pick('latency p99 (ms)')}` +
       (enr.length ? `; enrolling one pod at N=${top}: iptables ${num(ep('iptables'), 1)} ms, eBPF ${num(ep('ebpf'), 1)} ms (p50).` : '.'),
     '',
+    ...(v6
+      ? [`IPv6 (IPv6-only pods), eBPF / iptables: requests/s ${pick6('requests/s')}, new connections/s ${pick6('new connections/s')}, ` +
+          `Gbit/s ×1 ${pick6('Gbit/s, 1 stream')}, Gbit/s ×8 ${pick6('Gbit/s, 8 streams')}, p99 latency ${pick6('latency p99 (ms)')}.`, '']
+      : []),
     `Figures per workload: ${WORKLOADS.map((w) => `${w} = ${WORKLOAD_LABEL[w]}, ${PRIMARY[w].label}`).join('; ')}.`,
     '',
     trafficSection(rows),
