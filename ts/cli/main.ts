@@ -7,13 +7,13 @@
 import { MeshError } from '../util/errors.js';
 
 async function usage(): Promise<string> {
-  const [{ AGENT_USAGE }, { ZTUNNEL_USAGE }, { REDIRECT_USAGE }] = await Promise.all([import('./agent.js'), import('./ztunnel.js'), import('./redirect.js')]);
+  const [{ AGENT_USAGE }, { ZTUNNEL_USAGE }, { REDIRECT_USAGE }, { BENCH_USAGE }] = await Promise.all([import('./agent.js'), import('./ztunnel.js'), import('./redirect.js'), import('../bench/index.js')]);
   return `inpod: node data plane of a sidecar-less service mesh
 
 ${AGENT_USAGE}
 ${ZTUNNEL_USAGE}
 ${REDIRECT_USAGE}
-  inpod bench    [--quick] [--pods N] [--out DIR] [--reps R] [--seconds S]   eBPF vs iptables vs no mesh, side by side
+${BENCH_USAGE}
   inpod doctor   [--bpffs DIR] [--cni-conf-dir DIR] [--netns PATH]... [--json]   checks this host, each failure with its fix
   inpod demo          capture on this host: two pods as network namespaces, one connection captured`;
 }
