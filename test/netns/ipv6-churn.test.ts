@@ -73,4 +73,13 @@ describe('eBPF capture, IPv6-only pod, connection churn', () => {
       expect(c.answered).toBeGreaterThanOrEqual(CONNECTIONS);
     }
   }, 180_000);
+
+  it('takes its ::1 route off the pod link again at unenroll, and adds it back at re-enroll', async () => {
+    const onLink = (): boolean => /^local ::1 dev eth0/m.test(execFileSync('nsenter', [`--net=${pod.netnsPath}`, 'ip', '-6', 'route', 'show', 'table', 'local'], { encoding: 'utf8' }));
+    expect(onLink()).toBe(true);
+    await backend.unenroll(pod.netnsPath);
+    expect(onLink()).toBe(false);
+    await backend.enroll(pod.netnsPath);
+    expect(onLink()).toBe(true);
+  });
 });
