@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <net/if.h>
 #include <linux/fib_rules.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -15,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/statfs.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -207,6 +209,67 @@ static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), 0);
 }
 
+// `local ::1 dev IFINDEX table local` for each link with a global IPv6 address, inside the netns.
+// Why: a packet from ::1 to the pod's own IPv6 address crosses lo, but its input route is the
+// address's local route, whose device is the link holding it, so the kernel records that link as
+// its incoming interface; an answer without a socket of its own (a RST, a TIME_WAIT ACK) to ::1
+// is routed strictly by that interface (rt6_need_strict), misses `local ::1 dev lo`, leaves by
+// the default route and is dropped by the peer (loopback address on a link). This route makes
+// that strict lookup local. Idempotent: EEXIST on add, ENOENT/ESRCH on remove are success.
+static bool Loopback6OnLinks(Step *st, bool add) {
+  struct ifaddrs *ifa;
+  if (getifaddrs(&ifa) < 0) return st->Fail("getifaddrs");
+  std::vector<uint32_t> links;
+  for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET6) continue;
+    auto *a = &reinterpret_cast<struct sockaddr_in6 *>(i->ifa_addr)->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_LINKLOCAL(a)) continue;
+    uint32_t idx = if_nametoindex(i->ifa_name);
+    if (idx > 1 && std::find(links.begin(), links.end(), idx) == links.end()) links.push_back(idx);
+  }
+  freeifaddrs(ifa);
+  int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (s < 0) return st->Fail("socket(NETLINK_ROUTE)");
+  for (uint32_t idx : links) {
+    NlReq r;
+    memset(&r, 0, sizeof(r));
+    r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+    r.h.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
+    r.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
+    r.rt.rtm_family = AF_INET6;
+    r.rt.rtm_dst_len = 128;
+    r.rt.rtm_table = RT_TABLE_LOCAL;
+    r.rt.rtm_protocol = RTPROT_BOOT;
+    r.rt.rtm_scope = RT_SCOPE_HOST;
+    r.rt.rtm_type = RTN_LOCAL;
+    struct in6_addr lo = IN6ADDR_LOOPBACK_INIT;
+    AddAttr(&r, RTA_DST, &lo, sizeof(lo));
+    AddAttr(&r, RTA_OIF, &idx, sizeof(idx));
+    int err = NlTalk(s, &r);
+    if (err && !(add && err == EEXIST) && !(!add && (err == ENOENT || err == ESRCH))) {
+      close(s);
+      return st->Fail(add ? "netlink(RTM_NEWROUTE ::1)" : "netlink(RTM_DELROUTE ::1)", err);
+    }
+  }
+  close(s);
+  return true;
+}
+
+// netnsLoopback6OnLinks(nsFd, add) -> 0 | {errno, syscall}: `ip -6 route add local ::1 dev LINK
+// table local` for every link with a global IPv6 address (add), or those routes deleted.
+static Napi::Value NetnsLoopback6OnLinks(const Napi::CallbackInfo &info) {
+  int nsFd = IntArg(info, 0);
+  bool add = info[1].ToBoolean();
+  Step st;
+  {
+    NetnsGuard g(nsFd);
+    if (g.err()) st.Fail(g.syscall(), g.err());
+    else Loopback6OnLinks(&st, add);
+  }
+  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
+  return Napi::Number::New(info.Env(), 0);
+}
+
 // statfsType(path) -> f_type | -errno: tells an nsfs file, a bpffs and a cgroup2 mount apart
 static Napi::Value StatfsType(const Napi::CallbackInfo &info) {
   struct statfs st;
@@ -219,6 +282,7 @@ void InitNetns(Napi::Env env, Napi::Object exports) {
   exports.Set("netnsAddrs", Napi::Function::New(env, NetnsAddrs));
   exports.Set("netnsWrite", Napi::Function::New(env, NetnsWrite));
   exports.Set("netnsLocalRoute", Napi::Function::New(env, NetnsLocalRoute));
+  exports.Set("netnsLoopback6OnLinks", Napi::Function::New(env, NetnsLoopback6OnLinks));
   exports.Set("statfsType", Napi::Function::New(env, StatfsType));
 }
 

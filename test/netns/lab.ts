@@ -107,8 +107,11 @@ export class PodShell {
     });
   }
 
-  /** `paused`: nothing is accepted (connections wait in the backlog) until resume(). */
-  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; paused?: boolean; v6only?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
+  /**
+   * `paused`: nothing is accepted (connections wait in the backlog) until resume(). `hangup`: each
+   * connection is answered once and closed by the listener's side first (as an HTTP/1.0 server).
+   */
+  async listen(o: { host?: string; port: number; tag: string; echo?: boolean; hangup?: boolean; paused?: boolean; v6only?: boolean } & SocketOpts): Promise<{ id: string; port: number }> {
     const r = await this.request<{ ok: boolean; id: string; port: number; error?: string }>('listen', o);
     if (!r.ok) throw new Error(`listen ${o.host ?? '0.0.0.0'}:${o.port} in ${this.where}: ${r.error}`);
     this.#tags.set(o.tag, r.id);

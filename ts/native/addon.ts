@@ -127,6 +127,7 @@ export interface NativeAddon {
   netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
   netnsWrite(nsFd: number, path: string, value: string): number | SysFail;
   netnsLocalRoute(nsFd: number, mark: number, table: number, pref: number, add: boolean, family: number): number | SysFail;
+  netnsLoopback6OnLinks(nsFd: number, add: boolean): number | SysFail;
   epollNew(cb: (token: number, events: number, value?: number) => void): EpollHandle | number;
   epollCtl(h: EpollHandle, op: number, fd: number, events: number, token: number): number;
   epollRingbuf(h: EpollHandle, mapFd: number, token: number): number;

@@ -161,6 +161,15 @@ const AF_INET6 = 10;
  * `ip rule fwmark MARK lookup TABLE` + `local 0.0.0.0/0 dev lo table TABLE` in the netns of `nsFd`
  * (add or remove); with `family` 6, their IPv6 twins (`ip -6 ...`, `local ::/0`).
  */
+/**
+ * `local ::1 dev LINK table local` for every link of the netns of `nsFd` with a global IPv6
+ * address (add or remove): the kernel's answers without a socket (RST, TIME_WAIT ACK) to ::1 for
+ * segments from ::1 to a pod address are routed strictly by that link, and leave by it without
+ * this (addon/src/netns.cc, Loopback6OnLinks).
+ */
+export function netnsLoopback6OnLinksOfFd(nsFd: number, add: boolean): void {
+  checkComposite(addon().netnsLoopback6OnLinks(nsFd, add));
+}
 export function netnsLocalRouteOfFd(nsFd: number, mark: number, table: number, pref: number, add: boolean, family: 4 | 6 = 4): void {
   checkComposite(addon().netnsLocalRoute(nsFd, mark, table, pref, add, family === 4 ? AF_INET : AF_INET6));
 }

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
 import { ROUTE_TABLE } from '../istio.js';
 import { canonicalIp } from './backend.js';
-import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
+import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsLoopback6OnLinksOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
 /** A network namespace held open. */
 export interface PodNetns {
@@ -129,7 +129,12 @@ export async function podAddresses(ns: PodNetns, given: string[] | undefined, ip
  * the client's real address and the proxy waits for its connect timeout. Only locally sent,
  * marked packets carry a mark here (a packet entering over the veth has none), so nothing else
  * changes for the pod. With `ipv6` (the pod has IPv6 addresses) the same for IPv6: the rule and
- * `local ::/0` route of `ip -6`, net.ipv6.fwmark_reflect. No iptables involved. Idempotent;
+ * `local ::/0` route of `ip -6`, net.ipv6.fwmark_reflect, and `local ::1` on each link with a pod
+ * IPv6 address: eBPF capture sends the pod's connections to [::1]:15001 from the pod's IPv6, and
+ * the kernel routes its socketless answers (RST, TIME_WAIT ACK) to ::1 strictly by the link of
+ * the pod address, out of the pod, where they are dropped; the proxy's side then never learns a
+ * connection was reset and blocks the next one on that port (issue 18: stalled connections under
+ * connection churn). No iptables involved. Idempotent;
  * `false` removes exactly this (the IPv6 part whatever `ipv6` says, tolerating a netns without IPv6).
  */
 export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: number, table = ROUTE_TABLE, ipv6 = false): Promise<void> {
@@ -140,6 +145,7 @@ export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: 
     if (on && ipv6) {
       netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '1');
       netnsLocalRouteOfFd(ns.fd, mark, table, 32763, true, 6);
+      netnsLoopback6OnLinksOfFd(ns.fd, true);
     }
   } catch (e) {
     throw new MeshError('INPOD_ERR_NETNS', `setting up return routing in ${ns.path} failed: ${(e as Error).message}`, { cause: e });
@@ -148,6 +154,7 @@ export async function transparentReturnRouting(ns: PodNetns, on: boolean, mark: 
     try {
       netnsWriteOfFd(ns.fd, '/proc/sys/net/ipv6/fwmark_reflect', '0');
       netnsLocalRouteOfFd(ns.fd, mark, table, 32763, false, 6);
+      netnsLoopback6OnLinksOfFd(ns.fd, false);
     } catch {
       /* a netns without IPv6 has none of it */
     }

@@ -57,9 +57,10 @@ def orig_dst(s):
         return err_name(e)
 
 
-def serve(conn, tag, echo):
+def serve(conn, tag, echo, hangup=False):
     """Answers each chunk with "<tag>:<chunk>", or (echo) returns the bytes unchanged and
-    half-closes after the peer did, so a client can check every byte."""
+    half-closes after the peer did, so a client can check every byte. `hangup`: answers the
+    first chunk and closes at once, before the peer does (as an HTTP/1.0 server)."""
     conn.settimeout(30)
     try:
         while True:
@@ -67,6 +68,8 @@ def serve(conn, tag, echo):
             if not data:
                 break
             conn.sendall(data if echo else tag.encode() + b":" + data)
+            if hangup:
+                break
         if echo:
             conn.shutdown(socket.SHUT_WR)
     except OSError:
@@ -86,7 +89,7 @@ def accept_loop(lid):
         rec = {"peer": addr(peer), "sockname": addr(c.getsockname()), "origDst": orig_dst(c)}
         with lock:
             entry["accepted"].append(rec)
-        threading.Thread(target=serve, args=(c, entry["tag"], entry["echo"]), daemon=True).start()
+        threading.Thread(target=serve, args=(c, entry["tag"], entry["echo"], entry["hangup"]), daemon=True).start()
 
 
 def sockaddr(host, port):
@@ -117,7 +120,7 @@ def op_listen(req):
     s.bind((req.get("host", "0.0.0.0"), req["port"]))
     s.listen(req.get("backlog", 128))
     lid = new_id("l")
-    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": [], "echo": bool(req.get("echo"))}
+    listeners[lid] = {"sock": s, "tag": req.get("tag", lid), "accepted": [], "echo": bool(req.get("echo")), "hangup": bool(req.get("hangup"))}
     if not req.get("paused"):  # paused: connections wait in the backlog until "resume"
         threading.Thread(target=accept_loop, args=(lid,), daemon=True).start()
     return {"id": lid, "port": s.getsockname()[1]}
