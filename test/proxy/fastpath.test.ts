@@ -12,6 +12,7 @@ import { FastPath, PROMOTE_DEFAULT, type RelayResult } from '../../ts/proxy/fast
 import { FP_MAX_INFLIGHT } from '../../ts/proxy/fastpath/maps.js';
 import { SOL_SOCKET, setSockOptInt, sockError, socketInNs, tcpReceived } from '../../ts/native/index.js';
 import { connectIn, fdOf } from '../../ts/proxy/sockets.js';
+import { until } from '../netns/lab.js';
 
 const log = pino({ level: 'silent' });
 
@@ -107,15 +108,6 @@ const SO_RCVBUF = 8;
 const SO_RCVBUFFORCE = 33;
 function setsockopt(fd: number, name: number, value: number): void {
   setSockOptInt(fd, SOL_SOCKET, name, value);
-}
-
-/** Polls `cond` every millisecond until it holds (fails the test after 10 s). */
-async function until(cond: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms: ${cond.toString()}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
 }
 
 const MODES = [
@@ -424,7 +416,8 @@ describe('kernel fast path: when a connection is spliced', () => {
       const c = (client = await connect(r2.port));
       const before = bp.counters();
       while (bp.counters().throttles === before.throttles) {
-        if (!c.write(randomBytes(64 * 1024))) await Promise.race([new Promise((r) => c.once('drain', r)), new Promise((r) => setTimeout(r, 20))]);
+        // a full socket waits until it drains or the kernel throttles the flow (then it may never drain)
+        if (!c.write(randomBytes(64 * 1024))) await until('the client to drain or be throttled', () => !c.writableNeedDrain || bp.counters().throttles !== before.throttles, { intervalMs: 5 });
         expect(bp.counters().bytes - before.bytes).toBeLessThan(FP_MAX_INFLIGHT); // the default bound is never reached
       }
       const moved = bp.counters().bytes - before.bytes;
@@ -485,13 +478,13 @@ describe('kernel fast path: when a connection is spliced', () => {
       const c = (client = await connect(r2.port)); // consumes the greeting and then reads nothing
       setsockopt(fdOf(c), SO_SNDBUF, 64 * 1024);
       // everything the server sent is redirected (into A's queue, mostly: the client does not read)
-      await until(() => bp.counters().bytes - before.bytes >= toClient.length);
+      await until('the kernel to have moved the answer', () => bp.counters().bytes - before.bytes >= toClient.length, { intervalMs: 1 });
       // the client sends until the kernel hands its direction back to userspace
       const sent: Buffer[] = [];
       while (bp.counters().throttles === before.throttles) {
         const chunk = randomBytes(64 * 1024);
         sent.push(chunk);
-        if (!c.write(chunk)) await Promise.race([new Promise((r) => c.once('drain', r)), new Promise((r) => setTimeout(r, 20))]);
+        if (!c.write(chunk)) await until('the client to drain or be throttled', () => !c.writableNeedDrain || bp.counters().throttles !== before.throttles, { intervalMs: 5 });
         expect(sent.length).toBeLessThan(1024); // 64 MiB: the server's 64 KiB buffers hold far less
       }
       const tail = randomBytes(1000);
@@ -500,7 +493,7 @@ describe('kernel fast path: when a connection is spliced', () => {
       const downEnded = new Promise((r) => down.once('end', r));
       c.end(tail);
       // the client's last byte and its FIN have reached A (TCP counts the FIN as one)
-      await until(() => tcpReceived(fdOf(down)) === total + 1);
+      await until('the server side to have received every byte', () => tcpReceived(fdOf(down)) === total + 1, { intervalMs: 1 });
       await downEnded;
       // now both ends read again
       const clientGot = readAll(c);
@@ -621,10 +614,7 @@ describe('kernel fast path: when a connection is spliced', () => {
       const c2 = await connect(r2.port);
       expect(await exchange(c2, 'early')).toBe('early');
       // spliced once its sockets are in the fast path's maps (the timer may fire late on a loaded machine)
-      for (const end = Date.now() + promote.ms + 10_000; dflt.mapEntries().flows === 0;) {
-        if (Date.now() > end) throw new Error('the long-lived connection was never spliced');
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await until('the long-lived connection to be spliced', () => dflt.mapEntries().flows > 0, { timeoutMs: promote.ms + 10_000 });
       expect(await exchange(c2, 'late')).toBe('late');
       const end2 = readAll(c2);
       c2.end();
