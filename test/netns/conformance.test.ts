@@ -239,7 +239,8 @@ describe.each(BACKENDS.flatMap((b) => FAMILIES.filter((f) => CAPTURES[b].include
     try {
       // its sockets in the lab cgroup too: sockops sees their connect, in a netns that is not the node's
       const ext = await lab.shell(outside.netnsPath, { inCgroup: true });
-      expect(await reply(ext, A(pod), 8080)).toMatch(/^proxy15006:/);
+      // forwarded and masqueraded: a SYN lost on the way is retransmitted after 1 s, so more than 2 s
+      expect(await reply(ext, A(pod), 8080, { timeoutMs: 5000 })).toMatch(/^proxy15006:/);
       const acc = (await sh.pod.accepted(proxyIn)).at(-1)!;
       expect(acc.peer.host).toBe(v6 ? lab.node.gateway6 : lab.node.gateway);
       expect(acc.origDst).toEqual({ host: A(pod), port: 8080 });

@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import type { Lab } from './lab.js';
+import { until, type Lab } from './lab.js';
 
 const run = promisify(execFile);
 
@@ -49,6 +49,20 @@ export async function routedOutside(lab: Lab, o: { masquerade: boolean }): Promi
     if (o.masquerade) {
       await inNode('iptables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE}/32`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
       await inNode('ip6tables', '-w', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${OUTSIDE6}/128`, '-o', lab.node.bridge, '-j', 'MASQUERADE');
+    }
+    // usable once the node side answers over both families (a fresh veth can drop the first
+    // packets while it comes up; a test's first connection must not be what finds that out)
+    // packets while it comes up; a test's first connection must not be what finds that out):
+    // the node's RST to a closed port is the answer
+    const sh = await lab.shell(`/run/netns/${name}`, { inCgroup: false });
+    const answers = async (host: string): Promise<boolean> => {
+      const r = await sh.connect({ host, port: 9, timeoutMs: 1000 });
+      return !r.ok && r.error === 'ECONNREFUSED';
+    };
+    try {
+      await until('the outside netns to reach the node over IPv4 and IPv6', async () => (await answers(NODE_SIDE)) && (await answers(NODE_SIDE6)));
+    } finally {
+      sh.kill();
     }
   } catch (e) {
     await destroy();
