@@ -39,34 +39,9 @@ export interface SocketOpts {
   timeoutMs?: number;
 }
 
-/** How often until() looks again, unless told otherwise. */
-const POLL_MS = 25;
+import { until } from '../../ts/util/until.js';
 
-export interface UntilOptions {
-  /** give up after this long (default 10 s) */
-  timeoutMs?: number;
-  /** what to show beside the timeout, e.g. the logs of the processes involved (its last 4000 characters) */
-  context?: () => string;
-  /** how often to look (default 25 ms): longer where each look costs the system under test */
-  intervalMs?: number;
-}
-
-/**
- * Polls `cond` until it holds: a wait with a deadline, never a fixed sleep. Throws
- * "timed out after N ms waiting for <what>" (and the context's tail) when the deadline passes;
- * a throwing `cond` throws at once.
- */
-export async function until(what: string, cond: () => boolean | Promise<boolean>, o: UntilOptions = {}): Promise<void> {
-  const ms = o.timeoutMs ?? 10_000;
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) {
-      const context = o.context?.().slice(-4000);
-      throw new Error(`timed out after ${ms} ms waiting for ${what}${context ? `\n${context}` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, o.intervalMs ?? POLL_MS));
-  }
-}
+export { until, type UntilOptions } from '../../ts/util/until.js';
 
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const SOCKD = join(__dirname, 'tools', 'sockd.py');
@@ -185,14 +160,15 @@ export class Lab {
     this.cgroupPath = cgroupPath;
   }
 
-  static async create(): Promise<Lab> {
+  /** `subnet`: the node's pod /24 (SimNodeOptions.subnet), random by default. */
+  static async create(o: { subnet?: string } = {}): Promise<Lab> {
     const prefix = `t${randomBytes(2).toString('hex')}`;
     const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
     if (!root) throw new Error('no cgroup2 mount in /proc/mounts');
     const cg = join(root, `${prefix}cg`);
     mkdirSync(cg);
     try {
-      return new Lab(await SimNode.create({ prefix }), cg);
+      return new Lab(await SimNode.create({ prefix, subnet: o.subnet }), cg);
     } catch (e) {
       rmdirSync(cg);
       throw e;

@@ -1,7 +1,8 @@
 /**
  * Two nodes on one host: each a network namespace with its own bridge, agent, proxy and pods,
- * joined by a link; both build their state from the same fake API server. A pod on node 1
- * reaches a pod on node 2 over HBONE.
+ * joined by a link over IPv4 and IPv6; both build their state from the same fake API server. Pods
+ * are dual-stack (the agent captures IPv6 by default, as Istio's chart); a pod on node 1 reaches
+ * a pod on node 2 over HBONE on each family.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -52,7 +53,7 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     const pod = await n.lab.node.addPodWithChain(name, conflist, { namespace: 'mesh', name, uid: obj.metadata.uid! }, `${join(n.dir, 'bin')}:/usr/lib/cni:/opt/cni/bin`);
     // what the kubelet reports once the sandbox is up; the agent's annotation is kept
     const cur = api.get('pods', 'mesh', name)!;
-    api.apply('pods', { ...cur, status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] } } as never);
+    api.apply('pods', { ...cur, status: { phase: 'Running', podIP: pod.ip4, podIPs: [{ ip: pod.ip4 }, { ip: pod.ip6 }] } } as never);
     return pod;
   }
 
@@ -63,26 +64,33 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     kubeconfig = join(root, 'kubeconfig');
     writeFileSync(kubeconfig, api.kubeconfig());
     api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
-    for (const name of ['node1', 'node2']) {
-      const lab = await Lab.create();
+    // two different pod subnets (each node routes the other's)
+    const third = 1 + Math.floor(Math.random() * 249);
+    for (const [name, subnet] of [['node1', `10.200.${third}.0/24`], ['node2', `10.200.${third + 1}.0/24`]] as const) {
+      const lab = await Lab.create({ subnet });
       const dir = join(root, name);
       for (const d of ['net.d', 'bin']) mkdirSync(join(dir, d), { recursive: true });
-      const { cniVersion, name: net, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
+      const { cniVersion, name: net, ...bridge } = lab.node.netConf('dual') as { cniVersion: string; name: string };
       writeFileSync(join(dir, 'net.d', '10-net.conflist'), JSON.stringify({ cniVersion, name: net, plugins: [bridge] }));
       nodes.push({ lab, name, dir, log: '' });
     }
-    // the "wire" between the nodes, and routes to each other's pod subnet
+    // the "wire" between the nodes, and routes to each other's pod subnets; outside every lab
+    // subnet (10.200.1-250.0/24, fd00:200::<1-fa>:0:0:0/80)
     const [n1, n2] = nodes as [Node, Node];
-    const link = `10.200.${250 + Math.floor(Math.random() * 5)}`;
+    const [link, link6] = ['10.200.251', 'fd00:200::fd:0:0'];
     execFileSync('ip', ['link', 'add', `${n1.lab.prefix}w`, 'netns', n1.lab.node.nodeNetns, 'type', 'veth', 'peer', 'name', `${n2.lab.prefix}w`, 'netns', n2.lab.node.nodeNetns]);
     inNode(n1, 'ip', 'addr', 'add', `${link}.1/30`, 'dev', `${n1.lab.prefix}w`);
     inNode(n2, 'ip', 'addr', 'add', `${link}.2/30`, 'dev', `${n2.lab.prefix}w`);
+    inNode(n1, 'ip', '-6', 'addr', 'add', `${link6}:1/126`, 'dev', `${n1.lab.prefix}w`, 'nodad');
+    inNode(n2, 'ip', '-6', 'addr', 'add', `${link6}:2/126`, 'dev', `${n2.lab.prefix}w`, 'nodad');
     for (const n of nodes) {
       inNode(n, 'ip', 'link', 'set', `${n.lab.prefix}w`, 'up');
-      inNode(n, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
+      inNode(n, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1');
     }
     inNode(n1, 'ip', 'route', 'add', n2.lab.node.subnet, 'via', `${link}.2`);
     inNode(n2, 'ip', 'route', 'add', n1.lab.node.subnet, 'via', `${link}.1`);
+    inNode(n1, 'ip', '-6', 'route', 'add', n2.lab.node.subnet6, 'via', `${link6}:2`);
+    inNode(n2, 'ip', '-6', 'route', 'add', n1.lab.node.subnet6, 'via', `${link6}:1`);
     for (const n of nodes) await start(n);
     for (const n of nodes) await until(`${n.name} ready`, () => /agent ready/.test(n.log) && /snapshot sent/.test(n.log));
     a = await runPod(n1, 'a');
@@ -108,23 +116,34 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     await api?.stop();
   });
 
-  it('carries a pod on node 1 to a pod on node 2 over HBONE, the app seeing the client IP', async () => {
+  it.each(['IPv4', 'IPv6'] as const)('carries a dual-stack pod on node 1 to one on node 2 over HBONE on %s, the app seeing the client IP of that family', async (fam) => {
     const [n1, n2] = nodes as [Node, Node];
+    const [from, to] = fam === 'IPv4' ? [a.ip4!, b.ip4!] : [a.ip6!, b.ip6!];
+    const [tag, port] = [`b${fam}`, fam === 'IPv4' ? 8080 : 8081];
     const shA = await n1.lab.shell(a.netnsPath, { inCgroup: true });
     const shB = await n2.lab.shell(b.netnsPath, { inCgroup: true });
-    await shB.listen({ port: 8080, tag: 'b' });
-    // node 1's proxy learns pod b, and that it is in the mesh, from the API server
-    await until('node 1 to know pod b as HBONE', async () => {
-      const d = (await fetch(`http://127.0.0.1:${n1.admin}/config_dump`).then((res) => res.json()).catch(() => null)) as { workloads: { name: string; protocol: string }[] } | null;
-      return !!d?.workloads.some((w) => w.name === 'b' && w.protocol === 'HBONE');
+    await shB.listen({ host: '::', port, tag });
+    // node 1's proxy learns pod b with both addresses, and that it is in the mesh, from the API server
+    await until('node 1 to know pod b as HBONE on both families', async () => {
+      const d = (await fetch(`http://127.0.0.1:${n1.admin}/config_dump`).then((res) => res.json()).catch(() => null)) as { workloads: { name: string; protocol: string; workloadIps: string[] }[] } | null;
+      return !!d?.workloads.some((w) => w.name === 'b' && w.protocol === 'HBONE' && w.workloadIps.length === 2);
     });
-    const r = await shA.connect({ host: b.ip, port: 8080, send: 'across nodes', timeoutMs: 5000 });
-    expect(r.ok && r.reply, `${JSON.stringify(r)}\n${n1.log.slice(-2000)}`).toBe('b:across nodes');
+    const [log1, log2] = [n1.log.length, n2.log.length];
+    const r = await shA.connect({ host: to, port, send: `across nodes on ${fam}`, timeoutMs: 5000 });
+    expect(r.ok && r.reply, `${JSON.stringify(r)}\n${n1.log.slice(-2000)}`).toBe(`${tag}:across nodes on ${fam}`);
     if (r.ok) await shA.close(r.connId);
-    const acc = await shB.accepted((await shB.listenerByTag('b')).id);
-    expect(acc.at(-1)!.peer.host).toBe(a.ip);
-    await until('the access logs', () => /"direction":"outbound".*"transport":"hbone"/.test(n1.log) && /"direction":"inbound".*"transport":"hbone"/.test(n2.log));
+    const acc = await shB.accepted((await shB.listenerByTag(tag)).id);
+    expect(acc.at(-1)!.peer.host).toBe(fam === 'IPv4' ? `::ffff:${from}` : from);
+    // both proxies log the connection with the family's addresses (ztunnel's [addr]:port for IPv6)
+    const hostPort = (ip: string): string => (fam === 'IPv4' ? `${ip}:` : `[${ip}]:`).replace(/[.[\]]/g, '\\$&');
+    await until('the access logs', () => /"direction":"outbound".*"transport":"hbone"/.test(n1.log.slice(log1)) && /"direction":"inbound".*"transport":"hbone"/.test(n2.log.slice(log2)));
+    const outbound = n1.log.slice(log1).split('\n').find((l) => /"direction":"outbound"/.test(l))!;
+    expect(outbound).toMatch(new RegExp(`"src.addr":"${hostPort(from)}`));
+    // the tunnel went to pod b's 15008 on the same family, carrying the original destination
+    // (ztunnel's dst.addr and dst.hbone_addr)
+    expect(outbound).toMatch(new RegExp(`"dst.addr":"${hostPort(to)}15008"`));
+    expect(outbound).toMatch(new RegExp(`"dst.hbone_addr":"${hostPort(to)}${port}"`));
     // the outbound line names the peer identity the TLS handshake proved (ztunnel's dst.identity)
-    expect(n1.log).toMatch(/"dst.identity":"spiffe:\/\/cluster.local\/ns\/mesh\/sa\/sa-b".*"direction":"outbound".*"transport":"hbone"/);
+    expect(outbound).toMatch(/"dst.identity":"spiffe:\/\/cluster.local\/ns\/mesh\/sa\/sa-b"/);
   });
 });

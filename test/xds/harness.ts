@@ -13,6 +13,7 @@ import { XdsClient, type XdsClientOptions } from '../../ts/xds/client.js';
 import { XdsMetrics } from '../../ts/xds/metrics.js';
 import { WdsState } from '../../ts/xds/wds.js';
 import { xdsNode } from '../../ts/xds/node.js';
+import { until as poll } from '../../ts/util/until.js';
 
 export const silent = pino({ level: 'silent' });
 
@@ -68,14 +69,8 @@ export async function rig(opts: AddXdsOptions & { hosts?: string[] } = {}): Prom
   };
 }
 
-/** Polls `cond` until true, or fails after `ms` naming `what`. */
-export async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** The shared poller, looking every 5 ms: these waits are on in-process state, cheap to look at. */
+export const until = (what: string, cond: () => boolean, ms = 10_000): Promise<void> => poll(what, cond, { timeoutMs: ms, intervalMs: 5 });
 
 /** The value of one series of `registry` (0 when absent). */
 export async function metric(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {

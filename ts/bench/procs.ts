@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { until } from '../util/until.js';
 
 const execFileP = promisify(execFile);
 
@@ -114,12 +115,7 @@ export async function inNetns(netns: string, argv: string[]): Promise<string> {
 }
 
 /** Waits until something listens on `port` inside the netns. */
-export async function waitListening(netns: string, port: number, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const out = await inNetns(netns, ['ss', '-Hltn', `sport = :${port}`]).catch(() => '');
-    if (out.trim() !== '') return;
-    if (Date.now() > until) throw new Error(`nothing listens on :${port} in ${netns} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+export function waitListening(netns: string, port: number, timeoutMs = 10_000): Promise<void> {
+  const listening = async (): Promise<boolean> => (await inNetns(netns, ['ss', '-Hltn', `sport = :${port}`]).catch(() => '')).trim() !== '';
+  return until(`something to listen on :${port} in ${netns}`, listening, { timeoutMs, intervalMs: 50 });
 }

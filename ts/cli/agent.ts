@@ -23,9 +23,9 @@ import { openNetns } from '../redirect/netns.js';
 export const AGENT_USAGE = `  inpod agent    [--backend ebpf|iptables] [--kubeconfig F | --manifests DIR] [--node NAME] [--cgroup PATH]
                  [--zds SOCKET] [--cni-socket SOCKET] [--cni-bin-dir DIR] [--cni-conf-dir DIR] [--state-dir DIR]
                  [--pin-root DIR] [--health-addr HOST:PORT] [--host-netns PATH|none] [--pod-name NAME --pod-namespace NS]
-                 [--mesh-view FILE] [--exclude-namespaces NS,NS] [--ipv6]
-                 (--ipv6, or AMBIENT_IPV6=true: capture dual-stack and IPv6-only pods where the backend
-                 can; otherwise a pod with IPv6 addresses is refused at CNI ADD)
+                 [--mesh-view FILE] [--exclude-namespaces NS,NS] [--ipv6 | --no-ipv6]
+                 (dual-stack and IPv6-only pods are captured by default, as Istio's chart (ambient.ipv6);
+                 --no-ipv6, or AMBIENT_IPV6=false, refuses a pod with IPv6 addresses at CNI ADD instead)
                  (its own pod, POD_NAME / POD_NAMESPACE by default: read at shutdown to tell an
                  uninstall, which removes inpod-cni, from an upgrade or reboot, which keeps it)
   inpod agent uninstall [--cni-bin-dir DIR] [--cni-conf-dir DIR]`;
@@ -51,8 +51,10 @@ const OPTIONS = {
   'mesh-view': { type: 'string' },
   /** pods there never concern the mesh (default kube-system and the agent's own namespace, else inpod-system) */
   'exclude-namespaces': { type: 'string' },
-  /** capture pods' IPv6 (istio-cni's ambient.ipv6; default AMBIENT_IPV6, else off) */
+  /** capture pods' IPv6 (istio-cni's ambient.ipv6; default AMBIENT_IPV6, else on) */
   ipv6: { type: 'boolean' },
+  /** refuse pods with IPv6 addresses instead */
+  'no-ipv6': { type: 'boolean' },
 } as const;
 
 /** The host's netns as the agent (hostPID) sees it: init's. */
@@ -85,7 +87,8 @@ export async function agentCommand(argv: string[]): Promise<void> {
   });
   const source = kube?.source ?? new ManifestSource(v.manifests!, node || undefined);
   const hostNetns = hostNetnsSetting(v['host-netns'], log);
-  const ipv6 = ipv6Setting(v.ipv6, process.env.AMBIENT_IPV6);
+  if (v.ipv6 && v['no-ipv6']) throw new MeshError('INPOD_ERR_USAGE', '--ipv6 and --no-ipv6 contradict each other: give one');
+  const ipv6 = ipv6Setting(v['no-ipv6'] ? false : v.ipv6, process.env.AMBIENT_IPV6);
   const backend = await createBackend(backendName, { cgroupPath: v.cgroup, pinRoot: v['pin-root'], stateDir: v['state-dir'], hostNetns, ipv6 });
   await backend.install();
   if (ipv6 && !backend.ipv6) log.warn({ backend: backend.name }, 'IPv6 capture asked for, but this backend does not capture IPv6: pods with IPv6 addresses are refused at CNI ADD');
@@ -135,11 +138,17 @@ export async function agentCommand(argv: string[]): Promise<void> {
 }
 
 /**
- * --ipv6, else AMBIENT_IPV6 (istio-cni's configmap key for the chart's ambient.ipv6): "true" or
- * "1" turns IPv6 capture on; anything else, or neither, leaves it off. Pure.
+ * --ipv6 / --no-ipv6, else AMBIENT_IPV6 (istio-cni's configmap key for the chart's ambient.ipv6,
+ * which defaults to true: manifests/charts/istio-cni/values.yaml): "true"/"1" on, "false"/"0"
+ * off, unset or empty on. Any other value stops the agent with an error naming it, rather than
+ * guessing which side the operator meant. Pure.
  */
 export function ipv6Setting(flag: boolean | undefined, env: string | undefined): boolean {
-  return flag ?? /^(true|1)$/i.test((env ?? '').trim());
+  if (flag !== undefined) return flag;
+  const e = (env ?? '').trim();
+  if (e === '' || /^(true|1)$/i.test(e)) return true;
+  if (/^(false|0)$/i.test(e)) return false;
+  throw new MeshError('INPOD_ERR_USAGE', `AMBIENT_IPV6=${JSON.stringify(env)} is neither true nor false; set it to "true" (capture IPv6, the default) or "false" (refuse pods with IPv6 addresses)`);
 }
 
 /**

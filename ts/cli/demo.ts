@@ -1,10 +1,11 @@
 /**
  * `inpod demo`: the whole path on this host, no cluster. A manifest directory plays the API
  * server (a namespace labelled ambient, two pods); the agent (eBPF backend) and the proxy run
- * as their own processes; pods are network namespaces created through the real CNI chain
- * (bridge + host-local + inpod-cni), so ADD returns only once a pod is captured and handed to
- * the proxy. A request goes over HBONE mTLS; its access log line and metrics are shown; then the
- * namespace label is flipped and the next request goes direct. Everything is removed at the end.
+ * as their own processes; pods are dual-stack network namespaces created through the real CNI
+ * chain (bridge + host-local with an IPv4 and an IPv6 range + inpod-cni), so ADD returns only
+ * once a pod is captured and handed to the proxy. A request goes over HBONE mTLS on each family;
+ * their access log lines and metrics are shown; then the namespace label is flipped and the next
+ * requests go direct. Everything is removed at the end.
  * Programs attach to a child cgroup the demo creates (never the host's cgroup2 root); the demo
  * process joins it to play the pods' apps.
  */
@@ -21,6 +22,7 @@ import { withFd, type SockAddr } from '../native/index.js';
 import { connectIn, listenIn } from '../proxy/sockets.js';
 import { freePorts } from '../util/ports.js';
 import { canonicalIp } from '../util/sockaddr.js';
+import { until as poll } from '../util/until.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
@@ -69,13 +71,11 @@ function shortSeries(line: string): string {
 }
 
 /** Waits for `cond`; on timeout the error carries `context()` (the processes' last output). */
-async function until(what: string, cond: () => boolean, context: () => string, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`demo: timed out waiting for ${what}\n${context()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = (what: string, cond: () => boolean, context: () => string): Promise<void> =>
+  poll(`demo: ${what}`, cond, { timeoutMs: 20_000, intervalMs: 50, context });
+
+/** An address as it is written with a port: [v6]:port. */
+const at = (ip: string, port: number): string => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 const nsYaml = (ambient: boolean): string =>
   `apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n${ambient ? '  labels: {istio.io/dataplane-mode: ambient}\n' : ''}`;
@@ -105,7 +105,7 @@ export async function demo(): Promise<void> {
     writeFileSync(join(cg, 'cgroup.procs'), String(process.pid));
     for (const d of ['manifests', 'net.d', 'bin']) mkdirSync(p(d));
     node = await SimNode.create({ prefix });
-    const { cniVersion, name, ...bridge } = node.netConf() as { cniVersion: string; name: string };
+    const { cniVersion, name, ...bridge } = node.netConf('dual') as { cniVersion: string; name: string };
     writeFileSync(p('net.d/10-demo.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
     writeFileSync(p('manifests/ns.yaml'), nsYaml(true));
     writeFileSync(p('manifests/pods.yaml'), `${podYaml('client', 'sleep')}---\n${podYaml('server', 'web')}`);
@@ -129,26 +129,29 @@ export async function demo(): Promise<void> {
     for (const n of ['client', 'server']) {
       const t = performance.now();
       pods.push(await node.addPodWithChain(n, conflist, { namespace: 'demo', name: n, uid: `uid-${n}` }, cniPath));
-      say(`2. pod ${n} created through bridge + host-local + inpod-cni: ${pods.at(-1)!.ip}, captured and handed to the proxy before ADD returned (${(performance.now() - t).toFixed(0)} ms)`);
+      const pod = pods.at(-1)!;
+      say(`2. pod ${n} created through bridge + host-local + inpod-cni: ${pod.ip4} and ${pod.ip6}, captured and handed to the proxy before ADD returned (${(performance.now() - t).toFixed(0)} ms)`);
     }
     const [client, server] = pods as [SimPod, SimPod];
     // ztunnel's local config: the canonical service and revision as istiod would derive them from app/version labels
     writeFileSync(p('config.yaml'), `workloads:
-  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip}"], protocol: HBONE,
+  - {uid: uid-client, name: client, namespace: demo, serviceAccount: sleep, workloadIps: ["${client.ip4}", "${client.ip6}"], protocol: HBONE,
      workloadName: client, workloadType: pod, canonicalName: sleep, canonicalRevision: v1, clusterId: Kubernetes}
-  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip}"], protocol: HBONE,
+  - {uid: uid-server, name: server, namespace: demo, serviceAccount: web, workloadIps: ["${server.ip4}", "${server.ip6}"], protocol: HBONE,
      workloadName: server, workloadType: pod, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes}
 `);
     await until('the proxy to load the workloads', () => /"workloads":2/.test(proxyLog), tails);
     servers.push(await listenInPod(server.netnsPath, 8080, (s) => s.once('data', (d) => s.end(`hello ${canonicalIp(s.remoteAddress ?? '')}, you said "${d.toString().trim()}"`))));
 
-    const before = proxyLog.length;
-    const reply = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi over the mesh');
-    say(`3. client -> ${server.ip}:8080 answered: ${reply}`);
-    // both ends write their line when the connection closes, in either order
-    const complete = (): string[] => proxyLog.slice(before).split('\n').filter((l) => l.includes('"msg":"connection complete"'));
-    await until('the access log of both ends', () => complete().length >= 2, tails);
-    for (const line of complete()) say(`   access log: ${ztunnelText(JSON.parse(line) as Record<string, unknown>)}`);
+    for (const [step, ip] of [['3.', server.ip4!], ['  ', server.ip6!]] as const) {
+      const before = proxyLog.length;
+      const reply = await request(client.netnsPath, { ip, port: 8080 }, 'hi over the mesh');
+      say(`${step} client -> ${at(ip, 8080)} answered: ${reply}`);
+      // both ends write their line when the connection closes, in either order
+      const complete = (): string[] => proxyLog.slice(before).split('\n').filter((l) => l.includes('"msg":"connection complete"'));
+      await until(`the access log of both ends (${at(ip, 8080)})`, () => complete().length >= 2, tails);
+      for (const line of complete()) say(`   access log: ${ztunnelText(JSON.parse(line) as Record<string, unknown>)}`);
+    }
     const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     say(`   metrics (the destination's series; ${SHOWN.length} of their 27 labels shown):`);
     for (const m of metrics.split('\n').filter((l) => /^istio_tcp_\w+_total\{/.test(l) && l.includes('reporter="destination"'))) say(`   ${shortSeries(m)}`);
@@ -158,10 +161,12 @@ export async function demo(): Promise<void> {
     const backend = new EbpfBackend({ pinRoot, cgroupPath: cg, stateDir: p('state') });
     await until('live unenrollment', () => /pod unenrolled[\s\S]*pod unenrolled/.test(agentLog), tails);
     say(`   captured pods now: ${(await backend.list()).length}`);
-    const before2 = proxyLog.length;
-    const direct = await request(client.netnsPath, { ip: server.ip, port: 8080 }, 'hi directly');
-    await new Promise((r) => setTimeout(r, 300));
-    say(`   client -> server answered: ${direct} (the proxy saw ${proxyLog.slice(before2).includes('"scope":"access"') ? 'it' : 'nothing'})`);
+    for (const ip of [server.ip4!, server.ip6!]) {
+      const before2 = proxyLog.length;
+      const direct = await request(client.netnsPath, { ip, port: 8080 }, 'hi directly');
+      await new Promise((r) => setTimeout(r, 300));
+      say(`   client -> ${at(ip, 8080)} answered: ${direct} (the proxy saw ${proxyLog.slice(before2).includes('"scope":"access"') ? 'it' : 'nothing'})`);
+    }
   } finally {
     for (const s of servers) s.close();
     for (const c of procs) c.kill('SIGKILL');

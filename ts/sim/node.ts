@@ -175,8 +175,10 @@ export class SimNode {
       const conf = { cniVersion: conflist.cniVersion, name: conflist.name, ...plugin, ...(prev ? { prevResult: prev } : {}) };
       prev = await runCniPlugin(plugin.type, 'ADD', conf, env, this.nodeNetns, cniPath);
     }
-    const ip = (prev as { ips?: { address: string }[] }).ips?.[0]?.address.split('/')[0] ?? '';
-    const pod = { name, netnsName, netnsPath, ip, containerId };
+    const ips = ((prev as { ips?: { address: string }[] }).ips ?? []).map((a) => a.address.split('/')[0]!);
+    const [ip4, ip6] = [ips.find((a) => !a.includes(':')), ips.find((a) => a.includes(':'))];
+    const family: PodFamily = ip4 && ip6 ? 'dual' : ip6 ? 'ipv6' : 'ipv4';
+    const pod: SimPod = { name, netnsName, netnsPath, ip: ips[0] ?? '', ip4, ip6, family, containerId };
     this.pods.set(name, pod);
     if (this.pods.size === 1 || !this.#probeReady) await this.#firstPodSetup();
     return pod;
