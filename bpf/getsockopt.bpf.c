@@ -21,32 +21,13 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* The connection's local and remote address, 16 bytes each (IPv4 mapped). An IPv4 connection
- * of a dual-stack socket is read from the IPv4 fields, as conntrack's SOL_IP lookup reads it.
- * Every field is read once and held (barrier_var) before `v4` picks: the verifier refuses the
- * computed socket pointer clang would otherwise load through. */
+ * of a dual-stack socket is read from the IPv4 fields, as conntrack's SOL_IP lookup reads it. */
 static __always_inline void sock_addrs(struct bpf_sock *sk, int v4, __u32 *l, __u32 *r)
 {
-	__u32 l4 = sk->src_ip4, r4 = sk->dst_ip4;
 	__u32 l6[4] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3] };
 	__u32 r6[4] = { sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
 
-	barrier_var(l4);
-	barrier_var(r4);
-	barrier_var(l6[0]);
-	barrier_var(l6[1]);
-	barrier_var(l6[2]);
-	barrier_var(l6[3]);
-	barrier_var(r6[0]);
-	barrier_var(r6[1]);
-	barrier_var(r6[2]);
-	barrier_var(r6[3]);
-	if (v4) {
-		inpod_map4(l, l4);
-		inpod_map4(r, r4);
-		return;
-	}
-	__builtin_memcpy(l, l6, sizeof(l6));
-	__builtin_memcpy(r, r6, sizeof(r6));
+	inpod_conn_addrs(v4, 0, sk->src_ip4, sk->dst_ip4, l6, r6, l, r);
 }
 
 /* What conntrack would answer (see above), or 0 for no answer. */

@@ -43,35 +43,15 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The connection as its client sees it. `client`: the callback runs on the client's socket.
- * Every field is read once, unconditionally, and held (barrier_var) before the family picks one:
- * otherwise clang selects between field offsets and loads through a computed context pointer,
- * which the verifier refuses. */
+/* The connection as its client sees it. `client`: the callback runs on the client's socket. */
 static __always_inline void conn_tuple(struct bpf_sock_ops *skops, __u64 netns, int client, struct inpod_tuple *t)
 {
-	__u32 lip[4], rip[4], l4 = skops->local_ip4, r4 = skops->remote_ip4;
+	__u32 lip[4], rip[4];
 	__u32 l6[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
 	__u32 r6[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
 	__u16 lport = inpod_port_host(skops->local_port), rport = inpod_port_net32(skops->remote_port);
-	int v4 = skops->family == AF_INET;
 
-	barrier_var(l4);
-	barrier_var(r4);
-	barrier_var(l6[0]);
-	barrier_var(l6[1]);
-	barrier_var(l6[2]);
-	barrier_var(l6[3]);
-	barrier_var(r6[0]);
-	barrier_var(r6[1]);
-	barrier_var(r6[2]);
-	barrier_var(r6[3]);
-	if (v4 || inpod_is_v4_mapped(r6[0], r6[1], r6[2])) {
-		inpod_map4(lip, l4);
-		inpod_map4(rip, r4);
-	} else {
-		__builtin_memcpy(lip, l6, sizeof(lip));
-		__builtin_memcpy(rip, r6, sizeof(rip));
-	}
+	inpod_conn_addrs(skops->family == AF_INET, 1, skops->local_ip4, skops->remote_ip4, l6, r6, lip, rip);
 	t->netns = netns;
 	__builtin_memcpy(t->sip, client ? lip : rip, sizeof(lip));
 	__builtin_memcpy(t->dip, client ? rip : lip, sizeof(lip));

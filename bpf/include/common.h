@@ -54,6 +54,34 @@ static __always_inline void inpod_map4(__u32 *a, __u32 ip4)
 	a[3] = ip4;
 }
 
+/*
+ * A connection's local and remote address, 16 bytes each (IPv4 mapped), from context fields the
+ * caller read once each, unconditionally, into these values: each is held (barrier_var) before
+ * the family picks one, because otherwise clang selects between field offsets and loads through a
+ * computed context pointer, which the verifier refuses. IPv4 when `v4`, or when `mapped_is_v4`
+ * and the remote IPv6 address is IPv4-mapped (a dual-stack socket's IPv4 connection).
+ */
+static __always_inline void inpod_conn_addrs(int v4, int mapped_is_v4, __u32 l4, __u32 r4, __u32 *l6, __u32 *r6, __u32 *l, __u32 *r)
+{
+	barrier_var(l4);
+	barrier_var(r4);
+	barrier_var(l6[0]);
+	barrier_var(l6[1]);
+	barrier_var(l6[2]);
+	barrier_var(l6[3]);
+	barrier_var(r6[0]);
+	barrier_var(r6[1]);
+	barrier_var(r6[2]);
+	barrier_var(r6[3]);
+	if (v4 || (mapped_is_v4 && inpod_is_v4_mapped(r6[0], r6[1], r6[2]))) {
+		inpod_map4(l, l4);
+		inpod_map4(r, r4);
+		return;
+	}
+	__builtin_memcpy(l, l6, 16);
+	__builtin_memcpy(r, r6, 16);
+}
+
 static __always_inline int inpod_mapped(const __u32 *a)
 {
 	return inpod_is_v4_mapped(a[0], a[1], a[2]);
