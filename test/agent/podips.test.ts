@@ -1,17 +1,17 @@
 /** The agent's handling of pod addresses, both families (ts/agent/podips.ts; issue 18). */
 import { describe, expect, it } from 'vitest';
-import { canonicalIp, captureAddresses, eventIps, holdsAny, statusPodIps } from '../../ts/agent/podips.js';
+import { podAddress, captureAddresses, eventIps, holdsAny, statusPodIps } from '../../ts/agent/podips.js';
 
 const CAN = { capable: true, backend: 'ebpf' };
 const CANNOT = { capable: false, backend: 'iptables' };
 
 describe('pod addresses', () => {
   it('writes addresses as the kernel does: IPv6 lowercase and compressed, IPv4 as is; anything else is none', () => {
-    expect(canonicalIp('FD00:0200:0000:0000:0000:0000:0000:0005')).toBe('fd00:200::5');
-    expect(canonicalIp('fd00:200:0:0:1::5')).toBe('fd00:200::1:0:0:5');
-    expect(canonicalIp('10.200.1.5')).toBe('10.200.1.5');
-    expect(canonicalIp('fd00:200::5/64')).toBeNull();
-    expect(canonicalIp('fe80::1%eth0')).toBeNull();
+    expect(podAddress('FD00:0200:0000:0000:0000:0000:0000:0005')).toBe('fd00:200::5');
+    expect(podAddress('fd00:200:0:0:1::5')).toBe('fd00:200::1:0:0:5');
+    expect(podAddress('10.200.1.5')).toBe('10.200.1.5');
+    expect(podAddress('fd00:200::5/64')).toBeNull();
+    expect(podAddress('fe80::1%eth0')).toBeNull();
   });
 
   it('reads status.podIPs of both families, IPv4 first, else status.podIP; skips entries that are not addresses', () => {

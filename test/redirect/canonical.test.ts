@@ -4,9 +4,10 @@
  * records, rules and map keys compare equal whichever way an address was written.
  */
 import { describe, expect, it } from 'vitest';
-import { canonicalCidr, canonicalIp } from '../../ts/redirect/backend.js';
+import { canonicalCidr } from '../../ts/redirect/backend.js';
+import { ipText } from '../../ts/util/sockaddr.js';
 
-describe('canonicalIp / canonicalCidr (ts/redirect/backend.ts)', () => {
+describe('ipText (ts/util/sockaddr.ts) / canonicalCidr (ts/redirect/backend.ts)', () => {
   it.each([
     ['10.200.0.5', '10.200.0.5'],
     ['FD00:0200:0000:0000:0000:0000:0000:000A', 'fd00:200::a'],
@@ -16,7 +17,7 @@ describe('canonicalIp / canonicalCidr (ts/redirect/backend.ts)', () => {
     ['0:0:0:0:0:ffff:0a00:0001', '::ffff:10.0.0.1'],
     ['::ffff:1', '::ffff:1'],
   ])('writes %s as %s', (input, want) => {
-    expect(canonicalIp(input)).toBe(want);
+    expect(ipText(input)).toBe(want);
   });
 
   it('keeps the prefix length and refuses what is not an address or CIDR', () => {

@@ -8,9 +8,9 @@
  * (podcgroupns_linux.go netnsPodIPChecker). ZDS carries no addresses (istio's zds.proto
  * WorkloadInfo is name, namespace, service account), so neither does inpod's.
  */
-import { canonicalIp as kernelForm } from '../redirect/backend.js';
 import { isIP } from 'node:net';
 import { MeshError } from '../util/errors.js';
+import { ipText } from '../util/sockaddr.js';
 import type { PodObj } from './policy.js';
 
 /** The global addresses of a netns, as the addon reads them (no loopback, no IPv6 link-local). */
@@ -19,10 +19,10 @@ export interface NetnsAddrs {
   ipv6: string[];
 }
 
-/** An address as the kernel writes it (the capture layer's form), or null if it is none. */
-export function canonicalIp(ip: string): string | null {
+/** A pod address as the kernel writes it (the capture layer's form, ipText), or null if it is none. */
+export function podAddress(ip: string): string | null {
   if (!isIP(ip) || ip.includes('%')) return null; // a zone (fe80::1%eth0) names no pod address
-  return kernelForm(ip);
+  return ipText(ip);
 }
 
 /** At most this many addresses per pod in an event (a pod has one per family; the plugin sends each once). */
@@ -37,7 +37,7 @@ export function eventIps(x: unknown): string[] {
   if (x === undefined || x === null) return [];
   if (!Array.isArray(x) || x.length > MAX_EVENT_IPS) throw new MeshError('INPOD_ERR_CNI', `the CNI event's ips must be a list of at most ${MAX_EVENT_IPS} addresses; is inpod-cni of another version than the agent?`);
   const out = x.map((ip) => {
-    const c = typeof ip === 'string' ? canonicalIp(ip) : null;
+    const c = typeof ip === 'string' ? podAddress(ip) : null;
     if (c === null) throw new MeshError('INPOD_ERR_CNI', `the CNI event's ips hold ${JSON.stringify(ip)?.slice(0, 80)}, which is not an IP address; is inpod-cni of another version than the agent?`);
     return c;
   });
@@ -48,7 +48,7 @@ export function eventIps(x: unknown): string[] {
 export function statusPodIps(pod: PodObj | undefined): string[] {
   const listed = Array.isArray(pod?.status?.podIPs) ? pod!.status!.podIPs!.map((p) => p?.ip) : [];
   const raw = listed.length ? listed : [pod?.status?.podIP];
-  return byFamily(raw.map((ip) => (typeof ip === 'string' ? canonicalIp(ip) : null)).filter((ip): ip is string => ip !== null));
+  return byFamily(raw.map((ip) => (typeof ip === 'string' ? podAddress(ip) : null)).filter((ip): ip is string => ip !== null));
 }
 
 /** Does the netns hold at least one of `ips`? (The ownership test of a netns found in /proc.) */
@@ -66,7 +66,7 @@ export function holdsAny(have: NetnsAddrs, ips: string[]): boolean {
  * enrolled with its IPv6 around the proxy (fail closed). `pod` names the pod in messages.
  */
 export function captureAddresses(pod: string, claimed: string[], have: NetnsAddrs, ipv6: { capable: boolean; backend: string }): string[] {
-  const all = byFamily([...have.ipv4, ...have.ipv6].map((ip) => canonicalIp(ip) ?? ip));
+  const all = byFamily([...have.ipv4, ...have.ipv6].map((ip) => podAddress(ip) ?? ip));
   const missing = claimed.filter((ip) => !all.includes(ip));
   if (missing.length) {
     throw new MeshError('INPOD_ERR_CNI', `the CNI result of pod ${pod} names ${missing.join(', ')}, which its network namespace does not hold ` +

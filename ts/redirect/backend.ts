@@ -33,6 +33,7 @@ export interface PodSettings {
 
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { MeshError } from '../util/errors.js';
+import { ipText } from '../util/sockaddr.js';
 import { PROBE_SOURCE } from '../istio.js';
 import type { NetnsRef } from './netns.js';
 
@@ -139,23 +140,12 @@ export function normalizeSettings(p: Partial<PodSettings>): PodSettings {
   });
   return {
     ...s,
-    probeSource6: canonicalIp(s.probeSource6),
-    podIps: s.podIps?.map(canonicalIp),
+    probeSource6: ipText(s.probeSource6),
+    podIps: s.podIps?.map((ip) => ipText(ip)),
     excludeInboundPorts: ports(s.excludeInboundPorts, 'excluded inbound port'),
     excludeOutboundPorts: ports(s.excludeOutboundPorts, 'excluded outbound port'),
     excludeOutboundCidrs: [...new Set(cidrs)].sort(),
   };
-}
-
-/** An address as the kernel and iptables-save print it: IPv6 lowercase and compressed (RFC 5952). */
-export function canonicalIp(ip: string): string {
-  if (!isIPv6(ip)) return ip;
-  const c = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-  // URL writes an IPv4-mapped address in hex (::ffff:a00:1); the kernel in dotted form (::ffff:10.0.0.1)
-  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(c);
-  if (!m) return c;
-  const [hi, lo] = [parseInt(m[1]!, 16), parseInt(m[2]!, 16)];
-  return `::ffff:${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** "addr" or "addr/len" of either family, canonical; null when it is neither. */
@@ -165,7 +155,7 @@ export function canonicalCidr(c: string): string | null {
   if (!fam || rest.length) return null;
   const max = fam === 4 ? 32 : 128;
   if (len !== undefined && !(/^\d+$/.test(len) && Number(len) <= max)) return null;
-  return len === undefined ? canonicalIp(ip!) : `${canonicalIp(ip!)}/${Number(len)}`;
+  return len === undefined ? ipText(ip!) : `${ipText(ip!)}/${Number(len)}`;
 }
 
 /** The address family of an address or CIDR: 4 or 6. */

@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { MeshError } from '../util/errors.js';
 import { ROUTE_TABLE } from '../istio.js';
-import { canonicalIp } from './backend.js';
+import { ipText } from '../util/sockaddr.js';
 import { Fd, NSFS_MAGIC, netnsAddrsOfFd, netnsCookieOfFd, netnsLocalRouteOfFd, netnsLoopback6OnLinksOfFd, netnsWriteOfFd, openPath, statfsType } from '../native/index.js';
 
 /** A network namespace held open. */
@@ -117,7 +117,7 @@ export async function podAddresses(ns: PodNetns, given: string[] | undefined, ip
     throw new MeshError('INPOD_ERR_NETNS', `${ns.path} has no IPv4 or IPv6 address yet: enroll after the CNI plugins ` +
       'configured the pod network (inpod-cni must be last in the chain)');
   }
-  return [...a.ipv4, ...a.ipv6.map(canonicalIp)];
+  return [...a.ipv4, ...a.ipv6.map((ip) => ipText(ip))];
 }
 
 /**
