@@ -9,6 +9,8 @@ import { WdsState, type TypeHandler } from '../../ts/xds/wds.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE, T, encodePlain, type Resource } from '../../ts/xds/proto.js';
 import { RECORDED_ADDRESSES, RECORDED_AUTHORIZATIONS, ipBytes } from '../fixtures/istiod/resources.js';
 import { silent } from './harness.js';
+import { PolicyWatcher } from '../../ts/proxy/policy-watch.js';
+import type { ConnContext } from '../../ts/proxy/hooks.js';
 
 const res = (type: string, name: string, body: object): Resource => ({ name, version: '1', resource: { type_url: type, value: encodePlain(type === ADDRESS_TYPE ? T.address : T.authorization, body) } });
 const recorded = (type: string, m: Record<string, object>): Resource[] => Object.entries(m).map(([n, b]) => res(type, n, b));
@@ -79,5 +81,20 @@ describe('the WDS state', () => {
     expect(authz.apply([], ['shop/allow-sleep'])).toEqual([]);
     expect(store.snapshot.state.authorizations).toEqual([]);
     expect(store.snapshot.state.workloads).toHaveLength(2);
+  });
+
+  it('decides open connections again on a policy push, never on a push of addresses alone (same policy arrays)', () => {
+    const { store, addr, authz } = setup();
+    addr.apply(recorded(ADDRESS_TYPE, RECORDED_ADDRESSES), []);
+    authz.apply(recorded(AUTHORIZATION_TYPE, RECORDED_AUTHORIZATIONS), []);
+    let decided = 0;
+    const watcher = new PolicyWatcher(store, { authorize: () => (decided++, { allow: true }) });
+    watcher.admitted({ ctx: {} as ConnContext, close: () => {}, log: silent });
+    const [name, body] = Object.entries(RECORDED_ADDRESSES)[0]!;
+    addr.apply([res(ADDRESS_TYPE, name, body)], []);
+    expect(decided).toBe(0);
+    authz.apply(recorded(AUTHORIZATION_TYPE, RECORDED_AUTHORIZATIONS), []);
+    expect(decided).toBe(1);
+    watcher.close();
   });
 });

@@ -78,9 +78,14 @@ function reader<X, V>(type: protobuf.Type, convert: (x: X) => V): (bytes: Uint8A
 const readAddress = reader<XAddress, AddressValue>(T.address, addressFromXds);
 const readAuthorization = reader<XAuthorization, Authorization>(T.authorization, (a) => authorizationFromXds(a));
 
+/** xDS brings ztunnel-format Authorizations only; no Kubernetes AuthorizationPolicy objects. */
+const NO_POLICIES: never[] = [];
+
 export class WdsState {
   #addresses = new Map<string, AddressValue>();
   #authorizations = new Map<string, Authorization>();
+  /** the published list of #authorizations, rebuilt only when that map is replaced */
+  #authList?: { from: Map<string, Authorization>; list: Authorization[] };
   readonly #applied = new Set<string>();
   /** the types whose first response publishing waits for */
   readonly #types: string[];
@@ -140,6 +145,9 @@ export class WdsState {
       if (a.kind === 'workload') workloads.push(a.workload);
       else services.push(a.service);
     }
-    return { workloads, services, policies: [], authorizations: [...this.#authorizations.values()] };
+    // the same policy arrays while no Authorization changed: an address-only push must not make
+    // every open connection be decided again (PolicyWatcher keys on their identity)
+    if (this.#authList?.from !== this.#authorizations) this.#authList = { from: this.#authorizations, list: [...this.#authorizations.values()] };
+    return { workloads, services, policies: NO_POLICIES, authorizations: this.#authList.list };
   }
 }
