@@ -9,7 +9,7 @@
  * failure; a rig whose creation fails has removed what it made before it throws.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -226,7 +226,7 @@ export class Rig {
 
   /** Waits until the latest agent has chained and installed inpod-cni, is ready and the proxy took its snapshot. */
   async ready(timeoutMs = 30_000): Promise<void> {
-    await this.until('the agent to chain inpod-cni', () => this.conflist().plugins.some((x) => x.type === 'inpod-cni'), timeoutMs);
+    await this.until('the agent to chain inpod-cni', () => existsSync(this.p('net.d/10-sim.conflist')) && this.conflist().plugins.some((x) => x.type === 'inpod-cni') && existsSync(this.p('bin/inpod-cni')), timeoutMs);
     await this.until('the agent to be ready', () => /agent ready/.test(this.agent!.log), timeoutMs);
     await this.until('the proxy to take the snapshot', () => /snapshot sent/.test(this.agent!.log), timeoutMs);
   }
