@@ -7,127 +7,68 @@
  * inpod-cni) as a runtime runs it. As istio-cni: cni/pkg/plugin/plugin.go (CmdAdd: excluded
  * namespaces and pods outside the mesh never reach the agent; an unreachable agent is an error).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { runCniPlugin } from '../../ts/sim/node.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI, freePorts } from '../cli.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
 import { FakeAgent, runCni } from '../cni/run.js';
-import { Lab, type LabPod, type PodShell, until as untilFor } from './lab.js';
+import type { Lab, LabPod, PodShell } from './lab.js';
+import { Rig } from './rig.js';
 
 const NODE = 'node1';
 const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 
 describe('inpod-cni on a node', () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
-  let agent: ChildProcess | undefined;
-  let proxy: ChildProcess | undefined;
-  let log = '';
-  let agentStarted = 0; // where in the log the running agent's lines start
   let peer: LabPod;
   let peerSh: PodShell;
-  let ports: number[] = [];
-  const pauses: { proc: ChildProcess; cgroup: string }[] = [];
-  const p = (f: string): string => join(dir, f);
-  const conflist = (): { cniVersion: string; name: string; plugins: { type: string }[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
-  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
-  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: () => log.slice(-3000) });
-  const enrolled = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns);
+  const p = (f: string): string => rig.p(f);
+  const conflist = (): { plugins: { type: string }[] } => rig.conflist();
+  const cniPath = (): string => rig.cniPath();
+  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs?: number): Promise<void> => rig.until(what, cond, timeoutMs);
+  const enrolled = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
   /** The agent annotates a pod once the proxy serves it. */
   const annotated = (ns: string, name: string): boolean => api.get('pods', ns, name)?.metadata.annotations?.['ambient.istio.io/redirection'] === 'enabled';
 
-  function startAgent(): void {
-    agentStarted = log.length;
-    agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
-      '--zds', p('zds.sock'), '--cni-socket', p('run/plugin.sock'), '--mesh-view', p('run/meshview.json'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${ports.shift()}`,
-      // its own pod's namespace: with kube-system, the namespaces excluded by default
-      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    agent.stdout!.on('data', (d) => (log += d));
-    agent.stderr!.on('data', (d) => (log += d));
-  }
-  async function killAgent(): Promise<void> {
-    const a = agent!;
-    const exited = new Promise((r) => a.once('exit', r));
-    a.kill('SIGKILL'); // as a crash or an eviction: no shutdown logic runs
-    await exited;
-  }
-  const pod = (ns: string, name: string, labels?: Record<string, string>) =>
-    api.apply('pods', { metadata: { name, namespace: ns, labels }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
+  // its own pod's namespace: with kube-system, the namespaces excluded by default
+  const startAgent = () => rig.startAgent({ cniSocket: 'run/plugin.sock', args: ['--mesh-view', p('run/meshview.json')] });
+  const pod = (ns: string, name: string, labels?: Record<string, string>) => rig.pod(ns, name, { labels });
   /** ADD through the whole chain, as the runtime; the CNI error output when it fails. */
-  async function runPod(ns: string, name: string, uid: string): Promise<{ pod?: LabPod; error?: string }> {
-    try {
-      return { pod: await lab.node.addPodWithChain(name, conflist(), { namespace: ns, name, uid }, cniPath()) };
-    } catch (e) {
-      return { error: (e as { cniOutput?: string }).cniOutput ?? (e as Error).message };
-    }
-  }
-  /** A process of the pod in its pod cgroup (the runtime's pause container), by which the agent finds a pod it never got an ADD for. */
-  async function pause(uid: string, netnsPath: string): Promise<string> {
-    const cgroup = join(lab.cgroupPath, `pod${uid}`);
-    mkdirSync(cgroup);
-    const proc = spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${netnsPath} sleep 600`], { stdio: 'ignore' });
-    pauses.push({ proc, cgroup });
-    await until('the pod process in its cgroup', () => readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim() !== '');
-    return `/proc/${readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim().split('\n')[0]}/ns/net`;
-  }
+  const runPod = (ns: string, name: string, uid: string): Promise<{ pod?: LabPod; error?: string }> => rig.runPod(ns, name, { uid });
   /** Which way a connection from the pod to the peer went, by what the peer accepted (as test/netns/agent.test.ts). */
   async function path(pod: LabPod): Promise<'proxy' | 'direct'> {
     const sh = await lab.shell(pod.netnsPath, { inCgroup: true });
     const { id } = await peerSh.listenerByTag('peer');
     const before = (await peerSh.accepted(id)).length;
     const r = await sh.connect({ host: peer.ip, port: 80, send: 'x', timeoutMs: 3000 });
-    if (!r.ok) throw new Error(`${pod.name} -> peer: ${r.error}\n${log.slice(-2000)}`);
+    if (!r.ok) throw new Error(`${pod.name} -> peer: ${r.error}\n${rig.log.slice(-2000)}`);
     await sh.close(r.connId);
     const seen = (await peerSh.accepted(id)).slice(before)[0]!.peer;
     return seen.host === r.sockname.host && seen.port === r.sockname.port ? 'direct' : 'proxy';
   }
 
   beforeAll(async () => {
-    ports = await freePorts(3);
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}cp`));
-    for (const d of ['net.d', 'bin', 'run', 'state']) mkdirSync(p(d));
-    const { cniVersion, name, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
-    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
-    api = new FakeApiServer();
-    await api.start();
-    writeFileSync(p('kubeconfig'), api.kubeconfig());
-    for (const [n, labels] of [['mesh', AMBIENT], ['plain', undefined], ['late', undefined], ['kube-system', AMBIENT], ['inpod-system', undefined]] as const) {
+    rig = await Rig.create({ tag: 'cp', cluster: {} });
+    lab = rig.lab;
+    api = rig.api!;
+    for (const d of ['run', 'state']) mkdirSync(p(d));
+    for (const [n, labels] of [['plain', undefined], ['late', undefined], ['kube-system', AMBIENT], ['inpod-system', undefined]] as const) {
       api.apply('namespaces', { metadata: { name: n, labels } });
     }
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
     peer = await lab.addPod('peer');
     peerSh = await lab.shell(peer.netnsPath, { inCgroup: false });
     await peerSh.listen({ port: 80, tag: 'peer' });
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 --admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (log += d));
-    proxy.stderr!.on('data', (d) => (log += d));
-    startAgent();
-    await until('the agent to chain inpod-cni and take the proxy', () => JSON.stringify(conflist()).includes('inpod-cni') && /snapshot sent/.test(log), 60_000);
+    await rig.startProxy();
+    await startAgent();
+    await rig.ready(60_000);
   }, 90_000);
 
   afterAll(async () => {
-    for (const { proc, cgroup } of pauses) {
-      const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await exited;
-      rmdirSync(cgroup);
-    }
-    agent?.kill('SIGKILL');
-    proxy?.kill('SIGKILL');
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('runs as the agent installed it alone in an empty chroot: VERSION, then ADD, CHECK and DEL of a mesh pod with only the agent\'s socket dir bind-mounted in', async () => {
@@ -176,7 +117,7 @@ describe('inpod-cni on a node', () => {
     let recorder: FakeAgent;
 
     beforeAll(async () => {
-      await killAgent();
+      await rig.agent!.stop(); // as a crash or an eviction: no shutdown logic runs
       // something listening where the agent was, to see whether any plugin run knocks
       unlinkSync(p('run/plugin.sock'));
       recorder = new FakeAgent(p('run/plugin.sock'));
@@ -213,7 +154,7 @@ describe('inpod-cni on a node', () => {
         details: expect.stringMatching(/namespace mesh in the mesh/),
       });
       // the runtime tears the failed sandbox down and will retry
-      await lab.node.delPodWithChain('m1', conflist(), { namespace: 'mesh', name: 'm1', uid: m.metadata.uid! }, cniPath());
+      await rig.delPod('mesh', 'm1', m.metadata.uid!);
       await lab.node.removePod('m1');
 
       api.apply('namespaces', { metadata: { name: 'late', labels: AMBIENT } });
@@ -225,11 +166,11 @@ describe('inpod-cni on a node', () => {
 
     it('once the agent is back: the pod that started uncaptured is enrolled live, and the mesh pod\'s retry starts captured', async () => {
       const l1 = lab.node.pods.get('l1')!;
-      const l1Netns = await pause(api.get('pods', 'late', 'l1')!.metadata.uid!, l1.netnsPath);
-      startAgent();
+      const l1Netns = await rig.pause(api.get('pods', 'late', 'l1')!.metadata.uid!, l1.netnsPath);
+      await startAgent();
       await until('l1 enrolled live', async () => (await enrolled()).includes(l1Netns), 30_000);
       await until('l1 served by the proxy (annotated)', () => annotated('late', 'l1'));
-      await until('the proxy to take the new agent\'s snapshot', () => /snapshot sent/.test(log.slice(agentStarted)), 30_000);
+      await until('the proxy to take the new agent\'s snapshot', () => /snapshot sent/.test(rig.agent!.log), 30_000);
       expect(await path(l1)).toBe('proxy');
       const again = await runPod('mesh', 'm1', api.get('pods', 'mesh', 'm1')!.metadata.uid!);
       expect(again.error).toBeUndefined();
@@ -239,14 +180,14 @@ describe('inpod-cni on a node', () => {
   });
 
   it('with the agent up, a pod whose own ambient label the view has not seen yet starts uncaptured without asking the agent, then is enrolled live', async () => {
-    await until('the agent ready', () => /agent ready/.test(log.slice(agentStarted)));
+    await until('the agent ready', () => /agent ready/.test(rig.agent!.log));
     const uid = `${lab.prefix}-0000-own`;
     // the runtime's ADD comes before the agent has seen the pod (its namespace is outside the mesh)
     const r = await runPod('plain', 'own', uid);
     expect(r.error).toBeUndefined();
     expect(await path(r.pod!)).toBe('direct');
     expect(readdirSync(p('state/pods')).some((f) => f.startsWith(encodeURIComponent(uid)))).toBe(false); // the agent never heard of it
-    const own = await pause(uid, r.pod!.netnsPath);
+    const own = await rig.pause(uid, r.pod!.netnsPath);
     api.apply('pods', { metadata: { name: 'own', namespace: 'plain', uid, labels: AMBIENT }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
     await until('own enrolled live', async () => (await enrolled()).includes(own));
     await until('own served by the proxy (annotated)', () => annotated('plain', 'own'));
