@@ -26,16 +26,13 @@ describe('inpod-cni on a node', () => {
   let api: FakeApiServer;
   let peer: LabPod;
   let peerSh: PodShell;
-  const p = (f: string): string => rig.p(f);
-  const conflist = (): { plugins: { type: string }[] } => rig.conflist();
-  const cniPath = (): string => rig.cniPath();
   const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs?: number): Promise<void> => rig.until(what, cond, timeoutMs);
   const enrolled = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
   /** The agent annotates a pod once the proxy serves it. */
   const annotated = (ns: string, name: string): boolean => api.get('pods', ns, name)?.metadata.annotations?.['ambient.istio.io/redirection'] === 'enabled';
 
   // its own pod's namespace: with kube-system, the namespaces excluded by default
-  const startAgent = () => rig.startAgent({ cniSocket: 'run/plugin.sock', args: ['--mesh-view', p('run/meshview.json')] });
+  const startAgent = () => rig.startAgent({ cniSocket: 'run/plugin.sock', args: ['--mesh-view', rig.p('run/meshview.json')] });
   const pod = (ns: string, name: string, labels?: Record<string, string>) => rig.pod(ns, name, { labels });
   /** ADD through the whole chain, as the runtime; the CNI error output when it fails. */
   const runPod = (ns: string, name: string, uid: string): Promise<{ pod?: LabPod; error?: string }> => rig.runPod(ns, name, { uid });
@@ -55,7 +52,7 @@ describe('inpod-cni on a node', () => {
     rig = await Rig.create({ tag: 'cp', cluster: {} });
     lab = rig.lab;
     api = rig.api!;
-    for (const d of ['run', 'state']) mkdirSync(p(d));
+    for (const d of ['run', 'state']) mkdirSync(rig.p(d));
     for (const [n, labels] of [['plain', undefined], ['late', undefined], ['kube-system', AMBIENT], ['inpod-system', undefined]] as const) {
       api.apply('namespaces', { metadata: { name: n, labels } });
     }
@@ -78,7 +75,7 @@ describe('inpod-cni on a node', () => {
       copyFileSync('/bin/true', join(root, 'true'));
       expect((await runCni(['chroot', root, '/true'], {})).code).not.toBe(0);
       rmSync(join(root, 'true'));
-      copyFileSync(p('bin/inpod-cni'), join(root, 'inpod-cni'));
+      copyFileSync(rig.p('bin/inpod-cni'), join(root, 'inpod-cni'));
       expect(readdirSync(root)).toEqual(['inpod-cni']); // no libc, no loader, no Node
       const version = await runCni(['chroot', root, '/inpod-cni'], { CNI_COMMAND: 'VERSION' });
       expect(version.code, version.stdout + version.stderr).toBe(0);
@@ -86,7 +83,7 @@ describe('inpod-cni on a node', () => {
 
       // the agent's run dir (socket and mesh view) at /run inside, in a mount namespace of its own that goes with the process
       mkdirSync(join(root, 'run'));
-      const inChroot = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" "$2/run" && exec chroot "$2" /inpod-cni', 'sh', p('run'), root];
+      const inChroot = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" "$2/run" && exec chroot "$2" /inpod-cni', 'sh', rig.p('run'), root];
       pod('mesh', 'cx');
       const uid = api.get('pods', 'mesh', 'cx')!.metadata.uid!;
       const cx = await lab.addPod('cx'); // the pod network (bridge) first, as the chain before inpod-cni
@@ -119,8 +116,8 @@ describe('inpod-cni on a node', () => {
     beforeAll(async () => {
       await rig.agent!.stop(); // as a crash or an eviction: no shutdown logic runs
       // something listening where the agent was, to see whether any plugin run knocks
-      unlinkSync(p('run/plugin.sock'));
-      recorder = new FakeAgent(p('run/plugin.sock'));
+      unlinkSync(rig.p('run/plugin.sock'));
+      recorder = new FakeAgent(rig.p('run/plugin.sock'));
       await recorder.listen();
     });
 
@@ -133,11 +130,11 @@ describe('inpod-cni on a node', () => {
       }
       // the result the runtime gets is the previous plugin's, byte for byte what it parses to
       const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', mac: '0a:58:0a:c8:00:05', sandbox: '/var/run/netns/x' }], ips: [{ address: '10.200.0.5/24', gateway: '10.200.0.1', interface: 0 }], routes: [{ dst: '0.0.0.0/0', gw: '10.200.0.1' }], dns: { nameservers: ['10.96.0.10'] } };
-      const entry = conflist().plugins.find((x) => x.type === 'inpod-cni')!;
+      const entry = rig.conflist().plugins.find((x) => x.type === 'inpod-cni')!;
       for (const ns of ['kube-system', 'plain']) {
         const out = await runCniPlugin('inpod-cni', 'ADD', { cniVersion: '1.0.0', name: 'k8s', ...entry, prevResult }, {
           CNI_CONTAINERID: 'c1', CNI_NETNS: lab.node.pods.get('web')!.netnsPath, CNI_IFNAME: 'eth0', CNI_ARGS: `K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=web;K8S_POD_UID=${api.get('pods', 'plain', 'web')!.metadata.uid}`,
-        }, lab.node.nodeNetns, cniPath());
+        }, lab.node.nodeNetns, rig.cniPath());
         expect(out).toEqual(prevResult);
       }
       expect(recorder.connections).toBe(0);
@@ -186,12 +183,12 @@ describe('inpod-cni on a node', () => {
     const r = await runPod('plain', 'own', uid);
     expect(r.error).toBeUndefined();
     expect(await path(r.pod!)).toBe('direct');
-    expect(readdirSync(p('state/pods')).some((f) => f.startsWith(encodeURIComponent(uid)))).toBe(false); // the agent never heard of it
+    expect(readdirSync(rig.p('state/pods')).some((f) => f.startsWith(encodeURIComponent(uid)))).toBe(false); // the agent never heard of it
     const own = await rig.pause(uid, r.pod!.netnsPath);
     api.apply('pods', { metadata: { name: 'own', namespace: 'plain', uid, labels: AMBIENT }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
     await until('own enrolled live', async () => (await enrolled()).includes(own));
     await until('own served by the proxy (annotated)', () => annotated('plain', 'own'));
     expect(await path(r.pod!)).toBe('proxy');
-    await until('the view to know it', () => (JSON.parse(readFileSync(p('run/meshview.json'), 'utf8')) as { pods: Record<string, { mesh: boolean }> }).pods['plain/own']?.mesh === true);
+    await until('the view to know it', () => (JSON.parse(readFileSync(rig.p('run/meshview.json'), 'utf8')) as { pods: Record<string, { mesh: boolean }> }).pods['plain/own']?.mesh === true);
   });
 });

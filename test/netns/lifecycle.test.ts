@@ -23,10 +23,8 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
   let api: FakeApiServer;
   let peer: LabPod;
   let peerSh: PodShell;
-  const p = (f: string): string => rig.p(f);
-  const conflist = (): { plugins: { type: string }[] } => rig.conflist();
-  const chained = (): boolean => conflist().plugins.some((x) => x.type === 'inpod-cni');
-  const binary = (): boolean => existsSync(p('bin/inpod-cni'));
+  const chained = (): boolean => rig.conflist().plugins.some((x) => x.type === 'inpod-cni');
+  const binary = (): boolean => existsSync(rig.p('bin/inpod-cni'));
   const enrolled = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
   const agentLog = (): string => rig.agent!.log;
 
@@ -59,7 +57,7 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
     rig = await Rig.create({ tag: 'lc', cluster: {} });
     lab = rig.lab;
     api = rig.api!;
-    mkdirSync(p('manifests'));
+    mkdirSync(rig.p('manifests'));
     api.apply('namespaces', { metadata: { name: NS } });
     api.apply('nodes', { metadata: { name: NODE, labels: { 'kubernetes.io/os': 'linux', 'kubernetes.io/hostname': NODE } } });
     daemonSet({});
@@ -79,7 +77,7 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
   it('refuses to start in Kubernetes mode without its own pod name, naming the downward API fix', async () => {
     const { POD_NAME: _n, POD_NAMESPACE: _ns, ...env } = process.env;
     const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
-      const c = spawn('node', [CLI, 'agent', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath, '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--host-netns', 'none'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+      const c = spawn('node', [CLI, 'agent', '--kubeconfig', rig.p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath, '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--host-netns', 'none'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       c.stderr.on('data', (d) => (err += d));
       c.once('exit', (code) => resolve({ code, err }));
@@ -89,12 +87,12 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
   });
 
   it('without an API server (manifest directory) SIGTERM keeps inpod-cni; `inpod agent uninstall` removes it', async () => {
-    await startAgent({ manifests: p('manifests') });
+    await startAgent({ manifests: rig.p('manifests') });
     expect(await terminate()).toBe(0);
     expect(agentLog()).toMatch(/no API server \(manifest directory\).*inpod-cni stays installed/);
     expect(chained()).toBe(true);
     expect(binary()).toBe(true);
-    const r = await inpod('agent', 'uninstall', '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'));
+    const r = await inpod('agent', 'uninstall', '--cni-bin-dir', rig.p('bin'), '--cni-conf-dir', rig.p('net.d'));
     expect(r.code).toBe(0);
     expect(chained()).toBe(false);
     expect(binary()).toBe(false);
@@ -126,7 +124,7 @@ describe('agent shutdown: uninstall and upgrade as istio-cni', () => {
     expect(agentLog()).toMatch(/no longer schedules to node node1: nodeSelector inpod.io\/mesh=enabled.*inpod-cni removed/);
     expect(chained()).toBe(false);
     expect(binary()).toBe(false);
-    expect(conflist().plugins.map((x) => x.type)).toEqual(['bridge']); // the node's own config, as it was
+    expect(rig.conflist().plugins.map((x) => x.type)).toEqual(['bridge']); // the node's own config, as it was
     expect(await enrolled()).toContain(a.netnsPath);
     expect(await path(a)).toBe('proxy');
     daemonSet({});
