@@ -33,6 +33,8 @@ export interface RigOptions {
   ipv6?: boolean;
   /** the node's pod /24 (Lab.create), random by default */
   subnet?: string;
+  /** an API server of the rig's own (kubeconfig in the dir), without the CNI chain or any object */
+  api?: boolean;
   /**
    * What the agent needs: the CNI chain and an API server with the ambient namespace `mesh`.
    * `api`: another rig's server (two nodes of one cluster; the rig that made it stops it);
@@ -145,6 +147,7 @@ export class Rig {
     try {
       rig.backend = await createBackend(rig.backendName, { cgroupPath: lab.cgroupPath, pinRoot: rig.pinRoot, stateDir: rig.p('state'), ipv6: o.ipv6 });
       if (o.cluster) await rig.#cluster(o.cluster);
+      else if (o.api) await rig.#startApi();
     } catch (e) {
       await rig.destroy();
       throw e;
@@ -156,14 +159,18 @@ export class Rig {
     for (const d of ['net.d', 'bin']) mkdirSync(this.p(d));
     const { cniVersion, name, ...bridge } = this.lab.node.netConf(c.family) as { cniVersion: string; name: string };
     writeFileSync(this.p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
-    if (c.api) this.api = c.api;
-    else {
-      this.api = new FakeApiServer();
-      this.#ownApi = true;
-      await this.api.start();
-    }
+    if (c.api) {
+      this.api = c.api;
+      writeFileSync(this.p('kubeconfig'), this.api.kubeconfig());
+    } else await this.#startApi();
+    this.api!.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+  }
+
+  async #startApi(): Promise<void> {
+    this.api = new FakeApiServer();
+    this.#ownApi = true;
+    await this.api.start();
     writeFileSync(this.p('kubeconfig'), this.api.kubeconfig());
-    this.api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
   }
 
   /** A path in the rig's dir. */
