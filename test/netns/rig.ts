@@ -31,6 +31,8 @@ export interface RigOptions {
   backend?: BackendName;
   /** the backend captures IPv6 too (BackendOptions.ipv6) */
   ipv6?: boolean;
+  /** the lab's node netns is the host's (BackendOptions.hostNetns): its own connections are kubelet's */
+  hostNetns?: boolean;
   /** the node's pod /24 (Lab.create), random by default */
   subnet?: string;
   /** an API server of the rig's own (kubeconfig in the dir), without the CNI chain or any object */
@@ -145,7 +147,7 @@ export class Rig {
       throw e;
     }
     try {
-      rig.backend = await createBackend(rig.backendName, { cgroupPath: lab.cgroupPath, pinRoot: rig.pinRoot, stateDir: rig.p('state'), ipv6: o.ipv6 });
+      rig.backend = await createBackend(rig.backendName, { cgroupPath: lab.cgroupPath, pinRoot: rig.pinRoot, stateDir: rig.p('state'), ipv6: o.ipv6, hostNetns: o.hostNetns ? lab.nodeNetnsPath : undefined });
       if (o.cluster) await rig.#cluster(o.cluster);
       else if (o.api) await rig.#startApi();
     } catch (e) {
