@@ -6,31 +6,20 @@
  * istioctl/pkg/writer/ztunnel/configdump/), and POST /quitquitquit draining the proxy as SIGTERM
  * does (ztunnel src/admin.rs handle_server_shutdown, src/signal.rs: the same shutdown).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { CLI, freePorts } from '../cli.js';
 import { connectionRows, prime, serviceRows, workloadRows } from '../fixtures/istioctl.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import { type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 describe('inpod ztunnel admin, as istioctl and ztunnel\'s tools use it', () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
-  let backend: RedirectBackend;
-  let zds: ZdsServer | undefined;
-  let proxy: ChildProcess | undefined;
   let exited: Promise<number | null>;
   let a: LabPod, b: LabPod;
   let sa: PodShell, sb: PodShell;
   let admin = 0;
   let readiness = 0;
-  let logs = '';
-  const pods: ZdsPod[] = [];
   const ready = async (): Promise<[number, string] | null> => {
     const r = await fetch(`http://127.0.0.1:${readiness}/healthz/ready`).catch(() => null);
     return r && [r.status, await r.text()];
@@ -38,44 +27,34 @@ describe('inpod ztunnel admin, as istioctl and ztunnel\'s tools use it', () => {
   const dump = async (): Promise<string> => (await fetch(`http://127.0.0.1:${admin}/config_dump`)).text();
 
   beforeAll(async () => {
-    let metrics: number;
-    [admin, metrics, readiness] = await freePorts(3);
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}adm`));
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'adm' });
+    lab = rig.lab;
     [a, b] = await Promise.all([lab.addPod('a'), lab.addPod('b')]);
-    writeFileSync(join(dir, 'config.yaml'), `workloads:
+    writeFileSync(rig.p('config.yaml'), `workloads:
   - {uid: ua, name: a, namespace: shop, serviceAccount: sa-a, workloadIps: ["${a.ip}"], protocol: HBONE, node: node-1}
   - {uid: ub, name: b, namespace: shop, serviceAccount: sa-b, workloadIps: ["${b.ip}"], protocol: HBONE, node: node-1, services: {"shop/b.shop.svc.cluster.local": {8080: 8080}}}
 services:
   - {name: b, namespace: shop, hostname: b.shop.svc.cluster.local, vips: ["/10.96.7.7"], ports: {8080: 8080}}
 `);
     // the proxy starts before the agent is there: not ready until the snapshot is served
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} ` +
-      `--ca-dir ${join(dir, 'ca')} --drain-seconds 30 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (logs += d));
-    proxy.stderr!.on('data', (d) => (logs += d));
-    exited = new Promise((resolve) => proxy!.once('exit', (code) => resolve(code)));
-    await until('the proxy to answer its readiness port', async () => (await ready()) !== null, { timeoutMs: 20_000, context: () => logs });
+    const proxy = await rig.startProxy({ args: ['--config', rig.p('config.yaml')], drainSeconds: 30, ports: true });
+    ({ admin, readiness } = proxy.ports);
+    exited = proxy.exited;
+    await until('the proxy to answer its readiness port', async () => (await ready()) !== null, { timeoutMs: 20_000, context: () => rig.log });
   }, 60_000);
 
   afterAll(async () => {
-    proxy?.kill('SIGKILL');
-    zds?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('is not ready, naming ztunnel\'s pending task, until the agent\'s snapshot is served; then ready', async () => {
     expect(await ready()).toEqual([500, 'not ready, pending: workload proxy manager\n']);
     for (const p of [a, b]) {
-      await backend.enroll(p.netnsPath);
-      pods.push({ uid: `zds-${p.name}`, info: { name: p.name, namespace: 'shop', serviceAccount: `sa-${p.name}` }, netnsPath: p.netnsPath });
+      await rig.backend.enroll(p.netnsPath);
+      rig.zdsPods.push({ uid: `zds-${p.name}`, info: { name: p.name, namespace: 'shop', serviceAccount: `sa-${p.name}` }, netnsPath: p.netnsPath });
     }
-    zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods });
-    zds.start();
-    await until('the proxy to be ready', async () => (await ready())?.[0] === 200, { timeoutMs: 20_000, context: () => logs });
+    rig.startZds();
+    await until('the proxy to be ready', async () => (await ready())?.[0] === 200, { timeoutMs: 20_000, context: () => rig.log });
     expect(await ready()).toEqual([200, 'ready\n']);
   });
 
@@ -84,7 +63,7 @@ services:
     sb = await lab.shell(b.netnsPath, { inCgroup: true });
     await sb.listen({ port: 8080, tag: 'b' });
     const r = await sa.connect({ host: '10.96.7.7', port: 8080, send: 'hello', timeoutMs: 5000 });
-    expect(r.ok && r.reply, logs).toBe('b:hello');
+    expect(r.ok && r.reply, rig.log).toBe('b:hello');
     const d = prime(await dump());
     expect(workloadRows(d)).toEqual([['shop', 'a', a.ip, 'node-1', 'None', 'HBONE'], ['shop', 'b', b.ip, 'node-1', 'None', 'HBONE']]);
     expect(serviceRows(d)).toEqual([['shop', 'b', '10.96.7.7', 'None', '1/1']]);
@@ -95,7 +74,7 @@ services:
     // b's inbound names the Service a addressed (ztunnel's original_dst: the CONNECT's forwarded host), one of b's own
     expect(rows).toContainEqual(['b.shop', 'Inbound', 'b.shop:8080', expect.stringMatching(/^a\.shop:\d+$/), 'b.shop.svc.cluster.local', 'HBONE']);
     if (r.ok) await sa.close(r.connId);
-    await until('the closed connection to leave the dump', async () => connectionRows(prime(await dump())).length === 0, { context: () => logs });
+    await until('the closed connection to leave the dump', async () => connectionRows(prime(await dump())).length === 0, { context: () => rig.log });
   });
 
   it('POST /quitquitquit answers "shutdown now" and drains as on SIGTERM: readiness goes, an open connection carries on, the process exits once it ends', async () => {
@@ -103,15 +82,15 @@ services:
     expect(open.ok && open.reply).toBe('b:before');
     const q = await fetch(`http://127.0.0.1:${admin}/quitquitquit`, { method: 'POST' });
     expect([q.status, await q.text()]).toEqual([200, 'shutdown now\n']);
-    await until('the readiness port to stop answering', async () => (await ready()) === null, { context: () => logs });
+    await until('the readiness port to stop answering', async () => (await ready()) === null, { context: () => rig.log });
     // the line reaches us through the child's stdout pipe, maybe after readiness already went
-    await until('the drain line naming /quitquitquit', () => /"signal":"quitquitquit".*"msg":"draining"/.test(logs), { context: () => logs });
+    await until('the drain line naming /quitquitquit', () => /"signal":"quitquitquit".*"msg":"draining"/.test(rig.log), { context: () => rig.log });
     if (!open.ok) return;
     expect((await sa.send(open.connId, 'during', 5000)).reply).toBe('b:during');
     // new connections find no listener of this proxy: captured, they fail closed
     expect((await sa.connect({ host: b.ip, port: 8080, send: 'new', timeoutMs: 2000 })).ok).toBe(false);
     await sa.close(open.connId);
     expect(await exited).toBe(0);
-    expect(logs).toMatch(/drained: every connection has ended; exiting/);
+    expect(rig.log).toMatch(/drained: every connection has ended; exiting/);
   }, 30_000);
 });

@@ -7,127 +7,65 @@
  * inpod-cni) as a runtime runs it. As istio-cni: cni/pkg/plugin/plugin.go (CmdAdd: excluded
  * namespaces and pods outside the mesh never reach the agent; an unreachable agent is an error).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
 import { runCniPlugin } from '../../ts/sim/node.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI, freePorts } from '../cli.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
 import { FakeAgent, runCni } from '../cni/run.js';
-import { Lab, type LabPod, type PodShell, until as untilFor } from './lab.js';
+import type { Lab, LabPod, PodShell } from './lab.js';
+import { Rig } from './rig.js';
 
 const NODE = 'node1';
 const AMBIENT = { 'istio.io/dataplane-mode': 'ambient' };
 
 describe('inpod-cni on a node', () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
-  let agent: ChildProcess | undefined;
-  let proxy: ChildProcess | undefined;
-  let log = '';
-  let agentStarted = 0; // where in the log the running agent's lines start
   let peer: LabPod;
   let peerSh: PodShell;
-  let ports: number[] = [];
-  const pauses: { proc: ChildProcess; cgroup: string }[] = [];
-  const p = (f: string): string => join(dir, f);
-  const conflist = (): { cniVersion: string; name: string; plugins: { type: string }[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
-  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
-  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: () => log.slice(-3000) });
-  const enrolled = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns);
+  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs?: number): Promise<void> => rig.until(what, cond, timeoutMs);
+  const enrolled = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
   /** The agent annotates a pod once the proxy serves it. */
   const annotated = (ns: string, name: string): boolean => api.get('pods', ns, name)?.metadata.annotations?.['ambient.istio.io/redirection'] === 'enabled';
 
-  function startAgent(): void {
-    agentStarted = log.length;
-    agent = spawn('node', [CLI, 'agent', '--backend', 'ebpf', '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
-      '--zds', p('zds.sock'), '--cni-socket', p('run/plugin.sock'), '--mesh-view', p('run/meshview.json'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${ports.shift()}`,
-      // its own pod's namespace: with kube-system, the namespaces excluded by default
-      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    agent.stdout!.on('data', (d) => (log += d));
-    agent.stderr!.on('data', (d) => (log += d));
-  }
-  async function killAgent(): Promise<void> {
-    const a = agent!;
-    const exited = new Promise((r) => a.once('exit', r));
-    a.kill('SIGKILL'); // as a crash or an eviction: no shutdown logic runs
-    await exited;
-  }
-  const pod = (ns: string, name: string, labels?: Record<string, string>) =>
-    api.apply('pods', { metadata: { name, namespace: ns, labels }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
+  // its own pod's namespace: with kube-system, the namespaces excluded by default
+  const startAgent = () => rig.startAgent({ cniSocket: 'run/plugin.sock', args: ['--mesh-view', rig.p('run/meshview.json')] });
+  const pod = (ns: string, name: string, labels?: Record<string, string>) => rig.pod(ns, name, { labels });
   /** ADD through the whole chain, as the runtime; the CNI error output when it fails. */
-  async function runPod(ns: string, name: string, uid: string): Promise<{ pod?: LabPod; error?: string }> {
-    try {
-      return { pod: await lab.node.addPodWithChain(name, conflist(), { namespace: ns, name, uid }, cniPath()) };
-    } catch (e) {
-      return { error: (e as { cniOutput?: string }).cniOutput ?? (e as Error).message };
-    }
-  }
-  /** A process of the pod in its pod cgroup (the runtime's pause container), by which the agent finds a pod it never got an ADD for. */
-  async function pause(uid: string, netnsPath: string): Promise<string> {
-    const cgroup = join(lab.cgroupPath, `pod${uid}`);
-    mkdirSync(cgroup);
-    const proc = spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=${netnsPath} sleep 600`], { stdio: 'ignore' });
-    pauses.push({ proc, cgroup });
-    await until('the pod process in its cgroup', () => readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim() !== '');
-    return `/proc/${readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').trim().split('\n')[0]}/ns/net`;
-  }
+  const runPod = (ns: string, name: string, uid: string): Promise<{ pod?: LabPod; error?: string }> => rig.runPod(ns, name, { uid });
   /** Which way a connection from the pod to the peer went, by what the peer accepted (as test/netns/agent.test.ts). */
   async function path(pod: LabPod): Promise<'proxy' | 'direct'> {
     const sh = await lab.shell(pod.netnsPath, { inCgroup: true });
     const { id } = await peerSh.listenerByTag('peer');
     const before = (await peerSh.accepted(id)).length;
     const r = await sh.connect({ host: peer.ip, port: 80, send: 'x', timeoutMs: 3000 });
-    if (!r.ok) throw new Error(`${pod.name} -> peer: ${r.error}\n${log.slice(-2000)}`);
+    if (!r.ok) throw new Error(`${pod.name} -> peer: ${r.error}\n${rig.log.slice(-2000)}`);
     await sh.close(r.connId);
     const seen = (await peerSh.accepted(id)).slice(before)[0]!.peer;
     return seen.host === r.sockname.host && seen.port === r.sockname.port ? 'direct' : 'proxy';
   }
 
   beforeAll(async () => {
-    ports = await freePorts(3);
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}cp`));
-    for (const d of ['net.d', 'bin', 'run', 'state']) mkdirSync(p(d));
-    const { cniVersion, name, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
-    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
-    api = new FakeApiServer();
-    await api.start();
-    writeFileSync(p('kubeconfig'), api.kubeconfig());
-    for (const [n, labels] of [['mesh', AMBIENT], ['plain', undefined], ['late', undefined], ['kube-system', AMBIENT], ['inpod-system', undefined]] as const) {
+    rig = await Rig.create({ tag: 'cp', cluster: {} });
+    lab = rig.lab;
+    api = rig.api!;
+    for (const d of ['run', 'state']) mkdirSync(rig.p(d));
+    for (const [n, labels] of [['plain', undefined], ['late', undefined], ['kube-system', AMBIENT], ['inpod-system', undefined]] as const) {
       api.apply('namespaces', { metadata: { name: n, labels } });
     }
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
     peer = await lab.addPod('peer');
     peerSh = await lab.shell(peer.netnsPath, { inCgroup: false });
     await peerSh.listen({ port: 80, tag: 'peer' });
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 --admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (log += d));
-    proxy.stderr!.on('data', (d) => (log += d));
-    startAgent();
-    await until('the agent to chain inpod-cni and take the proxy', () => JSON.stringify(conflist()).includes('inpod-cni') && /snapshot sent/.test(log), 60_000);
+    await rig.startProxy();
+    await startAgent();
+    await rig.ready(60_000);
   }, 90_000);
 
   afterAll(async () => {
-    for (const { proc, cgroup } of pauses) {
-      const exited = proc.exitCode !== null || proc.signalCode !== null ? Promise.resolve() : new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGKILL');
-      await exited;
-      rmdirSync(cgroup);
-    }
-    agent?.kill('SIGKILL');
-    proxy?.kill('SIGKILL');
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('runs as the agent installed it alone in an empty chroot: VERSION, then ADD, CHECK and DEL of a mesh pod with only the agent\'s socket dir bind-mounted in', async () => {
@@ -137,7 +75,7 @@ describe('inpod-cni on a node', () => {
       copyFileSync('/bin/true', join(root, 'true'));
       expect((await runCni(['chroot', root, '/true'], {})).code).not.toBe(0);
       rmSync(join(root, 'true'));
-      copyFileSync(p('bin/inpod-cni'), join(root, 'inpod-cni'));
+      copyFileSync(rig.p('bin/inpod-cni'), join(root, 'inpod-cni'));
       expect(readdirSync(root)).toEqual(['inpod-cni']); // no libc, no loader, no Node
       const version = await runCni(['chroot', root, '/inpod-cni'], { CNI_COMMAND: 'VERSION' });
       expect(version.code, version.stdout + version.stderr).toBe(0);
@@ -145,7 +83,7 @@ describe('inpod-cni on a node', () => {
 
       // the agent's run dir (socket and mesh view) at /run inside, in a mount namespace of its own that goes with the process
       mkdirSync(join(root, 'run'));
-      const inChroot = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" "$2/run" && exec chroot "$2" /inpod-cni', 'sh', p('run'), root];
+      const inChroot = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" "$2/run" && exec chroot "$2" /inpod-cni', 'sh', rig.p('run'), root];
       pod('mesh', 'cx');
       const uid = api.get('pods', 'mesh', 'cx')!.metadata.uid!;
       const cx = await lab.addPod('cx'); // the pod network (bridge) first, as the chain before inpod-cni
@@ -176,10 +114,10 @@ describe('inpod-cni on a node', () => {
     let recorder: FakeAgent;
 
     beforeAll(async () => {
-      await killAgent();
+      await rig.agent!.stop(); // as a crash or an eviction: no shutdown logic runs
       // something listening where the agent was, to see whether any plugin run knocks
-      unlinkSync(p('run/plugin.sock'));
-      recorder = new FakeAgent(p('run/plugin.sock'));
+      unlinkSync(rig.p('run/plugin.sock'));
+      recorder = new FakeAgent(rig.p('run/plugin.sock'));
       await recorder.listen();
     });
 
@@ -192,11 +130,11 @@ describe('inpod-cni on a node', () => {
       }
       // the result the runtime gets is the previous plugin's, byte for byte what it parses to
       const prevResult = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', mac: '0a:58:0a:c8:00:05', sandbox: '/var/run/netns/x' }], ips: [{ address: '10.200.0.5/24', gateway: '10.200.0.1', interface: 0 }], routes: [{ dst: '0.0.0.0/0', gw: '10.200.0.1' }], dns: { nameservers: ['10.96.0.10'] } };
-      const entry = conflist().plugins.find((x) => x.type === 'inpod-cni')!;
+      const entry = rig.conflist().plugins.find((x) => x.type === 'inpod-cni')!;
       for (const ns of ['kube-system', 'plain']) {
         const out = await runCniPlugin('inpod-cni', 'ADD', { cniVersion: '1.0.0', name: 'k8s', ...entry, prevResult }, {
           CNI_CONTAINERID: 'c1', CNI_NETNS: lab.node.pods.get('web')!.netnsPath, CNI_IFNAME: 'eth0', CNI_ARGS: `K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=web;K8S_POD_UID=${api.get('pods', 'plain', 'web')!.metadata.uid}`,
-        }, lab.node.nodeNetns, cniPath());
+        }, lab.node.nodeNetns, rig.cniPath());
         expect(out).toEqual(prevResult);
       }
       expect(recorder.connections).toBe(0);
@@ -213,7 +151,7 @@ describe('inpod-cni on a node', () => {
         details: expect.stringMatching(/namespace mesh in the mesh/),
       });
       // the runtime tears the failed sandbox down and will retry
-      await lab.node.delPodWithChain('m1', conflist(), { namespace: 'mesh', name: 'm1', uid: m.metadata.uid! }, cniPath());
+      await rig.delPod('mesh', 'm1', m.metadata.uid!);
       await lab.node.removePod('m1');
 
       api.apply('namespaces', { metadata: { name: 'late', labels: AMBIENT } });
@@ -225,11 +163,11 @@ describe('inpod-cni on a node', () => {
 
     it('once the agent is back: the pod that started uncaptured is enrolled live, and the mesh pod\'s retry starts captured', async () => {
       const l1 = lab.node.pods.get('l1')!;
-      const l1Netns = await pause(api.get('pods', 'late', 'l1')!.metadata.uid!, l1.netnsPath);
-      startAgent();
+      const l1Netns = await rig.pause(api.get('pods', 'late', 'l1')!.metadata.uid!, l1.netnsPath);
+      await startAgent();
       await until('l1 enrolled live', async () => (await enrolled()).includes(l1Netns), 30_000);
       await until('l1 served by the proxy (annotated)', () => annotated('late', 'l1'));
-      await until('the proxy to take the new agent\'s snapshot', () => /snapshot sent/.test(log.slice(agentStarted)), 30_000);
+      await until('the proxy to take the new agent\'s snapshot', () => /snapshot sent/.test(rig.agent!.log), 30_000);
       expect(await path(l1)).toBe('proxy');
       const again = await runPod('mesh', 'm1', api.get('pods', 'mesh', 'm1')!.metadata.uid!);
       expect(again.error).toBeUndefined();
@@ -239,18 +177,18 @@ describe('inpod-cni on a node', () => {
   });
 
   it('with the agent up, a pod whose own ambient label the view has not seen yet starts uncaptured without asking the agent, then is enrolled live', async () => {
-    await until('the agent ready', () => /agent ready/.test(log.slice(agentStarted)));
+    await until('the agent ready', () => /agent ready/.test(rig.agent!.log));
     const uid = `${lab.prefix}-0000-own`;
     // the runtime's ADD comes before the agent has seen the pod (its namespace is outside the mesh)
     const r = await runPod('plain', 'own', uid);
     expect(r.error).toBeUndefined();
     expect(await path(r.pod!)).toBe('direct');
-    expect(readdirSync(p('state/pods')).some((f) => f.startsWith(encodeURIComponent(uid)))).toBe(false); // the agent never heard of it
-    const own = await pause(uid, r.pod!.netnsPath);
+    expect(readdirSync(rig.p('state/pods')).some((f) => f.startsWith(encodeURIComponent(uid)))).toBe(false); // the agent never heard of it
+    const own = await rig.pause(uid, r.pod!.netnsPath);
     api.apply('pods', { metadata: { name: 'own', namespace: 'plain', uid, labels: AMBIENT }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
     await until('own enrolled live', async () => (await enrolled()).includes(own));
     await until('own served by the proxy (annotated)', () => annotated('plain', 'own'));
     expect(await path(r.pod!)).toBe('proxy');
-    await until('the view to know it', () => (JSON.parse(readFileSync(p('run/meshview.json'), 'utf8')) as { pods: Record<string, { mesh: boolean }> }).pods['plain/own']?.mesh === true);
+    await until('the view to know it', () => (JSON.parse(readFileSync(rig.p('run/meshview.json'), 'utf8')) as { pods: Record<string, { mesh: boolean }> }).pods['plain/own']?.mesh === true);
   });
 });

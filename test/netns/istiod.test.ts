@@ -15,22 +15,19 @@
  * A Service VIP istiod sent routes to the pod, and the server's proxy finds its own workload
  * though istiod's uid ("<cluster>//Pod/<ns>/<name>") is not the pod's UID that ZDS hands over.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackendName } from '../../ts/redirect/backend.js';
 import { caWire } from '../../ts/identity/istio-ca.js';
 import { ADDRESS_TYPE, AUTHORIZATION_TYPE } from '../../ts/xds/proto.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
 import { addCaService, type FakeCa } from '../fixtures/istiod/ca.js';
 import { startFakeIstiod, type FakeIstiod } from '../fixtures/istiod/index.js';
 import { ipBytes } from '../fixtures/istiod/resources.js';
 import { addXdsService, type FakeXds } from '../fixtures/istiod/xds.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell, until as untilFor } from './lab.js';
+import { type LabPod, type PodShell, until as untilFor } from './lab.js';
+import { Rig } from './rig.js';
 
 const NODE = 'node1';
 const NS = 'mesh';
@@ -64,44 +61,23 @@ const lines = (log: string): Json[] => log.split('\n').filter((l) => l.startsWit
 });
 
 describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('Istio mode end to end, %s backend', (backend) => {
-  let lab: Lab;
-  let dir: string;
-  let api: FakeApiServer;
+  let rig: Rig;
   let istiod: FakeIstiod;
   let xds!: FakeXds;
   let ca!: FakeCa;
-  let agent: ChildProcess | undefined;
-  let proxy: ChildProcess | undefined;
-  let agentLog = '';
-  let proxyLog = '';
   let admin = 0;
   let client: LabPod, server: LabPod;
   let shC: PodShell, shS: PodShell;
-  const p = (f: string): string => join(dir, f);
-  const logs = (): string => `agent:\n${agentLog.slice(-1500)}\nproxy:\n${proxyLog.slice(-2500)}`;
-  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: logs, intervalMs: 100 });
+  const p = (f: string): string => rig.p(f);
+  const proxyLog = (): string => rig.proxy?.log ?? '';
+  const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> => untilFor(what, cond, { timeoutMs, context: () => rig.logs(), intervalMs: 100 });
   const dump = async (): Promise<Json> => (await fetch(`http://127.0.0.1:${admin}/config_dump`)).json() as Promise<Json>;
   const appAccepted = async (): Promise<number> => (await shS.accepted((await shS.listenerByTag('app')).id)).length;
-
-  async function runPod(name: string, sa: string): Promise<LabPod> {
-    const obj = api.apply('pods', { metadata: { name, namespace: NS, labels: { app: name } }, spec: { nodeName: NODE, serviceAccountName: sa } } as never);
-    const conflist = JSON.parse(readFileSync(p('net.d/10-net.conflist'), 'utf8'));
-    const pod = await lab.node.addPodWithChain(name, conflist, { namespace: NS, name, uid: obj.metadata.uid! }, `${p('bin')}:/usr/lib/cni:/opt/cni/bin`);
-    const cur = api.get('pods', NS, name)!;
-    api.apply('pods', { ...cur, status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] } } as never);
-    return pod;
-  }
+  /** A pod of the ambient namespace through the CNI chain, reported Running with its IP. */
+  const runPod = (name: string, sa: string): Promise<LabPod> => rig.startPod(NS, name, { labels: { app: name }, serviceAccount: sa });
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}istiod`));
-    for (const d of ['net.d', 'bin']) mkdirSync(p(d));
-    const { cniVersion, name: net, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
-    writeFileSync(p('net.d/10-net.conflist'), JSON.stringify({ cniVersion, name: net, plugins: [bridge] }));
-    api = new FakeApiServer();
-    await api.start();
-    writeFileSync(p('kubeconfig'), api.kubeconfig());
-    api.apply('namespaces', { metadata: { name: NS, labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    rig = await Rig.create({ tag: 'istiod', backend, cluster: {} });
     istiod = await startFakeIstiod({
       services: [
         (s) => void (xds = addXdsService(s, { requireToken: true })),
@@ -111,23 +87,13 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     const tokenFile = join(istiod.dir, 'istio-token');
     writeFileSync(tokenFile, TOKEN);
 
-    const [adminPort, metrics, readiness, health] = await freePorts(4);
-    admin = adminPort;
     // the proxy as the Istio DaemonSet runs it: no kubeconfig, no service-account mount, no CA of its own
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, POD_NAME: 'ztunnel-x1', POD_NAMESPACE: 'istio-system', NODE_NAME: NODE, INSTANCE_IP: '10.200.255.9' };
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --xds-address ${istiod.address} --xds-root-ca ${istiod.rootCertFile} `
-      + `--ca-address https://${istiod.address} --ca-root-ca ${istiod.rootCertFile} --auth-token ${tokenFile} --cluster-id Kubernetes `
-      + `--ca-dir ${p('no-ca')} --zds ${p('zds.sock')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    agent = spawn('node', [CLI, 'agent', '--backend', backend, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
-      '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'),
-      '--cni-conf-dir', p('net.d'), '--state-dir', p('state'), '--health-addr', `127.0.0.1:${health}`,
-      '--pod-name', 'inpod-agent-node1', '--pod-namespace', 'inpod-system', '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (proxyLog += d));
-    proxy.stderr!.on('data', (d) => (proxyLog += d));
-    agent.stdout!.on('data', (d) => (agentLog += d));
-    agent.stderr!.on('data', (d) => (agentLog += d));
+    admin = (await rig.startProxy({ args: ['--xds-address', istiod.address, '--xds-root-ca', istiod.rootCertFile, '--ca-address', `https://${istiod.address}`,
+      '--ca-root-ca', istiod.rootCertFile, '--auth-token', tokenFile, '--cluster-id', 'Kubernetes'], caDir: p('no-ca'), ports: true, env })).ports.admin;
+    await rig.startAgent({ hostNetns: true, self: { name: 'inpod-agent-node1', namespace: 'inpod-system' } });
     // istiod has nothing of the namespace yet: the proxy syncs (empty), then takes pods from the agent
-    await until('the agent ready and the proxy connected to it', () => /agent ready/.test(agentLog) && /snapshot sent/.test(agentLog), 40_000);
+    await rig.ready(40_000);
     client = await runPod('sleep', 'sleep');
     server = await runPod('web', 'web');
     // what istiod sends once the kubelet reported the pods' IPs
@@ -138,26 +104,18 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
       const ws = ((await dump().catch(() => ({ workloads: [] }))).workloads ?? []) as { name: string; protocol: string }[];
       return ['sleep', 'web'].every((n) => ws.some((w) => w.name === n && w.protocol === 'HBONE'));
     });
-    shC = await lab.shell(client.netnsPath, { inCgroup: true });
-    shS = await lab.shell(server.netnsPath, { inCgroup: true });
+    shC = await rig.lab.shell(client.netnsPath, { inCgroup: true });
+    shS = await rig.lab.shell(server.netnsPath, { inCgroup: true });
     await shS.listen({ port: 8080, tag: 'app' });
   }, 120_000);
 
   afterAll(async () => {
-    if (process.env.INPOD_TEST_LOGS) writeFileSync(join(process.env.INPOD_TEST_LOGS, `istiod-${backend}.log`), `${agentLog}\n${proxyLog}`);
-    const gone = (c?: ChildProcess): Promise<unknown> => (!c || c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)));
-    agent?.kill('SIGKILL');
-    proxy?.kill('SIGKILL');
-    await Promise.all([gone(agent), gone(proxy)]);
-    if (lab) {
-      const { createBackend } = await import('../../ts/redirect/factory.js');
-      const be = await createBackend(backend, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
-      await be.uninstall().catch(() => {});
-      await lab.destroy();
+    if (process.env.INPOD_TEST_LOGS && rig) writeFileSync(join(process.env.INPOD_TEST_LOGS, `istiod-${backend}.log`), `${rig.agent?.log}\n${proxyLog()}`);
+    try {
+      await rig?.destroy();
+    } finally {
+      await istiod?.close();
     }
-    await istiod?.close();
-    await api?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   /** One request from the client pod to the server app; its reply (or the sockd's "error:<errno>" for it), or the connect error. */
@@ -173,10 +131,10 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     expect(acc.at(-1)!.peer.host).toBe(client.ip);
     // both ends of the tunnel: the identities the TLS handshakes proved are the ones istiod issued
     await until('the access-log lines of both ends', () => {
-      const l = lines(proxyLog).filter((x) => x.msg === 'connection complete' && x['transport'] === 'hbone');
+      const l = lines(proxyLog()).filter((x) => x.msg === 'connection complete' && x['transport'] === 'hbone');
       return l.some((x) => x.direction === 'outbound') && l.some((x) => x.direction === 'inbound');
     });
-    const access = lines(proxyLog).filter((x) => x.msg === 'connection complete' && x['transport'] === 'hbone');
+    const access = lines(proxyLog()).filter((x) => x.msg === 'connection complete' && x['transport'] === 'hbone');
     expect(access.find((x) => x.direction === 'outbound')).toMatchObject({ 'src.identity': CLIENT_ID, 'dst.identity': SERVER_ID });
     expect(access.find((x) => x.direction === 'inbound')).toMatchObject({ 'src.identity': CLIENT_ID, 'dst.identity': SERVER_ID, 'src.addr': expect.stringContaining(client.ip) });
 
@@ -211,9 +169,9 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   });
 
   it('reaches the app through the Service VIP istiod sent, both proxies naming the Service', async () => {
-    const from = lines(proxyLog).length;
+    const from = lines(proxyLog()).length;
     const r = await shC.connect({ host: VIP, port: 80, send: 'via the vip', timeoutMs: 5000 });
-    expect(r.ok && r.reply, logs()).toBe('app:via the vip');
+    expect(r.ok && r.reply, rig.logs()).toBe('app:via the vip');
     // while it is open, the server's proxy lists it under the Service the client addressed (ztunnel's
     // InboundConnectionDump originalDst): it found its own workload, though istiod's uid is not the pod's
     type Conns = { inbound: { src: string; originalDst: string | null }[] };
@@ -221,8 +179,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
     const web = Object.values(state).find((x) => x.info.name === 'web')!;
     expect(web.connections.inbound).toEqual([expect.objectContaining({ src: expect.stringContaining(client.ip), originalDst: HOST })]);
     if (r.ok) await shC.close(r.connId);
-    await until('both access-log lines', () => lines(proxyLog).slice(from).filter((x) => x.msg === 'connection complete').length === 2);
-    const l = lines(proxyLog).slice(from).filter((x) => x.msg === 'connection complete');
+    await until('both access-log lines', () => lines(proxyLog()).slice(from).filter((x) => x.msg === 'connection complete').length === 2);
+    const l = lines(proxyLog()).slice(from).filter((x) => x.msg === 'connection complete');
     expect(l.find((x) => x.direction === 'outbound')).toMatchObject({ 'dst.service': HOST, 'dst.workload': 'web' });
     expect(l.find((x) => x.direction === 'inbound')).toMatchObject({ 'dst.service': HOST, 'src.identity': CLIENT_ID });
   });
@@ -243,16 +201,16 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
 
     // the connection open before it is closed, as ztunnel's PolicyWatcher closes what a policy
     // update no longer allows (src/proxy/connection_manager.rs)
-    await until('the open connection closed by the policy update', () => /no longer allowed after a policy update/.test(proxyLog));
+    await until('the open connection closed by the policy update', () => /no longer allowed after a policy update/.test(proxyLog()));
     const still = (await shC.send((open as { connId: string }).connId, 'still there?', 3000)) as { reply?: string; error?: string };
     expect(still.reply ?? still.error).toMatch(/^$|ECONNRESET|EPIPE/); // '': the stream ended (EOF)
-    const from = lines(proxyLog).length;
+    const from = lines(proxyLog()).length;
     const r = await request('after deny', 3000);
     expect(r).toMatch(/ECONNRESET|EOF/);
     expect(await appAccepted()).toBe(before);
     // both proxies' access-log lines say so, the server's naming the policy (ztunnel's "connection complete" with DENY)
-    await until('the denial in the access log', () => lines(proxyLog).slice(from).filter((x) => x.response_flags === 'DENY').length === 2);
-    const denied = lines(proxyLog).slice(from).filter((x) => x.response_flags === 'DENY');
+    await until('the denial in the access log', () => lines(proxyLog()).slice(from).filter((x) => x.response_flags === 'DENY').length === 2);
+    const denied = lines(proxyLog()).slice(from).filter((x) => x.response_flags === 'DENY');
     expect(denied.find((x) => x.direction === 'inbound')).toMatchObject({ 'src.identity': CLIENT_ID, 'dst.identity': SERVER_ID, error: `denied by ${DENY}` });
     expect(denied.find((x) => x.direction === 'outbound')).toMatchObject({ 'src.identity': CLIENT_ID, error: expect.stringContaining('answered 401') });
     if (open.ok) await shC.close(open.connId);

@@ -3,27 +3,18 @@
  * EndpointSlice added live become routable through the VIP without a restart; a deleted pod
  * leaves the state.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { openPath } from '../../ts/native/index.js';
 import { StateStore } from '../../ts/state/store.js';
 import { KubeStateSource } from '../../ts/state/kube.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import { pino } from 'pino';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
+import { type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 describe('proxy state from the Kubernetes API', () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
-  let zt: Ztunnel;
   let source: KubeStateSource;
   const state = new StateStore();
   let client: LabPod, s1: LabPod, s2: LabPod;
@@ -32,11 +23,9 @@ describe('proxy state from the Kubernetes API', () => {
   const vip = '10.96.77.10';
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ks`));
-    api = new FakeApiServer();
-    await api.start();
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'ks', api: true });
+    lab = rig.lab;
+    api = rig.api!;
     [client, s1, s2] = await Promise.all(['client', 's1', 's2'].map((n) => lab.addPod(n)));
     for (const [p, ns, sa, app] of [[client, 'default', 'sleep', 'sleep'], [s1, 'shop', 'web', 'web'], [s2, 'shop', 'web', 'web']] as const) {
       const o = api.apply('pods', {
@@ -45,16 +34,14 @@ describe('proxy state from the Kubernetes API', () => {
         status: { phase: 'Running', podIP: p.ip, podIPs: [{ ip: p.ip }] },
       } as never);
       uids[p.name] = o.metadata.uid!;
-      await backend.enroll(p.netnsPath);
     }
     const kc = new k8s.KubeConfig();
     kc.loadFromString(api.kubeconfig());
     source = new KubeStateSource(kc, state, 'cluster.local');
     await source.start();
-    lab.joinCgroup();
-    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log: pino({ level: 'silent' }) });
+    await rig.serve(state, { level: 'silent' });
     for (const [p, ns, sa] of [[client, 'default', 'sleep'], [s1, 'shop', 'web'], [s2, 'shop', 'web']] as const) {
-      await zt.addPod({ uid: uids[p.name]!, name: p.name, namespace: ns, serviceAccount: sa }, openPath(p.netnsPath));
+      await rig.servePod(p, { uid: uids[p.name]!, name: p.name, namespace: ns, serviceAccount: sa });
     }
     sh = {
       client: await lab.shell(client.netnsPath, { inCgroup: true }),
@@ -66,13 +53,8 @@ describe('proxy state from the Kubernetes API', () => {
   }, 60_000);
 
   afterAll(async () => {
-    zt?.close();
     source?.stop();
-    lab?.leaveCgroup();
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('builds HBONE workloads from the pods', async () => {
@@ -99,7 +81,7 @@ describe('proxy state from the Kubernetes API', () => {
     }
     expect([...seen].sort()).toEqual(['s1', 's2']);
     const service = /istio_tcp_connections_opened_total\{reporter="source",source_workload="client"[^}]*destination_service="web\.shop\.svc\.cluster\.local",destination_service_namespace="shop",destination_service_name="web",destination_workload="s[12]"/;
-    await until('a connection counted with the service as its destination', async () => service.test(await zt.telemetry!.registry.metrics()));
+    await until('a connection counted with the service as its destination', async () => service.test(await rig.zt!.telemetry!.registry.metrics()));
   });
 
   it('enforces an AuthorizationPolicy created in the API server', async () => {

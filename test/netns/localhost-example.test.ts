@@ -16,53 +16,32 @@
  * Before, the file was refused at start ("workloads[0].network: expected a non-empty string,
  * got """), and its policy, read as an Istio one, answered 401 on both ports.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import { type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../vendor/istio/ztunnel/examples/localhost.yaml', import.meta.url));
 
 describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf backend)", () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
-  let backend: RedirectBackend;
-  let zds: ZdsServer;
-  const procs: ChildProcess[] = [];
-  let log = '';
+  const log = (): string => rig.log;
   let local: LabPod, localTcp: LabPod, client: LabPod;
   let sh: Record<'local' | 'localTcp' | 'client', PodShell>;
 
   /** Starts `inpod ztunnel --config file` in the lab's cgroup; resolves with its admin port. */
-  async function proxy(config: string): Promise<number> {
-    const [admin, metrics, readiness] = await freePorts(3);
-    const p = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${config} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    p.stdout!.on('data', (d) => (log += d));
-    p.stderr!.on('data', (d) => (log += d));
-    procs.push(p);
-    return admin!;
-  }
+  const proxy = async (config: string): Promise<number> => (await rig.startProxy({ args: ['--config', config], ports: true })).ports.admin;
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}lh`));
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'lh' });
+    lab = rig.lab;
     [local, localTcp, client] = await Promise.all(['local', 'localtcp', 'client'].map((n) => lab.addPod(n)));
   }, 60_000);
 
   afterAll(async () => {
-    for (const p of procs) p.kill('SIGKILL');
-    zds?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('starts with the vendored file as it is and holds what it declares: two workloads, two services (one on network "remote"), deny-9999', async () => {
@@ -72,7 +51,7 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
     await until('the proxy to serve its config dump', async () => {
       dump = await fetch(`http://127.0.0.1:${admin}/config_dump`).then((r) => r.json(), () => null);
       return dump !== null;
-    }, { timeoutMs: 20_000, context: () => log });
+    }, { timeoutMs: 20_000, context: log });
     const d = dump!;
     const health = (await fetch(`http://127.0.0.1:${admin}/state`).then((r) => r.json())) as { lastError?: unknown };
     expect(health.lastError).toBeUndefined();
@@ -80,7 +59,7 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
     expect(d.services.map((s) => [s.hostname, s.vips])).toEqual([['example.com', ['/127.10.0.1']], ['example2.com', ['remote/127.10.0.2']]]);
     expect(d.policies).toEqual([{ name: 'deny-9999', namespace: 'default', scope: 'Namespace', action: 'Allow', dryRun: false, rules: [[[{ notDestinationPorts: [9999] }]]] }]);
     expect(d.staticConfig.workloads).toHaveLength(2); // the file, shown again as ztunnel's admin does with --config
-    procs.pop()!.kill('SIGKILL');
+    await rig.proxy!.stop();
   });
 
   describe('the same file, its two workload addresses given to pods', () => {
@@ -90,19 +69,13 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
       // only the two addresses differ: put them back and it is the file again
       expect(readdressed.replaceAll(`"${local.ip}"`, '"127.0.0.1"').replaceAll(`"${localTcp.ip}"`, '"127.0.0.2"')).toBe(verbatim);
       expect(readdressed).not.toMatch(/"127\.0\.0\.[12]"/);
-      writeFileSync(join(dir, 'localhost.yaml'), readdressed);
-      const pods: ZdsPod[] = [];
-      let ready = 0;
-      zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
-      zds.start();
-      await proxy(join(dir, 'localhost.yaml'));
-      await until('the proxy to connect over ZDS', () => ready >= 1, { timeoutMs: 20_000, context: () => log });
+      writeFileSync(rig.p('localhost.yaml'), readdressed);
+      rig.startZds();
+      await proxy(rig.p('localhost.yaml'));
+      await until('the proxy to connect over ZDS', () => rig.zdsReady >= 1, { timeoutMs: 20_000, context: log });
       // "local" as the file names it (namespace default, service account default); "client", another mesh pod of default
       for (const [p, name, sa] of [[local, 'local', 'default'], [client, 'client', 'sleep']] as const) {
-        await backend.enroll(p.netnsPath);
-        const pod = { uid: `cluster1//v1/Pod/default/${name}`, info: { name, namespace: 'default', serviceAccount: sa }, netnsPath: p.netnsPath };
-        pods.push(pod);
-        await zds.addPod(pod);
+        await rig.handOver(p, { uid: `cluster1//v1/Pod/default/${name}`, name, namespace: 'default', serviceAccount: sa });
       }
       sh = {
         local: await lab.shell(local.netnsPath, { inCgroup: true }),
@@ -126,7 +99,7 @@ describe("ztunnel's examples/localhost.yaml under inpod ztunnel --config (ebpf b
       const no = await sh[from].connect({ host: local.ip, port: 9999, send: 'in', timeoutMs: 3000 });
       expect(no.ok ? no.reply : no.error).toMatch(/^$|error:|ECONNRESET/); // reset or closed, never answered
       const src = from === 'client' ? client.ip : localTcp.ip;
-      await until('the access-log line of the refusal, naming deny-9999', () => log.split('\n').some((l) => l.includes('"response_flags":"DENY"') && l.includes(src) && l.includes('no ALLOW policy matched (default/deny-9999)')), { context: () => log });
+      await until('the access-log line of the refusal, naming deny-9999', () => log().split('\n').some((l) => l.includes('"response_flags":"DENY"') && l.includes(src) && l.includes('no ALLOW policy matched (default/deny-9999)')), { context: log });
       expect(await accepted9999()).toBe(before);
     });
   });

@@ -8,31 +8,24 @@
  * captured and served like the others. (test/netns/ipv6-proxy.test.ts holds the proxy-side
  * details with a stand-in capture: CONNECT headers, services, same-node.)
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openPath } from '../../ts/native/index.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
+import type { Ztunnel } from '../../ts/proxy/ztunnel.js';
+import type { BackendName } from '../../ts/redirect/backend.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
 import { socketAddr } from '../../ts/util/sockaddr.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import { type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 const SLEEP = 'spiffe://cluster.local/ns/default/sa/sleep';
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
 
 describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('proxy end to end with dual-stack pods, %s backend', (name) => {
-  let lab: Lab;
-  let backend: RedirectBackend;
-  let dir: string;
+  let rig: Rig;
   let zt: Ztunnel;
   let client: LabPod, server: LabPod, outside: LabPod, only6: LabPod;
   let sh: Record<'client' | 'server' | 'outside' | 'only6', PodShell>;
-  const records: Record<string, unknown>[] = [];
+  let records: Record<string, unknown>[] = [];
   const complete = (l: Record<string, unknown>): boolean => l.scope === 'access' && l.msg === 'connection complete';
   const line = async (what: string, pred: (l: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> => {
     let found: Record<string, unknown> | undefined;
@@ -41,10 +34,10 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   };
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ds`));
     // IPv6 capture on: the proxy listens on both families (ts/proxy/sockets.ts podListenerFd)
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir, ipv6: true });
+    rig = await Rig.create({ tag: 'ds', backend: name, ipv6: true });
+    const { lab } = rig;
+    records = rig.records;
     [client, server, outside] = await Promise.all(['client', 'server', 'outside'].map((n) => lab.addPod(n, 'dual')));
     only6 = await lab.addPod('only6', 'ipv6');
     const state = new StateStore();
@@ -54,13 +47,10 @@ workloads:
   - {uid: u-server, name: server, workloadName: server, namespace: shop, serviceAccount: web, workloadIps: ["${server.ip4}", "${server.ip6}"], protocol: HBONE}
   - {uid: u-only6, name: only6, workloadName: only6, namespace: default, serviceAccount: sleep, workloadIps: ["${only6.ip6}"], protocol: HBONE}
 `));
-    for (const p of [client, server, only6]) await backend.enroll(p.netnsPath);
-    lab.joinCgroup();
-    const log = pino({ level: 'info' }, { write: (l: string) => void records.push(JSON.parse(l)) });
-    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log, fastPath: 'on' });
-    await zt.addPod({ uid: 'u-client', name: 'client', namespace: 'default', serviceAccount: 'sleep' }, openPath(client.netnsPath));
-    await zt.addPod({ uid: 'u-server', name: 'server', namespace: 'shop', serviceAccount: 'web' }, openPath(server.netnsPath));
-    await zt.addPod({ uid: 'u-only6', name: 'only6', namespace: 'default', serviceAccount: 'sleep' }, openPath(only6.netnsPath));
+    zt = await rig.serve(state, { fastPath: 'on' });
+    await rig.servePod(client, { uid: 'u-client', name: 'client', namespace: 'default', serviceAccount: 'sleep' });
+    await rig.servePod(server, { uid: 'u-server', name: 'server', namespace: 'shop', serviceAccount: 'web' });
+    await rig.servePod(only6, { uid: 'u-only6', name: 'only6', namespace: 'default', serviceAccount: 'sleep' });
     sh = {
       client: await lab.shell(client.netnsPath, { inCgroup: true }),
       server: await lab.shell(server.netnsPath, { inCgroup: true }),
@@ -73,11 +63,7 @@ workloads:
   });
 
   afterAll(async () => {
-    zt?.close();
-    lab?.leaveCgroup();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   /** the address the app reports for a peer: an IPv4 peer of a [::] listener is ::ffff:a.b.c.d */

@@ -4,36 +4,33 @@
  * node's root cgroup in production), real TLS and HTTP/2.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
-import { openPath } from '../../ts/native/index.js';
+import type { BackendName } from '../../ts/redirect/backend.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import { pino } from 'pino';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import type { Ztunnel } from '../../ts/proxy/ztunnel.js';
+import { type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 const run = promisify(execFile);
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
 describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[])('proxy end to end, %s backend', (name) => {
+  let rig: Rig;
   let lab: Lab;
-  let backend: RedirectBackend;
   let dir: string;
   let zt: Ztunnel;
   let client: LabPod, server: LabPod, server2: LabPod, outside: LabPod;
   let sh: Record<'client' | 'server' | 'server2' | 'outside' | 'node', PodShell>;
   let vip: string;
   let state: StateStore;
-  const records: Record<string, unknown>[] = [];
+  let records: Record<string, unknown>[] = [];
   /** ztunnel's access-log line of a connection that ended (ts/telemetry/accesslog.ts) */
   const complete = (l: Record<string, unknown>): boolean => l.scope === 'access' && l.msg === 'connection complete';
   const from = (l: Record<string, unknown>, ip: string): boolean => String(l['src.addr']).startsWith(`${ip}:`);
@@ -41,9 +38,8 @@ describe.each((process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) a
   const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}px`));
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'px', backend: name });
+    ({ lab, dir, records } = rig);
     [client, server, server2, outside] = await Promise.all(['client', 'server', 'server2', 'outside'].map((n) => lab.addPod(n)));
     vip = `10.96.${lab.node.subnet.split('.')[2]}.10`;
     state = new StateStore();
@@ -57,13 +53,10 @@ workloads:
 services:
   - {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/${vip}"], ports: {80: 8080}}
 `));
-    for (const p of [client, server, server2]) await backend.enroll(p.netnsPath);
-    lab.joinCgroup();
-    const log = pino({ level: 'info' }, { write: (line: string) => void records.push(JSON.parse(line)) });
-    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log, fastPath: 'on' });
-    await zt.addPod({ uid: 'u-client', name: 'client', namespace: 'default', serviceAccount: 'sleep' }, openPath(client.netnsPath));
-    await zt.addPod({ uid: 'u-server', name: 'server', namespace: 'shop', serviceAccount: 'web' }, openPath(server.netnsPath));
-    await zt.addPod({ uid: 'u-server2', name: 'server2', namespace: 'shop', serviceAccount: 'web' }, openPath(server2.netnsPath));
+    zt = await rig.serve(state, { fastPath: 'on' });
+    await rig.servePod(client, { uid: 'u-client', name: 'client', namespace: 'default', serviceAccount: 'sleep' });
+    await rig.servePod(server, { uid: 'u-server', name: 'server', namespace: 'shop', serviceAccount: 'web' });
+    await rig.servePod(server2, { uid: 'u-server2', name: 'server2', namespace: 'shop', serviceAccount: 'web' });
     sh = {
       client: await lab.shell(client.netnsPath, { inCgroup: true }),
       server: await lab.shell(server.netnsPath, { inCgroup: true }),
@@ -78,11 +71,7 @@ services:
   });
 
   afterAll(async () => {
-    zt?.close();
-    lab?.leaveCgroup();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('carries pod to pod over HBONE mTLS: the app answers and sees the client IP; the wire shows only TLS to 15008', async () => {

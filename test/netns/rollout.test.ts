@@ -10,33 +10,22 @@
  * over), then the first gets SIGTERM: capture stays, every CNI ADD of the overlap succeeds, and
  * no connection is refused.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BpfMap, pinnedMapSpec } from '../../ts/native/index.js';
-import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type ChurnCount, type LabPod, type PodShell, until } from './lab.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
+import { type ChurnCount, type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig, type Proc } from './rig.js';
 
 const run = promisify(execFile);
 const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[];
 /** the first proxy's drain: long enough to see a connection opened through it carry on */
 const DRAIN_SECONDS = 6;
 
-/** One `inpod ztunnel` process and its log. */
-interface Proxy {
-  proc: ChildProcess;
-  log: string;
-  readiness: number;
-}
-
-const exited = (p: { proc: ChildProcess }): boolean => p.proc.exitCode !== null || p.proc.signalCode !== null;
+const exited = (p: Proc): boolean => !p.running;
 
 /** Waits until each load has answered `more` connections beyond what it had. */
 async function moreAnswered(loads: [PodShell, string][], more: number, context: () => string): Promise<void> {
@@ -48,51 +37,36 @@ async function moreAnswered(loads: [PodShell, string][], more: number, context: 
 }
 
 describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let backend: RedirectBackend;
-  let server: ZdsServer;
-  const proxies: Proxy[] = [];
+  const proxies: Proc[] = [];
   let a: LabPod, b: LabPod, c: LabPod;
   let sa: PodShell, sb: PodShell, sc: PodShell;
   const logs = (): string => proxies.map((p, i) => `proxy ${i + 1}:\n${p.log.slice(-1500)}`).join('\n');
 
-  async function startProxy(): Promise<Proxy> {
-    const [admin, metrics, readiness] = await freePorts(3);
-    const proc = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} ` +
-      `--zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds ${DRAIN_SECONDS} --admin-addr 127.0.0.1:${admin} ` +
-      `--metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness!}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const p: Proxy = { proc, log: '', readiness: readiness! };
-    proc.stdout!.on('data', (d) => (p.log += d));
-    proc.stderr!.on('data', (d) => (p.log += d));
+  async function startProxy(): Promise<Proc> {
+    const p = await rig.startProxy({ args: ['--config', rig.p('config.yaml')], drainSeconds: DRAIN_SECONDS, ports: true });
     proxies.push(p);
     return p;
   }
   /** What Kubernetes waits for before it stops the old pod of a maxUnavailable 0 rollout. */
-  const waitReady = (p: Proxy): Promise<void> => until('the proxy to report ready', async () =>
-    (await fetch(`http://127.0.0.1:${p.readiness}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 20_000, context: logs, intervalMs: 100 });
+  const waitReady = (p: Proc): Promise<void> => until('the proxy to report ready', async () =>
+    (await fetch(`http://127.0.0.1:${p.ports.readiness}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 20_000, context: logs, intervalMs: 100 });
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}roll`));
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'roll', backend: name });
+    ({ lab, backend } = rig);
     [a, b, c] = await Promise.all([lab.addPod('a'), lab.addPod('b'), lab.addPod('c')]);
     // a and b are in the mesh (HBONE between them: 15001 in a, 15008 in b); c is not, so its
     // connections to b arrive in plaintext and are captured to b's 15006
-    writeFileSync(join(dir, 'config.yaml'), `workloads:
+    writeFileSync(rig.p('config.yaml'), `workloads:
   - {uid: ua, name: a, namespace: default, serviceAccount: sa-a, workloadIps: ["${a.ip}"], protocol: HBONE}
   - {uid: ub, name: b, namespace: default, serviceAccount: sa-b, workloadIps: ["${b.ip}"], protocol: HBONE}
 `);
-    const pods: ZdsPod[] = [];
-    server = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods });
-    server.start();
+    rig.startZds();
     await waitReady(await startProxy());
-    for (const [p, uid] of [[a, 'ua'], [b, 'ub']] as const) {
-      await backend.enroll(p.netnsPath);
-      const pod = { uid, info: { name: p.name, namespace: 'default', serviceAccount: `sa-${p.name}` }, netnsPath: p.netnsPath };
-      pods.push(pod);
-      await server.addPod(pod);
-    }
+    for (const [p, uid] of [[a, 'ua'], [b, 'ub']] as const) await rig.handOver(p, { uid, name: p.name, namespace: 'default', serviceAccount: `sa-${p.name}` });
     sa = await lab.shell(a.netnsPath, { inCgroup: true });
     sb = await lab.shell(b.netnsPath, { inCgroup: true });
     sc = await lab.shell(c.netnsPath, { inCgroup: false });
@@ -100,15 +74,11 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
   }, 60_000);
 
   afterAll(async () => {
-    for (const p of proxies) p.proc.kill('SIGKILL');
-    server?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('a second proxy, then SIGTERM to the first: no new connection refused, reset or unanswered; an open one carries on through the drain', async () => {
-    const [first] = proxies as [Proxy];
+    const [first] = proxies as [Proc];
     const open = await sa.connect({ host: b.ip, port: 8080, send: 'before', timeoutMs: 5000 });
     expect(open.ok && open.reply).toBe('b:before');
     const loads: [PodShell, string][] = [
@@ -121,7 +91,7 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
       const second = await startProxy();
       await waitReady(second);
       await moreAnswered(loads, 20, logs); // both proxies listen in both pods
-      first.proc.kill('SIGTERM');
+      first.child.kill('SIGTERM');
       await until('the first proxy to start draining', () => /draining/.test(first.log), { context: logs });
       await moreAnswered(loads, 20, logs);
       // the connection made through the first proxy is still carried during its drain
@@ -145,7 +115,7 @@ describe.each(BACKENDS)('rolling the proxy, %s backend', (name) => {
     expect(proxies.filter((p) => !exited(p))).toHaveLength(1);
     const second = await startProxy();
     await waitReady(second);
-    second.proc.kill('SIGKILL'); // its listeners were registered last (eBPF: the newest inbound listener)
+    second.child.kill('SIGKILL'); // its listeners were registered last (eBPF: the newest inbound listener)
     await until('the second proxy to be gone', () => exited(second), { context: logs });
     // (what the crash cut, it cut: only connections made from here on count)
     const loads: [PodShell, string][] = [
@@ -186,49 +156,31 @@ const NODE = 'node1';
 const AGENT_NS = 'inpod-system';
 
 describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
-  let proxy: { proc: ChildProcess; log: string } | undefined;
-  const agents: { proc: ChildProcess; log: string; health: number }[] = [];
-  const p = (f: string): string => join(dir, f);
-  const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
-  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
-  const logs = (): string => [...agents.map((a, i) => `agent ${i + 1}:\n${a.log.slice(-1500)}`), `proxy:\n${proxy?.log.slice(-1000)}`].join('\n');
+  const agents: Proc[] = [];
+  const logs = (): string => [...agents.map((a, i) => `agent ${i + 1}:\n${a.log.slice(-1500)}`), `proxy:\n${rig.proxy?.log.slice(-1000)}`].join('\n');
 
-  async function startAgent(): Promise<{ proc: ChildProcess; log: string; health: number }> {
-    const [health] = await freePorts(1);
-    const proc = spawn('node', [CLI, 'agent', '--backend', name, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
-      '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${health!}`,
-      '--pod-name', `inpod-agent-${agents.length + 1}`, '--pod-namespace', AGENT_NS, '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const a = { proc, log: '', health: health! };
-    proc.stdout!.on('data', (d) => (a.log += d));
-    proc.stderr!.on('data', (d) => (a.log += d));
+  async function startAgent(): Promise<Proc> {
+    const a = await rig.startAgent({ hostNetns: true, self: { name: `inpod-agent-${agents.length + 1}`, namespace: AGENT_NS } });
     agents.push(a);
     return a;
   }
-  const agentReady = (a: { health: number }): Promise<void> => until('the agent to report ready', async () =>
-    (await fetch(`http://127.0.0.1:${a.health}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 30_000, context: logs, intervalMs: 100 });
-  /** A pod of namespace `ns` started through the CNI chain, as a runtime starts it. */
+  const agentReady = (a: Proc): Promise<void> => until('the agent to report ready', async () =>
+    (await fetch(`http://127.0.0.1:${a.healthPort}/healthz/ready`).catch(() => null))?.status === 200, { timeoutMs: 30_000, context: logs, intervalMs: 100 });
+  /** A pod of namespace `ns` started through the CNI chain, as a runtime starts it; rejects with the CNI error output. */
   async function runPod(ns: string, podName: string): Promise<LabPod> {
-    const obj = api.apply('pods', { metadata: { name: podName, namespace: ns }, spec: { nodeName: NODE, serviceAccountName: 'default', containers: [{ name: 'app' }] } } as never);
-    return lab.node.addPodWithChain(podName, conflist(), { namespace: ns, name: podName, uid: obj.metadata.uid! }, cniPath());
+    const r = await rig.runPod(ns, podName);
+    if (!r.pod) throw new Error(r.error);
+    return r.pod;
   }
-  const enrolled = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns);
+  const enrolled = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}ag`));
-    mkdirSync(p('net.d'));
-    mkdirSync(p('bin'));
-    const { cniVersion, name: netName, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
-    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name: netName, plugins: [bridge] }));
-    api = new FakeApiServer();
-    await api.start();
-    writeFileSync(p('kubeconfig'), api.kubeconfig());
-    api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
+    rig = await Rig.create({ tag: 'ag', backend: name, cluster: {} });
+    lab = rig.lab;
+    api = rig.api!;
     api.apply('namespaces', { metadata: { name: 'plain' } });
     // the agents' DaemonSet, rolling: it still schedules to this node, so the old agent keeps inpod-cni installed at SIGTERM
     api.apply('namespaces', { metadata: { name: AGENT_NS } });
@@ -238,24 +190,13 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     for (const n of [1, 2, 3, 4]) {
       api.apply('pods', { metadata: { name: `inpod-agent-${n}`, namespace: AGENT_NS, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'inpod-agent', uid: ds.metadata.uid, controller: true }] }, spec: { nodeName: NODE } } as never);
     }
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state'), hostNetns: lab.nodeNetnsPath });
-    const proc = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 ` +
-      '--admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy = { proc, log: '' };
-    proc.stdout!.on('data', (d) => (proxy!.log += d));
-    proc.stderr!.on('data', (d) => (proxy!.log += d));
+    await rig.startProxy();
     await agentReady(await startAgent());
-    await until('the agent to chain inpod-cni into the conflist', () => JSON.stringify(conflist()).includes('inpod-cni'), { context: logs });
-    await until('the proxy to take the snapshot', () => /snapshot sent/.test(agents[0]!.log), { context: logs });
+    await rig.ready();
   }, 60_000);
 
   afterAll(async () => {
-    for (const a of agents) a.proc.kill('SIGKILL');
-    proxy?.proc.kill('SIGKILL');
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('a second agent, then SIGTERM to the first: capture stays, every CNI ADD of the overlap succeeds, no connection is refused', async () => {
@@ -267,7 +208,7 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
       [sa, await sa.churnStart({ host: b.ip, port: 8080, threads: 2 })],
       [sc, await sc.churnStart({ host: b.ip, port: 8080, threads: 2 })],
     ];
-    const [first] = agents as [(typeof agents)[0]];
+    const [first] = agents as [Proc];
     const added: LabPod[] = [];
     const addFailed: string[] = [];
     const add = async (podName: string): Promise<void> => {
@@ -282,7 +223,7 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
       await agentReady(second);
       await add('e');
       await moreAnswered(loads, 20, logs);
-      first.proc.kill('SIGTERM');
+      first.child.kill('SIGTERM');
       await until('the first agent to exit', () => exited(first), { context: logs });
       await add('f');
       await moreAnswered(loads, 20, logs);
@@ -297,7 +238,7 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
     // capture never left the kernel, the pods of the overlap are captured, and the first agent
     // left the second one's sockets in place
     expect((await enrolled()).sort()).toEqual([a, b, ...added].map((x) => x.netnsPath).sort());
-    expect(existsSync(p('plugin.sock')) && existsSync(p('zds.sock'))).toBe(true);
+    expect(existsSync(rig.p('plugin.sock')) && existsSync(rig.p('zds.sock'))).toBe(true);
     // each of them is served by the proxy (its connections go through it: here to b, over the mesh)
     for (const x of added) {
       const sh = await lab.shell(x.netnsPath, { inCgroup: true });
@@ -305,17 +246,17 @@ describe.each(BACKENDS)('rolling the agent, %s backend', (name) => {
       expect(r.ok && r.reply).toBe(`b:${x.name}`);
       if (r.ok) await sh.close(r.connId); // its access-log line is written at the close
     }
-    await until('the proxy to log the new pods\' outbound connections', () => added.every((x) => proxy!.log.includes(`"pod":"mesh/${x.name}"`)), { context: logs });
+    await until('the proxy to log the new pods\' outbound connections', () => added.every((x) => rig.proxy!.log.includes(`"pod":"mesh/${x.name}"`)), { context: logs });
   }, 120_000);
 
   it('a newer agent that goes away before it serves (a rollout undone): the old one exits to be restarted, and the next agent serves the node', async () => {
     const current = agents.find((x) => !exited(x))!;
     const newer = await startAgent();
     await until('the current agent to hand over', () => /handed over to the newer agent/.test(current.log), { context: logs });
-    newer.proc.kill('SIGKILL');
+    newer.child.kill('SIGKILL');
     // nobody serves the node now, and the old agent cannot take its role back in place: it exits
     await until('the old agent to exit', () => exited(current), { timeoutMs: 15_000, context: logs });
-    expect(current.proc.exitCode).toBe(1);
+    expect(current.child.exitCode).toBe(1);
     expect(current.log).toMatch(/no agent serves the node/);
     // what the kubelet does then: it starts the agent again, which serves the node
     const next = await startAgent();

@@ -2,25 +2,13 @@
  * Policy, metrics, admin and drain, end to end with the proxy process (`inpod ztunnel`) serving
  * pods handed over ZDS under the eBPF backend.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import { type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 describe('policy, metrics, admin and drain', () => {
-  let lab: Lab;
-  let dir: string;
-  let backend: RedirectBackend;
-  let zds: ZdsServer;
-  let proxy: ChildProcess;
-  let log = '';
-  let ready = 0;
+  let rig: Rig;
   let admin = 0;
   let metrics = 0;
   let readiness = 0;
@@ -38,15 +26,13 @@ describe('policy, metrics, admin and drain', () => {
   };
 
   beforeAll(async () => {
-    [admin, metrics, readiness] = await freePorts(3);
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}tm`));
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'tm' });
+    const { lab } = rig;
     [client, other, intruder, server] = await Promise.all(['client', 'other', 'intruder', 'server'].map((n) => lab.addPod(n)));
     const w = (p: LabPod, ns: string, sa: string, extra = ''): string =>
       `  - {uid: u-${p.name}, name: ${p.name}, workloadName: ${p.name}, namespace: ${ns}, serviceAccount: ${sa}, workloadIps: ["${p.ip}"], protocol: HBONE, clusterId: c1${extra}}`;
     // ztunnel's local config names the canonical service itself (no derivation from labels there)
-    writeFileSync(join(dir, 'config.yaml'), `workloads:
+    writeFileSync(rig.p('config.yaml'), `workloads:
 ${w(client, 'default', 'sleep', ', canonicalName: sleep, canonicalRevision: v1')}
 ${w(other, 'default', 'other')}
 ${w(intruder, 'evil', 'default')}
@@ -65,18 +51,11 @@ policies:
     dryRun: false
     rules: [[[{principals: [!Exact cluster.local/ns/default/sa/sleep, !Exact cluster.local/ns/evil/sa/default]}]]]
 `);
-    const pods: ZdsPod[] = [];
-    zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
-    zds.start();
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 3 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (log += d));
-    proxy.stderr!.on('data', (d) => (log += d));
-    await until('the proxy to connect over ZDS', () => ready >= 1, { timeoutMs: 20_000, context: () => log });
+    rig.startZds();
+    ({ admin, metrics, readiness } = (await rig.startProxy({ args: ['--config', rig.p('config.yaml')], drainSeconds: 3, ports: true })).ports);
+    await until('the proxy to connect over ZDS', () => rig.zdsReady >= 1, { timeoutMs: 20_000, context: () => rig.log });
     for (const [p, ns, sa] of [[client, 'default', 'sleep'], [other, 'default', 'other'], [intruder, 'evil', 'default'], [server, 'shop', 'web']] as const) {
-      await backend.enroll(p.netnsPath);
-      const pod = { uid: `u-${p.name}`, info: { name: p.name, namespace: ns, serviceAccount: sa }, netnsPath: p.netnsPath };
-      pods.push(pod);
-      await zds.addPod(pod);
+      await rig.handOver(p, { uid: `u-${p.name}`, name: p.name, namespace: ns, serviceAccount: sa });
     }
     sh = {
       client: await lab.shell(client.netnsPath, { inCgroup: true }),
@@ -88,11 +67,7 @@ policies:
   }, 60_000);
 
   afterAll(async () => {
-    proxy?.kill('SIGKILL');
-    zds?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('is ready once the state is loaded and ZDS is connected', async () => {
@@ -133,19 +108,19 @@ policies:
     expect(r.ok ? r.reply : r.error).toMatch(/^$|error:|ECONNRESET/);
     expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
     const denied = { reporter: 'destination', source_workload: 'other', response_flags: 'DENY' };
-    await until('the DENY to be counted', async () => value(await scrape(), 'istio_tcp_connections_closed_total', denied) >= 1, { context: () => log });
+    await until('the DENY to be counted', async () => value(await scrape(), 'istio_tcp_connections_closed_total', denied) >= 1, { context: () => rig.log });
     expect(value(await scrape(), 'istio_tcp_connections_closed_total', denied)).toBe(1);
     expect(value(await scrape(), 'istio_tcp_connections_failed_total', denied)).toBe(1);
     // ztunnel's line for it: "connection complete" at error level, the policy's reason as the error
-    await until('the DENY access-log line', () => log.split('\n').some((l) => l.includes('"msg":"connection complete"') && l.includes('"level":50') &&
-      l.includes('"response_flags":"DENY"') && l.includes('"error":"no ALLOW policy matched')), { context: () => log });
+    await until('the DENY access-log line', () => rig.log.split('\n').some((l) => l.includes('"msg":"connection complete"') && l.includes('"level":50') &&
+      l.includes('"response_flags":"DENY"') && l.includes('"error":"no ALLOW policy matched')), { context: () => rig.log });
   });
 
   it('applies DENY before ALLOW: a denied namespace stays out even though an ALLOW names it', async () => {
     const before = (await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length;
     await sh.intruder.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 3000 });
     expect((await sh.server.accepted((await sh.server.listenerByTag('echo')).id)).length).toBe(before);
-    await until('the access-log line naming the DENY policy', () => /denied by shop\/no-evil/.test(log), { context: () => log });
+    await until('the access-log line naming the DENY policy', () => /denied by shop\/no-evil/.test(rig.log), { context: () => rig.log });
   });
 
   it('dumps its config in ztunnel\'s shape (test/proxy/admin.test.ts has the details): served pods, workloads, policies, and no key material', async () => {
@@ -173,12 +148,11 @@ policies:
   it('drains on SIGTERM: an open connection finishes within the deadline, new ones are refused', async () => {
     const open = await sh.client.connect({ host: server.ip, port: 9000, send: 'before', timeoutMs: 5000 });
     expect(open.ok && open.reply).toBe('before');
-    const logged = log.length;
-    proxy.kill('SIGTERM');
-    const exited = new Promise((r) => proxy.once('exit', r));
+    const logged = rig.log.length;
+    const exited = rig.proxy!.stop('SIGTERM');
     // the proxy logs "pod removed" right after it closed that pod's listeners
-    const removed = (pod: string): boolean => log.slice(logged).split('\n').some((l) => l.includes('"msg":"pod removed"') && l.includes(`"pod":"${pod}"`));
-    await until('the proxy to close the client\'s and the server\'s listeners', () => removed('client') && removed('server'), { context: () => log });
+    const removed = (pod: string): boolean => rig.log.slice(logged).split('\n').some((l) => l.includes('"msg":"pod removed"') && l.includes(`"pod":"${pod}"`));
+    await until('the proxy to close the client\'s and the server\'s listeners', () => removed('client') && removed('server'), { context: () => rig.log });
     const fresh = await sh.client.connect({ host: server.ip, port: 9000, send: 'x', timeoutMs: 1000 });
     expect(fresh.ok).toBe(false);
     if (open.ok) expect((await sh.client.send(open.connId, 'during drain')).reply).toBe('during drain');

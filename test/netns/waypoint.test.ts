@@ -8,10 +8,7 @@
  * the server's inbound admitting the waypoint while refusing a client that goes around it (istiod's
  * implicit waypoint ALLOW policy, enforced by ztunnel state.rs assert_rbac).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
 import type { Http2SecureServer, IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,22 +19,20 @@ import { answered, dialHbone, sendConnect } from '../../ts/proxy/hbone/client.js
 import { DEFAULT_HBONE_LIMITS } from '../../ts/proxy/hbone/limits.js';
 import { createHboneServer } from '../../ts/proxy/hbone/server.js';
 import { podListenerFd } from '../../ts/proxy/sockets.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { createBackend } from '../../ts/redirect/factory.js';
+import type { Ztunnel } from '../../ts/proxy/ztunnel.js';
 import { KubeStateSource } from '../../ts/state/kube.js';
 import { StateStore } from '../../ts/state/store.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { Lab, type LabPod, type PodShell, until } from './lab.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
+import { type Lab, type LabPod, type PodShell, until } from './lab.js';
+import { Rig } from './rig.js';
 
 const TD = 'cluster.local';
 const WAYPOINT_ID = { trustDomain: TD, namespace: 'shop', serviceAccount: 'waypoint' };
 
 describe('waypoints on the data path', () => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
   let zt: Ztunnel;
   let source: KubeStateSource;
   const state = new StateStore();
@@ -80,14 +75,12 @@ describe('waypoints on the data path', () => {
   }
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}wp`));
+    rig = await Rig.create({ tag: 'wp', api: true });
+    lab = rig.lab;
+    api = rig.api!;
     // VIPs in the lab's own /24, above the addresses host-local hands out to its few pods
     const base = lab.node.subnet.replace(/\.0\/24$/, '');
     [webVip, waypointVip] = [`${base}.200`, `${base}.201`];
-    api = new FakeApiServer();
-    await api.start();
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
     [client, server, waypoint] = await Promise.all(['client', 'server', 'waypoint'].map((n) => lab.addPod(n)));
     wpNs = openPath(waypoint.netnsPath);
     // the shop namespace sends its services' traffic to the waypoint "waypoint" (service traffic, istiod's default)
@@ -112,7 +105,6 @@ describe('waypoints on the data path', () => {
         status: { phase: 'Running', podIP: p.ip, podIPs: [{ ip: p.ip }] },
       } as never);
       uids[p.name] = o.metadata.uid!;
-      if (mesh) await backend.enroll(p.netnsPath);
     }
     const svc = (name: string, vip: string, port: number, target: number, pod: LabPod, labels: Record<string, string> = {}): void => {
       api.apply('services', { metadata: { name, namespace: 'shop', labels }, spec: { clusterIP: vip, clusterIPs: [vip], ports: [{ name: 'p', port, protocol: 'TCP', targetPort: target }] } } as never);
@@ -128,12 +120,12 @@ describe('waypoints on the data path', () => {
     kc.loadFromString(api.kubeconfig());
     source = new KubeStateSource(kc, state, TD, { autoAllowWaypointPolicy: true });
     await source.start();
-    lab.joinCgroup();
-    zt = await Ztunnel.create({ trustDomain: TD, caDir: join(dir, 'ca'), state, log: pino({ level: 'silent' }) });
-    await zt.addPod({ uid: uids.client!, name: 'client', namespace: 'default', serviceAccount: 'sleep' }, openPath(client.netnsPath));
-    await zt.addPod({ uid: uids.server!, name: 'server', namespace: 'shop', serviceAccount: 'web' }, openPath(server.netnsPath));
+    zt = await rig.serve(state, { trustDomain: TD, level: 'silent' });
+    // the client and the server are in the mesh; the waypoint runs outside the mesh's capture
+    await rig.servePod(client, { uid: uids.client!, name: 'client', namespace: 'default', serviceAccount: 'sleep' });
+    await rig.servePod(server, { uid: uids.server!, name: 'server', namespace: 'shop', serviceAccount: 'web' });
     // the test's CA is the proxy's (the same cacerts directory): the waypoint's certificate comes from it
-    await startFakeWaypoint(new CertManager(await LocalCa.open(join(dir, 'ca'), TD)));
+    await startFakeWaypoint(new CertManager(await LocalCa.open(rig.p('ca'), TD)));
     sh = { client: await lab.shell(client.netnsPath, { inCgroup: true }), server: await lab.shell(server.netnsPath, { inCgroup: true }) };
     await sh.server.listen({ port: 8080, tag: 'server' });
     await until('the waypoint in the state', () => state.snapshot.byVip.get(webVip)?.waypoint !== undefined && state.snapshot.byIp.get(server.ip)?.authorizationPolicies !== undefined);
@@ -141,14 +133,9 @@ describe('waypoints on the data path', () => {
 
   afterAll(async () => {
     wpServer?.close();
-    zt?.close();
-    source?.stop();
-    lab?.leaveCgroup();
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
     wpNs?.close();
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    source?.stop();
+    await rig?.destroy();
   });
 
   it('sends a captured connection to the service through the waypoint, with the service VIP:port as :authority', async () => {

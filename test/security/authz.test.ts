@@ -11,9 +11,6 @@
  * except where those would fail open (ts/policy/istio.ts says where): a policy never fails open.
  * Then one row end to end through the real proxy: the serviceAccounts fail-open of issue 13.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PolicyAuthorizer } from '../../ts/policy/authorizer.js';
@@ -21,11 +18,8 @@ import { StateStore } from '../../ts/state/store.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import type { Policy, Workload } from '../../ts/state/types.js';
 import type { ConnContext } from '../../ts/proxy/hooks.js';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { openPath } from '../../ts/native/index.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
-import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
+import { type LabPod, type PodShell, until } from '../netns/lab.js';
+import { Rig } from '../netns/rig.js';
 
 type Client = 'shop/a' | 'shop/b' | 'other/a' | 'plaintext';
 const CLIENTS: Record<Client, { ip: string; identity?: string }> = {
@@ -181,18 +175,15 @@ describe('AuthorizationPolicy scope and action: who gets in to shop/web', () => 
 });
 
 describe('end to end through the proxy: ALLOW serviceAccounts [shop/a] at shop/server (ebpf backend)', () => {
-  let lab: Lab;
-  let backend: RedirectBackend;
-  let dir: string;
-  let zt: Ztunnel;
+  let rig: Rig;
   let a: LabPod, b: LabPod, server: LabPod, outside: LabPod;
   let sh: Record<'a' | 'b' | 'server' | 'outside', PodShell>;
-  const records: Record<string, unknown>[] = [];
+  let records: Record<string, unknown>[] = [];
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}az`));
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'az' });
+    const { lab } = rig;
+    records = rig.records;
     [a, b, server, outside] = await Promise.all(['a', 'b', 'server', 'outside'].map((n) => lab.addPod(n)));
     const state = new StateStore();
     // the workloads from a local config; the Istio policy and the labels it selects as the Kubernetes API gives them
@@ -207,11 +198,9 @@ workloads:
       workloads: local.workloads.map((w) => (w.name === 'server' ? { ...w, labels: { app: 'web' } } : w)),
       policies: [policy({ selector: { matchLabels: { app: 'web' } }, action: 'ALLOW', rules: [{ from: [{ source: { serviceAccounts: ['shop/a'] } }] }] }, { name: 'only-a' })],
     });
-    for (const p of [a, b, server]) await backend.enroll(p.netnsPath);
-    lab.joinCgroup();
-    zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(dir, 'ca'), state, log: pino({ level: 'info' }, { write: (l: string) => void records.push(JSON.parse(l)) }) });
+    await rig.serve(state);
     for (const [p, sa] of [[a, 'a'], [b, 'b'], [server, 'web']] as const) {
-      await zt.addPod({ uid: `u-${p.name}`, name: p.name, namespace: 'shop', serviceAccount: sa }, openPath(p.netnsPath));
+      await rig.servePod(p, { uid: `u-${p.name}`, name: p.name, namespace: 'shop', serviceAccount: sa });
     }
     sh = {
       a: await lab.shell(a.netnsPath, { inCgroup: true }),
@@ -223,11 +212,7 @@ workloads:
   });
 
   afterAll(async () => {
-    zt?.close();
-    lab?.leaveCgroup();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   const accepted = async (): Promise<number> => (await sh.server.accepted((await sh.server.listenerByTag('server')).id)).length;

@@ -4,20 +4,18 @@
  * cgroup in production), socket daemons in the pods, and an attacker's view from the node netns
  * (not enrolled: what any host or pod outside the mesh can send). `close()` removes everything.
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type net from 'node:net';
-import { pino } from 'pino';
-import { createBackend } from '../../ts/redirect/factory.js';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
 import { openPath, type Fd } from '../../ts/native/index.js';
 import { parseLocalConfig } from '../../ts/state/localconfig.js';
 import { StateStore } from '../../ts/state/store.js';
-import { Ztunnel, type ZtunnelOptions } from '../../ts/proxy/ztunnel.js';
+import type { Ztunnel, ZtunnelOptions } from '../../ts/proxy/ztunnel.js';
 import { connectIn } from '../../ts/proxy/sockets.js';
 import { LocalCa, type IssuedCert } from '../../ts/identity/ca.js';
-import { Lab, type LabPod, type PodShell } from '../netns/lab.js';
+import type { Lab, LabPod, PodShell } from '../netns/lab.js';
+import { Rig } from '../netns/rig.js';
 
 export interface MeshPodSpec {
   name: string;
@@ -28,27 +26,38 @@ export interface MeshPodSpec {
 }
 
 export class TestMesh {
-  readonly records: Record<string, unknown>[] = [];
   readonly pods: Record<string, LabPod> = {};
   readonly sh: Record<string, PodShell> = {};
   /** uncaught exceptions and unhandled rejections seen while the mesh ran (the proxy must cause none) */
   readonly crashes: Error[] = [];
   zt!: Ztunnel;
   state!: StateStore;
-  backend!: RedirectBackend;
   #nodeNs?: Fd;
   readonly #onCrash = (e: unknown): void => void this.crashes.push(e instanceof Error ? e : new Error(String(e)));
 
-  private constructor(readonly lab: Lab, readonly dir: string, readonly backendName: BackendName) {}
+  private constructor(readonly rig: Rig, readonly backendName: BackendName) {}
+
+  get lab(): Lab {
+    return this.rig.lab;
+  }
+  get dir(): string {
+    return this.rig.dir;
+  }
+  get backend(): RedirectBackend {
+    return this.rig.backend;
+  }
+  /** the proxy's log lines, debug and up */
+  get records(): Record<string, unknown>[] {
+    return this.rig.records;
+  }
 
   /** `node.isHost`: the node netns is the host's (BackendOptions.hostNetns), so its own sockets are kubelet's */
   static async create(backendName: BackendName, specs: MeshPodSpec[], opts: Partial<ZtunnelOptions> = {}, node: { isHost?: boolean } = {}): Promise<TestMesh> {
-    const lab = await Lab.create();
-    const m = new TestMesh(lab, mkdtempSync(join(tmpdir(), `${lab.prefix}sec`)), backendName);
+    const m = new TestMesh(await Rig.create({ tag: 'sec', backend: backendName, hostNetns: node.isHost }), backendName);
     process.on('uncaughtException', m.#onCrash);
     process.on('unhandledRejection', m.#onCrash);
     try {
-      await m.#start(specs, opts, node.isHost ? lab.nodeNetnsPath : undefined);
+      await m.#start(specs, opts);
     } catch (e) {
       await m.close();
       throw e;
@@ -56,21 +65,17 @@ export class TestMesh {
     return m;
   }
 
-  async #start(specs: MeshPodSpec[], opts: Partial<ZtunnelOptions>, hostNetns: string | undefined): Promise<void> {
-    this.backend = await createBackend(this.backendName, { cgroupPath: this.lab.cgroupPath, pinRoot: `/sys/fs/bpf/${this.lab.prefix}inpod`, stateDir: this.dir, hostNetns });
+  async #start(specs: MeshPodSpec[], opts: Partial<ZtunnelOptions>): Promise<void> {
     const pods = await Promise.all(specs.map((s) => this.lab.addPod(s.name)));
     specs.forEach((s, i) => (this.pods[s.name] = pods[i]!));
     const ws = specs.filter((s) => s.mesh !== false).map((s) =>
       `  - {uid: u-${s.name}, name: ${s.name}, namespace: ${s.namespace}, serviceAccount: ${s.serviceAccount}, workloadIps: ["${this.pods[s.name]!.ip}"], protocol: HBONE}`);
     this.state = new StateStore();
     this.state.set(parseLocalConfig(`workloads:\n${ws.join('\n')}\n`));
-    for (const s of specs) if (s.mesh !== false) await this.backend.enroll(this.pods[s.name]!.netnsPath);
-    this.lab.joinCgroup();
-    const log = pino({ level: 'debug' }, { write: (line: string) => void this.records.push(JSON.parse(line)) });
-    this.zt = await Ztunnel.create({ trustDomain: 'cluster.local', caDir: join(this.dir, 'ca'), state: this.state, log, ...opts });
+    this.zt = await this.rig.serve(this.state, { level: 'debug', ...opts });
     for (const s of specs) {
       if (s.mesh === false) continue;
-      await this.zt.addPod({ uid: `u-${s.name}`, name: s.name, namespace: s.namespace, serviceAccount: s.serviceAccount }, openPath(this.pods[s.name]!.netnsPath));
+      await this.rig.servePod(this.pods[s.name]!, { uid: `u-${s.name}`, name: s.name, namespace: s.namespace, serviceAccount: s.serviceAccount });
     }
     for (const s of specs) this.sh[s.name] = await this.lab.shell(this.pods[s.name]!.netnsPath, { inCgroup: true });
   }
@@ -100,11 +105,7 @@ export class TestMesh {
   async close(): Promise<void> {
     process.off('uncaughtException', this.#onCrash);
     process.off('unhandledRejection', this.#onCrash);
-    this.zt?.close();
     this.#nodeNs?.close();
-    this.lab.leaveCgroup();
-    await this.backend?.uninstall().catch(() => {});
-    await this.lab.destroy();
-    rmSync(this.dir, { recursive: true, force: true });
+    await this.rig.destroy();
   }
 }

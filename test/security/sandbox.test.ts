@@ -8,17 +8,12 @@
  * Two parts, each under both backends: the whole node (agent and proxy processes, the fake API
  * server, the real CNI chain bridge + host-local + inpod-cni), and the proxy alone driven over ZDS.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { FakeApiServer } from '../fixtures/apiserver.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
+import type { BackendName } from '../../ts/redirect/backend.js';
+import type { FakeApiServer } from '../fixtures/apiserver.js';
+import { type Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
+import { Rig } from '../netns/rig.js';
 import { runCniPlugin } from '../../ts/sim/node.js';
 
 const BACKENDS = (process.env.INPOD_BACKENDS?.split(',') ?? ['ebpf', 'iptables']) as BackendName[];
@@ -49,45 +44,24 @@ function accessLines(log: string): AccessLine[] {
 }
 
 describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => {
+  let rig: Rig;
   let lab: Lab;
-  let dir: string;
   let api: FakeApiServer;
-  let backend: RedirectBackend;
-  let agent: ChildProcess | undefined;
-  let proxy: ChildProcess | undefined;
-  let log = '';
-  let metricsPort = 0;
-  let adminPort = 0;
-  let healthPort = 0;
   let srv: LabPod, old: LabPod, recreated: LabPod;
   let srvSh: PodShell, oldSh: PodShell, newSh: PodShell;
   let uid = '';
-  const p = (f: string): string => join(dir, f);
-  const conflist = (): { cniVersion: string; name: string; plugins: object[] } => JSON.parse(readFileSync(p('net.d/10-sim.conflist'), 'utf8'));
-  const cniPath = (): string => `${p('bin')}:/usr/lib/cni:/opt/cni/bin`;
-  const logs = (): string => log;
-  const enrolledNetns = async (): Promise<string[]> => (await backend.list()).map((x) => x.netns);
-  const k8s = (name: string): { namespace: string; name: string; uid: string } => ({ namespace: 'mesh', name, uid: api.get('pods', 'mesh', name)!.metadata.uid! });
-
-  function startAgent(): void {
-    agent = spawn('node', [CLI, 'agent', '--backend', backendName, '--kubeconfig', p('kubeconfig'), '--node', NODE, '--cgroup', lab.cgroupPath,
-      '--zds', p('zds.sock'), '--cni-socket', p('plugin.sock'), '--cni-bin-dir', p('bin'), '--cni-conf-dir', p('net.d'),
-      '--state-dir', p('state'), '--pin-root', `/sys/fs/bpf/${lab.prefix}inpod`, '--health-addr', `127.0.0.1:${healthPort}`,
-      '--pod-name', 'inpod-agent-test', '--pod-namespace', 'inpod-system', '--host-netns', lab.nodeNetnsPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    for (const out of [agent.stdout!, agent.stderr!]) out.on('data', (d) => (log += d));
-  }
+  const conflist = (): { cniVersion: string; name: string; plugins: object[] } => rig.conflist();
+  const cniPath = (): string => rig.cniPath();
+  const logs = (): string => rig.log;
+  const enrolledNetns = async (): Promise<string[]> => (await rig.backend.list()).map((x) => x.netns);
+  const startAgent = () => rig.startAgent({ hostNetns: true });
 
   /** Runs the CNI chain ADD for pod `name` in a new sandbox netns called `sandbox`; the kubelet then reports its IP. */
-  async function sandbox(sandbox: string, name: string): Promise<LabPod> {
-    const pod = await lab.node.addPodWithChain(sandbox, conflist(), k8s(name), cniPath());
-    const cur = api.get('pods', 'mesh', name)!;
-    api.apply('pods', { ...cur, status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }] } } as never);
-    return pod;
-  }
+  const sandbox = (sandbox: string, name: string): Promise<LabPod> => rig.startPod('mesh', name, { uid: api.get('pods', 'mesh', name)!.metadata.uid!, sandbox });
 
   /** Sum of istio_tcp_connections_opened_total over the series whose labels contain every `want`. */
   async function opened(...want: string[]): Promise<number> {
-    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const text = await (await fetch(`http://127.0.0.1:${rig.proxy!.ports.metrics}/metrics`)).text();
     let n = 0;
     for (const l of text.split('\n')) if (l.startsWith('istio_tcp_connections_opened_total{') && want.every((w) => l.includes(w))) n += Number(l.split(' ').at(-1));
     return n;
@@ -98,11 +72,11 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
    * access-log lines for it (outbound at the client, inbound at the server).
    */
   async function request(sh: PodShell, from: LabPod, send: string): Promise<{ reply?: string; error?: string; out?: AccessLine; in?: AccessLine }> {
-    const mark = log.length;
+    const mark = rig.log.length;
     const r = await sh.connect({ host: srv.ip, port: 8080, send, timeoutMs: 3000 });
     if (!r.ok) return { error: r.error };
     await sh.close(r.connId);
-    const mine = (): AccessLine[] => accessLines(log.slice(mark)).filter((a) => srcIp(a) === from.ip);
+    const mine = (): AccessLine[] => accessLines(rig.log.slice(mark)).filter((a) => srcIp(a) === from.ip);
     // the inbound line is written when the server side closes; it always comes (plaintext or hbone)
     await until('the inbound access-log line', () => mine().some((a) => a.direction === 'inbound'), { timeoutMs: 15_000, context: logs });
     // over HBONE the client's side went through its proxy too: its line is written when that side
@@ -114,29 +88,14 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
   }
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}sb`));
-    mkdirSync(p('net.d'));
-    mkdirSync(p('bin'));
-    const { cniVersion, name, ...bridge } = lab.node.netConf() as { cniVersion: string; name: string };
-    writeFileSync(p('net.d/10-sim.conflist'), JSON.stringify({ cniVersion, name, plugins: [bridge] }));
-    api = new FakeApiServer();
-    await api.start();
-    writeFileSync(p('kubeconfig'), api.kubeconfig());
-    api.apply('namespaces', { metadata: { name: 'mesh', labels: { 'istio.io/dataplane-mode': 'ambient' } } });
-    for (const n of ['srv', 'cli']) {
-      api.apply('pods', { metadata: { name: n, namespace: 'mesh', labels: { app: n } }, spec: { nodeName: NODE, serviceAccountName: `sa-${n}`, containers: [{ name: 'app' }] } } as never);
-    }
+    rig = await Rig.create({ tag: 'sb', backend: backendName, cluster: {} });
+    lab = rig.lab;
+    api = rig.api!;
+    for (const n of ['srv', 'cli']) rig.pod('mesh', n, { labels: { app: n }, serviceAccount: `sa-${n}` });
     uid = api.get('pods', 'mesh', 'cli')!.metadata.uid!;
-    backend = await createBackend(backendName, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: p('state') });
-    const [health, admin, metrics, readiness] = await freePorts(4);
-    metricsPort = metrics!;
-    adminPort = admin!;
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --kubeconfig ${p('kubeconfig')} --zds ${p('zds.sock')} --ca-dir ${p('ca')} --drain-seconds 1 --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metrics} --readiness-addr 127.0.0.1:${readiness}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    healthPort = health!;
-    for (const out of [proxy.stdout!, proxy.stderr!]) out.on('data', (d) => (log += d));
-    startAgent();
-    await until('the agent to chain inpod-cni and take the proxy', () => JSON.stringify(conflist()).includes('inpod-cni') && /snapshot sent/.test(log), { timeoutMs: 30_000, context: logs });
+    await rig.startProxy({ args: ['--kubeconfig', rig.p('kubeconfig')], ports: true });
+    await startAgent();
+    await rig.ready(30_000);
     srv = await sandbox('srv', 'srv');
     srvSh = await lab.shell(srv.netnsPath, { inCgroup: true });
     await srvSh.listen({ port: 8080, tag: 'srv' });
@@ -146,23 +105,18 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     // pooled tunnel dialled from the old netns; the new sandbox must never ride it (issue 13 item
     // 6: the pool is keyed by the source sandbox, as ztunnel's per-pod proxies are).
     await until('the proxy to know srv as a mesh workload', async () => {
-      const d = (await (await fetch(`http://127.0.0.1:${adminPort}/config_dump`)).json()) as { workloads: { name: string; protocol: string; workloadIps?: string[] }[] };
+      const d = (await (await fetch(`http://127.0.0.1:${rig.proxy!.ports.admin}/config_dump`)).json()) as { workloads: { name: string; protocol: string; workloadIps?: string[] }[] };
       return d.workloads.some((x) => x.name === 'srv' && x.protocol === 'HBONE' && !!x.workloadIps?.includes(srv.ip));
     }, { timeoutMs: 20_000, context: logs });
-    const mark = log.length;
+    const mark = rig.log.length;
     const w = await oldSh.connect({ host: srv.ip, port: 8080, send: 'warm-up', timeoutMs: 3000 });
     expect(w.ok && w.reply).toBe('srv:warm-up');
     if (w.ok) await oldSh.close(w.connId);
-    await until('the old sandbox through the proxy', () => accessLines(log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && srcIp(a) === old.ip), { timeoutMs: 15_000, context: logs });
+    await until('the old sandbox through the proxy', () => accessLines(rig.log.slice(mark)).some((a) => a.direction === 'outbound' && a.transport === 'hbone' && srcIp(a) === old.ip), { timeoutMs: 15_000, context: logs });
   }, 90_000);
 
   afterAll(async () => {
-    agent?.kill('SIGKILL');
-    proxy?.kill('SIGKILL');
-    await api?.stop();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('ADD of a second sandbox for the same pod UID, the first never deleted: captured before ADD returns, its connection goes over HBONE', async () => {
@@ -190,16 +144,15 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
   });
 
   it('an agent restart (SIGKILL) keeps both sandboxes captured and the proxy on the new one', async () => {
-    agent!.kill('SIGKILL');
-    await new Promise((r) => agent!.once('exit', r));
-    const mark = log.length;
-    startAgent();
-    await until('the new agent to be ready', () => /agent ready/.test(log.slice(mark)), { timeoutMs: 30_000, context: logs });
+    await rig.agent!.stop();
+    const mark = rig.log.length;
+    await startAgent();
+    await until('the new agent to be ready', () => /agent ready/.test(rig.log.slice(mark)), { timeoutMs: 30_000, context: logs });
     const enrolled = await enrolledNetns();
     expect(enrolled.filter((n) => n === old.netnsPath || n === recreated.netnsPath).sort()).toEqual([old.netnsPath, recreated.netnsPath].sort());
     // the proxy reconnects and takes the snapshot: the new netns again, so nothing changes for it
-    await until('the proxy to take the new snapshot', () => /snapshot sent/.test(log.slice(mark)), { timeoutMs: 20_000, context: logs });
-    expect(log.slice(mark)).not.toMatch(/pod netns replaced/);
+    await until('the proxy to take the new snapshot', () => /snapshot sent/.test(rig.log.slice(mark)), { timeoutMs: 20_000, context: logs });
+    expect(rig.log.slice(mark)).not.toMatch(/pod netns replaced/);
     const r = await request(newSh, recreated, 'after-restart');
     expect(r.out?.transport).toBe('hbone');
     expect(r.in?.transport).toBe('hbone');
@@ -207,7 +160,7 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
   });
 
   it('DEL of the old sandbox removes only its capture: the new sandbox still goes over HBONE', async () => {
-    await lab.node.delPodWithChain('cli1', conflist(), { namespace: 'mesh', name: 'cli', uid }, cniPath());
+    await rig.delPod('mesh', 'cli', uid, 'cli1');
     const enrolled = await enrolledNetns();
     expect(enrolled).not.toContain(old.netnsPath);
     expect(enrolled).toContain(recreated.netnsPath);
@@ -231,44 +184,29 @@ describe.each(BACKENDS)('a recreated pod sandbox, %s backend', (backendName) => 
     expect(r.reply).toBe('srv:after-new-del');
     expect(r.out).toBeUndefined(); // the client side's proxy saw nothing
     expect(r.in?.transport).toBe('plaintext'); // the server, still in the mesh, takes it as plaintext
-    await lab.node.delPodWithChain('cli2', conflist(), { namespace: 'mesh', name: 'cli', uid }, cniPath());
+    await rig.delPod('mesh', 'cli', uid, 'cli2');
   });
 });
 
 describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, %s backend', (name) => {
-  let lab: Lab;
-  let dir: string;
-  let backend: RedirectBackend;
-  let server: ZdsServer;
-  let proxy: ChildProcess | undefined;
+  let rig: Rig;
   let a: LabPod, a2: LabPod, b: LabPod;
   let sa: PodShell, sa2: PodShell;
-  let log = '';
-  const pods: ZdsPod[] = [];
-  const logs = (): string => log;
+  const logs = (): string => rig.log;
 
   beforeAll(async () => {
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}zs`));
-    backend = await createBackend(name, { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'zs', backend: name });
+    const { lab } = rig;
     [a, a2, b] = await Promise.all([lab.addPod('a'), lab.addPod('a2'), lab.addPod('b')]);
-    writeFileSync(join(dir, 'config.yaml'), `workloads:
+    writeFileSync(rig.p('config.yaml'), `workloads:
   - {uid: ua, name: a, namespace: default, serviceAccount: sa-a, workloadIps: ["${a.ip}", "${a2.ip}"], protocol: HBONE}
   - {uid: ub, name: b, namespace: default, serviceAccount: sa-b, workloadIps: ["${b.ip}"], protocol: HBONE}
 `);
-    let ready = 0;
-    server = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
-    server.start();
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --config ${join(dir, 'config.yaml')} --zds ${join(dir, 'zds.sock')} --ca-dir ${join(dir, 'ca')} --drain-seconds 1 --admin-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --readiness-addr 127.0.0.1:0`], { stdio: ['ignore', 'pipe', 'pipe'] });
-    proxy.stdout!.on('data', (d) => (log += d));
-    proxy.stderr!.on('data', (d) => (log += d));
-    await until('the proxy to take the snapshot', () => ready > 0, { timeoutMs: 20_000, context: logs });
-    for (const p of [a, a2, b]) await backend.enroll(p.netnsPath);
-    for (const [p, uid] of [[a, 'ua'], [b, 'ub']] as const) {
-      const pod = { uid, info: { name: p.name, namespace: 'default', serviceAccount: `sa-${p.name}` }, netnsPath: p.netnsPath };
-      pods.push(pod);
-      await server.addPod(pod);
-    }
+    rig.startZds();
+    await rig.startProxy({ args: ['--config', rig.p('config.yaml')] });
+    await until('the proxy to take the snapshot', () => rig.zdsReady > 0, { timeoutMs: 20_000, context: logs });
+    await rig.backend.enroll(a2.netnsPath); // captured, served only once a2 is handed over
+    for (const [p, uid] of [[a, 'ua'], [b, 'ub']] as const) await rig.handOver(p, { uid, name: p.name, namespace: 'default', serviceAccount: `sa-${p.name}` });
     sa = await lab.shell(a.netnsPath, { inCgroup: true });
     sa2 = await lab.shell(a2.netnsPath, { inCgroup: true });
     const sb = await lab.shell(b.netnsPath, { inCgroup: true });
@@ -276,11 +214,7 @@ describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, 
   }, 60_000);
 
   afterAll(async () => {
-    proxy?.kill('SIGKILL');
-    server?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('Add of a served uid with a new netns: serves the new one, stops listening in the old (its open connection finishes); the same netns again changes nothing', async () => {
@@ -290,20 +224,20 @@ describe.each(BACKENDS)('the proxy given a known uid with a new netns over ZDS, 
     // captured but not served yet: fails closed
     expect((await sa2.connect({ host: b.ip, port: 8080, send: 'x', timeoutMs: 1000 })).ok).toBe(false);
 
-    await server.addPod({ uid: 'ua', info: { name: 'a', namespace: 'default', serviceAccount: 'sa-a' }, netnsPath: a2.netnsPath });
+    await rig.zds!.addPod({ uid: 'ua', info: { name: 'a', namespace: 'default', serviceAccount: 'sa-a' }, netnsPath: a2.netnsPath });
     const r = await sa2.connect({ host: b.ip, port: 8080, send: 'new-netns', timeoutMs: 5000 });
-    expect(r.ok && r.reply, `${JSON.stringify(r)}\n${log.slice(-2000)}`).toBe('b:new-netns');
+    expect(r.ok && r.reply, `${JSON.stringify(r)}\n${rig.log.slice(-2000)}`).toBe('b:new-netns');
     if (r.ok) await sa2.close(r.connId);
-    await until('the access log of the new netns', () => accessLines(log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && srcIp(x) === a2.ip), { timeoutMs: 15_000, context: logs });
+    await until('the access log of the new netns', () => accessLines(rig.log).some((x) => x.direction === 'outbound' && x.transport === 'hbone' && srcIp(x) === a2.ip), { timeoutMs: 15_000, context: logs });
     // the old netns is still captured, and no longer served: refused, never out
     expect((await sa.connect({ host: b.ip, port: 8080, send: 'old', timeoutMs: 1000 })).ok).toBe(false);
     // the connection opened before the switch carries on
     if (held.ok) expect((await sa.send(held.connId, 'still')).reply).toBe('b:still');
 
-    const opens = (log.match(/pod listeners open/g) ?? []).length;
-    await server.addPod({ uid: 'ua', info: { name: 'a', namespace: 'default', serviceAccount: 'sa-a' }, netnsPath: a2.netnsPath });
+    const opens = (rig.log.match(/pod listeners open/g) ?? []).length;
+    await rig.zds!.addPod({ uid: 'ua', info: { name: 'a', namespace: 'default', serviceAccount: 'sa-a' }, netnsPath: a2.netnsPath });
     const again = await sa2.connect({ host: b.ip, port: 8080, send: 'same', timeoutMs: 5000 });
     expect(again.ok && again.reply).toBe('b:same');
-    expect((log.match(/pod listeners open/g) ?? []).length).toBe(opens);
+    expect((rig.log.match(/pod listeners open/g) ?? []).length).toBe(opens);
   });
 });

@@ -10,16 +10,11 @@
  * "istio" prefix), src/metrics/meta.rs lines 30-45 (istio_build), src/inpod/metrics.rs lines
  * 27-51 with src/app.rs lines 352-362 (workload_manager_*, no prefix).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBackend } from '../../ts/redirect/factory.js';
-import type { RedirectBackend } from '../../ts/redirect/backend.js';
-import { ZdsServer, type ZdsPod } from '../../ts/zds/server.js';
-import { CLI, freePorts } from '../cli.js';
-import { Lab, type LabPod, type PodShell, until } from '../netns/lab.js';
+import { type LabPod, type PodShell, until } from '../netns/lab.js';
+import { Rig } from '../netns/rig.js';
 
 /** ztunnel's CommonTrafficLabels fields and LocalityLabels, in its order (src/proxy/metrics.rs 258-311). */
 const ZTUNNEL_TRAFFIC_LABELS = [
@@ -75,13 +70,8 @@ function parse(text: string): { types: Map<string, string>; samples: Sample[] } 
 }
 
 describe('telemetry of a real proxy, as ztunnel reports it', () => {
-  let lab: Lab;
-  let dir: string;
-  let backend: RedirectBackend;
-  let zds: ZdsServer;
-  let proxy: ChildProcess;
-  let log = '';
-  let ready = 0;
+  let rig: Rig;
+  const log = (): string => rig.log;
   let metricsPort = 0;
   let client: LabPod, server: LabPod, outside: LabPod;
   let sh: Record<'client' | 'server' | 'outside', PodShell>;
@@ -92,7 +82,7 @@ describe('telemetry of a real proxy, as ztunnel reports it', () => {
   const scrape = async (): Promise<Sample[]> => parse(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text()).samples;
   const sum = (s: Sample[], name: string, want: Record<string, string>): number =>
     s.filter((x) => x.name === name && Object.entries(want).every(([k, v]) => x.labels[k] === v)).reduce((a, x) => a + x.value, 0);
-  const lines = (): Record<string, unknown>[] => log.split('\n').filter((l) => l.includes('"scope":"access"')).flatMap((l) => {
+  const lines = (): Record<string, unknown>[] => log().split('\n').filter((l) => l.includes('"scope":"access"')).flatMap((l) => {
     try {
       return [JSON.parse(l) as Record<string, unknown>];
     } catch {
@@ -102,14 +92,11 @@ describe('telemetry of a real proxy, as ztunnel reports it', () => {
   const complete = (): Record<string, unknown>[] => lines().filter((l) => l.msg === 'connection complete');
 
   beforeAll(async () => {
-    let admin: number, readiness: number;
-    [metricsPort, admin, readiness] = await freePorts(3);
-    lab = await Lab.create();
-    dir = mkdtempSync(join(tmpdir(), `${lab.prefix}sc`));
-    backend = await createBackend('ebpf', { cgroupPath: lab.cgroupPath, pinRoot: `/sys/fs/bpf/${lab.prefix}inpod`, stateDir: dir });
+    rig = await Rig.create({ tag: 'sc' });
+    const { lab } = rig;
     [client, server, outside] = await Promise.all(['client', 'server', 'outside'].map((n) => lab.addPod(n)));
     vip = `10.96.${lab.node.subnet.split('.')[2]}.10`;
-    const manifests = join(dir, 'manifests');
+    const manifests = rig.p('manifests');
     mkdirSync(manifests);
     const mesh = 'annotations: {ambient.istio.io/redirection: enabled}';
     // a Deployment's pod (its ReplicaSet named after the pod-template-hash), a StatefulSet's pod
@@ -153,20 +140,11 @@ kind: AuthorizationPolicy
 metadata: {name: no-9999, namespace: shop}
 spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
 `);
-    const pods: ZdsPod[] = [];
-    zds = new ZdsServer({ path: join(dir, 'zds.sock'), pods: () => pods, onReady: () => ready++ });
-    zds.start();
-    proxy = spawn('sh', ['-c', `echo $$ > ${lab.cgroupPath}/cgroup.procs && exec node ${CLI} ztunnel --manifests ${manifests} --zds ${join(dir, 'zds.sock')} ` +
-      `--ca-dir ${join(dir, 'ca')} --admin-addr 127.0.0.1:${admin} --metrics-addr 127.0.0.1:${metricsPort} --readiness-addr 127.0.0.1:${readiness}`],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, INPOD_LOG_LEVEL: 'debug' } });
-    proxy.stdout!.on('data', (d) => (log += d));
-    proxy.stderr!.on('data', (d) => (log += d));
-    await until('the proxy to connect over ZDS', () => ready >= 1, { timeoutMs: 20_000, context: () => log });
+    rig.startZds();
+    metricsPort = (await rig.startProxy({ args: ['--manifests', manifests], ports: true, env: { ...process.env, INPOD_LOG_LEVEL: 'debug' } })).ports.metrics;
+    await until('the proxy to connect over ZDS', () => rig.zdsReady >= 1, { timeoutMs: 20_000, context: log });
     for (const [p, name, ns, sa] of [[client, 'sleep-6d8f9-abcde', 'default', 'sleep'], [server, 'web-0', 'shop', 'web']] as const) {
-      await backend.enroll(p.netnsPath);
-      const pod = { uid: p === client ? 'u-client' : 'u-server', info: { name, namespace: ns, serviceAccount: sa }, netnsPath: p.netnsPath };
-      pods.push(pod);
-      await zds.addPod(pod);
+      await rig.handOver(p, { uid: p === client ? 'u-client' : 'u-server', name, namespace: ns, serviceAccount: sa });
     }
     sh = {
       client: await lab.shell(client.netnsPath, { inCgroup: true }),
@@ -175,15 +153,11 @@ spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
     };
     await sh.server.listen({ port: 8080, tag: 'web' });
     await sh.outside.listen({ port: 80, tag: 'outside' });
-    await until('both pods served', async () => sum(await scrape(), 'workload_manager_active_proxy_count', {}) === 2, { context: () => log });
+    await until('both pods served', async () => sum(await scrape(), 'workload_manager_active_proxy_count', {}) === 2, { context: log });
   }, 60_000);
 
   afterAll(async () => {
-    proxy?.kill('SIGKILL');
-    zds?.close();
-    await backend?.uninstall().catch(() => {});
-    await lab?.destroy();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    await rig?.destroy();
   });
 
   it('after real traffic, every traffic series carries exactly ztunnel\'s labels, and the families are ztunnel\'s', async () => {
@@ -195,7 +169,7 @@ spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
     await talk(sh.client, outside.ip, 80, 'to the outside'); // passthrough
     await talk(sh.outside, server.ip, 8080, 'from the outside'); // plaintext inbound
     await talk(sh.client, server.ip, 9999, 'denied'); // HBONE, DENY at the destination
-    await until('all six ends reported closed', async () => sum(await scrape(), 'istio_tcp_connections_closed_total', {}) >= 6, { context: () => log });
+    await until('all six ends reported closed', async () => sum(await scrape(), 'istio_tcp_connections_closed_total', {}) >= 6, { context: log });
     const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     const { types, samples } = parse(text);
     expect([...types.keys()].filter((n) => /^(istio_|workload_manager_)/.test(n)).sort()).toEqual([...ZTUNNEL_FAMILIES].map((n) => (types.has(n) ? n : `${n}_total`)).sort());
@@ -282,13 +256,13 @@ spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
     // (ztunnel outbound.rs info_span!("outbound", id), inbound.rs extract_traceparent)
     const id = (out.outbound as { id?: string } | undefined)?.id ?? '';
     expect(id).toMatch(/^[0-9a-f]{32}$/);
-    await until('the inbound line under the same trace id', () => complete().some((l) => l.direction === 'inbound' && (l.inbound as { id?: string } | undefined)?.id === id), { context: () => log });
+    await until('the inbound line under the same trace id', () => complete().some((l) => l.direction === 'inbound' && (l.inbound as { id?: string } | undefined)?.id === id), { context: log });
     const denied = complete().filter((l) => l.response_flags === 'DENY');
     expect(denied.map((l) => [l.direction, l.level])).toEqual(expect.arrayContaining([['inbound', 50], ['outbound', 50]]));
     expect(lines().filter((l) => l.msg === 'connection opened').length).toBeGreaterThanOrEqual(complete().length);
     // a CONNECT to the proxy's own port is refused before it is a connection: "connection failed"
     await sh.client.connect({ host: server.ip, port: 15020, send: 'x', timeoutMs: 3000 });
-    await until('the early refusal\'s line', () => lines().some((l) => l.msg === 'connection failed'), { context: () => log });
+    await until('the early refusal\'s line', () => lines().some((l) => l.msg === 'connection failed'), { context: log });
     expect(lines().find((l) => l.msg === 'connection failed')).toMatchObject({ level: 40, direction: expect.any(String), 'src.addr': expect.any(String), 'dst.addr': expect.any(String), error: expect.any(String) });
   });
 });
