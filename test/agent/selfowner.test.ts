@@ -120,7 +120,7 @@ describe('SelfOwner', () => {
 
   it('sees the node\'s labels and taints: a node the DaemonSet no longer selects gets the plugin removed', async () => {
     const cur = api.get('daemonsets', NS, 'inpod-agent')!;
-    api.apply('daemonsets', { ...cur, spec: { template: { spec: { nodeSelector: { 'inpod.io/mesh': 'true' } } } } });
+    api.apply('daemonsets', { ...cur, spec: { template: { spec: { nodeSelector: { 'inpod.io/mesh': 'true' } } } } } as never);
     expect(shutdownVerdict(await owner.lookup())).toMatchObject({ cleanup: true, reason: expect.stringMatching(/nodeSelector inpod.io\/mesh=true/) });
     api.apply('nodes', { metadata: { name: 'node1', labels: { 'inpod.io/mesh': 'true' } } });
     expect(shutdownVerdict(await owner.lookup())).toMatchObject({ cleanup: false });

@@ -8,7 +8,7 @@ import { WORKLOADS, loadArgv, type WorkloadName } from '../../ts/bench/loads.js'
 import { headlineRatios, markdown, type RunInfo } from '../../ts/bench/report.js';
 import { chartSvg } from '../../ts/bench/chart.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
-import { stat, type Row } from '../../ts/bench/stats.js';
+import { stat, type Row, type Stat } from '../../ts/bench/stats.js';
 
 /** requests/s per configuration (the other figures scale with it) */
 const RPS: Partial<Record<ConfigName, number>> = { nomesh: 100_000, iptables: 40_000, ebpf: 60_000, nomesh6: 90_000, iptables6: 30_000, ebpf6: 45_000 };
@@ -16,7 +16,7 @@ const RPS: Partial<Record<ConfigName, number>> = { nomesh: 100_000, iptables: 40
 function row(w: WorkloadName, c: ConfigName): Row {
   const v = RPS[c]!;
   const s = (x: number) => stat([x * 0.95, x, x * 1.05]);
-  const metrics = w === 'http' ? { rps: s(v), p50: s(1e5 / v), p90: s(2e5 / v), p99: s(5e5 / v) } : w === 'connrate' ? { cps: s(v / 10) } : { gbps: s(v / 5000) };
+  const metrics: Record<string, Stat> = w === 'http' ? { rps: s(v), p50: s(1e5 / v), p90: s(2e5 / v), p99: s(5e5 / v) } : w === 'connrate' ? { cps: s(v / 10) } : { gbps: s(v / 5000) };
   const c0 = s(0.1);
   return { workload: w, config: c, metrics, costs: { fwdUser: c0, fwdSys: c0, softirq: c0, ksoftirqd: c0, hostBusy: c0 }, rssKb: stat([c.startsWith('nomesh') ? 0 : 3000]), conntrack: stat([0]), outside: stat([0.1]), errors: 0, disturbed: 0 };
 }

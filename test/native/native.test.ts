@@ -208,7 +208,7 @@ describe('entering a pod netns (NetnsGuard)', () => {
     expect(execFileSync('ip', ['rule', 'show']).toString()).not.toMatch(rule);
     expect(comesBack(() => withFd(nsPath, (fd) => netnsLocalRouteOfFd(fd, mark, 177, 32111, false)))).toBeNull();
     expect(inNs(['ip', 'rule', 'show'])).not.toMatch(rule);
-    expect(addon().netnsLocalRoute(notNetns.fd, mark, 177, 32111, true)).toEqual({ errno: 22, syscall: 'setns' });
+    expect(addon().netnsLocalRoute(notNetns.fd, mark, 177, 32111, true, 2)).toEqual({ errno: 22, syscall: 'setns' });
     expect(here()).toBe(home);
   });
 });

@@ -138,7 +138,7 @@ services:
       const m = (await reg.getMetricsAsJSON()).find((x) => x.name === name);
       return (m?.values ?? []).filter((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val)).reduce((a, v) => a + v.value, 0);
     };
-    const cases = [
+    const cases: { from: 'client' | 'outside'; to: LabPod; port: number; tag: string; transport: string; labels: Record<string, string> }[] = [
       { from: 'client' as const, to: outside, port: 80, tag: 'outside', transport: 'passthrough', labels: { reporter: 'source', source_workload: 'client', connection_security_policy: 'unknown' } },
       { from: 'outside' as const, to: server, port: 8080, tag: 'server', transport: 'plaintext', labels: { reporter: 'destination', destination_workload: 'server', connection_security_policy: 'unknown' } },
     ];

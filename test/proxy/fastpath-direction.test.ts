@@ -74,7 +74,7 @@ describe('fast path direction: the state machine', () => {
       if (s === 'done') continue;
       const seen = new Set<DirState>([s]);
       const stack = [s];
-      while (stack.length) for (const n of Object.values(TRANSITIONS[stack.pop()!])) if (!seen.has(n!)) stack.push(n!), seen.add(n!);
+      while (stack.length) for (const n of Object.values(TRANSITIONS[stack.pop()!]) as DirState[]) if (!seen.has(n)) stack.push(n as typeof s), seen.add(n);
       expect(seen.has('done'), `done from ${s}`).toBe(true);
     }
   });
