@@ -18,6 +18,7 @@ import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
 import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 import { DEFAULT_XDS_ADDRESS, xdsOptionsFromFlags } from '../xds/flags.js';
 import type { XdsSource } from '../xds/source.js';
+import { MemoryReturner } from '../proxy/memory.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
@@ -123,6 +124,8 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
+  // memory grown under a load goes back to the kernel once the load is over
+  const memory = new MemoryReturner({ log: logger('memory') });
   let xds: XdsSource | undefined;
   if (xdsOpts) {
     // after the proxy exists: the xDS series go into its registry
@@ -169,6 +172,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     kube?.stop();
     xds?.stop();
     servers?.stop();
+    memory.stop();
     const exit = (msg: string): void => {
       log.info(msg);
       process.exit(0);
@@ -193,6 +197,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     zds: v.zds!,
     drainSeconds,
     localConfig: !!v.config,
+    memory,
   });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {
