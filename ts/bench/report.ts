@@ -263,7 +263,8 @@ export function memorySection(m: MemoryResult | null): string {
   if (!m) return '';
   const p = m.points;
   const body = p.map((x) => [x.phase, num(x.at, 0), mb(x.rssKb), mb(x.anonKb), mb(x.fileKb),
-    x.heap ? `${mib(x.heap.heapUsed)} / ${mib(x.heap.heapTotal)}` : '–', mib(x.heap?.newSpace), mib(x.heap?.external), mib(x.heap?.arrayBuffers)]);
+    x.heap ? `${mib(x.heap.heapUsed)} / ${mib(x.heap.heapTotal)}` : '–', mib(x.heap?.newSpace), mib(x.heap?.external), mib(x.heap?.arrayBuffers),
+    x.heap ? `${mib(x.heap.mallocUsed)} / ${mib(x.heap.mallocFree)}` : '–', x.heap ? String(x.heap.returns) : '–']);
   const [none, pods, open] = p;
   const per = (a: number | undefined, b: number | undefined, n: number): string => (a === undefined || b === undefined || n === 0 ? 'n/a' : num((b - a) / n, 1));
   const peak = open ? open.rssKb : 0;
@@ -274,13 +275,14 @@ export function memorySection(m: MemoryResult | null): string {
     `One proxy serving ${m.plan.pods} pods (eBPF capture, all HBONE workloads); each pod opens ${Math.round(m.plan.conns / m.plan.pods)} connections ` +
       `to the next pod's echo app: ${m.opened} opened through the proxy (${m.failed} failed${m.firstError ? `: ${m.firstError}` : ''}), ` +
       `one byte each way, then idle. Each reading ${m.plan.settleSeconds} s after the phase; RSS, anonymous and file-backed from /proc/<pid>/status, ` +
-      'the heap figures from the proxy\'s admin /memory (MiB).',
+      'the heap figures from the proxy\'s admin /memory (MiB; glibc\'s from mallinfo2: free bytes stay counted after they are trimmed; ' +
+      'returns: how often the proxy gave memory back so far).',
     '',
-    table(['phase', 's', 'RSS MB', 'anon MB', 'file MB', 'V8 heap used / total', 'young gen', 'external', 'ArrayBuffers'], body),
+    table(['phase', 's', 'RSS MB', 'anon MB', 'file MB', 'V8 heap used / total', 'young gen', 'external', 'ArrayBuffers', 'glibc in use / free', 'returns'], body),
     '',
     `Per pod: ${per(none?.rssKb, pods?.rssKb, m.plan.pods)} KiB of RSS; per open connection: ${per(pods?.rssKb, open?.rssKb, m.opened)} KiB ` +
-      `(both ends, its share of the pooled mTLS connections included). After the connections closed: ${last ? mb(last.rssKb) : 'n/a'} MB ` +
-      `(${last && peak ? num((100 * (peak - last.rssKb)) / peak, 0) : 'n/a'}% of the ${mb(peak)} MB with them open returned).`,
+      `(both ends, its share of the pooled mTLS connections included). ${last ? `${last.phase}: ${mb(last.rssKb)} MB` : 'n/a'}, ` +
+      `${last && peak ? mb(peak - last.rssKb) : 'n/a'} MB less than with the connections open (${mb(peak)} MB).`,
   ].join('\n');
 }
 
