@@ -70,7 +70,8 @@ export function backendOf(name: ConfigName): BackendName | null {
 export function familyOf(name: ConfigName): PodFamily {
   return (V6_CONFIGS as string[]).includes(name) ? 'ipv6' : 'ipv4';
 }
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+// the built entry, from dist/bench/ as from ts/bench/ (under vitest), both two levels below the root
+const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
 export const FWD = join(BUILD_DIR, 'inpod-fwd');

@@ -20,7 +20,8 @@ import { inNetns } from './procs.js';
 import type { MemAppReply, MemAppRequest } from './memapp.js';
 import type { Progress } from './traffic.js';
 
-const MEMAPP = fileURLToPath(new URL('./memapp.js', import.meta.url));
+// the built app, from dist/bench/ as from ts/bench/ (under vitest)
+const MEMAPP = fileURLToPath(new URL('../../dist/bench/memapp.js', import.meta.url));
 export const MEMORY_APP_PORT = 8080;
 
 export interface MemoryPlan {
