@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "inpod_native",
-      "sources": ["src/addon.cc", "src/bpf.cc", "src/tcp.cc", "src/unix.cc", "src/netns.cc", "src/epoll.cc"],
+      "sources": ["src/addon.cc", "src/bpf.cc", "src/tcp.cc", "src/unix.cc", "src/netns.cc", "src/epoll.cc", "src/memory.cc"],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
         "../bpf/include",

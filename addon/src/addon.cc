@@ -1,5 +1,5 @@
 // The module's entry: registers every export (one file per concern: bpf.cc, epoll.cc, netns.cc,
-// tcp.cc, unix.cc) and the struct layouts shared with the eBPF programs (bpf/include/types.h).
+// tcp.cc, unix.cc, memory.cc) and the struct layouts shared with the eBPF programs (bpf/include/types.h).
 #include "addon.h"
 
 #include <cstddef>
@@ -97,6 +97,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitUnix(env, exports);
   InitNetns(env, exports);
   InitEpoll(env, exports);
+  InitMemory(env, exports);
   return exports;
 }
 

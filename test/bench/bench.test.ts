@@ -52,6 +52,8 @@ describe('inpod bench --quick (reduced)', () => {
     for (const r of res.rows) {
       if (backendOf(r.config) === null) expect(r.rssKb.max, r.config).toBe(0);
       else expect(r.rssKb.max, r.config).toBeGreaterThan(0);
+      // the peak sampled during a run is at least what was left at its end
+      expect(r.rssPeakKb.max, r.config).toBeGreaterThanOrEqual(r.rssKb.max);
     }
   });
 

@@ -6,6 +6,8 @@ import { parseBenchArgs } from '../../ts/bench/index.js';
 import { ALL_CONFIGS } from '../../ts/bench/env.js';
 import { configsOf } from '../../ts/bench/report.js';
 import { percentile, ratio, stat, type Row } from '../../ts/bench/stats.js';
+import { connectionPlan, listeningPorts, parseProcMemory } from '../../ts/bench/memory.js';
+import { shebangLaunch } from '../../ts/bench/procs.js';
 
 const WRK = `Running 2s test @ http://10.200.113.3:80/1k
   1 threads and 16 connections
@@ -94,5 +96,49 @@ describe('bench summaries and options', () => {
     expect(parseBenchArgs(['--configs', 'proxy-h2default,proxy-ebpf'])).toMatchObject({ proxy: true, configs: ['proxy-ebpf', 'proxy-h2default'] });
     // and the report lists its rows (it listed only ALL_CONFIGS' before this change)
     expect(configsOf([{ config: 'proxy-h2default' }, { config: 'proxy-ebpf' }] as Row[])).toEqual(['proxy-ebpf', 'proxy-h2default']);
+  });
+});
+
+describe('bench memory scenario, parsers and plan', () => {
+  it('reads RSS, its anonymous and file-backed parts and the high-water mark from /proc/<pid>/status', () => {
+    const status = 'Name:\tnode\nVmHWM:\t  150000 kB\nVmRSS:\t  130000 kB\nRssAnon:\t   84000 kB\nRssFile:\t   46000 kB\nRssShmem:\t       0 kB\n';
+    expect(parseProcMemory(status)).toEqual({ rssKb: 130000, anonKb: 84000, fileKb: 46000, hwmKb: 150000 });
+    expect(parseProcMemory('Name:\tx\n')).toEqual({ rssKb: 0, anonKb: 0, fileKb: 0, hwmKb: 0 });
+  });
+
+  it("finds a process's listening ports in ss -Hltnp output, and no other process's", () => {
+    const ss = [
+      'LISTEN 0      511        127.0.0.1:40001      0.0.0.0:*    users:(("node",pid=4242,fd=21))',
+      'LISTEN 0      511        127.0.0.1:40002      0.0.0.0:*    users:(("node",pid=42420,fd=21))',
+      'LISTEN 0      511             [::]:15008         [::]:*    users:(("node",pid=4242,fd=30))',
+    ].join('\n');
+    expect(listeningPorts(ss, 4242)).toEqual([40001, 15008]);
+  });
+
+  it('sends each pod\'s connections to the next pod\'s app, the last pod to the first', () => {
+    const pods = [0, 1, 2].map((i) => ({ name: `m${i}`, netnsName: `x${i}`, netnsPath: `/run/netns/x${i}`, ip: `10.200.1.${i + 2}`, containerId: '' }));
+    const plan = connectionPlan(pods, 7);
+    expect(plan).toHaveLength(7);
+    expect(plan.filter((c) => c.netns === '/run/netns/x2').map((c) => c.ip)).toEqual(['10.200.1.2', '10.200.1.2']);
+    expect(plan.filter((c) => c.netns === '/run/netns/x0').map((c) => c.ip)).toEqual(['10.200.1.3', '10.200.1.3', '10.200.1.3']);
+  });
+
+  it('starts a proxy build as its entry\'s first line says: env -S variables and node flags', () => {
+    expect(shebangLaunch('#!/usr/bin/env -S node --max-semi-space-size=1')).toEqual({ env: [], nodeArgs: ['--max-semi-space-size=1'] });
+    expect(shebangLaunch('#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --a --b=1')).toEqual({ env: ['MALLOC_ARENA_MAX=2'], nodeArgs: ['--a', '--b=1'] });
+    expect(shebangLaunch('#!/usr/bin/env node')).toEqual({ env: [], nodeArgs: [] });
+    expect(shebangLaunch('/** not a shebang */')).toEqual({ env: [], nodeArgs: [] });
+  });
+
+  it('--memory alone runs the memory scenario only (no traffic or enrollment rows); with --configs, beside those rows', () => {
+    const alone = parseBenchArgs(['--memory']);
+    expect(alone.configs).toEqual([]);
+    expect(alone.enroll).toBeNull();
+    expect(alone.memory).toMatchObject({ pods: 100, conns: 1000 });
+    const beside = parseBenchArgs(['--memory', '--configs', 'proxy-ebpf', '--proxy-cli', '/tmp/x/main.js']);
+    expect(beside.configs).toEqual(['proxy-ebpf']);
+    expect(beside.memory).not.toBeNull();
+    expect(beside.proxyCli).toBe('/tmp/x/main.js');
+    expect(parseBenchArgs(['--quick']).memory).toBeNull();
   });
 });

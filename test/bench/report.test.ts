@@ -1,11 +1,13 @@
 /**
  * The report's IPv6 capture-only rows (issue 18): present beside their IPv4 twins, with their own
- * ratio columns and headline, and absent from an IPv4-only report. Pure: synthetic rows.
+ * ratio columns and headline, and absent from an IPv4-only report; the memory scenario's section
+ * (issue 19). Pure: synthetic rows.
  */
 import { describe, expect, it } from 'vitest';
 import { CONFIGS, V6_CONFIGS, familyOf, type ConfigName } from '../../ts/bench/env.js';
 import { WORKLOADS, loadArgv, type WorkloadName } from '../../ts/bench/loads.js';
-import { headlineRatios, markdown, type RunInfo } from '../../ts/bench/report.js';
+import { headlineRatios, markdown, memorySection, type RunInfo } from '../../ts/bench/report.js';
+import type { MemoryResult } from '../../ts/bench/memory.js';
 import { chartSvg } from '../../ts/bench/chart.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
 import { stat, type Row, type Stat } from '../../ts/bench/stats.js';
@@ -18,7 +20,7 @@ function row(w: WorkloadName, c: ConfigName): Row {
   const s = (x: number) => stat([x * 0.95, x, x * 1.05]);
   const metrics: Record<string, Stat> = w === 'http' ? { rps: s(v), p50: s(1e5 / v), p90: s(2e5 / v), p99: s(5e5 / v) } : w === 'connrate' ? { cps: s(v / 10) } : { gbps: s(v / 5000) };
   const c0 = s(0.1);
-  return { workload: w, config: c, metrics, costs: { fwdUser: c0, fwdSys: c0, softirq: c0, ksoftirqd: c0, hostBusy: c0 }, rssKb: stat([c.startsWith('nomesh') ? 0 : 3000]), conntrack: stat([0]), outside: stat([0.1]), errors: 0, disturbed: 0 };
+  return { workload: w, config: c, metrics, costs: { fwdUser: c0, fwdSys: c0, softirq: c0, ksoftirqd: c0, hostBusy: c0 }, rssKb: stat([c.startsWith('nomesh') ? 0 : 3000]), rssPeakKb: stat([c.startsWith('nomesh') ? 0 : 3000]), conntrack: stat([0]), outside: stat([0.1]), errors: 0, disturbed: 0 };
 }
 
 const INFO: RunInfo = {
@@ -36,9 +38,9 @@ describe('bench report, IPv6 capture-only rows', () => {
     // requests/s: IPv4 eBPF/iptables 1.50, IPv6 1.50; against no mesh 0.40/0.60 and 0.33/0.50
     expect(md).toMatch(/\| requests\/s \| \*\*0\.40\*\* \([^)]*\) \| \*\*0\.60\*\* \([^)]*\) \| \*\*1\.50\*\* \([^)]*\) \| \*\*0\.33\*\* \([^)]*\) \| \*\*0\.50\*\* \([^)]*\) \| \*\*1\.50\*\* /);
     expect(md).toMatch(/^IPv6 \(IPv6-only pods\), eBPF \/ iptables: requests\/s \*\*1\.50\*\*/m);
-    // the IPv6 rows' forwarder memory is shown, the IPv6 baseline has none
-    expect(md).toMatch(/\| no mesh, IPv6 \|.*\| – \|$/m);
-    expect(md).toMatch(/\| capture-only, eBPF, IPv6 \|.*\| 3,000 \|$/m);
+    // the IPv6 rows' forwarder memory is shown (at the end of a run, its peak, after the load), the IPv6 baseline has none
+    expect(md).toMatch(/\| no mesh, IPv6 \|.*\| – \| – \| – \|$/m);
+    expect(md).toMatch(/\| capture-only, eBPF, IPv6 \|.*\| 3,000 \| 3,000 \| – \|$/m);
     expect(chartSvg(all, 't')).toContain('eBPF 6');
   });
 
@@ -70,5 +72,31 @@ describe('bench report, IPv6 capture-only rows', () => {
     expect(loadArgv('http', '10.200.5.3', p)).toContain('http://10.200.5.3:80/1k');
     expect(loadArgv('bulk1', 'fd00:200::5:0:0:3', p).slice(0, 3)).toEqual(['iperf3', '-c', 'fd00:200::5:0:0:3']);
     expect(loadArgv('connrate', 'fd00:200::5:0:0:3', p)[1]).toBe('fd00:200::5:0:0:3');
+  });
+});
+
+describe('bench report, memory scenario', () => {
+  const heap = { heapUsed: 20 << 20, heapTotal: 24 << 20, external: 2 << 20, arrayBuffers: 0, newSpace: 1 << 20, returns: 1, mallocUsed: 10 << 20, mallocFree: 4 << 20 };
+  const point = (phase: string, rssMb: number, withHeap = true) =>
+    ({ phase, at: 1, rssKb: rssMb * 1024, anonKb: (rssMb - 45) * 1024, fileKb: 45 * 1024, hwmKb: rssMb * 1024, heap: withHeap ? heap : null });
+  const result: MemoryResult = {
+    plan: { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40] },
+    opened: 1000,
+    failed: 0,
+    points: [point('proxy started, no pods', 70), point('100 pods served', 80), point('100 pods, 1000 idle connections', 130), point('connections closed', 135), point('40 s after they closed', 90)],
+  };
+
+  it('lists every phase with RSS, heap and glibc figures, and what one pod and one connection cost', () => {
+    const md = memorySection(result);
+    expect(md).toContain('| 100 pods, 1000 idle connections | 1 | 130.0 | 85.0 | 45.0 | 20.0 / 24.0 | 1.0 | 2.0 | 0.0 | 10.0 / 4.0 | 1 |');
+    // (80 - 70) MB over 100 pods; (130 - 80) MB over 1000 connections
+    expect(md).toContain('Per pod: 102.4 KiB of RSS; per open connection: 51.2 KiB');
+    expect(md).toContain('40 s after they closed: 90.0 MB, 40.0 MB less than with the connections open (130.0 MB)');
+  });
+
+  it('shows a build without the admin /memory (another build, --proxy-cli) with its RSS only', () => {
+    const md = memorySection({ ...result, points: result.points.map((p) => ({ ...p, heap: null })) });
+    expect(md).toContain('| 100 pods served | 1 | 80.0 | 35.0 | 45.0 | – | – | – | – | – | – |');
+    expect(memorySection(null)).toBe('');
   });
 });

@@ -268,6 +268,17 @@ describe('admin, metrics and readiness endpoints (ztunnel src/admin.rs, src/read
     expect(await get('/ready')).toEqual([404, '']);
   });
 
+  it('/memory (inpod): the process\'s RSS, V8 heap per space and glibc\'s arenas as JSON, and how often memory was returned after a load', async () => {
+    const r = await fetch(url('admin', '/memory'));
+    expect(r.status).toBe(200);
+    const m = (await r.json()) as Record<string, unknown> & { heapSpaces: Record<string, number>; malloc: Record<string, number> };
+    for (const k of ['rss', 'heapTotal', 'heapUsed', 'external', 'arrayBuffers']) expect(m[k], k).toBeGreaterThan(0);
+    expect(m.heapSpaces.new_space).toBeGreaterThan(0);
+    expect(m.malloc.uordblks).toBeGreaterThan(0);
+    // no returner given to this admin: nothing said about returns
+    expect(m.returned).toBeUndefined();
+  });
+
   it('/metrics and /stats/prometheus answer by path whatever the query; other paths 404 (metrics/server.rs)', async () => {
     for (const p of ['/metrics', '/stats/prometheus', '/metrics?x=1']) expect((await fetch(url('metrics', p))).status, p).toBe(200);
     expect((await fetch(url('metrics', '/'))).status).toBe(404);

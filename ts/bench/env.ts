@@ -17,7 +17,7 @@ import { MARKS, PORTS } from '../istio.js';
 import { createBackend } from '../redirect/factory.js';
 import { cgroup2Mount } from '../redirect/preflight.js';
 import type { BackendName, BackendOptions, RedirectBackend } from '../redirect/backend.js';
-import { Daemons, inNetns, waitListening, type Placement } from './procs.js';
+import { Daemons, inNetns, shebangLaunch, waitListening, type Placement } from './procs.js';
 import { ZdsServer } from '../zds/server.js';
 import { pino } from 'pino';
 
@@ -70,7 +70,8 @@ export function backendOf(name: ConfigName): BackendName | null {
 export function familyOf(name: ConfigName): PodFamily {
   return (V6_CONFIGS as string[]).includes(name) ? 'ipv6' : 'ipv4';
 }
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+// the built entry, from dist/bench/ as from ts/bench/ (under vitest), both two levels below the root
+const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 
 export const BUILD_DIR = fileURLToPath(new URL('../../build/', import.meta.url));
 export const FWD = join(BUILD_DIR, 'inpod-fwd');
@@ -112,8 +113,13 @@ export class BenchEnv {
   #destroying: Promise<void> | null = null;
 
   readonly #zds: ZdsServer[] = [];
+  readonly #zdsByTag = new Map<string, ZdsServer>();
 
-  constructor(readonly prefix: string, readonly pin: boolean, readonly names: ConfigName[] = CONFIGS) {
+  /**
+   * @param proxyCli the `inpod` entry the proxy rows start (default: this build's), to measure
+   * another build of the proxy with this bench
+   */
+  constructor(readonly prefix: string, readonly pin: boolean, readonly names: ConfigName[] = CONFIGS, readonly proxyCli: string = CLI) {
     const root = cgroup2Mount(readFileSync('/proc/mounts', 'utf8'));
     if (!root) throw new Error('no cgroup2 mount in /proc/mounts: mount cgroup2 (see README "Requirements")');
     this.cgroups = { ebpf: join(root, `${prefix}-ebpf`), plain: join(root, `${prefix}-plain`) };
@@ -175,21 +181,43 @@ export class BenchEnv {
     const be = this.backends.get(backendOf(name)!)!;
     const mesh = name === 'proxy-passthrough' || name === 'proxy-fastpath' ? [s.client] : [s.client, s.server];
     for (const p of mesh) await be.enroll(p.netnsPath);
-    const cfg = join(this.workDir, `${name}.yaml`);
+    return this.startProxy(name, mesh, cgroup, {
+      env: name === 'proxy-h2default' ? NODE_H2_DEFAULTS : [],
+      fastPath: name === 'proxy-passthrough' ? 'off' : 'on',
+    });
+  }
+
+  /**
+   * Starts one `inpod ztunnel` (this build's, or --proxy-cli's) in `cgroup`, in the host netns (it
+   * enters the pods itself), with `mesh` as its HBONE workloads, and hands it those pods (enrolled
+   * already) over ZDS, unless `handLater` (then addProxyPods does); resolves with its pid once it
+   * has taken them all.
+   */
+  async startProxy(tag: string, mesh: SimPod[], cgroup: string, o: { env?: string[]; fastPath: 'on' | 'off'; handLater?: boolean }): Promise<number> {
+    const cfg = join(this.workDir, `${tag}.yaml`);
     writeFileSync(cfg, `workloads:\n${mesh.map((p) => `  - {uid: ${p.netnsName}, name: ${p.netnsName}, namespace: bench, serviceAccount: ${p.netnsName}, workloadIps: ["${p.ip}"], protocol: HBONE}`).join('\n')}\n`);
-    const sock = join(this.workDir, `${name}.sock`);
+    const sock = join(this.workDir, `${tag}.sock`);
     let ready = false;
     const zds = new ZdsServer({ path: sock, pods: () => [], onReady: () => (ready = true), log: pino({ level: 'silent' }) });
     zds.start();
     this.#zds.push(zds);
-    const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null }; // the host netns: it enters the pods itself
-    const proc = await this.daemons.start(at, ['env', 'INPOD_LOG_LEVEL=warn', ...(name === 'proxy-h2default' ? NODE_H2_DEFAULTS : []), process.execPath, CLI, 'ztunnel', '--config', cfg, '--zds', sock,
+    this.#zdsByTag.set(tag, zds);
+    const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null };
+    // started as the build's own entry says (its first line: node's flags, the environment)
+    const launch = shebangLaunch(readFileSync(this.proxyCli, 'utf8').split('\n', 1)[0]!);
+    const proc = await this.daemons.start(at, ['env', ...launch.env, 'INPOD_LOG_LEVEL=warn', ...(o.env ?? []), process.execPath, ...launch.nodeArgs, this.proxyCli, 'ztunnel', '--config', cfg, '--zds', sock,
       '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0',
-      '--fast-path', name === 'proxy-passthrough' ? 'off' : 'on']);
+      '--fast-path', o.fastPath]);
     for (let i = 0; i < 200 && !ready; i++) await new Promise((r) => setTimeout(r, 50));
-    if (!ready) throw new Error(`${name}: the proxy did not connect over ZDS`);
-    for (const p of mesh) await zds.addPod({ uid: p.netnsName, info: { name: p.netnsName, namespace: 'bench', serviceAccount: p.netnsName }, netnsPath: p.netnsPath });
+    if (!ready) throw new Error(`${tag}: the proxy did not connect over ZDS`);
+    if (!o.handLater) await this.addProxyPods(tag, mesh);
     return proc.pid!;
+  }
+
+  /** Hands pods to the proxy started as `tag` over ZDS; resolves once it took them all. */
+  async addProxyPods(tag: string, pods: SimPod[]): Promise<void> {
+    const zds = this.#zdsByTag.get(tag)!;
+    for (const p of pods) await zds.addPod({ uid: p.netnsName, info: { name: p.netnsName, namespace: 'bench', serviceAccount: p.netnsName }, netnsPath: p.netnsPath });
   }
 
   async #startServers(s: ConfigSetup): Promise<void> {

@@ -14,12 +14,13 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { MeshError } from '../util/errors.js';
 import { ALL_CONFIGS, BUILD_DIR, BenchEnv, CONFIGS, CONNRATE, FWD, FWD_COMMAND, KNOWN_CONFIGS, OPTIONAL_CONFIGS, V6_CONFIGS, type ConfigName } from './env.js';
-import { runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
+import { rssAfterLoad, runTraffic, type TrafficPlan, type TrafficSample } from './traffic.js';
 import { runEnrollment, type EnrollPlan, type EnrollSample, type PodState } from './enroll.js';
 import { rows as summarize, type Row } from './stats.js';
 import { headlineRatios, markdown, type RunInfo } from './report.js';
 import { chartSvg } from './chart.js';
 import { describe } from './procs.js';
+import { DEFAULT_MEMORY_PLAN, runMemory, type MemoryPlan, type MemoryResult } from './memory.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -31,6 +32,10 @@ export interface BenchOptions {
   proxy?: boolean;
   /** the configurations to run (default: by `proxy`) */
   configs?: ConfigName[];
+  /** the memory scenario (--memory), or null */
+  memory?: MemoryPlan | null;
+  /** the `inpod` entry the proxy rows start (--proxy-cli; default: this build's) */
+  proxyCli?: string;
   argv: string[];
   progress?: (line: string) => void;
 }
@@ -44,6 +49,7 @@ export interface BenchResult {
   rows: Row[];
   traffic: TrafficSample[];
   enroll: { samples: EnrollSample[]; state: PodState[] };
+  memory: MemoryResult | null;
 }
 
 export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--configs A,B] [--pods N] [--out DIR] [--reps R] [--seconds S] [--no-pin]
@@ -51,7 +57,10 @@ export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--co
                       under each backend; passthrough with and without the kernel fast path; not in
                       --quick unless --proxy), and enrollment timing. --configs runs only those rows
                       (${KNOWN_CONFIGS.join(', ')}; ${OPTIONAL_CONFIGS.join(', ')} only when named;
-                      ${V6_CONFIGS.join(', ')}: the capture-only rows between IPv6-only pods)`;
+                      ${V6_CONFIGS.join(', ')}: the capture-only rows between IPv6-only pods)
+                      [--memory] the proxy's memory with 100 pods and 1000 idle HBONE connections, and after
+                      they close (alone, under 2 minutes; with --configs, beside those rows)
+                      [--proxy-cli PATH] the proxy rows and --memory run this build's dist/cli/main.js instead`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
 
@@ -69,6 +78,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       proxy: { type: 'boolean' },
       'no-proxy': { type: 'boolean', default: false },
       configs: { type: 'string' },
+      memory: { type: 'boolean', default: false },
+      'proxy-cli': { type: 'string' },
     },
     strict: true,
   });
@@ -82,7 +93,9 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
   // The full run includes the real proxy's rows (3 repetitions: about 17 minutes);
   // --quick leaves them out to stay under 2 minutes unless --proxy asks for them.
   const proxy = values['no-proxy'] ? false : values.proxy ?? !quick;
-  let configs: ConfigName[] = proxy ? ALL_CONFIGS : CONFIGS;
+  // --memory alone runs the memory scenario only
+  const memoryOnly = values.memory! && !values.configs;
+  let configs: ConfigName[] = memoryOnly ? [] : proxy ? ALL_CONFIGS : CONFIGS;
   if (values.configs) {
     const asked = values.configs.split(',').map((c) => c.trim()).filter(Boolean);
     const bad = asked.filter((c) => !(KNOWN_CONFIGS as string[]).includes(c));
@@ -103,11 +116,13 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       maxRetries: quick ? 3 : 10,
     },
     // a run limited with --configs is about those traffic rows: no enrollment rows
-    enroll: values.configs ? null : { levels, samples: quick ? 5 : 20 },
+    enroll: values.configs || values.memory ? null : { levels, samples: quick ? 5 : 20 },
     out: values.out ? resolve(values.out) : DEFAULT_OUT,
     pin: !values['no-pin'],
     proxy: configs.some((c) => c.startsWith('proxy-')),
     configs,
+    memory: values.memory ? { ...DEFAULT_MEMORY_PLAN } : null,
+    ...(values['proxy-cli'] ? { proxyCli: resolve(values['proxy-cli']) } : {}),
     argv,
   };
 }
@@ -157,7 +172,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const say = o.progress ?? ((s: string) => void process.stdout.write(`${s}\n`));
   preflight();
   const prefix = `b${randomBytes(2).toString('hex')}`;
-  const env = new BenchEnv(prefix, o.pin, o.configs ?? (o.proxy ? ALL_CONFIGS : CONFIGS));
+  const env = new BenchEnv(prefix, o.pin, o.configs ?? (o.proxy ? ALL_CONFIGS : CONFIGS), o.proxyCli);
   const started = new Date();
   const t0 = performance.now();
   let interrupted: NodeJS.Signals | null = null;
@@ -172,16 +187,18 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const host = hostInfo();
     say(`inpod bench${o.quick ? ' --quick' : ''}: prefix ${prefix}, ${host.kernel}, ${host.cpu}`);
     await env.setup(say);
-    const any = [...env.configs.values()][0]!;
+    const any = [...env.configs.values()][0];
     const capture = env.configs.get('ebpf') ?? env.configs.get('iptables') ?? env.configs.get('ebpf6') ?? env.configs.get('iptables6');
     const daemonCommands = [
       ...(capture ? [describe(capture.clientAt, FWD_COMMAND) + '   # client and server pod of each capture row'] : []),
-      describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
+      ...(any ? [describe(any.serverAt, ['nginx', '-p', 'DIR', '-c', 'DIR/nginx.conf', '-e', 'DIR/error.log']) +
         '   # master_process off, 1 worker, static 1 KiB file',
-      describe(any.serverAt, ['iperf3', '-s', '-p', '5201']),
+      describe(any.serverAt, ['iperf3', '-s', '-p', '5201'])] : []),
     ];
-    const traffic = await runTraffic(env, o.traffic, say);
+    const traffic = env.names.length ? await runTraffic(env, o.traffic, say) : [];
+    const afterLoad = await rssAfterLoad(env);
     const enroll = o.enroll ? await runEnrollment(env, o.enroll, say) : { samples: [], state: [] };
+    const memory = o.memory ? await runMemory(env, o.memory, say) : null;
     host['load average at end'] = loadavg().map((x) => x.toFixed(2)).join(' ');
     const rows = summarize(traffic);
     const info: RunInfo = {
@@ -203,9 +220,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     mkdirSync(o.out, { recursive: true });
     const stamp = started.toISOString().replace(/[:.]/g, '-').slice(0, 19);
     const base = join(o.out, `${stamp}-${o.quick ? 'quick' : 'full'}`);
-    const res: BenchResult = { prefix, markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll };
-    writeFileSync(res.markdownPath, markdown(info, rows, traffic, enroll.samples, enroll.state));
-    writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: env.names, rows, ratios: headlineRatios(rows), traffic, enrollment: enroll }, null, 1)}\n`);
+    const res: BenchResult = { prefix, markdownPath: `${base}.md`, jsonPath: `${base}.json`, svgPath: `${base}.svg`, rows, traffic, enroll, memory };
+    writeFileSync(res.markdownPath, markdown(info, rows, traffic, enroll.samples, enroll.state, memory, afterLoad));
+    writeFileSync(res.jsonPath, `${JSON.stringify({ info, configurations: env.names, rows, ratios: headlineRatios(rows), traffic, rssAfterLoadKb: afterLoad, enrollment: enroll, memory }, null, 1)}\n`);
     writeFileSync(res.svgPath, chartSvg(rows, `inpod bench (${stamp}${o.quick ? ', quick' : ''})`));
     say(`report: ${res.markdownPath}\nsamples: ${res.jsonPath}\nchart: ${res.svgPath}`);
     return res;

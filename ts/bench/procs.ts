@@ -119,3 +119,17 @@ export function waitListening(netns: string, port: number, timeoutMs = 10_000): 
   const listening = async (): Promise<boolean> => (await inNetns(netns, ['ss', '-Hltn', `sport = :${port}`]).catch(() => '')).trim() !== '';
   return until(`something to listen on :${port} in ${netns}`, listening, { timeoutMs, intervalMs: 50 });
 }
+
+/**
+ * How a script's first line says to start it: `#!/usr/bin/env -S [VAR=value ...] node [flags]`
+ * (or `#!/usr/bin/env node`) gives the variables and node's flags; any other line, none. Pure.
+ * The bench starts a proxy build as its own entry says it starts, whichever node runs the bench.
+ */
+export function shebangLaunch(firstLine: string): { env: string[]; nodeArgs: string[] } {
+  const m = /^#!\s*\S*\benv\s+(?:-S\s+)?(.*)$/.exec(firstLine.trim());
+  if (!m) return { env: [], nodeArgs: [] };
+  const words = m[1]!.trim().split(/\s+/);
+  const i = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
+  if (i < 0) return { env: [], nodeArgs: [] };
+  return { env: words.slice(0, i).filter((w) => /^[A-Za-z_][A-Za-z0-9_]*=/.test(w)), nodeArgs: words.slice(i + 1) };
+}

@@ -8,7 +8,8 @@ import { PORTS } from '../istio.js';
 import { WORKLOADS, WORKLOAD_LABEL, type WorkloadName } from './loads.js';
 import { PRIMARY, percentile, ratio, spreadPct, unitOf, type Ratio, type Row, type Stat } from './stats.js';
 import type { EnrollSample, PodState } from './enroll.js';
-import { DISTURBED_CPUS, type TrafficSample } from './traffic.js';
+import { AFTER_LOAD_SECONDS, DISTURBED_CPUS, type TrafficSample } from './traffic.js';
+import type { MemoryResult } from './memory.js';
 
 export interface RunInfo {
   argv: string[];
@@ -93,8 +94,8 @@ export function headlineRatios(rows: Row[]): Record<string, HeadlineRatios> {
   return out;
 }
 
-function trafficSection(rows: Row[]): string {
-  const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB'];
+function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, number>>): string {
+  const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB', 'RSS peak KiB', 'RSS after the load KiB'];
   const configs = configsOf(rows);
   const body = configs.map((c) => {
     const h = find(rows, 'http', c);
@@ -108,6 +109,8 @@ function trafficSection(rows: Row[]): string {
       cell(find(rows, 'bulk8', c)?.metrics.gbps, 2),
       cell(find(rows, 'connrate', c)?.metrics.cps),
       backendOf(c) === null ? '–' : num(Math.max(...rows.filter((r) => r.config === c).map((r) => r.rssKb.max))),
+      backendOf(c) === null ? '–' : num(Math.max(...rows.filter((r) => r.config === c).map((r) => r.rssPeakKb?.max ?? r.rssKb.max))),
+      afterLoad[c] === undefined ? '–' : num(afterLoad[c]!),
     ];
   });
   const ratios = headlineRatios(rows);
@@ -129,7 +132,9 @@ function trafficSection(rows: Row[]): string {
   return [
     '## Traffic',
     '',
-    'Medians over the repetitions, ±spread = (max − min) / median.',
+    'Medians over the repetitions, ±spread = (max − min) / median. Forwarder RSS: the forwarders of the configuration',
+    '(both inpod-fwd, or the one proxy), summed, from /proc/<pid>/status: the most at the end of a run, the most sampled',
+    `every 200 ms during one (peak), and, for the proxy rows, once every run was over and it had been idle ${AFTER_LOAD_SECONDS} s (after the load).`,
     '',
     table(head, body),
     '',
@@ -250,7 +255,39 @@ function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
   ].join('\n');
 }
 
-export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], enroll: EnrollSample[], state: PodState[]): string {
+const mb = (kb: number): string => num(kb / 1024, 1);
+const mib = (bytes: number | undefined): string => (bytes === undefined ? '–' : num(bytes / 2 ** 20, 1));
+
+/** The memory scenario's readings (--memory), and what one pod and one connection cost. */
+export function memorySection(m: MemoryResult | null): string {
+  if (!m) return '';
+  const p = m.points;
+  const body = p.map((x) => [x.phase, num(x.at, 0), mb(x.rssKb), mb(x.anonKb), mb(x.fileKb),
+    x.heap ? `${mib(x.heap.heapUsed)} / ${mib(x.heap.heapTotal)}` : '–', mib(x.heap?.newSpace), mib(x.heap?.external), mib(x.heap?.arrayBuffers),
+    x.heap ? `${mib(x.heap.mallocUsed)} / ${mib(x.heap.mallocFree)}` : '–', x.heap ? String(x.heap.returns) : '–']);
+  const [none, pods, open] = p;
+  const per = (a: number | undefined, b: number | undefined, n: number): string => (a === undefined || b === undefined || n === 0 ? 'n/a' : num((b - a) / n, 1));
+  const peak = open ? open.rssKb : 0;
+  const last = p[p.length - 1];
+  return [
+    '## Memory',
+    '',
+    `One proxy serving ${m.plan.pods} pods (eBPF capture, all HBONE workloads); each pod opens ${Math.round(m.plan.conns / m.plan.pods)} connections ` +
+      `to the next pod's echo app: ${m.opened} opened through the proxy (${m.failed} failed${m.firstError ? `: ${m.firstError}` : ''}), ` +
+      `one byte each way, then idle. Each reading ${m.plan.settleSeconds} s after the phase; RSS, anonymous and file-backed from /proc/<pid>/status, ` +
+      'the heap figures from the proxy\'s admin /memory (MiB; glibc\'s from mallinfo2: free bytes stay counted after they are trimmed; ' +
+      'returns: how often the proxy gave memory back so far).',
+    '',
+    table(['phase', 's', 'RSS MB', 'anon MB', 'file MB', 'V8 heap used / total', 'young gen', 'external', 'ArrayBuffers', 'glibc in use / free', 'returns'], body),
+    '',
+    `Per pod: ${per(none?.rssKb, pods?.rssKb, m.plan.pods)} KiB of RSS; per open connection: ${per(pods?.rssKb, open?.rssKb, m.opened)} KiB ` +
+      `(both ends, its share of the pooled mTLS connections included). ${last ? `${last.phase}: ${mb(last.rssKb)} MB` : 'n/a'}, ` +
+      `${last && peak ? mb(peak - last.rssKb) : 'n/a'} MB less than with the connections open (${mb(peak)} MB).`,
+  ].join('\n');
+}
+
+export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], enroll: EnrollSample[], state: PodState[], memory: MemoryResult | null = null,
+  afterLoad: Partial<Record<ConfigName, number>> = {}): string {
   const r = headlineRatios(rows);
   const pick = (k: string): string => rcell(r[k]?.ebpfVsIptables ?? null);
   const pick6 = (k: string): string => rcell(r[k]?.ebpfVsIptables6 ?? null);
@@ -272,9 +309,11 @@ export function markdown(info: RunInfo, rows: Row[], traffic: TrafficSample[], e
       : []),
     `Figures per workload: ${WORKLOADS.map((w) => `${w} = ${WORKLOAD_LABEL[w]}, ${PRIMARY[w].label}`).join('; ')}.`,
     '',
-    trafficSection(rows),
+    rows.length ? trafficSection(rows, afterLoad) : '',
     '',
     enrollSection(enroll, state),
+    '',
+    memorySection(memory),
     '',
     methodSection(info, traffic),
     '',

@@ -74,6 +74,7 @@ export interface Row {
   metrics: Record<string, Stat>;
   costs: Record<keyof Costs, Stat>;
   rssKb: Stat;
+  rssPeakKb: Stat;
   conntrack: Stat;
   /** CPUs busy outside the bench's cgroups during the runs (a noise gauge) */
   outside: Stat;
@@ -106,6 +107,7 @@ export function rows(samples: TrafficSample[]): Row[] {
         hostBusy: stat(cs.map((c) => c.hostBusy)),
       },
       rssKb: stat(g.map((s) => s.rssKb)),
+      rssPeakKb: stat(g.map((s) => s.rssPeakKb ?? s.rssKb)),
       conntrack: stat(g.map((s) => s.conntrack)),
       outside: stat(g.map((s) => s.cpu.outside / s.cpu.wall)),
       errors: g.reduce((a, s) => a + s.errors, 0),

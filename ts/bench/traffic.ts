@@ -2,7 +2,8 @@
  * The traffic rows: every workload against every configuration, interleaved (A B C A B C ...)
  * so drift on the host hits all configurations alike, after one short warm-up round. Each run is
  * one sample with the load generator's figures and the CPU it cost (forwarders' user/system time,
- * host softirq and busy time over the run) and the forwarders' RSS at its end.
+ * host softirq and busy time over the run) and the forwarders' RSS: its peak during the run, at its
+ * end, and (rssAfterLoad) once every run is over and they have been idle a while.
  */
 import type { BenchEnv, ConfigName } from './env.js';
 import { delta, rssKb, snapshot, type CpuDelta } from './cpu.js';
@@ -22,6 +23,8 @@ export interface TrafficSample {
   cpu: CpuDelta;
   /** forwarders' summed RSS at the end of the run, KiB (0 without a mesh) */
   rssKb: number;
+  /** the highest of their summed RSS sampled every 200 ms during the run, KiB */
+  rssPeakKb: number;
   /** conntrack entries in the two pods right after the run */
   conntrack: number;
   command: string;
@@ -57,8 +60,11 @@ export async function runOne(env: BenchEnv, w: WorkloadName, c: ConfigName, rep:
   const startedAt = new Date().toISOString();
   const cgroups = Object.values(env.cgroups);
   const before = snapshot(s.fwdPids, cgroups);
-  const r = await runLoad(w, s.clientAt, s.server.ip, p);
+  let rssPeakKb = rssKb(s.fwdPids);
+  const sampler = setInterval(() => (rssPeakKb = Math.max(rssPeakKb, rssKb(s.fwdPids))), 200);
+  const r = await runLoad(w, s.clientAt, s.server.ip, p).finally(() => clearInterval(sampler));
   const cpu = delta(before, snapshot(s.fwdPids, cgroups));
+  const endKb = rssKb(s.fwdPids);
   return {
     rep,
     warmup,
@@ -69,7 +75,8 @@ export async function runOne(env: BenchEnv, w: WorkloadName, c: ConfigName, rep:
     work: r.work,
     errors: r.errors,
     cpu,
-    rssKb: rssKb(s.fwdPids),
+    rssKb: endKb,
+    rssPeakKb: Math.max(rssPeakKb, endKb),
     conntrack: await env.conntrackEntries(c),
     command: r.command,
     startedAt,
@@ -118,4 +125,21 @@ export async function runTraffic(env: BenchEnv, plan: TrafficPlan, progress: Pro
     }
   }
   return samples;
+}
+
+/** Seconds the forwarders are left idle after the last run before their RSS "after the load" is read. */
+export const AFTER_LOAD_SECONDS = 15;
+
+/**
+ * The proxy's RSS per proxy configuration once every run is over and it has been idle for
+ * `seconds` (it gives memory back a few seconds after a load ends), KiB. Empty without a proxy
+ * row (then nothing is waited for).
+ */
+export async function rssAfterLoad(env: BenchEnv, seconds = AFTER_LOAD_SECONDS): Promise<Partial<Record<ConfigName, number>>> {
+  const out: Partial<Record<ConfigName, number>> = {};
+  const meshed = [...env.configs.values()].filter((c) => c.name.startsWith('proxy-') && c.fwdPids.length > 0);
+  if (meshed.length === 0) return out;
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  for (const c of meshed) out[c.name] = rssKb(c.fwdPids);
+  return out;
 }

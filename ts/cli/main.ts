@@ -1,8 +1,16 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=1
 /**
  * The `inpod` command line (shared/DESIGN.md "Command line"). Each command's module is imported
  * only when that command runs: the proxy must not carry the agent's Kubernetes client, nor the
  * agent the proxy's TLS and HTTP/2 stack.
+ *
+ * The first line is how every `inpod` process starts (the image's /usr/local/bin/inpod links
+ * here; `inpod bench` starts a proxy with what this line says): V8's young generation is kept to
+ * 1 MiB per semi-space. Node's default lets it grow to 16 MiB per semi-space under allocation,
+ * 32 MiB of RSS the proxy keeps once grown (`inpod bench --memory`, issue 19); the young objects
+ * of a connection are few and short-lived, so scavenges stay cheap at 1 MiB. It must be given at
+ * start: V8 sizes its heap when the isolate is made, and a later v8.setFlagsFromString has no
+ * effect on it.
  */
 import { MeshError } from '../util/errors.js';
 

@@ -15,9 +15,9 @@ import { MeshError } from '../util/errors.js';
 import { startAdmin, type AdminServers } from '../proxy/admin.js';
 import { PORTS } from '../istio.js';
 import { http2LimitsFromEnv } from '../proxy/hbone/limits.js';
-import { caOptionsFromFlags, IstioCaClient } from '../identity/istio-ca.js';
 import { DEFAULT_XDS_ADDRESS, xdsOptionsFromFlags } from '../xds/flags.js';
 import type { XdsSource } from '../xds/source.js';
+import { MemoryReturner } from '../proxy/memory.js';
 
 /** Default addresses of the node-level endpoints (Istio's ports). */
 const ADMIN_ADDR = `127.0.0.1:${PORTS.admin}`;
@@ -100,8 +100,10 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   // token are read on every connect (a ConfigMap mounted late is waited for, as ztunnel does)
   const xdsOpts = xdsOptionsFromFlags(v, process.env);
   // Istio mode (--ca-address): checked before anything is started, so a bad flag or a missing root ends the process
-  const caOpts = caOptionsFromFlags(v, v['trust-domain']!);
-  const identity = caOpts && IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
+  // imported only then: its gRPC client is about 1.4 MB of heap a proxy with the node-local CA never uses
+  const ca = v['ca-address'] ? await import('../identity/istio-ca.js') : undefined;
+  const caOpts = ca?.caOptionsFromFlags(v, v['trust-domain']!);
+  const identity = caOpts && ca!.IstioCaClient.open({ ...caOpts, log: logger('ca-client') });
   if (caOpts) log.info({ ca: caOpts.address, root: caOpts.rootCertFile, token: caOpts.tokenFile ?? null }, 'workload certificates from istiod\'s CA');
   const state = new StateStore();
   if (v.config) {
@@ -123,6 +125,8 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
   const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
+  // memory grown under a load goes back to the kernel once the load is over
+  const memory = new MemoryReturner({ log: logger('memory') });
   let xds: XdsSource | undefined;
   if (xdsOpts) {
     // after the proxy exists: the xDS series go into its registry
@@ -169,6 +173,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     kube?.stop();
     xds?.stop();
     servers?.stop();
+    memory.stop();
     const exit = (msg: string): void => {
       log.info(msg);
       process.exit(0);
@@ -193,6 +198,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     zds: v.zds!,
     drainSeconds,
     localConfig: !!v.config,
+    memory,
   });
   log.info({ zds: v.zds, trustDomain: v['trust-domain'] }, 'ztunnel started');
   await new Promise<void>((resolve) => {

@@ -13,6 +13,19 @@ export interface SockAddr {
   ip: string;
   port: number;
 }
+/** glibc's mallinfo2(), bytes */
+export interface MallocInfo {
+  /** the main arena's heap (sbrk) */
+  arena: number;
+  /** in mmapped chunks (large allocations) */
+  hblkhd: number;
+  /** in use */
+  uordblks: number;
+  /** free inside the arenas: what malloc_trim can give back, page by page */
+  fordblks: number;
+  /** free at the top of the main heap */
+  keepcost: number;
+}
 export interface SocketSpec {
   family: 4 | 6;
   mark?: number;
@@ -124,6 +137,9 @@ export interface NativeAddon {
   sendFds(fd: number, data: Buffer, fds: number[]): number;
   recvFds(fd: number, maxBytes: number, maxFds: number): RecvResult | number;
   statfsType(path: string): number;
+  mallocTrim(pad: number): number;
+  mallopt(param: number, value: number): number;
+  mallinfo(): MallocInfo;
   netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
   netnsWrite(nsFd: number, path: string, value: string): number | SysFail;
   netnsLocalRoute(nsFd: number, mark: number, table: number, pref: number, add: boolean, family: number): number | SysFail;

@@ -12,6 +12,7 @@ export { addon } from './addon.js';
 export { Fd, openPath, withFd } from './fd.js';
 export * from './bpf.js';
 export * from './epoll.js';
+export * from './memory.js';
 
 function isFail(v: unknown): v is SysFail {
   return typeof v === 'object' && v !== null && 'errno' in v && 'syscall' in v;

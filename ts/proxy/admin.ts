@@ -4,7 +4,8 @@
  *   endpoints, `/config_dump` (ztunnel's JSON, configdump.ts; no key material), `/logging`
  *   (POST; `?level=` and `?reset`), `/quitquitquit` (POST: shut down as on SIGTERM, i.e. drain),
  *   `/debug/pprof/*` answered 500 as a ztunnel built without the profiler answers; and inpod's
- *   `/state` (where the state comes from, whether a reload runs, why the last one was refused);
+ *   `/state` (where the state comes from, whether a reload runs, why the last one was refused) and
+ *   `/memory` (the process's RSS and V8 heap, JSON);
  * - Prometheus on :15020 (src/metrics/server.rs): `/metrics` and `/stats/prometheus`;
  * - readiness on :15021 (src/readiness/server.rs): GET `/healthz/ready`, 200 `ready` or 500
  *   `not ready, pending: <tasks>` with ztunnel's task names.
@@ -15,11 +16,14 @@
  * each have these ports.
  */
 import http from 'node:http';
+import v8 from 'node:v8';
 import { initialLogFilter, logFilter, setLogFilter } from '../util/log.js';
 import { applyClauses, formatFilter, parseClauses } from '../util/logfilter.js';
 import { writeSerdeJson, type Sink } from '../util/serdejson.js';
 import { buildInfo, configDump, configSection, dumpCerts, type ProxySettings } from './configdump.js';
 import type { Ztunnel } from './ztunnel.js';
+import type { MemoryReturner } from './memory.js';
+import { mallocInfo } from '../native/memory.js';
 
 export interface AdminOptions {
   admin: string; // host:port
@@ -37,6 +41,8 @@ export interface AdminOptions {
   drainSeconds: number;
   /** the state comes from a local config file (--config): the dump shows it as `staticConfig` */
   localConfig: boolean;
+  /** what `/memory` says of the memory returned after loads */
+  memory?: Pick<MemoryReturner, 'returns' | 'last'>;
 }
 
 export interface AdminServers {
@@ -53,6 +59,7 @@ const INDEX: [string, string][] = [
   ['logging', 'POST: the log level; ?level=debug or ?level=<component>=debug,info changes it, ?reset restores the start level'],
   ['quitquitquit', 'POST: drain and shut down, as on SIGTERM'],
   ['state', 'inpod: where the state comes from, whether a reload is running, why the last one was refused (JSON)'],
+  ['memory', 'inpod: the process\'s memory as Node sees it (RSS, V8 heap, external and ArrayBuffer bytes) (JSON)'],
 ];
 
 const PPROF = new Set(['/debug/pprof/profile', '/debug/pprof/heap', '/debug/pprof/heap/profiling']);
@@ -64,7 +71,7 @@ usage: POST /logging?level=<component>=<level>,<level> a level for a component, 
 usage: POST /logging?reset                             back to the level the proxy started with
 
 levels: off, error, warn, info, debug, trace
-components: ztunnel, zds, authz, fastpath, kube-state, manifest-state
+components: ztunnel, zds, authz, fastpath, memory, kube-state, manifest-state
 `;
 
 function listen(addr: string, handler: http.RequestListener): Promise<http.Server> {
@@ -140,6 +147,18 @@ function logging(req: http.IncomingMessage, url: URL, res: http.ServerResponse):
   text(res, 200, `current log level is ${formatFilter(logFilter())}\n`);
 }
 
+/**
+ * `/memory`: process.memoryUsage(), the V8 heap's committed size per space and glibc's arenas
+ * (mallinfo2), in bytes, and how
+ * often memory was returned after a load (memory.ts) and the last time (what `inpod bench`
+ * reads; /proc/<pid>/status has the kernel's view of the same RSS).
+ */
+export function memoryReport(returner?: Pick<MemoryReturner, 'returns' | 'last'>): Record<string, unknown> {
+  const spaces: Record<string, number> = {};
+  for (const s of v8.getHeapSpaceStatistics()) spaces[s.space_name] = s.physical_space_size;
+  return { ...process.memoryUsage(), heapSpaces: spaces, malloc: mallocInfo(), ...(returner ? { returned: { count: returner.returns, last: returner.last } } : {}) };
+}
+
 function index(res: http.ServerResponse): void {
   const rows = INDEX.map(([path, what]) => `<tr><td><a href="${path}">${path}</a></td><td>${what}</td></tr>`).join('\n');
   res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
@@ -179,6 +198,8 @@ export async function startAdmin(zt: Ztunnel, o: AdminOptions): Promise<AdminSer
       index(res);
     } else if (path === '/state') {
       res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(zt.opts.state.health(), null, 2)}\n`);
+    } else if (path === '/memory') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(memoryReport(o.memory), null, 2)}\n`);
     } else if (PPROF.has(path)) {
       text(res, 500, 'profiling is not available in this proxy (Node.js); run it with node --cpu-prof or --heap-prof instead\n');
     } else empty(res, 404);
