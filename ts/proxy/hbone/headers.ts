@@ -116,12 +116,19 @@ export interface TraceParent {
   flags: number;
 }
 
-const rnd = Buffer.alloc(24);
+/** Random bytes for 170 trace contexts, refilled when used up: one CSPRNG call per 170 connections, not per connection. */
+const rnd = Buffer.alloc(24 * 170);
+let rndAt = rnd.length;
 
 /** A new trace context: random trace and parent ids, version 00, flags 00 (ztunnel's TraceParent::new). */
 export function newTraceParent(): TraceParent {
-  randomFillSync(rnd);
-  return { traceId: rnd.toString('hex', 0, 16), parentId: rnd.toString('hex', 16, 24), version: 0, flags: 0 };
+  if (rndAt === rnd.length) {
+    randomFillSync(rnd);
+    rndAt = 0;
+  }
+  const at = rndAt;
+  rndAt += 24;
+  return { traceId: rnd.toString('hex', at, at + 16), parentId: rnd.toString('hex', at + 16, at + 24), version: 0, flags: 0 };
 }
 
 /** The header value: `vv-<trace id>-<parent id>-ff`. */
