@@ -26,7 +26,7 @@ import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { ConnContext, ConnObserver, ConnRecord, EarlyRefusal, ReportedConn } from '../proxy/hooks.js';
 import { completeLine, connectionFields, earlyDenyLine } from './accesslog.js';
-import { describe, FAILURE_FLAGS, seriesKey, TRAFFIC_LABELS, type TrafficLabels } from './labels.js';
+import { FAILURE_FLAGS, LabelCache, seriesKey, TRAFFIC_LABELS, type TrafficLabels } from './labels.js';
 
 /** How many pods the proxy serves, and how many it could not (ztunnel's workload_states and pending_workloads). */
 export interface ProxyCounts {
@@ -89,6 +89,8 @@ export class IstioTelemetry implements ConnObserver {
   readonly #stopped: Counter;
   #counts: () => ProxyCounts = () => ({ active: 0, pending: 0 });
   readonly #access: Logger;
+  /** the labels of connections described alike, per state snapshot */
+  readonly #labels = new LabelCache();
 
   constructor(private readonly state: StateStore, log: Logger, opts: IstioTelemetryOptions = {}) {
     this.#access = log.child({ scope: 'access' });
@@ -129,9 +131,8 @@ export class IstioTelemetry implements ConnObserver {
   }
 
   opened(ctx: ConnContext): ReportedConn {
-    const d = describe(this.state.snapshot, ctx);
+    const { described: d, key } = this.#labels.get(this.state.snapshot, ctx);
     const labels: TrafficLabels = d.labels;
-    const key = seriesKey(labels);
     this.#opened.add(key, labels);
     // ztunnel takes the byte series at the open: they exist (at 0) from then on
     this.#received.add(key, labels, 0);
