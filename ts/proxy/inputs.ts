@@ -76,8 +76,8 @@ export function podRef(pi: PodInputs): ConnContext['pod'] {
  * (src/state.rs fetch_workload_by_address; telemetry/labels.ts describe() does the same).
  */
 export function ownWorkload(pi: PodInputs, ip: string): Workload | undefined {
-  const snap = pi.state.snapshot;
-  return snap.byUid.get(pi.info.uid) ?? snap.byIp.get(ip);
+  const v = ownView(pi);
+  return v.self ?? v.snap.byIp.get(ip);
 }
 
 /** A pod's own addresses as one state snapshot and one reading of the node's addresses give them. */
