@@ -84,7 +84,8 @@ export class IstioTelemetry implements ConnObserver {
   readonly #failed: TrafficCounter;
   readonly #received: TrafficCounter;
   readonly #sent: TrafficCounter;
-  readonly #sockets: Gauge<'reporter'>;
+  /** istio_tcp_sockets_open by reporter; a reporter appears once one of its sockets has opened */
+  readonly #sockets: Partial<Record<'source' | 'destination', number>> = {};
   readonly #started: Counter;
   readonly #stopped: Counter;
   #counts: () => ProxyCounts = () => ({ active: 0, pending: 0 });
@@ -102,7 +103,15 @@ export class IstioTelemetry implements ConnObserver {
     this.#received = traffic('istio_tcp_received_bytes_total', 'The size of total bytes received during request in case of a TCP connection');
     this.#sent = traffic('istio_tcp_sent_bytes_total', 'The size of total bytes sent during response in case of a TCP connection');
     this.#failed = traffic('istio_tcp_connections_failed_total', 'The total number of TCP connections that failed to establish (unstable)');
-    this.#sockets = new Gauge({ name: 'istio_tcp_sockets_open', help: 'The current number of open TCP sockets (unstable)', labelNames: ['reporter'], registers });
+    const sockets = this.#sockets;
+    new Gauge({
+      name: 'istio_tcp_sockets_open', help: 'The current number of open TCP sockets (unstable)', labelNames: ['reporter'], registers,
+      // counted here, set at each scrape: prom-client hashes the label set on every inc and dec
+      collect() {
+        this.reset();
+        for (const [reporter, n] of Object.entries(sockets)) if (n !== undefined) this.set({ reporter }, n);
+      },
+    });
     new Gauge({ name: 'istio_build', help: 'Istio component build info', labelNames: ['component', 'tag'], registers })
       .set({ component: 'ztunnel', tag: opts.buildTag ?? ownVersion() }, 1);
     const counts = (): ProxyCounts => this.#counts();
@@ -160,12 +169,13 @@ export class IstioTelemetry implements ConnObserver {
   }
 
   socketOpened(reporter: 'source' | 'destination'): () => void {
-    this.#sockets.inc({ reporter });
+    const sockets = this.#sockets;
+    sockets[reporter] = (sockets[reporter] ?? 0) + 1;
     let open = true;
     return () => {
       if (!open) return;
       open = false;
-      this.#sockets.dec({ reporter });
+      sockets[reporter]!--;
     };
   }
 }
