@@ -35,7 +35,8 @@ export function forwardedFor(src: { ip: string; port: number }, serviceHostname?
 
 /** The `host=` of a `forwarded` value, or undefined (ztunnel's parse_forwarded_host). */
 export function forwardedHost(value: string | string[] | undefined): string | undefined {
-  if (typeof value !== 'string' || !/^[\x20-\x7e]*$/.test(value)) return undefined;
+  // most CONNECTs (a pod addressed, not a service) carry no host=: answered without parsing
+  if (typeof value !== 'string' || !value.includes('host=') || !/^[\x20-\x7e]*$/.test(value)) return undefined;
   const part = value.split(';').map((p) => p.trim()).find((p) => p.startsWith('host='));
   if (!part) return undefined;
   let h = part.slice(5);
