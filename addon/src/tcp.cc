@@ -60,6 +60,7 @@ struct SocketSpec {
   bool hasConnect = false;
   sockaddr_storage connect;
   socklen_t connectLen = 0;
+  bool noDelay = false;    // TCP_NODELAY
   bool keepalive = false;  // SO_KEEPALIVE on, with these TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT
   int keepIdle = 0, keepInterval = 0, keepCount = 0;
 };
@@ -75,6 +76,7 @@ static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
   if ((s->hasListen = o.Has("listen"))) s->backlog = o.Get("listen").As<Napi::Number>().Int32Value();
   if ((s->hasConnect = o.Has("connect")) && !ParseAddr(o.Get("connect").As<Napi::Object>(), &s->connect, &s->connectLen))
     return false;
+  s->noDelay = o.Has("noDelay") && o.Get("noDelay").ToBoolean();
   if ((s->keepalive = o.Has("keepalive"))) {
     Napi::Object k = o.Get("keepalive").As<Napi::Object>();
     s->keepIdle = k.Get("idleS").As<Napi::Number>().Int32Value();
@@ -105,6 +107,7 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   if (s.reusePort && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEPORT)");
   if (s.v6only >= 0 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &s.v6only, sizeof(s.v6only)) < 0)
     return fail("setsockopt(IPV6_V6ONLY)");
+  if (s.noDelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) return fail("setsockopt(TCP_NODELAY)");
   if (s.keepalive && (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
                       setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &s.keepIdle, sizeof(s.keepIdle)) < 0 ||
                       setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &s.keepInterval, sizeof(s.keepInterval)) < 0 ||
@@ -117,7 +120,7 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   return fd;
 }
 
-// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, v6only?, keepalive?: {idleS, intervalS, count},
+// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, v6only?, noDelay?, keepalive?: {idleS, intervalS, count},
 //                 bind?: {ip, port}, listen?: backlog, connect?: {ip, port}}) -> fd | {errno, syscall}
 // nsFd < 0: this thread's netns. The socket is non-blocking and close-on-exec; a connect in
 // progress is not an error.

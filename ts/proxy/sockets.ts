@@ -111,10 +111,11 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
     return Promise.reject(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `cannot connect to ${socketAddr(to)} from ${from}: ` +
       'the client\'s address and the destination are of different IP families'));
   }
-  // one native call: the socket, its mark, keepalive and transparent bind
+  // one native call: the socket, its mark, Nagle off (see listenIn), keepalive and transparent bind
   const fd = socketInNs(nsFd, {
     family,
     mark: o.mark ?? MARKS.proxy,
+    noDelay: true,
     keepalive: KEEPALIVE_SPEC,
     ...(from ? { transparent: true, bind: { ip: from, port: 0 } } : {}),
   }).release();
@@ -122,7 +123,6 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
   if (from) ownUpstream(s, fd);
   if (o.paused) s.pause();
-  s.setNoDelay(true);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       const e = Object.assign(new Error(`connect ETIMEDOUT ${socketAddr(to)}`), { code: 'ETIMEDOUT' });
