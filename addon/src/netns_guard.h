@@ -28,21 +28,26 @@ class NetnsGuard {
   // On failure the thread has not moved: see err() and syscall().
   explicit NetnsGuard(int nsFd) {
     if (nsFd < 0) return;
-    self_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (self_ < 0) {
+    // The thread's own netns, opened at its first guard and kept for the thread's life: a guard
+    // per proxied connection (the upstream made inside the pod) would otherwise open and close
+    // /proc/thread-self/ns/net each time. It cannot go stale: only a guard moves a thread, and
+    // every guard brings it back, so a thread is always in this netns outside a guard.
+    // (Closed when the thread exits.)
+    static thread_local HomeNetns home;
+    if (home.fd < 0) home.fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home.fd < 0) {
       Fail("open(/proc/thread-self/ns/net)");
       return;
     }
     if (setns(nsFd, CLONE_NEWNET) < 0) {
       Fail("setns");
-      close(self_);
-      self_ = -1;
+      return;
     }
+    self_ = home.fd;
   }
   ~NetnsGuard() {
     if (self_ < 0) return;
     if (setns(self_, CLONE_NEWNET) < 0) abort();  // see the invariant above
-    close(self_);
   }
   NetnsGuard(const NetnsGuard &) = delete;
   NetnsGuard &operator=(const NetnsGuard &) = delete;
@@ -52,6 +57,12 @@ class NetnsGuard {
   const char *syscall() const { return syscall_; }
 
  private:
+  struct HomeNetns {
+    int fd = -1;
+    ~HomeNetns() {
+      if (fd >= 0) close(fd);
+    }
+  };
   void Fail(const char *what) {
     err_ = errno;
     syscall_ = what;

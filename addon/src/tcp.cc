@@ -60,6 +60,9 @@ struct SocketSpec {
   bool hasConnect = false;
   sockaddr_storage connect;
   socklen_t connectLen = 0;
+  bool noDelay = false;    // TCP_NODELAY
+  bool keepalive = false;  // SO_KEEPALIVE on, with these TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT
+  int keepIdle = 0, keepInterval = 0, keepCount = 0;
 };
 
 static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
@@ -73,6 +76,13 @@ static bool ParseSpec(const Napi::Object &o, SocketSpec *s) {
   if ((s->hasListen = o.Has("listen"))) s->backlog = o.Get("listen").As<Napi::Number>().Int32Value();
   if ((s->hasConnect = o.Has("connect")) && !ParseAddr(o.Get("connect").As<Napi::Object>(), &s->connect, &s->connectLen))
     return false;
+  s->noDelay = o.Has("noDelay") && o.Get("noDelay").ToBoolean();
+  if ((s->keepalive = o.Has("keepalive"))) {
+    Napi::Object k = o.Get("keepalive").As<Napi::Object>();
+    s->keepIdle = k.Get("idleS").As<Napi::Number>().Int32Value();
+    s->keepInterval = k.Get("intervalS").As<Napi::Number>().Int32Value();
+    s->keepCount = k.Get("count").As<Napi::Number>().Int32Value();
+  }
   return true;
 }
 
@@ -97,6 +107,12 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   if (s.reusePort && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) return fail("setsockopt(SO_REUSEPORT)");
   if (s.v6only >= 0 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &s.v6only, sizeof(s.v6only)) < 0)
     return fail("setsockopt(IPV6_V6ONLY)");
+  if (s.noDelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0) return fail("setsockopt(TCP_NODELAY)");
+  if (s.keepalive && (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+                      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &s.keepIdle, sizeof(s.keepIdle)) < 0 ||
+                      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &s.keepInterval, sizeof(s.keepInterval)) < 0 ||
+                      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &s.keepCount, sizeof(s.keepCount)) < 0))
+    return fail("setsockopt(SO_KEEPALIVE)");
   if (s.hasBind && bind(fd, reinterpret_cast<const sockaddr *>(&s.bind), s.bindLen) < 0) return fail("bind");
   if (s.hasListen && listen(fd, s.backlog) < 0) return fail("listen");
   if (s.hasConnect && connect(fd, reinterpret_cast<const sockaddr *>(&s.connect), s.connectLen) < 0 && errno != EINPROGRESS)
@@ -104,8 +120,8 @@ static int MakeSocket(const SocketSpec &s, Step *st) {
   return fd;
 }
 
-// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, v6only?, bind?: {ip, port}, listen?: backlog,
-//                 connect?: {ip, port}}) -> fd | {errno, syscall}
+// socketIn(nsFd, {family, mark?, transparent?, reuseAddr?, reusePort?, v6only?, noDelay?, keepalive?: {idleS, intervalS, count},
+//                 bind?: {ip, port}, listen?: backlog, connect?: {ip, port}}) -> fd | {errno, syscall}
 // nsFd < 0: this thread's netns. The socket is non-blocking and close-on-exec; a connect in
 // progress is not an error.
 static Napi::Value SocketIn(const Napi::CallbackInfo &info) {

@@ -91,6 +91,13 @@ describe('traceparent (ztunnel src/proxy.rs TraceParent, src/proxy/inbound.rs ex
     expect(a.traceId).not.toBe(b.traceId);
   });
 
+  it('never repeats an id across the refills of its random bytes (one CSPRNG call per 170 traces)', () => {
+    const ids = Array.from({ length: 1000 }, () => newTraceParent());
+    expect(new Set(ids.map((t) => t.traceId)).size).toBe(1000);
+    expect(new Set(ids.map((t) => t.parentId)).size).toBe(1000);
+    expect(ids.every((t) => /^[0-9a-f]{32}$/.test(t.traceId) && /^[0-9a-f]{16}$/.test(t.parentId))).toBe(true);
+  });
+
   it("takes the client's traceparent as sent (any case, zeros included) and round-trips it", () => {
     const t = parseTraceParent('00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01');
     expect(t).toEqual({ version: 0, traceId: '0af7651916cd43dd8448eb211c80319c', parentId: 'b7ad6b7169203331', flags: 1 });

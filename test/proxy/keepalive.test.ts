@@ -54,6 +54,8 @@ describe("the proxy's sockets keep ztunnel's TCP keepalive", () => {
     const up = await connectIn(selfNs.fd, { ip: '127.0.0.1', port }, { mark: 0 });
     cleanup.push(up);
     expect(keepalive(up)).toEqual([1, 180, 180, 9]);
+    // and Nagle off, set in the same native call (TCP_NODELAY = 1)
+    expect(addon().getsockoptInt(fdOf(up), IPPROTO_TCP, 1)).not.toBe(0);
     // accepted sockets inherit it from the listener (the kernel clones them from it)
     expect(keepalive(await accepted)).toEqual([1, 180, 180, 9]);
   });

@@ -22,6 +22,10 @@ describe('canonicalIp', () => {
     // IPv4-compatible (deprecated) is not mapped: stays IPv6
     ['::10.0.0.1', '::a00:1'],
     ['not an ip', 'not an ip'],
+    // `::ffff:` followed by something other than a lone dotted tail is not mapped
+    ['::ffff:abcd', '::ffff:abcd'],
+    ['::ffff:1:2.3.4.5', '::ffff:1:203:405'],
+    ['::FFFF:ffff:10.0.0.1', '::ffff:ffff:a00:1'],
   ])('%s is %s', (a, want) => {
     expect(canonicalIp(a)).toBe(want);
   });

@@ -35,6 +35,10 @@ export interface SocketSpec {
   reusePort?: boolean;
   /** IPV6_V6ONLY (family 6): false = dual-stack, IPv4 peers seen as ::ffff:a.b.c.d; unset: the netns's default */
   v6only?: boolean;
+  /** TCP_NODELAY (Nagle off) */
+  noDelay?: boolean;
+  /** SO_KEEPALIVE on, with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT set (in the same call) */
+  keepalive?: { idleS: number; intervalS: number; count: number };
   bind?: SockAddr;
   listen?: number;
   connect?: SockAddr;

@@ -6,14 +6,26 @@
  * state. Dry-run policies are logged, never enforced.
  */
 import type { Logger } from '../util/log.js';
-import type { StateStore } from '../state/store.js';
+import type { StateSnapshot, StateStore } from '../state/store.js';
+import type { Workload } from '../state/types.js';
 import type { Authorizer, ConnContext, Decision } from '../proxy/hooks.js';
 import { parseSpiffe } from '../identity/spiffe.js';
-import { PolicyCache, type PolicySet } from './authz.js';
+import { PolicyCache, type PolicySet, type Selected } from './authz.js';
 
 export class PolicyAuthorizer implements Authorizer {
   /** the state's policies, translated once per snapshot; their warnings logged once per version */
   readonly #policies: PolicyCache;
+
+  /**
+   * The policies that apply to each destination workload, as `#selectedBy` selects them in the
+   * snapshot `#selectedIn`: which policies apply to a workload is decided once per state, not
+   * per connection. Another snapshot (every state update, policies or workloads) or another
+   * policy set starts it empty, so a connection is never decided by a selection of an older
+   * state; the decision itself (rbac.ts decide) is made for every connection.
+   */
+  #selected = new WeakMap<Workload, Selected>();
+  #selectedIn: StateSnapshot | undefined;
+  #selectedBy: PolicySet | undefined;
 
   constructor(private readonly state: StateStore, private readonly log: Logger) {
     this.#policies = new PolicyCache(log.child({ component: 'authz' }));
@@ -31,12 +43,21 @@ export class PolicyAuthorizer implements Authorizer {
    */
   authorize(ctx: ConnContext): Decision {
     const snap = this.state.snapshot;
+    const set = this.#policies.get(snap.state.policies, snap.state.authorizations);
+    if (snap !== this.#selectedIn || set !== this.#selectedBy) {
+      this.#selectedIn = snap;
+      this.#selectedBy = set;
+      this.#selected = new WeakMap();
+    }
     const dstW = snap.byIp.get(ctx.dst.ip);
+    const target = { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels, policyKeys: dstW?.authorizationPolicies };
+    let selected = dstW && this.#selected.get(dstW);
+    if (!selected) {
+      selected = set.forWorkload(target);
+      if (dstW) this.#selected.set(dstW, selected);
+    }
     const peer = ctx.src.identity ? parseSpiffe(ctx.src.identity) : null;
-    const r = this.#policies.get(snap.state.policies, snap.state.authorizations).authorize(
-      { namespace: dstW?.namespace ?? ctx.pod.namespace, labels: dstW?.labels, policyKeys: dstW?.authorizationPolicies },
-      { srcIp: ctx.src.ip, dstIp: ctx.dst.ip, dstPort: ctx.dst.port, srcIdentity: peer ?? undefined },
-    );
+    const r = set.authorize(target, { srcIp: ctx.src.ip, dstIp: ctx.dst.ip, dstPort: ctx.dst.port, srcIdentity: peer ?? undefined }, selected);
     for (const d of r.dryRun) this.log.info({ dryRun: d, src: ctx.src, dst: ctx.dst }, 'dry-run policy');
     return { allow: r.allow, reason: r.reason };
   }

@@ -34,6 +34,13 @@ export interface Target {
   policyKeys?: readonly string[];
 }
 
+/** The policies that apply to one workload (PolicySet.forWorkload). */
+export interface Selected {
+  policies: Authorization[];
+  /** enforced selector policies that might apply but cannot be checked (the workload's labels are unknown) */
+  unresolved: string[];
+}
+
 export class PolicySet {
   readonly #global: CompiledPolicy[] = [];
   readonly #byNamespace = new Map<string, CompiledPolicy[]>();
@@ -63,7 +70,7 @@ export class PolicySet {
    * The policies that apply to `t`; `unresolved` names the enforced selector policies that might
    * apply but cannot be checked because the workload's labels are unknown.
    */
-  forWorkload(t: Target): { policies: Authorization[]; unresolved: string[] } {
+  forWorkload(t: Target): Selected {
     const out = [...this.#global, ...(this.#byNamespace.get(t.namespace) ?? [])].map((p) => p.authorization);
     const unresolved: string[] = [];
     for (const p of this.#selecting) {
@@ -83,9 +90,12 @@ export class PolicySet {
     return { policies: out, unresolved };
   }
 
-  /** The decision for a connection to `t` (pure). */
-  authorize(t: Target, c: Connection): RbacDecision {
-    const { policies, unresolved } = this.forWorkload(t);
+  /**
+   * The decision for a connection to `t` (pure). `selected`: this set's forWorkload(t), when the
+   * caller keeps it (it depends only on this set and `t`).
+   */
+  authorize(t: Target, c: Connection, selected: Selected = this.forWorkload(t)): RbacDecision {
+    const { policies, unresolved } = selected;
     if (unresolved.length) return { allow: false, reason: `destination workload is not in the state: cannot tell whether ${unresolved.join(', ')} select it`, dryRun: [] };
     return decide(policies, c);
   }

@@ -13,16 +13,16 @@ import { capturedDestination, podRef, type PodInputs } from './inputs.js';
 import { ConnectionResult } from './result.js';
 import type { Addr } from './route.js';
 import { connectIn } from './sockets.js';
-import { peerOf, socketAddr } from '../util/sockaddr.js';
+import { socketAddr } from '../util/sockaddr.js';
 
 /** Serves one connection accepted on 15006 (paused: the fast path may take it unread). */
 export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise<void> {
   const started = Date.now();
   down.on('error', () => {});
-  const dst = capturedDestination(pi, down, 'inbound');
-  if (!dst) return;
-  const src = peerOf(down);
-  const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ...dst, identity: pi.uri }, pod: podRef(pi) }, started);
+  const captured = capturedDestination(pi, down, 'inbound');
+  if (!captured) return;
+  const { src, dst } = captured;
+  const conn = new ConnectionResult(pi.observer, { direction: 'inbound', transport: 'plaintext', src, dst: { ip: dst.ip, port: dst.port, identity: pi.uri }, pod: podRef(pi) }, started);
   let up: net.Socket;
   try {
     up = await admit(pi, conn.ctx, dst);

@@ -81,7 +81,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
   if (isSelfCall('inbound', app, ownAddresses(pi))) return early(503, `${socketAddr(app)} is one of the proxy's own ports (self call)`);
   const conn = new ConnectionResult(pi.observer, {
     direction: 'inbound', transport: 'hbone', src: { ip: remote.ip, port: remote.port, identity: spiffeUri(peer) },
-    dst: { ...app, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
+    dst: { ip: app.ip, port: app.port, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
     service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
   let up: net.Socket;
@@ -98,7 +98,7 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
     return;
   }
   respond(stream, 200, false, baggageOf(self ?? pi.info));
-  relay(stream, up, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
+  relay(stream, up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
 }
 
 /**

@@ -7,7 +7,7 @@ import type net from 'node:net';
 import type { Fd } from '../native/index.js';
 import type { CertManager } from '../identity/manager.js';
 import type { Identity } from '../identity/spiffe.js';
-import type { StateStore } from '../state/store.js';
+import type { StateSnapshot, StateStore } from '../state/store.js';
 import type { Workload } from '../state/types.js';
 import type { Logger } from '../util/log.js';
 import { MeshError } from '../util/errors.js';
@@ -76,28 +76,59 @@ export function podRef(pi: PodInputs): ConnContext['pod'] {
  * (src/state.rs fetch_workload_by_address; telemetry/labels.ts describe() does the same).
  */
 export function ownWorkload(pi: PodInputs, ip: string): Workload | undefined {
-  const snap = pi.state.snapshot;
-  return snap.byUid.get(pi.info.uid) ?? snap.byIp.get(ip);
+  const v = ownView(pi);
+  return v.self ?? v.snap.byIp.get(ip);
 }
 
-/** The proxy's own addresses as seen from this pod (its IPs, the client's when given, the node's). */
-export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
-  const w = clientIp ? ownWorkload(pi, clientIp) : pi.state.snapshot.byUid.get(pi.info.uid);
-  return { podIps: [...(w?.workloadIps ?? []), ...(clientIp ? [clientIp] : [])], nodeIps: nodeAddresses() };
+/** A pod's own addresses as one state snapshot and one reading of the node's addresses give them. */
+interface OwnView {
+  snap: StateSnapshot;
+  nodeIps: ReadonlySet<string>;
+  /** the pod's workload by uid in `snap` */
+  self?: Workload;
+  /** its IPs and the node's (no client's) */
+  own: OwnAddresses;
+}
+
+/** per pod: derived again when the state's snapshot or the node's addresses are another */
+const ownViews = new WeakMap<PodInputs, OwnView>();
+
+function ownView(pi: PodInputs): OwnView {
+  const snap = pi.state.snapshot;
+  const nodeIps = nodeAddresses();
+  let v = ownViews.get(pi);
+  if (v?.snap !== snap || v.nodeIps !== nodeIps) {
+    const self = snap.byUid.get(pi.info.uid);
+    v = { snap, nodeIps, self, own: { podIps: self?.workloadIps ?? [], nodeIps } };
+    ownViews.set(pi, v);
+  }
+  return v;
 }
 
 /**
- * Where a captured connection (15001, 15006) was going, or null when it must be refused: it has
+ * The proxy's own addresses as seen from this pod (its IPs, the client's when given, the node's).
+ * Made once per state snapshot (a state update is a new snapshot), not per connection.
+ */
+export function ownAddresses(pi: PodInputs, clientIp?: string): OwnAddresses {
+  const v = ownView(pi);
+  if (clientIp === undefined || v.own.podIps.includes(clientIp)) return v.own;
+  const w = v.self ?? v.snap.byIp.get(clientIp);
+  return { podIps: [...(w?.workloadIps ?? []), clientIp], nodeIps: v.nodeIps };
+}
+
+/**
+ * Where a captured connection (15001, 15006) was going (`dst`) and where it comes from (`src`, its
+ * peer, canonical), or null when it must be refused: it has
  * no recorded original destination, or that destination is the proxy itself (a loop, or a pod
  * reaching the proxy's own ports through it). A refusal resets the client and is logged with its
  * code (INPOD_ERR_ORIGINAL_DST, INPOD_ERR_SELF_CALL) as the access log's "connection failed"
  * (ztunnel's log_early_deny), never a fallback; it is not reported as a connection.
  */
-export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 'inbound' | 'outbound'): Addr | null {
+export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 'inbound' | 'outbound'): { src: Addr; dst: Addr } | null {
   const from = peerOf(down);
   let dst: Addr;
   try {
-    dst = originalDestination(down);
+    dst = originalDestination(down, from);
   } catch (e) {
     // the listener's own address stands for the destination nobody recorded
     pi.observer.refused({ direction, src: from, dst: localOf(down), error: e as Error });
@@ -110,5 +141,5 @@ export function capturedDestination(pi: PodInputs, down: net.Socket, direction: 
     down.resetAndDestroy();
     return null;
   }
-  return dst;
+  return { src: from, dst };
 }

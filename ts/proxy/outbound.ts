@@ -19,15 +19,16 @@ import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
 import { sameNode } from './same-node.js';
 import { connectIn } from './sockets.js';
-import { peerOf, socketAddr } from '../util/sockaddr.js';
+import { socketAddr } from '../util/sockaddr.js';
 
 /** Serves one connection accepted on 15001 (paused: the fast path may take it unread). */
 export async function outbound(pi: PodInputs, down: net.Socket): Promise<void> {
   const started = Date.now();
   down.on('error', () => {});
-  const dst = capturedDestination(pi, down, 'outbound');
-  if (!dst) return;
-  const src = { ...peerOf(down), identity: pi.uri };
+  const captured = capturedDestination(pi, down, 'outbound');
+  if (!captured) return;
+  const { dst } = captured;
+  const src = { ip: captured.src.ip, port: captured.src.port, identity: pi.uri };
   const route = buildRoute(pi.state.snapshot, dst, { source: { identity: pi.uri, ip: src.ip } });
   const trace = newTraceParent();
   if (route.kind === 'reject') {
@@ -88,7 +89,7 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     traceparent: formatTraceParent(trace),
   });
   conn.ctx.dst.identity = peerIdentity;
-  relay(down, stream, (r) => conn.relayed({ ...r, kernelBytes: 0, path: 'userspace' }));
+  relay(down, stream, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
 }
 
 /**

@@ -100,9 +100,13 @@ export class HbonePool {
    * all take it past the limit (they spill over to the next connection).
    */
   async #connection(key: string, src: HboneSource, req: HboneRequest): Promise<Pooled> {
-    const live = (this.#conns.get(key) ?? []).filter((c) => !c.session.closed && !c.session.destroyed);
-    this.#conns.set(key, live);
-    const free = live.find((c) => c.active < MAX_STREAMS_PER_CONNECTION);
+    let live = this.#conns.get(key);
+    // pruned (a new list) only when one of them has closed: not a list per tunnel
+    if (live?.some((c) => c.session.closed || c.session.destroyed)) {
+      live = live.filter((c) => !c.session.closed && !c.session.destroyed);
+      this.#conns.set(key, live);
+    }
+    const free = live?.find((c) => c.active < MAX_STREAMS_PER_CONNECTION);
     if (free) return this.#take(free);
     // concurrent openers share one new connection instead of racing to make many
     let p = this.#pending.get(key);

@@ -77,9 +77,15 @@ export class ConnectionResult {
     how?: Pick<ConnRecord, 'path' | 'kernelBytes'>): void {
     if (this.#recorded) return;
     this.#recorded = true;
-    this.#report.closed({
-      ...this.ctx, startedAt: this.started, durationMs: Date.now() - this.started, bytesSent: sent, bytesReceived: received,
-      outcome, responseFlags: flags, error, ...how,
-    });
+    const c = this.ctx;
+    // every field written out: V8 makes `{ ...ctx, more }` tens of microseconds per connection,
+    // and the mapped type makes a field added to ConnRecord (or ConnContext) a compile error here
+    const rec: { [K in keyof Required<ConnRecord>]: ConnRecord[K] } = {
+      direction: c.direction, transport: c.transport, src: c.src, dst: c.dst, via: c.via, pod: c.pod, service: c.service,
+      originalDst: c.originalDst, traceId: c.traceId,
+      startedAt: this.started, durationMs: Date.now() - this.started, bytesSent: sent, bytesReceived: received,
+      outcome, responseFlags: flags, error, path: how?.path, kernelBytes: how?.kernelBytes,
+    };
+    this.#report.closed(rec);
   }
 }

@@ -52,6 +52,7 @@ const IPPROTO_TCP = 6;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
+const KEEPALIVE_SPEC = Object.freeze({ idleS: TCP_KEEPALIVE.timeS, intervalS: TCP_KEEPALIVE.intervalS, count: TCP_KEEPALIVE.retries });
 
 /**
  * Turns ztunnel's keepalive on for `fd`. On a listening socket it holds for every connection the
@@ -110,23 +111,18 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
     return Promise.reject(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `cannot connect to ${socketAddr(to)} from ${from}: ` +
       'the client\'s address and the destination are of different IP families'));
   }
-  const owned = socketInNs(nsFd, {
+  // one native call: the socket, its mark, Nagle off (see listenIn), keepalive and transparent bind
+  const fd = socketInNs(nsFd, {
     family,
     mark: o.mark ?? MARKS.proxy,
+    noDelay: true,
+    keepalive: KEEPALIVE_SPEC,
     ...(from ? { transparent: true, bind: { ip: from, port: 0 } } : {}),
-  });
-  try {
-    setTcpKeepalive(owned.fd);
-  } catch (e) {
-    owned.close();
-    throw e;
-  }
-  const fd = owned.release();
+  }).release();
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
   if (from) ownUpstream(s, fd);
   if (o.paused) s.pause();
-  s.setNoDelay(true);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       const e = Object.assign(new Error(`connect ETIMEDOUT ${socketAddr(to)}`), { code: 'ETIMEDOUT' });
@@ -177,10 +173,10 @@ export function fdOf(s: net.Socket): number {
  * orig_dst_addr); answered by conntrack (iptables REDIRECT) or by the eBPF getsockopt program.
  * The answer comes back canonical. There is no fallback: a connection with no recorded
  * destination would otherwise be taken for one to the listener itself (getsockname), and the
- * proxy would connect to itself. Throws MeshError INPOD_ERR_ORIGINAL_DST.
+ * proxy would connect to itself. `peer`: the socket's peer, when the caller has read it already.
+ * Throws MeshError INPOD_ERR_ORIGINAL_DST.
  */
-export function originalDestination(s: net.Socket): SockAddr {
-  const peer = peerOf(s);
+export function originalDestination(s: net.Socket, peer: SockAddr = peerOf(s)): SockAddr {
   try {
     const fd = fdOf(s);
     const a = isIP(peer.ip) === 6 ? origDst6(fd) : origDst(fd);

@@ -26,7 +26,7 @@ import type { Logger } from '../util/log.js';
 import type { StateStore } from '../state/store.js';
 import type { ConnContext, ConnObserver, ConnRecord, EarlyRefusal, ReportedConn } from '../proxy/hooks.js';
 import { completeLine, connectionFields, earlyDenyLine } from './accesslog.js';
-import { describe, FAILURE_FLAGS, seriesKey, TRAFFIC_LABELS, type TrafficLabels } from './labels.js';
+import { FAILURE_FLAGS, LabelCache, seriesKey, TRAFFIC_LABELS, type TrafficLabels } from './labels.js';
 
 /** How many pods the proxy serves, and how many it could not (ztunnel's workload_states and pending_workloads). */
 export interface ProxyCounts {
@@ -84,11 +84,14 @@ export class IstioTelemetry implements ConnObserver {
   readonly #failed: TrafficCounter;
   readonly #received: TrafficCounter;
   readonly #sent: TrafficCounter;
-  readonly #sockets: Gauge<'reporter'>;
+  /** istio_tcp_sockets_open by reporter; a reporter appears once one of its sockets has opened */
+  readonly #sockets: Partial<Record<'source' | 'destination', number>> = {};
   readonly #started: Counter;
   readonly #stopped: Counter;
   #counts: () => ProxyCounts = () => ({ active: 0, pending: 0 });
   readonly #access: Logger;
+  /** the labels of connections described alike, per state snapshot */
+  readonly #labels = new LabelCache();
 
   constructor(private readonly state: StateStore, log: Logger, opts: IstioTelemetryOptions = {}) {
     this.#access = log.child({ scope: 'access' });
@@ -100,7 +103,15 @@ export class IstioTelemetry implements ConnObserver {
     this.#received = traffic('istio_tcp_received_bytes_total', 'The size of total bytes received during request in case of a TCP connection');
     this.#sent = traffic('istio_tcp_sent_bytes_total', 'The size of total bytes sent during response in case of a TCP connection');
     this.#failed = traffic('istio_tcp_connections_failed_total', 'The total number of TCP connections that failed to establish (unstable)');
-    this.#sockets = new Gauge({ name: 'istio_tcp_sockets_open', help: 'The current number of open TCP sockets (unstable)', labelNames: ['reporter'], registers });
+    const sockets = this.#sockets;
+    new Gauge({
+      name: 'istio_tcp_sockets_open', help: 'The current number of open TCP sockets (unstable)', labelNames: ['reporter'], registers,
+      // counted here, set at each scrape: prom-client hashes the label set on every inc and dec
+      collect() {
+        this.reset();
+        for (const [reporter, n] of Object.entries(sockets)) if (n !== undefined) this.set({ reporter }, n);
+      },
+    });
     new Gauge({ name: 'istio_build', help: 'Istio component build info', labelNames: ['component', 'tag'], registers })
       .set({ component: 'ztunnel', tag: opts.buildTag ?? ownVersion() }, 1);
     const counts = (): ProxyCounts => this.#counts();
@@ -129,9 +140,8 @@ export class IstioTelemetry implements ConnObserver {
   }
 
   opened(ctx: ConnContext): ReportedConn {
-    const d = describe(this.state.snapshot, ctx);
+    const { described: d, key } = this.#labels.get(this.state.snapshot, ctx);
     const labels: TrafficLabels = d.labels;
-    const key = seriesKey(labels);
     this.#opened.add(key, labels);
     // ztunnel takes the byte series at the open: they exist (at 0) from then on
     this.#received.add(key, labels, 0);
@@ -159,12 +169,13 @@ export class IstioTelemetry implements ConnObserver {
   }
 
   socketOpened(reporter: 'source' | 'destination'): () => void {
-    this.#sockets.inc({ reporter });
+    const sockets = this.#sockets;
+    sockets[reporter] = (sockets[reporter] ?? 0) + 1;
     let open = true;
     return () => {
       if (!open) return;
       open = false;
-      this.#sockets.dec({ reporter });
+      sockets[reporter]!--;
     };
   }
 }

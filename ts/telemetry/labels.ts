@@ -145,3 +145,50 @@ export function inboundService(snap: StateSnapshot, dest: Workload | undefined, 
   }
   return undefined;
 }
+
+/**
+ * Everything of `ctx` that describe() reads, as one string: two contexts with equal keys get
+ * equal labels from one snapshot. A field describe() starts to read must be added here (the
+ * test in test/telemetry/labels.test.ts changes each field in turn and checks the key follows).
+ */
+export function describeKey(ctx: ConnContext): string {
+  const s = ctx.service;
+  return `${ctx.direction}\u0000${ctx.transport}\u0000${ctx.pod.uid}\u0000${ctx.pod.namespace}\u0000${ctx.src.ip}\u0000${ctx.src.identity ?? ''}` +
+    `\u0000${ctx.dst.ip}\u0000${ctx.dst.port}\u0000${ctx.dst.identity ?? ''}\u0000${ctx.via?.ip ?? ''}` +
+    `\u0000${s ? `${s.hostname}\u0000${s.name}\u0000${s.namespace}` : ''}`;
+}
+
+/** One connection's description and the series key of its labels (seriesKey). */
+export interface DescribedSeries {
+  described: Described;
+  key: string;
+}
+
+/**
+ * describe() and seriesKey() once per distinct connection description and state snapshot, not
+ * once per connection: most connections repeat one (a client pod to a service, a port of this
+ * pod). A new snapshot (every state update makes one) starts it empty, so labels never lag the
+ * state. At most `max` descriptions are kept; past that it starts over.
+ */
+export class LabelCache {
+  #snap: StateSnapshot | undefined;
+  readonly #rows = new Map<string, DescribedSeries>();
+
+  constructor(readonly max = 4096) {}
+
+  get(snap: StateSnapshot, ctx: ConnContext): DescribedSeries {
+    if (snap !== this.#snap) {
+      this.#snap = snap;
+      this.#rows.clear();
+    }
+    const k = describeKey(ctx);
+    let r = this.#rows.get(k);
+    if (!r) {
+      if (this.#rows.size >= this.max) this.#rows.clear();
+      const described = describe(snap, ctx);
+      r = { described, key: seriesKey(described.labels) };
+      this.#rows.set(k, r);
+    }
+    return r;
+  }
+}

@@ -14,6 +14,12 @@ import type net from 'node:net';
  */
 export function canonicalIp(ip: string): string {
   if (isIP(ip) !== 6) return ip;
+  // the form the kernel writes for an IPv4 peer of a dual-stack socket (every IPv4 connection a
+  // pod listener accepts) without parsing it: a valid IPv6 address that is `::ffff:` then no
+  // other group but a dotted tail is exactly a mapped one, its tail already canonical (isIP
+  // refuses leading zeros)
+  const head = ip.slice(0, 7);
+  if ((head === '::ffff:' || head.toLowerCase() === '::ffff:') && ip.indexOf(':', 7) < 0 && ip.indexOf('.', 7) > 0) return ip.slice(7);
   const bytes = ipv6Bytes(ip);
   if (isMapped(bytes)) return bytes.subarray(12).join('.');
   return formatIpv6(bytes);

@@ -35,7 +35,8 @@ export function forwardedFor(src: { ip: string; port: number }, serviceHostname?
 
 /** The `host=` of a `forwarded` value, or undefined (ztunnel's parse_forwarded_host). */
 export function forwardedHost(value: string | string[] | undefined): string | undefined {
-  if (typeof value !== 'string' || !/^[\x20-\x7e]*$/.test(value)) return undefined;
+  // most CONNECTs (a pod addressed, not a service) carry no host=: answered without parsing
+  if (typeof value !== 'string' || !value.includes('host=') || !/^[\x20-\x7e]*$/.test(value)) return undefined;
   const part = value.split(';').map((p) => p.trim()).find((p) => p.startsWith('host='));
   if (!part) return undefined;
   let h = part.slice(5);
@@ -116,12 +117,19 @@ export interface TraceParent {
   flags: number;
 }
 
-const rnd = Buffer.alloc(24);
+/** Random bytes for 170 trace contexts, refilled when used up: one CSPRNG call per 170 connections, not per connection. */
+const rnd = Buffer.alloc(24 * 170);
+let rndAt = rnd.length;
 
 /** A new trace context: random trace and parent ids, version 00, flags 00 (ztunnel's TraceParent::new). */
 export function newTraceParent(): TraceParent {
-  randomFillSync(rnd);
-  return { traceId: rnd.toString('hex', 0, 16), parentId: rnd.toString('hex', 16, 24), version: 0, flags: 0 };
+  if (rndAt === rnd.length) {
+    randomFillSync(rnd);
+    rndAt = 0;
+  }
+  const at = rndAt;
+  rndAt += 24;
+  return { traceId: rnd.toString('hex', at, at + 16), parentId: rnd.toString('hex', at + 16, at + 24), version: 0, flags: 0 };
 }
 
 /** The header value: `vv-<trace id>-<parent id>-ff`. */
