@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SOL_SOCKET, setSockOptInt, socketInNs } from '../../ts/native/index.js';
 import { Relay, relay, type RelayCounts } from '../../ts/proxy/relay.js';
@@ -441,5 +442,83 @@ describe('userspace relay: hooks the fast path composes', () => {
       await new Promise((r) => proxy.close(r));
       await new Promise((r) => server.close(r));
     }
+  });
+});
+
+/**
+ * A side made of two in-memory streams: what the test pushes is what the relay reads, and every
+ * write the relay makes is recorded as one call (a writev as one call of several chunks).
+ */
+function memorySide(): { side: Duplex; writes: Buffer[][]; finished: Promise<void> } {
+  const writes: Buffer[][] = [];
+  let finish!: () => void;
+  const finished = new Promise<void>((ok) => (finish = ok));
+  const side = new Duplex({
+    allowHalfOpen: true,
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      writes.push([chunk]);
+      cb();
+    },
+    writev(chunks, cb) {
+      writes.push(chunks.map((c) => c.chunk as Buffer));
+      cb();
+    },
+    final(cb) {
+      finish();
+      cb();
+    },
+  });
+  return { side, writes, finished };
+}
+
+describe('userspace relay: coalesced writes', () => {
+  it('writes the first chunk of a turn at once and the rest of that turn as one writev; counts and the end follow every byte', async () => {
+    const a = memorySide();
+    const b = memorySide();
+    const report = new Promise<RelayCounts>((ok) => new Relay(a.side, b.side, ok).start());
+    // one turn: a TLS read cut into DATA pieces, as an HBONE stream delivers it, then END_STREAM
+    const pieces = ['x'.repeat(16_348), 'y'.repeat(9), 'z'.repeat(16_357), 'w'.repeat(18)].map((s) => Buffer.from(s));
+    setImmediate(() => {
+      for (const p of pieces) a.side.push(p);
+      a.side.push(null);
+    });
+    await b.finished;
+    expect(b.writes.map((w) => w.length)).toEqual([1, 3]);
+    expect(Buffer.concat(b.writes.flat()).equals(Buffer.concat(pieces))).toBe(true);
+    // the other direction still runs after the half-close, then ends the relay
+    b.side.push(Buffer.from('answer'));
+    b.side.push(null);
+    await a.finished;
+    expect(Buffer.concat(a.writes.flat()).toString()).toBe('answer');
+    expect(await report).toEqual({ aToB: 16_348 + 9 + 16_357 + 18, bToA: 6 });
+  });
+
+  it('writes a chunk at once when it is the only one of its turn (a request waits for no later turn)', async () => {
+    const a = memorySide();
+    const b = memorySide();
+    new Relay(a.side, b.side, () => {}).start();
+    for (const req of ['GET /1', 'GET /2']) {
+      await new Promise((r) => setImmediate(r));
+      a.side.push(Buffer.from(req));
+      // written before any immediate runs: not left for the end of the turn
+      await new Promise((r) => process.nextTick(r));
+      expect(b.writes.at(-1)?.map(String)).toEqual([req]);
+    }
+  });
+
+  it('drops what a reset relay had coalesced: nothing is written after the reset', async () => {
+    const a = memorySide();
+    const b = memorySide();
+    const r = new Relay(a.side, b.side, () => {});
+    r.start();
+    await new Promise((ok) => setImmediate(ok));
+    a.side.push(Buffer.from('first'));
+    a.side.push(Buffer.from('second'));
+    await new Promise((ok) => process.nextTick(ok));
+    r.abort(new Error('test reset'));
+    await new Promise((ok) => setImmediate(ok));
+    expect(b.writes.flat().map(String)).toEqual(['first']);
+    expect(r.ab.bytes).toBe(11);
   });
 });

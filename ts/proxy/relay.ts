@@ -8,7 +8,14 @@
  *   so a receiver that stops reading holds the sender back (TCP's window closes behind X);
  * - half-close: X's end (FIN, END_STREAM) ends Y's write side after every byte before it, and
  *   the other direction goes on;
- * - `bytes` counts what was read from X (and written, or held, for Y).
+ * - `bytes` counts what was read from X (and written, held, or waiting for the turn's end, for Y);
+ * - writes are coalesced: the first chunk X delivers in a turn of the event loop is written to Y
+ *   at once (a request/response pays no wait), the chunks after it in the same turn are written
+ *   together at the end of that turn, one writev. An HBONE stream delivers a TLS read of 64 KiB
+ *   as DATA pieces cut at the 16 KiB TLS records, some of a few bytes (measured: 8 writes per 64
+ *   KiB, half of them under 40 bytes, each its own TCP segment under TCP_NODELAY); coalesced, that
+ *   is two writes. Anything that must see Y's bytes in order (an end, stop(), a direct push(), hold())
+ *   writes what waits first.
  * A reset or error on either side, or either side closed while the relay still runs, resets
  * both (a socket with RST, a stream by destroy(): RST_STREAM), so neither peer takes a cut stream
  * for a whole one. (Node ends an HTTP/2 stream's readable side on RST_STREAM too, but says
@@ -49,7 +56,7 @@ type Side = Duplex & { [kReads]?: Pump; [kWrites]?: Pump };
 
 // The listeners, shared by every relay: `this` is the stream that emitted.
 function onData(this: Side, chunk: Buffer): void {
-  this[kReads]!.push(chunk);
+  this[kReads]!.take(chunk);
 }
 function onEnd(this: Side): void {
   this[kReads]!.eof();
@@ -69,6 +76,27 @@ function onClose(this: Side): void {
 }
 function destroySelf(this: Duplex): void {
   this.destroy();
+}
+
+/**
+ * Turns of the event loop, as the relays see them: `turn` moves on at the end of each turn in
+ * which a pump wrote (one setImmediate for all of them), and the pumps in `due` write what they
+ * coalesced then.
+ */
+let turn = 0;
+let armed = false;
+let due: Pump[] = [];
+function endTurn(): void {
+  armed = false;
+  turn++;
+  const list = due;
+  due = [];
+  for (const p of list) p.flush();
+}
+function arm(): void {
+  if (armed) return;
+  armed = true;
+  setImmediate(endTurn);
 }
 
 type Handle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
@@ -151,6 +179,10 @@ export class Pump {
   #endAfterHold = false;
   /** X waits for Y to drain */
   #blocked = false;
+  /** the turn in which this direction last wrote to Y at once */
+  #turn = -1;
+  /** chunks coalesced in this turn, written at its end */
+  #batch?: Buffer[];
 
   constructor(readonly relay: Relay, readonly from: Duplex, readonly to: Duplex) {
     (from as Side)[kReads] = this;
@@ -174,6 +206,7 @@ export class Pump {
   /** Node stops reading X, at the handle (the kernel fast path takes X, or reads it itself). */
   stop(): void {
     if (this.#state !== 'flowing') return;
+    this.flush();
     this.#state = 'stopped';
     stopReading(this.from);
     this.from.off('data', onData);
@@ -181,19 +214,61 @@ export class Pump {
   }
 
   /**
-   * Counts a chunk of X's and writes it to Y (or holds it). Chunks read from X's fd directly (by
-   * the fast path) come in here too, so Y sees one ordered stream.
+   * Counts a chunk of X's and writes it to Y now (or holds it), after whatever waits for the end
+   * of the turn. Chunks read from X's fd directly (by the fast path) come in here, so Y sees one
+   * ordered stream, and is written when the caller looks at Y's buffer next.
    */
   push(chunk: Buffer): void {
-    this.bytes += chunk.length;
-    if (this.#held) {
-      this.#held.push(chunk);
-      this.#heldBytes += chunk.length;
-      if (this.#heldBytes > this.#holdMax) this.from.pause();
+    this.flush();
+    this.#count(chunk);
+    if (!this.#hold(chunk)) this.#write(chunk);
+    this.relay.counted();
+  }
+
+  /** A chunk Node read from X: written at once if it is this turn's first, else at the turn's end. */
+  take(chunk: Buffer): void {
+    this.#count(chunk);
+    if (this.#hold(chunk)) {
+      /* kept for release() */
+    } else if (this.#batch) {
+      this.#batch.push(chunk);
+    } else if (this.#turn === turn) {
+      this.#batch = [chunk];
+      due.push(this);
+      arm();
     } else {
+      this.#turn = turn;
+      arm();
       this.#write(chunk);
     }
     this.relay.counted();
+  }
+
+  /** Writes what this turn coalesced, as one writev (nothing once the relay was reset). */
+  flush(): void {
+    const b = this.#batch;
+    if (!b) return;
+    this.#batch = undefined;
+    if (this.relay.over || this.to.destroyed) return;
+    if (b.length === 1) return this.#write(b[0]!);
+    this.to.cork();
+    let ok = true;
+    for (const c of b) ok = this.to.write(c);
+    this.to.uncork();
+    if (!ok) this.#block();
+  }
+
+  #count(chunk: Buffer): void {
+    this.bytes += chunk.length;
+  }
+
+  /** Keeps `chunk` if this direction holds (hold()); false otherwise. */
+  #hold(chunk: Buffer): boolean {
+    if (!this.#held) return false;
+    this.#held.push(chunk);
+    this.#heldBytes += chunk.length;
+    if (this.#heldBytes > this.#holdMax) this.from.pause();
+    return true;
   }
 
   /** X's end reached Node. */
@@ -204,6 +279,7 @@ export class Pump {
   /** Ends Y's write side after every byte before it (after release(), when holding). Idempotent. */
   end(): void {
     if (this.#state === 'ended') return;
+    this.flush();
     if (this.#held) {
       this.#endAfterHold = true;
       return;
@@ -222,6 +298,7 @@ export class Pump {
    * held (a stopped reader could wedge a kernel queue someone else needs), until release().
    */
   hold(max: number): void {
+    this.flush();
     this.#held = [];
     this.#heldBytes = 0;
     this.#holdMax = max;
@@ -246,7 +323,10 @@ export class Pump {
   }
 
   #write(chunk: Buffer): void {
-    if (this.to.write(chunk)) return;
+    if (!this.to.write(chunk)) this.#block();
+  }
+
+  #block(): void {
     this.#blocked = true;
     this.from.pause();
   }
