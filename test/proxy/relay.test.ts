@@ -9,7 +9,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SOL_SOCKET, setSockOptInt, socketInNs } from '../../ts/native/index.js';
-import { Relay, relay, type RelayCounts } from '../../ts/proxy/relay.js';
+import { RELAY_BUFFER_BYTES, Relay, relay, type RelayCounts } from '../../ts/proxy/relay.js';
 import { fdOf } from '../../ts/proxy/sockets.js';
 
 const SO_SNDBUF = 7;
@@ -446,25 +446,25 @@ describe('userspace relay: hooks the fast path composes', () => {
 });
 
 /**
- * A side made of two in-memory streams: what the test pushes is what the relay reads, and every
- * write the relay makes is recorded as one call (a writev as one call of several chunks).
+ * A socket side kept in memory: what the test pushes is what the relay reads, and every write the
+ * relay makes is recorded as one call (a writev as one call of several chunks).
  */
-function memorySide(): { side: Duplex; writes: Buffer[][]; finished: Promise<void> } {
+function memorySide(): { side: net.Socket; writes: Buffer[][]; finished: Promise<void> } {
   const writes: Buffer[][] = [];
   let finish!: () => void;
   const finished = new Promise<void>((ok) => (finish = ok));
-  const side = new Duplex({
-    allowHalfOpen: true,
-    read() {},
-    write(chunk: Buffer, _enc, cb) {
+  const side = new net.Socket({ allowHalfOpen: true });
+  Object.assign(side, {
+    _read() {},
+    _write(chunk: Buffer, _enc: string, cb: () => void) {
       writes.push([chunk]);
       cb();
     },
-    writev(chunks, cb) {
-      writes.push(chunks.map((c) => c.chunk as Buffer));
+    _writev(chunks: { chunk: Buffer }[], cb: () => void) {
+      writes.push(chunks.map((c) => c.chunk));
       cb();
     },
-    final(cb) {
+    _final(cb: () => void) {
       finish();
       cb();
     },
@@ -520,5 +520,31 @@ describe('userspace relay: coalesced writes', () => {
     await new Promise((ok) => setImmediate(ok));
     expect(b.writes.flat().map(String)).toEqual(['first']);
     expect(r.ab.bytes).toBe(11);
+  });
+});
+
+describe('userspace relay: what it lets wait for a side', () => {
+  it('keeps reading while a writer takes a 64 KiB read at once, and stops once RELAY_BUFFER_BYTES waits', async () => {
+    // (an HTTP/2 stream, constructed inside Node with the default 16 KiB mark, is written as chunks come)
+    const a = memorySide();
+    // a writer that completes nothing until told: everything written waits in Node
+    const done: (() => void)[] = [];
+    const b = new Duplex({ read() {}, write(_c, _e, cb) { done.push(cb); }, writev(_c, cb) { done.push(cb); } });
+    new Relay(a.side, b, () => {}).start();
+    await new Promise((r) => setImmediate(r));
+    // one socket read's worth: above Node's default 16 KiB mark, it used to pause the reader
+    a.side.push(Buffer.alloc(64 * 1024));
+    expect(a.side.isPaused()).toBe(false);
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setImmediate(r));
+      a.side.push(Buffer.alloc(64 * 1024));
+    }
+    // the fourth waiting read filled the buffer: the fifth stays unread in the source
+    expect(b.writableLength).toBe(RELAY_BUFFER_BYTES);
+    expect(a.side.isPaused()).toBe(true);
+    expect(a.side.readableLength).toBe(64 * 1024);
+    // the writer drains: the reader runs again
+    while (done.length) done.shift()!();
+    await until(() => !a.side.isPaused());
   });
 });

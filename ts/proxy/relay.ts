@@ -4,18 +4,19 @@
  * fast path (fastpath/) uses it for every direction the kernel does not carry.
  *
  * Per direction X -> Y (a Pump):
- * - back-pressure: when Y's buffer is full (write() returns false) X is not read until Y drains,
+ * - back-pressure: when Y's buffer (RELAY_BUFFER_BYTES in Node) is full X is not read until Y drains,
  *   so a receiver that stops reading holds the sender back (TCP's window closes behind X);
  * - half-close: X's end (FIN, END_STREAM) ends Y's write side after every byte before it, and
  *   the other direction goes on;
  * - `bytes` counts what was read from X (and written, held, or waiting for the turn's end, for Y);
- * - writes are coalesced: the first chunk X delivers in a turn of the event loop is written to Y
+ * - writes to a socket are coalesced: the first chunk X delivers in a turn of the event loop is written to Y
  *   at once (a request/response pays no wait), the chunks after it in the same turn are written
  *   together at the end of that turn, one writev. An HBONE stream delivers a TLS read of 64 KiB
  *   as DATA pieces cut at the 16 KiB TLS records, some of a few bytes (measured: 8 writes per 64
  *   KiB, half of them under 40 bytes, each its own TCP segment under TCP_NODELAY); coalesced, that
  *   is two writes. Anything that must see Y's bytes in order (an end, stop(), a direct push(), hold())
- *   writes what waits first.
+ *   writes what waits first. An HTTP/2 stream is written as chunks come: its session already
+ *   sends what every stream queued in a turn together, at the turn's end.
  * A reset or error on either side, or either side closed while the relay still runs, resets
  * both (a socket with RST, a stream by destroy(): RST_STREAM), so neither peer takes a cut stream
  * for a whole one. (Node ends an HTTP/2 stream's readable side on RST_STREAM too, but says
@@ -46,6 +47,16 @@ export interface RelayHooks {
   /** Runs once, when the bytes relayed both ways first reach `bytes`. */
   mark?: { bytes: number; reached(): void };
 }
+
+/**
+ * What a relay lets wait in Node for Y before it stops reading X (Y's writable high-water mark).
+ * Node's default, 16 KiB, is below one socket read (64 KiB): every read of a bulk transfer
+ * paused X and restarted it on Y's drain (a readStop/readStart and two epoll_ctl per read). This
+ * is ztunnel's largest copy buffer (src/copy.rs JUMBO_BUFFER_SIZE, 256 KiB; its HTTP/2 server's
+ * send buffer, src/proxy/h2/server.rs max_send_buffer_size, is 400 KiB): what one direction may
+ * hold is this plus one read.
+ */
+export const RELAY_BUFFER_BYTES = 256 * 1024;
 
 const NO_HOOKS: RelayHooks = Object.freeze({});
 const noop = (): void => {};
@@ -142,6 +153,16 @@ function keepOpen(s: net.Socket): void {
   states._writableState.autoDestroy = false;
 }
 
+/**
+ * Raises `s`'s writable high-water mark to RELAY_BUFFER_BYTES. Node takes it only at
+ * construction, and an HTTP/2 stream is constructed inside Node; Writable reads the state's
+ * field at every write.
+ */
+function bufferUpTo(s: Duplex): void {
+  const w = (s as unknown as { _writableState?: { highWaterMark: number } })._writableState;
+  if (w && w.highWaterMark < RELAY_BUFFER_BYTES) w.highWaterMark = RELAY_BUFFER_BYTES;
+}
+
 /** Resets a side: a TCP socket with RST, anything else (an HTTP/2 stream) by destroy(). */
 function reset(s: Duplex): void {
   if (s.destroyed) return;
@@ -181,12 +202,15 @@ export class Pump {
   #blocked = false;
   /** the turn in which this direction last wrote to Y at once */
   #turn = -1;
+  /** Y is a socket: writes are coalesced (an HTTP/2 stream's are by its session already) */
+  readonly #coalesce: boolean;
   /** chunks coalesced in this turn, written at its end */
   #batch?: Buffer[];
 
   constructor(readonly relay: Relay, readonly from: Duplex, readonly to: Duplex) {
     (from as Side)[kReads] = this;
     (to as Side)[kWrites] = this;
+    this.#coalesce = to instanceof net.Socket;
   }
 
   /** Y's write side was ended by this direction. */
@@ -230,6 +254,8 @@ export class Pump {
     this.#count(chunk);
     if (this.#hold(chunk)) {
       /* kept for release() */
+    } else if (!this.#coalesce) {
+      this.#write(chunk);
     } else if (this.#batch) {
       this.#batch.push(chunk);
     } else if (this.#turn === turn) {
@@ -347,6 +373,7 @@ export class Relay {
     this.ba = new Pump(this, b, a);
     for (const s of [a, b]) {
       s.on('error', onError).on('drain', onDrain).once('close', onClose);
+      bufferUpTo(s);
       if (s instanceof net.Socket) keepOpen(s);
       else s.once('aborted', onAborted);
     }
