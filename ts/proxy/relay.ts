@@ -4,11 +4,19 @@
  * fast path (fastpath/) uses it for every direction the kernel does not carry.
  *
  * Per direction X -> Y (a Pump):
- * - back-pressure: when Y's buffer is full (write() returns false) X is not read until Y drains,
+ * - back-pressure: when Y's buffer (RELAY_BUFFER_BYTES in Node) is full X is not read until Y drains,
  *   so a receiver that stops reading holds the sender back (TCP's window closes behind X);
  * - half-close: X's end (FIN, END_STREAM) ends Y's write side after every byte before it, and
  *   the other direction goes on;
- * - `bytes` counts what was read from X (and written, or held, for Y).
+ * - `bytes` counts what was read from X (and written, held, or waiting for the turn's end, for Y);
+ * - writes to a socket are coalesced: the first chunk X delivers in a turn of the event loop is written to Y
+ *   at once (a request/response pays no wait), the chunks after it in the same turn are written
+ *   together at the end of that turn, one writev. An HBONE stream delivers a TLS read of 64 KiB
+ *   as DATA pieces cut at the 16 KiB TLS records, some of a few bytes (measured: 8 writes per 64
+ *   KiB, half of them under 40 bytes, each its own TCP segment under TCP_NODELAY); coalesced, that
+ *   is two writes. Anything that must see Y's bytes in order (an end, stop(), a direct push(), hold())
+ *   writes what waits first. An HTTP/2 stream is written as chunks come: its session already
+ *   sends what every stream queued in a turn together, at the turn's end.
  * A reset or error on either side, or either side closed while the relay still runs, resets
  * both (a socket with RST, a stream by destroy(): RST_STREAM), so neither peer takes a cut stream
  * for a whole one. (Node ends an HTTP/2 stream's readable side on RST_STREAM too, but says
@@ -40,6 +48,16 @@ export interface RelayHooks {
   mark?: { bytes: number; reached(): void };
 }
 
+/**
+ * What a relay lets wait in Node for Y before it stops reading X (Y's writable high-water mark).
+ * Node's default, 16 KiB, is below one socket read (64 KiB): every read of a bulk transfer
+ * paused X and restarted it on Y's drain (a readStop/readStart and two epoll_ctl per read). This
+ * is ztunnel's largest copy buffer (src/copy.rs JUMBO_BUFFER_SIZE, 256 KiB; its HTTP/2 server's
+ * send buffer, src/proxy/h2/server.rs max_send_buffer_size, is 400 KiB): what one direction may
+ * hold is this plus one read.
+ */
+export const RELAY_BUFFER_BYTES = 256 * 1024;
+
 const NO_HOOKS: RelayHooks = Object.freeze({});
 const noop = (): void => {};
 const kReads = Symbol('inpod.relay.reads');
@@ -49,7 +67,7 @@ type Side = Duplex & { [kReads]?: Pump; [kWrites]?: Pump };
 
 // The listeners, shared by every relay: `this` is the stream that emitted.
 function onData(this: Side, chunk: Buffer): void {
-  this[kReads]!.push(chunk);
+  this[kReads]!.take(chunk);
 }
 function onEnd(this: Side): void {
   this[kReads]!.eof();
@@ -69,6 +87,27 @@ function onClose(this: Side): void {
 }
 function destroySelf(this: Duplex): void {
   this.destroy();
+}
+
+/**
+ * Turns of the event loop, as the relays see them: `turn` moves on at the end of each turn in
+ * which a pump wrote (one setImmediate for all of them), and the pumps in `due` write what they
+ * coalesced then.
+ */
+let turn = 0;
+let armed = false;
+let due: Pump[] = [];
+function endTurn(): void {
+  armed = false;
+  turn++;
+  const list = due;
+  due = [];
+  for (const p of list) p.flush();
+}
+function arm(): void {
+  if (armed) return;
+  armed = true;
+  setImmediate(endTurn);
 }
 
 type Handle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
@@ -114,6 +153,16 @@ function keepOpen(s: net.Socket): void {
   states._writableState.autoDestroy = false;
 }
 
+/**
+ * Raises `s`'s writable high-water mark to RELAY_BUFFER_BYTES. Node takes it only at
+ * construction, and an HTTP/2 stream is constructed inside Node; Writable reads the state's
+ * field at every write.
+ */
+function bufferUpTo(s: Duplex): void {
+  const w = (s as unknown as { _writableState?: { highWaterMark: number } })._writableState;
+  if (w && w.highWaterMark < RELAY_BUFFER_BYTES) w.highWaterMark = RELAY_BUFFER_BYTES;
+}
+
 /** Resets a side: a TCP socket with RST, anything else (an HTTP/2 stream) by destroy(). */
 function reset(s: Duplex): void {
   if (s.destroyed) return;
@@ -151,10 +200,17 @@ export class Pump {
   #endAfterHold = false;
   /** X waits for Y to drain */
   #blocked = false;
+  /** the turn in which this direction last wrote to Y at once */
+  #turn = -1;
+  /** Y is a socket: writes are coalesced (an HTTP/2 stream's are by its session already) */
+  readonly #coalesce: boolean;
+  /** chunks coalesced in this turn, written at its end */
+  #batch?: Buffer[];
 
   constructor(readonly relay: Relay, readonly from: Duplex, readonly to: Duplex) {
     (from as Side)[kReads] = this;
     (to as Side)[kWrites] = this;
+    this.#coalesce = to instanceof net.Socket;
   }
 
   /** Y's write side was ended by this direction. */
@@ -174,6 +230,7 @@ export class Pump {
   /** Node stops reading X, at the handle (the kernel fast path takes X, or reads it itself). */
   stop(): void {
     if (this.#state !== 'flowing') return;
+    this.flush();
     this.#state = 'stopped';
     stopReading(this.from);
     this.from.off('data', onData);
@@ -181,19 +238,63 @@ export class Pump {
   }
 
   /**
-   * Counts a chunk of X's and writes it to Y (or holds it). Chunks read from X's fd directly (by
-   * the fast path) come in here too, so Y sees one ordered stream.
+   * Counts a chunk of X's and writes it to Y now (or holds it), after whatever waits for the end
+   * of the turn. Chunks read from X's fd directly (by the fast path) come in here, so Y sees one
+   * ordered stream, and is written when the caller looks at Y's buffer next.
    */
   push(chunk: Buffer): void {
-    this.bytes += chunk.length;
-    if (this.#held) {
-      this.#held.push(chunk);
-      this.#heldBytes += chunk.length;
-      if (this.#heldBytes > this.#holdMax) this.from.pause();
+    this.flush();
+    this.#count(chunk);
+    if (!this.#hold(chunk)) this.#write(chunk);
+    this.relay.counted();
+  }
+
+  /** A chunk Node read from X: written at once if it is this turn's first, else at the turn's end. */
+  take(chunk: Buffer): void {
+    this.#count(chunk);
+    if (this.#hold(chunk)) {
+      /* kept for release() */
+    } else if (!this.#coalesce) {
+      this.#write(chunk);
+    } else if (this.#batch) {
+      this.#batch.push(chunk);
+    } else if (this.#turn === turn) {
+      this.#batch = [chunk];
+      due.push(this);
+      arm();
     } else {
+      this.#turn = turn;
+      arm();
       this.#write(chunk);
     }
     this.relay.counted();
+  }
+
+  /** Writes what this turn coalesced, as one writev (nothing once the relay was reset). */
+  flush(): void {
+    const b = this.#batch;
+    if (!b) return;
+    this.#batch = undefined;
+    if (this.relay.over || this.to.destroyed) return;
+    if (b.length === 1) return this.#write(b[0]!);
+    this.to.cork();
+    let ok = true;
+    for (const c of b) ok = this.to.write(c);
+    this.to.uncork();
+    if (!ok) this.#block();
+  }
+
+  #count(chunk: Buffer): void {
+    this.bytes += chunk.length;
+  }
+
+  /** Keeps `chunk` if this direction holds (hold()); false otherwise. */
+  #hold(chunk: Buffer): boolean {
+    if (!this.#held) return false;
+    this.#held.push(chunk);
+    this.#heldBytes += chunk.length;
+    if (this.#heldBytes > this.#holdMax) this.from.pause();
+    return true;
   }
 
   /** X's end reached Node. */
@@ -204,6 +305,7 @@ export class Pump {
   /** Ends Y's write side after every byte before it (after release(), when holding). Idempotent. */
   end(): void {
     if (this.#state === 'ended') return;
+    this.flush();
     if (this.#held) {
       this.#endAfterHold = true;
       return;
@@ -222,6 +324,7 @@ export class Pump {
    * held (a stopped reader could wedge a kernel queue someone else needs), until release().
    */
   hold(max: number): void {
+    this.flush();
     this.#held = [];
     this.#heldBytes = 0;
     this.#holdMax = max;
@@ -246,7 +349,10 @@ export class Pump {
   }
 
   #write(chunk: Buffer): void {
-    if (this.to.write(chunk)) return;
+    if (!this.to.write(chunk)) this.#block();
+  }
+
+  #block(): void {
     this.#blocked = true;
     this.from.pause();
   }
@@ -267,6 +373,7 @@ export class Relay {
     this.ba = new Pump(this, b, a);
     for (const s of [a, b]) {
       s.on('error', onError).on('drain', onDrain).once('close', onClose);
+      bufferUpTo(s);
       if (s instanceof net.Socket) keepOpen(s);
       else s.once('aborted', onAborted);
     }
