@@ -1,6 +1,6 @@
 /** The bench's parsers and summaries, on captured output of the real tools. */
 import { describe, expect, it } from 'vitest';
-import { parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
+import { iperfNotReady, parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
 import { parseCgroupUsage, parsePidStat, parseProcStat, parseRssKb, parseSoftirqs } from '../../ts/bench/cpu.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
 import { ALL_CONFIGS } from '../../ts/bench/env.js';
@@ -41,6 +41,12 @@ describe('bench parsers', () => {
     const j = JSON.stringify({ end: { sum_received: { bits_per_second: 8.5e9, bytes: 2135425024 }, sum_sent: { retransmits: 3 } } });
     expect(parseIperf(j)).toEqual({ gbps: 8.5, bytes: 2135425024, retransmits: 3 });
     expect(() => parseIperf(JSON.stringify({ error: 'unable to connect to server' }))).toThrow(/unable to connect/);
+    // a server still letting the last test go is asked again (iperf3's own messages); other errors are not
+    expect(iperfNotReady(JSON.stringify({ error: 'the server is busy running a test. try again later' }))).toBe(true);
+    expect(iperfNotReady(JSON.stringify({ error: 'error - unable to receive control message - port may not be available, the other side may have stopped running, etc.: Connection reset by peer' }))).toBe(true);
+    expect(iperfNotReady(JSON.stringify({ error: 'unable to connect to server: Connection refused' }))).toBe(false);
+    expect(iperfNotReady(j)).toBe(false);
+    expect(iperfNotReady('not json')).toBe(false);
   });
 
   it('reads inpod-connrate output', () => {
