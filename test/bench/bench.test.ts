@@ -4,12 +4,12 @@
  * 18 between IPv6-only pods) must produce a number for every row and remove everything it created.
  * Never asserts a timing: this machine is shared and its numbers are not for tests.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBenchArgs, runBench, type BenchResult } from '../../ts/bench/index.js';
+import { leftovers } from './leftovers.js';
 import { CONFIGS as V4_CONFIGS, V6_CONFIGS, backendOf } from '../../ts/bench/env.js';
 import { WORKLOADS } from '../../ts/bench/loads.js';
 import { PRIMARY } from '../../ts/bench/stats.js';
@@ -97,10 +97,6 @@ describe('inpod bench --quick (reduced)', () => {
   });
 
   it('removes every namespace, cgroup and pin it created', () => {
-    const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-    expect(netns.split('\n').filter((l) => l.startsWith(res.prefix))).toEqual([]);
-    expect(existsSync(`/sys/fs/bpf/${res.prefix}inpod`)).toBe(false);
-    const cgroots = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup'].filter(existsSync);
-    for (const root of cgroots) expect(readdirSync(root).filter((f) => f.startsWith(res.prefix))).toEqual([]);
+    expect(leftovers(res.prefix)).toEqual([]);
   });
 });

@@ -4,12 +4,12 @@
  * memory is read at each phase (RSS from /proc, heap and glibc from its admin /memory), and
  * everything the run created is removed. Never asserts a memory figure: those are the bench's.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseBenchArgs, runBench, type BenchResult } from '../../ts/bench/index.js';
+import { leftovers } from './leftovers.js';
 
 describe('inpod bench --memory (reduced)', () => {
   let out: string;
@@ -47,10 +47,6 @@ describe('inpod bench --memory (reduced)', () => {
   });
 
   it('removes every namespace, cgroup and pin it created', () => {
-    const netns = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-    expect(netns.split('\n').filter((l) => l.startsWith(res.prefix))).toEqual([]);
-    expect(existsSync(`/sys/fs/bpf/${res.prefix}inpod`)).toBe(false);
-    const cgroots = ['/sys/fs/cgroup/unified', '/sys/fs/cgroup'].filter(existsSync);
-    for (const root of cgroots) expect(readdirSync(root).filter((f) => f.startsWith(res.prefix))).toEqual([]);
+    expect(leftovers(res.prefix)).toEqual([]);
   });
 });

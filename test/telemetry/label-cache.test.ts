@@ -7,24 +7,12 @@
 import { describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import type { ConnContext, ConnRecord } from '../../ts/proxy/hooks.js';
-import { parseLocalConfig } from '../../ts/state/localconfig.js';
+import { shopState } from './shop.js';
 import { StateSnapshot, StateStore } from '../../ts/state/store.js';
 import { IstioTelemetry } from '../../ts/telemetry/istio.js';
 import { describe as describeConn, describeKey, LabelCache } from '../../ts/telemetry/labels.js';
 
-const config = (sleepService: string): string => `
-workloads:
-  - {uid: u-sleep, name: sleep-7f-abc, namespace: default, serviceAccount: sleep, workloadIps: ["10.0.0.1"], protocol: HBONE,
-     workloadName: sleep, canonicalName: ${sleepService}, canonicalRevision: v1, clusterId: Kubernetes}
-  - {uid: u-web, name: web-5d-xyz, namespace: shop, serviceAccount: web, workloadIps: ["10.0.0.2"], protocol: HBONE,
-     workloadName: web, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes,
-     services: {"shop/web.shop.svc.cluster.local": {80: 8080}, "shop/admin.shop.svc.cluster.local": {}}}
-  - {uid: u-db, name: db-0, namespace: data, serviceAccount: db, workloadIps: ["10.0.0.3"], protocol: TCP}
-services:
-  - {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {80: 8080}}
-  - {name: admin, namespace: shop, hostname: admin.shop.svc.cluster.local, vips: ["/10.96.0.11"], ports: {9090: 0}}
-`;
-const snap = new StateSnapshot(parseLocalConfig(config('sleep')));
+const snap = new StateSnapshot(shopState());
 
 const SLEEP = 'spiffe://cluster.local/ns/default/sa/sleep';
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
@@ -92,7 +80,7 @@ describe('the traffic labels, derived once per connection description and state 
     const cache = new LabelCache();
     const ctx = clone(bases[0]!);
     expect(cache.get(snap, ctx).described.labels.source_canonical_service).toBe('sleep');
-    const next = new StateSnapshot(parseLocalConfig(config('sleep-renamed')));
+    const next = new StateSnapshot(shopState({ sleepService: 'sleep-renamed' }));
     expect(cache.get(next, clone(ctx)).described.labels.source_canonical_service).toBe('sleep-renamed');
     expect(cache.get(next, clone(ctx))).toBe(cache.get(next, ctx));
   });
@@ -108,7 +96,7 @@ describe('the traffic labels, derived once per connection description and state 
 
   it('moves the metric of the new labels after a state update (the series a scrape shows)', async () => {
     const store = new StateStore();
-    store.set(parseLocalConfig(config('sleep')));
+    store.set(shopState());
     const t = new IstioTelemetry(store, pino({ level: 'silent' }), { processMetrics: false, buildTag: 'test' });
     const connect = (): void => {
       const ctx = clone(bases[0]!);
@@ -122,7 +110,7 @@ describe('the traffic labels, derived once per connection description and state 
     connect();
     connect();
     expect(await opened()).toEqual({ sleep: 2 });
-    store.set(parseLocalConfig(config('sleep-renamed')));
+    store.set(shopState({ sleepService: 'sleep-renamed' }));
     connect();
     expect(await opened()).toEqual({ sleep: 2, 'sleep-renamed': 1 });
   });

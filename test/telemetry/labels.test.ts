@@ -7,24 +7,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { ConnContext, ConnRecord } from '../../ts/proxy/hooks.js';
-import { parseLocalConfig } from '../../ts/state/localconfig.js';
+import { shopState } from './shop.js';
 import { StateSnapshot } from '../../ts/state/store.js';
 import { describe as describeConn, inboundService, TRAFFIC_LABELS } from '../../ts/telemetry/labels.js';
 import { completeLine, connectionFields, earlyDenyLine, socketAddr } from '../../ts/telemetry/accesslog.js';
 import { MeshError } from '../../ts/util/errors.js';
 
-const snap = new StateSnapshot(parseLocalConfig(`
-workloads:
-  - {uid: u-sleep, name: sleep-7f-abc, namespace: default, serviceAccount: sleep, workloadIps: ["10.0.0.1"], protocol: HBONE,
-     workloadName: sleep, canonicalName: sleep, canonicalRevision: v1, clusterId: Kubernetes, locality: {region: r1, zone: z1, subzone: ""}}
-  - {uid: u-web, name: web-5d-xyz, namespace: shop, serviceAccount: web, workloadIps: ["10.0.0.2"], protocol: HBONE,
-     workloadName: web, canonicalName: web, canonicalRevision: v2, clusterId: Kubernetes,
-     services: {"shop/web.shop.svc.cluster.local": {80: 8080}, "shop/admin.shop.svc.cluster.local": {}}}
-  - {uid: u-db, name: db-0, namespace: data, serviceAccount: db, workloadIps: ["10.0.0.3"], protocol: TCP}
-services:
-  - {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {80: 8080}}
-  - {name: admin, namespace: shop, hostname: admin.shop.svc.cluster.local, vips: ["/10.96.0.11"], ports: {9090: 0}}
-`));
+const snap = new StateSnapshot(shopState({ locality: true }));
 
 const SLEEP = 'spiffe://cluster.local/ns/default/sa/sleep';
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
