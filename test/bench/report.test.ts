@@ -13,7 +13,7 @@ import { parseBenchArgs } from '../../ts/bench/index.js';
 import { stat, type Row, type Stat } from '../../ts/bench/stats.js';
 
 /** requests/s per configuration (the other figures scale with it) */
-const RPS: Partial<Record<ConfigName, number>> = { nomesh: 100_000, iptables: 40_000, ebpf: 60_000, nomesh6: 90_000, iptables6: 30_000, ebpf6: 45_000 };
+const RPS: Partial<Record<ConfigName, number>> = { nomesh: 100_000, iptables: 40_000, ebpf: 60_000, nomesh6: 90_000, iptables6: 30_000, ebpf6: 45_000, 'proxy-ebpf': 15_000 };
 
 function row(w: WorkloadName, c: ConfigName): Row {
   const v = RPS[c]!;
@@ -98,5 +98,21 @@ describe('bench report, memory scenario', () => {
     const md = memorySection({ ...result, points: result.points.map((p) => ({ ...p, heap: null })) });
     expect(md).toContain('| 100 pods served | 1 | 80.0 | 35.0 | 45.0 | – | – | – | – | – | – |');
     expect(memorySection(null)).toBe('');
+  });
+});
+
+describe('bench report, the proxy against capture alone (issue 19)', () => {
+  const rows = WORKLOADS.flatMap((w) => (['nomesh', 'ebpf', 'proxy-ebpf'] as ConfigName[]).map((c) => row(w, c)));
+
+  it('gives the proxy (HBONE, eBPF) over capture-only eBPF for every figure, in the report and the JSON', () => {
+    const md = markdown(INFO, rows, [], [], []);
+    expect(md).toContain('| proxy eBPF / capture-only eBPF |');
+    // new connections/s: 1,500 through the proxy against 6,000 captured alone
+    expect(headlineRatios(rows)['new connections/s']!.proxyVsCapture!.value).toBeCloseTo(0.25);
+    expect(md).toMatch(/^\| new connections\/s \|.*\| \*\*0\.25\*\* \([^)]*\) \|$/m);
+  });
+
+  it('leaves the column out without both rows', () => {
+    expect(markdown(INFO, rows.filter((r) => r.config !== 'ebpf'), [], [], [])).not.toContain('capture-only eBPF |');
   });
 });

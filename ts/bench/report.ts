@@ -71,6 +71,8 @@ export interface HeadlineRatios {
   ebpfVsNone: Ratio | null;
   ebpfVsIptables: Ratio | null;
   proxyEbpfVsIptables: Ratio | null;
+  /** the proxy (HBONE) over capture alone, both eBPF: what the proxy itself costs (issue 19's goals) */
+  proxyVsCapture: Ratio | null;
   fastVsUserspace: Ratio | null;
   h2ZtunnelVsNode: Ratio | null;
   /** the same three capture-only ratios between IPv6-only pods (the *6 rows) */
@@ -88,7 +90,7 @@ export function headlineRatios(rows: Row[]): Record<string, HeadlineRatios> {
       return r ? pick(r) : undefined;
     };
     const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
-    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')),
+    out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), proxyVsCapture: rt(g('proxy-ebpf'), g('ebpf')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')),
       iptablesVsNone6: rt(g('iptables6'), g('nomesh6')), ebpfVsNone6: rt(g('ebpf6'), g('nomesh6')), ebpfVsIptables6: rt(g('ebpf6'), g('iptables6')) };
   }
   return out;
@@ -115,12 +117,13 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
   });
   const ratios = headlineRatios(rows);
   const withProxy = configs.includes('proxy-ebpf');
+  const withProxyCapture = configs.includes('proxy-ebpf') && configs.includes('ebpf');
   const withFast = configs.includes('proxy-fastpath') && configs.includes('proxy-passthrough');
   const withH2 = configs.includes('proxy-ebpf') && configs.includes('proxy-h2default');
   const withV6 = configs.some((c) => V6_CONFIGS.includes(c));
   const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables),
     ...(withV6 ? [rcell(r.iptablesVsNone6), rcell(r.ebpfVsNone6), rcell(r.ebpfVsIptables6)] : []),
-    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : [])]);
+    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withProxyCapture ? [rcell(r.proxyVsCapture)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : [])]);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
     for (const c of configs) {
@@ -144,6 +147,7 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
     '',
     table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables',
       ...(withV6 ? ['IPv6: iptables / no mesh', 'IPv6: eBPF / no mesh', 'IPv6: eBPF / iptables'] : []), ...(withProxy ? ['proxy eBPF / proxy iptables'] : []),
+      ...(withProxyCapture ? ['proxy eBPF / capture-only eBPF'] : []),
       ...(withFast ? ['fast path / userspace passthrough'] : []), ...(withH2 ? ["ztunnel's HTTP/2 settings / Node's defaults (proxy eBPF)"] : [])], rbody),
     '',
     '### CPU seconds per unit of work',
