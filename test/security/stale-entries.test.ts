@@ -57,6 +57,35 @@ async function tearDown(s: Setup | undefined): Promise<void> {
   if (s?.stateDir) rmSync(s.stateDir, { recursive: true, force: true });
 }
 
+/** The backend's pinned per-connection (tuple) maps, opened by name. */
+function openTupleMaps(s: Setup): Map<string, BpfMap> {
+  const maps = new Map<string, BpfMap>();
+  for (const name of TUPLE_MAPS) {
+    const m = BpfMap.pinned(join(s.opts.pinRoot!, name), pinnedMapSpec(name));
+    if (!m) throw new Error(`${name} is not pinned`);
+    maps.set(name, m);
+  }
+  return maps;
+}
+
+/**
+ * 1000 closed connections of each kind a pod makes (outbound captured to 15001, the proxy's
+ * transparent upstream to the app from the client's IP, the app to its own IP), then waits for
+ * the tuple maps to come back to what they held before.
+ */
+async function thousandOfEachKind(s: Setup, counts: () => Record<string, number>): Promise<void> {
+  const baseline = counts();
+  const repeat = async (o: Parameters<PodShell['repeat']>[0]) => {
+    const { tags, errors } = await s.sh.pod.repeat(o);
+    return { tags, errors };
+  };
+  expect(await repeat({ host: s.peer.ip, port: 80, count: 1000 })).toEqual({ tags: { proxy15001: 1000 }, errors: {} });
+  expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip } }))
+    .toEqual({ tags: { app: 1000 }, errors: {} });
+  expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000 })).toEqual({ tags: { app: 1000 }, errors: {} });
+  await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline), { timeoutMs: 5000 });
+}
+
 /** The proxy's transparent upstream to the app, from the client's IP; returns its source port. */
 async function transparentUpstream(s: Setup): Promise<number> {
   const r = await s.sh.pod.connect({
@@ -104,17 +133,13 @@ describe.each(BACKENDS.flatMap((b) => (['ipv4', 'ipv6'] as const).map((f) => [b,
 
 describe('per-connection maps of the eBPF backend', () => {
   let s: Setup;
-  const maps = new Map<string, BpfMap>();
+  let maps = new Map<string, BpfMap>();
   const entries = (m: string): number => maps.get(m)!.keys().length;
   const counts = (): Record<string, number> => Object.fromEntries(TUPLE_MAPS.map((name) => [name, entries(name)]));
 
   beforeAll(async () => {
     s = await setUp('ebpf');
-    for (const name of TUPLE_MAPS) {
-      const m = BpfMap.pinned(join(s.opts.pinRoot!, name), pinnedMapSpec(name));
-      if (!m) throw new Error(`${name} is not pinned`);
-      maps.set(name, m);
-    }
+    maps = openTupleMaps(s);
   });
   afterAll(async () => {
     for (const m of maps.values()) m.close();
@@ -122,19 +147,7 @@ describe('per-connection maps of the eBPF backend', () => {
   });
 
   it('is back at its baseline after 1000 closed connections of each kind', async () => {
-    const baseline = counts();
-    const repeat = async (o: Parameters<PodShell['repeat']>[0]) => {
-      const { tags, errors } = await s.sh.pod.repeat(o);
-      return { tags, errors };
-    };
-    // outbound, captured to 15001
-    expect(await repeat({ host: s.peer.ip, port: 80, count: 1000 })).toEqual({ tags: { proxy15001: 1000 }, errors: {} });
-    // the proxy's transparent upstream to the app, from the client's IP
-    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip } }))
-      .toEqual({ tags: { app: 1000 }, errors: {} });
-    // the app to its own IP
-    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000 })).toEqual({ tags: { app: 1000 }, errors: {} });
-    await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline), { timeoutMs: 5000 });
+    await thousandOfEachKind(s, counts);
   });
 
   it('drops the entry of a SYN nobody answered once its client gives up', async () => {
@@ -215,16 +228,12 @@ describe('per-connection maps of the eBPF backend', () => {
 
 describe('per-connection maps of the eBPF backend, IPv6', () => {
   let s: Setup;
-  const maps = new Map<string, BpfMap>();
+  let maps = new Map<string, BpfMap>();
   const counts = (): Record<string, number> => Object.fromEntries(TUPLE_MAPS.map((name) => [name, maps.get(name)!.keys().length]));
 
   beforeAll(async () => {
     s = await setUp('ebpf', 'ipv6');
-    for (const name of TUPLE_MAPS) {
-      const m = BpfMap.pinned(join(s.opts.pinRoot!, name), pinnedMapSpec(name));
-      if (!m) throw new Error(`${name} is not pinned`);
-      maps.set(name, m);
-    }
+    maps = openTupleMaps(s);
   });
   afterAll(async () => {
     for (const m of maps.values()) m.close();
@@ -232,15 +241,6 @@ describe('per-connection maps of the eBPF backend, IPv6', () => {
   });
 
   it('is back at its baseline after 1000 closed IPv6 connections of each kind', async () => {
-    const baseline = counts();
-    const repeat = async (o: Parameters<PodShell['repeat']>[0]) => {
-      const { tags, errors } = await s.sh.pod.repeat(o);
-      return { tags, errors };
-    };
-    expect(await repeat({ host: s.peer.ip, port: 80, count: 1000 })).toEqual({ tags: { proxy15001: 1000 }, errors: {} });
-    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000, mark: PROXY_MARK, transparent: true, bind: { host: s.peer.ip } }))
-      .toEqual({ tags: { app: 1000 }, errors: {} });
-    expect(await repeat({ host: s.pod.ip, port: 8080, count: 1000 })).toEqual({ tags: { app: 1000 }, errors: {} });
-    await until('the tuple maps to drain', () => JSON.stringify(counts()) === JSON.stringify(baseline), { timeoutMs: 5000 });
+    await thousandOfEachKind(s, counts);
   });
 });
