@@ -29,24 +29,15 @@ namespace inpod {
 
 // netnsCookie(nsFd) -> bigint | {errno, syscall}: SO_NETNS_COOKIE of a socket made inside it
 static Napi::Value NetnsCookie(const Napi::CallbackInfo &info) {
-  int nsFd = IntArg(info, 0);
-  Step st;
   uint64_t c = 0;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) {
-      st.Fail(g.syscall(), g.err());
-    } else {
-      int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      if (s < 0) {
-        st.Fail("socket");
-      } else {
-        socklen_t l = sizeof(c);
-        if (getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &c, &l) < 0) st.Fail("getsockopt(SO_NETNS_COOKIE)");
-        close(s);
-      }
-    }
-  }
+  Step st = InNetns(IntArg(info, 0), [&c](Step *st) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return st->Fail("socket");
+    socklen_t l = sizeof(c);
+    if (getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &c, &l) < 0) st->Fail("getsockopt(SO_NETNS_COOKIE)");
+    close(s);
+    return true;
+  });
   if (st.err) return SysFail(info.Env(), st.syscall, st.err);
   return Napi::BigInt::New(info.Env(), c);
 }
@@ -83,14 +74,8 @@ static Napi::Array Strings(Napi::Env env, const std::vector<std::string> &v) {
 // netnsAddrs(nsFd) -> {ipv4: string[], ipv6: string[]} (no loopback, no IPv6 link-local) | {errno, syscall}
 static Napi::Value NetnsAddrs(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  int nsFd = IntArg(info, 0);
-  Step st;
   std::vector<std::string> v4, v6;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) st.Fail(g.syscall(), g.err());
-    else ReadAddrs(&st, &v4, &v6);
-  }
+  Step st = InNetns(IntArg(info, 0), [&](Step *st) { return ReadAddrs(st, &v4, &v6); });
   if (st.err) return SysFail(env, st.syscall, st.err);
   Napi::Object o = Napi::Object::New(env);
   o.Set("ipv4", Strings(env, v4));
@@ -98,27 +83,23 @@ static Napi::Value NetnsAddrs(const Napi::CallbackInfo &info) {
   return o;
 }
 
+// 0, or the failed step of a composite call as {errno, syscall}.
+static Napi::Value Done(const Napi::CallbackInfo &info, const Step &st) {
+  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
+  return Napi::Number::New(info.Env(), 0);
+}
+
 // netnsWrite(nsFd, path, value) -> 0 | {errno, syscall}: e.g. a /proc/sys/net sysctl of that netns
 static Napi::Value NetnsWrite(const Napi::CallbackInfo &info) {
   int nsFd = IntArg(info, 0);
   std::string path = StrArg(info, 1), value = StrArg(info, 2);
-  Step st;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) {
-      st.Fail(g.syscall(), g.err());
-    } else {
-      int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
-      if (fd < 0) {
-        st.Fail("open");
-      } else {
-        if (write(fd, value.data(), value.size()) < 0) st.Fail("write");
-        close(fd);
-      }
-    }
-  }
-  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
-  return Napi::Number::New(info.Env(), 0);
+  return Done(info, InNetns(nsFd, [&](Step *st) {
+    int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return st->Fail("open");
+    if (write(fd, value.data(), value.size()) < 0) st->Fail("write");
+    close(fd);
+    return true;
+  }));
 }
 
 struct NlReq {
@@ -136,6 +117,21 @@ static void AddAttr(NlReq *r, unsigned short type, const void *data, size_t len)
   a->rta_len = RTA_LENGTH(len);
   memcpy(RTA_DATA(a), data, len);
   r->h.nlmsg_len = NLMSG_ALIGN(r->h.nlmsg_len) + RTA_ALIGN(a->rta_len);
+}
+
+// An RTM_NEWROUTE (add: created, `addFlag` NLM_F_REPLACE or NLM_F_EXCL) or RTM_DELROUTE request
+// for a `local` route of host scope: the header only, attributes to follow (AddAttr).
+static void LocalRouteReq(NlReq *r, bool add, uint16_t addFlag, int family, uint8_t dstLen, uint8_t table) {
+  memset(r, 0, sizeof(*r));
+  r->h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+  r->h.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
+  r->h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | addFlag : 0);
+  r->rt.rtm_family = family;
+  r->rt.rtm_dst_len = dstLen;
+  r->rt.rtm_table = table;
+  r->rt.rtm_protocol = RTPROT_BOOT;
+  r->rt.rtm_scope = RT_SCOPE_HOST;
+  r->rt.rtm_type = RTN_LOCAL;
 }
 
 // One request, one ack; returns 0 or the kernel's errno.
@@ -172,16 +168,7 @@ static bool LocalRoute(Step *st, int family, uint32_t mark, uint32_t table, uint
     return st->Fail(add ? "netlink(RTM_NEWRULE)" : "netlink(RTM_DELRULE)", err);
   }
 
-  memset(&r, 0, sizeof(r));
-  r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-  r.h.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
-  r.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_REPLACE : 0);
-  r.rt.rtm_family = family;
-  r.rt.rtm_dst_len = 0;
-  r.rt.rtm_table = table < 256 ? table : RT_TABLE_UNSPEC;
-  r.rt.rtm_protocol = RTPROT_BOOT;
-  r.rt.rtm_scope = RT_SCOPE_HOST;
-  r.rt.rtm_type = RTN_LOCAL;
+  LocalRouteReq(&r, add, NLM_F_REPLACE, family, 0, table < 256 ? table : RT_TABLE_UNSPEC);
   uint32_t lo = 1;  // the loopback device is always ifindex 1 in a netns
   AddAttr(&r, RTA_OIF, &lo, sizeof(lo));
   AddAttr(&r, RTA_TABLE, &table, sizeof(table));
@@ -199,14 +186,7 @@ static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
   uint32_t mark = U32Arg(info, 1), table = U32Arg(info, 2), pref = U32Arg(info, 3);
   bool add = info[4].ToBoolean();
   int family = info.Length() > 5 ? IntArg(info, 5) : AF_INET;
-  Step st;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) st.Fail(g.syscall(), g.err());
-    else LocalRoute(&st, family, mark, table, pref, add);
-  }
-  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
-  return Napi::Number::New(info.Env(), 0);
+  return Done(info, InNetns(nsFd, [=](Step *st) { return LocalRoute(st, family, mark, table, pref, add); }));
 }
 
 // `local ::1 dev IFINDEX table local` for each link with a global IPv6 address, inside the netns.
@@ -232,16 +212,7 @@ static bool Loopback6OnLinks(Step *st, bool add) {
   if (s < 0) return st->Fail("socket(NETLINK_ROUTE)");
   for (uint32_t idx : links) {
     NlReq r;
-    memset(&r, 0, sizeof(r));
-    r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-    r.h.nlmsg_type = add ? RTM_NEWROUTE : RTM_DELROUTE;
-    r.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | (add ? NLM_F_CREATE | NLM_F_EXCL : 0);
-    r.rt.rtm_family = AF_INET6;
-    r.rt.rtm_dst_len = 128;
-    r.rt.rtm_table = RT_TABLE_LOCAL;
-    r.rt.rtm_protocol = RTPROT_BOOT;
-    r.rt.rtm_scope = RT_SCOPE_HOST;
-    r.rt.rtm_type = RTN_LOCAL;
+    LocalRouteReq(&r, add, NLM_F_EXCL, AF_INET6, 128, RT_TABLE_LOCAL);
     struct in6_addr lo = IN6ADDR_LOOPBACK_INIT;
     AddAttr(&r, RTA_DST, &lo, sizeof(lo));
     AddAttr(&r, RTA_OIF, &idx, sizeof(idx));
@@ -260,14 +231,7 @@ static bool Loopback6OnLinks(Step *st, bool add) {
 static Napi::Value NetnsLoopback6OnLinks(const Napi::CallbackInfo &info) {
   int nsFd = IntArg(info, 0);
   bool add = info[1].ToBoolean();
-  Step st;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) st.Fail(g.syscall(), g.err());
-    else Loopback6OnLinks(&st, add);
-  }
-  if (st.err) return SysFail(info.Env(), st.syscall, st.err);
-  return Napi::Number::New(info.Env(), 0);
+  return Done(info, InNetns(nsFd, [add](Step *st) { return Loopback6OnLinks(st, add); }));
 }
 
 // statfsType(path) -> f_type | -errno: tells an nsfs file, a bpffs and a cgroup2 mount apart

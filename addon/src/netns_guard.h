@@ -14,6 +14,7 @@
 //     before the guard, results are turned into JavaScript values after it (a getter, a Proxy
 //     or a prototype setter would otherwise run JavaScript inside the pod's netns).
 #pragma once
+#include "addon.h"  // Step
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
@@ -71,5 +72,17 @@ class NetnsGuard {
   int err_ = 0;
   const char *syscall_ = "";
 };
+
+// Runs `body(&st)` inside the netns behind `nsFd` (nsFd < 0: this thread's own) and returns the
+// step that failed, if any: the move there (st.err set, body not run) or one of body's. The thread
+// is back home when it returns; `body` must not touch the N-API (see the invariant above).
+template <typename Body>
+Step InNetns(int nsFd, Body body) {
+  Step st;
+  NetnsGuard g(nsFd);
+  if (g.err()) st.Fail(g.syscall(), g.err());
+  else body(&st);
+  return st;
+}
 
 }  // namespace inpod

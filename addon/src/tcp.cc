@@ -129,13 +129,8 @@ static Napi::Value SocketIn(const Napi::CallbackInfo &info) {
   int nsFd = IntArg(info, 0);
   SocketSpec spec;
   if (!ParseSpec(info[1].As<Napi::Object>(), &spec)) return SysFail(env, "inet_pton", EINVAL);
-  Step st;
   int fd = -1;
-  {
-    NetnsGuard g(nsFd);
-    if (g.err()) st.Fail(g.syscall(), g.err());
-    else fd = MakeSocket(spec, &st);
-  }
+  Step st = InNetns(nsFd, [&](Step *st) { return (fd = MakeSocket(spec, st)) >= 0; });
   if (fd < 0) return SysFail(env, st.syscall, st.err);
   return Napi::Number::New(env, fd);
 }
@@ -156,14 +151,16 @@ static Napi::Value AddrValue(Napi::Env env, const sockaddr_storage &ss) {
   return o;
 }
 
-// origDst(fd) -> {ip, port} | -errno : getsockopt(SOL_IP, SO_ORIGINAL_DST)
-static Napi::Value OrigDst(const Napi::CallbackInfo &info) {
+// The address getsockopt(fd, level, opt) answers with, as {ip, port}, or -errno.
+static Napi::Value AddrOpt(const Napi::CallbackInfo &info, int level, int opt, socklen_t len) {
   sockaddr_storage ss;
-  socklen_t len = sizeof(sockaddr_in);
   memset(&ss, 0, sizeof(ss));
-  if (getsockopt(IntArg(info, 0), SOL_IP, SO_ORIGINAL_DST, &ss, &len) < 0) return Errno(info.Env(), errno);
+  if (getsockopt(IntArg(info, 0), level, opt, &ss, &len) < 0) return Errno(info.Env(), errno);
   return AddrValue(info.Env(), ss);
 }
+
+// origDst(fd) -> {ip, port} | -errno : getsockopt(SOL_IP, SO_ORIGINAL_DST)
+static Napi::Value OrigDst(const Napi::CallbackInfo &info) { return AddrOpt(info, SOL_IP, SO_ORIGINAL_DST, sizeof(sockaddr_in)); }
 
 // IPv6 netfilter's twin of SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h), not included
 // here: that header's IPv4 counterpart clashes with netfilter_ipv4.h.
@@ -174,13 +171,7 @@ static Napi::Value OrigDst(const Napi::CallbackInfo &info) {
 // origDst6(fd) -> {ip, port} | -errno : getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST), for a
 // connection that is IPv6 on the wire (conntrack's IPv6 getorigdst, or the eBPF getsockopt
 // program's answer for it).
-static Napi::Value OrigDst6(const Napi::CallbackInfo &info) {
-  sockaddr_storage ss;
-  socklen_t len = sizeof(sockaddr_in6);
-  memset(&ss, 0, sizeof(ss));
-  if (getsockopt(IntArg(info, 0), SOL_IPV6, IP6T_SO_ORIGINAL_DST, &ss, &len) < 0) return Errno(info.Env(), errno);
-  return AddrValue(info.Env(), ss);
-}
+static Napi::Value OrigDst6(const Napi::CallbackInfo &info) { return AddrOpt(info, SOL_IPV6, IP6T_SO_ORIGINAL_DST, sizeof(sockaddr_in6)); }
 
 // sockName(fd) -> {ip, port} | -errno
 static Napi::Value SockName(const Napi::CallbackInfo &info) {
