@@ -42,27 +42,36 @@ static Napi::Value NetnsCookie(const Napi::CallbackInfo &info) {
   return Napi::BigInt::New(info.Env(), c);
 }
 
-// The addresses getifaddrs reports, filtered as documented below; filled inside the netns.
-static bool ReadAddrs(Step *st, std::vector<std::string> *v4, std::vector<std::string> *v6) {
+// Calls `f(ifaddrs)` for each address of the netns but loopback and IPv6 link-local (its global
+// addresses, both families), inside the netns.
+template <typename F>
+static bool EachGlobalAddr(Step *st, F f) {
   struct ifaddrs *ifa = nullptr;
   if (getifaddrs(&ifa) < 0) return st->Fail("getifaddrs");
-  char buf[INET6_ADDRSTRLEN];
   for (struct ifaddrs *a = ifa; a; a = a->ifa_next) {
     if (!a->ifa_addr) continue;
     if (a->ifa_addr->sa_family == AF_INET) {
       auto *s = reinterpret_cast<sockaddr_in *>(a->ifa_addr);
-      if ((ntohl(s->sin_addr.s_addr) >> 24) == 127) continue;
-      inet_ntop(AF_INET, &s->sin_addr, buf, sizeof(buf));
-      v4->push_back(buf);
+      if ((ntohl(s->sin_addr.s_addr) >> 24) != 127) f(a);
     } else if (a->ifa_addr->sa_family == AF_INET6) {
       auto *s = reinterpret_cast<sockaddr_in6 *>(a->ifa_addr);
-      if (IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) || IN6_IS_ADDR_LINKLOCAL(&s->sin6_addr)) continue;
-      inet_ntop(AF_INET6, &s->sin6_addr, buf, sizeof(buf));
-      v6->push_back(buf);
+      if (!IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) && !IN6_IS_ADDR_LINKLOCAL(&s->sin6_addr)) f(a);
     }
   }
   freeifaddrs(ifa);
   return true;
+}
+
+// The addresses of EachGlobalAddr as text, by family; filled inside the netns.
+static bool ReadAddrs(Step *st, std::vector<std::string> *v4, std::vector<std::string> *v6) {
+  char buf[INET6_ADDRSTRLEN];
+  return EachGlobalAddr(st, [&](struct ifaddrs *a) {
+    bool four = a->ifa_addr->sa_family == AF_INET;
+    const void *addr = four ? static_cast<const void *>(&reinterpret_cast<sockaddr_in *>(a->ifa_addr)->sin_addr)
+                            : static_cast<const void *>(&reinterpret_cast<sockaddr_in6 *>(a->ifa_addr)->sin6_addr);
+    inet_ntop(four ? AF_INET : AF_INET6, addr, buf, sizeof(buf));
+    (four ? v4 : v6)->push_back(buf);
+  });
 }
 
 static Napi::Array Strings(Napi::Env env, const std::vector<std::string> &v) {
@@ -197,17 +206,13 @@ static Napi::Value NetnsLocalRoute(const Napi::CallbackInfo &info) {
 // the default route and is dropped by the peer (loopback address on a link). This route makes
 // that strict lookup local. Idempotent: EEXIST on add, ENOENT/ESRCH on remove are success.
 static bool Loopback6OnLinks(Step *st, bool add) {
-  struct ifaddrs *ifa;
-  if (getifaddrs(&ifa) < 0) return st->Fail("getifaddrs");
   std::vector<uint32_t> links;
-  for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
-    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET6) continue;
-    auto *a = &reinterpret_cast<struct sockaddr_in6 *>(i->ifa_addr)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(a) || IN6_IS_ADDR_LINKLOCAL(a)) continue;
-    uint32_t idx = if_nametoindex(i->ifa_name);
+  bool read = EachGlobalAddr(st, [&links](struct ifaddrs *a) {
+    if (a->ifa_addr->sa_family != AF_INET6) return;
+    uint32_t idx = if_nametoindex(a->ifa_name);
     if (idx > 1 && std::find(links.begin(), links.end(), idx) == links.end()) links.push_back(idx);
-  }
-  freeifaddrs(ifa);
+  });
+  if (!read) return false;
   int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
   if (s < 0) return st->Fail("socket(NETLINK_ROUTE)");
   for (uint32_t idx : links) {
