@@ -3,7 +3,7 @@
  * them (src/socket.rs) and written as Rust's SocketAddr / Ipv6Addr Display writes them (RFC 5952).
  */
 import { describe, expect, it } from 'vitest';
-import { canonicalIp, formatIpv6, ipv6Bytes, parseSocketAddr, socketAddr } from '../../ts/util/sockaddr.js';
+import { canonicalIp, formatIpv6, ipText, ipv6Bytes, parseSocketAddr, socketAddr } from '../../ts/util/sockaddr.js';
 
 describe('canonicalIp', () => {
   it.each([
@@ -35,6 +35,22 @@ describe('canonicalIp', () => {
     expect(formatIpv6(b)).toBe('fd00:200::1');
     expect(ipv6Bytes('fd00:200::1').equals(b)).toBe(true);
     expect(ipv6Bytes('::ffff:1.2.3.4').toString('hex')).toBe('00000000000000000000ffff01020304');
+  });
+});
+
+// The capture layer's address form: as the kernel and iptables-save print addresses, so records,
+// rules and map keys compare equal whichever way an address was written.
+describe('ipText', () => {
+  it.each([
+    ['10.200.0.5', '10.200.0.5'],
+    ['FD00:0200:0000:0000:0000:0000:0000:000A', 'fd00:200::a'],
+    ['fd16:9254:7127:1337:ffff:ffff:ffff:ffff', 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff'],
+    // `ip addr` and the kernel print a mapped address's IPv4 part dotted, and keep it IPv6
+    ['::ffff:10.0.0.1', '::ffff:10.0.0.1'],
+    ['0:0:0:0:0:ffff:0a00:0001', '::ffff:10.0.0.1'],
+    ['::ffff:1', '::ffff:1'],
+  ])('writes %s as %s', (input, want) => {
+    expect(ipText(input)).toBe(want);
   });
 });
 
