@@ -6,7 +6,7 @@
  * state. Dry-run policies are logged, never enforced.
  */
 import type { Logger } from '../util/log.js';
-import type { StateSnapshot, StateStore } from '../state/store.js';
+import type { StateStore } from '../state/store.js';
 import type { Workload } from '../state/types.js';
 import type { Authorizer, ConnContext, Decision } from '../proxy/hooks.js';
 import { parseSpiffe } from '../identity/spiffe.js';
@@ -17,14 +17,14 @@ export class PolicyAuthorizer implements Authorizer {
   readonly #policies: PolicyCache;
 
   /**
-   * The policies that apply to each destination workload, as `#selectedBy` selects them in the
-   * snapshot `#selectedIn`: which policies apply to a workload is decided once per state, not
-   * per connection. Another snapshot (every state update, policies or workloads) or another
-   * policy set starts it empty, so a connection is never decided by a selection of an older
-   * state; the decision itself (rbac.ts decide) is made for every connection.
+   * The policies that apply to each destination workload object, as the policy set `#selectedBy`
+   * selects them: decided once per set and workload, not per connection. Another set (any change
+   * of the state's policies makes one, PolicyCache) starts it empty; a workload whose namespace,
+   * labels or policy names change is another object (the state is never mutated in place). So a
+   * connection is never decided by an older selection; the decision itself (rbac.ts decide) is
+   * made for every connection.
    */
   #selected = new WeakMap<Workload, Selected>();
-  #selectedIn: StateSnapshot | undefined;
   #selectedBy: PolicySet | undefined;
 
   constructor(private readonly state: StateStore, private readonly log: Logger) {
@@ -44,8 +44,7 @@ export class PolicyAuthorizer implements Authorizer {
   authorize(ctx: ConnContext): Decision {
     const snap = this.state.snapshot;
     const set = this.#policies.get(snap.state.policies, snap.state.authorizations);
-    if (snap !== this.#selectedIn || set !== this.#selectedBy) {
-      this.#selectedIn = snap;
+    if (set !== this.#selectedBy) {
       this.#selectedBy = set;
       this.#selected = new WeakMap();
     }
