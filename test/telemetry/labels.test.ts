@@ -10,7 +10,8 @@ import type { ConnContext, ConnRecord } from '../../ts/proxy/hooks.js';
 import { shopState } from './shop.js';
 import { StateSnapshot } from '../../ts/state/store.js';
 import { describe as describeConn, inboundService, TRAFFIC_LABELS } from '../../ts/telemetry/labels.js';
-import { completeLine, connectionFields, earlyDenyLine, socketAddr } from '../../ts/telemetry/accesslog.js';
+import { completeLine, connectionFields, earlyDenyLine } from '../../ts/telemetry/accesslog.js';
+import { socketAddr } from '../../ts/util/sockaddr.js';
 import { MeshError } from '../../ts/util/errors.js';
 
 const snap = new StateSnapshot(shopState({ locality: true }));

@@ -8,8 +8,6 @@
 import { socketAddr } from '../util/sockaddr.js';
 import type { ConnContext, ConnObserver, ReportedConn } from './hooks.js';
 
-export { socketAddr };
-
 export interface InboundConnectionDump {
   src: string;
   /** the service the peer addressed, when known; null otherwise (as ztunnel) */

@@ -19,8 +19,6 @@ import { isMutualTls, UNKNOWN, type Described } from './labels.js';
 /** One line's fields; an object is a span's fields under its name (ztunnel's JSON log: `"outbound":{"id":...}`). */
 export type LogFields = Record<string, string | number | Record<string, string>>;
 
-export { socketAddr } from '../util/sockaddr.js';
-
 function put(f: LogFields, key: string, v: string | undefined): void {
   if (v !== undefined && v !== '' && v !== UNKNOWN) f[key] = v;
 }
