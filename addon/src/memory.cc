@@ -1,7 +1,6 @@
 // glibc's allocator, as TypeScript asks (ts/native/memory.ts): malloc_trim hands the free pages
-// of every arena back to the kernel; mallinfo2 says how much is in use and free; mallopt sets
-// one allocator parameter. When and with which
-// values is decided in TypeScript (ts/proxy/memory.ts).
+// of every arena back to the kernel; mallinfo2 says how much is in use and free. When is decided
+// in TypeScript (ts/proxy/memory.ts).
 #include "addon.h"
 
 #include <malloc.h>
@@ -11,11 +10,6 @@ namespace inpod {
 // mallocTrim(pad) -> 1 if memory was released, 0 if none could be.
 static Napi::Value MallocTrim(const Napi::CallbackInfo &info) {
   return Napi::Number::New(info.Env(), malloc_trim(static_cast<size_t>(U32Arg(info, 0))));
-}
-
-// mallopt(param, value) -> 1 on success, 0 on error (glibc sets no errno).
-static Napi::Value Mallopt(const Napi::CallbackInfo &info) {
-  return Napi::Number::New(info.Env(), mallopt(IntArg(info, 0), IntArg(info, 1)));
 }
 
 // mallinfo2() -> {arena, hblkhd, uordblks, fordblks, keepcost}: bytes from sbrk, in mmapped
@@ -34,7 +28,6 @@ static Napi::Value Mallinfo(const Napi::CallbackInfo &info) {
 
 void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim));
-  exports.Set("mallopt", Napi::Function::New(env, Mallopt));
   exports.Set("mallinfo", Napi::Function::New(env, Mallinfo));
 }
 

@@ -142,7 +142,6 @@ export interface NativeAddon {
   recvFds(fd: number, maxBytes: number, maxFds: number): RecvResult | number;
   statfsType(path: string): number;
   mallocTrim(pad: number): number;
-  mallopt(param: number, value: number): number;
   mallinfo(): MallocInfo;
   netnsAddrs(nsFd: number): { ipv4: string[]; ipv6: string[] } | SysFail;
   netnsWrite(nsFd: number, path: string, value: string): number | SysFail;

@@ -1,17 +1,11 @@
 /**
  * glibc's allocator (addon/src/memory.cc): hand free pages back to the kernel, read how much is
- * in use and free, set a parameter.
- * What to set and when to trim is decided by the caller (ts/proxy/memory.ts).
+ * in use and free.
+ * When to trim is decided by the caller (ts/proxy/memory.ts).
  */
 import { addon, type MallocInfo } from './addon.js';
 
 export type { MallocInfo } from './addon.js';
-
-/** mallopt parameters (glibc's malloc.h). */
-export const M_TRIM_THRESHOLD = -1;
-export const M_TOP_PAD = -2;
-export const M_MMAP_THRESHOLD = -3;
-export const M_ARENA_MAX = -8;
 
 /**
  * malloc_trim(pad): returns the free memory of every arena to the kernel (the top of the heap by
@@ -20,11 +14,6 @@ export const M_ARENA_MAX = -8;
  */
 export function mallocTrim(pad = 0): boolean {
   return addon().mallocTrim(pad) === 1;
-}
-
-/** mallopt(param, value); false when glibc refused the value. */
-export function mallopt(param: number, value: number): boolean {
-  return addon().mallopt(param, value) === 1;
 }
 
 /** glibc's view of its arenas (mallinfo2: walks the free lists, microseconds). */
