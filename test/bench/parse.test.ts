@@ -1,12 +1,12 @@
 /** The bench's parsers and summaries, on captured output of the real tools. */
 import { describe, expect, it } from 'vitest';
 import { iperfNotReady, parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
-import { parseCgroupUsage, parsePidStat, parseProcStat, parseRssKb, parseSoftirqs } from '../../ts/bench/cpu.js';
+import { parseCgroupUsage, parsePidStat, parseProcMemory, parseProcStat, parseSoftirqs } from '../../ts/bench/cpu.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
 import { ALL_CONFIGS } from '../../ts/bench/env.js';
 import { configsOf } from '../../ts/bench/report.js';
 import { percentile, ratio, stat, type Row } from '../../ts/bench/stats.js';
-import { connectionPlan, listeningPorts, parseProcMemory } from '../../ts/bench/memory.js';
+import { connectionPlan, listeningPorts } from '../../ts/bench/memory.js';
 import { shebangLaunch } from '../../ts/bench/procs.js';
 
 const WRK = `Running 2s test @ http://10.200.113.3:80/1k
@@ -58,7 +58,7 @@ describe('bench parsers', () => {
     expect(parsePidStat(stat)).toEqual({ user: 2.5, sys: 0.75 });
     expect(parseProcStat('cpu  100 0 50 1000 5 0 20 0 0 0\ncpu0 1 2 3\n')).toEqual({ softirq: 0.2, busy: 1.7, irq: 0.2 });
     expect(parseSoftirqs('       CPU0  CPU1\n  NET_TX:  1  2\n  NET_RX:  10  20\n  TIMER: 5 5\n')).toBe(33);
-    expect(parseRssKb('Name:\tx\nVmRSS:\t   3120 kB\n')).toBe(3120);
+    expect(parseProcMemory('Name:\tx\nVmRSS:\t   3120 kB\n').rssKb).toBe(3120);
     expect(parseCgroupUsage('usage_usec 2500000\nuser_usec 1\n')).toBe(2.5);
   });
 });

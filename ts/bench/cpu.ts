@@ -50,10 +50,21 @@ export function parseSoftirqs(text: string): number {
   return n;
 }
 
-/** VmRSS in KiB from /proc/<pid>/status (0 when absent). */
-export function parseRssKb(text: string): number {
-  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(text);
-  return m ? Number(m[1]) : 0;
+/** The kernel's view of a process's memory, KiB (/proc/<pid>/status). */
+export interface ProcMemory {
+  rssKb: number;
+  /** RssAnon: heap, stacks, malloc arenas, V8's heap */
+  anonKb: number;
+  /** RssFile: the node binary's and the libraries' pages */
+  fileKb: number;
+  /** VmHWM: the highest RSS so far */
+  hwmKb: number;
+}
+
+/** The memory lines of /proc/<pid>/status (0 for a line that is absent, or no text). */
+export function parseProcMemory(text: string): ProcMemory {
+  const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)\\s+kB`, 'm').exec(text)?.[1] ?? 0);
+  return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), fileKb: kb('RssFile'), hwmKb: kb('VmHWM') };
 }
 
 /** usage_usec of a cgroup2 cpu.stat, in seconds (0 when absent). */
@@ -143,5 +154,5 @@ export function delta(a: CpuSnapshot, b: CpuSnapshot): CpuDelta {
 
 /** Summed RSS of the processes, KiB. */
 export function rssKb(pids: number[]): number {
-  return pids.reduce((a, p) => a + parseRssKb(readOr(`/proc/${p}/status`, '')), 0);
+  return pids.reduce((a, p) => a + parseProcMemory(readOr(`/proc/${p}/status`, '')).rssKb, 0);
 }

@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { SimPod } from '../sim/node.js';
 import type { BenchEnv } from './env.js';
+import { parseProcMemory, type ProcMemory } from './cpu.js';
 import { inNetns } from './procs.js';
 import type { MemAppReply, MemAppRequest } from './memapp.js';
 import type { Progress } from './traffic.js';
@@ -34,17 +35,6 @@ export interface MemoryPlan {
 }
 
 export const DEFAULT_MEMORY_PLAN: MemoryPlan = { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40] };
-
-/** The kernel's view of a process's memory, KiB (/proc/<pid>/status). */
-export interface ProcMemory {
-  rssKb: number;
-  /** RssAnon: heap, stacks, malloc arenas, V8's heap */
-  anonKb: number;
-  /** RssFile: the node binary's and the libraries' pages */
-  fileKb: number;
-  /** VmHWM: the highest RSS so far */
-  hwmKb: number;
-}
 
 /** What the proxy's admin /memory says, bytes. */
 export interface HeapFigures {
@@ -74,12 +64,6 @@ export interface MemoryResult {
   failed: number;
   firstError?: string;
   points: MemoryPoint[];
-}
-
-/** The memory lines of /proc/<pid>/status (0 for a line that is absent). */
-export function parseProcMemory(text: string): ProcMemory {
-  const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)\\s+kB`, 'm').exec(text)?.[1] ?? 0);
-  return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), fileKb: kb('RssFile'), hwmKb: kb('VmHWM') };
 }
 
 export function procMemory(pid: number): ProcMemory {
