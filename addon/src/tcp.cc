@@ -11,6 +11,7 @@
 #include <linux/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <algorithm>
 #include <cstring>
@@ -204,6 +205,13 @@ static Napi::Value SocketCookie(const Napi::CallbackInfo &info) {
   return Napi::BigInt::New(info.Env(), c);
 }
 
+// dupFd(fd) -> a new fd (close-on-exec) for the same open socket | -errno: the native HBONE
+// engine is handed a copy while Node keeps its own (ts/proxy/hbone/native.ts handOver).
+static Napi::Value DupFd(const Napi::CallbackInfo &info) {
+  int fd = fcntl(IntArg(info, 0), F_DUPFD_CLOEXEC, 0);
+  return Napi::Number::New(info.Env(), fd < 0 ? -errno : fd);
+}
+
 // tcpWritten(fd) -> bytes the socket has taken for sending so far (acked + still queued), up to
 // a constant fixed at connection setup | -errno. Read acked first: an ACK landing between the two
 // reads can only make the sum smaller, never larger than what was written.
@@ -277,6 +285,7 @@ void InitTcp(Napi::Env env, Napi::Object exports) {
   exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie));
+  exports.Set("dupFd", Napi::Function::New(env, DupFd));
   exports.Set("tcpWritten", Napi::Function::New(env, TcpWritten));
   exports.Set("tcpReceived", Napi::Function::New(env, TcpReceived));
   exports.Set("recvPeek", Napi::Function::New(env, RecvPeek));

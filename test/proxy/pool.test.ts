@@ -7,8 +7,8 @@
 import { EventEmitter } from 'node:events';
 import type { ClientHttp2Session } from 'node:http2';
 import { describe, expect, it, vi } from 'vitest';
-import { HbonePool, MAX_STREAMS_PER_CONNECTION, type ConnectHeaders, type HboneRequest, type HboneSource } from '../../ts/proxy/pool.js';
-import type { CertManager } from '../../ts/identity/manager.js';
+import { HbonePool, MAX_STREAMS_PER_CONNECTION, type ConnectHeaders, type HboneRequest, type HboneSource, type Tunnel } from '../../ts/proxy/pool.js';
+import { nodeLink, type NodeTunnel } from '../../ts/proxy/hbone/client.js';
 
 /** A session whose streams are answered with `status`; `close()` ends it once its streams are done, as HTTP/2 does. */
 class FakeSession extends EventEmitter {
@@ -58,18 +58,20 @@ class FakeStream extends EventEmitter {
 function fakePool(o: { status?: number; failDial?: () => Error | null; goawayCrossing?: (dial: number) => boolean } = {}): { pool: HbonePool; dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] } {
   const dials: { src: HboneSource; req: HboneRequest; session: FakeSession }[] = [];
   const pool = new HbonePool({
-    certs: {} as CertManager,
     dial: async (src, req) => {
       const failed = o.failDial?.();
       if (failed) throw failed;
       const session = new FakeSession(o.status);
       session.goawayCrossing = o.goawayCrossing?.(dials.length) ?? false;
       dials.push({ src, req, session });
-      return { session: session as unknown as ClientHttp2Session, peerIdentity: req.identities[0]! };
+      return nodeLink({ session: session as unknown as ClientHttp2Session, peerIdentity: req.identities[0]! });
     },
   });
   return { pool, dials };
 }
+
+/** The Node stream under a pooled tunnel (the fake session's). */
+const streamOf = (t: Tunnel): NodeTunnel['stream'] => (t.tunnel as NodeTunnel).stream;
 
 const src = (over: Partial<HboneSource> = {}): HboneSource => ({
   owner: 'u-a#1', nsFd: -1, identity: { trustDomain: 'cluster.local', namespace: 'default', serviceAccount: 'a' }, ip: '10.200.1.2', ...over,
@@ -87,7 +89,7 @@ describe('HBONE pool', () => {
     expect(dials).toHaveLength(1);
     expect(pool.size).toBe(1);
     expect(t1.peerIdentity).toBe('spiffe://cluster.local/ns/shop/sa/web');
-    expect((t2.stream as unknown as FakeStream).headers).toEqual({ ':method': 'CONNECT', ':authority': '10.200.1.3:9090', ...hdrs });
+    expect((streamOf(t2) as unknown as FakeStream).headers).toEqual({ ':method': 'CONNECT', ':authority': '10.200.1.3:9090', ...hdrs });
   });
 
   it('never shares a connection across sandboxes, source IPs, source or destination identities, or destinations', async () => {
@@ -116,7 +118,7 @@ describe('HBONE pool', () => {
     const { pool, dials } = fakePool();
     const tunnels = await Promise.all(Array.from({ length: 2 * MAX_STREAMS_PER_CONNECTION }, () => pool.open(src(), req(), hdrs)));
     expect(dials.map((d) => d.session.streams.length)).toEqual([100, 100]);
-    tunnels[0]!.stream.close(); // a stream of the first connection ends
+    streamOf(tunnels[0]!).close(); // a stream of the first connection ends
     await pool.open(src(), req(), hdrs);
     expect(dials).toHaveLength(2);
     expect(dials.map((d) => d.session.streams.length)).toEqual([101, 100]);
@@ -151,7 +153,7 @@ describe('HBONE pool', () => {
     try {
       const { pool, dials } = fakePool();
       const t = await pool.open(src(), req(), hdrs);
-      t.stream.close();
+      streamOf(t).close();
       vi.advanceTimersByTime(29_999);
       expect(dials[0]!.session.closed).toBe(false);
       vi.advanceTimersByTime(1);
@@ -168,12 +170,12 @@ describe('HBONE pool', () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     try {
       const { pool, dials } = fakePool();
-      (await pool.open(src(), req(), hdrs)).stream.close();
+      streamOf(await pool.open(src(), req(), hdrs)).close();
       vi.advanceTimersByTime(29_000);
       const t = await pool.open(src(), req(), hdrs); // the idle timer stops here
       vi.advanceTimersByTime(60_000);
       expect(dials[0]!.session.closed).toBe(false);
-      t.stream.close(); // and starts again once the connection is idle again
+      streamOf(t).close(); // and starts again once the connection is idle again
       vi.advanceTimersByTime(30_000);
       expect(dials[0]!.session.closed).toBe(true);
       expect(dials).toHaveLength(1);
@@ -187,7 +189,7 @@ describe('HBONE pool', () => {
     try {
       const { pool, dials } = fakePool();
       const [a] = await Promise.all([pool.open(src(), req(), hdrs), pool.open(src(), req(), hdrs)]);
-      a.stream.close();
+      streamOf(a).close();
       vi.advanceTimersByTime(60_000);
       expect(dials[0]!.session.closed).toBe(false);
       await pool.open(src(), req(), hdrs);
@@ -213,7 +215,7 @@ describe('HBONE pool', () => {
     dials[0]!.session.goawayCrossing = true; // the peer drains (a proxy rollout) as the next CONNECT leaves
     const t = await pool.open(src(), req(), hdrs);
     expect(dials).toHaveLength(2);
-    expect(dials[1]!.session.streams).toEqual([t.stream]);
+    expect(dials[1]!.session.streams).toEqual([streamOf(t)]);
   });
 
   it('retries a refused stream only once: a peer that refuses again gets its refusal through', async () => {

@@ -32,6 +32,8 @@ export const ZTUNNEL_USAGE = `  inpod ztunnel  [--config FILE | --xds-address HO
                  [--fast-path off|on|promote]  (splice passthrough / plaintext-inbound connections in the kernel:
                  on: as soon as decided; promote: once a connection carried 64 KiB or lasted 50 ms; default off)
                  [--same-node hbone|direct]  (direct: pods on this node skip HBONE, delivered and spliced inside the node)
+                 [--byte-path node|native]  (what moves HBONE bytes: Node's tls/http2, or the addon's native engine; default node,
+                 or INPOD_BYTE_PATH)
                  [--auto-allow-waypoint-policy]  (Kubernetes state: as istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY, workloads
                  behind a waypoint admit only it unless other ALLOW policies apply)
                  [--ca-address https://istiod.istio-system.svc:15012 [--ca-root-ca FILE] [--auth-token FILE] [--cluster-id ID] [--alt-ca-hostname H]]
@@ -75,6 +77,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'readiness-addr': { type: 'string', default: READINESS_ADDR },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
+      'byte-path': { type: 'string', default: process.env.INPOD_BYTE_PATH ?? 'node' },
       'auto-allow-waypoint-policy': { type: 'boolean', default: false },
       'ca-address': { type: 'string' },
       'ca-root-ca': { type: 'string' },
@@ -91,6 +94,8 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
   const sameNode = v['same-node'];
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
+  const bytePath = v['byte-path'];
+  if (bytePath !== 'node' && bytePath !== 'native') throw new MeshError('INPOD_ERR_USAGE', `--byte-path ${bytePath}: want node or native`);
   // before anything starts: a malformed value refuses to start, as in ztunnel
   const hbone = http2LimitsFromEnv(process.env);
   const sources = (['config', 'manifests', 'xds-address', 'kubeconfig'] as const).filter((k) => v[k] !== undefined);
@@ -124,7 +129,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
     await src.start();
     log.info('state from the Kubernetes API (pods, nodes, namespaces, services, endpointslices, authorizationpolicies, gateways, gatewayclasses)');
   }
-  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone });
+  const zt = await Ztunnel.create({ trustDomain: v['trust-domain']!, caDir: v['ca-dir']!, identity, state, log, fastPath, sameNode, hbone, bytePath });
   // memory grown under a load goes back to the kernel once the load is over
   const memory = new MemoryReturner({ log: logger('memory') });
   let xds: XdsSource | undefined;

@@ -128,6 +128,7 @@ export interface NativeAddon {
   setsockoptInt(fd: number, level: number, name: number, value: number): number;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketCookie(fd: number): bigint | number;
+  dupFd(fd: number): number;
   tcpWritten(fd: number): number;
   tcpReceived(fd: number): number;
   recvPeek(fd: number): number;

@@ -10,15 +10,17 @@
  * addressed is read from `forwarded` (parse_forwarded_host), and the 200 carries this workload's
  * `baggage` (build_response).
  */
-import type { Http2SecureServer, ServerHttp2Stream } from 'node:http2';
+import type { ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import type net from 'node:net';
+import type { SecureContextOptions } from 'node:tls';
 import { spiffeUri } from '../identity/spiffe.js';
 import type { IssuedCert } from '../identity/ca.js';
 import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import { parseSocketAddr, socketAddr } from '../util/sockaddr.js';
 import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
-import { createHboneServer, type HboneStreamContext } from './hbone/server.js';
+import type { NativeInboundStream, NativeListener } from './hbone/native.js';
+import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
 import { admit } from './inbound-plaintext.js';
 import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
@@ -28,38 +30,96 @@ import { isSelfCall, type Addr } from './route.js';
 import { isWaypointFor } from './waypoint.js';
 import { podListenerFd } from './sockets.js';
 
+/** One CONNECT as either byte path hands it over (Node's hbone/server.ts, the engine's hbone/native.ts). */
+type InboundStream = Omit<NativeInboundStream, 'headers'> & { headers: Record<string, string | string[] | undefined> };
+
 /**
- * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity). The caller owns
- * the server: it rotates the certificate (setSecureContext) and closes it.
+ * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity; null: none, every
+ * handshake fails), on the proxy's byte path: Node's (hbone/server.ts) or the native engine's
+ * when the proxy has one. The caller owns the listener: it rotates the certificate, drains and
+ * closes it. Each connection a peer opens counts as an open socket (istio_tcp_sockets_open).
  */
-export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'>): Promise<Http2SecureServer> {
+export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): Promise<NativeListener> {
+  const fd = podListenerFd(pi.netns.fd, PORTS.hbone);
+  if (pi.native) {
+    return pi.native.listen(fd, cert, {
+      verify: (uris, remote) => {
+        const peer = peerOfUris(uris, pi.trustDomain);
+        if (!peer) pi.log.info({ peer: socketAddr(remote), sans: uris }, `hbone: peer refused: no identity in trust domain ${pi.trustDomain}`);
+        return peer;
+      },
+      request: (s) => void serveStream(pi, s).catch((e: Error) => {
+        pi.log.warn({ err: e.message, peer: s.remote }, 'hbone: stream handler failed');
+        s.refuse(503);
+      }),
+      opened: () => pi.observer.socketOpened('destination'),
+    });
+  }
   const server = createHboneServer({
-    cert: cert.chainPem,
-    key: cert.keyPem,
+    cert: cert?.chainPem ?? '',
+    key: cert?.keyPem ?? '',
     ca: pi.certs.rootPem,
     trustDomain: pi.trustDomain,
     limits: pi.hboneLimits,
     log: pi.log,
-    onStream: (s) => serveStream(pi, s),
+    onStream: (s) => serveStream(pi, nodeStream(s)),
   });
-  const fd = podListenerFd(pi.netns.fd, PORTS.hbone);
+  const sessions = new Set<ServerHttp2Session>();
+  let draining = false;
+  server.on('connection', (s: net.Socket) => void s.once('close', pi.observer.socketOpened('destination')));
+  server.on('session', (session: ServerHttp2Session) => {
+    // a handshake that was under way when the pod stopped: told GOAWAY at once
+    if (draining) return void session.close();
+    sessions.add(session);
+    session.once('close', () => sessions.delete(session));
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ fd }, () => resolve());
   });
-  return server;
+  return {
+    rotate: (c) => server.setSecureContext(hboneContext(pi.certs.rootPem, c)),
+    drain: () => {
+      draining = true;
+      for (const session of sessions) if (!session.closed && !session.destroyed) session.close();
+    },
+    close: (cb) => void server.close(() => cb()),
+  };
+}
+
+/**
+ * The listener's secure context for `cert` (null: none, every handshake fails). setSecureContext
+ * resets every TLS option it is not given (the minimum version included, which would let TLS 1.2
+ * in after a rotation): the versions of hbone/server.ts are given again.
+ */
+function hboneContext(rootPem: string, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): SecureContextOptions {
+  return { ...(cert ? { cert: cert.chainPem, key: cert.keyPem } : {}), ca: rootPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
+}
+
+/** A stream of Node's byte path as inbound.ts serves it. */
+function nodeStream({ stream, headers, peer, remote, localIp }: HboneStreamContext): InboundStream {
+  return {
+    headers, peer, remote, localIp,
+    gone: () => stream.destroyed || stream.closed,
+    refuse: (status) => respond(stream, status, true),
+    accept: (baggage, up, done) => {
+      respond(stream, 200, false, baggage);
+      relay(stream, up, done);
+    },
+  };
 }
 
 /**
  * One CONNECT on 15008. The stream may be reset by the peer at any await: every step after one
  * re-checks it, and an upstream connection made for a stream that is gone is closed at once.
  */
-async function serveStream(pi: PodInputs, { stream, headers, peer, remote, localIp }: HboneStreamContext): Promise<void> {
+async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> {
+  const { headers, peer, remote, localIp } = stream;
   const started = Date.now();
   const traceId = (parseTraceParent(headers.traceparent) ?? newTraceParent()).traceId;
   const refuse = (status: number, why: string): void => {
     pi.log.debug({ inbound: { id: traceId, peer: socketAddr(remote) }, status, why, authority: headers[':authority'] }, 'hbone: request rejected');
-    respond(stream, status, true);
+    stream.refuse(status);
   };
   // refused before it is reported (ztunnel's build_inbound_request failing): the access log's "connection failed"
   const early = (status: number, why: string): void => {
@@ -92,13 +152,12 @@ async function serveStream(pi: PodInputs, { stream, headers, peer, remote, local
     conn.failed(err);
     return refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503, err.message);
   }
-  if (stream.destroyed || stream.closed) {
+  if (stream.gone()) {
     up.destroy();
     conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
     return;
   }
-  respond(stream, 200, false, baggageOf(self ?? pi.info));
-  relay(stream, up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+  stream.accept(baggageOf(self ?? pi.info), up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
 }
 
 /**

@@ -14,6 +14,7 @@ import { MeshError } from '../util/errors.js';
 import { localOf, peerOf, socketAddr } from '../util/sockaddr.js';
 import type { FastPath } from './fastpath/index.js';
 import type { HboneLimits } from './hbone/limits.js';
+import type { NativeHbone } from './hbone/native.js';
 import type { Authorizer, ConnContext, ConnObserver } from './hooks.js';
 import type { HbonePool } from './pool.js';
 import type { PolicyWatcher } from './policy-watch.js';
@@ -47,6 +48,8 @@ export interface ProxyDeps {
   localPod?: (ip: string) => PodInputs | undefined;
   /** the HBONE server's per-peer limits (defaults: hbone/limits.ts) */
   hboneLimits?: Partial<HboneLimits>;
+  /** the native HBONE byte path (`--byte-path native`); absent: Node's tls and http2 move the bytes */
+  native?: NativeHbone;
 }
 
 /** One served pod (one sandbox): the shared parts, and its own. */

@@ -14,7 +14,6 @@ import { MeshError } from '../util/errors.js';
 import { baggageOf, forwardedFor, formatTraceParent, newTraceParent, type TraceParent } from './hbone/headers.js';
 import type { ConnContext } from './hooks.js';
 import { capturedDestination, ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
-import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { buildRoute, isSelfCall, type Route } from './route.js';
 import { sameNode } from './same-node.js';
@@ -83,13 +82,13 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     pi.fastPath.relay(down, up, (r) => conn.relayed(r));
     return;
   }
-  const { stream, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip }, route, {
+  const { tunnel, peerIdentity } = await pi.pool.open({ owner: pi.poolOwner, nsFd: pi.netns.fd, identity: pi.identity, ip: conn.ctx.src.ip }, route, {
     baggage: sourceBaggage(pi, conn.ctx.src.ip),
     forwarded: forwardedFor(conn.ctx.src, route.service?.hostname),
     traceparent: formatTraceParent(trace),
   });
   conn.ctx.dst.identity = peerIdentity;
-  relay(down, stream, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+  tunnel.relay(down, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
 }
 
 /**

@@ -6,14 +6,13 @@
  * open are left to finish. The listeners share their ports with a newer proxy's (SO_REUSEPORT,
  * sockets.ts podListenerFd), so a proxy rollout never leaves the pod without one.
  */
-import type { Http2SecureServer, ServerHttp2Session } from 'node:http2';
 import type net from 'node:net';
-import type { SecureContextOptions } from 'node:tls';
 import type { Fd } from '../native/index.js';
 import { spiffeUri, type Identity } from '../identity/spiffe.js';
 import { PORTS } from '../istio.js';
 import type { Logger } from '../util/log.js';
 import { inboundPlaintext } from './inbound-plaintext.js';
+import type { NativeListener } from './hbone/native.js';
 import { startInbound } from './inbound.js';
 import type { PodInfo, PodInputs, ProxyDeps } from './inputs.js';
 import { outbound } from './outbound.js';
@@ -34,9 +33,9 @@ export class PodProxy {
   /** what the pod's listeners read */
   readonly inputs: PodInputs;
   readonly listeners: Record<string, number> = {};
-  readonly #servers: (net.Server | Http2SecureServer)[] = [];
-  /** the HBONE connections peers opened to this pod (15008), open now */
-  readonly #sessions = new Set<ServerHttp2Session>();
+  readonly #servers: { close(cb: () => void): unknown }[] = [];
+  /** the HBONE listener (15008), which drains the connections peers opened to this pod */
+  #hboneListener?: NativeListener;
   #drained: Promise<void> = Promise.resolve();
   #stopped = false;
   readonly #log: Logger;
@@ -91,7 +90,7 @@ export class PodProxy {
     clearTimeout(this.#certTimer);
     this.inputs.pool.retire(this.inputs.poolOwner);
     const closing = this.#servers.splice(0).map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const session of this.#sessions) if (!session.closed && !session.destroyed) session.close();
+    this.#hboneListener?.drain();
     // the connections still open work inside the pod's netns (dials, transparent upstreams): it
     // is let go once they have ended
     if (closing.length === 0) return this.#release();
@@ -129,7 +128,7 @@ export class PodProxy {
    * without one, and while it holds none (or only an expired one) it has no certificate at all:
    * every handshake fails, until the manager has a valid one again.
    */
-  async #hbone(): Promise<Http2SecureServer> {
+  async #hbone(): Promise<NativeListener> {
     const { certs } = this.inputs;
     let timeout: NodeJS.Timeout | undefined;
     const first = await Promise.race([
@@ -139,25 +138,20 @@ export class PodProxy {
     const cert = first instanceof Error || first === null ? null : first;
     if (!cert) this.#log.warn({ identity: this.inputs.uri, err: first instanceof Error ? first.message : 'still waiting for the CA' }, 'no certificate for the pod yet: HBONE handshakes to it fail until one is issued');
     this.#certSerial = cert?.serial ?? '';
-    const server = await startInbound(this.inputs, cert ?? { chainPem: '', keyPem: '' });
-    server.on('connection', (s: net.Socket) => this.#counted(s, 'destination'));
-    server.on('session', (session: ServerHttp2Session) => {
-      // a handshake that was under way when the pod stopped: told GOAWAY at once
-      if (this.#stopped) return void session.close();
-      this.#sessions.add(session);
-      session.once('close', () => this.#sessions.delete(session));
-    });
+    const server = await startInbound(this.inputs, cert);
+    this.#hboneListener = server;
+    if (this.#stopped) server.drain();
     const check = (): void => {
       this.#certTimer = undefined;
       certs.get(this.identity).then((c) => {
         if (c.serial === this.#certSerial) return;
         this.#certSerial = c.serial;
-        server.setSecureContext(hboneContext(certs.rootPem, c));
+        server.rotate(c);
         this.#log.info({ identity: c.identity, serial: c.serial }, 'hbone: serving the pod\'s new certificate');
       }, (e: Error) => {
         if (this.#certSerial === '') return;
         this.#certSerial = '';
-        server.setSecureContext(hboneContext(certs.rootPem, null));
+        server.rotate(null);
         this.#log.warn({ identity: this.inputs.uri, err: e.message }, 'no valid certificate for the pod: HBONE handshakes to it fail until one is issued');
       }).finally(() => {
         if (this.#stopped) return;
@@ -171,11 +165,3 @@ export class PodProxy {
   }
 }
 
-/**
- * The listener's secure context for `cert` (null: none, every handshake fails). setSecureContext
- * resets every TLS option it is not given (the minimum version included, which would let TLS 1.2
- * in after a rotation): the versions of hbone/server.ts are given again.
- */
-function hboneContext(rootPem: string, cert: { chainPem: string; keyPem: string } | null): SecureContextOptions {
-  return { ...(cert ? { cert: cert.chainPem, key: cert.keyPem } : {}), ca: rootPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
-}

@@ -5,38 +5,32 @@
  * account, or two sandboxes of one pod, never share one. At most 100 streams per connection;
  * concurrent openers of one key wait for one new connection instead of each dialing; a
  * connection with no stream left closes after the idle timeout; a retired sandbox's connections
- * take no new stream. The connections themselves are hbone/client.ts's.
+ * take no new stream. The connections themselves are a byte path's: Node's tls and http2
+ * (hbone/client.ts) or the addon's engine (hbone/native.ts), both behind HboneLink.
  */
-import { constants, type ClientHttp2Stream } from 'node:http2';
 import { spiffeUri } from '../identity/spiffe.js';
-import type { CertManager } from '../identity/manager.js';
-import { answered, dialHbone, sendConnect, type HboneConnection, type HboneRequest, type HboneSource } from './hbone/client.js';
+import type { HboneLink, HboneRequest, HboneSource, HboneTunnel } from './hbone/link.js';
 import type { ConnectHeaders } from './hbone/headers.js';
-import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './hbone/limits.js';
 
-export type { HboneRequest, HboneSource } from './hbone/client.js';
+export type { HboneRequest, HboneSource, HboneTunnel } from './hbone/link.js';
 export type { ConnectHeaders } from './hbone/headers.js';
 
 export const MAX_STREAMS_PER_CONNECTION = 100;
-const { NGHTTP2_REFUSED_STREAM } = constants;
 
-interface Pooled extends HboneConnection {
+interface Pooled {
+  link: HboneLink;
   active: number;
   idleTimer?: NodeJS.Timeout;
 }
 
 export interface HbonePoolOptions {
-  certs: CertManager;
-  connectTimeoutMs?: number;
   idleTimeoutMs?: number;
-  /** PING keepalive, windows and frame size of pooled connections (default: ztunnel's) */
-  limits?: Partial<Pick<HboneLimits, 'pingIntervalMs' | 'pingTimeoutMs' | 'streamWindowSize' | 'connectionWindowSize' | 'maxFrameSize'>>;
-  /** makes a connection (default: dialHbone; tests pass a fake) */
-  dial?: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
+  /** makes a connection: the byte path's dialer (hbone/client.ts nodeDialer, hbone/native.ts; tests pass a fake) */
+  dial: (src: HboneSource, req: HboneRequest) => Promise<HboneLink>;
 }
 
 export interface Tunnel {
-  stream: ClientHttp2Stream;
+  tunnel: HboneTunnel;
   peerIdentity: string;
 }
 
@@ -49,12 +43,11 @@ export class HbonePool {
   readonly #conns = new Map<string, Pooled[]>();
   readonly #pending = new Map<string, Promise<Pooled>>();
   readonly #idleTimeoutMs: number;
-  readonly #dial: (src: HboneSource, req: HboneRequest) => Promise<HboneConnection>;
+  readonly #dial: (src: HboneSource, req: HboneRequest) => Promise<HboneLink>;
 
   constructor(opts: HbonePoolOptions) {
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 30_000;
-    const dial = { certs: opts.certs, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, h2: { ...DEFAULT_HBONE_LIMITS, ...opts.limits } };
-    this.#dial = opts.dial ?? ((src, req) => dialHbone(dial, src, req));
+    this.#dial = opts.dial;
   }
 
   /** The most streams any one pooled connection carried at once. */
@@ -73,23 +66,18 @@ export class HbonePool {
    * A stream the peer refused unprocessed (REFUSED_STREAM: it sent GOAWAY before it saw the
    * stream, as a proxy that drains for a rollout does) is tried once more on another
    * connection: HTTP/2 says such a stream is safe to retry (RFC 9113, 8.7), and the client's
-   * connection is then carried instead of reset. Throws what hbone/client.ts throws
+   * connection is then carried instead of reset. Throws what the link throws
    * (MeshError INPOD_ERR_HBONE_*).
    */
   async open(src: HboneSource, req: HboneRequest, headers: ConnectHeaders): Promise<Tunnel> {
     for (let attempt = 1; ; attempt++) {
       const pc = await this.#connection(poolKey(src, req), src, req);
       clearTimeout(pc.idleTimer);
-      let stream: ClientHttp2Stream | undefined;
       try {
-        stream = sendConnect(pc.session, req, headers);
-        stream.once('close', () => this.#release(pc));
-        await answered(stream, req);
-        return { stream, peerIdentity: pc.peerIdentity };
+        const tunnel = await pc.link.connect(req, headers, () => this.#release(pc));
+        return { tunnel, peerIdentity: pc.link.peerIdentity };
       } catch (e) {
-        if (!stream) this.#release(pc); // the session was closing: no stream was made
-        const unprocessed = stream ? stream.rstCode === NGHTTP2_REFUSED_STREAM : (e as { code?: string }).code === 'ERR_HTTP2_GOAWAY_SESSION';
-        if (attempt >= 2 || !unprocessed) throw e;
+        if (attempt >= 2 || !(e as { unprocessed?: boolean }).unprocessed) throw e;
       }
     }
   }
@@ -102,8 +90,8 @@ export class HbonePool {
   async #connection(key: string, src: HboneSource, req: HboneRequest): Promise<Pooled> {
     let live = this.#conns.get(key);
     // pruned (a new list) only when one of them has closed: not a list per tunnel
-    if (live?.some((c) => c.session.closed || c.session.destroyed)) {
-      live = live.filter((c) => !c.session.closed && !c.session.destroyed);
+    if (live?.some((c) => c.link.closed)) {
+      live = live.filter((c) => !c.link.closed);
       this.#conns.set(key, live);
     }
     const free = live?.find((c) => c.active < MAX_STREAMS_PER_CONNECTION);
@@ -111,11 +99,11 @@ export class HbonePool {
     // concurrent openers share one new connection instead of racing to make many
     let p = this.#pending.get(key);
     if (!p) {
-      p = this.#dial(src, req).then((c): Pooled => ({ ...c, active: 0 })).finally(() => this.#pending.delete(key));
+      p = this.#dial(src, req).then((link): Pooled => ({ link, active: 0 })).finally(() => this.#pending.delete(key));
       this.#pending.set(key, p);
       const pc = await p;
       this.#conns.get(key)?.push(pc) ?? this.#conns.set(key, [pc]);
-      pc.session.once('close', () => this.#conns.set(key, (this.#conns.get(key) ?? []).filter((x) => x !== pc)));
+      pc.link.onClose(() => this.#conns.set(key, (this.#conns.get(key) ?? []).filter((x) => x !== pc)));
       return this.#take(pc);
     }
     const pc = await p;
@@ -133,7 +121,7 @@ export class HbonePool {
     if (pc.active > 0) return;
     clearTimeout(pc.idleTimer);
     pc.idleTimer = setTimeout(() => {
-      if (pc.active === 0) pc.session.close();
+      if (pc.active === 0) pc.link.close();
     }, this.#idleTimeoutMs);
     pc.idleTimer.unref();
   }
@@ -145,14 +133,14 @@ export class HbonePool {
   retire(owner: string): void {
     for (const [key, l] of this.#conns) {
       if (!key.startsWith(`${owner}|`)) continue;
-      for (const c of l) c.session.close();
+      for (const c of l) c.link.close();
       this.#conns.delete(key);
     }
   }
 
   /** Tears every pooled connection down at once. */
   close(): void {
-    for (const l of this.#conns.values()) for (const c of l) c.session.destroy();
+    for (const l of this.#conns.values()) for (const c of l) c.link.destroy();
     this.#conns.clear();
   }
 }

@@ -19,7 +19,10 @@ import type { Fd } from '../native/index.js';
 import { PolicyAuthorizer } from '../policy/authorizer.js';
 import { IstioTelemetry } from '../telemetry/istio.js';
 import { HbonePool } from './pool.js';
-import type { HboneLimits } from './hbone/limits.js';
+import { nodeDialer } from './hbone/client.js';
+import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './hbone/limits.js';
+import { NativeHbone } from './hbone/native.js';
+import { MeshError } from '../util/errors.js';
 import type { PodInputs, ProxyDeps } from './inputs.js';
 import { PodProxy, type PodInfo } from './pod.js';
 import { PolicyWatcher } from './policy-watch.js';
@@ -52,6 +55,12 @@ export interface ZtunnelOptions {
   /** per-peer limits and keepalive of HBONE connections, both ends (defaults: hbone/limits.ts) */
   hbone?: Partial<HboneLimits>;
   /**
+   * What moves HBONE bytes: 'node' (default) Node's tls and http2 in JavaScript; 'native' the
+   * addon's engine on its own thread (hbone/native.ts), every decision still made here. See
+   * ARCHITECTURE.md "The HBONE byte path" for the measured difference.
+   */
+  bytePath?: 'node' | 'native';
+  /**
    * Makes the proxy of one pod sandbox (default: a PodProxy, whose start() opens the pod's
    * listeners inside its netns). Tests of the pods' lifecycle pass one that opens nothing.
    */
@@ -61,6 +70,8 @@ export interface ZtunnelOptions {
 export class Ztunnel {
   readonly pods = new Map<string, PodProxy>();
   readonly pool: HbonePool;
+  /** the native byte path's engine, when `bytePath` is 'native' */
+  readonly native?: NativeHbone;
   readonly log: Logger;
   /** decides inbound connections from the state's AuthorizationPolicies */
   readonly authorizer: PolicyAuthorizer;
@@ -81,7 +92,9 @@ export class Ztunnel {
 
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
-    this.pool = new HbonePool({ certs, limits: opts.hbone });
+    const limits = { ...DEFAULT_HBONE_LIMITS, ...opts.hbone };
+    if ((opts.bytePath ?? bytePathFromEnv()) === 'native') this.native = new NativeHbone(certs, limits, this.log);
+    this.pool = new HbonePool({ dial: this.native?.dialer() ?? nodeDialer({ certs, connectTimeoutMs: 10_000, h2: limits }) });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
     this.policyWatch = new PolicyWatcher(opts.state, this.authorizer);
     this.telemetry = new IstioTelemetry(opts.state, this.log);
@@ -127,6 +140,7 @@ export class Ztunnel {
       fastPath: this.fastPath,
       localPod: (ip) => this.#localPod(ip),
       hboneLimits: this.opts.hbone,
+      native: this.native,
     });
     try {
       await pod.start();
@@ -242,9 +256,17 @@ export class Ztunnel {
     if (o.drain) await Promise.all(pods.map((p) => p.drained));
     this.policyWatch.close();
     this.pool.close();
+    this.native?.close();
     this.fastPath.close();
     this.certs.close();
   }
+}
+
+/** INPOD_BYTE_PATH (the CLI's default too): 'native' or 'node'; anything else is refused. */
+function bytePathFromEnv(): 'node' | 'native' {
+  const v = process.env.INPOD_BYTE_PATH ?? 'node';
+  if (v !== 'node' && v !== 'native') throw new MeshError('INPOD_ERR_CONFIG', `INPOD_BYTE_PATH=${JSON.stringify(v)}: want node or native`);
+  return v;
 }
 
 function newPodProxy(info: PodInfo, netns: Fd, deps: ProxyDeps): PodProxy {

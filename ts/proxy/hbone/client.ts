@@ -5,35 +5,26 @@
  * pod's own address. The peer must present one of the expected SPIFFE identities; a mismatch
  * names both. Every connection runs ztunnel's PING keepalive and announces ztunnel's HTTP/2
  * settings and connection window (limits.ts); the CONNECT carries ztunnel's headers
- * (headers.ts). Which connection a tunnel takes is the pool's business (../pool.ts).
+ * (headers.ts). Which connection a tunnel takes is the pool's business (../pool.ts); `nodeDialer`
+ * gives it these connections as HboneLinks (link.ts).
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import type net from 'node:net';
 import tls from 'node:tls';
 import { MARKS, PORTS } from '../../istio.js';
 import { MeshError } from '../../util/errors.js';
 import type { CertManager } from '../../identity/manager.js';
 import type { IssuedCert } from '../../identity/ca.js';
-import { uriSans, type Identity } from '../../identity/spiffe.js';
+import { uriSans } from '../../identity/spiffe.js';
+import { relay } from '../relay.js';
 import { connectIn } from '../sockets.js';
-import type { Addr } from '../route.js';
 import { socketAddr } from '../../util/sockaddr.js';
 import type { ConnectHeaders } from './headers.js';
 import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
+import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel } from './link.js';
 
-export interface HboneSource {
-  /** the sandbox being served (one pod's listeners): connections are never shared across sandboxes */
-  owner: string;
-  nsFd: number;
-  identity: Identity;
-  /** the source pod's IP: part of the pool key */
-  ip: string;
-}
-
-export interface HboneRequest {
-  target: Addr;
-  authority: Addr;
-  identities: string[];
-}
+export type { HboneRequest, HboneSource } from './link.js';
+const { NGHTTP2_REFUSED_STREAM } = http2.constants;
 
 /** A connection to a peer, its identity verified. */
 export interface HboneConnection {
@@ -77,26 +68,16 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
   // the source's own certificate first, as ztunnel's pool does (src/proxy/pool.rs): without one
   // (MeshError INPOD_ERR_CA) no connection is opened
   const cert = await o.certs.get(src.identity);
-  let sock;
-  try {
-    sock = await connectIn(src.nsFd, req.target, { mark: MARKS.proxy, timeoutMs: o.connectTimeoutMs });
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    const hint = code === 'ETIMEDOUT' ? `timed out; is a NetworkPolicy blocking HBONE (port ${PORTS.hbone})?` : code === 'ECONNREFUSED' ? 'was refused; is the destination proxy running and the pod enrolled?' : `failed (${code ?? (e as Error).message})`;
-    throw new MeshError('INPOD_ERR_HBONE_CONNECT', `connection to ${t} ${hint}`, { retryable: true, cause: e });
-  }
+  const sock = await connectHbonePeer(src, req, o.connectTimeoutMs, true);
   let peerIdentity = '';
   const tlsSock = tls.connect({
     socket: sock,
     secureContext: clientContext(cert, o.certs.rootPem),
     ALPNProtocols: ['h2'],
     checkServerIdentity: (_host, peer) => {
-      const uris = uriSans(peer.subjectaltname);
-      const match = uris.find((u) => req.identities.includes(u));
-      if (!match) {
-        return new MeshError('INPOD_ERR_HBONE_IDENTITY', `peer ${t} presented ${uris.join(', ') || 'no SPIFFE identity'}, expected ${req.identities.join(' or ')}`);
-      }
-      peerIdentity = match;
+      const v = expectedPeer(uriSans(peer.subjectaltname), req);
+      if (v instanceof MeshError) return v;
+      peerIdentity = v;
       return undefined;
     },
   });
@@ -117,6 +98,30 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
   });
   keepAlive(session, o.h2);
   return { session, peerIdentity };
+}
+
+/**
+ * The TCP connection to `req.target`'s 15008, made inside the source pod's netns with the proxy's
+ * mark (`paused`: Node does not read it). Throws MeshError INPOD_ERR_HBONE_CONNECT (retryable;
+ * the message says what to check).
+ */
+export async function connectHbonePeer(src: HboneSource, req: HboneRequest, timeoutMs: number, paused = false): Promise<net.Socket> {
+  try {
+    return await connectIn(src.nsFd, req.target, { mark: MARKS.proxy, timeoutMs, paused });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const hint = code === 'ETIMEDOUT' ? `timed out; is a NetworkPolicy blocking HBONE (port ${PORTS.hbone})?` : code === 'ECONNREFUSED' ? 'was refused; is the destination proxy running and the pod enrolled?' : `failed (${code ?? (e as Error).message})`;
+    throw new MeshError('INPOD_ERR_HBONE_CONNECT', `connection to ${socketAddr(req.target)} ${hint}`, { retryable: true, cause: e });
+  }
+}
+
+/**
+ * The one of `req.identities` among the peer certificate's URI SANs `uris`, or MeshError
+ * INPOD_ERR_HBONE_IDENTITY naming both. Pure.
+ */
+export function expectedPeer(uris: string[], req: HboneRequest): string | MeshError {
+  const match = uris.find((u) => req.identities.includes(u));
+  return match ?? new MeshError('INPOD_ERR_HBONE_IDENTITY', `peer ${socketAddr(req.target)} presented ${uris.join(', ') || 'no SPIFFE identity'}, expected ${req.identities.join(' or ')}`);
 }
 
 /**
@@ -162,6 +167,51 @@ export async function answered(stream: ClientHttp2Stream, req: HboneRequest): Pr
   });
   if (status === 200) return;
   stream.close();
+  throw statusError(status, req);
+}
+
+/** The error of a CONNECT answered `status` (not 200). Pure. */
+export function statusError(status: number, req: HboneRequest): MeshError {
   const why = status === 401 ? 'denied by authorization policy at the destination' : status === 400 ? 'rejected as malformed' : 'refused';
-  throw new MeshError(status === 401 ? 'INPOD_ERR_HBONE_DENIED' : 'INPOD_ERR_HBONE', `HBONE CONNECT to ${socketAddr(req.authority)} via ${socketAddr(req.target)} answered ${status}: ${why}`);
+  return new MeshError(status === 401 ? 'INPOD_ERR_HBONE_DENIED' : 'INPOD_ERR_HBONE', `HBONE CONNECT to ${socketAddr(req.authority)} via ${socketAddr(req.target)} answered ${status}: ${why}`);
+}
+
+/** A tunnel of Node's byte path: the stream, relayed by relay.ts. */
+export interface NodeTunnel extends HboneTunnel {
+  stream: ClientHttp2Stream;
+}
+
+/** `c` as the pool's link (link.ts). */
+export function nodeLink(c: HboneConnection): HboneLink {
+  const { session } = c;
+  return {
+    peerIdentity: c.peerIdentity,
+    get closed() {
+      return session.closed || session.destroyed;
+    },
+    close: () => session.close(),
+    destroy: () => session.destroy(),
+    onClose: (cb) => void session.once('close', cb),
+    async connect(req, headers, done): Promise<NodeTunnel> {
+      let stream: ClientHttp2Stream;
+      try {
+        stream = sendConnect(session, req, headers);
+      } catch (e) {
+        done(); // the session was closing: no stream was made
+        throw markUnprocessed(e, (e as { code?: string }).code === 'ERR_HTTP2_GOAWAY_SESSION');
+      }
+      stream.once('close', done);
+      try {
+        await answered(stream, req);
+      } catch (e) {
+        throw markUnprocessed(e, stream.rstCode === NGHTTP2_REFUSED_STREAM);
+      }
+      return { stream, relay: (down, cb) => relay(down, stream, cb), close: () => stream.close() };
+    },
+  };
+}
+
+/** The pool's dialer for Node's byte path. */
+export function nodeDialer(o: DialOptions): (src: HboneSource, req: HboneRequest) => Promise<HboneLink> {
+  return async (src, req) => nodeLink(await dialHbone(o, src, req));
 }

@@ -44,7 +44,12 @@ export interface HboneServerOptions {
 
 /** The trust-domain member among a certificate's URI SANs, or null. */
 export function peerIdentity(subjectaltname: string | undefined, trustDomain: string): Identity | null {
-  for (const uri of uriSans(subjectaltname)) {
+  return peerOfUris(uriSans(subjectaltname), trustDomain);
+}
+
+/** The trust-domain member among URI SANs `uris`, or null. Pure. */
+export function peerOfUris(uris: string[], trustDomain: string): Identity | null {
+  for (const uri of uris) {
     const id = parseSpiffe(uri);
     if (id && id.trustDomain === trustDomain) return id;
   }

@@ -1,0 +1,381 @@
+/**
+ * The native HBONE byte path (`--byte-path native`): the addon's engine (addon/src/hbone_*.cc,
+ * ts/native/hbone.ts) holds the TLS connections, their HTTP/2 sessions and the relays on its own
+ * thread, and TypeScript keeps every decision, as with Node's path (client.ts, server.ts): the
+ * peer's identity is checked here from the URI SANs the engine reports after it verified the
+ * chain (the engine waits for the verdict before HTTP/2 starts); a CONNECT received is decided
+ * by inbound.ts exactly as on Node's path; what is reported comes from the engine's byte counts
+ * when a stream ends. The bytes of a tunnel never enter JavaScript.
+ *
+ * A socket handed to the engine stays open in Node (paused, never read) until the engine reports
+ * its stream closed: listeners still count it open and drain on it, and closing it from
+ * TypeScript (a policy update revoking the connection) resets the stream (handOver).
+ */
+import type net from 'node:net';
+import type { IssuedCert } from '../../identity/ca.js';
+import type { CertManager } from '../../identity/manager.js';
+import type { Identity } from '../../identity/spiffe.js';
+import { dupFd, HboneEngine, type HboneEvent, type HboneSettings, type TlsContext } from '../../native/index.js';
+import { MeshError } from '../../util/errors.js';
+import type { Logger } from '../../util/log.js';
+import { socketAddr } from '../../util/sockaddr.js';
+import { fdOf } from '../sockets.js';
+import { connectHbonePeer, expectedPeer, statusError } from './client.js';
+import type { ConnectHeaders } from './headers.js';
+import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './limits.js';
+import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel, type RelayEnd } from './link.js';
+
+/** How a stream the engine reports closed ended, as the relay's error (result.ts relayFailed reads the code). */
+export function streamEnd(error: string): Error | undefined {
+  if (error === '') return undefined;
+  // a hang-up, as ztunnel's copy ignores it (result.ts HANG_UPS)
+  if (error === 'reset' || error === 'reset by proxy' || error === 'connection closed') return Object.assign(new Error(`HBONE stream ${error}`), { code: 'ECONNRESET' });
+  return Object.assign(new Error(`HBONE stream failed: ${error}`), { code: 'ERR_HTTP2_STREAM_ERROR' });
+}
+
+/** The engine's settings from HboneLimits. */
+function settingsOf(l: HboneLimits): HboneSettings {
+  return {
+    streamWindowSize: l.streamWindowSize, connectionWindowSize: l.connectionWindowSize, maxFrameSize: l.maxFrameSize,
+    maxHeaderListSize: l.maxHeaderListSize, maxConcurrentStreams: l.maxConcurrentStreams, pingIntervalMs: l.pingIntervalMs,
+    pingTimeoutMs: l.pingTimeoutMs, handshakeTimeoutMs: l.handshakeTimeoutMs, idleTimeoutMs: l.idleTimeoutMs,
+    resetBurst: l.resetBurst, resetPerSecond: l.resetPerSecond,
+  };
+}
+
+interface ConnWaiter {
+  handshake(ev: Extract<HboneEvent, { kind: 'handshake' }>): void;
+  ready(): void;
+  closed(error: string): void;
+}
+
+interface TunnelWaiter {
+  response?(status: number, headers: string[]): void;
+  closed(sent: number, received: number, error: string): void;
+}
+
+/** What a listener's owner decides and is told (inbound.ts). */
+export interface NativeListenerHooks {
+  /** the handshake's peer: its identity when it may connect (this trust domain), else null (refused) */
+  verify(uris: string[], remote: { ip: string; port: number }): Identity | null;
+  /** a CONNECT on an admitted connection */
+  request(s: NativeInboundStream): void;
+  /** a connection admitted; the returned function is called once when it closes */
+  opened?(): () => void;
+}
+
+/** One CONNECT a peer sent to a native listener, to be answered once. */
+export interface NativeInboundStream {
+  headers: Record<string, string>;
+  peer: Identity;
+  remote: { ip: string; port: number };
+  localIp: string;
+  /** the peer reset it, or it was answered already */
+  gone(): boolean;
+  /** answers `status` and ends the stream */
+  refuse(status: number): void;
+  /** answers 200 (with this workload's `baggage`) and relays the stream to `up`; `done` once at the end (aToB: stream to up) */
+  accept(baggage: string, up: net.Socket, done: (r: RelayEnd) => void): void;
+}
+
+/** A native listener (one pod's 15008). */
+export interface NativeListener {
+  /** serves `cert` to new connections (null: none, every handshake fails) */
+  rotate(cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): void;
+  /** GOAWAY to every connection; they close once their streams are over */
+  drain(): void;
+  /** stops accepting; `cb` once every connection it accepted has closed */
+  close(cb: () => void): void;
+}
+
+export class NativeHbone {
+  readonly #engine: HboneEngine;
+  readonly #conns = new Map<number, ConnWaiter>();
+  readonly #tunnels = new Map<number, TunnelWaiter>();
+  /** accepted connections: their listener's hooks */
+  readonly #accepted = new Map<number, { hooks: NativeListenerHooks; peer: Identity | null; remote: { ip: string; port: number }; localIp: string; listener: number; closed?: () => void }>();
+  readonly #listenerConns = new Map<number, Set<number>>();
+  readonly #clientCtx = new WeakMap<IssuedCert, TlsContext>();
+  #connSeq = 0;
+  #tunnelSeq = 0;
+  #listenerSeq = 0;
+  readonly #limits: HboneLimits;
+
+  constructor(readonly certs: CertManager, limits: Partial<HboneLimits> = {}, private readonly log?: Logger) {
+    this.#limits = { ...DEFAULT_HBONE_LIMITS, ...limits };
+    this.#engine = new HboneEngine((ev) => this.#event(ev));
+  }
+
+  /** Live connections and streams, and the bytes the engine holds unwritten. */
+  stats(): { conns: number; streams: number; bufferedBytes: number } {
+    return this.#engine.stats();
+  }
+
+  close(): void {
+    this.#engine.close();
+  }
+
+  #event(ev: HboneEvent): void {
+    switch (ev.kind) {
+      case 'handshake':
+        if (ev.listener !== undefined) return this.#acceptedHandshake(ev);
+        return this.#conns.get(ev.conn)?.handshake(ev);
+      case 'ready':
+        return this.#conns.get(ev.conn)?.ready();
+      case 'connClosed': {
+        const a = this.#accepted.get(ev.conn);
+        if (a) {
+          this.#accepted.delete(ev.conn);
+          a.closed?.();
+          const set = this.#listenerConns.get(a.listener);
+          set?.delete(ev.conn);
+          if (set?.size === 0) this.#listenerEmpty.get(a.listener)?.();
+          return;
+        }
+        const c = this.#conns.get(ev.conn);
+        this.#conns.delete(ev.conn);
+        return c?.closed(ev.error);
+      }
+      case 'request':
+        return this.#request(ev);
+      case 'response':
+        return this.#tunnels.get(ev.tunnel)?.response?.(ev.status, ev.headers);
+      case 'closed': {
+        const t = this.#tunnels.get(ev.tunnel);
+        this.#tunnels.delete(ev.tunnel);
+        return t?.closed(ev.sent, ev.received, ev.error);
+      }
+    }
+  }
+
+  /** The pool's dialer for the native path: as client.ts dialHbone, the bytes then the engine's. */
+  dialer(connectTimeoutMs = 10_000): (src: HboneSource, req: HboneRequest) => Promise<HboneLink> {
+    return (src, req) => this.#dial(src, req, connectTimeoutMs);
+  }
+
+  async #dial(src: HboneSource, req: HboneRequest, connectTimeoutMs: number): Promise<HboneLink> {
+    // the source's own certificate first (MeshError INPOD_ERR_CA: nothing is connected)
+    const cert = await this.certs.get(src.identity);
+    const sock = await connectHbonePeer(src, req, connectTimeoutMs, true);
+    let fd: number;
+    try {
+      fd = dupFd(fdOf(sock));
+    } finally {
+      sock.destroy(); // the engine's copy of the fd keeps the connection
+    }
+    let ctx = this.#clientCtx.get(cert);
+    if (!ctx) {
+      ctx = this.#engine.tlsContext({ certPem: cert.chainPem, keyPem: cert.keyPem, rootPem: this.certs.rootPem, server: false });
+      this.#clientCtx.set(cert, ctx);
+    }
+    const id = ++this.#connSeq;
+    const t = socketAddr(req.target);
+    return new Promise<HboneLink>((resolve, reject) => {
+      let link: NativeLink | undefined;
+      let refused: MeshError | undefined;
+      this.#conns.set(id, {
+        handshake: (ev) => {
+          const v = expectedPeer(ev.uris, req);
+          if (v instanceof MeshError) refused = v;
+          else link = new NativeLink(this.#engine, this.#tunnels, () => ++this.#tunnelSeq, id, v);
+          this.#engine.verdict(id, !refused);
+        },
+        ready: () => {
+          if (!link) return;
+          link.ready = true;
+          resolve(link);
+        },
+        closed: (error) => {
+          if (link?.ready) return link.gone();
+          reject(refused ?? new MeshError('INPOD_ERR_HBONE_TLS', `TLS to ${t} failed: ${error || 'connection closed during the handshake'}`));
+        },
+      });
+      this.#engine.client(id, fd, ctx, settingsOf(this.#limits));
+    });
+  }
+
+  readonly #listenerEmpty = new Map<number, () => void>();
+
+  /** Serves HBONE on the listening socket `fd` (the engine owns it) with `cert` (null: none). */
+  listen(fd: number, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null, hooks: NativeListenerHooks): NativeListener {
+    const id = ++this.#listenerSeq;
+    this.#listenerConns.set(id, new Set());
+    this.#engine.listen(id, fd, this.#serverCtx(cert), settingsOf(this.#limits));
+    this.#listenerHooks.set(id, hooks);
+    return {
+      rotate: (c) => this.#engine.listenerContext(id, this.#serverCtx(c)),
+      drain: () => {
+        for (const conn of this.#listenerConns.get(id) ?? []) this.#engine.connClose(conn, true);
+      },
+      close: (cb) => {
+        this.#engine.unlisten(id);
+        this.#listenerHooks.delete(id);
+        const done = (): void => {
+          this.#listenerConns.delete(id);
+          this.#listenerEmpty.delete(id);
+          cb();
+        };
+        if ((this.#listenerConns.get(id)?.size ?? 0) === 0) return done();
+        this.#listenerEmpty.set(id, done);
+      },
+    };
+  }
+
+  readonly #listenerHooks = new Map<number, NativeListenerHooks>();
+
+  #serverCtx(cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): TlsContext {
+    return this.#engine.tlsContext({ certPem: cert?.chainPem ?? '', keyPem: cert?.keyPem ?? '', rootPem: this.certs.rootPem, server: true });
+  }
+
+  #acceptedHandshake(ev: Extract<HboneEvent, { kind: 'handshake' }>): void {
+    const hooks = this.#listenerHooks.get(ev.listener!);
+    const peer = hooks?.verify(ev.uris, ev.remote) ?? null;
+    this.#listenerConns.get(ev.listener!)?.add(ev.conn);
+    this.#accepted.set(ev.conn, { hooks: hooks!, peer, remote: ev.remote, localIp: ev.local.ip, listener: ev.listener!, closed: peer ? hooks?.opened?.() : undefined });
+    this.#engine.verdict(ev.conn, peer !== null);
+  }
+
+  #request(ev: Extract<HboneEvent, { kind: 'request' }>): void {
+    const a = this.#accepted.get(ev.conn);
+    if (!a?.peer) return this.#engine.respond(ev.tunnel, 503, [], -1);
+    const headers: Record<string, string> = {};
+    for (let i = 0; i + 1 < ev.headers.length; i += 2) headers[ev.headers[i]!] ??= ev.headers[i + 1]!;
+    let answered = false;
+    let reset = false;
+    let ended: { sent: number; received: number; error: string } | undefined;
+    let onEnd: ((sent: number, received: number, error: string) => void) | undefined;
+    this.#tunnels.set(ev.tunnel, {
+      closed: (sent, received, error) => {
+        reset = true;
+        if (onEnd) onEnd(sent, received, error);
+        else ended = { sent, received, error };
+      },
+    });
+    const engine = this.#engine;
+    a.hooks.request({
+      headers, peer: a.peer, remote: a.remote, localIp: a.localIp,
+      gone: () => answered || reset,
+      refuse: (status) => {
+        if (answered || reset) return;
+        answered = true;
+        engine.respond(ev.tunnel, status, [], -1);
+      },
+      accept: (baggage, up, done) => {
+        if (answered || reset) {
+          up.destroy();
+          return done({ aToB: 0, bToA: 0, error: streamEnd(ended?.error || 'reset') });
+        }
+        answered = true;
+        onEnd = (sent, received, error) => {
+          release(up);
+          done({ aToB: received, bToA: sent, error: streamEnd(error) });
+        };
+        engine.respond(ev.tunnel, 200, ['baggage', baggage], handOver(up, () => engine.reset(ev.tunnel)));
+      },
+    });
+  }
+}
+
+/**
+ * A copy of `s`'s fd for the engine; `s` stays open in Node, paused, until the stream ends.
+ * Closing `s` before then (a policy update revoking the connection) calls `revoke`.
+ */
+function handOver(s: net.Socket, revoke: () => void): number {
+  s.pause();
+  const fd = dupFd(fdOf(s));
+  let relaying = true;
+  s.once('close', () => {
+    if (relaying) revoke();
+  });
+  s.once('inpod:relayed', () => (relaying = false));
+  return fd;
+}
+
+/** Marks `s` relayed (its close is the end, not a revocation) and closes it. */
+function release(s: net.Socket): void {
+  s.emit('inpod:relayed');
+  s.destroy();
+}
+
+/** One native client connection, as the pool's link. */
+class NativeLink implements HboneLink {
+  ready = false;
+  #closing = false;
+  #gone = false;
+  readonly #onClose: (() => void)[] = [];
+
+  constructor(
+    private readonly engine: HboneEngine,
+    private readonly tunnels: Map<number, TunnelWaiter>,
+    private readonly nextTunnel: () => number,
+    readonly id: number,
+    readonly peerIdentity: string,
+  ) {}
+
+  get closed(): boolean {
+    return this.#closing || this.#gone;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.#closing = true;
+    this.engine.connClose(this.id, true);
+  }
+
+  destroy(): void {
+    if (this.#gone) return;
+    this.#closing = true;
+    this.engine.connClose(this.id, false);
+  }
+
+  onClose(cb: () => void): void {
+    if (this.#gone) return void queueMicrotask(cb);
+    this.#onClose.push(cb);
+  }
+
+  /** the engine reported the connection closed */
+  gone(): void {
+    this.#gone = true;
+    for (const cb of this.#onClose.splice(0)) cb();
+  }
+
+  connect(req: HboneRequest, headers: ConnectHeaders, done: () => void): Promise<HboneTunnel> {
+    const tid = this.nextTunnel();
+    const engine = this.engine;
+    return new Promise((resolve, reject) => {
+      let down: { sock: net.Socket; cb: (r: RelayEnd) => void } | undefined;
+      let ended: { sent: number; received: number; error: string } | undefined;
+      let responded = false;
+      this.tunnels.set(tid, {
+        response: (status) => {
+          responded = true;
+          if (status !== 200) return reject(statusError(status, req));
+          resolve({
+            relay: (sock, cb) => {
+              if (ended) {
+                sock.resetAndDestroy();
+                return cb({ aToB: 0, bToA: 0, error: streamEnd(ended.error || 'reset') });
+              }
+              down = { sock, cb };
+              engine.relay(tid, handOver(sock, () => engine.reset(tid)));
+            },
+            close: () => engine.reset(tid),
+          });
+        },
+        closed: (sent, received, error) => {
+          done();
+          if (!responded) {
+            return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), error === 'refused'));
+          }
+          if (!down) return void (ended = { sent, received, error });
+          release(down.sock);
+          down.cb({ aToB: sent, bToA: received, error: streamEnd(error) });
+        },
+      });
+      engine.open(this.id, tid, [
+        ':method', 'CONNECT', ':authority', socketAddr(req.authority),
+        'baggage', headers.baggage, 'forwarded', headers.forwarded, 'traceparent', headers.traceparent,
+      ]);
+    });
+  }
+}
