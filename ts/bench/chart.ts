@@ -7,7 +7,7 @@ import { CONFIG_LABEL, type ConfigName } from './env.js';
 import { configsOf } from './report.js';
 import type { Row, Stat } from './stats.js';
 
-const COLORS: Record<ConfigName, string> = { nomesh: '#7f7f7f', iptables: '#d62728', ebpf: '#1f77b4', nomesh6: '#bcbcbc', iptables6: '#f08080', ebpf6: '#6baed6', 'proxy-iptables': '#ff9896', 'proxy-ebpf': '#aec7e8', 'proxy-passthrough': '#c5b0d5', 'proxy-fastpath': '#2ca02c', 'proxy-h2default': '#8c564b' };
+const COLORS: Record<ConfigName, string> = { nomesh: '#7f7f7f', iptables: '#d62728', ebpf: '#1f77b4', nomesh6: '#bcbcbc', iptables6: '#f08080', ebpf6: '#6baed6', 'proxy-iptables': '#ff9896', 'proxy-ebpf': '#aec7e8', 'proxy-passthrough': '#c5b0d5', 'proxy-fastpath': '#2ca02c', 'proxy-h2default': '#8c564b', 'proxy-native': '#17becf' };
 
 interface Panel {
   title: string;
@@ -72,7 +72,7 @@ function panel(p: Panel, x0: number, y0: number, w: number, h: number): string {
 
 export function chartSvg(rows: Row[], title: string): string {
   const get = (w: Row['workload'], c: ConfigName, k: string): Stat | undefined => rows.find((r) => r.workload === w && r.config === c)?.metrics[k];
-  const short: Record<ConfigName, string> = { nomesh: 'none', iptables: 'iptables', ebpf: 'eBPF', nomesh6: 'none 6', iptables6: 'ipt 6', ebpf6: 'eBPF 6', 'proxy-iptables': 'px ipt', 'proxy-ebpf': 'px eBPF', 'proxy-passthrough': 'px pass', 'proxy-fastpath': 'px fast', 'proxy-h2default': 'px h2 def' };
+  const short: Record<ConfigName, string> = { nomesh: 'none', iptables: 'iptables', ebpf: 'eBPF', nomesh6: 'none 6', iptables6: 'ipt 6', ebpf6: 'eBPF 6', 'proxy-iptables': 'px ipt', 'proxy-ebpf': 'px eBPF', 'proxy-passthrough': 'px pass', 'proxy-fastpath': 'px fast', 'proxy-h2default': 'px h2 def', 'proxy-native': 'px native' };
   const configs = configsOf(rows);
   const per = (w: Row['workload'], k: string, sub?: string): Panel['bars'] =>
     configs.map((c) => ({ label: short[c], sub, config: c, s: get(w, c, k) }));

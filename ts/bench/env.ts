@@ -21,7 +21,7 @@ import { Daemons, inNetns, shebangLaunch, waitListening, type Placement } from '
 import { ZdsServer } from '../zds/server.js';
 import { pino } from 'pino';
 
-export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath' | 'proxy-h2default' | 'nomesh6' | 'iptables6' | 'ebpf6';
+export type ConfigName = 'nomesh' | 'iptables' | 'ebpf' | 'proxy-iptables' | 'proxy-ebpf' | 'proxy-passthrough' | 'proxy-fastpath' | 'proxy-h2default' | 'proxy-native' | 'nomesh6' | 'iptables6' | 'ebpf6';
 export const CONFIGS: ConfigName[] = ['nomesh', 'iptables', 'ebpf'];
 /**
  * With --proxy: the real proxy (inpod ztunnel). HBONE between two enrolled pods under each
@@ -40,8 +40,10 @@ export const V6_CONFIGS: ConfigName[] = ['nomesh6', 'iptables6', 'ebpf6'];
  * Rows only --configs asks for. proxy-h2default: proxy-ebpf with Node's HTTP/2 defaults (64 KiB
  * windows, 16 KiB frames) in place of ztunnel's, through ztunnel's own environment variables:
  * the "before" of issue 16's HTTP/2 settings, measured beside proxy-ebpf in one run.
+ * proxy-native: proxy-ebpf with the native HBONE byte path (`--byte-path native`,
+ * ts/proxy/hbone/native.ts), beside Node's.
  */
-export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default', ...V6_CONFIGS];
+export const OPTIONAL_CONFIGS: ConfigName[] = ['proxy-h2default', 'proxy-native', ...V6_CONFIGS];
 /** Every row, in the order runs and reports list them. */
 export const KNOWN_CONFIGS: ConfigName[] = [...ALL_CONFIGS, ...OPTIONAL_CONFIGS];
 /** Node's HTTP/2 defaults (nghttp2: RFC 9113's initial window and frame size), as ztunnel's variables. */
@@ -55,6 +57,7 @@ export const CONFIG_LABEL: Record<ConfigName, string> = {
   'proxy-passthrough': 'proxy passthrough, eBPF, userspace copy',
   'proxy-fastpath': 'proxy passthrough, eBPF + fast path',
   'proxy-h2default': "proxy (HBONE), eBPF, Node's HTTP/2 defaults",
+  'proxy-native': 'proxy (HBONE), eBPF, native byte path',
   nomesh6: 'no mesh, IPv6',
   iptables6: 'capture-only, iptables, IPv6',
   ebpf6: 'capture-only, eBPF, IPv6',
@@ -182,7 +185,7 @@ export class BenchEnv {
     const mesh = name === 'proxy-passthrough' || name === 'proxy-fastpath' ? [s.client] : [s.client, s.server];
     for (const p of mesh) await be.enroll(p.netnsPath);
     return this.startProxy(name, mesh, cgroup, {
-      env: name === 'proxy-h2default' ? NODE_H2_DEFAULTS : [],
+      env: name === 'proxy-h2default' ? NODE_H2_DEFAULTS : name === 'proxy-native' ? ['INPOD_BYTE_PATH=native'] : [],
       fastPath: name === 'proxy-passthrough' ? 'off' : 'on',
     });
   }

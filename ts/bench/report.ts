@@ -75,6 +75,10 @@ export interface HeadlineRatios {
   proxyVsCapture: Ratio | null;
   fastVsUserspace: Ratio | null;
   h2ZtunnelVsNode: Ratio | null;
+  /** the native HBONE byte path against Node's (proxy eBPF both) */
+  nativeVsNode: Ratio | null;
+  /** the native byte path against capture alone */
+  nativeVsCapture: Ratio | null;
   /** the same three capture-only ratios between IPv6-only pods (the *6 rows) */
   iptablesVsNone6: Ratio | null;
   ebpfVsNone6: Ratio | null;
@@ -91,6 +95,7 @@ export function headlineRatios(rows: Row[]): Record<string, HeadlineRatios> {
     };
     const rt = (a?: Stat, b?: Stat): Ratio | null => (a && b ? ratio(a, b) : null);
     out[label] = { iptablesVsNone: rt(g('iptables'), g('nomesh')), ebpfVsNone: rt(g('ebpf'), g('nomesh')), ebpfVsIptables: rt(g('ebpf'), g('iptables')), proxyEbpfVsIptables: rt(g('proxy-ebpf'), g('proxy-iptables')), proxyVsCapture: rt(g('proxy-ebpf'), g('ebpf')), fastVsUserspace: rt(g('proxy-fastpath'), g('proxy-passthrough')), h2ZtunnelVsNode: rt(g('proxy-ebpf'), g('proxy-h2default')),
+      nativeVsNode: rt(g('proxy-native'), g('proxy-ebpf')), nativeVsCapture: rt(g('proxy-native'), g('ebpf')),
       iptablesVsNone6: rt(g('iptables6'), g('nomesh6')), ebpfVsNone6: rt(g('ebpf6'), g('nomesh6')), ebpfVsIptables6: rt(g('ebpf6'), g('iptables6')) };
   }
   return out;
@@ -120,10 +125,13 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
   const withProxyCapture = configs.includes('proxy-ebpf') && configs.includes('ebpf');
   const withFast = configs.includes('proxy-fastpath') && configs.includes('proxy-passthrough');
   const withH2 = configs.includes('proxy-ebpf') && configs.includes('proxy-h2default');
+  const withNative = configs.includes('proxy-ebpf') && configs.includes('proxy-native');
+  const withNativeCapture = configs.includes('ebpf') && configs.includes('proxy-native');
   const withV6 = configs.some((c) => V6_CONFIGS.includes(c));
   const rbody = Object.entries(ratios).map(([label, r]) => [label, rcell(r.iptablesVsNone), rcell(r.ebpfVsNone), rcell(r.ebpfVsIptables),
     ...(withV6 ? [rcell(r.iptablesVsNone6), rcell(r.ebpfVsNone6), rcell(r.ebpfVsIptables6)] : []),
-    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withProxyCapture ? [rcell(r.proxyVsCapture)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : [])]);
+    ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withProxyCapture ? [rcell(r.proxyVsCapture)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : []),
+    ...(withNative ? [rcell(r.nativeVsNode)] : []), ...(withNativeCapture ? [rcell(r.nativeVsCapture)] : [])]);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
     for (const c of configs) {
@@ -148,7 +156,8 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
     table(['figure', 'iptables / no mesh', 'eBPF / no mesh', 'eBPF / iptables',
       ...(withV6 ? ['IPv6: iptables / no mesh', 'IPv6: eBPF / no mesh', 'IPv6: eBPF / iptables'] : []), ...(withProxy ? ['proxy eBPF / proxy iptables'] : []),
       ...(withProxyCapture ? ['proxy eBPF / capture-only eBPF'] : []),
-      ...(withFast ? ['fast path / userspace passthrough'] : []), ...(withH2 ? ["ztunnel's HTTP/2 settings / Node's defaults (proxy eBPF)"] : [])], rbody),
+      ...(withFast ? ['fast path / userspace passthrough'] : []), ...(withH2 ? ["ztunnel's HTTP/2 settings / Node's defaults (proxy eBPF)"] : []),
+      ...(withNative ? ['native byte path / Node (proxy eBPF)'] : []), ...(withNativeCapture ? ['proxy native / capture-only eBPF'] : [])], rbody),
     '',
     '### CPU seconds per unit of work',
     '',

@@ -50,6 +50,10 @@ export function sockName(fd: number): SockAddr {
 export function getMark(fd: number): number {
   return check('getsockopt(SO_MARK)', addon().getsockoptInt(fd, SOL_SOCKET, SO_MARK));
 }
+/** A new fd (close-on-exec) for the socket behind `fd`, owned by the caller. */
+export function dupFd(fd: number): number {
+  return check('fcntl(F_DUPFD_CLOEXEC)', addon().dupFd(fd));
+}
 export function socketCookie(fd: number): bigint {
   return check('getsockopt(SO_COOKIE)', addon().socketCookie(fd));
 }
