@@ -70,10 +70,18 @@ ts:
 	node_modules/.bin/tsc -p tsconfig.json
 	@chmod +x dist/cli/main.js dist/cni/bin.js 2>/dev/null || true
 
+# The suites that carry HBONE through a real proxy, run a second time on the native byte path
+# (--byte-path native, ts/proxy/hbone/native.ts): both paths under the same tests.
+NATIVE_PATH_TESTS = test/netns/proxy.test.ts test/netns/proxy-dualstack.test.ts test/netns/twonode.test.ts \
+	test/netns/istiod.test.ts test/netns/waypoint.test.ts test/netns/rollout.test.ts test/netns/telemetry.test.ts \
+	test/netns/ztunnel.test.ts test/netns/localhost-example.test.ts test/netns/ipv6-proxy.test.ts \
+	test/security/hbone.test.ts test/security/authz.test.ts test/security/policy-update.test.ts test/security/sandbox.test.ts
+
 # the tests are type-checked with the code they test (vitest runs them without checking types)
 test: build
 	node_modules/.bin/tsc -p tsconfig.test.json
 	node_modules/.bin/vitest run
+	INPOD_BYTE_PATH=native node_modules/.bin/vitest run $(NATIVE_PATH_TESTS)
 
 # deploy/ rendered offline by `kubectl kustomize` (default and with components/shared-ca), every
 # object validated against the Kubernetes schemas; test/deploy is also part of `make test`.
