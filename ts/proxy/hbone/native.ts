@@ -18,7 +18,7 @@ import type { Identity } from '../../identity/spiffe.js';
 import { dupFd, HboneEngine, type HboneEvent, type HboneSettings, type TlsContext } from '../../native/index.js';
 import { MeshError } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
-import { socketAddr } from '../../util/sockaddr.js';
+import { canonicalIp, socketAddr } from '../../util/sockaddr.js';
 import { fdOf } from '../sockets.js';
 import { connectHbonePeer, expectedPeer, statusError } from './client.js';
 import type { ConnectHeaders } from './headers.js';
@@ -229,9 +229,11 @@ export class NativeHbone {
 
   #acceptedHandshake(ev: Extract<HboneEvent, { kind: 'handshake' }>): void {
     const hooks = this.#listenerHooks.get(ev.listener!);
-    const peer = hooks?.verify(ev.uris, ev.remote) ?? null;
+    // the listener is dual-stack: an IPv4 peer is reported IPv4-mapped (as Node's path reads it, util/sockaddr.ts)
+    const remote = { ip: canonicalIp(ev.remote.ip), port: ev.remote.port };
+    const peer = hooks?.verify(ev.uris, remote) ?? null;
     this.#listenerConns.get(ev.listener!)?.add(ev.conn);
-    this.#accepted.set(ev.conn, { hooks: hooks!, peer, remote: ev.remote, localIp: ev.local.ip, listener: ev.listener!, closed: peer ? hooks?.opened?.() : undefined });
+    this.#accepted.set(ev.conn, { hooks: hooks!, peer, remote, localIp: canonicalIp(ev.local.ip), listener: ev.listener!, closed: peer ? hooks?.opened?.() : undefined });
     this.#engine.verdict(ev.conn, peer !== null);
   }
 
