@@ -18,7 +18,7 @@ describe('inpod bench --memory (reduced)', () => {
   beforeAll(async () => {
     out = mkdtempSync(join(tmpdir(), 'inpod-bench-mem-'));
     const o = parseBenchArgs(['--memory', '--out', out]);
-    o.memory = { pods: 3, conns: 6, settleSeconds: 0, afterSeconds: [1] };
+    o.memory = { pods: 3, conns: 6, settleSeconds: 0, afterSeconds: [1], bytePath: 'native' };
     o.progress = () => {};
     res = await runBench(o);
   }, 120_000);

@@ -80,7 +80,7 @@ describe('bench report, memory scenario', () => {
   const point = (phase: string, rssMb: number, withHeap = true) =>
     ({ phase, at: 1, rssKb: rssMb * 1024, anonKb: (rssMb - 45) * 1024, fileKb: 45 * 1024, hwmKb: rssMb * 1024, heap: withHeap ? heap : null });
   const result: MemoryResult = {
-    plan: { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40] },
+    plan: { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40], bytePath: 'node' },
     opened: 1000,
     failed: 0,
     points: [point('proxy started, no pods', 70), point('100 pods served', 80), point('100 pods, 1000 idle connections', 130), point('connections closed', 135), point('40 s after they closed', 90)],

@@ -185,7 +185,8 @@ export class BenchEnv {
     const mesh = name === 'proxy-passthrough' || name === 'proxy-fastpath' ? [s.client] : [s.client, s.server];
     for (const p of mesh) await be.enroll(p.netnsPath);
     return this.startProxy(name, mesh, cgroup, {
-      env: name === 'proxy-h2default' ? NODE_H2_DEFAULTS : name === 'proxy-native' ? ['INPOD_BYTE_PATH=native'] : [],
+      env: name === 'proxy-h2default' ? NODE_H2_DEFAULTS : [],
+      bytePath: name === 'proxy-native' ? 'native' : 'node',
       fastPath: name === 'proxy-passthrough' ? 'off' : 'on',
     });
   }
@@ -196,7 +197,7 @@ export class BenchEnv {
    * already) over ZDS, unless `handLater` (then addProxyPods does); resolves with its pid once it
    * has taken them all.
    */
-  async startProxy(tag: string, mesh: SimPod[], cgroup: string, o: { env?: string[]; fastPath: 'on' | 'off'; handLater?: boolean }): Promise<number> {
+  async startProxy(tag: string, mesh: SimPod[], cgroup: string, o: { env?: string[]; fastPath: 'on' | 'off'; bytePath: 'node' | 'native'; handLater?: boolean }): Promise<number> {
     const cfg = join(this.workDir, `${tag}.yaml`);
     writeFileSync(cfg, `workloads:\n${mesh.map((p) => `  - {uid: ${p.netnsName}, name: ${p.netnsName}, namespace: bench, serviceAccount: ${p.netnsName}, workloadIps: ["${p.ip}"], protocol: HBONE}`).join('\n')}\n`);
     const sock = join(this.workDir, `${tag}.sock`);
@@ -208,7 +209,8 @@ export class BenchEnv {
     const at = { netns: `/proc/${process.pid}/ns/net`, cgroup, cpu: null };
     // started as the build's own entry says (its first line: node's flags, the environment)
     const launch = shebangLaunch(readFileSync(this.proxyCli, 'utf8').split('\n', 1)[0]!);
-    const proc = await this.daemons.start(at, ['env', ...launch.env, 'INPOD_LOG_LEVEL=warn', ...(o.env ?? []), process.execPath, ...launch.nodeArgs, this.proxyCli, 'ztunnel', '--config', cfg, '--zds', sock,
+    // the byte path always said (INPOD_BYTE_PATH, read by `inpod ztunnel`): never the bench's own environment's
+    const proc = await this.daemons.start(at, ['env', ...launch.env, 'INPOD_LOG_LEVEL=warn', `INPOD_BYTE_PATH=${o.bytePath}`, ...(o.env ?? []), process.execPath, ...launch.nodeArgs, this.proxyCli, 'ztunnel', '--config', cfg, '--zds', sock,
       '--ca-dir', join(this.workDir, 'ca'), '--admin-addr', '127.0.0.1:0', '--metrics-addr', '127.0.0.1:0', '--readiness-addr', '127.0.0.1:0',
       '--fast-path', o.fastPath]);
     for (let i = 0; i < 200 && !ready; i++) await new Promise((r) => setTimeout(r, 50));

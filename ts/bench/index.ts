@@ -60,6 +60,7 @@ export const BENCH_USAGE = `  inpod bench [--quick] [--proxy | --no-proxy] [--co
                       ${V6_CONFIGS.join(', ')}: the capture-only rows between IPv6-only pods)
                       [--memory] the proxy's memory with 100 pods and 1000 idle HBONE connections, and after
                       they close (alone, under 2 minutes; with --configs, beside those rows)
+                      [--memory-byte-path node|native] the memory scenario's proxy on that HBONE byte path (default node)
                       [--proxy-cli PATH] the proxy rows and --memory run this build's dist/cli/main.js instead`;
 
 export const DEFAULT_OUT = resolve(BUILD_DIR, '..', 'bench', 'results');
@@ -79,6 +80,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       'no-proxy': { type: 'boolean', default: false },
       configs: { type: 'string' },
       memory: { type: 'boolean', default: false },
+      'memory-byte-path': { type: 'string', default: 'node' },
       'proxy-cli': { type: 'string' },
     },
     strict: true,
@@ -102,6 +104,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
     if (bad.length || !asked.length) throw new MeshError('INPOD_ERR_USAGE', `--configs ${values.configs}: choose from ${KNOWN_CONFIGS.join(', ')}`);
     configs = KNOWN_CONFIGS.filter((c) => asked.includes(c));
   }
+  const memoryBytePath = values['memory-byte-path'];
+  if (memoryBytePath !== 'node' && memoryBytePath !== 'native') throw new MeshError('INPOD_ERR_USAGE', `--memory-byte-path ${memoryBytePath}: want node or native`);
   const pods = int(values.pods, 'pods', 1);
   const defaults = quick ? [10, 50] : [10, 100, 250];
   const levels = pods === undefined ? defaults : [...new Set([...defaults.filter((n) => n < pods), pods])];
@@ -121,7 +125,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
     pin: !values['no-pin'],
     proxy: configs.some((c) => c.startsWith('proxy-')),
     configs,
-    memory: values.memory ? { ...DEFAULT_MEMORY_PLAN } : null,
+    memory: values.memory ? { ...DEFAULT_MEMORY_PLAN, bytePath: memoryBytePath } : null,
     ...(values['proxy-cli'] ? { proxyCli: resolve(values['proxy-cli']) } : {}),
     argv,
   };

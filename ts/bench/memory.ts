@@ -32,9 +32,11 @@ export interface MemoryPlan {
   settleSeconds: number;
   /** readings this many seconds after the connections closed */
   afterSeconds: number[];
+  /** the proxy's HBONE byte path (`--byte-path`) */
+  bytePath: 'node' | 'native';
 }
 
-export const DEFAULT_MEMORY_PLAN: MemoryPlan = { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40] };
+export const DEFAULT_MEMORY_PLAN: MemoryPlan = { pods: 100, conns: 1000, settleSeconds: 2, afterSeconds: [10, 40], bytePath: 'node' };
 
 /** What the proxy's admin /memory says, bytes. */
 export interface HeapFigures {
@@ -163,7 +165,7 @@ export async function runMemory(env: BenchEnv, plan: MemoryPlan, progress: Progr
   const points: MemoryPoint[] = [];
   try {
     // started with no pod: the ZDS handshake done, nothing served yet
-    const pid = await env.startProxy('memory', pods, env.cgroups.ebpf, { fastPath: 'off', handLater: true });
+    const pid = await env.startProxy('memory', pods, env.cgroups.ebpf, { fastPath: 'off', bytePath: plan.bytePath, handLater: true });
     const admin = await findAdmin(pid);
     const started = performance.now();
     const read = async (phase: string): Promise<void> => {

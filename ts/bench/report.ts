@@ -285,7 +285,7 @@ export function memorySection(m: MemoryResult | null): string {
   return [
     '## Memory',
     '',
-    `One proxy serving ${m.plan.pods} pods (eBPF capture, all HBONE workloads); each pod opens ${Math.round(m.plan.conns / m.plan.pods)} connections ` +
+    `One proxy serving ${m.plan.pods} pods (eBPF capture, all HBONE workloads, ${m.plan.bytePath === 'native' ? 'the native' : 'Node\'s'} HBONE byte path); each pod opens ${Math.round(m.plan.conns / m.plan.pods)} connections ` +
       `to the next pod's echo app: ${m.opened} opened through the proxy (${m.failed} failed${m.firstError ? `: ${m.firstError}` : ''}), ` +
       `one byte each way, then idle. Each reading ${m.plan.settleSeconds} s after the phase; RSS, anonymous and file-backed from /proc/<pid>/status, ` +
       'the heap figures from the proxy\'s admin /memory (MiB; glibc\'s from mallinfo2: free bytes stay counted after they are trimmed; ' +
