@@ -115,7 +115,24 @@ export class NativeHbone {
     this.#engine.close();
   }
 
+  /**
+   * The engine's thread does not keep the process alive, and the sockets it relays are paused in
+   * Node (which then does not either): while it holds a connection or a tunnel, this does (a
+   * draining proxy exits once they end, not before).
+   */
+  #keepAlive(): void {
+    const live = this.#conns.size + this.#accepted.size + this.#tunnels.size > 0;
+    if (live !== this.#alive) this.#engine.keepAlive((this.#alive = live));
+  }
+
+  #alive = false;
+
   #event(ev: HboneEvent): void {
+    this.#dispatch(ev);
+    this.#keepAlive();
+  }
+
+  #dispatch(ev: HboneEvent): void {
     switch (ev.kind) {
       case 'handshake':
         if (ev.listener !== undefined) return this.#acceptedHandshake(ev);
@@ -191,6 +208,7 @@ export class NativeHbone {
         },
       });
       this.#engine.client(id, fd, ctx, settingsOf(this.#limits));
+      this.#keepAlive();
     });
   }
 
