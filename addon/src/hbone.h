@@ -73,6 +73,7 @@ struct Stream : Watch {
   bool shutWr = false;      // shutdown(fd, SHUT_WR) done
   bool h2Closed = false;    // nghttp2 closed the stream (on_stream_close)
   bool h2Error = false;     // ... with an error code, or we reset it
+  bool rstAfterHeaders = false;  // server: a non-200 answer, RST_STREAM(NO_ERROR) once it is sent
   std::string error;        // the 'closed' error, once known
   int status = 0;
   double sent = 0, received = 0;

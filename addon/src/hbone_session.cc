@@ -343,6 +343,17 @@ static int OnStreamClose(nghttp2_session *, int32_t sid, uint32_t code, void *us
   return 0;
 }
 
+// After a complete answer other than 200, the client is asked to stop sending (RFC 9113 8.1):
+// RST_STREAM(NO_ERROR) once the HEADERS with END_STREAM is out (submitted earlier, it would
+// overtake them).
+static int OnFrameSend(nghttp2_session *session, const nghttp2_frame *f, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  Stream *s = Find(c, f->hd.stream_id);
+  if (s && !s->dead && s->rstAfterHeaders) nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->sid, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
 static int OnFrameNotSend(nghttp2_session *, const nghttp2_frame *f, int libErr, void *user) {
   Conn *c = static_cast<Conn *>(user);
   if (f->hd.type != NGHTTP2_HEADERS) return 0;
@@ -364,6 +375,7 @@ bool SessionStart(Conn *c) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
   nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, OnFrameNotSend);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnFrameSend);
   nghttp2_session_callbacks_set_data_source_read_length_callback(cb, ReadLength);
   nghttp2_option *opt;
   nghttp2_option_new(&opt);
@@ -452,8 +464,7 @@ void SessionRespond(Stream *s, int status, const std::vector<std::string> &heade
   } else {
     if (fd >= 0) close(fd);
     nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), nullptr);
-    // the answer is complete: ask the client to stop sending (RFC 9113 8.1)
-    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->sid, NGHTTP2_NO_ERROR);
+    s->rstAfterHeaders = true;  // OnFrameSend: once the answer is out, RST_STREAM(NO_ERROR)
     MarkDirty(c);
   }
 }

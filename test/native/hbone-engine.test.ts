@@ -150,3 +150,198 @@ describe('engine client -> Node http2 server', () => {
     expect(streams).toBe(0);
   });
 });
+
+/** An engine listening on 127.0.0.1 that accepts every verified peer; `onRequest` answers each CONNECT. */
+async function listener(onRequest: (e: RecordingEngine, tunnel: number, headers: string[]) => void, s = SETTINGS) {
+  const e = engine();
+  e.onEvent = (ev) => {
+    if (ev.kind === 'handshake') e.engine.verdict(ev.conn, true);
+    if (ev.kind === 'request') onRequest(e, ev.tunnel, ev.headers);
+  };
+  const l = listenFd();
+  e.engine.listen(7, l.fd, serverCtx(), s);
+  return { e, port: l.port };
+}
+
+/** Node's HTTP/2 client over mTLS 1.3 with `cert`. */
+function nodeClient(port: number, cert: IssuedCert | null, root = pki.ca.rootPem): http2.ClientHttp2Session {
+  const c = http2.connect(`https://127.0.0.1:${port}`, {
+    ...(cert ? { cert: cert.chainPem, key: cert.keyPem } : {}),
+    ca: root,
+    minVersion: 'TLSv1.3',
+    checkServerIdentity: () => undefined,
+  });
+  c.on('error', () => {});
+  cleanups.push(() => c.destroy());
+  return c;
+}
+
+/** Answers 200 and relays to a new socket to the app. */
+const toApp = (e: RecordingEngine, tunnel: number) => void app.pair().then(({ fd }) => e.engine.respond(tunnel, 200, ['baggage', 'x=y'], fd));
+
+describe('Node http2 client -> engine listener', () => {
+  it('reports the CONNECT as a request with its pseudo-headers, relays to the app both ways', async () => {
+    const { e, port } = await listener(toApp);
+    const c = nodeClient(port, bob);
+    const req = c.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:9080', 'x-test': '1' });
+    const resp = await new Promise<http2.IncomingHttpHeaders>((r) => req.on('response', r));
+    expect(resp[':status']).toBe(200);
+    expect(resp.baggage).toBe('x=y');
+    const rq = await e.wait('request');
+    expect(rq.headers.slice(0, 4)).toEqual([':method', 'CONNECT', ':authority', '10.0.0.9:9080']);
+    expect(rq.headers).toEqual(expect.arrayContaining(['x-test', '1']));
+    const hs = e.find('handshake', (x) => x.conn === rq.conn)!;
+    expect(hs.listener).toBe(7);
+    expect(hs.uris).toEqual(['spiffe://cluster.local/ns/default/sa/bob']);
+    expect(hs.conn).toBeGreaterThanOrEqual(2 ** 40);
+    expect(rq.tunnel).toBeGreaterThanOrEqual(2 ** 41);
+    const peer = await until(() => app.sockets.at(-1));
+    const up = drain(peer);
+    const down = drain(req);
+    const [shaUp, shaDown] = await Promise.all([pump(req, 3 * 1024 * 1024), pump(peer, 5 * 1024 * 1024)]);
+    expect(await up).toEqual({ bytes: 3 * 1024 * 1024, sha: shaUp });
+    expect(await down).toEqual({ bytes: 5 * 1024 * 1024, sha: shaDown });
+    expect(await e.wait('closed', (x) => x.tunnel === rq.tunnel)).toMatchObject({ sent: 5 * 1024 * 1024, received: 3 * 1024 * 1024, error: '' });
+  });
+
+  it('a 401 answer reaches the client as :status 401', async () => {
+    const { e, port } = await listener((en, t) => en.engine.respond(t, 401, [], -1));
+    const c = nodeClient(port, bob);
+    const req = c.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:80' });
+    req.on('error', () => {});
+    expect((await new Promise<http2.IncomingHttpHeaders>((r) => req.on('response', r)))[':status']).toBe(401);
+    const rq = await e.wait('request');
+    expect((await e.wait('closed', (x) => x.tunnel === rq.tunnel)).error).toBe('');
+  });
+
+  it.each([
+    ['no certificate', null, undefined],
+    ['a certificate of another CA', 'mallory', undefined],
+  ])('a client with %s fails the handshake', async (_what, who) => {
+    const { e, port } = await listener(toApp);
+    const c = nodeClient(port, who ? mallory : null, `${pki.ca.rootPem}${other.ca.rootPem}`);
+    const closed = new Promise((r) => c.on('close', r));
+    const cc = await e.wait('connClosed');
+    expect(cc.error).toMatch(/^tls: /);
+    expect(e.find('handshake')).toBeUndefined();
+    await closed;
+  });
+
+  it('150 concurrent streams on one connection all carry their bytes', async () => {
+    app.onSocket = (s) => s.pipe(s);
+    try {
+      const { e, port } = await listener(toApp);
+      const c = nodeClient(port, bob);
+      const runs = Array.from({ length: 150 }, async (_, i) => {
+        const req = c.request({ ':method': 'CONNECT', ':authority': `10.0.0.9:${1000 + i}` });
+        await new Promise((r) => req.on('response', r));
+        const back = drain(req);
+        const sha = await pump(req, 1000 + i * 997);
+        expect(await back).toEqual({ bytes: 1000 + i * 997, sha });
+      });
+      await Promise.all(runs);
+      await until(() => e.all('closed').length === 150);
+      expect(e.all('closed').every((x) => x.error === '')).toBe(true);
+    } finally {
+      app.onSocket = () => {};
+    }
+  }, 30_000);
+
+  it('a slow app back-pressures the peer: the engine holds no more than a stream window, and every byte arrives', async () => {
+    const s = { ...SETTINGS, streamWindowSize: 256 * 1024 };
+    const { e, port } = await listener(toApp, s);
+    const c = nodeClient(port, bob);
+    const req = c.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:80' });
+    await new Promise((r) => req.on('response', r));
+    const peer = await until(() => app.sockets.at(-1));
+    peer.pause();
+    const size = 32 * 1024 * 1024;
+    const sent = pump(req, size);
+    // the app's socket buffers and the window fill, then nothing more moves
+    let last = -1;
+    let max = 0;
+    await until(async () => {
+      const b = e.engine.stats().bufferedBytes;
+      max = Math.max(max, b);
+      const steady = b === last && b > 0;
+      last = b;
+      return steady;
+    }, 10_000, 'the stream to stall');
+    for (let i = 0; i < 20; i++) {
+      max = Math.max(max, e.engine.stats().bufferedBytes);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(max).toBeGreaterThan(0);
+    expect(max).toBeLessThanOrEqual(s.streamWindowSize);
+    const got = drain(peer);
+    peer.resume();
+    expect(await got).toEqual({ bytes: size, sha: await sent });
+    expect(e.engine.stats().bufferedBytes).toBe(0);
+  }, 30_000);
+
+  it('garbage after the TLS handshake closes that connection; the engine goes on serving', async () => {
+    const { e, port } = await listener(toApp);
+    const sock = tls.connect({ port, host: '127.0.0.1', cert: bob.chainPem, key: bob.keyPem, ca: pki.ca.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' });
+    sock.on('error', () => {});
+    await new Promise((r) => sock.on('secureConnect', r));
+    sock.resume();
+    sock.write(randomBytes(4096));
+    const closed = new Promise((r) => sock.on('close', r));
+    const cc = await e.wait('connClosed');
+    expect(cc.error).toMatch(/^h2: /);
+    await closed;
+    const c = nodeClient(port, bob);
+    const req = c.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:80' });
+    expect((await new Promise<http2.IncomingHttpHeaders>((r) => req.on('response', r)))[':status']).toBe(200);
+  });
+
+  it('reset() mid-transfer: the client sees RST_STREAM(CANCEL), the app ECONNRESET', async () => {
+    const { e, port } = await listener(toApp);
+    const c = nodeClient(port, bob);
+    const req = c.request({ ':method': 'CONNECT', ':authority': '10.0.0.9:80' });
+    req.on('error', () => {});
+    await new Promise((r) => req.on('response', r));
+    const peer = await until(() => app.sockets.at(-1));
+    const appErr = new Promise<string>((r) => peer.on('error', (x: NodeJS.ErrnoException) => r(x.code ?? '')).on('close', () => r('closed')));
+    let got = 0;
+    peer.on('data', (d: Buffer) => (got += d.length));
+    void pump(req, 64 * 1024 * 1024).catch(() => {});
+    await until(() => got > 1024 * 1024);
+    const rq = await e.wait('request');
+    e.engine.reset(rq.tunnel);
+    await new Promise((r) => req.on('close', r));
+    expect(req.rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
+    expect(await appErr).toBe('ECONNRESET');
+    expect((await e.wait('closed', (x) => x.tunnel === rq.tunnel)).error).toBe('reset by proxy');
+  });
+});
+
+describe('engine client -> engine listener', () => {
+  it('100 parallel tunnels of random sizes arrive intact both ways', async () => {
+    app.onSocket = (s) => s.pipe(s);
+    try {
+      const { port } = await listener(toApp);
+      const e = engine();
+      await dial(e, 100, port);
+      const runs = Array.from({ length: 100 }, async (_, i) => {
+        const tunnel = 1000 + i;
+        e.engine.open(100, tunnel, CONNECT(`10.1.0.1:${i + 1}`));
+        expect((await e.wait('response', (x) => x.tunnel === tunnel)).status).toBe(200);
+        const { fd, peer } = await app.pair();
+        // this pair's app side echoes too (onSocket): read from the relay's far end instead
+        peer.unpipe();
+        peer.removeAllListeners('data');
+        const size = Math.floor(Math.random() * 2 * 1024 * 1024);
+        e.engine.relay(tunnel, fd);
+        const back = drain(peer);
+        const sha = await pump(peer, size);
+        expect(await back).toEqual({ bytes: size, sha });
+        expect(await e.wait('closed', (x) => x.tunnel === tunnel, 20_000)).toMatchObject({ sent: size, received: size, error: '' });
+      });
+      await Promise.all(runs);
+      expect(createHash).toBeDefined();
+    } finally {
+      app.onSocket = () => {};
+    }
+  }, 60_000);
+});
