@@ -53,6 +53,7 @@ void CloseConn(Conn *c, const std::string &err) {
   c->failed.clear();
   if (c->h2) nghttp2_session_del(c->h2);
   c->h2 = nullptr;
+  if (c->ssl && err.empty() && c->state == Conn::kSession) SSL_shutdown(c->ssl);  // close_notify, best effort
   if (c->ssl) SSL_free(c->ssl);
   c->ssl = nullptr;
   free(c->out);

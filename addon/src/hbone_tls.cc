@@ -51,6 +51,9 @@ SSL_CTX *NewTlsContext(const std::string &certPem, const std::string &keyPem, co
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // a peer closing TCP without close_notify reads as an end (ZERO_RETURN): HTTP/2's GOAWAY, not
+  // TLS, says whether the end was clean (and a truncation attack cannot cut a DATA frame short)
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
   if (server) {
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_alpn_select_cb(ctx, AlpnSelect, nullptr);
@@ -204,7 +207,8 @@ void ConnRead(Conn *c) {
       int err = SSL_get_error(c->ssl, r);
       if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) break;
       std::string msg = TlsError(c->ssl, err);
-      if (c->goawayRecv && (msg == "peer closed" || err == SSL_ERROR_ZERO_RETURN)) msg = c->goawayCode ? c->closeError : "";
+      // after a GOAWAY (either way) the end is the one it announced
+      if (c->closing && (msg == "peer closed" || err == SSL_ERROR_ZERO_RETURN)) msg = c->closeError;
       c->eof = true;
       c->closeError = msg;
       MarkDirty(c);
