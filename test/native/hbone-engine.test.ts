@@ -452,6 +452,8 @@ describe('engine timers and lifecycle', () => {
     expect(sock.getPeerCertificate().subjectaltname).toBe('URI:spiffe://cluster.local/ns/default/sa/carol');
     sock.destroy();
     e.engine.unlisten(7);
+    e.engine.open(424242, 4243, CONNECT('x:1'));
+    await e.wait('closed', (x) => x.tunnel === 4243);
     const refused = await until(() => {
       const s = (tls.connect({ port, host: '127.0.0.1' }) as tls.TLSSocket);
       return new Promise<string>((r) => s.on('error', (x: NodeJS.ErrnoException) => r(x.code ?? '')).on('secureConnect', () => r('connected')));
