@@ -7,7 +7,7 @@ BPF_HDRS := $(wildcard bpf/include/*.h)
 ADDON := addon/build/Release/inpod_native.node
 DEB_PKGS := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool iproute2 iptables nftables \
 	containernetworking-plugins util-linux procps python3 python3-h2 openssl tshark socat iperf3 nginx-light wrk gcc \
-	libjansson-dev
+	libjansson-dev libnghttp2-dev
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 
 .PHONY: all deps build bpf addon ts test demo clean bench bench-tools plugin deploy-check

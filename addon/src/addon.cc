@@ -1,5 +1,5 @@
 // The module's entry: registers every export (one file per concern: bpf.cc, epoll.cc, netns.cc,
-// tcp.cc, unix.cc, memory.cc) and the struct layouts shared with the eBPF programs (bpf/include/types.h).
+// tcp.cc, unix.cc, memory.cc, hbone_*.cc) and the struct layouts shared with the eBPF programs (bpf/include/types.h).
 #include "addon.h"
 
 #include <cstddef>
@@ -98,6 +98,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitNetns(env, exports);
   InitEpoll(env, exports);
   InitMemory(env, exports);
+  InitHbone(env, exports);
   return exports;
 }
 

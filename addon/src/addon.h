@@ -41,5 +41,6 @@ void InitUnix(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitEpoll(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
+void InitHbone(Napi::Env env, Napi::Object exports);
 
 }  // namespace inpod

@@ -63,6 +63,31 @@ export interface RecvResult {
 }
 export type SkelHandle = { readonly __skel: unique symbol };
 export type EpollHandle = { readonly __epoll: unique symbol };
+export type HboneEngineHandle = { readonly __hboneEngine: unique symbol };
+/** An SSL_CTX (addon/src/hbone_tls.cc); connections keep their own reference to it. */
+export type HboneTlsContextHandle = { readonly __hboneTls: unique symbol };
+/** The native HBONE engine's per-connection settings: ts/proxy/hbone/limits.ts HboneLimits. */
+export interface HboneSettings {
+  streamWindowSize: number;
+  connectionWindowSize: number;
+  maxFrameSize: number;
+  maxHeaderListSize: number;
+  maxConcurrentStreams: number;
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  handshakeTimeoutMs: number;
+  idleTimeoutMs: number;
+  resetBurst: number;
+  resetPerSecond: number;
+}
+/** An event of the native HBONE engine (ts/native/hbone.ts documents each). */
+export type HboneEvent =
+  | { kind: 'handshake'; conn: number; listener?: number; uris: string[]; remote: SockAddr; local: SockAddr }
+  | { kind: 'ready'; conn: number }
+  | { kind: 'connClosed'; conn: number; error: string }
+  | { kind: 'request'; conn: number; tunnel: number; headers: string[] }
+  | { kind: 'response'; tunnel: number; status: number; headers: string[] }
+  | { kind: 'closed'; tunnel: number; sent: number; received: number; error: string };
 /** A map as its skeleton declares it (libbpf, after open). */
 export interface SkelMapRaw {
   name: string;
@@ -153,6 +178,23 @@ export interface NativeAddon {
   epollRingbuf(h: EpollHandle, mapFd: number, token: number): number;
   epollRef(h: EpollHandle, on: boolean): void;
   epollClose(h: EpollHandle): void;
+  /** cb is called with a batch (an array) of events, in order */
+  hboneEngineNew(cb: (events: HboneEvent[]) => void): HboneEngineHandle | number;
+  hboneEngineRef(h: HboneEngineHandle, on: boolean): void;
+  hboneEngineClose(h: HboneEngineHandle): void;
+  /** throws an Error naming what OpenSSL refused */
+  hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: string; server: boolean }): HboneTlsContextHandle;
+  hboneClient(h: HboneEngineHandle, connId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void;
+  hboneListen(h: HboneEngineHandle, listenerId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void;
+  hboneListenerContext(h: HboneEngineHandle, listenerId: number, ctx: HboneTlsContextHandle): void;
+  hboneUnlisten(h: HboneEngineHandle, listenerId: number): void;
+  hboneVerdict(h: HboneEngineHandle, connId: number, ok: boolean): void;
+  hboneOpen(h: HboneEngineHandle, connId: number, tunnelId: number, headers: string[]): void;
+  hboneRespond(h: HboneEngineHandle, tunnelId: number, status: number, headers: string[], fd: number): void;
+  hboneRelay(h: HboneEngineHandle, tunnelId: number, fd: number): void;
+  hboneReset(h: HboneEngineHandle, tunnelId: number): void;
+  hboneConnClose(h: HboneEngineHandle, connId: number, graceful: boolean): void;
+  hboneStats(h: HboneEngineHandle): { conns: number; streams: number; bufferedBytes: number };
 }
 
 /** Finds the built addon from ts/native (tests) or dist/native (installed). */

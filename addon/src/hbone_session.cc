@@ -1,0 +1,508 @@
+// The native HBONE engine's HTTP/2 layer (see hbone.h): one nghttp2 session per connection,
+// CONNECT streams, and the relay of each stream to its plain TCP fd as ztunnel's copy.rs does it
+// (both directions, half-closes carried across, a reset answered with a reset). DATA that the fd
+// has not taken keeps its flow-control credit (no automatic WINDOW_UPDATE), so a slow reader
+// back-pressures the peer. Callbacks only record state; connections close outside them.
+#include "hbone.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+
+namespace inpod {
+namespace hbone {
+
+static Stream *Find(Conn *c, int32_t sid) {
+  auto it = c->streams.find(sid);
+  return it == c->streams.end() ? nullptr : it->second;
+}
+
+static const char *H2ErrorName(uint32_t code) {
+  switch (code) {
+    case NGHTTP2_NO_ERROR: return "NO_ERROR";
+    case NGHTTP2_PROTOCOL_ERROR: return "PROTOCOL_ERROR";
+    case NGHTTP2_INTERNAL_ERROR: return "INTERNAL_ERROR";
+    case NGHTTP2_FLOW_CONTROL_ERROR: return "FLOW_CONTROL_ERROR";
+    case NGHTTP2_SETTINGS_TIMEOUT: return "SETTINGS_TIMEOUT";
+    case NGHTTP2_STREAM_CLOSED: return "STREAM_CLOSED";
+    case NGHTTP2_FRAME_SIZE_ERROR: return "FRAME_SIZE_ERROR";
+    case NGHTTP2_REFUSED_STREAM: return "REFUSED_STREAM";
+    case NGHTTP2_CANCEL: return "CANCEL";
+    case NGHTTP2_COMPRESSION_ERROR: return "COMPRESSION_ERROR";
+    case NGHTTP2_CONNECT_ERROR: return "CONNECT_ERROR";
+    case NGHTTP2_ENHANCE_YOUR_CALM: return "ENHANCE_YOUR_CALM";
+    case NGHTTP2_INADEQUATE_SECURITY: return "INADEQUATE_SECURITY";
+    case NGHTTP2_HTTP_1_1_REQUIRED: return "HTTP_1_1_REQUIRED";
+    default: return "UNKNOWN";
+  }
+}
+
+// Closes the fd; with `reset`, as an RST (SO_LINGER {1, 0}), as ztunnel resets the app.
+static void CloseFd(Stream *s, bool reset) {
+  if (s->fd < 0) return;
+  if (reset) {
+    struct linger l = {1, 0};
+    setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  }
+  close(s->fd);
+  s->fd = -1;
+}
+
+// Inside an nghttp2 callback: the stream ends (RST_STREAM(CANCEL), the fd reset) at the next flush.
+static void Fail(Stream *s) {
+  s->h2Error = true;
+  s->conn->failed.push_back(s);
+  MarkDirty(s->conn);
+}
+
+static void DropPending(Stream *s) {
+  size_t n = s->Pending();
+  if (n && s->conn && s->conn->h2) nghttp2_session_consume_connection(s->conn->h2, n);
+  s->eng->statBuffered -= static_cast<int64_t>(n);
+  std::string().swap(s->pend);
+  s->pendOff = 0;
+}
+
+void FinishStream(Stream *s, const std::string &err, bool resetFd) {
+  if (s->dead) return;
+  s->dead = true;
+  Engine *e = s->eng;
+  Conn *c = s->conn;
+  DropPending(s);
+  CloseFd(s, resetFd);
+  if (c) {
+    c->streams.erase(s->sid);
+    if (c->h2 && !s->h2Closed && s->sid > 0) c->toReset.push_back(s->sid), MarkDirty(c);
+    if (c->streams.empty()) c->idleSince = NowMs();
+  }
+  e->tunnels.erase(s->tunnel);
+  e->statStreams--;
+  if (s->announced) {
+    Event ev{"closed"};
+    ev.tunnel = static_cast<double>(s->tunnel);
+    ev.sent = s->sent;
+    ev.received = s->received;
+    ev.hasBytes = true;
+    ev.error = err;
+    ev.hasError = true;
+    e->Emit(std::move(ev));
+  }
+  e->graveyard.push_back(s);
+  if (c && !c->dead && c->eof && c->streams.empty()) CloseConn(c, c->closeError);
+}
+
+void ResetStream(Stream *s, const std::string &err) {
+  s->h2Error = true;
+  FinishStream(s, err, true);
+}
+
+// Done when nghttp2 closed the stream and what it delivered has reached the fd.
+static void MaybeFinish(Stream *s) {
+  if (s->dead || !s->h2Closed) return;
+  if (s->h2Error) return FinishStream(s, s->error.empty() ? "reset" : s->error, true);
+  if (s->fd >= 0 && s->Pending()) return;
+  FinishStream(s, s->error, false);
+}
+
+// Writes buffered DATA to the fd, returning its flow-control credit; after END_STREAM, SHUT_WR.
+static void FlushToFd(Stream *s) {
+  Conn *c = s->conn;
+  while (s->fd >= 0 && s->Pending()) {
+    ssize_t n = write(s->fd, s->pend.data() + s->pendOff, s->Pending());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0) {
+      s->error = (errno == EPIPE || errno == ECONNRESET) ? "reset" : std::string("write: ") + strerror(errno);
+      return ResetStream(s, s->error);
+    }
+    s->pendOff += static_cast<size_t>(n);
+    s->received += static_cast<double>(n);
+    s->eng->statBuffered -= n;
+    if (c && c->h2) {
+      if (s->h2Closed) nghttp2_session_consume_connection(c->h2, static_cast<size_t>(n));
+      else nghttp2_session_consume(c->h2, s->sid, static_cast<size_t>(n));
+      MarkDirty(c);
+    }
+  }
+  if (!s->Pending()) {
+    std::string().swap(s->pend);
+    s->pendOff = 0;
+    if (s->fd >= 0 && s->peerEnded && !s->shutWr) {
+      shutdown(s->fd, SHUT_WR);
+      s->shutWr = true;
+    }
+  } else if (s->pendOff > (1 << 20) && s->pendOff > s->pend.size() / 2) {
+    s->pend.erase(0, s->pendOff);
+    s->pendOff = 0;
+  }
+  MaybeFinish(s);
+}
+
+static ssize_t ReadFd(nghttp2_session *, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags, nghttp2_data_source *, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  Stream *s = Find(c, sid);
+  if (!s || s->dead || !s->relaying || s->fd < 0) {
+    if (s) s->deferred = true;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  for (;;) {
+    ssize_t n = read(s->fd, buf, length);
+    if (n > 0) {
+      s->sent += static_cast<double>(n);
+      return n;
+    }
+    if (n == 0) {
+      s->fdEof = true;
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return 0;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s->deferred = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    // the app reset or failed: RST_STREAM(CANCEL) and the fd reset, at the next flush
+    s->error = (errno == ECONNRESET || errno == EPIPE) ? "reset" : std::string("read: ") + strerror(errno);
+    s->deferred = true;
+    Fail(s);
+    return NGHTTP2_ERR_DEFERRED;
+  }
+}
+
+// Allows DATA frames up to the peer's SETTINGS_MAX_FRAME_SIZE (nghttp2 defaults to 16 KiB).
+static ssize_t ReadLength(nghttp2_session *session, uint8_t, int32_t sid, int32_t window, int32_t connWindow, uint32_t remoteMaxFrame, void *) {
+  (void)session;
+  (void)sid;
+  ssize_t n = window < connWindow ? window : connWindow;
+  if (n > static_cast<ssize_t>(remoteMaxFrame)) n = remoteMaxFrame;
+  if (n > (256 << 10)) n = 256 << 10;
+  return n < 1 ? 1 : n;
+}
+
+static int OnBeginHeaders(nghttp2_session *, const nghttp2_frame *f, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  if (!c->server || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto *s = new Stream();
+  s->eng = c->eng;
+  s->conn = c;
+  s->server = true;
+  s->sid = f->hd.stream_id;
+  s->tunnel = c->eng->nextTunnelId++;
+  c->streams[s->sid] = s;
+  c->eng->tunnels[s->tunnel] = s;
+  c->eng->statStreams++;
+  return 0;
+}
+
+static int OnHeader(nghttp2_session *, const nghttp2_frame *f, const uint8_t *name, size_t nlen, const uint8_t *value, size_t vlen, uint8_t, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  Stream *s = Find(c, f->hd.stream_id);
+  if (!s || s->dead) return 0;
+  s->headerBytes += nlen + vlen + 32;
+  if (s->headerBytes > c->s.maxHeaderListSize) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
+  if (!c->server && nlen == 7 && memcmp(name, ":status", 7) == 0) {
+    s->status = atoi(std::string(reinterpret_cast<const char *>(value), vlen).c_str());
+    return 0;
+  }
+  if (!c->server && nlen > 0 && name[0] == ':') return 0;
+  s->headers.emplace_back(reinterpret_cast<const char *>(name), nlen);
+  s->headers.emplace_back(reinterpret_cast<const char *>(value), vlen);
+  return 0;
+}
+
+static void OnHeadersDone(Conn *c, Stream *s, const nghttp2_frame *f) {
+  Engine *e = c->eng;
+  if (c->server) {
+    if (s->announced) return;  // trailers: nothing to report
+    s->announced = true;
+    Event ev{"request"};
+    ev.conn = static_cast<double>(c->id);
+    ev.tunnel = static_cast<double>(s->tunnel);
+    ev.strs = std::move(s->headers);
+    e->Emit(std::move(ev));
+  } else {
+    if (s->responded || s->status / 100 == 1) return;
+    s->responded = true;
+    Event ev{"response"};
+    ev.tunnel = static_cast<double>(s->tunnel);
+    ev.status = s->status;
+    ev.strs = std::move(s->headers);
+    e->Emit(std::move(ev));
+    if (s->status != 200) {
+      s->h2Error = false;
+      FinishStream(s, "", false);  // RST_STREAM(CANCEL) at the next flush
+    }
+  }
+  s->headers.clear();
+  s->headerBytes = 0;
+  (void)f;
+}
+
+static int OnFrameRecv(nghttp2_session *, const nghttp2_frame *f, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  switch (f->hd.type) {
+    case NGHTTP2_SETTINGS:
+      if (!c->server && !c->ready && !(f->hd.flags & NGHTTP2_FLAG_ACK)) {
+        c->ready = true;
+        Event ev{"ready"};
+        ev.conn = static_cast<double>(c->id);
+        c->eng->Emit(std::move(ev));
+      }
+      break;
+    case NGHTTP2_PING:
+      if (f->hd.flags & NGHTTP2_FLAG_ACK) {
+        c->pingDeadline = 0;
+        c->nextPing = NowMs() + c->s.pingIntervalMs;
+      }
+      break;
+    case NGHTTP2_GOAWAY:
+      c->goawayRecv = true;
+      c->closing = true;
+      c->goawayCode = f->goaway.error_code;
+      c->goawayLastSid = f->goaway.last_stream_id;
+      if (f->goaway.error_code != NGHTTP2_NO_ERROR) c->closeError = std::string("goaway ") + H2ErrorName(f->goaway.error_code);
+      break;
+    case NGHTTP2_HEADERS: {
+      Stream *s = Find(c, f->hd.stream_id);
+      if (!s || s->dead) break;
+      if (f->hd.flags & NGHTTP2_FLAG_END_HEADERS) OnHeadersDone(c, s, f);
+      if (!s->dead && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) s->peerEnded = true, FlushToFd(s);
+      break;
+    }
+    case NGHTTP2_DATA: {
+      Stream *s = Find(c, f->hd.stream_id);
+      if (s && !s->dead && (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) s->peerEnded = true, FlushToFd(s);
+      break;
+    }
+  }
+  return 0;
+}
+
+static int OnDataChunk(nghttp2_session *session, uint8_t, int32_t sid, const uint8_t *data, size_t len, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  Stream *s = Find(c, sid);
+  if (!s || s->dead) {
+    nghttp2_session_consume(session, sid, len);
+    return 0;
+  }
+  size_t wrote = 0;
+  if (s->fd >= 0 && s->Pending() == 0) {
+    while (wrote < len) {
+      ssize_t n = write(s->fd, data + wrote, len - wrote);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (n < 0) {
+        nghttp2_session_consume(session, sid, len);
+        s->error = (errno == EPIPE || errno == ECONNRESET) ? "reset" : std::string("write: ") + strerror(errno);
+        Fail(s);
+        return 0;
+      }
+      wrote += static_cast<size_t>(n);
+    }
+    if (wrote) {
+      s->received += static_cast<double>(wrote);
+      nghttp2_session_consume(session, sid, wrote);
+      MarkDirty(c);
+    }
+  }
+  if (wrote < len) {
+    s->pend.append(reinterpret_cast<const char *>(data) + wrote, len - wrote);
+    s->eng->statBuffered += static_cast<int64_t>(len - wrote);
+  }
+  return 0;
+}
+
+static int OnStreamClose(nghttp2_session *, int32_t sid, uint32_t code, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  Stream *s = Find(c, sid);
+  if (!s || s->dead) return 0;
+  s->h2Closed = true;
+  if (code == NGHTTP2_REFUSED_STREAM && !s->responded) s->error = "refused", s->h2Error = true;
+  else if (code != NGHTTP2_NO_ERROR || s->h2Error) {
+    s->h2Error = true;
+    if (s->error.empty()) s->error = "reset";
+  }
+  if (s->h2Error && s->Pending()) DropPending(s);
+  if (s->h2Error && s->server && !s->responded) {
+    // rapid reset: a stream reset before it was answered takes a token; none left ends the connection
+    int64_t now = NowMs();
+    c->resetTokens += (now - c->resetRefilled) * c->s.resetPerSecond / 1000.0;
+    if (c->resetTokens > c->s.resetBurst) c->resetTokens = c->s.resetBurst;
+    c->resetRefilled = now;
+    if (--c->resetTokens < 0 && !c->fatal) {
+      nghttp2_session_terminate_session(c->h2, NGHTTP2_ENHANCE_YOUR_CALM);
+      c->closeError = "goaway ENHANCE_YOUR_CALM";
+      c->fatal = true;
+    }
+  }
+  // the fd may still have buffered DATA to take: flush, then finish
+  if (!s->h2Error && s->fd >= 0 && s->Pending()) return 0;
+  MaybeFinish(s);
+  return 0;
+}
+
+// After a complete answer other than 200, the client is asked to stop sending (RFC 9113 8.1):
+// RST_STREAM(NO_ERROR) once the HEADERS with END_STREAM is out (submitted earlier, it would
+// overtake them).
+static int OnFrameSend(nghttp2_session *session, const nghttp2_frame *f, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+  Stream *s = Find(c, f->hd.stream_id);
+  if (s && !s->dead && s->rstAfterHeaders) nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->sid, NGHTTP2_NO_ERROR);
+  return 0;
+}
+
+static int OnFrameNotSend(nghttp2_session *, const nghttp2_frame *f, int libErr, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  if (f->hd.type != NGHTTP2_HEADERS) return 0;
+  Stream *s = Find(c, f->hd.stream_id);
+  if (!s || s->dead) return 0;
+  s->h2Closed = true;
+  s->h2Error = true;
+  s->error = (libErr == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED || libErr == NGHTTP2_ERR_STREAM_CLOSING) ? "refused" : nghttp2_strerror(libErr);
+  MaybeFinish(s);
+  return 0;
+}
+
+bool SessionStart(Conn *c) {
+  nghttp2_session_callbacks *cb;
+  nghttp2_session_callbacks_new(&cb);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnBeginHeaders);
+  nghttp2_session_callbacks_set_on_header_callback(cb, OnHeader);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnFrameRecv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, OnFrameNotSend);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnFrameSend);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(cb, ReadLength);
+  nghttp2_option *opt;
+  nghttp2_option_new(&opt);
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  nghttp2_option_set_max_settings(opt, 64);
+  int r = c->server ? nghttp2_session_server_new2(&c->h2, cb, c, opt) : nghttp2_session_client_new2(&c->h2, cb, c, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cb);
+  if (r != 0) return false;
+  std::vector<nghttp2_settings_entry> iv = {
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->s.streamWindowSize},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, c->s.maxFrameSize},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->s.maxHeaderListSize},
+  };
+  if (c->server) iv.push_back({NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->s.maxConcurrentStreams});
+  else iv.insert(iv.begin(), {NGHTTP2_SETTINGS_ENABLE_PUSH, 0});
+  if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv.data(), iv.size()) != 0) return false;
+  nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, static_cast<int32_t>(c->s.connectionWindowSize));
+  int64_t now = NowMs();
+  c->nextPing = now + c->s.pingIntervalMs;
+  c->idleSince = now;
+  c->resetTokens = c->s.resetBurst;
+  c->resetRefilled = now;
+  c->state = Conn::kSession;
+  return true;
+}
+
+static std::vector<nghttp2_nv> Nva(const std::vector<std::string> &h) {
+  std::vector<nghttp2_nv> nva;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) {
+    nghttp2_nv nv;
+    nv.name = reinterpret_cast<uint8_t *>(const_cast<char *>(h[i].data()));
+    nv.namelen = h[i].size();
+    nv.value = reinterpret_cast<uint8_t *>(const_cast<char *>(h[i + 1].data()));
+    nv.valuelen = h[i + 1].size();
+    nv.flags = NGHTTP2_NV_FLAG_NONE;
+    nva.push_back(nv);
+  }
+  return nva;
+}
+
+bool SessionOpen(Conn *c, uint64_t tunnel, const std::vector<std::string> &headers) {
+  auto nva = Nva(headers);
+  nghttp2_data_provider prd;
+  prd.source.ptr = nullptr;
+  prd.read_callback = ReadFd;
+  int32_t sid = nghttp2_submit_request(c->h2, nullptr, nva.data(), nva.size(), &prd, nullptr);
+  if (sid < 0) return false;
+  auto *s = new Stream();
+  s->eng = c->eng;
+  s->conn = c;
+  s->sid = sid;
+  s->tunnel = tunnel;
+  s->announced = true;
+  c->streams[sid] = s;
+  c->eng->tunnels[tunnel] = s;
+  c->eng->statStreams++;
+  MarkDirty(c);
+  return true;
+}
+
+void StreamAttach(Stream *s, int fd) {
+  s->fd = fd;
+  s->relaying = true;
+  WatchFd(s->eng, fd, s);
+  if (s->conn && s->conn->h2 && s->deferred) {
+    s->deferred = false;
+    nghttp2_session_resume_data(s->conn->h2, s->sid);
+  }
+  FlushToFd(s);
+  if (s->conn) MarkDirty(s->conn);
+}
+
+void SessionRespond(Stream *s, int status, const std::vector<std::string> &headers, int fd) {
+  Conn *c = s->conn;
+  s->responded = true;
+  std::vector<std::string> h = {":status", std::to_string(status)};
+  h.insert(h.end(), headers.begin(), headers.end());
+  auto nva = Nva(h);
+  if (status == 200 && fd >= 0) {
+    nghttp2_data_provider prd;
+    prd.source.ptr = nullptr;
+    prd.read_callback = ReadFd;
+    nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), &prd);
+    StreamAttach(s, fd);
+  } else {
+    if (fd >= 0) close(fd);
+    nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), nullptr);
+    s->rstAfterHeaders = true;  // OnFrameSend: once the answer is out, RST_STREAM(NO_ERROR)
+    MarkDirty(c);
+  }
+}
+
+void StreamFdEvent(Stream *s, uint32_t events) {
+  Conn *c = s->conn;
+  if (events & EPOLLERR) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+      s->error = (err == ECONNRESET || err == EPIPE) ? "reset" : std::string("socket: ") + strerror(err);
+      return ResetStream(s, s->error);
+    }
+  }
+  if (events & EPOLLOUT) FlushToFd(s);
+  if (s->dead) return;
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && s->deferred && c && c->h2 && !s->fdEof && s->relaying) {
+    s->deferred = false;
+    nghttp2_session_resume_data(c->h2, s->sid);
+    MarkDirty(c);
+  }
+}
+
+void SessionTick(Conn *c, int64_t now) {
+  if (c->pingDeadline && now >= c->pingDeadline) return CloseConn(c, "ping timeout");
+  if (!c->pingDeadline && now >= c->nextPing && !c->fatal) {
+    nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, nullptr);
+    c->pingDeadline = now + c->s.pingTimeoutMs;
+    MarkDirty(c);
+  }
+  if (c->server && c->streams.empty() && !c->closing && now - c->idleSince >= c->s.idleTimeoutMs) {
+    nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
+    c->closing = true;
+    c->closeError = "idle timeout";
+    MarkDirty(c);
+  }
+}
+
+}  // namespace hbone
+}  // namespace inpod

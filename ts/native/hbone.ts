@@ -1,0 +1,105 @@
+/**
+ * The native HBONE engine (addon/src/hbone_*.cc): one thread that owns TLS 1.3 connections
+ * (OpenSSL), their HTTP/2 sessions (nghttp2) and the plain TCP sockets each CONNECT stream is
+ * relayed to, so a relayed byte never crosses into JavaScript. It decides nothing: every peer
+ * identity, policy, route, metric and log stays in TypeScript, which drives it with the methods
+ * below and hears back through `onEvent`, called once per event, in the engine's order (the
+ * addon delivers events in batches; this wrapper unrolls them).
+ *
+ * Ids: connections JS dials and tunnels JS opens carry ids JS chose (integers below 2^40);
+ * connections accepted by a listener get engine ids from 2^40 up, tunnels of inbound requests
+ * from 2^41 up. Every fd handed over is the engine's from then on (closed by it exactly once,
+ * also when the call is ignored).
+ *
+ * Event order guarantees: per connection, 'handshake' (then the engine waits for verdict()),
+ * 'ready' (client: once the peer's SETTINGS arrived), requests/responses, and exactly one
+ * 'connClosed', always last: every one of its tunnels has had its one 'closed' before it.
+ * 'closed' errors: '' (clean), 'reset' (the peer reset the stream, or the app's socket was
+ * reset), 'refused' (the peer did not process it: open it on another connection), 'reset by
+ * proxy' (reset()), 'connection closed' (the connection went first), else a short message.
+ * A client tunnel answered with a status other than 200 gets 'response' then 'closed' ('').
+ */
+import { SyscallError, check } from '../util/errors.js';
+import { addon, type HboneEngineHandle, type HboneEvent, type HboneSettings, type HboneTlsContextHandle } from './addon.js';
+
+export type { HboneEvent, HboneSettings, HboneTlsContextHandle } from './addon.js';
+
+/** The first id the engine gives an accepted connection (JS's own ids stay below it). */
+export const ENGINE_CONN_ID_BASE = 2 ** 40;
+/** The first id the engine gives an inbound tunnel. */
+export const ENGINE_TUNNEL_ID_BASE = 2 ** 41;
+
+/**
+ * An SSL_CTX for the engine: TLS 1.3 only, ALPN h2, the peer's certificate required and verified
+ * against `rootPem` (no SAN or hostname check: the 'handshake' event gives the URIs to TS).
+ * `certPem` is the chain sent (leaf first). Throws an Error naming what OpenSSL refused.
+ */
+export function hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: string; server: boolean }): HboneTlsContextHandle {
+  return addon().hboneTlsContext(o);
+}
+
+export class HboneEngine {
+  #h: HboneEngineHandle | null;
+  constructor(onEvent: (ev: HboneEvent) => void) {
+    this.#h = check('hbone engine', addon().hboneEngineNew((events) => {
+      for (const ev of events) onEvent(ev);
+    }));
+  }
+  get #handle(): HboneEngineHandle {
+    if (!this.#h) throw new SyscallError('use', 9 /* EBADF */, 'hbone engine closed');
+    return this.#h;
+  }
+  /** Whether the engine keeps the process alive (it does not, unless asked). */
+  keepAlive(on: boolean): void {
+    if (this.#h) addon().hboneEngineRef(this.#h, on);
+  }
+  /** Stops the thread: every connection closed ('connClosed' 'engine closed'), every owned fd closed. Idempotent. */
+  close(): void {
+    if (this.#h) addon().hboneEngineClose(this.#h);
+    this.#h = null;
+  }
+  /** TLS as a client over `fd` (a connected or connecting TCP socket, owned from now on). */
+  client(connId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void {
+    addon().hboneClient(this.#handle, connId, fd, ctx, s);
+  }
+  /** Accepts on `fd` (a listening socket, owned from now on); each connection: 'handshake' with `listener`. */
+  listen(listenerId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void {
+    addon().hboneListen(this.#handle, listenerId, fd, ctx, s);
+  }
+  /** New connections of the listener use `ctx` from now on (existing ones keep theirs). */
+  listenerContext(listenerId: number, ctx: HboneTlsContextHandle): void {
+    addon().hboneListenerContext(this.#handle, listenerId, ctx);
+  }
+  /** Stops accepting and closes the listening fd; its connections go on. */
+  unlisten(listenerId: number): void {
+    addon().hboneUnlisten(this.#handle, listenerId);
+  }
+  /** After 'handshake': ok starts HTTP/2 (client: 'ready' follows), not ok closes ('connClosed' 'rejected'). */
+  verdict(connId: number, ok: boolean): void {
+    addon().hboneVerdict(this.#handle, connId, ok);
+  }
+  /** Sends a CONNECT (flat [name, value, ...] with the pseudo-headers first); 'response' or 'closed' follows. */
+  open(connId: number, tunnelId: number, headers: string[]): void {
+    addon().hboneOpen(this.#handle, connId, tunnelId, headers);
+  }
+  /** Answers a 'request': 200 with `fd` relays the stream to it; another status ends the stream (fd -1). */
+  respond(tunnelId: number, status: number, headers: string[], fd: number): void {
+    addon().hboneRespond(this.#handle, tunnelId, status, headers, fd);
+  }
+  /** After a 200 'response': relays the stream to `fd` (owned from now on). */
+  relay(tunnelId: number, fd: number): void {
+    addon().hboneRelay(this.#handle, tunnelId, fd);
+  }
+  /** RST_STREAM(CANCEL) to the peer and an RST to the fd; 'closed' 'reset by proxy' follows. */
+  reset(tunnelId: number): void {
+    addon().hboneReset(this.#handle, tunnelId);
+  }
+  /** graceful: GOAWAY, open streams finish, then close; else now. 'connClosed' follows. */
+  connClose(connId: number, graceful: boolean): void {
+    addon().hboneConnClose(this.#handle, connId, graceful);
+  }
+  /** Live connections and streams, and DATA received but not yet written to its fd. */
+  stats(): { conns: number; streams: number; bufferedBytes: number } {
+    return addon().hboneStats(this.#handle);
+  }
+}
