@@ -41,6 +41,9 @@ void WatchFd(Engine *e, int fd, Watch *w) {
 
 void CloseConn(Conn *c, const std::string &err) {
   if (c->dead) return;
+  // dead first: finishing the last stream of a connection at EOF would close it again from
+  // FinishStream (twice in the graveyard, two 'connClosed')
+  c->dead = true;
   Engine *e = c->eng;
   std::vector<Stream *> ss;
   for (auto &kv : c->streams) ss.push_back(kv.second);
@@ -49,7 +52,6 @@ void CloseConn(Conn *c, const std::string &err) {
     s->h2Error = true;
     FinishStream(s, refused ? "refused" : "connection closed", true);
   }
-  c->dead = true;
   c->failed.clear();
   if (c->h2) nghttp2_session_del(c->h2);
   c->h2 = nullptr;

@@ -15,7 +15,8 @@ import type net from 'node:net';
 import type { IssuedCert } from '../../identity/ca.js';
 import type { CertManager } from '../../identity/manager.js';
 import type { Identity } from '../../identity/spiffe.js';
-import { dupFd, HboneEngine, type HboneEvent, type HboneSettings, type TlsContext } from '../../native/index.js';
+import { HboneEngine, hboneTlsContext, type HboneEvent, type HboneSettings, type HboneTlsContextHandle as TlsContext } from '../../native/hbone.js';
+import { dupFd } from '../../native/index.js';
 import { MeshError } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { canonicalIp, socketAddr } from '../../util/sockaddr.js';
@@ -182,7 +183,7 @@ export class NativeHbone {
     }
     let ctx = this.#clientCtx.get(cert);
     if (!ctx) {
-      ctx = this.#engine.tlsContext({ certPem: cert.chainPem, keyPem: cert.keyPem, rootPem: this.certs.rootPem, server: false });
+      ctx = hboneTlsContext({ certPem: cert.chainPem, keyPem: cert.keyPem, rootPem: this.certs.rootPem, server: false });
       this.#clientCtx.set(cert, ctx);
     }
     const id = ++this.#connSeq;
@@ -242,7 +243,7 @@ export class NativeHbone {
   readonly #listenerHooks = new Map<number, NativeListenerHooks>();
 
   #serverCtx(cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): TlsContext {
-    return this.#engine.tlsContext({ certPem: cert?.chainPem ?? '', keyPem: cert?.keyPem ?? '', rootPem: this.certs.rootPem, server: true });
+    return hboneTlsContext({ certPem: cert?.chainPem ?? '', keyPem: cert?.keyPem ?? '', rootPem: this.certs.rootPem, server: true });
   }
 
   #acceptedHandshake(ev: Extract<HboneEvent, { kind: 'handshake' }>): void {
