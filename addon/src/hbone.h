@@ -145,6 +145,11 @@ struct Engine : Watch {
   std::unordered_map<uint64_t, Conn *> conns;
   std::unordered_map<uint64_t, Stream *> tunnels;
   std::unordered_map<uint64_t, Listener *> listeners;
+  // connections each listener accepted that are still open (any state: handshaking ones too),
+  // and the listeners closed (hboneUnlisten) whose last connection is still open: when it
+  // closes, 'listenerClosed' tells JS the listener has nothing left
+  std::unordered_map<double, int> listenerConns;
+  std::unordered_map<double, bool> unlistened;
   std::vector<Watch *> graveyard;
   std::vector<Conn *> dirty;
   std::vector<Event> events;

@@ -39,6 +39,13 @@ void WatchFd(Engine *e, int fd, Watch *w) {
   epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+// 'listenerClosed': an unlistened listener has no connection left (handshaking ones included).
+static void ListenerClosed(Engine *e, double listener) {
+  Event ev{"listenerClosed"};
+  ev.listener = listener;
+  e->Emit(std::move(ev));
+}
+
 void CloseConn(Conn *c, const std::string &err) {
   if (c->dead) return;
   // dead first: finishing the last stream of a connection at EOF would close it again from
@@ -70,6 +77,10 @@ void CloseConn(Conn *c, const std::string &err) {
   ev.hasError = true;
   e->Emit(std::move(ev));
   e->graveyard.push_back(c);
+  if (c->server && --e->listenerConns[c->listener] == 0) {
+    e->listenerConns.erase(c->listener);
+    if (e->unlistened.erase(c->listener)) ListenerClosed(e, c->listener);
+  }
 }
 
 // A connection for `fd` (owned from now on) over `ctx` (this takes a reference).
@@ -80,6 +91,7 @@ static Conn *NewConn(Engine *e, uint64_t id, int fd, SSL_CTX *ctx, const Setting
   c->fd = fd;
   c->server = server;
   c->listener = listener;
+  if (server) e->listenerConns[listener]++;
   c->s = s;
   c->handshakeDeadline = NowMs() + s.handshakeTimeoutMs;
   e->conns[id] = c;
@@ -176,6 +188,9 @@ static void Run(Engine *e, Command &cmd) {
       SSL_CTX_free(l->ctx);
       l->dead = true;
       e->graveyard.push_back(l);
+      // handshakes under way are finished and reported as usual; JS hears when the last is over
+      if (e->listenerConns.count(cmd.id)) e->unlistened[cmd.id] = true;
+      else ListenerClosed(e, cmd.id);
       break;
     }
     case Command::kVerdict: {

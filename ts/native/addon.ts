@@ -87,7 +87,8 @@ export type HboneEvent =
   | { kind: 'connClosed'; conn: number; error: string }
   | { kind: 'request'; conn: number; tunnel: number; headers: string[] }
   | { kind: 'response'; tunnel: number; status: number; headers: string[] }
-  | { kind: 'closed'; tunnel: number; sent: number; received: number; error: string };
+  | { kind: 'closed'; tunnel: number; sent: number; received: number; error: string }
+  | { kind: 'listenerClosed'; listener: number };
 /** A map as its skeleton declares it (libbpf, after open). */
 export interface SkelMapRaw {
   name: string;

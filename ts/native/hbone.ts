@@ -70,7 +70,10 @@ export class HboneEngine {
   listenerContext(listenerId: number, ctx: HboneTlsContextHandle): void {
     addon().hboneListenerContext(this.#handle, listenerId, ctx);
   }
-  /** Stops accepting and closes the listening fd; its connections go on. */
+  /**
+   * Stops accepting and closes the listening fd; its connections go on (those still in their
+   * handshake too). 'listenerClosed' once the last of them has closed.
+   */
   unlisten(listenerId: number): void {
     addon().hboneUnlisten(this.#handle, listenerId);
   }

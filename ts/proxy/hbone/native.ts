@@ -95,7 +95,8 @@ export class NativeHbone {
   readonly #tunnels = new Map<number, TunnelWaiter>();
   /** accepted connections: their listener's hooks */
   readonly #accepted = new Map<number, { hooks: NativeListenerHooks; peer: Identity | null; remote: { ip: string; port: number }; localIp: string; listener: number; closed?: () => void }>();
-  readonly #listenerConns = new Map<number, Set<number>>();
+  /** each listener's hooks and admitted connections; `draining` once its pod stopped; `onEmpty` when closed and empty */
+  readonly #listeners = new Map<number, { hooks: NativeListenerHooks; conns: Set<number>; draining: boolean; onEmpty?: () => void }>();
   readonly #clientCtx = new WeakMap<IssuedCert, TlsContext>();
   #connSeq = 0;
   #tunnelSeq = 0;
@@ -122,7 +123,7 @@ export class NativeHbone {
    * draining proxy exits once they end, not before).
    */
   #keepAlive(): void {
-    const live = this.#conns.size + this.#accepted.size + this.#tunnels.size > 0;
+    const live = this.#conns.size + this.#listeners.size + this.#tunnels.size > 0;
     if (live !== this.#alive) this.#engine.keepAlive((this.#alive = live));
   }
 
@@ -145,9 +146,7 @@ export class NativeHbone {
         if (a) {
           this.#accepted.delete(ev.conn);
           a.closed?.();
-          const set = this.#listenerConns.get(a.listener);
-          set?.delete(ev.conn);
-          if (set?.size === 0) this.#listenerEmpty.get(a.listener)?.();
+          this.#listeners.get(a.listener)?.conns.delete(ev.conn);
           return;
         }
         const c = this.#conns.get(ev.conn);
@@ -156,6 +155,11 @@ export class NativeHbone {
       }
       case 'request':
         return this.#request(ev);
+      case 'listenerClosed': {
+        const l = this.#listeners.get(ev.listener);
+        this.#listeners.delete(ev.listener);
+        return l?.onEmpty?.();
+      }
       case 'response':
         return this.#tunnels.get(ev.tunnel)?.response?.(ev.status, ev.headers);
       case 'closed': {
@@ -213,47 +217,42 @@ export class NativeHbone {
     });
   }
 
-  readonly #listenerEmpty = new Map<number, () => void>();
-
   /** Serves HBONE on the listening socket `fd` (the engine owns it) with `cert` (null: none). */
   listen(fd: number, cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null, hooks: NativeListenerHooks): NativeListener {
     const id = ++this.#listenerSeq;
-    this.#listenerConns.set(id, new Set());
+    const l = { hooks, conns: new Set<number>(), draining: false, onEmpty: undefined as (() => void) | undefined };
+    this.#listeners.set(id, l);
     this.#engine.listen(id, fd, this.#serverCtx(cert), settingsOf(this.#limits));
-    this.#listenerHooks.set(id, hooks);
     return {
       rotate: (c) => this.#engine.listenerContext(id, this.#serverCtx(c)),
       drain: () => {
-        for (const conn of this.#listenerConns.get(id) ?? []) this.#engine.connClose(conn, true);
+        l.draining = true;
+        for (const conn of l.conns) this.#engine.connClose(conn, true);
       },
+      // once every connection it accepted has closed, handshaking ones included (the engine says)
       close: (cb) => {
+        l.onEmpty = cb;
         this.#engine.unlisten(id);
-        this.#listenerHooks.delete(id);
-        const done = (): void => {
-          this.#listenerConns.delete(id);
-          this.#listenerEmpty.delete(id);
-          cb();
-        };
-        if ((this.#listenerConns.get(id)?.size ?? 0) === 0) return done();
-        this.#listenerEmpty.set(id, done);
       },
     };
   }
-
-  readonly #listenerHooks = new Map<number, NativeListenerHooks>();
 
   #serverCtx(cert: Pick<IssuedCert, 'chainPem' | 'keyPem'> | null): TlsContext {
     return hboneTlsContext({ certPem: cert?.chainPem ?? '', keyPem: cert?.keyPem ?? '', rootPem: this.certs.rootPem, server: true });
   }
 
   #acceptedHandshake(ev: Extract<HboneEvent, { kind: 'handshake' }>): void {
-    const hooks = this.#listenerHooks.get(ev.listener!);
+    const l = this.#listeners.get(ev.listener!);
+    const hooks = l?.hooks;
     // the listener is dual-stack: an IPv4 peer is reported IPv4-mapped (as Node's path reads it, util/sockaddr.ts)
     const remote = { ip: canonicalIp(ev.remote.ip), port: ev.remote.port };
     const peer = hooks?.verify(ev.uris, remote) ?? null;
-    this.#listenerConns.get(ev.listener!)?.add(ev.conn);
-    this.#accepted.set(ev.conn, { hooks: hooks!, peer, remote, localIp: canonicalIp(ev.local.ip), listener: ev.listener!, closed: peer ? hooks?.opened?.() : undefined });
+    if (!l || !hooks) return this.#engine.verdict(ev.conn, false);
+    l.conns.add(ev.conn);
+    this.#accepted.set(ev.conn, { hooks, peer, remote, localIp: canonicalIp(ev.local.ip), listener: ev.listener!, closed: peer ? hooks.opened?.() : undefined });
     this.#engine.verdict(ev.conn, peer !== null);
+    // a handshake that was under way when the pod stopped: served, and told GOAWAY at once (as Node's path)
+    if (peer && l.draining) this.#engine.connClose(ev.conn, true);
   }
 
   #request(ev: Extract<HboneEvent, { kind: 'request' }>): void {
@@ -384,9 +383,17 @@ class NativeLink implements HboneLink {
           });
         },
         closed: (sent, received, error) => {
+          // the peer did not process it: it sent GOAWAY (draining) or refused the stream; this
+          // connection takes no new stream, so the pool's retry dials another (as Node's path,
+          // where a GOAWAY closes the session to new streams)
+          if (error === 'refused') this.#closing = true;
           done();
           if (!responded) {
-            return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), error === 'refused'));
+            // never answered, nothing sent (the client's socket is handed over only after a 200):
+            // refused, or its connection closed under it (a draining peer's close racing the
+            // CONNECT): safe to open once more on another connection
+            const unprocessed = error === 'refused' || error === 'connection closed';
+            return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), unprocessed));
           }
           if (!down) return void (ended = { sent, received, error });
           release(down.sock);
