@@ -70,7 +70,9 @@ void FinishStream(Stream *s, const std::string &err, bool resetFd) {
     e->Emit(std::move(ev));
   }
   e->graveyard.push_back(s);
-  if (c && !c->dead && c->eof && c->streams.empty()) CloseConn(c, c->closeError);
+  // a connection whose peer is gone closes once its last stream is done: in ConnFlush, never
+  // here (this may run inside an nghttp2 callback, where the session must not be freed)
+  if (c && !c->dead && c->eof && c->streams.empty()) MarkDirty(c);
 }
 
 void ResetStream(Stream *s, const std::string &err) {
