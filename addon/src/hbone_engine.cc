@@ -6,6 +6,7 @@
 // The C addon decides nothing: which peer is acceptable, where a stream goes, what is logged
 // and counted are TypeScript's (ts/native/hbone.ts).
 #include <fcntl.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -257,6 +258,7 @@ static void Shutdown(Engine *e) {
 }
 
 void Loop(std::shared_ptr<Engine> e) {
+  pthread_setname_np(pthread_self(), "inpod-hbone");  // for top -H and perf
   struct epoll_event evs[128];
   bool stop = false;
   int64_t nextTick = NowMs() + 100;
