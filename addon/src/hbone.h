@@ -4,12 +4,15 @@
 // metrics, logs) and tells the engine through commands. The C addon decides nothing.
 //   hbone_tls.cc      SSL_CTX from PEM, the TLS handshake and TLS reads/writes of one connection
 //   hbone_session.cc  the nghttp2 session of one connection and the relay of its streams
-//   hbone_engine.cc   the thread, its epoll loop, timers, the command queue and the N-API exports
+//   hbone_relay.cc    one stream's relay to its fd (flow control held until the fd took the bytes)
+//   hbone_engine.cc   the thread: its epoll loop, timers, the commands
+//   hbone_napi.cc     the N-API exports, the command queue and the event batches
 #pragma once
 #include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <memory>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -185,6 +188,19 @@ void SessionTick(Conn *c, int64_t now);
 
 // hbone_engine.cc
 void CloseConn(Conn *c, const std::string &err);
+void Loop(std::shared_ptr<Engine> e);  // the engine thread: returns once stopped
+
+// hbone_napi.cc
+void Deliver(Engine *e);        // hands the events gathered so far to JS, as one batch
+void ReleaseEvents(Engine *e);  // the thread is done with the ThreadSafeFunction
+
+// hbone_relay.cc (stream <-> fd)
+void FlushToFd(Stream *s);
+ssize_t ReadFd(nghttp2_session *, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags, nghttp2_data_source *, void *user);
+void MaybeFinish(Stream *s);
+void Fail(Stream *s);
+void DropPending(Stream *s);
+Stream *Find(Conn *c, int32_t sid);
 
 }  // namespace hbone
 }  // namespace inpod

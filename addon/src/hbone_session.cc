@@ -1,8 +1,8 @@
-// The native HBONE engine's HTTP/2 layer (see hbone.h): one nghttp2 session per connection,
-// CONNECT streams, and the relay of each stream to its plain TCP fd as ztunnel's copy.rs does it
-// (both directions, half-closes carried across, a reset answered with a reset). DATA that the fd
-// has not taken keeps its flow-control credit (no automatic WINDOW_UPDATE), so a slow reader
-// back-pressures the peer. Callbacks only record state; connections close outside them.
+// The native HBONE engine's HTTP/2 layer (see hbone.h): one nghttp2 session per connection, its
+// SETTINGS and keepalive, CONNECT requests and answers, GOAWAY, the rapid-reset bucket. DATA
+// that an fd has not taken keeps its flow-control credit (no automatic WINDOW_UPDATE: see
+// hbone_relay.cc), so a slow reader back-pressures the peer. Callbacks only record state;
+// connections close outside them.
 #include "hbone.h"
 
 #include <sys/epoll.h>
@@ -13,11 +13,6 @@
 
 namespace inpod {
 namespace hbone {
-
-static Stream *Find(Conn *c, int32_t sid) {
-  auto it = c->streams.find(sid);
-  return it == c->streams.end() ? nullptr : it->second;
-}
 
 static const char *H2ErrorName(uint32_t code) {
   switch (code) {
@@ -36,138 +31,6 @@ static const char *H2ErrorName(uint32_t code) {
     case NGHTTP2_INADEQUATE_SECURITY: return "INADEQUATE_SECURITY";
     case NGHTTP2_HTTP_1_1_REQUIRED: return "HTTP_1_1_REQUIRED";
     default: return "UNKNOWN";
-  }
-}
-
-// Closes the fd; with `reset`, as an RST (SO_LINGER {1, 0}), as ztunnel resets the app.
-static void CloseFd(Stream *s, bool reset) {
-  if (s->fd < 0) return;
-  if (reset) {
-    struct linger l = {1, 0};
-    setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-  }
-  close(s->fd);
-  s->fd = -1;
-}
-
-// Inside an nghttp2 callback: the stream ends (RST_STREAM(CANCEL), the fd reset) at the next flush.
-static void Fail(Stream *s) {
-  s->h2Error = true;
-  s->conn->failed.push_back(s);
-  MarkDirty(s->conn);
-}
-
-static void DropPending(Stream *s) {
-  size_t n = s->Pending();
-  if (n && s->conn && s->conn->h2) nghttp2_session_consume_connection(s->conn->h2, n);
-  s->eng->statBuffered -= static_cast<int64_t>(n);
-  std::string().swap(s->pend);
-  s->pendOff = 0;
-}
-
-void FinishStream(Stream *s, const std::string &err, bool resetFd) {
-  if (s->dead) return;
-  s->dead = true;
-  Engine *e = s->eng;
-  Conn *c = s->conn;
-  DropPending(s);
-  CloseFd(s, resetFd);
-  if (c) {
-    c->streams.erase(s->sid);
-    if (c->h2 && !s->h2Closed && s->sid > 0) c->toReset.push_back(s->sid), MarkDirty(c);
-    if (c->streams.empty()) c->idleSince = NowMs();
-  }
-  e->tunnels.erase(s->tunnel);
-  e->statStreams--;
-  if (s->announced) {
-    Event ev{"closed"};
-    ev.tunnel = static_cast<double>(s->tunnel);
-    ev.sent = s->sent;
-    ev.received = s->received;
-    ev.hasBytes = true;
-    ev.error = err;
-    ev.hasError = true;
-    e->Emit(std::move(ev));
-  }
-  e->graveyard.push_back(s);
-  if (c && !c->dead && c->eof && c->streams.empty()) CloseConn(c, c->closeError);
-}
-
-void ResetStream(Stream *s, const std::string &err) {
-  s->h2Error = true;
-  FinishStream(s, err, true);
-}
-
-// Done when nghttp2 closed the stream and what it delivered has reached the fd.
-static void MaybeFinish(Stream *s) {
-  if (s->dead || !s->h2Closed) return;
-  if (s->h2Error) return FinishStream(s, s->error.empty() ? "reset" : s->error, true);
-  if (s->fd >= 0 && s->Pending()) return;
-  FinishStream(s, s->error, false);
-}
-
-// Writes buffered DATA to the fd, returning its flow-control credit; after END_STREAM, SHUT_WR.
-static void FlushToFd(Stream *s) {
-  Conn *c = s->conn;
-  while (s->fd >= 0 && s->Pending()) {
-    ssize_t n = write(s->fd, s->pend.data() + s->pendOff, s->Pending());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (n < 0) {
-      s->error = (errno == EPIPE || errno == ECONNRESET) ? "reset" : std::string("write: ") + strerror(errno);
-      return ResetStream(s, s->error);
-    }
-    s->pendOff += static_cast<size_t>(n);
-    s->received += static_cast<double>(n);
-    s->eng->statBuffered -= n;
-    if (c && c->h2) {
-      if (s->h2Closed) nghttp2_session_consume_connection(c->h2, static_cast<size_t>(n));
-      else nghttp2_session_consume(c->h2, s->sid, static_cast<size_t>(n));
-      MarkDirty(c);
-    }
-  }
-  if (!s->Pending()) {
-    std::string().swap(s->pend);
-    s->pendOff = 0;
-    if (s->fd >= 0 && s->peerEnded && !s->shutWr) {
-      shutdown(s->fd, SHUT_WR);
-      s->shutWr = true;
-    }
-  } else if (s->pendOff > (1 << 20) && s->pendOff > s->pend.size() / 2) {
-    s->pend.erase(0, s->pendOff);
-    s->pendOff = 0;
-  }
-  MaybeFinish(s);
-}
-
-static ssize_t ReadFd(nghttp2_session *, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags, nghttp2_data_source *, void *user) {
-  Conn *c = static_cast<Conn *>(user);
-  Stream *s = Find(c, sid);
-  if (!s || s->dead || !s->relaying || s->fd < 0) {
-    if (s) s->deferred = true;
-    return NGHTTP2_ERR_DEFERRED;
-  }
-  for (;;) {
-    ssize_t n = read(s->fd, buf, length);
-    if (n > 0) {
-      s->sent += static_cast<double>(n);
-      return n;
-    }
-    if (n == 0) {
-      s->fdEof = true;
-      *flags |= NGHTTP2_DATA_FLAG_EOF;
-      return 0;
-    }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      s->deferred = true;
-      return NGHTTP2_ERR_DEFERRED;
-    }
-    // the app reset or failed: RST_STREAM(CANCEL) and the fd reset, at the next flush
-    s->error = (errno == ECONNRESET || errno == EPIPE) ? "reset" : std::string("read: ") + strerror(errno);
-    s->deferred = true;
-    Fail(s);
-    return NGHTTP2_ERR_DEFERRED;
   }
 }
 
@@ -348,6 +211,12 @@ static int OnStreamClose(nghttp2_session *, int32_t sid, uint32_t code, void *us
 // overtake them).
 static int OnFrameSend(nghttp2_session *session, const nghttp2_frame *f, void *user) {
   Conn *c = static_cast<Conn *>(user);
+  if (f->hd.type == NGHTTP2_GOAWAY) {
+    // ours, also the one nghttp2 sends by itself on a peer's protocol violation
+    c->closing = true;
+    if (f->goaway.error_code != NGHTTP2_NO_ERROR && c->closeError.empty()) c->closeError = std::string("h2: ") + H2ErrorName(f->goaway.error_code);
+    return 0;
+  }
   if (f->hd.type != NGHTTP2_HEADERS || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
   Stream *s = Find(c, f->hd.stream_id);
   if (s && !s->dead && s->rstAfterHeaders) nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->sid, NGHTTP2_NO_ERROR);
@@ -437,18 +306,6 @@ bool SessionOpen(Conn *c, uint64_t tunnel, const std::vector<std::string> &heade
   return true;
 }
 
-void StreamAttach(Stream *s, int fd) {
-  s->fd = fd;
-  s->relaying = true;
-  WatchFd(s->eng, fd, s);
-  if (s->conn && s->conn->h2 && s->deferred) {
-    s->deferred = false;
-    nghttp2_session_resume_data(s->conn->h2, s->sid);
-  }
-  FlushToFd(s);
-  if (s->conn) MarkDirty(s->conn);
-}
-
 void SessionRespond(Stream *s, int status, const std::vector<std::string> &headers, int fd) {
   Conn *c = s->conn;
   s->responded = true;
@@ -465,26 +322,6 @@ void SessionRespond(Stream *s, int status, const std::vector<std::string> &heade
     if (fd >= 0) close(fd);
     nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), nullptr);
     s->rstAfterHeaders = true;  // OnFrameSend: once the answer is out, RST_STREAM(NO_ERROR)
-    MarkDirty(c);
-  }
-}
-
-void StreamFdEvent(Stream *s, uint32_t events) {
-  Conn *c = s->conn;
-  if (events & EPOLLERR) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) {
-      s->error = (err == ECONNRESET || err == EPIPE) ? "reset" : std::string("socket: ") + strerror(err);
-      return ResetStream(s, s->error);
-    }
-  }
-  if (events & EPOLLOUT) FlushToFd(s);
-  if (s->dead) return;
-  if ((events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && s->deferred && c && c->h2 && !s->fdEof && s->relaying) {
-    s->deferred = false;
-    nghttp2_session_resume_data(c->h2, s->sid);
     MarkDirty(c);
   }
 }

@@ -39,6 +39,8 @@ export function hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: s
 }
 
 export class HboneEngine {
+  /** hboneTlsContext(), as a static for callers holding only the class. */
+  static tlsContext = hboneTlsContext;
   #h: HboneEngineHandle | null;
   constructor(onEvent: (ev: HboneEvent) => void) {
     this.#h = check('hbone engine', addon().hboneEngineNew((events) => {
