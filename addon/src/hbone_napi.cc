@@ -65,6 +65,7 @@ void Deliver(Engine *e) {
 struct Handle {
   std::shared_ptr<Engine> e;
   Napi::ThreadSafeFunction tsfn;
+  std::thread thread;
 };
 
 static Handle *GetH(const Napi::CallbackInfo &info) { return info[0].As<Napi::External<Handle>>().Data(); }
@@ -139,11 +140,12 @@ static Napi::Value HboneEngineNew(const Napi::CallbackInfo &info) {
   auto *h = new Handle{e, Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "inpod-hbone", 0, 1)};
   h->tsfn.Unref(env);
   e->tsfn = &h->tsfn;  // the thread releases it before it exits; the Handle outlives that (below)
-  std::thread(Loop, e).detach();
+  h->thread = std::thread(Loop, e);
   return Napi::External<Handle>::New(env, h, [](Napi::Env, Handle *h) {
     Command c{Command::kStop};
     Post(h, std::move(c));
     // the thread may still use h->tsfn: the Handle is leaked on purpose (one per engine)
+    if (h->thread.joinable()) h->thread.detach();
   });
 }
 
@@ -158,9 +160,14 @@ static Napi::Value HboneEngineRef(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
+// hboneEngineClose(h, wait): stops the thread; with `wait`, returns once it has exited (every
+// connection and fd closed; the events of the shutdown are not delivered). The process exit
+// waits so: a thread still calling into a torn-down environment aborts the process.
 static Napi::Value HboneEngineClose(const Napi::CallbackInfo &info) {
+  Handle *h = GetH(info);
   Command c{Command::kStop};
-  Post(GetH(info), std::move(c));
+  Post(h, std::move(c));
+  if (info[1].ToBoolean() && h->thread.joinable()) h->thread.join();
   return info.Env().Undefined();
 }
 

@@ -452,4 +452,50 @@ describe('engine timers and lifecycle', () => {
     e.close();
     expect((await e.wait('connClosed', (x) => x.conn === 64)).error).toBe('engine closed');
   });
+
+  it('an open tunnel carries bytes both ways after both ends sent GOAWAY (a drain on each side); the process lives', async () => {
+    // before the fix, the connection closed by the end of its last stream at EOF was closed twice
+    // (freed twice): this test crashed the test process
+    const { e: srv, port } = await listener(toEcho);
+    const e = engine();
+    await dial(e, 70, port);
+    e.engine.open(70, 7000, CONNECT('10.1.0.1:1'));
+    expect((await e.wait('response', (x) => x.tunnel === 7000)).status).toBe(200);
+    const { fd, peer } = await app.pair();
+    e.engine.relay(7000, fd);
+    const got: Buffer[] = [];
+    peer.on('data', (d: Buffer) => got.push(d));
+    peer.write('one');
+    await until(() => Buffer.concat(got).toString() === 'one', 5000, 'the first echo');
+    e.engine.connClose(70, true);
+    srv.engine.connClose(srv.find('handshake')!.conn, true);
+    peer.write('two');
+    await until(() => Buffer.concat(got).toString() === 'onetwo', 5000, 'the echo after both GOAWAYs');
+    peer.end();
+    expect(await e.wait('closed', (x) => x.tunnel === 7000)).toMatchObject({ sent: 6, received: 6, error: '' });
+    expect((await e.wait('connClosed', (x) => x.conn === 70)).error).toBe('');
+    expect((await srv.wait('connClosed')).error).toBe('');
+  });
+
+  it("unlisten: 'listenerClosed' only once the connections it accepted are over, one still in its TLS handshake included", async () => {
+    const { e, port } = await listener(toApp, { ...SETTINGS, handshakeTimeoutMs: 400 });
+    const raw = (await import('node:net')).connect(port, '127.0.0.1');
+    raw.on('error', () => {});
+    await new Promise((r) => raw.once('connect', r));
+    // accepted by the engine, no ClientHello yet: the connection exists, unreported
+    await until(() => e.engine.stats().conns === 1, 5000, 'the engine to accept');
+    e.engine.unlisten(7);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(e.find('listenerClosed')).toBeUndefined();
+    // the handshake timer ends it; then the listener is over
+    expect((await e.wait('connClosed')).error).toBe('tls handshake timeout');
+    expect(await e.wait('listenerClosed')).toEqual({ kind: 'listenerClosed', listener: 7 });
+    raw.destroy();
+  });
+
+  it("unlisten with no connection: 'listenerClosed' at once", async () => {
+    const { e } = await listener(toApp);
+    e.engine.unlisten(7);
+    expect(await e.wait('listenerClosed')).toEqual({ kind: 'listenerClosed', listener: 7 });
+  });
 });

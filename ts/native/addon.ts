@@ -182,7 +182,7 @@ export interface NativeAddon {
   /** cb is called with a batch (an array) of events, in order */
   hboneEngineNew(cb: (events: HboneEvent[]) => void): HboneEngineHandle | number;
   hboneEngineRef(h: HboneEngineHandle, on: boolean): void;
-  hboneEngineClose(h: HboneEngineHandle): void;
+  hboneEngineClose(h: HboneEngineHandle, wait: boolean): void;
   /** throws an Error naming what OpenSSL refused */
   hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: string; server: boolean }): HboneTlsContextHandle;
   hboneClient(h: HboneEngineHandle, connId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void;

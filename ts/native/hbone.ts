@@ -55,11 +55,21 @@ export class HboneEngine {
   keepAlive(on: boolean): void {
     if (this.#h) addon().hboneEngineRef(this.#h, on);
   }
-  /** Stops the thread: every connection closed ('connClosed' 'engine closed'), every owned fd closed. Idempotent. */
-  close(): void {
-    if (this.#h) addon().hboneEngineClose(this.#h);
+  /**
+   * Stops the thread: every connection closed ('connClosed' 'engine closed'), every owned fd
+   * closed. With `wait`, returns once the thread has exited (the shutdown's events are then not
+   * delivered): what a process about to exit must do. Idempotent.
+   */
+  close(o: { wait?: boolean } = {}): void {
+    if (this.#joined) return;
+    if (this.#closed === null) this.#closed = this.#h;
     this.#h = null;
+    if (this.#closed) addon().hboneEngineClose(this.#closed, o.wait ?? false);
+    if (o.wait) this.#joined = true;
   }
+  /** the handle once closed (a later close may still wait for the thread) */
+  #closed: HboneEngineHandle | null = null;
+  #joined = false;
   /** TLS as a client over `fd` (a connected or connecting TCP socket, owned from now on). */
   client(connId: number, fd: number, ctx: HboneTlsContextHandle, s: HboneSettings): void {
     addon().hboneClient(this.#handle, connId, fd, ctx, s);

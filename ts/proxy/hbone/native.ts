@@ -106,6 +106,7 @@ export class NativeHbone {
   constructor(readonly certs: CertManager, limits: Partial<HboneLimits> = {}, private readonly log?: Logger) {
     this.#limits = { ...DEFAULT_HBONE_LIMITS, ...limits };
     this.#engine = new HboneEngine((ev) => this.#event(ev));
+    joinAtExit(this.#engine);
   }
 
   /** Live connections and streams, and the bytes the engine holds unwritten. */
@@ -113,6 +114,10 @@ export class NativeHbone {
     return this.#engine.stats();
   }
 
+  /**
+   * Closes every connection now and stops the engine's thread (their ends are still reported;
+   * a process exit waits for the thread).
+   */
   close(): void {
     this.#engine.close();
   }
@@ -294,6 +299,18 @@ export class NativeHbone {
       },
     });
   }
+}
+
+/** The engines of this process: an exit (at the drain deadline, or on an error) stops their threads first. */
+const engines = new Set<HboneEngine>();
+
+function joinAtExit(e: HboneEngine): void {
+  if (engines.size === 0) {
+    process.once('exit', () => {
+      for (const x of engines) x.close({ wait: true });
+    });
+  }
+  engines.add(e);
 }
 
 /**
