@@ -8,8 +8,8 @@
  * `make build`, perf, wrk and iperf3 (as `inpod bench`). Everything it creates carries a prefix
  * b<hex> and is removed at the end, or at Ctrl-C.
  *
- *   node bench/proxy-profile.mjs [--dist dist] [--workload http|bulk1|bulk8] [--seconds 5]
- *                                [--perf out.data]
+ *   node bench/proxy-profile.mjs [--dist dist] [--workload http|bulk1|bulk8|connrate] [--seconds 5]
+ *                                [--config proxy-ebpf|proxy-native] [--perf out.data [--top N]]
  *
  * --dist: the build to measure (another worktree's dist/, to compare two). The proxy runs with
  * --perf-basic-prof-only-functions, so perf names the JavaScript functions.
@@ -26,6 +26,8 @@ const { values: opt } = parseArgs({
     workload: { type: 'string', default: 'http' },
     seconds: { type: 'string', default: '5' },
     perf: { type: 'string' },
+    config: { type: 'string', default: 'proxy-ebpf' },
+    top: { type: 'string', default: '0' },
   },
 });
 const dist = pathToFileURL(resolve(opt.dist)).href;
@@ -46,9 +48,9 @@ export function category(sym, dso) {
   return 'V8 (runtime, builtins, GC)';
 }
 
-process.env.NODE_OPTIONS = '--perf-basic-prof-only-functions'; // the proxy inherits it
+process.env.NODE_OPTIONS = process.env.PROFILE_NODE_OPTIONS ?? '--perf-basic-prof-only-functions'; // the proxy inherits it
 const prefix = `b${Math.random().toString(16).slice(2, 6)}`;
-const env = new BenchEnv(prefix, true, ['proxy-ebpf']);
+const env = new BenchEnv(prefix, true, [opt.config]);
 process.once('SIGINT', () => void env.destroy().finally(() => process.exit(130)));
 const cpuS = (pid) => {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
@@ -56,7 +58,7 @@ const cpuS = (pid) => {
 };
 try {
   await env.setup(() => {});
-  const s = env.configs.get('proxy-ebpf');
+  const s = env.configs.get(opt.config);
   const pid = s.fwdPids[0];
   const p = { seconds: Number(opt.seconds), httpConns: 16, connThreads: 8 };
   await runLoad(opt.workload, s.clientAt, s.server.ip, { ...p, seconds: 2 }); // warm-up
@@ -69,11 +71,13 @@ try {
     await exited;
   }
   const cpu = cpuS(pid) - before;
-  const per = opt.workload === 'http' ? `${((cpu / r.work) * 1e6).toFixed(1)} µs per request` : `${(cpu / (r.work / 1e9)).toFixed(2)} CPU-s per GB`;
+  const per = opt.workload === 'http' ? `${((cpu / r.work) * 1e6).toFixed(1)} µs per request`
+    : opt.workload === 'connrate' ? `${((cpu / r.work) * 1e6).toFixed(1)} µs per connection` : `${(cpu / (r.work / 1e9)).toFixed(2)} CPU-s per GB`;
   console.log(`${opt.workload}: ${JSON.stringify(r.metrics)}; proxy CPU ${cpu.toFixed(2)} s, ${per}`);
   if (opt.perf) {
     const out = execFileSync('perf', ['script', '-i', opt.perf, '-F', 'ip,sym,dso'], { encoding: 'utf8', maxBuffer: 1 << 30 });
     const counts = new Map();
+    const syms = new Map();
     let n = 0;
     for (const sample of out.split('\n\n')) {
       const leaf = /^\s*[0-9a-f]+\s+(.*)\s+\((.*)\)$/.exec(sample.trim().split('\n')[0] ?? '');
@@ -81,9 +85,17 @@ try {
       n++;
       const c = category(leaf[1], leaf[2]);
       counts.set(c, (counts.get(c) ?? 0) + 1);
+      syms.set(leaf[1], (syms.get(leaf[1]) ?? 0) + 1);
     }
     for (const [c, k] of [...counts].sort((x, y) => y[1] - x[1])) console.log(`  ${c.padEnd(28)} ${((100 * k) / n).toFixed(1)}%`);
     console.log(`  (${n} samples)`);
+    for (const [sym, k] of [...syms].sort((x, y) => y[1] - x[1]).slice(0, Number(opt.top))) console.log(`  ${((100 * k) / n).toFixed(1).padStart(5)}% ${sym.slice(0, 110)}`);
+  }
+  // a proxy started with --cpu-prof (its shebang) writes the profile when it exits: let it drain
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 100; i++) {
+    try { process.kill(pid, 0); } catch { break; }
+    await new Promise((ok) => setTimeout(ok, 100));
   }
 } finally {
   await env.destroy();

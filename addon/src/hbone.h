@@ -78,6 +78,9 @@ struct Stream : Watch {
   bool h2Error = false;     // ... with an error code, or we reset it
   bool rstAfterHeaders = false;  // server: a non-200 answer, RST_STREAM(NO_ERROR) once it is sent
   std::string error;        // the 'closed' error, once known
+  bool connecting = false;  // server: 200 waits for the fd's connect() (then the app is there, or 503)
+  int64_t connectDeadline = 0;
+  std::vector<std::string> answer;  // the 200's headers, while connecting
   int status = 0;
   double sent = 0, received = 0;
   std::string pend;         // DATA not yet written to the fd (its window is not returned yet)
@@ -180,6 +183,9 @@ void MarkDirty(Conn *c);
 bool SessionStart(Conn *c);
 void StreamFdEvent(Stream *s, uint32_t events);
 void StreamAttach(Stream *s, int fd);
+// server: answer 200 once the app socket `fd` (connect() under way) is connected, else 503
+void StreamConnecting(Stream *s, int fd, std::vector<std::string> &&answer);
+void ConnectDone(Stream *s, int err);
 bool SessionOpen(Conn *c, uint64_t tunnel, const std::vector<std::string> &headers);
 void SessionRespond(Stream *s, int status, const std::vector<std::string> &headers, int fd);
 void FinishStream(Stream *s, const std::string &err, bool resetFd);

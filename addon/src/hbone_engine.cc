@@ -217,6 +217,10 @@ static void Run(Engine *e, Command &cmd) {
         if (cmd.fd >= 0) close(cmd.fd);
         break;
       }
+      if (cmd.status == 200 && cmd.fd >= 0 && cmd.flag) {
+        StreamConnecting(s, cmd.fd, std::move(cmd.headers));
+        break;
+      }
       SessionRespond(s, cmd.status, cmd.headers, cmd.status == 200 ? cmd.fd : -1);
       if (cmd.status != 200 && cmd.fd >= 0) close(cmd.fd);
       break;

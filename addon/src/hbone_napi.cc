@@ -77,10 +77,15 @@ static bool Post(Handle *h, Command &&c) {
     std::lock_guard<std::mutex> g(e->mu);
     if (!e->stopped) {
       if (c.kind == Command::kStop) e->stopped = true;
+      // one wake per batch: commands queued behind a pending wake are taken with it (the thread
+      // swaps the whole queue after reading the eventfd)
+      bool wake = e->cmds.empty();
       e->cmds.push_back(std::move(c));
-      uint64_t one = 1;
-      ssize_t r = write(e->wakeFd, &one, sizeof(one));
-      (void)r;
+      if (wake) {
+        uint64_t one = 1;
+        ssize_t r = write(e->wakeFd, &one, sizeof(one));
+        (void)r;
+      }
       return true;
     }
   }
@@ -231,6 +236,7 @@ static Napi::Value HboneRespond(const Napi::CallbackInfo &info) {
   c.status = IntArg(info, 2);
   c.headers = ReadStrings(info[3]);
   c.fd = info.Length() > 4 ? IntArg(info, 4) : -1;
+  c.flag = info.Length() > 5 && info[5].ToBoolean();  // the fd's connect() is still under way
   Post(GetH(info), std::move(c));
   return info.Env().Undefined();
 }

@@ -165,8 +165,45 @@ void StreamAttach(Stream *s, int fd) {
   if (s->conn) MarkDirty(s->conn);
 }
 
+// How long an app's connect() may take before the CONNECT is answered 503 (as connectIn's).
+static constexpr int64_t kConnectTimeoutMs = 10000;
+
+void StreamConnecting(Stream *s, int fd, std::vector<std::string> &&answer) {
+  s->responded = true;  // answered (or about to be): a later respond() is ignored
+  s->connecting = true;
+  s->fd = fd;
+  s->answer = std::move(answer);
+  s->connectDeadline = NowMs() + kConnectTimeoutMs;
+  WatchFd(s->eng, fd, s);
+}
+
+// The app's connect() is over: 200 and the relay, or 503 with the reason as the 'closed' error.
+void ConnectDone(Stream *s, int err) {
+  s->connecting = false;
+  int fd = s->fd;
+  if (err == 0) {
+    s->fd = -1;
+    SessionRespond(s, 200, s->answer, fd);
+  } else {
+    s->error = std::string("connect: ") + strerror(err);
+    s->fd = -1;
+    close(fd);
+    SessionRespond(s, 503, {}, -1);
+  }
+  std::vector<std::string>().swap(s->answer);
+  if (s->conn) MarkDirty(s->conn);
+}
+
 void StreamFdEvent(Stream *s, uint32_t events) {
   Conn *c = s->conn;
+  if (s->connecting) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+    getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (!err && !(events & EPOLLOUT)) err = ECONNREFUSED;
+    return ConnectDone(s, err);
+  }
   if (events & EPOLLERR) {
     int err = 0;
     socklen_t len = sizeof(err);

@@ -337,6 +337,12 @@ void SessionRespond(Stream *s, int status, const std::vector<std::string> &heade
 
 void SessionTick(Conn *c, int64_t now) {
   if (c->pingDeadline && now >= c->pingDeadline) return CloseConn(c, "ping timeout");
+  if (c->server) {
+    std::vector<Stream *> late;
+    for (auto &kv : c->streams)
+      if (kv.second->connecting && now >= kv.second->connectDeadline) late.push_back(kv.second);
+    for (Stream *s : late) ConnectDone(s, ETIMEDOUT);
+  }
   if (!c->pingDeadline && now >= c->nextPing && !c->fatal) {
     nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, nullptr);
     c->pingDeadline = now + c->s.pingTimeoutMs;

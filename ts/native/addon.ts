@@ -191,7 +191,7 @@ export interface NativeAddon {
   hboneUnlisten(h: HboneEngineHandle, listenerId: number): void;
   hboneVerdict(h: HboneEngineHandle, connId: number, ok: boolean): void;
   hboneOpen(h: HboneEngineHandle, connId: number, tunnelId: number, headers: string[]): void;
-  hboneRespond(h: HboneEngineHandle, tunnelId: number, status: number, headers: string[], fd: number): void;
+  hboneRespond(h: HboneEngineHandle, tunnelId: number, status: number, headers: string[], fd: number, connecting: boolean): void;
   hboneRelay(h: HboneEngineHandle, tunnelId: number, fd: number): void;
   hboneReset(h: HboneEngineHandle, tunnelId: number): void;
   hboneConnClose(h: HboneEngineHandle, connId: number, graceful: boolean): void;

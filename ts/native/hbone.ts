@@ -97,9 +97,13 @@ export class HboneEngine {
   open(connId: number, tunnelId: number, headers: string[]): void {
     addon().hboneOpen(this.#handle, connId, tunnelId, headers);
   }
-  /** Answers a 'request': 200 with `fd` relays the stream to it; another status ends the stream (fd -1). */
-  respond(tunnelId: number, status: number, headers: string[], fd: number): void {
-    addon().hboneRespond(this.#handle, tunnelId, status, headers, fd);
+  /**
+   * Answers a 'request': 200 with `fd` relays the stream to it; another status ends the stream (fd
+   * -1). `connecting`: `fd`'s connect() is under way: the 200 goes once it has connected, else 503
+   * and 'closed' with error 'connect: <reason>' (10 s at most).
+   */
+  respond(tunnelId: number, status: number, headers: string[], fd: number, connecting = false): void {
+    addon().hboneRespond(this.#handle, tunnelId, status, headers, fd, connecting);
   }
   /** After a 200 'response': relays the stream to `fd` (owned from now on). */
   relay(tunnelId: number, fd: number): void {

@@ -12,7 +12,7 @@ import type { ConnContext } from './hooks.js';
 import { capturedDestination, podRef, type PodInputs } from './inputs.js';
 import { ConnectionResult } from './result.js';
 import type { Addr } from './route.js';
-import { connectIn } from './sockets.js';
+import { connectIn, upstreamFd } from './sockets.js';
 import { socketAddr } from '../util/sockaddr.js';
 
 /** Serves one connection accepted on 15006 (paused: the fast path may take it unread). */
@@ -44,8 +44,7 @@ export async function inboundPlaintext(pi: PodInputs, down: net.Socket): Promise
  * and the relay then resets the client's side too.
  */
 export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise<net.Socket> {
-  const d = pi.authorizer.authorize(ctx);
-  if (!d.allow) throw new MeshError('INPOD_ERR_POLICY_DENIED', d.reason ?? 'denied by policy');
+  authorized(pi, ctx);
   let up: net.Socket;
   try {
     up = await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
@@ -54,4 +53,26 @@ export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise
   }
   if (pi.policyWatch) up.once('close', pi.policyWatch.admitted({ ctx, log: pi.log, close: () => up.resetAndDestroy() }));
   return up;
+}
+
+/** This pod's policy lets `ctx` in, or MeshError INPOD_ERR_POLICY_DENIED (the message is the policy's reason). */
+function authorized(pi: PodInputs, ctx: ConnContext): void {
+  const d = pi.authorizer.authorize(ctx);
+  if (!d.allow) throw new MeshError('INPOD_ERR_POLICY_DENIED', d.reason ?? 'denied by policy');
+}
+
+/**
+ * `admit` for the native byte path: the same decision, and the app's socket made inside this pod
+ * from the client's IP with its connect() started, for the engine to own (it answers the CONNECT
+ * once the app has accepted, or 503). Throws what `admit` throws. The caller holds the connection
+ * in the policy watcher (the engine resets it) and counts the socket as the proxy's upstream.
+ */
+export function admitFd(pi: PodInputs, ctx: ConnContext, app: Addr): number {
+  authorized(pi, ctx);
+  try {
+    return upstreamFd(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip }, true);
+  } catch (e) {
+    if (e instanceof MeshError) throw e;
+    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
+  }
 }

@@ -22,13 +22,13 @@ import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hb
 import type { NativeInboundStream, NativeListener } from './hbone/native.js';
 import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
-import { admit } from './inbound-plaintext.js';
+import { admit, admitFd } from './inbound-plaintext.js';
 import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
 import { isWaypointFor } from './waypoint.js';
-import { podListenerFd } from './sockets.js';
+import { holdUpstream, podListenerFd } from './sockets.js';
 
 /** One CONNECT as either byte path hands it over (Node's hbone/server.ts, the engine's hbone/native.ts). */
 type InboundStream = Omit<NativeInboundStream, 'headers'> & { headers: Record<string, string | string[] | undefined> };
@@ -144,6 +144,7 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
     dst: { ip: app.ip, port: app.port, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
     service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
+  if (stream.connectAndAccept) return connectAndAccept(pi, stream, conn, app, baggageOf(self ?? pi.info));
   let up: net.Socket;
   try {
     up = await admit(pi, conn.ctx, app);
@@ -158,6 +159,31 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
     return;
   }
   stream.accept(baggageOf(self ?? pi.info), up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+}
+
+/**
+ * The native path's admission (admitFd): the same decision, the app's socket handed to the engine
+ * with its connect() under way (no Node socket, no second hop through this thread); the engine
+ * answers 200 once the app has accepted, or 503. Held by the policy watcher until it ends (a
+ * revocation resets the stream), and counted as the proxy's own upstream.
+ */
+function connectAndAccept(pi: PodInputs, stream: InboundStream, conn: ConnectionResult, app: Addr, baggage: string): void {
+  let fd: number;
+  try {
+    fd = admitFd(pi, conn.ctx, app);
+  } catch (e) {
+    const err = e as MeshError;
+    conn.failed(err);
+    return stream.refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503);
+  }
+  const released = holdUpstream(fd);
+  const unhold = pi.policyWatch?.admitted({ ctx: conn.ctx, log: pi.log, close: () => stream.reset!() });
+  stream.connectAndAccept!(baggage, fd, (r) => {
+    released();
+    unhold?.();
+    if (r.connected === false) return conn.failed(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${r.error?.message ?? 'connect failed'}`));
+    conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' });
+  });
 }
 
 /**

@@ -104,21 +104,14 @@ export interface ConnectOptions {
  * the other): refused with INPOD_ERR_UPSTREAM_CONNECT before any socket is made.
  */
 export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
-  to = { ip: canonicalIp(to.ip), port: to.port };
-  const family = isIP(to.ip) === 6 ? 6 : 4;
-  const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
-  if (from !== undefined && isIP(from) !== family) {
-    return Promise.reject(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `cannot connect to ${socketAddr(to)} from ${from}: ` +
-      'the client\'s address and the destination are of different IP families'));
+  let fd: number;
+  try {
+    fd = upstreamFd(nsFd, to, o, false);
+  } catch (e) {
+    return Promise.reject(e);
   }
-  // one native call: the socket, its mark, Nagle off (see listenIn), keepalive and transparent bind
-  const fd = socketInNs(nsFd, {
-    family,
-    mark: o.mark ?? MARKS.proxy,
-    noDelay: true,
-    keepalive: KEEPALIVE_SPEC,
-    ...(from ? { transparent: true, bind: { ip: from, port: 0 } } : {}),
-  }).release();
+  to = { ip: canonicalIp(to.ip), port: to.port };
+  const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
   if (from) ownUpstream(s, fd);
@@ -138,6 +131,41 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
       resolve(s);
     });
   });
+}
+
+/**
+ * The socket connectIn makes (one native call: the socket in the netns, its mark, Nagle off (see
+ * listenIn), keepalive and the transparent bind), and with `connect` its connect() started
+ * (non-blocking: the native byte path's engine sees it finish, hbone/native.ts). Throws MeshError
+ * INPOD_ERR_UPSTREAM_CONNECT for a client and a destination of different IP families, a
+ * SyscallError for a socket or connect() the kernel refused at once.
+ */
+export function upstreamFd(nsFd: number, to: SockAddr, o: ConnectOptions, connect: boolean): number {
+  to = { ip: canonicalIp(to.ip), port: to.port };
+  const family = isIP(to.ip) === 6 ? 6 : 4;
+  const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
+  if (from !== undefined && isIP(from) !== family) {
+    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `cannot connect to ${socketAddr(to)} from ${from}: ` +
+      'the client\'s address and the destination are of different IP families');
+  }
+  return socketInNs(nsFd, {
+    family,
+    mark: o.mark ?? MARKS.proxy,
+    noDelay: true,
+    keepalive: KEEPALIVE_SPEC,
+    ...(from ? { transparent: true, bind: { ip: from, port: 0 } } : {}),
+    ...(connect ? { connect: to } : {}),
+  }).release();
+}
+
+/**
+ * Counts `fd` (a transparent upstream the engine owns) as the proxy's own until the returned
+ * function is called (isOwnUpstream).
+ */
+export function holdUpstream(fd: number): () => void {
+  const key = socketAddr(sockName(fd));
+  transparentUpstreams.add(key);
+  return () => void transparentUpstreams.delete(key);
 }
 
 /** "ip:port" of the proxy's live transparent upstream sockets (bound before connect, so known at once). */

@@ -16,7 +16,7 @@ import type { IssuedCert } from '../../identity/ca.js';
 import type { CertManager } from '../../identity/manager.js';
 import type { Identity } from '../../identity/spiffe.js';
 import { HboneEngine, hboneTlsContext, type HboneEvent, type HboneSettings, type HboneTlsContextHandle as TlsContext } from '../../native/hbone.js';
-import { dupFd } from '../../native/index.js';
+import { dupFd, Fd } from '../../native/index.js';
 import { MeshError } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { canonicalIp, socketAddr } from '../../util/sockaddr.js';
@@ -77,6 +77,14 @@ export interface NativeInboundStream {
   refuse(status: number): void;
   /** answers 200 (with this workload's `baggage`) and relays the stream to `up`; `done` once at the end (aToB: stream to up) */
   accept(baggage: string, up: net.Socket, done: (r: RelayEnd) => void): void;
+  /**
+   * The native path's own: `fd` is the app's socket with its connect() under way (the engine owns
+   * it now); 200 once it connects and the relay, else 503. `done` once: `connected: false` (and
+   * the error, INPOD_ERR_UPSTREAM_CONNECT) when the app could not be reached.
+   */
+  connectAndAccept?(baggage: string, fd: number, done: (r: RelayEnd & { connected?: false }) => void): void;
+  /** resets the stream (a policy update revoking the connection) */
+  reset?(): void;
 }
 
 /** A native listener (one pod's 15008). */
@@ -297,6 +305,19 @@ export class NativeHbone {
         };
         engine.respond(ev.tunnel, 200, ['baggage', baggage], handOver(up, () => engine.reset(ev.tunnel)));
       },
+      connectAndAccept: (baggage, fd, done) => {
+        if (answered || reset) {
+          new Fd(fd).close();
+          return done({ aToB: 0, bToA: 0, error: streamEnd(ended?.error || 'reset') });
+        }
+        answered = true;
+        onEnd = (sent, received, error) => {
+          if (error.startsWith('connect: ')) return done({ aToB: 0, bToA: 0, error: new MeshError('INPOD_ERR_UPSTREAM_CONNECT', error.slice(9)), connected: false });
+          done({ aToB: received, bToA: sent, error: streamEnd(error) });
+        };
+        engine.respond(ev.tunnel, 200, ['baggage', baggage], fd, true);
+      },
+      reset: () => engine.reset(ev.tunnel),
     });
   }
 }
