@@ -19,6 +19,7 @@ import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import { parseSocketAddr, socketAddr } from '../util/sockaddr.js';
 import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
+import type { RelayEnd } from './hbone/link.js';
 import type { NativeInboundStream, NativeListener } from './hbone/native.js';
 import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
@@ -30,8 +31,15 @@ import { isSelfCall, type Addr } from './route.js';
 import { isWaypointFor } from './waypoint.js';
 import { holdUpstream, podListenerFd } from './sockets.js';
 
-/** One CONNECT as either byte path hands it over (Node's hbone/server.ts, the engine's hbone/native.ts). */
-type InboundStream = Omit<NativeInboundStream, 'headers'> & { headers: Record<string, string | string[] | undefined> };
+/** One CONNECT as Node's byte path hands it over (hbone/server.ts): answered 200 with the app's socket in Node. */
+interface NodeInboundStream extends Omit<NativeInboundStream, 'headers' | 'connectAndAccept' | 'reset'> {
+  headers: Record<string, string | string[] | undefined>;
+  /** answers 200 (with this workload's `baggage`) and relays the stream to `up`; `done` once at the end (aToB: stream to up) */
+  accept(baggage: string, up: net.Socket, done: (r: RelayEnd) => void): void;
+}
+
+/** One CONNECT as either byte path hands it over (the engine's: hbone/native.ts). */
+type InboundStream = NodeInboundStream | NativeInboundStream;
 
 /**
  * Listens on 15008 inside the pod's netns with `cert` (the pod's own identity; null: none, every
@@ -97,7 +105,7 @@ function hboneContext(rootPem: string, cert: Pick<IssuedCert, 'chainPem' | 'keyP
 }
 
 /** A stream of Node's byte path as inbound.ts serves it. */
-function nodeStream({ stream, headers, peer, remote, localIp }: HboneStreamContext): InboundStream {
+function nodeStream({ stream, headers, peer, remote, localIp }: HboneStreamContext): NodeInboundStream {
   return {
     headers, peer, remote, localIp,
     gone: () => stream.destroyed || stream.closed,
@@ -144,7 +152,7 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
     dst: { ip: app.ip, port: app.port, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
     service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
-  if (stream.connectAndAccept) return connectAndAccept(pi, stream, conn, app, baggageOf(self ?? pi.info));
+  if ('connectAndAccept' in stream) return connectAndAccept(pi, stream, conn, app, baggageOf(self ?? pi.info));
   let up: net.Socket;
   try {
     up = await admit(pi, conn.ctx, app);
@@ -167,7 +175,7 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
  * answers 200 once the app has accepted, or 503. Held by the policy watcher until it ends (a
  * revocation resets the stream), and counted as the proxy's own upstream.
  */
-function connectAndAccept(pi: PodInputs, stream: InboundStream, conn: ConnectionResult, app: Addr, baggage: string): void {
+function connectAndAccept(pi: PodInputs, stream: NativeInboundStream, conn: ConnectionResult, app: Addr, baggage: string): void {
   let fd: number;
   try {
     fd = admitFd(pi, conn.ctx, app);
@@ -177,8 +185,8 @@ function connectAndAccept(pi: PodInputs, stream: InboundStream, conn: Connection
     return stream.refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503);
   }
   const released = holdUpstream(fd);
-  const unhold = pi.policyWatch?.admitted({ ctx: conn.ctx, log: pi.log, close: () => stream.reset!() });
-  stream.connectAndAccept!(baggage, fd, (r) => {
+  const unhold = pi.policyWatch?.admitted({ ctx: conn.ctx, log: pi.log, close: () => stream.reset() });
+  stream.connectAndAccept(baggage, fd, (r) => {
     released();
     unhold?.();
     if (r.connected === false) return conn.failed(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${r.error?.message ?? 'connect failed'}`));

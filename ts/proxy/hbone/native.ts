@@ -7,9 +7,11 @@
  * by inbound.ts exactly as on Node's path; what is reported comes from the engine's byte counts
  * when a stream ends. The bytes of a tunnel never enter JavaScript.
  *
- * A socket handed to the engine stays open in Node (paused, never read) until the engine reports
- * its stream closed: listeners still count it open and drain on it, and closing it from
- * TypeScript (a policy update revoking the connection) resets the stream (handOver).
+ * The client's socket (accepted on 15001) is handed to the engine as a copy and stays open in
+ * Node (paused, never read) until the engine reports its stream closed: the listener still counts
+ * it open and drains on it (handOver). Inbound, the app's socket is the engine's alone: made by
+ * TypeScript after the policy decision with its connect() started, answered 200 by the engine
+ * once connected (connectAndAccept); a policy update revoking it resets the stream.
  */
 import type net from 'node:net';
 import type { IssuedCert } from '../../identity/ca.js';
@@ -75,16 +77,15 @@ export interface NativeInboundStream {
   gone(): boolean;
   /** answers `status` and ends the stream */
   refuse(status: number): void;
-  /** answers 200 (with this workload's `baggage`) and relays the stream to `up`; `done` once at the end (aToB: stream to up) */
-  accept(baggage: string, up: net.Socket, done: (r: RelayEnd) => void): void;
   /**
-   * The native path's own: `fd` is the app's socket with its connect() under way (the engine owns
-   * it now); 200 once it connects and the relay, else 503. `done` once: `connected: false` (and
-   * the error, INPOD_ERR_UPSTREAM_CONNECT) when the app could not be reached.
+   * Answers 200 (with this workload's `baggage`) once the app's socket `fd`, its connect() under
+   * way, has connected, and relays the stream to it; else 503. The engine owns `fd` from here.
+   * `done` once at the end (aToB: stream to app); `connected: false` (and the error,
+   * INPOD_ERR_UPSTREAM_CONNECT) when the app could not be reached.
    */
-  connectAndAccept?(baggage: string, fd: number, done: (r: RelayEnd & { connected?: false }) => void): void;
+  connectAndAccept(baggage: string, fd: number, done: (r: RelayEnd & { connected?: false }) => void): void;
   /** resets the stream (a policy update revoking the connection) */
-  reset?(): void;
+  reset(): void;
 }
 
 /** A native listener (one pod's 15008). */
@@ -293,18 +294,6 @@ export class NativeHbone {
         answered = true;
         engine.respond(ev.tunnel, status, [], -1);
       },
-      accept: (baggage, up, done) => {
-        if (answered || reset) {
-          up.destroy();
-          return done({ aToB: 0, bToA: 0, error: streamEnd(ended?.error || 'reset') });
-        }
-        answered = true;
-        onEnd = (sent, received, error) => {
-          release(up);
-          done({ aToB: received, bToA: sent, error: streamEnd(error) });
-        };
-        engine.respond(ev.tunnel, 200, ['baggage', baggage], handOver(up, () => engine.reset(ev.tunnel)));
-      },
       connectAndAccept: (baggage, fd, done) => {
         if (answered || reset) {
           new Fd(fd).close();
@@ -336,7 +325,7 @@ function joinAtExit(e: HboneEngine): void {
 
 /**
  * A copy of `s`'s fd for the engine; `s` stays open in Node, paused, until the stream ends.
- * Closing `s` before then (a policy update revoking the connection) calls `revoke`.
+ * Closing `s` before then calls `revoke`.
  */
 function handOver(s: net.Socket, revoke: () => void): number {
   s.pause();
