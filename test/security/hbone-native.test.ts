@@ -44,6 +44,15 @@ function client(port: number): http2.ClientHttp2Session {
   return c;
 }
 
+/** A client's mTLS connection (ALPN h2) that speaks no HTTP/2 of its own: the test writes the bytes. */
+async function rawTls(port: number): Promise<{ sock: tls.TLSSocket; closed: Promise<unknown> }> {
+  const sock = tls.connect({ port, host: '127.0.0.1', cert: bob.chainPem, key: bob.keyPem, ca: pki.ca.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' });
+  sock.on('error', () => {});
+  await new Promise((r) => sock.on('secureConnect', r));
+  sock.resume();
+  return { sock, closed: new Promise((r) => sock.on('close', r)) };
+}
+
 describe('native HBONE engine under attack', () => {
   it('rapid reset (CONNECTs cancelled before they are answered, past resetBurst): GOAWAY ENHANCE_YOUR_CALM, connection closed', async () => {
     const { e, port } = listener({ ...SETTINGS, resetBurst: 5, resetPerSecond: 0.001 });
@@ -74,11 +83,7 @@ describe('native HBONE engine under attack', () => {
 
   it('garbage instead of the HTTP/2 preface after a valid mTLS handshake: that connection closed, the process and the listener live on', async () => {
     const { e, port } = listener(SETTINGS, true);
-    const sock = tls.connect({ port, host: '127.0.0.1', cert: bob.chainPem, key: bob.keyPem, ca: pki.ca.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' });
-    sock.on('error', () => {});
-    await new Promise((r) => sock.on('secureConnect', r));
-    sock.resume();
-    const closed = new Promise((r) => sock.on('close', r));
+    const { sock, closed } = await rawTls(port);
     sock.write(randomBytes(64 * 1024));
     expect((await e.wait('connClosed')).error).toMatch(/^h2: /);
     await closed;
@@ -89,11 +94,7 @@ describe('native HBONE engine under attack', () => {
 
   it('a valid preface followed by malformed frames: GOAWAY PROTOCOL_ERROR-class close, no crash', async () => {
     const { e, port } = listener(SETTINGS, true);
-    const sock = tls.connect({ port, host: '127.0.0.1', cert: bob.chainPem, key: bob.keyPem, ca: pki.ca.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' });
-    sock.on('error', () => {});
-    await new Promise((r) => sock.on('secureConnect', r));
-    sock.resume();
-    const closed = new Promise((r) => sock.on('close', r));
+    const { sock, closed } = await rawTls(port);
     const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
     const settings = Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]);
     // a DATA frame on stream 0 (RFC 9113 6.1: a connection error), then random frames
