@@ -194,6 +194,7 @@ void SessionTick(Conn *c, int64_t now);
 
 // hbone_engine.cc
 void CloseConn(Conn *c, const std::string &err);
+const char *EndOnClose(const Conn *c, const Stream *s);
 void Loop(std::shared_ptr<Engine> e);  // the engine thread: returns once stopped
 
 // hbone_napi.cc

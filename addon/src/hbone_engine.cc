@@ -46,6 +46,12 @@ static void ListenerClosed(Engine *e, double listener) {
   e->Emit(std::move(ev));
 }
 
+// How a stream ends when its connection goes under it: 'refused' when the peer's GOAWAY said it
+// never processed it (safe for JS to open elsewhere), else 'connection closed'.
+const char *EndOnClose(const Conn *c, const Stream *s) {
+  return !c->server && !s->responded && c->goawayRecv && s->sid > c->goawayLastSid ? "refused" : "connection closed";
+}
+
 void CloseConn(Conn *c, const std::string &err) {
   if (c->dead) return;
   // dead first: finishing the last stream of a connection at EOF would close it again from
@@ -55,9 +61,8 @@ void CloseConn(Conn *c, const std::string &err) {
   std::vector<Stream *> ss;
   for (auto &kv : c->streams) ss.push_back(kv.second);
   for (Stream *s : ss) {
-    bool refused = !c->server && !s->responded && c->goawayRecv && s->sid > c->goawayLastSid;
     s->h2Error = true;
-    FinishStream(s, refused ? "refused" : "connection closed", true);
+    FinishStream(s, EndOnClose(c, s), true);
   }
   c->failed.clear();
   if (c->h2) nghttp2_session_del(c->h2);
@@ -205,7 +210,8 @@ static void Run(Engine *e, Command &cmd) {
     case Command::kOpen: {
       Conn *c = FindConn(e, cmd.id);
       if (Tunnel(e, cmd.id2)) break;  // an id in use: ignored
-      if (!c) return ClosedWithoutStream(e, cmd.id2, "connection closed");
+      // a connection already gone (JS has not heard yet): nothing was sent, so JS may open it elsewhere
+      if (!c) return ClosedWithoutStream(e, cmd.id2, "refused");
       if (c->state != Conn::kSession || c->server) return ClosedWithoutStream(e, cmd.id2, "connection not ready");
       if (c->closing || c->fatal || c->eof) return ClosedWithoutStream(e, cmd.id2, "refused");
       if (!SessionOpen(c, static_cast<uint64_t>(cmd.id2), cmd.headers)) ClosedWithoutStream(e, cmd.id2, "refused");

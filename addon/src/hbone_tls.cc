@@ -297,12 +297,13 @@ void ConnFlush(Conn *c) {
     std::vector<Stream *> ss;
     for (auto &kv : c->streams) ss.push_back(kv.second);
     for (Stream *s : ss)
-      if (!(s->h2Closed && !s->h2Error && s->fd >= 0)) FinishStream(s, "connection closed", true);
+      if (!(s->h2Closed && !s->h2Error && s->fd >= 0)) FinishStream(s, EndOnClose(c, s), true);
     if (!c->dead && c->streams.empty()) CloseConn(c, c->closeError);
     return;
   }
   if (drained && c->streams.empty() && !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) CloseConn(c, c->closeError);
 }
+
 
 }  // namespace hbone
 }  // namespace inpod

@@ -148,8 +148,9 @@ describe('engine client -> Node http2 server', () => {
     await e.wait('handshake', (x) => x.conn === 5);
     e.engine.verdict(5, false);
     expect((await e.wait('connClosed', (x) => x.conn === 5)).error).toBe('rejected');
+    // a tunnel opened on a connection that is gone: nothing sent, so 'refused' (JS may open it elsewhere)
     e.engine.open(5, 50, CONNECT('10.0.0.1:80'));
-    expect((await e.wait('closed', (x) => x.tunnel === 50)).error).toBe('connection closed');
+    expect((await e.wait('closed', (x) => x.tunnel === 50)).error).toBe('refused');
     expect(e.find('ready')).toBeUndefined();
     expect(streams).toBe(0);
   });
@@ -498,4 +499,33 @@ describe('engine timers and lifecycle', () => {
     e.engine.unlisten(7);
     expect(await e.wait('listenerClosed')).toEqual({ kind: 'listenerClosed', listener: 7 });
   });
+
+  it('tunnels opened while the server drains and closes are each answered or refused, none lost; one opened after the connection is gone is refused', async () => {
+    // before the fix, a CONNECT that reached the engine after its connection had closed (JS not
+    // told yet) ended 'connection closed', which JS cannot safely retry: the rollout test lost a
+    // connection or two of ~300
+    const ends: Record<string, number> = {};
+    for (let round = 0; round < 10; round++) {
+      const { e: srv, port } = await listener((e, tunnel) => void setTimeout(() => e.engine.respond(tunnel, 401, [], -1), Math.random() * 3));
+      const e = engine();
+      const conn = 300 + round;
+      await dial(e, conn, port);
+      let t = 10_000 * (round + 1);
+      const opener = setInterval(() => {
+        for (let k = 0; k < 5; k++) e.engine.open(conn, t++, CONNECT('10.1.0.1:1'));
+      }, 1);
+      await new Promise((r) => setTimeout(r, 10 + Math.random() * 20));
+      srv.engine.connClose((await srv.wait('handshake')).conn, true);
+      await e.wait('connClosed', (x) => x.conn === conn);
+      await new Promise((r) => setTimeout(r, 10)); // a few more opens after the connection is gone
+      clearInterval(opener);
+      const opened = t - 10_000 * (round + 1);
+      await until(() => e.all('closed', (x) => x.tunnel >= 10_000 * (round + 1) && x.tunnel < t).length === opened, 5000, 'every tunnel to end');
+      for (const ev of e.all('closed', (x) => x.tunnel >= 10_000 * (round + 1) && x.tunnel < t)) {
+        const k = `${e.find('response', (r) => r.tunnel === ev.tunnel) ? 'answered' : 'unanswered'}:${ev.error || 'clean'}`;
+        ends[k] = (ends[k] ?? 0) + 1;
+      }
+    }
+    expect(Object.keys(ends).sort()).toEqual(['answered:clean', 'unanswered:refused']);
+  }, 60_000);
 });

@@ -15,8 +15,9 @@
  * 'ready' (client: once the peer's SETTINGS arrived), requests/responses, and exactly one
  * 'connClosed', always last: every one of its tunnels has had its one 'closed' before it.
  * 'closed' errors: '' (clean), 'reset' (the peer reset the stream, or the app's socket was
- * reset), 'refused' (the peer did not process it: open it on another connection), 'reset by
- * proxy' (reset()), 'connection closed' (the connection went first), else a short message.
+ * reset), 'refused' (the peer did not process it, or the connection was gone before it was
+ * sent: open it on another connection), 'reset by proxy' (reset()), 'connection closed' (the
+ * connection went first), else a short message.
  * A client tunnel answered with a status other than 200 gets 'response' then 'closed' ('').
  */
 import { SyscallError, check } from '../util/errors.js';

@@ -416,11 +416,9 @@ class NativeLink implements HboneLink {
           if (error === 'refused') this.#closing = true;
           done();
           if (!responded) {
-            // never answered, nothing sent (the client's socket is handed over only after a 200):
-            // refused, or its connection closed under it (a draining peer's close racing the
-            // CONNECT): safe to open once more on another connection
-            const unprocessed = error === 'refused' || error === 'connection closed';
-            return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), unprocessed));
+            // 'refused': the peer never processed it, or its connection was already gone (the
+            // engine says so only when nothing was sent): safe to open once more elsewhere
+            return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), error === 'refused'));
           }
           if (!down) return void (ended = { sent, received, error });
           release(down.sock);
