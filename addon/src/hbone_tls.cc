@@ -62,35 +62,39 @@ SSL_CTX *NewTlsContext(const std::string &certPem, const std::string &keyPem, co
     static const unsigned char h2[] = {2, 'h', '2'};
     if (SSL_CTX_set_alpn_protos(ctx, h2, sizeof(h2)) != 0) return fail("alpn");
   }
-  // the chain: the leaf first, then its intermediates
-  BIO *b = BIO_new_mem_buf(certPem.data(), static_cast<int>(certPem.size()));
-  X509 *leaf = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
-  if (!leaf || SSL_CTX_use_certificate(ctx, leaf) != 1) {
-    X509_free(leaf);
-    BIO_free(b);
-    return fail("certPem");
-  }
-  X509_free(leaf);
-  while (X509 *x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) {
-    if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
-      X509_free(x);
+  // a server with no certificate (none issued yet, or none valid now): every handshake fails
+  // until the listener is given one (hboneListenerContext), as Node's path serves without one
+  if (!(server && certPem.empty() && keyPem.empty())) {
+    // the chain: the leaf first, then its intermediates
+    BIO *b = BIO_new_mem_buf(certPem.data(), static_cast<int>(certPem.size()));
+    X509 *leaf = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+    if (!leaf || SSL_CTX_use_certificate(ctx, leaf) != 1) {
+      X509_free(leaf);
       BIO_free(b);
-      return fail("certPem chain");
+      return fail("certPem");
     }
-  }
-  BIO_free(b);
-  ERR_clear_error();  // the end of the PEM stream
-  b = BIO_new_mem_buf(keyPem.data(), static_cast<int>(keyPem.size()));
-  EVP_PKEY *key = PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr);
-  BIO_free(b);
-  if (!key || SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+    X509_free(leaf);
+    while (X509 *x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) {
+      if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
+        X509_free(x);
+        BIO_free(b);
+        return fail("certPem chain");
+      }
+    }
+    BIO_free(b);
+    ERR_clear_error();  // the end of the PEM stream
+    b = BIO_new_mem_buf(keyPem.data(), static_cast<int>(keyPem.size()));
+    EVP_PKEY *key = PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    if (!key || SSL_CTX_use_PrivateKey(ctx, key) != 1) {
+      EVP_PKEY_free(key);
+      return fail("keyPem");
+    }
     EVP_PKEY_free(key);
-    return fail("keyPem");
+    if (SSL_CTX_check_private_key(ctx) != 1) return fail("keyPem does not match certPem");
   }
-  EVP_PKEY_free(key);
-  if (SSL_CTX_check_private_key(ctx) != 1) return fail("keyPem does not match certPem");
   X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-  b = BIO_new_mem_buf(rootPem.data(), static_cast<int>(rootPem.size()));
+  BIO *b = BIO_new_mem_buf(rootPem.data(), static_cast<int>(rootPem.size()));
   int roots = 0;
   while (X509 *x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) {
     X509_STORE_add_cert(store, x);

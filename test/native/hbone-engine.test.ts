@@ -528,4 +528,25 @@ describe('engine timers and lifecycle', () => {
     }
     expect(Object.keys(ends).sort()).toEqual(['answered:clean', 'unanswered:refused']);
   }, 60_000);
+
+  it('a listener with no certificate yet: every handshake fails and the listener lives; given one (listenerContext), the next connection is served', async () => {
+    // before the fix, a server context without a certificate could not be made: on the native
+    // path a pod whose certificate was not issued yet failed to start its listeners at all
+    const e = engine();
+    e.onEvent = (ev) => {
+      if (ev.kind === 'handshake') e.engine.verdict(ev.conn, true);
+      if (ev.kind === 'request') e.engine.respond(ev.tunnel, 401, [], -1);
+    };
+    const l = listenFd();
+    e.engine.listen(9, l.fd, hboneTlsContext({ certPem: '', keyPem: '', rootPem: pki.ca.rootPem, server: true }), SETTINGS);
+    const first = nodeClient(l.port, bob);
+    await new Promise((r) => first.once('close', r));
+    expect((await e.wait('connClosed')).error).toMatch(/^tls: /);
+    expect(e.find('handshake')).toBeUndefined();
+    e.engine.listenerContext(9, serverCtx());
+    const second = nodeClient(l.port, bob);
+    const s = second.request({ ':method': 'CONNECT', ':authority': '10.0.0.1:1' });
+    s.on('error', () => {});
+    expect((await new Promise<http2.IncomingHttpHeaders>((r) => s.on('response', r)))[':status']).toBe(401);
+  });
 });

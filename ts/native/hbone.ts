@@ -33,7 +33,9 @@ export const ENGINE_TUNNEL_ID_BASE = 2 ** 41;
 /**
  * An SSL_CTX for the engine: TLS 1.3 only, ALPN h2, the peer's certificate required and verified
  * against `rootPem` (no SAN or hostname check: the 'handshake' event gives the URIs to TS).
- * `certPem` is the chain sent (leaf first). Throws an Error naming what OpenSSL refused.
+ * `certPem` is the chain sent (leaf first). A server context with neither `certPem` nor `keyPem`
+ * has no certificate: every handshake fails until its listener is given another context (a pod
+ * with no certificate yet, or none valid now). Throws an Error naming what OpenSSL refused.
  */
 export function hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: string; server: boolean }): HboneTlsContextHandle {
   return addon().hboneTlsContext(o);
