@@ -3,7 +3,7 @@
  * implementations on real loopback sockets: Node's own http2 over tls as the server for the
  * engine's client, and as the client of the engine's listener, and the engine against itself.
  */
-import { closeSync } from 'node:fs';
+import { closeSync, fstatSync } from 'node:fs';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import tls from 'node:tls';
@@ -548,5 +548,16 @@ describe('engine timers and lifecycle', () => {
     const s = second.request({ ':method': 'CONNECT', ':authority': '10.0.0.1:1' });
     s.on('error', () => {});
     expect((await new Promise<http2.IncomingHttpHeaders>((r) => s.on('response', r)))[':status']).toBe(401);
+  });
+
+  it('a command after close() is ignored and the fd it carries is closed (not thrown, not leaked)', () => {
+    const e = new RecordingEngine();
+    e.close();
+    const l = listenFd();
+    const fd = connectFd(l.port);
+    expect(() => e.engine.respond(2 ** 41, 200, [], fd)).not.toThrow();
+    // dropped at once, its fd closed in the same call (checked before anything else can reuse the number)
+    expect(() => fstatSync(fd)).toThrow(/EBADF/);
+    closeSync(l.fd);
   });
 });

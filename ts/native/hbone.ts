@@ -50,9 +50,14 @@ export class HboneEngine {
       for (const ev of events) onEvent(ev);
     }));
   }
+  /**
+   * The engine's handle, closed or not: a command after close() is ignored by the addon and the
+   * fd it carries closed (a connection's last callbacks may still answer after the proxy closed).
+   */
   get #handle(): HboneEngineHandle {
-    if (!this.#h) throw new SyscallError('use', 9 /* EBADF */, 'hbone engine closed');
-    return this.#h;
+    const h = this.#h ?? this.#closed;
+    if (!h) throw new SyscallError('use', 9 /* EBADF */, 'hbone engine closed');
+    return h;
   }
   /** Whether the engine keeps the process alive (it does not, unless asked). */
   keepAlive(on: boolean): void {

@@ -272,7 +272,7 @@ export class NativeHbone {
   #request(ev: Extract<HboneEvent, { kind: 'request' }>): void {
     const a = this.#accepted.get(ev.conn);
     if (!a?.peer) return this.#engine.respond(ev.tunnel, 503, [], -1);
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = Object.create(null) as Record<string, string>; // a peer's names: no prototype to meet
     for (let i = 0; i + 1 < ev.headers.length; i += 2) headers[ev.headers[i]!] ??= ev.headers[i + 1]!;
     let answered = false;
     let reset = false;
