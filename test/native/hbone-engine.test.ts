@@ -268,19 +268,18 @@ describe('Node http2 client -> engine listener', () => {
     peer.pause();
     const size = 32 * 1024 * 1024;
     const sent = pump(req, size);
-    // the app's socket buffers and the window fill, then nothing more moves
+    // the app's socket buffers and the window fill, then nothing more moves: the engine's
+    // buffered bytes non-zero and unchanged over two samples 200 ms apart is the stall
     let last = -1;
     let max = 0;
-    // (sampled every 200 ms: unchanged twice and non-zero is a stall)
-    const deadline = Date.now() + 10_000;
-    for (let steady = 0; steady < 2; ) {
-      if (Date.now() > deadline) throw new Error('the stream never stalled');
-      await new Promise((r) => setTimeout(r, 200));
+    let steady = 0;
+    await until(() => {
       const b = e.engine.stats().bufferedBytes;
       max = Math.max(max, b);
       steady = b === last && b > 0 ? steady + 1 : 0;
       last = b;
-    }
+      return steady >= 2;
+    }, 10_000, 'the stream to stall', 200);
     expect(max).toBeGreaterThan(0);
     expect(max).toBeLessThanOrEqual(s.streamWindowSize);
     const got = drain(peer);
@@ -486,11 +485,10 @@ describe('engine timers and lifecycle', () => {
     // accepted by the engine, no ClientHello yet: the connection exists, unreported
     await until(() => e.engine.stats().conns === 1, 5000, 'the engine to accept');
     e.engine.unlisten(7);
-    await new Promise((r) => setTimeout(r, 100));
-    expect(e.find('listenerClosed')).toBeUndefined();
-    // the handshake timer ends it; then the listener is over
+    // the handshake timer ends it; only then is the listener over (the engine's events are in order)
     expect((await e.wait('connClosed')).error).toBe('tls handshake timeout');
     expect(await e.wait('listenerClosed')).toEqual({ kind: 'listenerClosed', listener: 7 });
+    expect(e.events.findIndex((x) => x.kind === 'listenerClosed')).toBeGreaterThan(e.events.findIndex((x) => x.kind === 'connClosed'));
     raw.destroy();
   });
 
@@ -514,14 +512,18 @@ describe('engine timers and lifecycle', () => {
       const opener = setInterval(() => {
         for (let k = 0; k < 5; k++) e.engine.open(conn, t++, CONNECT('10.1.0.1:1'));
       }, 1);
-      await new Promise((r) => setTimeout(r, 10 + Math.random() * 20));
+      const first = 10_000 * (round + 1);
+      // a few answered, more in flight: the server drains and closes under them
+      await until(() => e.all('response', (x) => x.tunnel >= first).length >= 5 + (round % 5) * 5, 5000, 'the first answers');
       srv.engine.connClose((await srv.wait('handshake')).conn, true);
       await e.wait('connClosed', (x) => x.conn === conn);
-      await new Promise((r) => setTimeout(r, 10)); // a few more opens after the connection is gone
+      // a few more opens after the connection is gone
+      const atClose = t;
+      await until(() => t >= atClose + 20, 5000, 'opens after the close');
       clearInterval(opener);
-      const opened = t - 10_000 * (round + 1);
-      await until(() => e.all('closed', (x) => x.tunnel >= 10_000 * (round + 1) && x.tunnel < t).length === opened, 5000, 'every tunnel to end');
-      for (const ev of e.all('closed', (x) => x.tunnel >= 10_000 * (round + 1) && x.tunnel < t)) {
+      const opened = t - first;
+      await until(() => e.all('closed', (x) => x.tunnel >= first && x.tunnel < t).length === opened, 5000, 'every tunnel to end');
+      for (const ev of e.all('closed', (x) => x.tunnel >= first && x.tunnel < t)) {
         const k = `${e.find('response', (r) => r.tunnel === ev.tunnel) ? 'answered' : 'unanswered'}:${ev.error || 'clean'}`;
         ends[k] = (ends[k] ?? 0) + 1;
       }
