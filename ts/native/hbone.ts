@@ -25,11 +25,6 @@ import { addon, type HboneEngineHandle, type HboneEvent, type HboneSettings, typ
 
 export type { HboneEvent, HboneSettings, HboneTlsContextHandle } from './addon.js';
 
-/** The first id the engine gives an accepted connection (JS's own ids stay below it). */
-export const ENGINE_CONN_ID_BASE = 2 ** 40;
-/** The first id the engine gives an inbound tunnel. */
-export const ENGINE_TUNNEL_ID_BASE = 2 ** 41;
-
 /**
  * An SSL_CTX for the engine: TLS 1.3 only, ALPN h2, the peer's certificate required and verified
  * against `rootPem` (no SAN or hostname check: the 'handshake' event gives the URIs to TS).
@@ -42,8 +37,6 @@ export function hboneTlsContext(o: { certPem: string; keyPem: string; rootPem: s
 }
 
 export class HboneEngine {
-  /** hboneTlsContext(), as a static for callers holding only the class. */
-  static tlsContext = hboneTlsContext;
   #h: HboneEngineHandle | null;
   constructor(onEvent: (ev: HboneEvent) => void) {
     this.#h = check('hbone engine', addon().hboneEngineNew((events) => {

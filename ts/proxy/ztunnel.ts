@@ -93,7 +93,7 @@ export class Ztunnel {
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
     const limits = { ...DEFAULT_HBONE_LIMITS, ...opts.hbone };
-    if ((opts.bytePath ?? bytePathFromEnv()) === 'native') this.native = new NativeHbone(certs, limits, this.log);
+    if ((opts.bytePath ?? bytePathFromEnv()) === 'native') this.native = new NativeHbone(certs, limits);
     this.pool = new HbonePool({ dial: this.native?.dialer() ?? nodeDialer({ certs, connectTimeoutMs: 10_000, h2: limits }) });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
     this.policyWatch = new PolicyWatcher(opts.state, this.authorizer);

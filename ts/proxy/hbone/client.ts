@@ -68,7 +68,7 @@ export async function dialHbone(o: DialOptions, src: HboneSource, req: HboneRequ
   // the source's own certificate first, as ztunnel's pool does (src/proxy/pool.rs): without one
   // (MeshError INPOD_ERR_CA) no connection is opened
   const cert = await o.certs.get(src.identity);
-  const sock = await connectHbonePeer(src, req, o.connectTimeoutMs, true);
+  const sock = await connectHbonePeer(src, req, o.connectTimeoutMs);
   let peerIdentity = '';
   const tlsSock = tls.connect({
     socket: sock,

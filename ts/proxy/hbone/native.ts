@@ -20,7 +20,6 @@ import type { Identity } from '../../identity/spiffe.js';
 import { HboneEngine, hboneTlsContext, type HboneEvent, type HboneSettings, type HboneTlsContextHandle as TlsContext } from '../../native/hbone.js';
 import { dupFd, Fd } from '../../native/index.js';
 import { MeshError } from '../../util/errors.js';
-import type { Logger } from '../../util/log.js';
 import { canonicalIp, socketAddr } from '../../util/sockaddr.js';
 import { fdOf } from '../sockets.js';
 import { connectHbonePeer, expectedPeer, statusError } from './client.js';
@@ -34,16 +33,6 @@ export function streamEnd(error: string): Error | undefined {
   // a hang-up, as ztunnel's copy ignores it (result.ts HANG_UPS)
   if (error === 'reset' || error === 'reset by proxy' || error === 'connection closed') return Object.assign(new Error(`HBONE stream ${error}`), { code: 'ECONNRESET' });
   return Object.assign(new Error(`HBONE stream failed: ${error}`), { code: 'ERR_HTTP2_STREAM_ERROR' });
-}
-
-/** The engine's settings from HboneLimits. */
-function settingsOf(l: HboneLimits): HboneSettings {
-  return {
-    streamWindowSize: l.streamWindowSize, connectionWindowSize: l.connectionWindowSize, maxFrameSize: l.maxFrameSize,
-    maxHeaderListSize: l.maxHeaderListSize, maxConcurrentStreams: l.maxConcurrentStreams, pingIntervalMs: l.pingIntervalMs,
-    pingTimeoutMs: l.pingTimeoutMs, handshakeTimeoutMs: l.handshakeTimeoutMs, idleTimeoutMs: l.idleTimeoutMs,
-    resetBurst: l.resetBurst, resetPerSecond: l.resetPerSecond,
-  };
 }
 
 interface ConnWaiter {
@@ -112,15 +101,11 @@ export class NativeHbone {
   #listenerSeq = 0;
   readonly #limits: HboneLimits;
 
-  constructor(readonly certs: CertManager, limits: Partial<HboneLimits> = {}, private readonly log?: Logger) {
+  /** `limits`: the engine's settings (HboneSettings), the same fields as Node's path reads */
+  constructor(readonly certs: CertManager, limits: Partial<HboneLimits> = {}) {
     this.#limits = { ...DEFAULT_HBONE_LIMITS, ...limits };
     this.#engine = new HboneEngine((ev) => this.#event(ev));
     joinAtExit(this.#engine);
-  }
-
-  /** Live connections and streams, and the bytes the engine holds unwritten. */
-  stats(): { conns: number; streams: number; bufferedBytes: number } {
-    return this.#engine.stats();
   }
 
   /**
@@ -226,7 +211,7 @@ export class NativeHbone {
           reject(refused ?? new MeshError('INPOD_ERR_HBONE_TLS', `TLS to ${t} failed: ${error || 'connection closed during the handshake'}`));
         },
       });
-      this.#engine.client(id, fd, ctx, settingsOf(this.#limits));
+      this.#engine.client(id, fd, ctx, this.#limits);
       this.#keepAlive();
     });
   }
@@ -236,7 +221,7 @@ export class NativeHbone {
     const id = ++this.#listenerSeq;
     const l = { hooks, conns: new Set<number>(), draining: false, onEmpty: undefined as (() => void) | undefined };
     this.#listeners.set(id, l);
-    this.#engine.listen(id, fd, this.#serverCtx(cert), settingsOf(this.#limits));
+    this.#engine.listen(id, fd, this.#serverCtx(cert), this.#limits);
     return {
       rotate: (c) => this.#engine.listenerContext(id, this.#serverCtx(c)),
       drain: () => {
@@ -323,25 +308,10 @@ function joinAtExit(e: HboneEngine): void {
   engines.add(e);
 }
 
-/**
- * A copy of `s`'s fd for the engine; `s` stays open in Node, paused, until the stream ends.
- * Closing `s` before then calls `revoke`.
- */
-function handOver(s: net.Socket, revoke: () => void): number {
+/** A copy of `s`'s fd for the engine; `s` stays open in Node, paused, until the stream ends. */
+function handOver(s: net.Socket): number {
   s.pause();
-  const fd = dupFd(fdOf(s));
-  let relaying = true;
-  s.once('close', () => {
-    if (relaying) revoke();
-  });
-  s.once('inpod:relayed', () => (relaying = false));
-  return fd;
-}
-
-/** Marks `s` relayed (its close is the end, not a revocation) and closes it. */
-function release(s: net.Socket): void {
-  s.emit('inpod:relayed');
-  s.destroy();
+  return dupFd(fdOf(s));
 }
 
 /** One native client connection, as the pool's link. */
@@ -404,7 +374,7 @@ class NativeLink implements HboneLink {
                 return cb({ aToB: 0, bToA: 0, error: streamEnd(ended.error || 'reset') });
               }
               down = { sock, cb };
-              engine.relay(tid, handOver(sock, () => engine.reset(tid)));
+              engine.relay(tid, handOver(sock));
             },
             close: () => engine.reset(tid),
           });
@@ -421,7 +391,7 @@ class NativeLink implements HboneLink {
             return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), error === 'refused'));
           }
           if (!down) return void (ended = { sent, received, error });
-          release(down.sock);
+          down.sock.destroy();
           down.cb({ aToB: sent, bToA: received, error: streamEnd(error) });
         },
       });
