@@ -49,6 +49,9 @@ struct Event {
 // Everything the epoll loop can be woken for starts with this; objects are freed only at the end
 // of a loop iteration (dead ones first), so an event for a closed object later in the same batch
 // sees dead == true instead of freed memory.
+// nghttp2's own DATA chunk: frames up to this need no larger frame buffer
+constexpr size_t kSmallFrame = 16 << 10;
+
 struct Watch {
   enum Kind { kWake, kConn, kStream, kListener } kind;
   bool dead = false;
@@ -78,6 +81,7 @@ struct Stream : Watch {
   bool h2Error = false;     // ... with an error code, or we reset it
   bool rstAfterHeaders = false;  // server: a non-200 answer, RST_STREAM(NO_ERROR) once it is sent
   std::string error;        // the 'closed' error, once known
+  bool bulk = false;        // the last read from the fd filled a whole frame: frames may grow past 16 KiB
   bool connecting = false;  // server: 200 waits for the fd's connect() (then the app is there, or 503)
   int64_t connectDeadline = 0;
   std::vector<std::string> answer;  // the 200's headers, while connecting

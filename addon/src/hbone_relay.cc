@@ -133,6 +133,7 @@ ssize_t ReadFd(nghttp2_session *, int32_t sid, uint8_t *buf, size_t length, uint
     ssize_t n = read(s->fd, buf, length);
     if (n > 0) {
       s->sent += static_cast<double>(n);
+      s->bulk = static_cast<size_t>(n) == length && length >= kSmallFrame;
       return n;
     }
     if (n == 0) {
