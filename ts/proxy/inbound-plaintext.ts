@@ -49,7 +49,7 @@ export async function admit(pi: PodInputs, ctx: ConnContext, app: Addr): Promise
   try {
     up = await connectIn(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip, paused: true });
   } catch (e) {
-    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
+    throw unreachable(app, e);
   }
   if (pi.policyWatch) up.once('close', pi.policyWatch.admitted({ ctx, log: pi.log, close: () => up.resetAndDestroy() }));
   return up;
@@ -72,7 +72,11 @@ export function admitFd(pi: PodInputs, ctx: ConnContext, app: Addr): number {
   try {
     return upstreamFd(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip }, true);
   } catch (e) {
-    if (e instanceof MeshError) throw e;
-    throw new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
+    throw unreachable(app, e);
   }
+}
+
+/** MeshError INPOD_ERR_UPSTREAM_CONNECT: the app at `app` could not be reached (`e` says why). */
+export function unreachable(app: Addr, e: unknown): MeshError {
+  return new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${(e as Error).message}`, { cause: e });
 }

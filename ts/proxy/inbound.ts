@@ -23,7 +23,7 @@ import type { RelayEnd } from './hbone/link.js';
 import type { NativeInboundStream, NativeListener } from './hbone/native.js';
 import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
-import { admit, admitFd } from './inbound-plaintext.js';
+import { admit, admitFd, unreachable } from './inbound-plaintext.js';
 import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
 import { relay } from './relay.js';
 import { ConnectionResult } from './result.js';
@@ -152,44 +152,49 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
     dst: { ip: app.ip, port: app.port, identity: pi.uri }, via: { ip: localIp, port: PORTS.hbone }, pod: podRef(pi),
     service: addressedService(pi, self?.services, headers.forwarded), traceId,
   }, started);
-  if ('connectAndAccept' in stream) return connectAndAccept(pi, stream, conn, app, baggageOf(self ?? pi.info));
+  // a refusal of the admission (this pod's policy, or an app that cannot be reached) is the stream's answer
+  const notAdmitted = (e: unknown): void => {
+    const err = e as MeshError;
+    conn.failed(err);
+    refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503, err.message);
+  };
+  const baggage = baggageOf(self ?? pi.info);
+  if ('connectAndAccept' in stream) {
+    let fd: number;
+    try {
+      fd = admitFd(pi, conn.ctx, app);
+    } catch (e) {
+      return notAdmitted(e);
+    }
+    return connectAndAccept(pi, stream, conn, app, fd, baggage);
+  }
   let up: net.Socket;
   try {
     up = await admit(pi, conn.ctx, app);
   } catch (e) {
-    const err = e as MeshError;
-    conn.failed(err);
-    return refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503, err.message);
+    return notAdmitted(e);
   }
   if (stream.gone()) {
     up.destroy();
     conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
     return;
   }
-  stream.accept(baggageOf(self ?? pi.info), up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+  stream.accept(baggage, up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
 }
 
 /**
- * The native path's admission (admitFd): the same decision, the app's socket handed to the engine
- * with its connect() under way (no Node socket, no second hop through this thread); the engine
- * answers 200 once the app has accepted, or 503. Held by the policy watcher until it ends (a
- * revocation resets the stream), and counted as the proxy's own upstream.
+ * The native path's relay: the app's socket `fd` (admitFd: made in the pod, its connect() under
+ * way) handed to the engine, which answers 200 once the app has accepted, or 503. Held by the
+ * policy watcher until it ends (a revocation resets the stream), and counted as the proxy's own
+ * upstream.
  */
-function connectAndAccept(pi: PodInputs, stream: NativeInboundStream, conn: ConnectionResult, app: Addr, baggage: string): void {
-  let fd: number;
-  try {
-    fd = admitFd(pi, conn.ctx, app);
-  } catch (e) {
-    const err = e as MeshError;
-    conn.failed(err);
-    return stream.refuse(err.code === 'INPOD_ERR_POLICY_DENIED' ? 401 : 503);
-  }
+function connectAndAccept(pi: PodInputs, stream: NativeInboundStream, conn: ConnectionResult, app: Addr, fd: number, baggage: string): void {
   const released = holdUpstream(fd);
   const unhold = pi.policyWatch?.admitted({ ctx: conn.ctx, log: pi.log, close: () => stream.reset() });
   stream.connectAndAccept(baggage, fd, (r) => {
     released();
     unhold?.();
-    if (r.connected === false) return conn.failed(new MeshError('INPOD_ERR_UPSTREAM_CONNECT', `app ${socketAddr(app)} unreachable: ${r.error?.message ?? 'connect failed'}`));
+    if (r.connected === false) return conn.failed(unreachable(app, r.error ?? new Error('connect failed')));
     conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' });
   });
 }

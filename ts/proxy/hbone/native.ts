@@ -69,8 +69,8 @@ export interface NativeInboundStream {
   /**
    * Answers 200 (with this workload's `baggage`) once the app's socket `fd`, its connect() under
    * way, has connected, and relays the stream to it; else 503. The engine owns `fd` from here.
-   * `done` once at the end (aToB: stream to app); `connected: false` (and the error,
-   * INPOD_ERR_UPSTREAM_CONNECT) when the app could not be reached.
+   * `done` once at the end (aToB: stream to app); `connected: false` (and connect()'s error) when
+   * the app could not be reached.
    */
   connectAndAccept(baggage: string, fd: number, done: (r: RelayEnd & { connected?: false }) => void): void;
   /** resets the stream (a policy update revoking the connection) */
@@ -286,7 +286,7 @@ export class NativeHbone {
         }
         answered = true;
         onEnd = (sent, received, error) => {
-          if (error.startsWith('connect: ')) return done({ aToB: 0, bToA: 0, error: new MeshError('INPOD_ERR_UPSTREAM_CONNECT', error.slice(9)), connected: false });
+          if (error.startsWith('connect: ')) return done({ aToB: 0, bToA: 0, error: new Error(error.slice(9)), connected: false });
           done({ aToB: received, bToA: sent, error: streamEnd(error) });
         };
         engine.respond(ev.tunnel, 200, ['baggage', baggage], fd, true);
