@@ -104,17 +104,16 @@ export interface ConnectOptions {
  * the other): refused with INPOD_ERR_UPSTREAM_CONNECT before any socket is made.
  */
 export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): Promise<net.Socket> {
+  to = { ip: canonicalIp(to.ip), port: to.port };
   let fd: number;
   try {
     fd = upstreamFd(nsFd, to, o, false);
   } catch (e) {
     return Promise.reject(e);
   }
-  to = { ip: canonicalIp(to.ip), port: to.port };
-  const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
   // pauseOnCreate: Node's own option behind pauseOnConnect; without it Node starts reading at once
   const s = new net.Socket({ fd, allowHalfOpen: true, ...(o.paused ? { pauseOnCreate: true } : {}) } as net.SocketConstructorOpts);
-  if (from) ownUpstream(s, fd);
+  if (o.transparentFrom !== undefined) s.once('close', holdUpstream(fd));
   if (o.paused) s.pause();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -158,23 +157,17 @@ export function upstreamFd(nsFd: number, to: SockAddr, o: ConnectOptions, connec
   }).release();
 }
 
+/** "ip:port" of the proxy's live transparent upstream sockets (bound before connect, so known at once). */
+const transparentUpstreams = new Set<string>();
+
 /**
- * Counts `fd` (a transparent upstream the engine owns) as the proxy's own until the returned
- * function is called (isOwnUpstream).
+ * Counts `fd` (a transparent upstream: connectIn's, or one the native engine owns) as the proxy's
+ * own until the returned function is called (isOwnUpstream).
  */
 export function holdUpstream(fd: number): () => void {
   const key = socketAddr(sockName(fd));
   transparentUpstreams.add(key);
   return () => void transparentUpstreams.delete(key);
-}
-
-/** "ip:port" of the proxy's live transparent upstream sockets (bound before connect, so known at once). */
-const transparentUpstreams = new Set<string>();
-
-function ownUpstream(s: net.Socket, fd: number): void {
-  const key = socketAddr(sockName(fd));
-  transparentUpstreams.add(key);
-  s.once('close', () => transparentUpstreams.delete(key));
 }
 
 /**
