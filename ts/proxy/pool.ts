@@ -9,7 +9,7 @@
  * (hbone/client.ts) or the addon's engine (hbone/native.ts), both behind HboneLink.
  */
 import { spiffeUri } from '../identity/spiffe.js';
-import type { HboneLink, HboneRequest, HboneSource, HboneTunnel } from './hbone/link.js';
+import { isUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel } from './hbone/link.js';
 import type { ConnectHeaders } from './hbone/headers.js';
 
 export type { HboneRequest, HboneSource, HboneTunnel } from './hbone/link.js';
@@ -77,7 +77,7 @@ export class HbonePool {
         const tunnel = await pc.link.connect(req, headers, () => this.#release(pc));
         return { tunnel, peerIdentity: pc.link.peerIdentity };
       } catch (e) {
-        if (attempt >= 2 || !(e as { unprocessed?: boolean }).unprocessed) throw e;
+        if (attempt >= 2 || !isUnprocessed(e)) throw e;
       }
     }
   }

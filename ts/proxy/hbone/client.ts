@@ -206,7 +206,7 @@ export function nodeLink(c: HboneConnection): HboneLink {
       } catch (e) {
         throw markUnprocessed(e, stream.rstCode === NGHTTP2_REFUSED_STREAM);
       }
-      return { stream, relay: (down, cb) => relay(down, stream, cb), close: () => stream.close() };
+      return { stream, relay: (down, cb) => relay(down, stream, cb) };
     },
   };
 }

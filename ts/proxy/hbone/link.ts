@@ -36,8 +36,6 @@ export interface RelayEnd {
 export interface HboneTunnel {
   /** relays the client's socket `down` through the tunnel; `done` once, when both directions are over */
   relay(down: net.Socket, done: (r: RelayEnd) => void): void;
-  /** ends the tunnel (a stream of its own: the connection stays) */
-  close(): void;
 }
 
 /** One client connection to a peer's 15008, the peer's identity verified. */
@@ -67,4 +65,9 @@ export interface HboneLink {
 export function markUnprocessed<E>(e: E, unprocessed: boolean): E {
   if (unprocessed && typeof e === 'object' && e !== null) (e as { unprocessed?: boolean }).unprocessed = true;
   return e;
+}
+
+/** Was `e` thrown for a stream the peer did not process (markUnprocessed)? */
+export function isUnprocessed(e: unknown): boolean {
+  return (e as { unprocessed?: boolean } | null)?.unprocessed === true;
 }

@@ -376,7 +376,6 @@ class NativeLink implements HboneLink {
               down = { sock, cb };
               engine.relay(tid, handOver(sock));
             },
-            close: () => engine.reset(tid),
           });
         },
         closed: (sent, received, error) => {
