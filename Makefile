@@ -47,7 +47,7 @@ $(ADDON): $(BPF_SKELS) $(wildcard addon/src/*) addon/binding.gyp
 
 addon: $(ADDON)
 
-# The benchmark's native forwarder and connection-rate client (plain C, no libraries).
+# The benchmark's native forwarder, connection-rate and fixed-rate latency clients (plain C, no libraries).
 build/inpod-fwd: bench/fwd.c
 	@mkdir -p build
 	gcc -O2 -Wall -o $@ $<
@@ -56,7 +56,11 @@ build/inpod-connrate: bench/connrate.c
 	@mkdir -p build
 	gcc -O2 -Wall -pthread -o $@ $<
 
-bench-tools: build/inpod-fwd build/inpod-connrate
+build/inpod-latency: bench/latency.c
+	@mkdir -p build
+	gcc -O2 -Wall -o $@ $<
+
+bench-tools: build/inpod-fwd build/inpod-connrate build/inpod-latency
 
 # The CNI plugin the agent copies to the host: static (glibc and jansson's libjansson.a), so the
 # host runs it with nothing from the image and none of its own libraries (ARCHITECTURE.md, "CNI").

@@ -44,8 +44,17 @@ describe('inpod bench --quick (reduced)', () => {
         expect(Number.isFinite(row!.costs.hostBusy.median), `${w}/${c} host CPU per unit`).toBe(true);
       }
     }
-    const http = res.rows.filter((r) => r.workload === 'http');
-    for (const r of http) for (const p of ['p50', 'p90', 'p99']) expect(r.metrics[p]!.median).toBeGreaterThan(0);
+    const http = res.rows.filter((r) => r.workload === 'http' || r.workload === 'latency');
+    for (const r of http) for (const p of ['p50', 'p90', 'p99']) expect(r.metrics[p]!.median, `${r.workload}/${r.config} ${p}`).toBeGreaterThan(0);
+  });
+
+  it('answers every request of the fixed-rate latency load, at its rate, in every configuration', () => {
+    for (const c of CONFIGS) {
+      const s = res.traffic.find((x) => x.workload === 'latency' && x.config === c && !x.warmup)!;
+      // 1,000 requests/s for one second: every one sent and answered (none lost, none failed)
+      expect(s.work, c).toBe(1000);
+      expect(s.errors, c).toBe(0);
+    }
   });
 
   it('measures forwarder CPU and memory only where a forwarder runs', () => {

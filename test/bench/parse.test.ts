@@ -1,6 +1,6 @@
 /** The bench's parsers and summaries, on captured output of the real tools. */
 import { describe, expect, it } from 'vitest';
-import { iperfNotReady, parseConnrate, parseDurationMs, parseIperf, parseWrk } from '../../ts/bench/loads.js';
+import { iperfNotReady, parseConnrate, parseDurationMs, parseIperf, parseLatency, parseWrk } from '../../ts/bench/loads.js';
 import { parseCgroupUsage, parsePidStat, parseProcMemory, parseProcStat, parseSoftirqs } from '../../ts/bench/cpu.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
 import { ALL_CONFIGS } from '../../ts/bench/env.js';
@@ -51,6 +51,12 @@ describe('bench parsers', () => {
 
   it('reads inpod-connrate output', () => {
     expect(parseConnrate('{"conns":20000,"errors":1,"seconds":2.000,"p50_us":605,"p99_us":1215}\n')).toEqual({ cps: 10000, conns: 20000, errors: 1, p50: 0.605, p99: 1.215 });
+  });
+
+  it('reads inpod-latency output (microseconds in, milliseconds out) and refuses a run that answered nothing', () => {
+    expect(parseLatency('{"requests":8000,"errors":0,"late":3,"seconds":8.000,"p50_us":212.5,"p90_us":301.5,"p99_us":1204.5}\n'))
+      .toEqual({ rps: 1000, requests: 8000, errors: 0, late: 3, p50: 0.2125, p90: 0.3015, p99: 1.2045 });
+    expect(() => parseLatency('{"requests":0,"errors":16,"late":0,"seconds":10.0,"p50_us":1000000,"p90_us":1000000,"p99_us":1000000}')).toThrow(/gave no result/);
   });
 
   it('reads /proc counters, including a command name with spaces and parentheses', () => {

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { CONFIGS, V6_CONFIGS, familyOf, type ConfigName } from '../../ts/bench/env.js';
 import { WORKLOADS, loadArgv, type WorkloadName } from '../../ts/bench/loads.js';
-import { headlineRatios, markdown, memorySection, type RunInfo } from '../../ts/bench/report.js';
+import { addedLatency, headlineRatios, markdown, memorySection, type RunInfo } from '../../ts/bench/report.js';
 import type { MemoryResult } from '../../ts/bench/memory.js';
 import { chartSvg } from '../../ts/bench/chart.js';
 import { parseBenchArgs } from '../../ts/bench/index.js';
@@ -18,7 +18,10 @@ const RPS: Partial<Record<ConfigName, number>> = { nomesh: 100_000, iptables: 40
 function row(w: WorkloadName, c: ConfigName): Row {
   const v = RPS[c]!;
   const s = (x: number) => stat([x * 0.95, x, x * 1.05]);
-  const metrics: Record<string, Stat> = w === 'http' ? { rps: s(v), p50: s(1e5 / v), p90: s(2e5 / v), p99: s(5e5 / v) } : w === 'connrate' ? { cps: s(v / 10) } : { gbps: s(v / 5000) };
+  // at a fixed rate the p50 is the path's own time: 0.1 ms without a mesh, + 0.01 ms per 10,000 requests/s fewer
+  const fixed = 0.1 + (100_000 - v) / 1e6;
+  const metrics: Record<string, Stat> = w === 'http' ? { rps: s(v), p50: s(1e5 / v), p90: s(2e5 / v), p99: s(5e5 / v) }
+    : w === 'latency' ? { rps: s(1000), p50: s(fixed), p90: s(fixed * 2), p99: s(fixed * 5) } : w === 'connrate' ? { cps: s(v / 10) } : { gbps: s(v / 5000) };
   const c0 = s(0.1);
   return { workload: w, config: c, metrics, costs: { fwdUser: c0, fwdSys: c0, softirq: c0, ksoftirqd: c0, hostBusy: c0 }, rssKb: stat([c.startsWith('nomesh') ? 0 : 3000]), rssPeakKb: stat([c.startsWith('nomesh') ? 0 : 3000]), conntrack: stat([0]), outside: stat([0.1]), errors: 0, disturbed: 0 };
 }
@@ -114,5 +117,18 @@ describe('bench report, the proxy against capture alone (issue 19)', () => {
 
   it('leaves the column out without both rows', () => {
     expect(markdown(INFO, rows.filter((r) => r.config !== 'ebpf'), [], [], [])).not.toContain('capture-only eBPF |');
+  });
+
+  it('gives the p50 latency each configuration adds over no mesh, saturated and at a fixed rate', () => {
+    // saturated: 1e5/v ms, so 1.0 ms no mesh, 1.667 eBPF, 6.667 the proxy; fixed rate 0.1, 0.14, 0.185
+    const added = addedLatency(rows);
+    expect(added.map((r) => r[0])).toEqual(['capture-only, eBPF', 'proxy (HBONE), eBPF']);
+    expect(added[0]![1]).toMatch(/^\*\*0\.667\*\* /);
+    expect(added[1]![2]).toMatch(/^\*\*0\.085\*\* \(0\.071–0\.099\)$/);
+    const md = markdown({ ...INFO, latencyRate: 1000 }, rows, [], [], []);
+    expect(md).toMatch(/^\| proxy \(HBONE\), eBPF \| \*\*5\.667\*\* .* \| \*\*0\.085\*\* .*\|$/m);
+    expect(md).toContain('inpod-latency: 1000 requests/s spread over 16 kept-alive connections');
+    // without a no-mesh row there is nothing to add to
+    expect(addedLatency(rows.filter((r) => r.config !== 'nomesh'))).toEqual([]);
   });
 });

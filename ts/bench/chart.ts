@@ -1,5 +1,5 @@
 /**
- * The report's chart: one panel per figure (requests/s, latency p50/p99, Gbit/s with 1 and 8
+ * The report's chart: one panel per figure (requests/s, latency p50/p99 at saturation and at a fixed rate, Gbit/s with 1 and 8
  * streams, new connections/s), a bar per configuration at the median with a whisker from the
  * smallest to the largest repetition. Plain SVG, no dependencies.
  */
@@ -79,6 +79,7 @@ export function chartSvg(rows: Row[], title: string): string {
   const panels: Panel[] = [
     { title: 'HTTP requests/s', unit: 'wrk, 1 KiB, kept-alive', bars: per('http', 'rps') },
     { title: 'HTTP latency', unit: 'ms, p50 | p99 (axis fits the medians)', bars: [...per('http', 'p50', 'p50'), ...per('http', 'p99', 'p99')], scaleToMedians: true },
+    { title: 'HTTP latency at a fixed rate', unit: 'ms, p50 | p99 (axis fits the medians)', bars: [...per('latency', 'p50', 'p50'), ...per('latency', 'p99', 'p99')], scaleToMedians: true },
     { title: 'Bulk throughput', unit: 'Gbit/s, 1 | 8 streams', bars: [...per('bulk1', 'gbps', '1 stream'), ...per('bulk8', 'gbps', '8 streams')] },
     { title: 'New connections/s', unit: 'one request per connection', bars: per('connrate', 'cps') },
   ];

@@ -81,6 +81,7 @@ export const FWD = join(BUILD_DIR, 'inpod-fwd');
 /** The forwarder as the capture rows run it: the proxy's mark, listening on its capture ports ([::], dual-stack). */
 export const FWD_COMMAND = [FWD, `0x${MARKS.proxy.toString(16)}`, String(PORTS.outbound), String(PORTS.inboundPlaintext)];
 export const CONNRATE = join(BUILD_DIR, 'inpod-connrate');
+export const LATENCY = join(BUILD_DIR, 'inpod-latency');
 export const HTTP_PORT = 80;
 export const IPERF_PORT = 5201;
 export const BODY_BYTES = 1024;

@@ -116,6 +116,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
       seconds: int(values.seconds, 'seconds', 1) ?? (quick ? 2 : 8),
       warmupSeconds: quick ? 1 : 3,
       httpConns: 16,
+      // Istio's data-plane latency figures are at 1,000 requests/s (fortio, 1 KiB, HTTP/1.1)
+      latencyRate: 1000,
       connThreads: 8,
       maxRetries: quick ? 3 : 10,
     },
@@ -214,6 +216,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       seconds: o.traffic.seconds,
       warmupSeconds: o.traffic.warmupSeconds,
       httpConns: o.traffic.httpConns,
+      latencyRate: o.traffic.latencyRate,
       connThreads: o.traffic.connThreads,
       pinned: o.pin,
       enrollLevels: o.enroll?.levels ?? [],

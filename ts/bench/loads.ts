@@ -1,15 +1,17 @@
 /**
  * The load generators, run in the client pod, and the parsers of their output (pure, tested on
- * captured text): wrk for requests/s and latency over kept-alive connections, iperf3 for bulk
- * throughput, inpod-connrate for new connections per second.
+ * captured text): wrk for requests/s and latency over kept-alive connections at saturation,
+ * inpod-latency for latency at a fixed rate below it (as Istio measures its data plane), iperf3 for
+ * bulk throughput, inpod-connrate for new connections per second.
  */
-import { CONNRATE, HTTP_PORT, IPERF_PORT } from './env.js';
+import { CONNRATE, HTTP_PORT, IPERF_PORT, LATENCY } from './env.js';
 import { describe, runIn, type Placement } from './procs.js';
 
-export type WorkloadName = 'http' | 'bulk1' | 'bulk8' | 'connrate';
-export const WORKLOADS: WorkloadName[] = ['http', 'bulk1', 'bulk8', 'connrate'];
+export type WorkloadName = 'http' | 'latency' | 'bulk1' | 'bulk8' | 'connrate';
+export const WORKLOADS: WorkloadName[] = ['http', 'latency', 'bulk1', 'bulk8', 'connrate'];
 export const WORKLOAD_LABEL: Record<WorkloadName, string> = {
   http: 'HTTP 1 KiB, kept-alive (wrk)',
+  latency: 'HTTP 1 KiB, kept-alive, at a fixed rate (inpod-latency)',
   bulk1: 'bulk, 1 stream (iperf3)',
   bulk8: 'bulk, 8 streams (iperf3)',
   connrate: 'new connection per request (inpod-connrate)',
@@ -26,8 +28,10 @@ export interface LoadResult {
 
 export interface LoadParams {
   seconds: number;
-  /** wrk connections */
+  /** wrk connections, and inpod-latency's */
   httpConns: number;
+  /** inpod-latency's requests/s over its httpConns connections */
+  latencyRate: number;
   /** connrate threads */
   connThreads: number;
 }
@@ -77,6 +81,13 @@ export function parseConnrate(out: string): { cps: number; conns: number; errors
   return { cps: r.conns / r.seconds, conns: r.conns, errors: r.errors, p50: r.p50_us / 1000, p99: r.p99_us / 1000 };
 }
 
+/** inpod-latency's JSON line (microseconds in, milliseconds out). */
+export function parseLatency(out: string): { rps: number; requests: number; errors: number; late: number; p50: number; p90: number; p99: number } {
+  const r = JSON.parse(out.trim().split('\n').pop() ?? '{}') as { requests: number; errors: number; late: number; seconds: number; p50_us: number; p90_us: number; p99_us: number };
+  if (!(r.seconds > 0) || !(r.requests > 0)) throw new Error(`inpod-latency gave no result: ${out}`);
+  return { rps: r.requests / r.seconds, requests: r.requests, errors: r.errors, late: r.late, p50: r.p50_us / 1000, p90: r.p90_us / 1000, p99: r.p99_us / 1000 };
+}
+
 /** Builds the command line of a workload against the server IP (IPv4 or IPv6). */
 export function loadArgv(w: WorkloadName, serverIp: string, p: LoadParams): string[] {
   const secs = Math.max(1, Math.round(p.seconds));
@@ -84,6 +95,8 @@ export function loadArgv(w: WorkloadName, serverIp: string, p: LoadParams): stri
   switch (w) {
     case 'http':
       return ['wrk', '-t1', `-c${p.httpConns}`, `-d${secs}s`, '--latency', `http://${host}:${HTTP_PORT}/1k`];
+    case 'latency':
+      return [LATENCY, serverIp, String(HTTP_PORT), String(secs), String(p.latencyRate), String(p.httpConns), '/1k'];
     case 'bulk1':
     case 'bulk8':
       return ['iperf3', '-c', serverIp, '-p', String(IPERF_PORT), '-t', String(secs), '-P', w === 'bulk1' ? '1' : '8', '-J'];
@@ -125,6 +138,10 @@ export async function runLoad(w: WorkloadName, at: Placement, serverIp: string, 
     case 'http': {
       const x = parseWrk(r.stdout);
       return { metrics: { rps: x.rps, p50: x.p50, p90: x.p90, p99: x.p99 }, work: x.requests, errors: x.errors, command };
+    }
+    case 'latency': {
+      const x = parseLatency(r.stdout);
+      return { metrics: { rps: x.rps, p50: x.p50, p90: x.p90, p99: x.p99, late: x.late }, work: x.requests, errors: x.errors, command };
     }
     case 'bulk1':
     case 'bulk8': {

@@ -20,6 +20,8 @@ export interface RunInfo {
   seconds: number;
   warmupSeconds: number;
   httpConns: number;
+  /** inpod-latency's fixed rate (a run recorded before it: absent) */
+  latencyRate?: number;
   connThreads: number;
   pinned: boolean;
   enrollLevels: number[];
@@ -59,6 +61,7 @@ function figures(): [string, WorkloadName, (r: Row) => Stat | undefined, number]
   const out: [string, WorkloadName, (r: Row) => Stat | undefined, number][] = [];
   out.push(['requests/s', 'http', (r) => r.metrics.rps, 0]);
   for (const p of ['p50', 'p90', 'p99']) out.push([`latency ${p} (ms)`, 'http', (r) => r.metrics[p], 3]);
+  for (const p of ['p50', 'p90', 'p99']) out.push([`latency ${p} at a fixed rate (ms)`, 'latency', (r) => r.metrics[p], 3]);
   out.push(['Gbit/s, 1 stream', 'bulk1', (r) => r.metrics.gbps, 2]);
   out.push(['Gbit/s, 8 streams', 'bulk8', (r) => r.metrics.gbps, 2]);
   out.push(['new connections/s', 'connrate', (r) => r.metrics.cps, 0]);
@@ -101,8 +104,30 @@ export function headlineRatios(rows: Row[]): Record<string, HeadlineRatios> {
   return out;
 }
 
+/** a − b for two stats: the medians' difference and the widest one of the extremes. */
+function difference(a: Stat, b: Stat): string {
+  return `**${(a.median - b.median).toFixed(3)}** (${(a.min - b.max).toFixed(3)}–${(a.max - b.min).toFixed(3)})`;
+}
+
+/** Per configuration with a mesh: p50 latency over no mesh's of the same family, both loads. */
+export function addedLatency(rows: Row[]): string[][] {
+  const out: string[][] = [];
+  for (const c of configsOf(rows)) {
+    const base: ConfigName = V6_CONFIGS.includes(c) ? 'nomesh6' : 'nomesh';
+    if (c === base || c === 'nomesh6') continue;
+    const cellOf = (w: WorkloadName): string => {
+      const a = find(rows, w, c)?.metrics.p50;
+      const b = find(rows, w, base)?.metrics.p50;
+      return a && b ? difference(a, b) : 'n/a';
+    };
+    if (!find(rows, 'http', base) && !find(rows, 'latency', base)) continue;
+    out.push([CONFIG_LABEL[c], cellOf('http'), cellOf('latency')]);
+  }
+  return out;
+}
+
 function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, number>>): string {
-  const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB', 'RSS peak KiB', 'RSS after the load KiB'];
+  const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'fixed rate: p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB', 'RSS peak KiB', 'RSS after the load KiB'];
   const configs = configsOf(rows);
   const body = configs.map((c) => {
     const h = find(rows, 'http', c);
@@ -112,6 +137,9 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
       cell(h?.metrics.p50, 3),
       cell(h?.metrics.p90, 3),
       cell(h?.metrics.p99, 3),
+      cell(find(rows, 'latency', c)?.metrics.p50, 3),
+      cell(find(rows, 'latency', c)?.metrics.p90, 3),
+      cell(find(rows, 'latency', c)?.metrics.p99, 3),
       cell(find(rows, 'bulk1', c)?.metrics.gbps, 2),
       cell(find(rows, 'bulk8', c)?.metrics.gbps, 2),
       cell(find(rows, 'connrate', c)?.metrics.cps),
@@ -132,6 +160,7 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
     ...(withV6 ? [rcell(r.iptablesVsNone6), rcell(r.ebpfVsNone6), rcell(r.ebpfVsIptables6)] : []),
     ...(withProxy ? [rcell(r.proxyEbpfVsIptables)] : []), ...(withProxyCapture ? [rcell(r.proxyVsCapture)] : []), ...(withFast ? [rcell(r.fastVsUserspace)] : []), ...(withH2 ? [rcell(r.h2ZtunnelVsNode)] : []),
     ...(withNative ? [rcell(r.nativeVsNode)] : []), ...(withNativeCapture ? [rcell(r.nativeVsCapture)] : [])]);
+  const added = addedLatency(rows);
   const cbody: string[][] = [];
   for (const w of WORKLOADS) {
     for (const c of configs) {
@@ -149,6 +178,10 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
     '',
     table(head, body),
     '',
+    ...(added.length ? ['### Latency added over no mesh (p50, ms: the difference of the medians, and of the extremes in parentheses)', '',
+      'At saturation (wrk) the percentiles are mostly queueing and follow requests/s; at a fixed rate (inpod-latency)',
+      'they are the time the path adds when it is not saturated, as Istio reports its data plane\'s latency.', '',
+      table(['configuration', 'p50 added, saturated', 'p50 added, fixed rate'], added), ''] : []),
     '### Ratios (median ratio, and the worst case of both spreads in parentheses)',
     '',
     'Above 1 is more for the first configuration: better for rates, worse for latency and CPU.',
@@ -234,7 +267,9 @@ function methodSection(info: RunInfo, traffic: TrafficSample[]): string {
     ...Object.entries(info.host).map(([k, v]) => `- ${k}: ${v}`),
     `- ${info.reps} repetitions of ${info.seconds} s per workload and configuration, run interleaved ` +
       `(for each repetition, for each workload: no mesh, iptables, eBPF), after a ${info.warmupSeconds} s warm-up run of each`,
-    `- wrk: 1 thread, ${info.httpConns} kept-alive connections; inpod-connrate: ${info.connThreads} threads, HTTP/1.0, one request per connection`,
+    `- wrk: 1 thread, ${info.httpConns} kept-alive connections, as fast as the path answers (its percentiles are mostly queueing: about connections / requests/s)` +
+      (info.latencyRate ? `; inpod-latency: ${info.latencyRate} requests/s spread over ${info.httpConns} kept-alive connections, HTTP/1.1, latency from each request's send to the last byte of its answer (as Istio's fortio runs: the latency the path adds when it is not saturated)` : '') +
+      `; inpod-connrate: ${info.connThreads} threads, HTTP/1.0, one request per connection`,
     `- enrollment: N = ${info.enrollLevels.join(', ')}; ${info.enrollSamples} enroll+unenroll pairs per N, backend and way in`,
     '- topology: one simulated node (a node netns with a Linux bridge); per configuration a client pod and a server pod',
     '  (netns wired by the CNI bridge plugin), all on the same bridge. Capture rows enroll both pods and run',

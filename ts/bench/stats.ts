@@ -58,7 +58,7 @@ export interface Costs {
 }
 
 export function unitOf(w: WorkloadName): { per: number; label: string } {
-  return w === 'bulk1' || w === 'bulk8' ? { per: 1e9, label: 'GB' } : { per: 1000, label: w === 'http' ? '1k req' : '1k conn' };
+  return w === 'bulk1' || w === 'bulk8' ? { per: 1e9, label: 'GB' } : { per: 1000, label: w === 'connrate' ? '1k conn' : '1k req' };
 }
 
 export function costs(s: TrafficSample): Costs {
@@ -120,6 +120,7 @@ export function rows(samples: TrafficSample[]): Row[] {
 /** The headline figure of each workload, and whether more is better. */
 export const PRIMARY: Record<WorkloadName, { key: string; label: string; higherIsBetter: boolean }> = {
   http: { key: 'rps', label: 'requests/s', higherIsBetter: true },
+  latency: { key: 'p50', label: 'latency p50 at a fixed rate', higherIsBetter: false },
   bulk1: { key: 'gbps', label: 'Gbit/s, 1 stream', higherIsBetter: true },
   bulk8: { key: 'gbps', label: 'Gbit/s, 8 streams', higherIsBetter: true },
   connrate: { key: 'cps', label: 'new connections/s', higherIsBetter: true },

@@ -47,6 +47,8 @@ function headline(w: WorkloadName, m: Record<string, number>): string {
   switch (w) {
     case 'http':
       return `${m.rps!.toFixed(0)} req/s, p50 ${m.p50!.toFixed(3)} ms, p99 ${m.p99!.toFixed(3)} ms`;
+    case 'latency':
+      return `${m.rps!.toFixed(0)} req/s fixed, p50 ${m.p50!.toFixed(3)} ms, p99 ${m.p99!.toFixed(3)} ms, ${m.late} sent late`;
     case 'bulk1':
     case 'bulk8':
       return `${m.gbps!.toFixed(2)} Gbit/s`;
