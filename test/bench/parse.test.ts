@@ -1,4 +1,5 @@
 /** The bench's parsers and summaries, on captured output of the real tools. */
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { iperfNotReady, parseConnrate, parseDurationMs, parseIperf, parseLatency, parseWrk } from '../../ts/bench/loads.js';
 import { parseCgroupUsage, parsePidStat, parseProcMemory, parseProcStat, parseSoftirqs } from '../../ts/bench/cpu.js';
@@ -139,6 +140,9 @@ describe('bench memory scenario, parsers and plan', () => {
     expect(shebangLaunch('#!/usr/bin/env -S node --max-semi-space-size=1')).toEqual({ env: [], nodeArgs: ['--max-semi-space-size=1'] });
     expect(shebangLaunch('#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --a --b=1')).toEqual({ env: ['MALLOC_ARENA_MAX=2'], nodeArgs: ['--a', '--b=1'] });
     expect(shebangLaunch('#!/usr/bin/env node')).toEqual({ env: [], nodeArgs: [] });
+    // the bench's proxy starts as the image's `inpod` does: two glibc arenas, a 1 MiB young generation
+    expect(shebangLaunch(readFileSync(new URL('../../ts/cli/main.ts', import.meta.url), 'utf8').split('\n', 1)[0]!))
+      .toEqual({ env: ['MALLOC_ARENA_MAX=2'], nodeArgs: ['--max-semi-space-size=1'] });
     expect(shebangLaunch('/** not a shebang */')).toEqual({ env: [], nodeArgs: [] });
   });
 

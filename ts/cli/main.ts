@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=1
+#!/usr/bin/env -S MALLOC_ARENA_MAX=2 node --max-semi-space-size=1
 /**
  * The `inpod` command line (shared/DESIGN.md "Command line"). Each command's module is imported
  * only when that command runs: the proxy must not carry the agent's Kubernetes client, nor the
