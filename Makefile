@@ -52,11 +52,11 @@ build/inpod-fwd: bench/fwd.c
 	@mkdir -p build
 	gcc -O2 -Wall -o $@ $<
 
-build/inpod-connrate: bench/connrate.c
+build/inpod-connrate: bench/connrate.c bench/client.h
 	@mkdir -p build
 	gcc -O2 -Wall -pthread -o $@ $<
 
-build/inpod-latency: bench/latency.c
+build/inpod-latency: bench/latency.c bench/client.h
 	@mkdir -p build
 	gcc -O2 -Wall -o $@ $<
 

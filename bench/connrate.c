@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
+
 #define MAX_THREADS 64
 #define HIST 100000 /* latency histogram in 10 us buckets, up to 1 s */
 #define STALL_S 10   /* a connect, send or recv blocked this long fails the request */
@@ -109,28 +111,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s HOST PORT SECONDS THREADS [PATH]\n", argv[0]);
 		return 2;
 	}
-	struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
-	struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
-	int v6 = strchr(argv[1], ':') != NULL;
-	if (v6) {
-		d6->sin6_family = AF_INET6;
-		d6->sin6_port = htons(atoi(argv[2]));
-		dst_len = sizeof(*d6);
-	} else {
-		d4->sin_family = AF_INET;
-		d4->sin_port = htons(atoi(argv[2]));
-		dst_len = sizeof(*d4);
-	}
-	if (inet_pton(v6 ? AF_INET6 : AF_INET, argv[1], v6 ? (void *)&d6->sin6_addr : (void *)&d4->sin_addr) != 1) {
-		fprintf(stderr, "bad address %s\n", argv[1]);
+	if (parse_dst(argv[1], argv[2], &dst, &dst_len) != 0)
 		return 2;
-	}
 	double seconds = atof(argv[3]);
 	int threads = atoi(argv[4]);
 	if (threads < 1 || threads > MAX_THREADS)
 		threads = 8;
-	request_len = snprintf(request, sizeof(request), v6 ? "GET %s HTTP/1.0\r\nHost: [%s]\r\n\r\n" : "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n",
-			       argc > 5 ? argv[5] : "/", argv[1]);
+	request_len = http_get(request, sizeof(request), "1.0", argc > 5 ? argv[5] : "/", argv[1]);
 	static struct worker ws[MAX_THREADS];
 	double start = now();
 	deadline = start + seconds;

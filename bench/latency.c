@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
+
 #define MAX_CONNS 256
 #define HIST 1000000 /* latency histogram in 1 us buckets, up to 1 s */
 #define STALL_S 10.0
@@ -173,30 +175,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s HOST PORT SECONDS RATE CONNS [PATH]\n", argv[0]);
 		return 2;
 	}
-	struct sockaddr_in *d4 = (struct sockaddr_in *)&dst;
-	struct sockaddr_in6 *d6 = (struct sockaddr_in6 *)&dst;
-	int v6 = strchr(argv[1], ':') != NULL;
-	if (v6) {
-		d6->sin6_family = AF_INET6;
-		d6->sin6_port = htons(atoi(argv[2]));
-		dst_len = sizeof(*d6);
-	} else {
-		d4->sin_family = AF_INET;
-		d4->sin_port = htons(atoi(argv[2]));
-		dst_len = sizeof(*d4);
-	}
-	if (inet_pton(v6 ? AF_INET6 : AF_INET, argv[1], v6 ? (void *)&d6->sin6_addr : (void *)&d4->sin_addr) != 1) {
-		fprintf(stderr, "bad address %s\n", argv[1]);
+	if (parse_dst(argv[1], argv[2], &dst, &dst_len) != 0)
 		return 2;
-	}
 	double seconds = atof(argv[3]), rate = atof(argv[4]);
 	int n = atoi(argv[5]);
 	if (seconds <= 0 || rate <= 0 || n < 1 || n > MAX_CONNS) {
 		fprintf(stderr, "want SECONDS > 0, RATE > 0 and 1 <= CONNS <= %d\n", MAX_CONNS);
 		return 2;
 	}
-	request_len = snprintf(request, sizeof(request), v6 ? "GET %s HTTP/1.1\r\nHost: [%s]\r\n\r\n" : "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n",
-			       argc > 6 ? argv[6] : "/", argv[1]);
+	request_len = http_get(request, sizeof(request), "1.1", argc > 6 ? argv[6] : "/", argv[1]);
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	for (int i = 0; i < n; i++)
 		if (dial(&conns[i]) != 0) {
