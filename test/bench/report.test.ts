@@ -70,11 +70,13 @@ describe('bench report, IPv6 capture-only rows', () => {
   });
 
   it('addresses an IPv6 server in brackets in the URL and bare elsewhere', () => {
-    const p = { seconds: 2, httpConns: 16, connThreads: 8 };
+    const p = { seconds: 2, httpConns: 16, latencyRate: 1000, connThreads: 8 };
     expect(loadArgv('http', 'fd00:200::5:0:0:3', p)).toContain('http://[fd00:200::5:0:0:3]:80/1k');
     expect(loadArgv('http', '10.200.5.3', p)).toContain('http://10.200.5.3:80/1k');
     expect(loadArgv('bulk1', 'fd00:200::5:0:0:3', p).slice(0, 3)).toEqual(['iperf3', '-c', 'fd00:200::5:0:0:3']);
     expect(loadArgv('connrate', 'fd00:200::5:0:0:3', p)[1]).toBe('fd00:200::5:0:0:3');
+    // the fixed-rate client: bare address, port, seconds, rate, connections, path
+    expect(loadArgv('latency', 'fd00:200::5:0:0:3', p).slice(1)).toEqual(['fd00:200::5:0:0:3', '80', '2', '1000', '16', '/1k']);
   });
 });
 
