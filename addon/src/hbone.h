@@ -166,7 +166,7 @@ struct Engine : Watch {
   uint64_t nextConnId = uint64_t(1) << 40, nextTunnelId = uint64_t(1) << 41;
   char rbuf[256 << 10];  // the one TLS read buffer
   std::atomic<int64_t> statConns{0}, statStreams{0}, statBuffered{0};
-  void *tsfn = nullptr;  // Napi::ThreadSafeFunction*, opaque here
+  void *tsfn = nullptr;  // Napi::ThreadSafeFunction*, opaque here; owned, freed by ReleaseEvents (under mu)
   void Emit(Event &&e) { events.push_back(std::move(e)); }
 };
 
@@ -203,7 +203,7 @@ void Loop(std::shared_ptr<Engine> e);  // the engine thread: returns once stoppe
 
 // hbone_napi.cc
 void Deliver(Engine *e);        // hands the events gathered so far to JS, as one batch
-void ReleaseEvents(Engine *e);  // the thread is done with the ThreadSafeFunction
+void ReleaseEvents(Engine *e);  // the thread is done with the ThreadSafeFunction: released and freed
 
 // hbone_relay.cc (stream <-> fd)
 void FlushToFd(Stream *s);

@@ -61,10 +61,10 @@ void Deliver(Engine *e) {
   if (st != napi_ok) delete batch;
 }
 
-// What the External holds: the engine is shared with its thread, which may outlive the handle.
+// What the External holds: the engine is shared with its thread, which may outlive the handle
+// (the engine, its ThreadSafeFunction included, is freed by whichever lets go last).
 struct Handle {
   std::shared_ptr<Engine> e;
-  Napi::ThreadSafeFunction tsfn;
   std::thread thread;
 };
 
@@ -142,26 +142,27 @@ static Napi::Value HboneEngineNew(const Napi::CallbackInfo &info) {
     if (e->wakeFd >= 0) close(e->wakeFd);
     return Errno(env, err);
   }
-  auto *h = new Handle{e, Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "inpod-hbone", 0, 1)};
-  h->tsfn.Unref(env);
-  e->tsfn = &h->tsfn;  // the thread releases it before it exits; the Handle outlives that (below)
-  h->thread = std::thread(Loop, e);
+  auto *tsfn = new Napi::ThreadSafeFunction(Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "inpod-hbone", 0, 1));
+  tsfn->Unref(env);
+  e->tsfn = tsfn;  // the thread releases and frees it before it exits (ReleaseEvents)
+  auto *h = new Handle{e, std::thread(Loop, e)};
   return Napi::External<Handle>::New(env, h, [](Napi::Env, Handle *h) {
     Command c{Command::kStop};
     Post(h, std::move(c));
-    // the thread may still use h->tsfn: the Handle is leaked on purpose (one per engine)
+    // a thread still stopping keeps the engine (its shared_ptr) until it exits
     if (h->thread.joinable()) h->thread.detach();
+    delete h;
   });
 }
 
 static Napi::Value HboneEngineRef(const Napi::CallbackInfo &info) {
-  Handle *h = GetH(info);
-  {
-    std::lock_guard<std::mutex> g(h->e->mu);
-    if (h->e->stopped) return info.Env().Undefined();
-  }
-  if (info[1].ToBoolean()) h->tsfn.Ref(info.Env());
-  else h->tsfn.Unref(info.Env());
+  Engine *e = GetH(info)->e.get();
+  // under the lock: the thread frees the ThreadSafeFunction under it once stopped
+  std::lock_guard<std::mutex> g(e->mu);
+  auto *tsfn = static_cast<Napi::ThreadSafeFunction *>(e->tsfn);
+  if (e->stopped || !tsfn) return info.Env().Undefined();
+  if (info[1].ToBoolean()) tsfn->Ref(info.Env());
+  else tsfn->Unref(info.Env());
   return info.Env().Undefined();
 }
 
@@ -258,7 +259,15 @@ static Napi::Value HboneStats(const Napi::CallbackInfo &info) {
   return o;
 }
 
-void ReleaseEvents(Engine *e) { static_cast<Napi::ThreadSafeFunction *>(e->tsfn)->Release(); }
+void ReleaseEvents(Engine *e) {
+  std::lock_guard<std::mutex> g(e->mu);
+  e->stopped = true;  // (a loop that ended on an epoll error was not told to stop)
+  auto *tsfn = static_cast<Napi::ThreadSafeFunction *>(e->tsfn);
+  e->tsfn = nullptr;
+  if (!tsfn) return;
+  tsfn->Release();
+  delete tsfn;
+}
 
 }  // namespace hbone
 
