@@ -46,6 +46,11 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
   /** every line the independent server printed */
   const seen: Seen[] = [];
   const connects = (): (Seen & { headers: [string, string][] })[] => seen.filter((l): l is Seen & { headers: [string, string][] } => Boolean(l.headers));
+  /** The peer's CONNECT number `n` (0-based), once its line is in: the peer's stdout is a pipe that may bring it after the reply. */
+  const reported = async (n: number): Promise<Seen & { headers: [string, string][] }> => {
+    await until('the HBONE peer reporting the CONNECT', () => connects().length > n, { timeoutMs: 5000 });
+    return connects()[n]!;
+  };
   const headerMap = (l: { headers: [string, string][] }): Record<string, string> => Object.fromEntries(l.headers);
   const who = { clusterId: 'Kubernetes', workloadType: 'deployment', canonicalRevision: 'v1' };
 
@@ -112,10 +117,11 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
     m.records.some((l) => l.msg === 'connection complete' && (l[direction] as { id?: string } | undefined)?.id === id);
 
   it("to a workload: the CONNECT carries exactly ztunnel's headers (forwarded the client's ip:port, baggage the source workload, a traceparent the outbound log line carries), on a connection with ztunnel's client SETTINGS and window", async () => {
+    const n = connects().length;
     const r = await m.sh.client!.connect({ host: m.pods.fake!.ip, port: 8080, send: 'hello', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('hello');
     if (!r.ok) return;
-    const got = connects().at(-1)!;
+    const got = await reported(n);
     const h = headerMap(got);
     expect(Object.keys(h).sort()).toEqual([':authority', ':method', 'baggage', 'forwarded', 'traceparent']);
     expect(h[':method']).toBe('CONNECT');
@@ -139,10 +145,11 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
   it('to a service VIP: forwarded adds host=<the service hostname>, and every connection gets its own trace', async () => {
     const before = connects().length;
     for (let i = 0; i < 2; i++) {
+      const n = connects().length;
       const r = await m.sh.client!.connect({ host: vip, port: 80, send: 'via-vip', timeoutMs: 5000 });
       expect(r.ok && r.reply).toBe('via-vip');
       if (r.ok) {
-        expect(headerMap(connects().at(-1)!).forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}";host=fake.shop.svc.cluster.local`);
+        expect(headerMap(await reported(n)).forwarded).toBe(`for="${m.pods.client!.ip}:${r.sockname.port}";host=fake.shop.svc.cluster.local`);
         await m.sh.client!.close(r.connId);
       }
     }
@@ -202,10 +209,11 @@ describe('HBONE CONNECT headers and HTTP/2 settings on real tunnels', () => {
     // do_ping_pong sleeps PING_INTERVAL (10 s) before its first PING; timers never fire early
     expect(first).toBeGreaterThanOrEqual(9.5);
     // answered (h2 acks it): the same connection still carries a new tunnel
+    const n = connects().length;
     const r = await m.sh.client!.connect({ host: m.pods.fake!.ip, port: 8080, send: 'after-ping', timeoutMs: 5000 });
     expect(r.ok && r.reply).toBe('after-ping');
     if (r.ok) await m.sh.client!.close(r.connId);
-    expect(connects().at(-1)!.conn).toBe(conn);
+    expect((await reported(n)).conn).toBe(conn);
     // and TCP keepalive under it, as ztunnel's socket factory sets it (src/proxy.rs setup_socket:
     // 180 s; the kernel's default is off, 2 hours when on): the kernel shows the timer armed
     const { stdout } = await run('nsenter', [`--net=${m.pods.client!.netnsPath}`, 'ss', '-tnoH', 'state', 'established', 'dst', `${m.pods.fake!.ip}:15008`]);

@@ -159,7 +159,10 @@ services:
     expect(r.ok && r.reply).toBe('hi');
     if (!r.ok) return;
     await sh.client.close(r.connId);
-    const h = Object.fromEntries(seen.slice(before).find((l) => l.headers)!.headers!);
+    // the peer prints what it saw on its stdout, a pipe that may bring the line after the reply
+    let line: { headers?: [string, string][] } | undefined;
+    await until('the HBONE peer reporting the CONNECT', () => !!(line = seen.slice(before).find((l) => l.headers)));
+    const h = Object.fromEntries(line!.headers!);
     expect(h[':method']).toBe('CONNECT');
     expect(h[':authority']).toBe(`[${V6.fake}]:8080`);
     expect(h.forwarded).toBe(`for="[${V6.client}]:${r.sockname.port}"`);
