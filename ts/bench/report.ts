@@ -114,7 +114,7 @@ export function addedLatency(rows: Row[]): string[][] {
   const out: string[][] = [];
   for (const c of configsOf(rows)) {
     const base: ConfigName = V6_CONFIGS.includes(c) ? 'nomesh6' : 'nomesh';
-    if (c === base || c === 'nomesh6') continue;
+    if (c === base) continue;
     const cellOf = (w: WorkloadName): string => {
       const a = find(rows, w, c)?.metrics.p50;
       const b = find(rows, w, base)?.metrics.p50;
