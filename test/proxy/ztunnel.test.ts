@@ -17,7 +17,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { openPath, type Fd } from '../../ts/native/index.js';
 import type { ProxyDeps } from '../../ts/proxy/inputs.js';
 import { PodProxy, type PodInfo } from '../../ts/proxy/pod.js';
-import { Ztunnel } from '../../ts/proxy/ztunnel.js';
+import { Ztunnel, bytePathSetting } from '../../ts/proxy/ztunnel.js';
 import { StateStore } from '../../ts/state/store.js';
 import { ZdsClient } from '../../ts/zds/client.js';
 import { ZdsProtocolError, type WorkloadRequest } from '../../ts/zds/messages.js';
@@ -335,4 +335,14 @@ describe('the proxy on a ZDS connection that breaks the protocol (ztunnel worklo
       procAgent.close();
     }
   }, 30_000);
+});
+
+describe('the HBONE byte path setting', () => {
+  it('takes --byte-path, else INPOD_BYTE_PATH, else node, and refuses anything else naming where it came from', () => {
+    expect(bytePathSetting(undefined, undefined)).toBe('node');
+    expect(bytePathSetting(undefined, 'native')).toBe('native');
+    expect(bytePathSetting('node', 'native')).toBe('node');
+    expect(() => bytePathSetting('rust', 'native')).toThrow(/^--byte-path rust: want node or native$/);
+    expect(() => bytePathSetting(undefined, 'Native')).toThrow(/^INPOD_BYTE_PATH="Native": want node or native$/);
+  });
 });

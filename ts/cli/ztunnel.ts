@@ -7,7 +7,7 @@
  */
 import { parseArgs } from 'node:util';
 import { StateStore } from '../state/store.js';
-import { Ztunnel } from '../proxy/ztunnel.js';
+import { Ztunnel, bytePathSetting } from '../proxy/ztunnel.js';
 import { ZdsClient } from '../zds/client.js';
 import { DEFAULT_ZDS_SOCKET } from '../zds/server.js';
 import { logger } from '../util/log.js';
@@ -77,7 +77,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
       'readiness-addr': { type: 'string', default: READINESS_ADDR },
       'fast-path': { type: 'string', default: process.env.INPOD_FAST_PATH ?? 'off' },
       'same-node': { type: 'string', default: 'hbone' },
-      'byte-path': { type: 'string', default: process.env.INPOD_BYTE_PATH ?? 'node' },
+      'byte-path': { type: 'string' },
       'auto-allow-waypoint-policy': { type: 'boolean', default: false },
       'ca-address': { type: 'string' },
       'ca-root-ca': { type: 'string' },
@@ -94,8 +94,7 @@ export async function ztunnelCommand(argv: string[]): Promise<void> {
   if (fastPath !== 'on' && fastPath !== 'promote' && fastPath !== 'off') throw new MeshError('INPOD_ERR_USAGE', `--fast-path ${fastPath}: want on, promote or off`);
   const sameNode = v['same-node'];
   if (sameNode !== 'hbone' && sameNode !== 'direct') throw new MeshError('INPOD_ERR_USAGE', `--same-node ${sameNode}: want hbone or direct`);
-  const bytePath = v['byte-path'];
-  if (bytePath !== 'node' && bytePath !== 'native') throw new MeshError('INPOD_ERR_USAGE', `--byte-path ${bytePath}: want node or native`);
+  const bytePath = bytePathSetting(v['byte-path']);
   // before anything starts: a malformed value refuses to start, as in ztunnel
   const hbone = http2LimitsFromEnv(process.env);
   const sources = (['config', 'manifests', 'xds-address', 'kubeconfig'] as const).filter((k) => v[k] !== undefined);

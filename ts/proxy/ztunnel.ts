@@ -93,7 +93,7 @@ export class Ztunnel {
   private constructor(readonly opts: ZtunnelOptions, readonly certs: CertManager) {
     this.log = opts.log ?? logger('ztunnel');
     const limits = { ...DEFAULT_HBONE_LIMITS, ...opts.hbone };
-    if ((opts.bytePath ?? bytePathFromEnv()) === 'native') this.native = new NativeHbone(certs, limits);
+    if ((opts.bytePath ?? bytePathSetting()) === 'native') this.native = new NativeHbone(certs, limits);
     this.pool = new HbonePool({ dial: this.native?.dialer() ?? nodeDialer({ certs, connectTimeoutMs: 10_000, h2: limits }) });
     this.authorizer = new PolicyAuthorizer(opts.state, this.log);
     this.policyWatch = new PolicyWatcher(opts.state, this.authorizer);
@@ -262,11 +262,15 @@ export class Ztunnel {
   }
 }
 
-/** INPOD_BYTE_PATH (the CLI's default too): 'native' or 'node'; anything else is refused. */
-function bytePathFromEnv(): 'node' | 'native' {
-  const v = process.env.INPOD_BYTE_PATH ?? 'node';
-  if (v !== 'node' && v !== 'native') throw new MeshError('INPOD_ERR_CONFIG', `INPOD_BYTE_PATH=${JSON.stringify(v)}: want node or native`);
-  return v;
+/**
+ * The HBONE byte path: `flag` (`--byte-path`) when given, else INPOD_BYTE_PATH, else 'node'.
+ * Anything else is refused (MeshError INPOD_ERR_USAGE naming where it came from). Pure but for
+ * the environment.
+ */
+export function bytePathSetting(flag?: string, env = process.env.INPOD_BYTE_PATH): 'node' | 'native' {
+  const v = flag ?? env ?? 'node';
+  if (v === 'node' || v === 'native') return v;
+  throw new MeshError('INPOD_ERR_USAGE', `${flag !== undefined ? `--byte-path ${flag}` : `INPOD_BYTE_PATH=${JSON.stringify(env)}`}: want node or native`);
 }
 
 function newPodProxy(info: PodInfo, netns: Fd, deps: ProxyDeps): PodProxy {
