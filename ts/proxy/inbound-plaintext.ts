@@ -70,7 +70,7 @@ function authorized(pi: PodInputs, ctx: ConnContext): void {
 export function admitFd(pi: PodInputs, ctx: ConnContext, app: Addr): number {
   authorized(pi, ctx);
   try {
-    return upstreamFd(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip }, true);
+    return upstreamFd(pi.netns.fd, app, { mark: MARKS.proxy, transparentFrom: ctx.src.ip });
   } catch (e) {
     throw unreachable(app, e);
   }

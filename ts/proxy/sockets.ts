@@ -107,7 +107,7 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
   to = { ip: canonicalIp(to.ip), port: to.port };
   let fd: number;
   try {
-    fd = upstreamFd(nsFd, to, o, false);
+    fd = newUpstream(nsFd, to, o, false);
   } catch (e) {
     return Promise.reject(e);
   }
@@ -133,14 +133,20 @@ export function connectIn(nsFd: number, to: SockAddr, o: ConnectOptions = {}): P
 }
 
 /**
- * The socket connectIn makes (one native call: the socket in the netns, its mark, Nagle off (see
- * listenIn), keepalive and the transparent bind), and with `connect` its connect() started
- * (non-blocking: the native byte path's engine sees it finish, hbone/native.ts). Throws MeshError
- * INPOD_ERR_UPSTREAM_CONNECT for a client and a destination of different IP families, a
- * SyscallError for a socket or connect() the kernel refused at once.
+ * The socket connectIn makes, with its connect() to `to` started (non-blocking: the native byte
+ * path's engine sees it finish, hbone/native.ts). Throws what newUpstream throws.
  */
-export function upstreamFd(nsFd: number, to: SockAddr, o: ConnectOptions, connect: boolean): number {
-  to = { ip: canonicalIp(to.ip), port: to.port };
+export function upstreamFd(nsFd: number, to: SockAddr, o: ConnectOptions): number {
+  return newUpstream(nsFd, { ip: canonicalIp(to.ip), port: to.port }, o, true);
+}
+
+/**
+ * One native call: the socket in the netns, its mark, Nagle off (see listenIn), keepalive and
+ * the transparent bind, and with `connect` its connect() to `to` (canonical) started. Throws
+ * MeshError INPOD_ERR_UPSTREAM_CONNECT for a client and a destination of different IP families,
+ * a SyscallError for a socket or connect() the kernel refused at once.
+ */
+function newUpstream(nsFd: number, to: SockAddr, o: ConnectOptions, connect: boolean): number {
   const family = isIP(to.ip) === 6 ? 6 : 4;
   const from = o.transparentFrom === undefined ? undefined : canonicalIp(o.transparentFrom);
   if (from !== undefined && isIP(from) !== family) {
