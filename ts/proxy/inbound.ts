@@ -19,13 +19,12 @@ import { PORTS } from '../istio.js';
 import { MeshError } from '../util/errors.js';
 import { parseSocketAddr, socketAddr } from '../util/sockaddr.js';
 import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
-import type { RelayEnd } from './hbone/link.js';
 import type { NativeInboundStream, NativeListener } from './hbone/native.js';
 import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
 import { admit, admitFd, unreachable } from './inbound-plaintext.js';
 import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
-import { relay } from './relay.js';
+import { relay, type RelayCounts } from './relay.js';
 import { ConnectionResult } from './result.js';
 import { isSelfCall, type Addr } from './route.js';
 import { isWaypointFor } from './waypoint.js';
@@ -35,7 +34,7 @@ import { holdUpstream, podListenerFd } from './sockets.js';
 interface NodeInboundStream extends Omit<NativeInboundStream, 'headers' | 'connectAndAccept' | 'reset'> {
   headers: Record<string, string | string[] | undefined>;
   /** answers 200 (with this workload's `baggage`) and relays the stream to `up`; `done` once at the end (aToB: stream to up) */
-  accept(baggage: string, up: net.Socket, done: (r: RelayEnd) => void): void;
+  accept(baggage: string, up: net.Socket, done: (r: RelayCounts) => void): void;
 }
 
 /** One CONNECT as either byte path hands it over (the engine's: hbone/native.ts). */
@@ -179,7 +178,7 @@ async function serveStream(pi: PodInputs, stream: InboundStream): Promise<void> 
     conn.failed(new MeshError('INPOD_ERR_CLIENT_GONE', 'the peer reset the stream before it was answered'));
     return;
   }
-  stream.accept(baggage, up, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+  stream.accept(baggage, up, (r) => conn.relayedInUserspace(r));
 }
 
 /**
@@ -195,7 +194,7 @@ function connectAndAccept(pi: PodInputs, stream: NativeInboundStream, conn: Conn
     released();
     unhold?.();
     if (r.connected === false) return conn.failed(unreachable(app, r.error ?? new Error('connect failed')));
-    conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' });
+    conn.relayedInUserspace(r);
   });
 }
 

@@ -88,7 +88,7 @@ async function proxyTo(pi: PodInputs, down: net.Socket, conn: ConnectionResult, 
     traceparent: formatTraceParent(trace),
   });
   conn.ctx.dst.identity = peerIdentity;
-  tunnel.relay(down, (r) => conn.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' }));
+  tunnel.relay(down, (r) => conn.relayedInUserspace(r));
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 import { MeshError } from '../util/errors.js';
 import type { ConnContext, ConnObserver, ConnRecord, ReportedConn } from './hooks.js';
+import type { RelayCounts } from './relay.js';
 
 /** What a relay reports when both directions are over (the fast path, fastpath/, and the userspace relay, relay.ts). */
 export interface Relayed {
@@ -65,6 +66,11 @@ export class ConnectionResult {
   relayed(r: Relayed): void {
     const failed = relayFailed(r.error);
     this.#record(r.aToB, r.bToA, failed ? 'error' : 'ok', failed ? 'CONNECT' : undefined, failed ? r.error!.message : undefined, { path: r.path, kernelBytes: r.kernelBytes });
+  }
+
+  /** A relay in userspace is over (no byte went through the kernel fast path). */
+  relayedInUserspace(r: RelayCounts): void {
+    this.relayed({ aToB: r.aToB, bToA: r.bToA, error: r.error, kernelBytes: 0, path: 'userspace' });
   }
 
   /** The connection failed before a relay started. */

@@ -7,6 +7,7 @@
 import type net from 'node:net';
 import type { Identity } from '../../identity/spiffe.js';
 import type { Addr } from '../route.js';
+import type { RelayCounts } from '../relay.js';
 import type { ConnectHeaders } from './headers.js';
 
 export interface HboneSource {
@@ -24,18 +25,10 @@ export interface HboneRequest {
   identities: string[];
 }
 
-/** What a relay reports when both directions are over. */
-export interface RelayEnd {
-  /** bytes from the first side to the second (the client's socket to the tunnel, the tunnel to the app) */
-  aToB: number;
-  bToA: number;
-  error?: Error;
-}
-
 /** One CONNECT answered 200: bytes flow once it is given the socket of the other side. */
 export interface HboneTunnel {
-  /** relays the client's socket `down` through the tunnel; `done` once, when both directions are over */
-  relay(down: net.Socket, done: (r: RelayEnd) => void): void;
+  /** relays the client's socket `down` through the tunnel; `done` once, when both directions are over (aToB: `down` to the tunnel) */
+  relay(down: net.Socket, done: (r: RelayCounts) => void): void;
 }
 
 /** One client connection to a peer's 15008, the peer's identity verified. */

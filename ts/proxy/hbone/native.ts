@@ -25,7 +25,8 @@ import { fdOf } from '../sockets.js';
 import { connectHbonePeer, expectedPeer, statusError } from './client.js';
 import type { ConnectHeaders } from './headers.js';
 import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './limits.js';
-import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel, type RelayEnd } from './link.js';
+import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel } from './link.js';
+import type { RelayCounts } from '../relay.js';
 
 /** How a stream the engine reports closed ended, as the relay's error (result.ts relayFailed reads the code). */
 export function streamEnd(error: string): Error | undefined {
@@ -72,7 +73,7 @@ export interface NativeInboundStream {
    * `done` once at the end (aToB: stream to app); `connected: false` (and connect()'s error) when
    * the app could not be reached.
    */
-  connectAndAccept(baggage: string, fd: number, done: (r: RelayEnd & { connected?: false }) => void): void;
+  connectAndAccept(baggage: string, fd: number, done: (r: RelayCounts & { connected?: false }) => void): void;
   /** resets the stream (a policy update revoking the connection) */
   reset(): void;
 }
@@ -360,7 +361,7 @@ class NativeLink implements HboneLink {
     const tid = this.nextTunnel();
     const engine = this.engine;
     return new Promise((resolve, reject) => {
-      let down: { sock: net.Socket; cb: (r: RelayEnd) => void } | undefined;
+      let down: { sock: net.Socket; cb: (r: RelayCounts) => void } | undefined;
       let ended: { sent: number; received: number; error: string } | undefined;
       let responded = false;
       this.tunnels.set(tid, {
