@@ -20,7 +20,7 @@ import { MeshError } from '../util/errors.js';
 import { parseSocketAddr, socketAddr } from '../util/sockaddr.js';
 import { baggageOf, forwardedHost, newTraceParent, parseTraceParent } from './hbone/headers.js';
 import type { NativeInboundStream, NativeListener } from './hbone/native.js';
-import { createHboneServer, peerOfUris, type HboneStreamContext } from './hbone/server.js';
+import { admittedPeer, createHboneServer, type HboneStreamContext } from './hbone/server.js';
 import type { ConnContext } from './hooks.js';
 import { admit, admitFd, unreachable } from './inbound-plaintext.js';
 import { ownAddresses, ownWorkload, podRef, type PodInputs } from './inputs.js';
@@ -50,11 +50,7 @@ export async function startInbound(pi: PodInputs, cert: Pick<IssuedCert, 'chainP
   const fd = podListenerFd(pi.netns.fd, PORTS.hbone);
   if (pi.native) {
     return pi.native.listen(fd, cert, {
-      verify: (uris, remote) => {
-        const peer = peerOfUris(uris, pi.trustDomain);
-        if (!peer) pi.log.info({ peer: socketAddr(remote), sans: uris }, `hbone: peer refused: no identity in trust domain ${pi.trustDomain}`);
-        return peer;
-      },
+      verify: (uris, remote) => admittedPeer(uris, remote, pi.trustDomain, pi.log),
       request: (s) => void serveStream(pi, s).catch((e: Error) => {
         pi.log.warn({ err: e.message, peer: s.remote }, 'hbone: stream handler failed');
         s.refuse(503);

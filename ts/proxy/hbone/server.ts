@@ -47,6 +47,18 @@ export function peerIdentity(subjectaltname: string | undefined, trustDomain: st
   return peerOfUris(uriSans(subjectaltname), trustDomain);
 }
 
+/**
+ * The trust-domain member among the URI SANs `uris` of the peer at `remote`, or null (the peer is
+ * refused: logged with what it presented). The CA may sign several trust domains; both byte
+ * paths refuse a peer of another one before HTTP/2 starts, as ztunnel's certificate verifier
+ * refuses it in the handshake.
+ */
+export function admittedPeer(uris: string[], remote: { ip: string; port: number }, trustDomain: string, log: Logger): Identity | null {
+  const peer = peerOfUris(uris, trustDomain);
+  if (!peer) log.info({ peer: socketAddr(remote), sans: uris }, `hbone: peer refused: no identity in trust domain ${trustDomain}`);
+  return peer;
+}
+
 /** The trust-domain member among URI SANs `uris`, or null. Pure. */
 export function peerOfUris(uris: string[], trustDomain: string): Identity | null {
   for (const uri of uris) {
@@ -74,12 +86,9 @@ export function createHboneServer(o: HboneServerOptions): Http2SecureServer {
     settings: serverSettings(l),
   });
   server.on('connection', (sock: net.Socket) => sock.setNoDelay(true));
-  // The CA may sign several trust domains; a peer of another one is refused before HTTP/2
-  // starts, as ztunnel's certificate verifier refuses it in the handshake.
+  // a peer of another trust domain is refused before HTTP/2 starts (admittedPeer)
   server.prependListener('secureConnection', (sock: TLSSocket) => {
-    if (peerIdentity(sock.getPeerCertificate()?.subjectaltname, o.trustDomain)) return;
-    log.info({ peer: socketAddr(peerOf(sock)), sans: uriSans(sock.getPeerCertificate()?.subjectaltname) }, `hbone: peer refused: no identity in trust domain ${o.trustDomain}`);
-    sock.destroy();
+    if (!admittedPeer(uriSans(sock.getPeerCertificate()?.subjectaltname), peerOf(sock), o.trustDomain, log)) sock.destroy();
   });
   server.on('tlsClientError', (e, sock) => log.debug({ err: e.message, peer: socketAddr(peerOf(sock as net.Socket)) }, 'hbone: TLS handshake failed'));
   server.on('sessionError', (e) => log.debug({ err: e.message }, 'hbone: session error'));
