@@ -19,7 +19,7 @@ import { uriSans } from '../../identity/spiffe.js';
 import { relay } from '../relay.js';
 import { connectIn } from '../sockets.js';
 import { socketAddr } from '../../util/sockaddr.js';
-import type { ConnectHeaders } from './headers.js';
+import { connectRequestHeaders, type ConnectHeaders } from './headers.js';
 import { clientSettings, keepAlive, openConnectionWindow, type HboneLimits } from './limits.js';
 import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel } from './link.js';
 
@@ -125,21 +125,11 @@ export function expectedPeer(uris: string[], req: HboneRequest): string | MeshEr
 }
 
 /**
- * Sends the CONNECT for `req` on `session` with `headers` (in ztunnel's order: baggage,
- * forwarded, traceparent; src/proxy/outbound.rs create_hbone_request); the stream is not
- * answered yet (see `answered`).
+ * Sends the CONNECT for `req` on `session` with `headers` (headers.ts connectRequestHeaders); the
+ * stream is not answered yet (see `answered`).
  */
 export function sendConnect(session: ClientHttp2Session, req: HboneRequest, headers: ConnectHeaders): ClientHttp2Stream {
-  return session.request(
-    {
-      ':method': 'CONNECT',
-      ':authority': socketAddr(req.authority),
-      baggage: headers.baggage,
-      forwarded: headers.forwarded,
-      traceparent: headers.traceparent,
-    },
-    { endStream: false },
-  );
+  return session.request(connectRequestHeaders(req.authority, headers), { endStream: false });
 }
 
 /**

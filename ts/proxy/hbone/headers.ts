@@ -22,6 +22,15 @@ export interface ConnectHeaders {
   traceparent: string;
 }
 
+/**
+ * The CONNECT's header block for a tunnel to `authority`, in ztunnel's order: the
+ * pseudo-headers, then baggage, forwarded, traceparent (src/proxy/outbound.rs
+ * create_hbone_request). Both byte paths send it. Pure.
+ */
+export function connectRequestHeaders(authority: { ip: string; port: number }, h: ConnectHeaders): Record<string, string> {
+  return { ':method': 'CONNECT', ':authority': socketAddr(authority), baggage: h.baggage, forwarded: h.forwarded, traceparent: h.traceparent };
+}
+
 
 /**
  * The `forwarded` value for a client at `ip:port`, with `host=` naming the service it addressed

@@ -44,8 +44,8 @@ export interface HboneLink {
   /** `cb` once, when the connection is gone */
   onClose(cb: () => void): void;
   /**
-   * Sends the CONNECT for `req` with `headers` (in ztunnel's order: baggage, forwarded,
-   * traceparent; src/proxy/outbound.rs create_hbone_request) and resolves once the peer answered
+   * Sends the CONNECT for `req` with `headers` (headers.ts connectRequestHeaders: ztunnel's
+   * header block and order) and resolves once the peer answered
    * 200. `done` is called exactly once, when the stream's slot is free again (the stream ended,
    * or none was made). Throws MeshError INPOD_ERR_HBONE_DENIED (401), INPOD_ERR_HBONE (another
    * status, the stream ended first); an error with `unprocessed: true` when the peer did not

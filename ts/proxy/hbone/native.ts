@@ -17,13 +17,13 @@ import type net from 'node:net';
 import type { IssuedCert } from '../../identity/ca.js';
 import type { CertManager } from '../../identity/manager.js';
 import type { Identity } from '../../identity/spiffe.js';
-import { HboneEngine, hboneTlsContext, type HboneEvent, type HboneSettings, type HboneTlsContextHandle as TlsContext } from '../../native/hbone.js';
+import { HboneEngine, hboneTlsContext, type HboneEvent, type HboneTlsContextHandle as TlsContext } from '../../native/hbone.js';
 import { dupFd, Fd } from '../../native/index.js';
 import { MeshError } from '../../util/errors.js';
 import { canonicalIp, socketAddr } from '../../util/sockaddr.js';
 import { fdOf } from '../sockets.js';
 import { connectHbonePeer, expectedPeer, statusError } from './client.js';
-import type { ConnectHeaders } from './headers.js';
+import { connectRequestHeaders, type ConnectHeaders } from './headers.js';
 import { DEFAULT_HBONE_LIMITS, type HboneLimits } from './limits.js';
 import { markUnprocessed, type HboneLink, type HboneRequest, type HboneSource, type HboneTunnel } from './link.js';
 import type { RelayCounts } from '../relay.js';
@@ -395,10 +395,7 @@ class NativeLink implements HboneLink {
           down.cb({ aToB: sent, bToA: received, error: streamEnd(error) });
         },
       });
-      engine.open(this.id, tid, [
-        ':method', 'CONNECT', ':authority', socketAddr(req.authority),
-        'baggage', headers.baggage, 'forwarded', headers.forwarded, 'traceparent', headers.traceparent,
-      ]);
+      engine.open(this.id, tid, Object.entries(connectRequestHeaders(req.authority, headers)).flat());
     });
   }
 }
