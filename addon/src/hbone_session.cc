@@ -51,18 +51,26 @@ static ssize_t ReadLength(nghttp2_session *, uint8_t, int32_t sid, int32_t windo
   return n < 1 ? 1 : n;
 }
 
-static int OnBeginHeaders(nghttp2_session *, const nghttp2_frame *f, void *user) {
-  Conn *c = static_cast<Conn *>(user);
-  if (!c->server || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+// A stream of `c` (a request it received, or one it sent) under the tunnel id `tunnel`, known to
+// the connection and the engine.
+static Stream *AddStream(Conn *c, int32_t sid, uint64_t tunnel) {
   auto *s = new Stream();
   s->eng = c->eng;
   s->conn = c;
-  s->server = true;
-  s->sid = f->hd.stream_id;
-  s->tunnel = c->eng->nextTunnelId++;
-  c->streams[s->sid] = s;
-  c->eng->tunnels[s->tunnel] = s;
+  s->server = c->server;
+  s->announced = !c->server;  // a client's own streams are JS's from the start
+  s->sid = sid;
+  s->tunnel = tunnel;
+  c->streams[sid] = s;
+  c->eng->tunnels[tunnel] = s;
   c->eng->statStreams++;
+  return s;
+}
+
+static int OnBeginHeaders(nghttp2_session *, const nghttp2_frame *f, void *user) {
+  Conn *c = static_cast<Conn *>(user);
+  if (!c->server || f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  AddStream(c, f->hd.stream_id, c->eng->nextTunnelId++);
   return 0;
 }
 
@@ -242,24 +250,29 @@ static int OnFrameNotSend(nghttp2_session *, const nghttp2_frame *f, int libErr,
   return 0;
 }
 
+// The callbacks and options every session is made with: built once (a session copies them).
+struct SessionSetup {
+  nghttp2_session_callbacks *cb = nullptr;
+  nghttp2_option *opt = nullptr;
+  SessionSetup() {
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnBeginHeaders);
+    nghttp2_session_callbacks_set_on_header_callback(cb, OnHeader);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnFrameRecv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnDataChunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, OnFrameNotSend);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnFrameSend);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, ReadLength);
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_settings(opt, 64);
+  }
+};
+
 bool SessionStart(Conn *c) {
-  nghttp2_session_callbacks *cb;
-  nghttp2_session_callbacks_new(&cb);
-  nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnBeginHeaders);
-  nghttp2_session_callbacks_set_on_header_callback(cb, OnHeader);
-  nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnFrameRecv);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnDataChunk);
-  nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
-  nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, OnFrameNotSend);
-  nghttp2_session_callbacks_set_on_frame_send_callback(cb, OnFrameSend);
-  nghttp2_session_callbacks_set_data_source_read_length_callback(cb, ReadLength);
-  nghttp2_option *opt;
-  nghttp2_option_new(&opt);
-  nghttp2_option_set_no_auto_window_update(opt, 1);
-  nghttp2_option_set_max_settings(opt, 64);
-  int r = c->server ? nghttp2_session_server_new2(&c->h2, cb, c, opt) : nghttp2_session_client_new2(&c->h2, cb, c, opt);
-  nghttp2_option_del(opt);
-  nghttp2_session_callbacks_del(cb);
+  static const SessionSetup setup;  // (thread-safe initialisation; kept for the process's life)
+  int r = c->server ? nghttp2_session_server_new2(&c->h2, setup.cb, c, setup.opt) : nghttp2_session_client_new2(&c->h2, setup.cb, c, setup.opt);
   if (r != 0) return false;
   std::vector<nghttp2_settings_entry> iv = {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->s.streamWindowSize},
@@ -279,6 +292,15 @@ bool SessionStart(Conn *c) {
   return true;
 }
 
+// A stream's DATA comes from its fd (hbone_relay.cc ReadFd); nghttp2 copies the provider.
+static nghttp2_data_provider FromFd() {
+  nghttp2_data_provider p;
+  p.source.ptr = nullptr;
+  p.read_callback = ReadFd;
+  return p;
+}
+static const nghttp2_data_provider kFromFd = FromFd();
+
 static std::vector<nghttp2_nv> Nva(const std::vector<std::string> &h) {
   std::vector<nghttp2_nv> nva;
   for (size_t i = 0; i + 1 < h.size(); i += 2) {
@@ -295,20 +317,9 @@ static std::vector<nghttp2_nv> Nva(const std::vector<std::string> &h) {
 
 bool SessionOpen(Conn *c, uint64_t tunnel, const std::vector<std::string> &headers) {
   auto nva = Nva(headers);
-  nghttp2_data_provider prd;
-  prd.source.ptr = nullptr;
-  prd.read_callback = ReadFd;
-  int32_t sid = nghttp2_submit_request(c->h2, nullptr, nva.data(), nva.size(), &prd, nullptr);
+  int32_t sid = nghttp2_submit_request(c->h2, nullptr, nva.data(), nva.size(), &kFromFd, nullptr);
   if (sid < 0) return false;
-  auto *s = new Stream();
-  s->eng = c->eng;
-  s->conn = c;
-  s->sid = sid;
-  s->tunnel = tunnel;
-  s->announced = true;
-  c->streams[sid] = s;
-  c->eng->tunnels[tunnel] = s;
-  c->eng->statStreams++;
+  AddStream(c, sid, tunnel);
   MarkDirty(c);
   return true;
 }
@@ -320,10 +331,7 @@ void SessionRespond(Stream *s, int status, const std::vector<std::string> &heade
   h.insert(h.end(), headers.begin(), headers.end());
   auto nva = Nva(h);
   if (status == 200 && fd >= 0) {
-    nghttp2_data_provider prd;
-    prd.source.ptr = nullptr;
-    prd.read_callback = ReadFd;
-    nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), &prd);
+    nghttp2_submit_response(c->h2, s->sid, nva.data(), nva.size(), &kFromFd);
     StreamAttach(s, fd);
   } else {
     if (fd >= 0) close(fd);
