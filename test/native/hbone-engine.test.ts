@@ -87,8 +87,7 @@ describe('engine client -> Node http2 server', () => {
     expect(hs.remote).toEqual({ ip: '127.0.0.1', port });
     expect(hs.local.ip).toBe('127.0.0.1');
     for (const [tunnel, size] of [[10, 1024], [11, 20 * 1024 * 1024]] as const) {
-      e.engine.open(1, tunnel, CONNECT('10.0.0.1:8080', ['x-forwarded-network', 'net1', 'baggage', 'a=b']));
-      const resp = await e.wait('response', (x) => x.tunnel === tunnel);
+      const resp = await e.open(1, tunnel, CONNECT('10.0.0.1:8080', ['x-forwarded-network', 'net1', 'baggage', 'a=b']));
       expect(resp.status).toBe(200);
       expect(resp.headers).toEqual(expect.arrayContaining(['baggage', 'k8s.cluster.name=c1']));
       expect(resp.headers).not.toContain(':status');
@@ -110,8 +109,7 @@ describe('engine client -> Node http2 server', () => {
     const { port } = await nodeServer(bob, (s) => s.respond({ ':status': 401 }, { endStream: true }));
     const e = engine();
     await dial(e, 2, port);
-    e.engine.open(2, 20, CONNECT('10.0.0.1:80'));
-    expect((await e.wait('response', (x) => x.tunnel === 20)).status).toBe(401);
+    expect((await e.open(2, 20, CONNECT('10.0.0.1:80'))).status).toBe(401);
     expect(await e.wait('closed', (x) => x.tunnel === 20)).toMatchObject({ error: '', sent: 0, received: 0 });
   });
 
@@ -123,8 +121,7 @@ describe('engine client -> Node http2 server', () => {
     });
     const e = engine();
     await dial(e, 3, port);
-    e.engine.open(3, 30, CONNECT('10.0.0.1:80'));
-    await e.wait('response', (x) => x.tunnel === 30);
+    await e.open(3, 30, CONNECT('10.0.0.1:80'));
     const { fd, peer } = await app.pair();
     const err = new Promise<string>((r) => peer.on('error', (x: NodeJS.ErrnoException) => r(x.code ?? '')).on('close', () => r('closed')));
     peer.resume();
@@ -333,8 +330,7 @@ describe('engine client -> engine listener', () => {
       await dial(e, 100, port);
       const runs = Array.from({ length: 100 }, async (_, i) => {
         const tunnel = 1000 + i;
-        e.engine.open(100, tunnel, CONNECT(`10.1.0.1:${i + 1}`));
-        expect((await e.wait('response', (x) => x.tunnel === tunnel)).status).toBe(200);
+        expect((await e.open(100, tunnel, CONNECT(`10.1.0.1:${i + 1}`))).status).toBe(200);
         const { fd, peer } = await app.pair();
         const size = Math.floor(Math.random() * 2 * 1024 * 1024);
         e.engine.relay(tunnel, fd);
@@ -384,8 +380,7 @@ describe('engine timers and lifecycle', () => {
     const { port } = await listener(toEcho);
     const e = engine();
     await dial(e, 61, port);
-    e.engine.open(61, 610, CONNECT('10.1.0.1:1'));
-    await e.wait('response', (x) => x.tunnel === 610);
+    await e.open(61, 610, CONNECT('10.1.0.1:1'));
     const { fd, peer } = await app.pair();
     e.engine.relay(610, fd);
     e.engine.connClose(61, true);
@@ -417,8 +412,7 @@ describe('engine timers and lifecycle', () => {
     const { port } = await listener(toApp);
     const e = engine();
     await dial(e, 63, port);
-    e.engine.open(63, 630, CONNECT('10.1.0.1:1'));
-    await e.wait('response', (x) => x.tunnel === 630);
+    await e.open(63, 630, CONNECT('10.1.0.1:1'));
     e.engine.connClose(63, false);
     await e.wait('connClosed', (x) => x.conn === 63);
     const tail = e.events.filter((x) => ('tunnel' in x && x.tunnel === 630) || ('conn' in x && x.conn === 63 && x.kind === 'connClosed'));
@@ -462,8 +456,7 @@ describe('engine timers and lifecycle', () => {
     const { e: srv, port } = await listener(toEcho);
     const e = engine();
     await dial(e, 70, port);
-    e.engine.open(70, 7000, CONNECT('10.1.0.1:1'));
-    expect((await e.wait('response', (x) => x.tunnel === 7000)).status).toBe(200);
+    expect((await e.open(70, 7000, CONNECT('10.1.0.1:1'))).status).toBe(200);
     const { fd, peer } = await app.pair();
     e.engine.relay(7000, fd);
     const got: Buffer[] = [];
