@@ -261,27 +261,27 @@ export class NativeHbone {
     const headers: Record<string, string> = Object.create(null) as Record<string, string>; // a peer's names: no prototype to meet
     for (let i = 0; i + 1 < ev.headers.length; i += 2) headers[ev.headers[i]!] ??= ev.headers[i + 1]!;
     let answered = false;
-    let reset = false;
-    let ended: { sent: number; received: number; error: string } | undefined;
+    // the stream's end, when the engine reported it before it was answered (the peer reset it)
+    let ended: { error: string } | undefined;
     let onEnd: ((sent: number, received: number, error: string) => void) | undefined;
     this.#tunnels.set(ev.tunnel, {
       closed: (sent, received, error) => {
-        reset = true;
         if (onEnd) onEnd(sent, received, error);
-        else ended = { sent, received, error };
+        else ended = { error };
       },
     });
     const engine = this.#engine;
+    const gone = (): boolean => answered || ended !== undefined;
     a.hooks.request({
       headers, peer: a.peer, remote: a.remote, localIp: a.localIp,
-      gone: () => answered || reset,
+      gone,
       refuse: (status) => {
-        if (answered || reset) return;
+        if (gone()) return;
         answered = true;
         engine.respond(ev.tunnel, status, [], -1);
       },
       connectAndAccept: (baggage, fd, done) => {
-        if (answered || reset) {
+        if (gone()) {
           new Fd(fd).close();
           return done({ aToB: 0, bToA: 0, error: streamEnd(ended?.error || 'reset') });
         }
@@ -362,7 +362,8 @@ class NativeLink implements HboneLink {
     const engine = this.engine;
     return new Promise((resolve, reject) => {
       let down: { sock: net.Socket; cb: (r: RelayCounts) => void } | undefined;
-      let ended: { sent: number; received: number; error: string } | undefined;
+      // the stream's end, when the engine reported it before the relay was given the client's socket
+      let ended: { error: string } | undefined;
       let responded = false;
       this.tunnels.set(tid, {
         response: (status) => {
@@ -390,7 +391,7 @@ class NativeLink implements HboneLink {
             // engine says so only when nothing was sent): safe to open once more elsewhere
             return reject(markUnprocessed(new MeshError('INPOD_ERR_HBONE', `HBONE stream to ${socketAddr(req.authority)} closed before a response (${error || 'no error'})`), error === 'refused'));
           }
-          if (!down) return void (ended = { sent, received, error });
+          if (!down) return void (ended = { error });
           down.sock.destroy();
           down.cb({ aToB: sent, bToA: received, error: streamEnd(error) });
         },
