@@ -10,6 +10,7 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../ts/state/types.js';
+import { until } from '../../ts/util/until.js';
 import { TestMesh } from './mesh.js';
 
 describe('the waypoint exception of the HBONE inbound cannot be borrowed', () => {
@@ -78,7 +79,11 @@ describe('the waypoint exception of the HBONE inbound cannot be borrowed', () =>
     const [w, wp] = [await accepted('web'), await accepted('waypoint')];
     expect(await connect(m.pods.waypoint!.ip, `${vip}:8080`)).toBe(200);
     expect(await accepted('web')).toBe(w);
-    const got = await m.sh.waypoint!.accepted((await m.sh.waypoint!.listenerByTag('waypoint')).id);
+    // the 200 says the proxy's connect completed (the kernel's handshake), not that the app's
+    // accept() has run yet: no bytes cross this tunnel to prove it, so wait for the accept
+    const listener = (await m.sh.waypoint!.listenerByTag('waypoint')).id;
+    let got = await m.sh.waypoint!.accepted(listener);
+    await until('the waypoint app to accept the connection', async () => (got = await m.sh.waypoint!.accepted(listener)).length > wp, { timeoutMs: 5000 });
     expect(got.length).toBe(wp + 1);
     expect(got.at(-1)!.sockname).toEqual({ host: m.pods.waypoint!.ip, port: 8080 });
   });
