@@ -10,22 +10,27 @@ import tls from 'node:tls';
 import type net from 'node:net';
 import { until } from '../netns/lab.js';
 
-export const FRAME = { DATA: 0, HEADERS: 1, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
-export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
+export const FRAME = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PUSH_PROMISE: 5, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
+export const FLAG = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8, PRIORITY: 0x20 } as const;
 export const ERR = { NO_ERROR: 0, PROTOCOL_ERROR: 1, REFUSED_STREAM: 7, CANCEL: 8, ENHANCE_YOUR_CALM: 0xb } as const;
 export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
-export function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+/**
+ * One frame (RFC 9113 4.1). `stream` is written as given, all 32 bits (a stream id, or one with the
+ * reserved bit set on purpose); a `length` other than the payload's makes a frame that lies about
+ * its size.
+ */
+export function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0), length = payload.length): Buffer {
   const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
+  h.writeUIntBE(length & 0xffffff, 0, 3);
   h[3] = type;
   h[4] = flags;
-  h.writeUInt32BE(stream & 0x7fffffff, 5);
+  h.writeUInt32BE(stream >>> 0, 5);
   return Buffer.concat([h, payload]);
 }
 
 /** HPACK: literal header field without indexing, name from the static table (index < 15). */
-function literal(staticIndex: number, value: string): Buffer {
+export function literal(staticIndex: number, value: string): Buffer {
   const v = Buffer.from(value);
   if (v.length > 126) throw new Error('value too long for this encoder');
   return Buffer.concat([Buffer.from([staticIndex, v.length]), v]);

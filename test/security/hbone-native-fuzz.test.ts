@@ -24,6 +24,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IssuedCert } from '../../ts/identity/ca.js';
 import { hboneTlsContext } from '../../ts/native/hbone.js';
 import { App, RecordingEngine, SETTINGS, connectFd, listenFd, makePki, until, type Pki } from '../native/fixtures/hbone.js';
+import { FLAG, FRAME, PREFACE, connectBlock, frame, literal } from './h2raw.js';
 
 const SEED = Number(process.env.INPOD_FUZZ_SEED ?? Date.now() % 2 ** 31);
 const CONNECTIONS = 160; // per direction
@@ -69,26 +70,7 @@ function random(seed: number, n: number) {
 }
 type Random = ReturnType<typeof random>;
 
-const T = { DATA: 0, HEADERS: 1, PRIORITY: 2, RST_STREAM: 3, SETTINGS: 4, PUSH_PROMISE: 5, PING: 6, GOAWAY: 7, WINDOW_UPDATE: 8, CONTINUATION: 9 } as const;
-const F = { END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4, PADDED: 0x8, PRIORITY: 0x20 } as const;
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-
-/** One frame (RFC 9113 4.1); `length` other than the payload's is a frame that lies about its size. */
-function frame(type: number, flags: number, stream: number, payload: Buffer, length = payload.length): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(length & 0xffffff, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream >>> 0, 5);
-  return Buffer.concat([h, payload]);
-}
-
-/** HPACK (RFC 7541 6.2.2) literals without indexing and without Huffman: short names and values only. */
-function literal(nameIndex: number, value: string): Buffer {
-  return Buffer.concat([Buffer.from([nameIndex, value.length]), Buffer.from(value)]);
-}
-/** `:method: CONNECT` (static index 2's name) and `:authority` (index 1). */
-const connectBlock = (authority: string): Buffer => Buffer.concat([literal(2, 'CONNECT'), literal(1, authority)]);
+const [T, F] = [FRAME, FLAG];
 /** `:status: 200` (static index 8, name and value); other statuses are literal(8, ...). */
 const STATUS_200 = Buffer.from([0x88]);
 
