@@ -92,7 +92,8 @@ ts:
 NATIVE_PATH_TESTS = test/netns/proxy.test.ts test/netns/proxy-dualstack.test.ts test/netns/twonode.test.ts \
 	test/netns/istiod.test.ts test/netns/waypoint.test.ts test/netns/rollout.test.ts test/netns/telemetry.test.ts \
 	test/netns/ztunnel.test.ts test/netns/localhost-example.test.ts test/netns/ipv6-proxy.test.ts \
-	test/security/hbone.test.ts test/security/authz.test.ts test/security/policy-update.test.ts test/security/sandbox.test.ts
+	test/security/hbone.test.ts test/security/authz.test.ts test/security/policy-update.test.ts test/security/sandbox.test.ts \
+	test/security/connect-authority.test.ts
 
 # the tests are type-checked with the code they test (vitest runs them without checking types)
 test: build
