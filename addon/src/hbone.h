@@ -172,6 +172,8 @@ struct Engine : Watch {
 
 int64_t NowMs();
 void WatchFd(Engine *e, int fd, Watch *w);
+// Closes an fd WatchFd watched, its epoll registration first (see hbone_engine.cc).
+void CloseWatched(Engine *e, int fd);
 
 // hbone_tls.cc
 SSL_CTX *NewTlsContext(const std::string &certPem, const std::string &keyPem, const std::string &rootPem, bool server, std::string *err);

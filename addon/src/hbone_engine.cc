@@ -39,6 +39,15 @@ void WatchFd(Engine *e, int fd, Watch *w) {
   epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+// An epoll registration belongs to the socket, not to the fd: close() ends it only when no other
+// fd holds the socket. The outbound path's fds are duplicates of sockets Node keeps open until
+// the tunnel's end reaches JS, so a registration left behind woke the loop afterwards with its
+// Watch already freed (ASan: heap-use-after-free in Loop). Every watched fd is closed here.
+void CloseWatched(Engine *e, int fd) {
+  epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, nullptr);
+  close(fd);
+}
+
 // 'listenerClosed': an unlistened listener has no connection left (handshaking ones included).
 static void ListenerClosed(Engine *e, double listener) {
   Event ev{"listenerClosed"};
@@ -72,7 +81,7 @@ void CloseConn(Conn *c, const std::string &err) {
   c->ssl = nullptr;
   free(c->out);
   c->out = nullptr;
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0) CloseWatched(e, c->fd);
   c->fd = -1;
   e->conns.erase(c->id);
   e->statConns--;
@@ -189,7 +198,7 @@ static void Run(Engine *e, Command &cmd) {
       if (it == e->listeners.end()) break;
       Listener *l = it->second;
       e->listeners.erase(it);
-      close(l->fd);
+      CloseWatched(e, l->fd);
       SSL_CTX_free(l->ctx);
       l->dead = true;
       e->graveyard.push_back(l);
@@ -277,7 +286,7 @@ static void Shutdown(Engine *e) {
   for (auto &kv : e->conns) cs.push_back(kv.second);
   for (Conn *c : cs) CloseConn(c, "engine closed");
   for (auto &kv : e->listeners) {
-    close(kv.second->fd);
+    CloseWatched(e, kv.second->fd);
     SSL_CTX_free(kv.second->ctx);
     e->graveyard.push_back(kv.second);
   }

@@ -26,7 +26,7 @@ static void CloseFd(Stream *s, bool reset) {
     struct linger l = {1, 0};
     setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
   }
-  close(s->fd);
+  CloseWatched(s->eng, s->fd);
   s->fd = -1;
 }
 
@@ -188,7 +188,7 @@ void ConnectDone(Stream *s, int err) {
   } else {
     s->error = std::string("connect: ") + strerror(err);
     s->fd = -1;
-    close(fd);
+    CloseWatched(s->eng, fd);
     SessionRespond(s, 503, {}, -1);
   }
   std::vector<std::string>().swap(s->answer);

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { IssuedCert } from '../../ts/identity/ca.js';
 import { hboneTlsContext } from '../../ts/native/hbone.js';
-import { accept, recvAll } from '../../ts/native/index.js';
+import { accept, dupFd, recvAll } from '../../ts/native/index.js';
 import { App, RecordingEngine, SETTINGS, connectFd, drain, listenFd, makePki, pump, until, type Pki } from './fixtures/hbone.js';
 
 let pki: Pki;
@@ -129,6 +129,33 @@ describe('engine client -> Node http2 server', () => {
     peer.write('hello');
     expect((await e.wait('closed', (x) => x.tunnel === 30)).error).toBe('reset');
     expect(await err).toBe('ECONNRESET');
+  });
+
+  it('a tunnel on a duplicate of a socket another fd still holds (the outbound path: Node keeps its own) is unwatched when it ends: later events on that socket reach nothing freed', async () => {
+    // closing an fd leaves its epoll registration in place while another fd holds the same
+    // socket: the engine's stale registration then woke it with a freed stream (ASan:
+    // heap-use-after-free in Loop, seen on the native-path suites under make test-sanitized)
+    const { port } = await nodeServer(bob, (s) => {
+      s.respond({ ':status': 200 }, { waitForTrailers: true });
+      s.once('data', () => s.close(http2.constants.NGHTTP2_CANCEL));
+    });
+    const e = engine();
+    await dial(e, 6, port);
+    await e.open(6, 60, CONNECT('10.0.0.1:80'));
+    const { fd, peer } = await app.pair();
+    cleanups.push(() => closeSync(fd));
+    peer.on('error', () => {});
+    peer.resume();
+    e.engine.relay(60, dupFd(fd)); // the engine's own fd; `fd` stays open, as Node's socket does
+    peer.write('first');
+    expect((await e.wait('closed', (x) => x.tunnel === 60)).error).toBe('reset');
+    // the socket lives on (fd): events on it now, then a loop pass of the engine after them
+    peer.write('after the tunnel ended');
+    peer.end();
+    await until(() => fstatSync(fd).isSocket() && peer.writableFinished);
+    expect((await e.open(6, 61, CONNECT('10.0.0.1:80'))).status).toBe(200);
+    e.engine.reset(61);
+    expect((await e.wait('closed', (x) => x.tunnel === 61)).error).not.toBe('');
   });
 
   it('a server certificate from another CA: connClosed with a TLS error, no handshake', async () => {
