@@ -113,15 +113,21 @@ describe('engine client -> Node http2 server', () => {
     expect(await e.wait('closed', (x) => x.tunnel === 20)).toMatchObject({ error: '', sent: 0, received: 0 });
   });
 
-  it('a server RST_STREAM closes the tunnel with "reset" and resets the app socket', async () => {
+  /** A dialled engine with tunnel `tunnel` answered 200 by a server that resets it (RST_STREAM CANCEL) on its first bytes. */
+  async function resetOnFirstBytes(conn: number, tunnel: number): Promise<RecordingEngine> {
     const { port } = await nodeServer(bob, (s) => {
       // waitForTrailers: Node's close() then sends no END_STREAM before its RST_STREAM
       s.respond({ ':status': 200 }, { waitForTrailers: true });
       s.once('data', () => s.close(http2.constants.NGHTTP2_CANCEL));
     });
     const e = engine();
-    await dial(e, 3, port);
-    await e.open(3, 30, CONNECT('10.0.0.1:80'));
+    await dial(e, conn, port);
+    await e.open(conn, tunnel, CONNECT('10.0.0.1:80'));
+    return e;
+  }
+
+  it('a server RST_STREAM closes the tunnel with "reset" and resets the app socket', async () => {
+    const e = await resetOnFirstBytes(3, 30);
     const { fd, peer } = await app.pair();
     const err = new Promise<string>((r) => peer.on('error', (x: NodeJS.ErrnoException) => r(x.code ?? '')).on('close', () => r('closed')));
     peer.resume();
@@ -135,13 +141,7 @@ describe('engine client -> Node http2 server', () => {
     // closing an fd leaves its epoll registration in place while another fd holds the same
     // socket: the engine's stale registration then woke it with a freed stream (ASan:
     // heap-use-after-free in Loop, seen on the native-path suites under make test-sanitized)
-    const { port } = await nodeServer(bob, (s) => {
-      s.respond({ ':status': 200 }, { waitForTrailers: true });
-      s.once('data', () => s.close(http2.constants.NGHTTP2_CANCEL));
-    });
-    const e = engine();
-    await dial(e, 6, port);
-    await e.open(6, 60, CONNECT('10.0.0.1:80'));
+    const e = await resetOnFirstBytes(6, 60);
     const { fd, peer } = await app.pair();
     cleanups.push(() => closeSync(fd));
     peer.on('error', () => {});
