@@ -4,9 +4,10 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 describe("the tests' fetch", () => {
-  const seen: { port: number; connection: string | undefined }[] = [];
+  const seen: { port: number; connection?: string; a?: string; b?: string }[] = [];
   const server = http.createServer((req, res) => {
-    seen.push({ port: req.socket.remotePort!, connection: req.headers.connection });
+    const h = req.headers as Record<string, string | undefined>;
+    seen.push({ port: req.socket.remotePort!, connection: h.connection, a: h['x-a'], b: h['x-b'] });
     res.end('ok');
   });
   beforeAll(() => new Promise<void>((r) => server.listen(0, '127.0.0.1', r)));
@@ -16,7 +17,8 @@ describe("the tests' fetch", () => {
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
     expect(await (await fetch(url)).text()).toBe('ok');
     expect(await (await fetch(url, { headers: { 'x-a': '1' } })).text()).toBe('ok');
-    expect(seen.map((s) => s.connection)).toEqual(['close', 'close']);
-    expect(seen[0]!.port).not.toBe(seen[1]!.port);
+    expect(await (await fetch(new Request(url, { headers: { 'x-b': '2' } }))).text()).toBe('ok');
+    expect(seen.map((s) => [s.connection, s.a, s.b])).toEqual([['close', undefined, undefined], ['close', '1', undefined], ['close', undefined, '2']]);
+    expect(new Set(seen.map((s) => s.port)).size).toBe(3);
   });
 });

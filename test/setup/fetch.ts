@@ -8,7 +8,7 @@
  */
 const fetchOnce = globalThis.fetch;
 globalThis.fetch = (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-  const headers = new Headers(init?.headers);
+  const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
   if (!headers.has('connection')) headers.set('connection', 'close');
   return fetchOnce(input, { ...init, headers });
 };
