@@ -130,16 +130,12 @@ function trafficSection(rows: Row[], afterLoad: Partial<Record<ConfigName, numbe
   const head = ['configuration', 'requests/s', 'p50 ms', 'p90 ms', 'p99 ms', 'fixed rate: p50 ms', 'p90 ms', 'p99 ms', 'Gbit/s ×1', 'Gbit/s ×8', 'new conn/s', 'forwarder RSS KiB', 'RSS peak KiB', 'RSS after the load KiB'];
   const configs = configsOf(rows);
   const body = configs.map((c) => {
-    const h = find(rows, 'http', c);
+    const [h, l] = [find(rows, 'http', c), find(rows, 'latency', c)];
     return [
       CONFIG_LABEL[c],
       cell(h?.metrics.rps),
-      cell(h?.metrics.p50, 3),
-      cell(h?.metrics.p90, 3),
-      cell(h?.metrics.p99, 3),
-      cell(find(rows, 'latency', c)?.metrics.p50, 3),
-      cell(find(rows, 'latency', c)?.metrics.p90, 3),
-      cell(find(rows, 'latency', c)?.metrics.p99, 3),
+      ...(['p50', 'p90', 'p99'] as const).map((p) => cell(h?.metrics[p], 3)),
+      ...(['p50', 'p90', 'p99'] as const).map((p) => cell(l?.metrics[p], 3)),
       cell(find(rows, 'bulk1', c)?.metrics.gbps, 2),
       cell(find(rows, 'bulk8', c)?.metrics.gbps, 2),
       cell(find(rows, 'connrate', c)?.metrics.cps),
