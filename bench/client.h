@@ -1,6 +1,6 @@
 /*
  * What the bench's C load generators (connrate.c, latency.c) share: the server's address from the
- * command line, and the one HTTP GET they send.
+ * command line, the one HTTP GET they send, and the clock they time it with.
  */
 #pragma once
 #include <arpa/inet.h>
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* HOST (an IPv4 or IPv6 address) and PORT into `dst`; 0, or -1 after saying why on stderr. */
 static int parse_dst(const char *host, const char *port, struct sockaddr_storage *dst, socklen_t *len)
@@ -38,4 +39,12 @@ static size_t http_get(char *buf, size_t size, const char *version, const char *
 {
 	int v6 = strchr(host, ':') != NULL;
 	return snprintf(buf, size, v6 ? "GET %s HTTP/%s\r\nHost: [%s]\r\n\r\n" : "GET %s HTTP/%s\r\nHost: %s\r\n\r\n", path, version, host);
+}
+
+/* Seconds on the monotonic clock. */
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
 }

@@ -40,13 +40,6 @@ struct worker {
 	unsigned long hist[HIST + 1];
 };
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int one_request(void)
 {
 	char buf[16384];

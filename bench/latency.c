@@ -58,13 +58,6 @@ static unsigned long hist[HIST + 1];
 static unsigned long requests, errors, late;
 static int epfd;
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int dial(struct conn *c)
 {
 	c->fd = socket(dst.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
