@@ -70,7 +70,6 @@ function random(seed: number, n: number) {
 }
 type Random = ReturnType<typeof random>;
 
-const [T, F] = [FRAME, FLAG];
 /** `:status: 200` (static index 8, name and value); other statuses are literal(8, ...). */
 const STATUS_200 = Buffer.from([0x88]);
 
@@ -93,48 +92,48 @@ function randomFrame(r: Random, streams: number[], block: () => Buffer, nextStre
       // the honest header block, sometimes split over a CONTINUATION, sometimes padded or with a priority
       const id = r.chance(0.8) ? nextStream() : stream();
       const b = block();
-      const end = r.chance(0.2) ? F.END_STREAM : 0;
+      const end = r.chance(0.2) ? FLAG.END_STREAM : 0;
       if (r.chance(0.2)) {
         const cut = r.int(b.length + 1);
-        return Buffer.concat([frame(T.HEADERS, end, id, b.subarray(0, cut)), frame(T.CONTINUATION, F.END_HEADERS, r.chance(0.8) ? id : stream(), b.subarray(cut))]);
+        return Buffer.concat([frame(FRAME.HEADERS, end, id, b.subarray(0, cut)), frame(FRAME.CONTINUATION, FLAG.END_HEADERS, r.chance(0.8) ? id : stream(), b.subarray(cut))]);
       }
-      if (r.chance(0.15)) return frame(T.HEADERS, end | F.END_HEADERS | F.PRIORITY, id, Buffer.concat([u32(r.chance(0.3) ? id : r.int(8)), Buffer.from([r.int(256)]), b]));
+      if (r.chance(0.15)) return frame(FRAME.HEADERS, end | FLAG.END_HEADERS | FLAG.PRIORITY, id, Buffer.concat([u32(r.chance(0.3) ? id : r.int(8)), Buffer.from([r.int(256)]), b]));
       if (r.chance(0.15)) {
         const pad = r.int(20);
-        return frame(T.HEADERS, end | F.END_HEADERS | F.PADDED, id, Buffer.concat([Buffer.from([r.chance(0.2) ? 255 : pad]), b, Buffer.alloc(pad)]));
+        return frame(FRAME.HEADERS, end | FLAG.END_HEADERS | FLAG.PADDED, id, Buffer.concat([Buffer.from([r.chance(0.2) ? 255 : pad]), b, Buffer.alloc(pad)]));
       }
-      return frame(T.HEADERS, end | F.END_HEADERS, id, b);
+      return frame(FRAME.HEADERS, end | FLAG.END_HEADERS, id, b);
     }
     case 'data': {
       const payload = r.bytes(r.pick([0, 1, 100, 1000, 17000]));
-      const flags = r.pick([0, 0, F.END_STREAM, F.PADDED, F.PADDED | F.END_STREAM]);
-      if (flags & F.PADDED) return frame(T.DATA, flags, stream(), Buffer.concat([Buffer.from([r.chance(0.3) ? 255 : 4]), payload, Buffer.alloc(4)]));
-      return frame(T.DATA, flags, stream(), payload);
+      const flags = r.pick([0, 0, FLAG.END_STREAM, FLAG.PADDED, FLAG.PADDED | FLAG.END_STREAM]);
+      if (flags & FLAG.PADDED) return frame(FRAME.DATA, flags, stream(), Buffer.concat([Buffer.from([r.chance(0.3) ? 255 : 4]), payload, Buffer.alloc(4)]));
+      return frame(FRAME.DATA, flags, stream(), payload);
     }
     case 'priority':
-      return frame(T.PRIORITY, 0, stream(), r.chance(0.8) ? Buffer.concat([u32(r.int(16)), Buffer.from([r.int(256)])]) : r.bytes(r.int(9)));
+      return frame(FRAME.PRIORITY, 0, stream(), r.chance(0.8) ? Buffer.concat([u32(r.int(16)), Buffer.from([r.int(256)])]) : r.bytes(r.int(9)));
     case 'rst':
-      return frame(T.RST_STREAM, 0, stream(), r.chance(0.85) ? u32(r.pick([0, 1, 2, 7, 8, 11, 0xff, r.int(2 ** 32)])) : r.bytes(r.int(8)));
+      return frame(FRAME.RST_STREAM, 0, stream(), r.chance(0.85) ? u32(r.pick([0, 1, 2, 7, 8, 11, 0xff, r.int(2 ** 32)])) : r.bytes(r.int(8)));
     case 'settings': {
-      if (r.chance(0.15)) return frame(T.SETTINGS, F.ACK, r.chance(0.8) ? 0 : stream(), r.bytes(r.pick([0, 0, 6])));
+      if (r.chance(0.15)) return frame(FRAME.SETTINGS, FLAG.ACK, r.chance(0.8) ? 0 : stream(), r.bytes(r.pick([0, 0, 6])));
       const entries = Array.from({ length: r.int(5) }, () => {
         const b = Buffer.alloc(6);
         b.writeUInt16BE(r.pick([1, 2, 3, 4, 5, 6, 8, 9, r.int(65536)]));
         b.writeUInt32BE(r.chance(0.5) ? r.pick(EDGE) : r.int(2 ** 32), 2);
         return b;
       });
-      return frame(T.SETTINGS, 0, r.chance(0.9) ? 0 : stream(), r.chance(0.9) ? Buffer.concat(entries) : r.bytes(r.int(13)));
+      return frame(FRAME.SETTINGS, 0, r.chance(0.9) ? 0 : stream(), r.chance(0.9) ? Buffer.concat(entries) : r.bytes(r.int(13)));
     }
     case 'push':
-      return frame(T.PUSH_PROMISE, F.END_HEADERS, stream(), Buffer.concat([u32(2 * (1 + r.int(8))), block()]));
+      return frame(FRAME.PUSH_PROMISE, FLAG.END_HEADERS, stream(), Buffer.concat([u32(2 * (1 + r.int(8))), block()]));
     case 'ping':
-      return frame(T.PING, r.pick([0, F.ACK]), r.chance(0.9) ? 0 : stream(), r.bytes(r.chance(0.9) ? 8 : r.int(12)));
+      return frame(FRAME.PING, r.pick([0, FLAG.ACK]), r.chance(0.9) ? 0 : stream(), r.bytes(r.chance(0.9) ? 8 : r.int(12)));
     case 'goaway':
-      return frame(T.GOAWAY, 0, r.chance(0.9) ? 0 : stream(), Buffer.concat([u32(r.pick([0, 1, ...streams, 0x7fffffff])), u32(r.pick([0, 2, 11, r.int(2 ** 32)])), r.bytes(r.int(16))]));
+      return frame(FRAME.GOAWAY, 0, r.chance(0.9) ? 0 : stream(), Buffer.concat([u32(r.pick([0, 1, ...streams, 0x7fffffff])), u32(r.pick([0, 2, 11, r.int(2 ** 32)])), r.bytes(r.int(16))]));
     case 'window':
-      return frame(T.WINDOW_UPDATE, 0, r.chance(0.3) ? 0 : stream(), r.chance(0.9) ? u32(r.chance(0.5) ? r.pick(EDGE) : r.int(2 ** 31)) : r.bytes(r.int(8)));
+      return frame(FRAME.WINDOW_UPDATE, 0, r.chance(0.3) ? 0 : stream(), r.chance(0.9) ? u32(r.chance(0.5) ? r.pick(EDGE) : r.int(2 ** 31)) : r.bytes(r.int(8)));
     case 'continuation':
-      return frame(T.CONTINUATION, r.pick([0, F.END_HEADERS]), stream(), r.chance(0.5) ? block() : r.bytes(r.int(40)));
+      return frame(FRAME.CONTINUATION, r.pick([0, FLAG.END_HEADERS]), stream(), r.chance(0.5) ? block() : r.bytes(r.int(40)));
     case 'unknown':
       return frame(10 + r.int(246), r.int(256), stream(), r.bytes(r.int(64)));
     case 'raw':
@@ -142,10 +141,10 @@ function randomFrame(r: Random, streams: number[], block: () => Buffer, nextStre
     case 'short': {
       // a frame that says more than the peer will ever send (the connection ends inside it)
       const payload = r.bytes(r.int(64));
-      return frame(r.pick([T.DATA, T.HEADERS, T.SETTINGS]), 0, stream(), payload, payload.length + 1 + r.int(1 << 16));
+      return frame(r.pick([FRAME.DATA, FRAME.HEADERS, FRAME.SETTINGS]), 0, stream(), payload, payload.length + 1 + r.int(1 << 16));
     }
     case 'garbageBlock':
-      return frame(T.HEADERS, F.END_HEADERS, nextStream(), r.bytes(1 + r.int(64)));
+      return frame(FRAME.HEADERS, FLAG.END_HEADERS, nextStream(), r.bytes(1 + r.int(64)));
   }
 }
 
@@ -224,11 +223,11 @@ describe(`native HBONE engine fed random HTTP/2 frames by a peer with a mesh cer
       const block = (): Buffer => connectBlock(`10.0.0.${1 + r.int(9)}:${1 + r.int(9000)}`);
       // mostly an honest start (CONNECTs, then bytes on them once answered), so that what follows
       // reaches tunnels the engine has bridged to the app
-      const honest = [PREFACE, frame(T.SETTINGS, 0, 0, Buffer.alloc(0))];
-      for (let n = r.int(4); n > 0; n--) honest.push(frame(T.HEADERS, F.END_HEADERS, nextStream(), block()));
+      const honest = [PREFACE, frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0))];
+      for (let n = r.int(4); n > 0; n--) honest.push(frame(FRAME.HEADERS, FLAG.END_HEADERS, nextStream(), block()));
       sock.write(Buffer.concat(honest));
       if (streams.length) await new Promise((res) => setTimeout(res, 5 + r.int(30)));
-      const frames = streams.filter(() => r.chance(0.7)).map((id) => frame(T.DATA, 0, id, r.bytes(1 + r.int(3000))));
+      const frames = streams.filter(() => r.chance(0.7)).map((id) => frame(FRAME.DATA, 0, id, r.bytes(1 + r.int(3000))));
       for (let n = 1 + r.int(25); n > 0; n--) frames.push(randomFrame(r, streams, block, nextStream));
       // in a few writes, with the engine's answers in between
       while (frames.length && !sock.destroyed) {
@@ -274,11 +273,11 @@ describe(`native HBONE engine fed random HTTP/2 frames by a peer with a mesh cer
       const status = (): Buffer => r.pick([STATUS_200, STATUS_200, STATUS_200, literal(8, '401'), literal(8, '503'), literal(8, '100'), literal(8, 'abc'), Buffer.alloc(0)]);
       const batch = (): Buffer => {
         const frames: Buffer[] = [];
-        while (answered < streams.length && r.chance(0.7)) frames.push(frame(T.HEADERS, F.END_HEADERS | (r.chance(0.1) ? F.END_STREAM : 0), nextStream(), status()));
+        while (answered < streams.length && r.chance(0.7)) frames.push(frame(FRAME.HEADERS, FLAG.END_HEADERS | (r.chance(0.1) ? FLAG.END_STREAM : 0), nextStream(), status()));
         for (let n = r.int(3); n > 0; n--) frames.push(randomFrame(r, streams, status, nextStream));
         return Buffer.concat(frames);
       };
-      sock.write(Buffer.concat([frame(T.SETTINGS, 0, 0, Buffer.alloc(0)), r.chance(0.15) ? batch() : Buffer.alloc(0)]));
+      sock.write(Buffer.concat([frame(FRAME.SETTINGS, 0, 0, Buffer.alloc(0)), r.chance(0.15) ? batch() : Buffer.alloc(0)]));
       let left = 1 + r.int(8);
       let seen = Buffer.alloc(0);
       let preface = false;
@@ -286,7 +285,7 @@ describe(`native HBONE engine fed random HTTP/2 frames by a peer with a mesh cer
         seen = Buffer.concat([seen, d]);
         if (!preface && seen.length >= PREFACE.length) [seen, preface] = [seen.subarray(PREFACE.length), true];
         while (preface && seen.length >= 9 && seen.length >= 9 + seen.readUIntBE(0, 3)) {
-          if (seen[3] === T.HEADERS) streams.push(seen.readUInt32BE(5) & 0x7fffffff);
+          if (seen[3] === FRAME.HEADERS) streams.push(seen.readUInt32BE(5) & 0x7fffffff);
           seen = seen.subarray(9 + seen.readUIntBE(0, 3));
         }
         if (!streams.length && r.chance(0.85)) return; // mostly: nothing before the first CONNECT
