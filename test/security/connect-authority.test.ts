@@ -10,10 +10,9 @@
  * authority over.
  */
 import http2 from 'node:http2';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { until } from '../netns/lab.js';
-import { TestMesh } from './mesh.js';
+import { TestMesh, connectStatus } from './mesh.js';
 
 /** `s` as its UTF-8 bytes on the wire (Node's client sends a header value's characters as Latin-1). */
 const utf8 = (s: string): string => Buffer.from(s).toString('latin1');
@@ -23,21 +22,7 @@ describe("a CONNECT's :authority, in any spelling, reaches only the pod's own ap
   let ip: string, other: string;
   let session: http2.ClientHttp2Session;
 
-  /**
-   * The status `authority` is answered with, 'reset' for a stream reset PROTOCOL_ERROR (a malformed
-   * request: RFC 9113 8.1.1; nghttp2, as ztunnel's h2, resets it), or how else its stream ended.
-   */
-  const connect = async (authority: string, headers: Record<string, string | string[]> = {}): Promise<number | string> => {
-    const req = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers });
-    return new Promise<number | string>((resolve) => {
-      req.once('response', (h) => {
-        resolve(Number(h[':status']));
-        req.close();
-      });
-      req.once('error', (e: Error) => resolve(req.rstCode === http2.constants.NGHTTP2_PROTOCOL_ERROR ? 'reset' : e.message));
-      req.once('close', () => resolve(`closed (rst ${req.rstCode})`));
-    });
-  };
+  const connect = (authority: string, headers: Record<string, string | string[]> = {}): Promise<number | string> => connectStatus(session, authority, headers);
   const accepted = async (pod: string) => m.sh[pod]!.accepted((await m.sh[pod]!.listenerByTag(pod)).id);
 
   beforeAll(async () => {
@@ -47,10 +32,7 @@ describe("a CONNECT's :authority, in any spelling, reaches only the pod's own ap
     ]);
     [ip, other] = [m.pods.server!.ip, m.pods.other!.ip];
     for (const p of ['server', 'other']) await m.sh[p]!.listen({ port: 8080, tag: p });
-    const c = await m.cert('default', 'attacker');
-    const sock = tls.connect({ socket: await m.fromNode(ip, 15008), cert: c.chainPem, key: c.keyPem, ca: c.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
-    session = http2.connect(`https://${ip}:15008`, { createConnection: () => sock });
-    session.on('error', () => {});
+    session = await m.hboneSession(ip, 'default', 'attacker');
     await new Promise((r) => session.once('connect', r));
   }, 60_000);
   afterAll(async () => {

@@ -5,6 +5,8 @@
  * (not enrolled: what any host or pod outside the mesh can send). `close()` removes everything.
  */
 import { readdirSync } from 'node:fs';
+import http2 from 'node:http2';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import type net from 'node:net';
 import type { BackendName, RedirectBackend } from '../../ts/redirect/backend.js';
@@ -92,6 +94,15 @@ export class TestMesh {
     return connectIn(this.#nodeNs.fd, { ip, port }, { mark: 0, timeoutMs: 5000 });
   }
 
+  /** An HTTP/2 session over mTLS from the node netns to `ip`:15008, with `namespace/serviceAccount`'s mesh certificate. */
+  async hboneSession(ip: string, namespace: string, serviceAccount: string): Promise<http2.ClientHttp2Session> {
+    const c = await this.cert(namespace, serviceAccount);
+    const sock = tls.connect({ socket: await this.fromNode(ip, 15008), cert: c.chainPem, key: c.keyPem, ca: c.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
+    const session = http2.connect(`https://${ip}:15008`, { createConnection: () => sock });
+    session.on('error', () => {});
+    return session;
+  }
+
   /** Access-log lines (and other records) logged since index `from` that match `pred`. */
   logs(from: number, pred: (l: Record<string, unknown>) => boolean): Record<string, unknown>[] {
     return this.records.slice(from).filter(pred);
@@ -108,4 +119,21 @@ export class TestMesh {
     this.#nodeNs?.close();
     await this.rig.destroy();
   }
+}
+
+/**
+ * The status a CONNECT to `authority` (with `headers`) on `session` is answered with (the stream
+ * then closed), 'reset' for a stream reset PROTOCOL_ERROR (a malformed request: RFC 9113 8.1.1;
+ * nghttp2, as ztunnel's h2, resets it), or how else its stream ended.
+ */
+export function connectStatus(session: http2.ClientHttp2Session, authority: string, headers: Record<string, string | string[]> = {}): Promise<number | string> {
+  const req = session.request({ ':method': 'CONNECT', ':authority': authority, ...headers });
+  return new Promise<number | string>((resolve) => {
+    req.once('response', (h) => {
+      resolve(Number(h[':status']));
+      req.close();
+    });
+    req.once('error', (e: Error) => resolve(req.rstCode === http2.constants.NGHTTP2_PROTOCOL_ERROR ? 'reset' : e.message));
+    req.once('close', () => resolve(`closed (rst ${req.rstCode})`));
+  });
 }

@@ -6,12 +6,10 @@
  * certificate and connects from outside the mesh (the node netns). The check is the proxy's, the
  * same under both capture backends, so this runs under eBPF only.
  */
-import http2 from 'node:http2';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../ts/state/types.js';
 import { until } from '../../ts/util/until.js';
-import { TestMesh } from './mesh.js';
+import { TestMesh, connectStatus } from './mesh.js';
 
 describe('the waypoint exception of the HBONE inbound cannot be borrowed', () => {
   let m: TestMesh;
@@ -19,17 +17,9 @@ describe('the waypoint exception of the HBONE inbound cannot be borrowed', () =>
 
   /** The status `ip`'s 15008 answers a CONNECT to `authority` with, for a client holding sleep's certificate. */
   const connect = async (ip: string, authority: string): Promise<number | string> => {
-    const c = await m.cert('default', 'sleep');
-    const sock = tls.connect({ socket: await m.fromNode(ip, 15008), cert: c.chainPem, key: c.keyPem, ca: c.rootPem, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined });
-    const session = http2.connect(`https://${ip}:15008`, { createConnection: () => sock });
-    session.on('error', () => {});
+    const session = await m.hboneSession(ip, 'default', 'sleep');
     try {
-      const req = session.request({ ':method': 'CONNECT', ':authority': authority });
-      return await new Promise<number | string>((resolve) => {
-        req.once('response', (h) => resolve(Number(h[':status'])));
-        req.once('error', (e: Error) => resolve(e.message));
-        req.once('close', () => resolve(`closed (rst ${req.rstCode})`));
-      });
+      return await connectStatus(session, authority);
     } finally {
       session.destroy();
     }
