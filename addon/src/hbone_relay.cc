@@ -155,9 +155,10 @@ ssize_t ReadFd(nghttp2_session *, int32_t sid, uint8_t *buf, size_t length, uint
 }
 
 void StreamAttach(Stream *s, int fd) {
+  bool watched = s->fd == fd;  // the app's socket the stream watched while it connected (ConnectDone)
   s->fd = fd;
   s->relaying = true;
-  WatchFd(s->eng, fd, s);
+  if (!watched) WatchFd(s->eng, fd, s);
   if (s->conn && s->conn->h2 && s->deferred) {
     s->deferred = false;
     nghttp2_session_resume_data(s->conn->h2, s->sid);
@@ -183,8 +184,7 @@ void ConnectDone(Stream *s, int err) {
   s->connecting = false;
   int fd = s->fd;
   if (err == 0) {
-    s->fd = -1;
-    SessionRespond(s, 200, s->answer, fd);
+    SessionRespond(s, 200, s->answer, fd);  // the relay keeps the fd and its epoll registration
   } else {
     s->error = std::string("connect: ") + strerror(err);
     s->fd = -1;
