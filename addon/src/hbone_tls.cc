@@ -9,6 +9,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <sys/socket.h>
+#include <unistd.h>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -292,6 +294,11 @@ void ConnFlush(Conn *c) {
   }
   bool drained = c->outLen == 0;
   if (c->fatal && (drained || c->eof)) {
+    // what the peer sent and nobody read is dropped first: close() with unread input makes the
+    // kernel answer RST and discard what is still queued to go out, the GOAWAY just written
+    // included (a peer cut off while still sending, as in a rapid reset, then never learned why)
+    while (read(c->fd, c->eng->rbuf, sizeof(c->eng->rbuf)) > 0) {
+    }
     CloseConn(c, c->closeError);
     return;
   }
